@@ -1,0 +1,35 @@
+"""Error codes the agent answers with, and the exception that carries one to the wire."""
+
+from __future__ import annotations
+
+BAD_REQUEST = "BAD_REQUEST"
+UNKNOWN_TYPE = "UNKNOWN_TYPE"
+NOT_FOUND = "NOT_FOUND"
+PERMISSION_DENIED = "PERMISSION_DENIED"
+IS_A_DIRECTORY = "IS_A_DIRECTORY"
+NOT_A_DIRECTORY = "NOT_A_DIRECTORY"
+TOO_LARGE = "TOO_LARGE"
+BAD_ENCODING = "BAD_ENCODING"
+INTERNAL = "INTERNAL"
+
+
+class AgentError(Exception):
+    """A request failed in a way the client should hear about as `{"type": "error"}`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def from_os_error(exc: OSError, path: str) -> AgentError:
+    """Translate a filesystem or exec failure into the protocol's error codes."""
+    if isinstance(exc, FileNotFoundError):
+        return AgentError(NOT_FOUND, f"no such file or directory: {path}")
+    if isinstance(exc, PermissionError):
+        return AgentError(PERMISSION_DENIED, f"permission denied: {path}")
+    if isinstance(exc, IsADirectoryError):
+        return AgentError(IS_A_DIRECTORY, f"is a directory: {path}")
+    if isinstance(exc, NotADirectoryError):
+        return AgentError(NOT_A_DIRECTORY, f"not a directory: {path}")
+    return AgentError(INTERNAL, f"{path}: {exc.strerror or exc}")

@@ -1,0 +1,44 @@
+"""Agent limits, read once from the environment the orchestrator gives the container."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    max_line: int = 48 * MIB
+    """Longest request or response line; longer requests are answered with TOO_LARGE."""
+    max_output: int = 16 * MIB
+    """Output kept per stream of one `exec`; the rest is drained and the result flagged."""
+    max_read: int = 16 * MIB
+    """Largest file a `read` returns in one message."""
+    workdir: str = "/home/user"
+    """Where relative paths and commands start when the request names no `cwd`."""
+
+    @classmethod
+    def from_environ(cls) -> AgentSettings:
+        return cls(
+            max_line=_int_env("INSIEN_AGENT_MAX_LINE", cls.max_line),
+            max_output=_int_env("INSIEN_AGENT_MAX_OUTPUT", cls.max_output),
+            max_read=_int_env("INSIEN_AGENT_MAX_READ", cls.max_read),
+            workdir=os.environ.get("INSIEN_AGENT_WORKDIR") or os.getcwd(),
+        )
+
+
+def user_environment() -> dict[str, str]:
+    """The environment user commands get: the container's, minus the agent's own settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("INSIEN_AGENT_")}

@@ -1,0 +1,1 @@
+"""The HTTP face of the server: REST routes and the client WebSocket."""

@@ -1,0 +1,34 @@
+"""What the routes need from the rest of the server, handed to them at app creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quart import Request, Websocket
+
+from ..auth import Authenticator, Tenant
+from ..config import Settings
+from ..manager import SandboxManager
+from ..protocol import ErrorCode
+from .errors import ApiError
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    manager: SandboxManager
+    auth: Authenticator
+
+    def tenant_from_key(self, request: Request | Websocket) -> Tenant:
+        tenant = self.auth.tenant_for_key(request.headers.get("X-API-Key"))
+        if tenant is None:
+            raise ApiError(401, ErrorCode.UNAUTHORIZED, "missing or invalid X-API-Key header")
+        return tenant
+
+    def agent_url(self, request: Request, sandbox_id: str, token: str) -> str:
+        if self.settings.public_url:
+            base = self.settings.public_url.rstrip("/")
+        else:
+            base = f"{request.scheme}://{request.host}"
+        base = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        return f"{base}/agent/{sandbox_id}?token={token}"

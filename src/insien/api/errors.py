@@ -1,0 +1,48 @@
+"""JSON error responses: every failure a client sees is `{"code", "message"}` with a status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Quart, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from ..protocol import ErrorCode
+
+
+class ApiError(Exception):
+    """Raise from a route to answer with this status and a structured body."""
+
+    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: ErrorCode | str, message: str) -> Response:
+    response = jsonify({"code": str(code), "message": message})
+    response.status_code = status
+    return response
+
+
+_HTTP_CODES: dict[int, ErrorCode] = {
+    400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.UNAUTHORIZED,
+    404: ErrorCode.NOT_FOUND,
+    413: ErrorCode.TOO_LARGE,
+}
+
+
+def install_error_handlers(app: Quart) -> None:
+    @app.errorhandler(ApiError)
+    async def _api_error(exc: ApiError) -> Any:
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Any:
+        status = exc.code or 500
+        code = _HTTP_CODES.get(
+            status, ErrorCode.BAD_REQUEST if status < 500 else ErrorCode.INTERNAL
+        )
+        return error_response(status, code, exc.description or exc.name)

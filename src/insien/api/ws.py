@@ -1,0 +1,133 @@
+"""The client WebSocket at `agentUrl`: authenticate, then relay RPC to the sandbox's agent.
+
+Each connection runs a nursery with one reader (this handler), one writer task that alone
+sends on the socket, and a task per request in flight. Replies carry the client's own ids;
+the link keeps agent-side ids unique, so clients sharing a sandbox never see each other's answers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import trio
+from quart import Blueprint, websocket
+
+from ..link import AgentGone, AgentLink, restore_id
+from ..manager import Sandbox, SandboxNotFound
+from ..protocol import (
+    TERMINAL_TYPES,
+    ErrorCode,
+    Message,
+    ProtocolError,
+    error_message,
+    parse_request,
+)
+from .context import Services
+from .errors import error_response
+
+log = logging.getLogger("insien.ws")
+
+SEND_QUEUE = 64
+"""Messages waiting for a slow client before request tasks block (back-pressure)."""
+CLOSE_GOING_AWAY = 1001
+
+
+def ws_blueprint(services: Services) -> Blueprint:
+    bp = Blueprint("ws", __name__)
+
+    @bp.websocket("/agent/<sandbox_id>")
+    async def agent_socket(sandbox_id: str) -> Any:
+        auth = services.auth
+        tenant = auth.tenant_for_token(websocket.args.get("token"), sandbox_id)
+        if tenant is None:
+            tenant = auth.tenant_for_key(websocket.headers.get("X-API-Key"))
+        if tenant is None:
+            return error_response(
+                401, ErrorCode.UNAUTHORIZED, "a valid token or X-API-Key header is required"
+            )
+        try:
+            sandbox = services.manager.get(sandbox_id, tenant)
+        except SandboxNotFound:
+            return error_response(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}")
+        await websocket.accept()
+        await ClientSession(sandbox, services.settings.max_requests_per_connection).run()
+        return None
+
+    return bp
+
+
+class ClientSession:
+    """One client connection to one sandbox."""
+
+    def __init__(self, sandbox: Sandbox, max_in_flight: int) -> None:
+        self._sandbox = sandbox
+        self._link: AgentLink = sandbox.link
+        self._max_in_flight = max_in_flight
+        self._in_flight: set[Any] = set()
+        self._send, self._outgoing = trio.open_memory_channel[Message](SEND_QUEUE)
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_loop)
+            nursery.start_soon(self._close_when_sandbox_ends, nursery.cancel_scope)
+            await self._read_loop(nursery)
+            nursery.cancel_scope.cancel()
+
+    async def _write_loop(self) -> None:
+        async for message in self._outgoing:
+            await websocket.send(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
+
+    async def _close_when_sandbox_ends(self, scope: trio.CancelScope) -> None:
+        await self._sandbox.ended.wait()
+        reason = self._link.close_reason or "sandbox ended"
+        # A close reason must fit in a control frame: 123 bytes.
+        await websocket.close(CLOSE_GOING_AWAY, reason.encode()[:120].decode(errors="ignore"))
+        scope.cancel()
+
+    async def _read_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            data = await websocket.receive()
+            try:
+                message = self._admit(data)
+            except ProtocolError as exc:
+                await self._send.send(exc.to_message())
+                continue
+            self._in_flight.add(message["id"])
+            nursery.start_soon(self._forward, message)
+
+    def _admit(self, data: str | bytes) -> Message:
+        try:
+            raw = json.loads(data)
+        except ValueError:
+            raise ProtocolError(None, ErrorCode.BAD_REQUEST, "message is not valid JSON") from None
+        message = parse_request(raw)
+        request_id = message["id"]
+        if request_id in self._in_flight:
+            raise ProtocolError(
+                request_id, ErrorCode.BAD_REQUEST, f"id {request_id!r} is already in flight"
+            )
+        if len(self._in_flight) >= self._max_in_flight:
+            raise ProtocolError(
+                request_id,
+                ErrorCode.BUSY,
+                f"at most {self._max_in_flight} requests may be in flight per connection",
+            )
+        return message
+
+    async def _forward(self, message: Message) -> None:
+        client_id = message["id"]
+        try:
+            async with self._link.request(message) as replies:
+                async for reply in replies:
+                    await self._send.send(restore_id(reply, client_id))
+                    if reply.get("type") in TERMINAL_TYPES:
+                        return
+            await self._send.send(self._link.missing_reply(client_id))
+        except AgentGone as exc:
+            await self._send.send(error_message(client_id, ErrorCode.AGENT_GONE, str(exc)))
+        except ProtocolError as exc:
+            await self._send.send(exc.to_message())
+        finally:
+            self._in_flight.discard(client_id)

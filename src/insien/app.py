@@ -1,0 +1,23 @@
+"""The QuartTrio application factory: wires the routes to the services they use."""
+
+from __future__ import annotations
+
+from quart_trio import QuartTrio
+
+from .api.context import Services
+from .api.errors import install_error_handlers
+from .api.rest import rest_blueprint
+from .api.ws import ws_blueprint
+
+MAX_REST_BODY = 1024 * 1024
+
+
+def create_app(services: Services) -> QuartTrio:
+    app = QuartTrio("insien")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REST_BODY
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    install_error_handlers(app)
+    app.register_blueprint(rest_blueprint(services))
+    app.register_blueprint(ws_blueprint(services))
+    return app

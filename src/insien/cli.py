@@ -1,0 +1,92 @@
+"""The `insien` command: `serve`, `image build`, `version`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import docker
+import docker.errors
+import trio
+from pydantic import ValidationError
+from rich.console import Console
+
+from . import __version__
+from .config import Settings
+from .images import ImageBuildError, build_image
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    return Settings(**overrides)
+
+
+def _docker() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise SystemExit(f"insien: cannot reach the Docker Engine: {exc}") from None
+    return client
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .server import serve
+
+    settings = _settings(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not args.no_build:
+        client = _docker()
+        try:
+            build_image(client, tag=settings.agent_image)
+        except ImageBuildError as exc:
+            raise SystemExit(f"insien: cannot build {settings.agent_image}: {exc}") from None
+        finally:
+            client.close()
+    trio.run(serve, settings)
+
+
+def cmd_image_build(args: argparse.Namespace) -> None:
+    client = _docker()
+    try:
+        build_image(client, tag=args.tag, base=args.base, force=args.force, console=Console())
+    except ImageBuildError as exc:
+        raise SystemExit(f"insien: image build failed: {exc}") from None
+    finally:
+        client.close()
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="insien", description="Self-hosted code sandboxes.")
+    top.add_argument("--version", action="version", version=f"insien {__version__}")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the REST + WebSocket service")
+    serve.add_argument("--host", help="address to listen on (INSIEN_HOST)")
+    serve.add_argument("--port", type=int, help="port to listen on (INSIEN_PORT / PORT)")
+    serve.add_argument(
+        "--no-build", action="store_true", help="fail instead of building a missing image"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    image = commands.add_parser("image", help="sandbox images")
+    image_commands = image.add_subparsers(dest="image_command", required=True)
+    build = image_commands.add_parser("build", help="build the default sandbox image")
+    build.add_argument("--tag", default=Settings().agent_image, help="image name to build")
+    build.add_argument("--base", help="base image (default: debian:bookworm-slim or a bootstrap)")
+    build.add_argument("--force", action="store_true", help="rebuild even when current")
+    build.set_defaults(func=cmd_image_build)
+    return top
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ValidationError as exc:
+        sys.exit(f"insien: invalid configuration:\n{exc}")
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,64 @@
+"""Settings from the environment and an optional `.env`, validated once at start-up.
+
+Every setting reads `INSIEN_<NAME>`; the seed's names (`PORT`, `API_KEY`, `JWT_SECRET`,
+`AGENT_IMAGE`) are accepted too, so a seed `.env` keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+def _env(name: str, *, seed: str | None = None) -> AliasChoices:
+    names = [f"INSIEN_{name}"] + ([seed] if seed else [])
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """The server's configuration; see the table in README.md."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    host: str = Field("127.0.0.1", validation_alias=_env("HOST"))
+    port: int = Field(3000, ge=0, le=65535, validation_alias=_env("PORT", seed="PORT"))
+    api_key: SecretStr | None = Field(None, validation_alias=_env("API_KEY", seed="API_KEY"))
+    jwt_secret: SecretStr | None = Field(
+        None, validation_alias=_env("JWT_SECRET", seed="JWT_SECRET")
+    )
+    agent_image: str = Field(
+        "insien-sandbox:latest", validation_alias=_env("AGENT_IMAGE", seed="AGENT_IMAGE")
+    )
+    public_url: str | None = Field(None, validation_alias=_env("PUBLIC_URL"))
+    instance: str = Field(
+        "default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", validation_alias=_env("INSTANCE")
+    )
+    token_ttl: float = Field(900.0, gt=0, validation_alias=_env("TOKEN_TTL"))
+    max_message_bytes: int = Field(
+        32 * MIB, ge=64 * 1024, validation_alias=_env("MAX_MESSAGE_BYTES")
+    )
+    max_output_bytes: int = Field(16 * MIB, gt=0, validation_alias=_env("MAX_OUTPUT_BYTES"))
+    max_read_bytes: int = Field(16 * MIB, gt=0, validation_alias=_env("MAX_READ_BYTES"))
+    max_requests_per_connection: int = Field(
+        256, gt=0, validation_alias=_env("MAX_REQUESTS_PER_CONNECTION")
+    )
+    ready_timeout: float = Field(30.0, gt=0, validation_alias=_env("READY_TIMEOUT"))
+    network_mode: str = Field("none", validation_alias=_env("NETWORK_MODE"))
+    memory_limit: str = Field("1g", validation_alias=_env("MEMORY_LIMIT"))
+    cpus: float = Field(1.0, gt=0, validation_alias=_env("CPUS"))
+    pids_limit: int = Field(512, gt=0, validation_alias=_env("PIDS_LIMIT"))
+    graceful_timeout: float = Field(5.0, ge=0, validation_alias=_env("GRACEFUL_TIMEOUT"))
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", validation_alias=_env("LOG_LEVEL")
+    )
+
+    @property
+    def max_line_bytes(self) -> int:
+        """The agent-side line limit: a client message plus room for the id the link adds."""
+        return self.max_message_bytes + 64 * 1024

@@ -1,0 +1,195 @@
+"""AgentLink: one sandbox agent's stdio as a multiplexed, bounded JSON-RPC channel.
+
+The link gives every request its own id on the agent side, so any number of clients can share
+one agent without their ids colliding, and routes the agent's answers and events back to the
+request that caused them. One reader task and one writer task own the attach stream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import trio
+
+from .protocol import TERMINAL_TYPES, ErrorCode, Message, ProtocolError, error_message
+from .runtime.attach import AttachedStream
+from .runtime.frames import FrameDecoder, FramingError, LineAssembler, OversizeLine, StreamKind
+
+log = logging.getLogger("insien.link")
+
+OUTGOING_QUEUE = 8
+"""Request lines waiting for the writer; senders block beyond this (back-pressure)."""
+EVENTS_PER_REQUEST = 64
+"""Messages buffered for one request whose consumer is slow before it is failed."""
+STDERR_LINE_MAX = 16 * 1024
+
+
+class AgentGone(Exception):
+    """The agent's stream ended: it exited, its container died, or the sandbox was destroyed."""
+
+
+class AgentLink:
+    """Request multiplexing over an attached agent. Run `run()` in a nursery, then `request()`."""
+
+    def __init__(self, stream: AttachedStream, *, name: str, max_line: int) -> None:
+        self._stream = stream
+        self._name = name
+        self.max_line = max_line
+        self._outgoing_send, self._outgoing_receive = trio.open_memory_channel[bytes](
+            OUTGOING_QUEUE
+        )
+        self._pending: dict[int, trio.MemorySendChannel[Message]] = {}
+        self._ids = itertools.count(1)
+        self.hello: Message | None = None
+        self.ready = trio.Event()
+        self.closed = trio.Event()
+        self.close_reason = ""
+
+    @property
+    def connected(self) -> bool:
+        return self.ready.is_set() and not self.closed.is_set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Pump the stream until the agent goes away; then fail every request still waiting."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop)
+                task_status.started()
+                await self._read_loop()
+                nursery.cancel_scope.cancel()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
+            self.close_reason = f"attach stream broke: {group.exceptions[0]}"
+        except* FramingError as group:
+            self.close_reason = str(group.exceptions[0])
+            log.error("%s: %s", self._name, self.close_reason)
+        finally:
+            self._close(self.close_reason or "agent stream closed")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self._stream)
+
+    def _close(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.closed.set()
+        self._outgoing_send.close()
+        for request_id, channel in self._pending.items():
+            with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                channel.send_nowait(error_message(request_id, ErrorCode.AGENT_GONE, reason))
+            channel.close()
+        self._pending.clear()
+
+    async def _write_loop(self) -> None:
+        async with self._outgoing_receive:
+            async for line in self._outgoing_receive:
+                await self._stream.send_all(line)
+
+    async def _read_loop(self) -> None:
+        frames = FrameDecoder()
+        stdout = LineAssembler(self.max_line)
+        stderr = LineAssembler(STDERR_LINE_MAX)
+        while data := await self._stream.receive_some():
+            for kind, payload in frames.feed(data):
+                if kind is StreamKind.STDERR:
+                    for line in stderr.feed(payload):
+                        self._log_agent_stderr(line)
+                    continue
+                for line in stdout.feed(payload):
+                    self._dispatch(line)
+
+    def _log_agent_stderr(self, line: bytes | OversizeLine) -> None:
+        if isinstance(line, OversizeLine):
+            log.info("%s agent: <%d byte line dropped>", self._name, line.size)
+        else:
+            log.info("%s agent: %s", self._name, line.decode(errors="replace"))
+
+    def _dispatch(self, line: bytes | OversizeLine) -> None:
+        if isinstance(line, OversizeLine):
+            # The agent keeps its own lines under the limit, so this is a broken or hostile agent.
+            log.warning("%s: dropped a %d byte line from the agent", self._name, line.size)
+            return
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.warning("%s: agent wrote a line that is not JSON: %.200r", self._name, line)
+            return
+        if not isinstance(message, dict):
+            log.warning("%s: agent wrote a non-object: %.200r", self._name, line)
+            return
+        if message.get("type") == "ready" and not self.ready.is_set():
+            self.hello = message
+            self.ready.set()
+            return
+        request_id = message.get("id")
+        if not isinstance(request_id, int):
+            log.warning("%s: agent reported %.300s", self._name, message)
+            return
+        channel = self._pending.get(request_id)
+        if channel is None:
+            return  # an answer for a request whose client has gone away
+        terminal = message.get("type") in TERMINAL_TYPES
+        try:
+            channel.send_nowait(message)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            # The request's consumer fell behind or left; end it rather than buffer without bound.
+            terminal = True
+        if terminal:
+            self._pending.pop(request_id, None)
+            channel.close()
+
+    @asynccontextmanager
+    async def request(self, message: Message) -> AsyncIterator[trio.MemoryReceiveChannel[Message]]:
+        """Send one request; yields a channel of every message the agent sends for it.
+
+        The channel ends after the terminal message (a response or an error). Ids in the
+        yielded messages are the link's own; callers put their client's id back.
+        """
+        if self.closed.is_set():
+            raise AgentGone(self.close_reason)
+        request_id = next(self._ids)
+        line = json.dumps({**message, "id": request_id}, ensure_ascii=False).encode() + b"\n"
+        if len(line) > self.max_line:
+            raise ProtocolError(
+                message.get("id"),
+                ErrorCode.TOO_LARGE,
+                f"message of {len(line)} bytes exceeds the {self.max_line} byte limit",
+            )
+        send, receive = trio.open_memory_channel[Message](EVENTS_PER_REQUEST)
+        self._pending[request_id] = send
+        try:
+            try:
+                await self._outgoing_send.send(line)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise AgentGone(self.close_reason) from None
+            async with receive:
+                yield receive
+        finally:
+            if self._pending.get(request_id) is send:
+                del self._pending[request_id]
+            send.close()
+
+    async def call(self, message: Message) -> Message:
+        """Send a request and return its terminal message (a response or an `error`)."""
+        async with self.request(message) as replies:
+            async for reply in replies:
+                if reply.get("type") in TERMINAL_TYPES:
+                    return reply
+        return self.missing_reply(message.get("id"))
+
+    def missing_reply(self, request_id: Any) -> Message:
+        """The error for a request whose messages ended without a terminal one."""
+        if self.closed.is_set():
+            return error_message(request_id, ErrorCode.AGENT_GONE, self.close_reason)
+        return error_message(
+            request_id, ErrorCode.BUSY, "the request fell too far behind the agent's output"
+        )
+
+
+def restore_id(message: Message, client_id: Any) -> Message:
+    """The agent-side id replaced by the client's own."""
+    return {**message, "id": client_id}

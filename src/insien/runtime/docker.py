@@ -1,0 +1,214 @@
+"""Container lifecycle through docker-py, each blocking call in a trio worker thread."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import docker
+import docker.errors
+import trio
+from docker.models.containers import Container
+from docker.types import LogConfig
+
+from .attach import AttachedStream, attach
+
+AGENT_DIR = "/opt/insien"
+AGENT_PATH = f"{AGENT_DIR}/agent.pyz"
+AGENT_COMMAND = ["python3", "-I", AGENT_PATH]
+
+LABEL_PREFIX = "insien."
+LABEL_SANDBOX_ID = "insien.sandbox.id"
+LABEL_OWNER = "insien.owner"
+LABEL_INSTANCE = "insien.instance"
+LABEL_CREATED_AT = "insien.created-at"
+LABEL_TEMPLATE = "insien.template"
+
+
+class DockerError(Exception):
+    """The Docker Engine refused an operation (bad image, daemon down, …)."""
+
+
+class ImageNotFound(DockerError):
+    """The sandbox image is not present locally."""
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything needed to create one sandbox container."""
+
+    sandbox_id: str
+    image: str
+    owner: str
+    instance: str
+    created_at: str
+    template: str
+    workdir: str = "/home/user"
+    network_mode: str = "none"
+    mem_limit: str | None = None
+    nano_cpus: int | None = None
+    pids_limit: int | None = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_SANDBOX_ID: self.sandbox_id,
+            LABEL_OWNER: self.owner,
+            LABEL_INSTANCE: self.instance,
+            LABEL_CREATED_AT: self.created_at,
+            LABEL_TEMPLATE: self.template,
+        }
+
+
+def _socket_path(base_url: str) -> str:
+    parsed = urlparse(base_url)
+    if parsed.scheme in ("unix", "http+unix", "http+docker"):
+        # docker-py rewrites unix:///path into http+docker://localhost and keeps the path apart.
+        host = os.environ.get("DOCKER_HOST", "")
+        if host.startswith("unix://"):
+            return host.removeprefix("unix://")
+        return "/var/run/docker.sock"
+    raise DockerError(f"Insien needs Docker over a unix socket; DOCKER_HOST is {base_url!r}")
+
+
+def _tar_one_file(path: str, data: bytes, mode: int = 0o644) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        parts = path.strip("/").split("/")
+        for depth in range(1, len(parts)):
+            info = tarfile.TarInfo("/".join(parts[:depth]))
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            tar.addfile(info)
+        info = tarfile.TarInfo("/".join(parts))
+        info.size = len(data)
+        info.mode = mode
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class DockerRuntime:
+    """The only place that calls docker-py; every call runs in a worker thread."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self._client = client
+        self.socket_path = _socket_path(client.api.base_url)
+
+    @classmethod
+    async def connect(cls) -> DockerRuntime:
+        def _connect() -> docker.DockerClient:
+            client = docker.from_env()
+            client.ping()
+            return client
+
+        try:
+            client = await trio.to_thread.run_sync(_connect)
+        except docker.errors.DockerException as exc:
+            raise DockerError(f"cannot reach the Docker Engine: {exc}") from exc
+        return cls(client)
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except docker.errors.ImageNotFound as exc:
+            raise ImageNotFound(str(exc.explanation or exc)) from exc
+        except docker.errors.DockerException as exc:
+            raise DockerError(str(exc)) from exc
+
+    async def version(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(self._client.version)
+        return result
+
+    async def create(self, spec: ContainerSpec, agent_zip: bytes) -> str:
+        """Create the container and copy the agent into it; returns the container id."""
+        archive = _tar_one_file(AGENT_PATH, agent_zip)
+
+        def _create() -> str:
+            container: Container = self._client.containers.create(
+                spec.image,
+                command=AGENT_COMMAND,
+                labels=spec.labels(),
+                environment=dict(spec.environment),
+                working_dir=spec.workdir,
+                stdin_open=True,  # StdinOnce stays false: a restarted server can attach again
+                tty=False,
+                init=True,
+                log_config=LogConfig(type=LogConfig.types.NONE),
+                network_mode=spec.network_mode,
+                security_opt=["no-new-privileges"],
+                mem_limit=spec.mem_limit,
+                nano_cpus=spec.nano_cpus,
+                pids_limit=spec.pids_limit,
+            )
+            try:
+                container.put_archive("/", archive)
+            except BaseException:
+                container.remove(force=True)
+                raise
+            return str(container.id)
+
+        result: str = await self._call(_create)
+        return result
+
+    async def attach(self, container_id: str) -> AttachedStream:
+        return await attach(self.socket_path, container_id)
+
+    async def start(self, container_id: str) -> None:
+        await self._call(self._client.api.start, container_id)
+
+    async def remove(self, container_id: str) -> None:
+        """Remove the container, running or not; a container already gone is not an error."""
+
+        def _remove() -> None:
+            try:
+                self._client.api.remove_container(container_id, force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                # Removal already under way (a concurrent destroy) counts as done.
+                if exc.status_code != 409:
+                    raise
+
+        await self._call(_remove)
+
+    async def inspect(self, container_id: str) -> dict[str, Any] | None:
+        def _inspect() -> dict[str, Any] | None:
+            try:
+                info: dict[str, Any] = self._client.api.inspect_container(container_id)
+            except docker.errors.NotFound:
+                return None
+            return info
+
+        result: dict[str, Any] | None = await self._call(_inspect)
+        return result
+
+    async def list_sandboxes(self, instance: str) -> list[dict[str, Any]]:
+        """Containers (any state) that this Insien instance labelled as its sandboxes."""
+
+        def _list() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = self._client.api.containers(
+                all=True, filters={"label": [f"{LABEL_INSTANCE}={instance}"]}
+            )
+            return found
+
+        result: list[dict[str, Any]] = await self._call(_list)
+        return result
+
+    async def image_exists(self, name: str) -> bool:
+        def _exists() -> bool:
+            try:
+                self._client.images.get(name)
+            except docker.errors.ImageNotFound:
+                return False
+            return True
+
+        result: bool = await self._call(_exists)
+        return result
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,107 @@
+"""`insien serve`: one trio nursery tree holding the sandbox manager and the HTTP server.
+
+SIGINT or SIGTERM starts a graceful shutdown: hypercorn stops accepting and lets requests
+finish (up to the graceful timeout), then the manager destroys this instance's sandboxes.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import signal
+import sys
+from functools import partial
+
+import hypercorn.trio
+import trio
+from hypercorn.config import Config as HypercornConfig
+
+from .api.context import Services
+from .app import create_app
+from .auth import Authenticator
+from .config import Settings
+from .manager import SandboxManager
+from .runtime.docker import DockerRuntime, ImageNotFound
+
+log = logging.getLogger("insien.server")
+
+WEBSOCKET_PING_INTERVAL = 20.0
+
+
+def hypercorn_config(settings: Settings) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.graceful_timeout = settings.graceful_timeout
+    config.websocket_max_message_size = settings.max_message_bytes
+    config.websocket_ping_interval = WEBSOCKET_PING_INTERVAL
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+def make_authenticator(settings: Settings) -> Authenticator:
+    """With no key configured a random one is made and printed once, so the server is never open."""
+    if settings.api_key is not None:
+        api_key = settings.api_key.get_secret_value()
+    else:
+        api_key = secrets.token_urlsafe(24)
+        print(
+            f"No API key configured; generated one for this run: {api_key}\n"
+            "(set INSIEN_API_KEY or API_KEY to choose your own)",
+            file=sys.stderr,
+            flush=True,
+        )
+    secret = (
+        settings.jwt_secret.get_secret_value()
+        if settings.jwt_secret is not None
+        else secrets.token_urlsafe(32)
+    )
+    return Authenticator(api_key, secret, settings.token_ttl)
+
+
+async def _stop_on_signal(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            stop.set()
+            return
+
+
+async def serve(
+    settings: Settings,
+    authenticator: Authenticator | None = None,
+    *,
+    handle_signals: bool = True,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until `stop` is set or a signal arrives; reports the bound URLs through task_status."""
+    auth = authenticator or make_authenticator(settings)
+    stop = stop or trio.Event()
+    runtime = await DockerRuntime.connect()
+    try:
+        if not await runtime.image_exists(settings.agent_image):
+            raise ImageNotFound(
+                f"sandbox image {settings.agent_image!r} is missing; build it with "
+                "`insien image build`"
+            )
+        async with SandboxManager.open(runtime, settings) as manager:
+            app = create_app(Services(settings=settings, manager=manager, auth=auth))
+            async with trio.open_nursery() as nursery:
+                if handle_signals:
+                    nursery.start_soon(_stop_on_signal, stop)
+                binds = await nursery.start(
+                    partial(
+                        hypercorn.trio.serve,
+                        app,
+                        hypercorn_config(settings),
+                        shutdown_trigger=stop.wait,
+                    )
+                )
+                for bind in binds:
+                    print(f"Insien listening on {bind}", file=sys.stderr, flush=True)
+                task_status.started(binds)
+                await stop.wait()
+                # hypercorn returns once its graceful shutdown is done; then stop the signal task.
+    finally:
+        runtime.close()
