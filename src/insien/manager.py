@@ -55,6 +55,13 @@ class Sandbox:
     link: AgentLink
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     ended: trio.Event = field(default_factory=trio.Event)
+    end_reason: str | None = None
+
+    def end(self, reason: str) -> None:
+        """Record why the sandbox ended (the first reason wins) and wake whoever waits on it."""
+        if self.end_reason is None:
+            self.end_reason = reason
+        self.ended.set()
 
     @property
     def connected(self) -> bool:
@@ -161,7 +168,7 @@ class SandboxManager:
             await sandbox.link.run(task_status=task_status)
         if not sandbox.scope.cancelled_caught:
             log.warning("sandbox %s: agent link ended: %s", sandbox.id, sandbox.link.close_reason)
-        sandbox.ended.set()
+        sandbox.end(f"agent gone: {sandbox.link.close_reason}")
 
     async def destroy(self, sandbox_id: str, tenant: Tenant) -> None:
         sandbox = self.get(sandbox_id, tenant)
@@ -169,9 +176,9 @@ class SandboxManager:
 
     async def _destroy(self, sandbox: Sandbox) -> None:
         self._sandboxes.pop(sandbox.id, None)
+        sandbox.end("sandbox destroyed")
         sandbox.scope.cancel()
         await self._runtime.remove(sandbox.container_id)
-        sandbox.ended.set()
         log.info("destroyed sandbox %s", sandbox.id)
 
     async def destroy_all(self) -> None:

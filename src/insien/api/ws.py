@@ -71,20 +71,25 @@ class ClientSession:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_loop)
-            nursery.start_soon(self._close_when_sandbox_ends, nursery.cancel_scope)
-            await self._read_loop(nursery)
-            nursery.cancel_scope.cancel()
+            async with self._send, trio.open_nursery() as requests:
+                with trio.CancelScope() as reading:
+                    nursery.start_soon(self._stop_reading_when_sandbox_ends, reading)
+                    await self._read_loop(requests)
+                # Every request has answered (AGENT_GONE if the sandbox ended under it);
+                # closing the channel lets the writer flush those answers and finish.
 
     async def _write_loop(self) -> None:
-        async for message in self._outgoing:
-            await websocket.send(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
+        async with self._outgoing:
+            async for message in self._outgoing:
+                await websocket.send(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
+        if self._sandbox.ended.is_set():
+            reason = self._sandbox.end_reason or "sandbox ended"
+            # A close reason must fit in a control frame: 123 bytes.
+            await websocket.close(CLOSE_GOING_AWAY, reason.encode()[:120].decode(errors="ignore"))
 
-    async def _close_when_sandbox_ends(self, scope: trio.CancelScope) -> None:
+    async def _stop_reading_when_sandbox_ends(self, reading: trio.CancelScope) -> None:
         await self._sandbox.ended.wait()
-        reason = self._link.close_reason or "sandbox ended"
-        # A close reason must fit in a control frame: 123 bytes.
-        await websocket.close(CLOSE_GOING_AWAY, reason.encode()[:120].decode(errors="ignore"))
-        scope.cancel()
+        reading.cancel()
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         while True:

@@ -135,7 +135,10 @@ class DockerRuntime:
                 labels=spec.labels(),
                 environment=dict(spec.environment),
                 working_dir=spec.workdir,
-                stdin_open=True,  # StdinOnce stays false: a restarted server can attach again
+                # docker-py sets StdinOnce unless detached, and a restarted server must be
+                # able to attach again, so: detached, stdin open.
+                detach=True,
+                stdin_open=True,
                 tty=False,
                 init=True,
                 log_config=LogConfig(type=LogConfig.types.NONE),

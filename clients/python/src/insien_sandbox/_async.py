@@ -1,0 +1,209 @@
+"""AsyncSandbox: the trio flavour of the SDK. The blocking Sandbox wraps this one."""
+
+from __future__ import annotations
+
+import base64
+from contextlib import AsyncExitStack, suppress
+from types import TracebackType
+from typing import Any
+
+import httpx
+import trio
+from trio_websocket import HandshakeError, open_websocket_url
+
+from ._config import resolve
+from ._errors import ConnectError, InsienError, NotFoundError, api_error
+from ._rpc import RPCConnection
+from ._types import CommandResult
+
+MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+REST_TIMEOUT = 60.0
+
+
+class AsyncSandbox:
+    """A sandbox, created on first use and destroyed when the `async with` block ends.
+
+    async with AsyncSandbox(api_key="...") as sandbox:
+        await sandbox.write_file("hello.py", "print('hi')")
+        result = await sandbox.run_command("python3", ["hello.py"])
+    """
+
+    def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
+        self._api_key, self.base_url = resolve(api_key, base_url)
+        self.sandbox_id: str | None = None
+        self.agent_url: str | None = None
+        self._stack: AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._rpc: RPCConnection | None = None
+        self._ws_scope: trio.CancelScope | None = None
+        self._lock = trio.Lock()
+        self._destroyed = False
+
+    async def __aenter__(self) -> AsyncSandbox:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            self._http = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=self.base_url,
+                    headers={"X-API-Key": self._api_key},
+                    timeout=REST_TIMEOUT,
+                )
+            )
+            self._nursery = await stack.enter_async_context(trio.open_nursery())
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            with trio.CancelScope(shield=True):
+                if self.sandbox_id is not None and not self._destroyed:
+                    try:
+                        await self.destroy()
+                    except InsienError:
+                        if exc is None:
+                            raise
+        finally:
+            self._close_connection()
+            stack, self._stack = self._stack, None
+            if stack is not None:
+                await stack.__aexit__(exc_type, exc, tb)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str) -> dict[str, Any]:
+        if self._http is None:
+            raise InsienError("use AsyncSandbox inside `async with`")
+        try:
+            response = await self._http.request(method, path)
+        except httpx.TransportError as exc:
+            raise ConnectError(f"cannot reach Insien at {self.base_url}: {exc}") from exc
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = {}
+        if response.is_error:
+            code = body.get("code", "HTTP_ERROR") if isinstance(body, dict) else "HTTP_ERROR"
+            message = body.get("message", response.text) if isinstance(body, dict) else ""
+            raise api_error(response.status_code, str(code), str(message))
+        if not isinstance(body, dict):
+            raise InsienError(f"unexpected response from {path}: {response.text[:200]}")
+        return body
+
+    async def _connection(self) -> RPCConnection:
+        """The sandbox's WebSocket, creating the sandbox first if this is the first use."""
+        async with self._lock:
+            if self._destroyed:
+                raise InsienError("this sandbox has been destroyed")
+            if self._rpc is None:
+                if self.sandbox_id is None:
+                    await self.create()
+                assert self._nursery is not None
+                assert self.agent_url is not None
+                self._rpc = await self._nursery.start(self._hold_connection, self.agent_url)
+            return self._rpc
+
+    async def _hold_connection(
+        self, url: str, *, task_status: trio.TaskStatus[RPCConnection]
+    ) -> None:
+        with trio.CancelScope() as scope:
+            self._ws_scope = scope
+            try:
+                async with open_websocket_url(
+                    url,
+                    extra_headers=[(b"X-API-Key", self._api_key.encode())],
+                    max_message_size=MAX_MESSAGE_SIZE,
+                ) as ws:
+                    rpc = RPCConnection(ws)
+                    task_status.started(rpc)
+                    await rpc.run()
+            except HandshakeError as exc:
+                raise ConnectError(f"WebSocket to the sandbox refused: {exc}") from exc
+            except OSError as exc:
+                raise ConnectError(f"cannot reach the sandbox WebSocket: {exc}") from exc
+
+    def _close_connection(self) -> None:
+        if self._ws_scope is not None:
+            self._ws_scope.cancel()
+        self._rpc = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def create(self) -> str:
+        """Create the sandbox now (otherwise the first call does). Returns its id."""
+        if self.sandbox_id is None:
+            body = await self._request("POST", "/sandbox/create")
+            self.sandbox_id = str(body["sandboxId"])
+            self.agent_url = str(body["agentUrl"])
+        return self.sandbox_id
+
+    async def status(self) -> dict[str, Any]:
+        """The seed's status: `{"sandboxId", "connected", "createdAt"}`."""
+        await self.create()
+        return await self._request("GET", f"/sandbox/{self.sandbox_id}/status")
+
+    async def destroy(self) -> None:
+        """Destroy the sandbox and its container. Calling it twice is harmless."""
+        if self.sandbox_id is None or self._destroyed:
+            self._destroyed = True
+            return
+        self._destroyed = True
+        self._close_connection()
+        # A sandbox already destroyed elsewhere is the outcome the caller asked for.
+        with suppress(NotFoundError):
+            await self._request("POST", f"/sandbox/{self.sandbox_id}/destroy")
+
+    # -- the seed's operations ----------------------------------------------------------------
+
+    async def run_command(
+        self,
+        cmd: str,
+        args: list[str] | None = None,
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> CommandResult:
+        """Run `cmd` with `args` (no shell) and wait for it to finish."""
+        request: dict[str, Any] = {"type": "exec", "cmd": cmd, "args": list(args or [])}
+        if cwd is not None:
+            request["cwd"] = cwd
+        if env is not None:
+            request["env"] = env
+        reply = await (await self._connection()).call(request)
+        return CommandResult(
+            stdout=reply.get("stdout", ""),
+            stderr=reply.get("stderr", ""),
+            exit_code=int(reply.get("exitCode", -1)),
+            signal=reply.get("signal"),
+            truncated=bool(reply.get("truncated", False)),
+        )
+
+    async def write_file(self, path: str, content: str | bytes) -> None:
+        """Write a file (parents are created). Bytes travel base64-encoded, text as UTF-8."""
+        request: dict[str, Any] = {"type": "write", "path": path}
+        if isinstance(content, bytes):
+            request.update(content=base64.b64encode(content).decode(), encoding="base64")
+        else:
+            request["content"] = content
+        await (await self._connection()).call(request)
+
+    async def get_file(self, path: str) -> str:
+        """A text file's content. Raises RPCError with code BAD_ENCODING for binary files."""
+        reply = await (await self._connection()).call({"type": "read", "path": path})
+        return str(reply["content"])
+
+    async def get_file_bytes(self, path: str) -> bytes:
+        """A file's exact bytes."""
+        reply = await (await self._connection()).call(
+            {"type": "read", "path": path, "encoding": "base64"}
+        )
+        return base64.b64decode(reply["content"])

@@ -1,0 +1,65 @@
+"""The SDK's exception tree. Catch InsienError for everything the SDK raises on purpose.
+
+InsienError
+├── APIError                 the REST API answered with an error status
+│   ├── AuthenticationError  401: missing or wrong API key
+│   ├── NotFoundError        404: no such sandbox (or not yours)
+│   └── UnavailableError     503: Docker or the sandbox image is not available
+├── ConnectError             the service could not be reached at all
+├── RPCError                 the agent answered a request with an `error` message
+└── SandboxClosedError       the sandbox's connection ended (destroyed, agent gone)
+"""
+
+from __future__ import annotations
+
+
+class InsienError(Exception):
+    """Base class of every error the SDK raises deliberately."""
+
+
+class ConnectError(InsienError):
+    """The Insien service could not be reached (wrong URL, service down)."""
+
+
+class APIError(InsienError):
+    """The REST API answered with an error status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class AuthenticationError(APIError):
+    """401: the API key is missing or wrong."""
+
+
+class NotFoundError(APIError):
+    """404: the sandbox does not exist, has been destroyed, or belongs to someone else."""
+
+
+class UnavailableError(APIError):
+    """503: the service cannot make sandboxes right now (Docker down, image missing)."""
+
+
+class RPCError(InsienError):
+    """The agent refused or failed a request; `code` is one of the protocol's error codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class SandboxClosedError(InsienError):
+    """The connection to the sandbox ended before the answer arrived."""
+
+
+def api_error(status: int, code: str, message: str) -> APIError:
+    kind: type[APIError] = {
+        401: AuthenticationError,
+        404: NotFoundError,
+        503: UnavailableError,
+    }.get(status, APIError)
+    return kind(status, code, message)

@@ -1,0 +1,73 @@
+"""Runs the agent as a local subprocess, speaking to it exactly as the orchestrator does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+AGENT_DIR = Path(__file__).resolve().parents[1] / "agent"
+
+
+class AgentProcess:
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        assert process.stdin is not None
+        assert process.stdout is not None
+        self._stdin = process.stdin
+        self._stdout = process.stdout
+        self._buffer = b""
+        self.hello: dict[str, Any] = {}
+
+    async def send_raw(self, data: bytes) -> None:
+        await self._stdin.send_all(data)
+
+    async def send(self, message: Any) -> None:
+        await self.send_raw(json.dumps(message).encode() + b"\n")
+
+    async def receive(self, timeout: float = 10) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while b"\n" not in self._buffer:
+                chunk = await self._stdout.receive_some(65536)
+                if not chunk:
+                    raise EOFError("agent closed stdout")
+                self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    async def receive_many(self, count: int, timeout: float = 10) -> dict[Any, dict[str, Any]]:
+        replies = [await self.receive(timeout) for _ in range(count)]
+        return {reply.get("id"): reply for reply in replies}
+
+
+@asynccontextmanager
+async def run_agent(workdir: Path, **env: str) -> AsyncIterator[AgentProcess]:
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(AGENT_DIR),
+        "INSIEN_AGENT_WORKDIR": str(workdir),
+        **env,
+    }
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "insien_agent"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=environment,
+        cwd=str(workdir),
+    )
+    agent = AgentProcess(process)
+    try:
+        agent.hello = await agent.receive()
+        assert agent.hello["type"] == "ready"
+        yield agent
+    finally:
+        process.kill()
+        await process.wait()

@@ -1,0 +1,56 @@
+"""Small raw clients for end-to-end tests: plain HTTP and a plain WebSocket, no SDK."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import trio
+from tests.conftest import Server
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+
+@asynccontextmanager
+async def http(server: Server, *, key: str | None = "default") -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"X-API-Key": server.api_key if key == "default" else key} if key else {}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=60) as client:
+        yield client
+
+
+@asynccontextmanager
+async def sandbox(server: Server) -> AsyncIterator[dict[str, Any]]:
+    """A sandbox made with the seed's create route, destroyed afterwards."""
+    async with http(server) as client:
+        created = (await client.post("/sandbox/create")).raise_for_status().json()
+        try:
+            yield created
+        finally:
+            with trio.CancelScope(shield=True):
+                await client.post(f"/sandbox/{created['sandboxId']}/destroy")
+
+
+@asynccontextmanager
+async def websocket(
+    url: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[WebSocketConnection]:
+    extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    async with open_websocket_url(
+        url, extra_headers=extra, max_message_size=64 * 1024 * 1024
+    ) as ws:
+        yield ws
+
+
+async def call(
+    ws: WebSocketConnection, message: dict[str, Any], timeout: float = 30
+) -> dict[str, Any]:
+    await ws.send_message(json.dumps(message))
+    return await receive(ws, timeout)
+
+
+async def receive(ws: WebSocketConnection, timeout: float = 30) -> dict[str, Any]:
+    with trio.fail_after(timeout):
+        reply: dict[str, Any] = json.loads(await ws.get_message())
+    return reply

@@ -1,0 +1,148 @@
+"""Containers as Docker sees them: labelled, hardened, removed on destroy and on shutdown."""
+
+from __future__ import annotations
+
+import time
+
+import docker
+import pytest
+import trio
+from tests.conftest import Server, start_server, stop_server
+from tests.e2e.helpers import call, http, receive, sandbox, websocket
+from trio_websocket import ConnectionClosed
+
+
+def containers_of(client: docker.DockerClient, sandbox_id: str) -> list[dict[str, object]]:
+    found: list[dict[str, object]] = client.api.containers(
+        all=True, filters={"label": [f"insien.sandbox.id={sandbox_id}"]}
+    )
+    return found
+
+
+async def test_container_is_labelled_and_configured(
+    server: Server, docker_client: docker.DockerClient
+) -> None:
+    async with sandbox(server) as created:
+        (summary,) = containers_of(docker_client, created["sandboxId"])
+        info = docker_client.api.inspect_container(summary["Id"])
+        labels = info["Config"]["Labels"]
+        assert labels["insien.sandbox.id"] == created["sandboxId"]
+        assert labels["insien.owner"] == "default"
+        assert labels["insien.instance"] == server.instance
+        assert labels["insien.created-at"].endswith("Z")
+        host = info["HostConfig"]
+        assert host["Init"] is True
+        assert host["LogConfig"]["Type"] == "none"
+        assert host["NetworkMode"] == "none"
+        assert host["Privileged"] is False
+        assert "no-new-privileges" in host["SecurityOpt"]
+        assert host["PidsLimit"]
+        assert host["Memory"]
+        config = info["Config"]
+        assert (config["OpenStdin"], config["StdinOnce"], config["Tty"]) == (True, False, False)
+        assert info["Mounts"] == []
+
+
+async def test_destroy_removes_the_container(
+    server: Server, docker_client: docker.DockerClient
+) -> None:
+    async with http(server) as client:
+        created = (await client.post("/sandbox/create")).json()
+        assert len(containers_of(docker_client, created["sandboxId"])) == 1
+        async with websocket(created["agentUrl"]) as ws:
+            await call(ws, {"id": 1, "type": "exec", "cmd": "true"})
+            await client.post(f"/sandbox/{created['sandboxId']}/destroy")
+            # connected clients are told, with a close reason
+            with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+                await ws.get_message()
+            assert closed.value.reason.code == 1001
+            assert closed.value.reason.reason == "sandbox destroyed"
+        assert containers_of(docker_client, created["sandboxId"]) == []
+
+
+async def test_no_network_inside(server: Server) -> None:
+    async with sandbox(server) as created, websocket(created["agentUrl"]) as ws:
+        reply = await call(
+            ws, {"id": 1, "type": "exec", "cmd": "sh", "args": ["-c", "cat /proc/net/dev | wc -l"]}
+        )
+        # only the header lines and loopback: no eth0
+        assert int(reply["stdout"]) == 3
+
+
+async def test_agent_death_fails_in_flight_requests(server: Server) -> None:
+    async with sandbox(server) as created, websocket(created["agentUrl"]) as ws:
+        await ws.send_message('{"id": "slow", "type": "exec", "cmd": "sleep", "args": ["30"]}')
+        await ws.send_message(
+            '{"id": "kill", "type": "exec", "cmd": "sh", "args": ["-c", "kill -9 $PPID"]}'
+        )
+        replies = {}
+        for _ in range(2):
+            reply = await receive(ws, timeout=15)
+            replies[reply["id"]] = reply
+        assert replies["slow"]["code"] == "AGENT_GONE"
+        assert replies["kill"]["code"] == "AGENT_GONE"
+        async with http(server) as client:
+            status = (await client.get(f"/sandbox/{created['sandboxId']}/status")).json()
+        assert status["connected"] is False
+
+
+async def test_a_client_leaving_mid_request_does_not_disturb_the_sandbox(server: Server) -> None:
+    async with sandbox(server) as created:
+        async with websocket(created["agentUrl"]) as ws:
+            await ws.send_message('{"id": 1, "type": "exec", "cmd": "sleep", "args": ["1"]}')
+        # the answer to the abandoned request arrives with nobody waiting: it is dropped
+        await trio.sleep(1.5)
+        async with websocket(created["agentUrl"]) as ws:
+            assert (await call(ws, {"id": 1, "type": "exec", "cmd": "echo", "args": ["ok"]}))[
+                "stdout"
+            ] == "ok\n"
+
+
+def test_graceful_shutdown_removes_its_sandboxes_and_leaves_others(
+    server: Server, docker_client: docker.DockerClient
+) -> None:
+    process, other = start_server(suffix="shutdown")
+    try:
+
+        async def make_two() -> list[str]:
+            ids = []
+            for target in (other, server):
+                async with http(target) as client:
+                    ids.append((await client.post("/sandbox/create")).json()["sandboxId"])
+            return ids
+
+        mine, neighbours = trio.run(make_two)
+        started = time.monotonic()
+    finally:
+        assert stop_server(process) == 0
+    assert time.monotonic() - started < 4, "graceful shutdown waited for something idle"
+    assert containers_of(docker_client, mine) == []
+    assert len(containers_of(docker_client, neighbours)) == 1  # another instance's sandbox
+
+    async def cleanup() -> None:
+        async with http(server) as client:
+            await client.post(f"/sandbox/{neighbours}/destroy")
+
+    trio.run(cleanup)
+
+
+def test_leftovers_of_a_crashed_run_are_removed_at_start(
+    docker_client: docker.DockerClient,
+) -> None:
+    process, info = start_server(suffix="crash")
+
+    async def make_one() -> str:
+        async with http(info) as client:
+            return str((await client.post("/sandbox/create")).json()["sandboxId"])
+
+    try:
+        sandbox_id = trio.run(make_one)
+    finally:
+        process.kill()  # SIGKILL: no graceful shutdown, the container stays behind
+        process.wait()
+    assert len(containers_of(docker_client, sandbox_id)) == 1
+    process, _ = start_server(suffix="crash")
+    try:
+        assert containers_of(docker_client, sandbox_id) == []
+    finally:
+        assert stop_server(process) == 0

@@ -1,0 +1,81 @@
+"""The Docker runtime and AgentLink in-process: attach before start, and attach again later."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import trio
+from tests.conftest import IMAGE, instance_name
+
+from insien._resources import agent_zipapp
+from insien.link import AgentLink
+from insien.runtime.docker import ContainerSpec, DockerRuntime
+
+
+def spec(sandbox_id: str) -> ContainerSpec:
+    return ContainerSpec(
+        sandbox_id=sandbox_id,
+        image=IMAGE,
+        owner="test",
+        instance=instance_name("runtime"),
+        created_at=datetime.now(UTC).isoformat(),
+        template=IMAGE,
+    )
+
+
+async def test_attach_before_start_sees_the_hello_and_reattach_works(docker_client: object) -> None:
+    runtime = await DockerRuntime.connect()
+    container_id = await runtime.create(spec("runtime-1"), agent_zipapp())
+    try:
+        async with trio.open_nursery() as nursery:
+            link = AgentLink(await runtime.attach(container_id), name="t", max_line=1 << 20)
+            await nursery.start(link.run)
+            await runtime.start(container_id)
+            with trio.fail_after(30):
+                await link.ready.wait()
+            assert link.hello is not None
+            assert link.hello["protocol"] == 1
+            reply = await link.call({"type": "write", "path": "kept.txt", "content": "still here"})
+            assert reply["type"] == "writeResponse"
+            nursery.cancel_scope.cancel()
+        assert link.closed.is_set()
+
+        # A second attach to the running container (what a restarted server does) works:
+        # stdin stayed open, and the agent kept running without anyone attached.
+        async with trio.open_nursery() as nursery:
+            again = AgentLink(await runtime.attach(container_id), name="t2", max_line=1 << 20)
+            await nursery.start(again.run)
+            with trio.fail_after(30):
+                reply = await again.call({"type": "read", "path": "kept.txt"})
+            assert reply["content"] == "still here"
+            nursery.cancel_scope.cancel()
+    finally:
+        await runtime.remove(container_id)
+        runtime.close()
+
+
+async def test_link_reports_agent_gone_when_the_container_is_removed(docker_client: object) -> None:
+    runtime = await DockerRuntime.connect()
+    container_id = await runtime.create(spec("runtime-2"), agent_zipapp())
+    try:
+        async with trio.open_nursery() as nursery:
+            link = AgentLink(await runtime.attach(container_id), name="t", max_line=1 << 20)
+            await nursery.start(link.run)
+            await runtime.start(container_id)
+            with trio.fail_after(30):
+                await link.ready.wait()
+            answers: list[dict[str, object]] = []
+
+            async def slow() -> None:
+                answers.append(await link.call({"type": "exec", "cmd": "sleep", "args": ["60"]}))
+
+            nursery.start_soon(slow)
+            await trio.sleep(0.3)
+            await runtime.remove(container_id)
+            with trio.fail_after(15):
+                await link.closed.wait()
+        assert answers
+        assert answers[0]["code"] == "AGENT_GONE"
+    finally:
+        await runtime.remove(container_id)
+        runtime.close()
