@@ -1,0 +1,50 @@
+"""Every developer task: `nox -s tests | lint | typecheck | image | serve`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+PYTHON = "3.11"
+SERVER = ["-e", ".[test]"]
+SDK = ["-e", "./clients/python"]
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole suite against a real Docker Engine (builds the sandbox image if needed)."""
+    session.install(*SERVER, *SDK)
+    session.run("insien", "image", "build")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff: lint rules and formatting."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the server, the agent and the SDK."""
+    session.install("mypy>=1.10", "types-docker", *SERVER, *SDK)
+    session.run("mypy", "src", "agent", "clients/python/src")
+
+
+@nox.session(python=PYTHON)
+def image(session: nox.Session) -> None:
+    """Build the default sandbox image (pass --force to rebuild)."""
+    session.install(*SERVER)
+    session.run("insien", "image", "build", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def serve(session: nox.Session) -> None:
+    """Run the service on this machine, building the sandbox image on first use."""
+    session.install(*SERVER)
+    session.run("insien", "serve", *session.posargs)
