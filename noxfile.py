@@ -24,7 +24,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff: lint rules and formatting."""
-    session.install("ruff>=0.6")
+    session.install("ruff>=0.17,<0.18")  # formatting changes between minor versions
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -32,7 +32,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the server, the agent and the SDK."""
-    session.install("mypy>=1.10", "types-docker", *SERVER, *SDK)
+    session.install("mypy>=2.4,<3", "types-docker", *SERVER, *SDK)
     session.run("mypy", "src", "agent", "clients/python/src")
 
 
