@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 import trio
-from tests.conftest import Server
 from trio_websocket import WebSocketConnection, open_websocket_url
+
+from tests.conftest import Server
 
 
 @asynccontextmanager

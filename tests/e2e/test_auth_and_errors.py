@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from trio_websocket import HandshakeError
+
 from tests.conftest import Server
 from tests.e2e.helpers import call, http, sandbox, websocket
-from trio_websocket import HandshakeError
 
 
 @pytest.mark.parametrize("key", [None, "wrong-key"])

@@ -7,9 +7,10 @@ import time
 import docker
 import pytest
 import trio
+from trio_websocket import ConnectionClosed
+
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.helpers import call, http, receive, sandbox, websocket
-from trio_websocket import ConnectionClosed
 
 
 def containers_of(client: docker.DockerClient, sandbox_id: str) -> list[dict[str, object]]:

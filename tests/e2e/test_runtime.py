@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import trio
-from tests.conftest import IMAGE, instance_name
 
 from insien._resources import agent_zipapp
 from insien.link import AgentLink
 from insien.runtime.docker import ContainerSpec, DockerRuntime
+from tests.conftest import IMAGE, instance_name
 
 
 def spec(sandbox_id: str) -> ContainerSpec:

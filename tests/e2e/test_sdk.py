@@ -5,8 +5,6 @@ from __future__ import annotations
 import docker
 import pytest
 import trio
-from tests.conftest import Server
-from tests.e2e.helpers import http
 
 from insien_sandbox import (
     AsyncSandbox,
@@ -17,6 +15,8 @@ from insien_sandbox import (
     Sandbox,
     SandboxClosedError,
 )
+from tests.conftest import Server
+from tests.e2e.helpers import http
 
 
 def container_exists(client: docker.DockerClient, sandbox_id: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import trio
+
 from tests.conftest import Server
 from tests.e2e.helpers import call, http, receive, sandbox, websocket
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from tests.agent_process import run_agent
 
 
