@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import docker
@@ -147,3 +148,26 @@ def test_leftovers_of_a_crashed_run_are_removed_at_start(
         assert containers_of(docker_client, sandbox_id) == []
     finally:
         assert stop_server(process) == 0
+
+
+def test_without_a_configured_key_one_is_generated_and_printed(
+    docker_client: docker.DockerClient,
+) -> None:
+    process, info = start_server({"INSIEN_API_KEY": ""}, suffix="genkey")
+    try:
+        match = re.search(r"generated one for this run: (\S+)", info.log())
+        assert match, info.log()
+        generated = match.group(1)
+
+        async def check() -> None:
+            async with http(info, key=generated) as client:
+                assert (await client.get("/sandbox/x/status")).status_code == 404
+            async with http(info, key=None) as client:
+                assert (await client.get("/sandbox/x/status")).status_code == 401
+            async with http(info, key="") as client:
+                assert (await client.get("/sandbox/x/status")).status_code == 401
+
+        trio.run(check)
+    finally:
+        assert stop_server(process) == 0
+    assert info.log().count(generated) == 1  # printed once, never logged again

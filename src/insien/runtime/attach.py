@@ -25,7 +25,7 @@ class AttachedStream(trio.abc.Stream):
     `receive_some` first returns any bytes that arrived with the upgrade response.
     """
 
-    def __init__(self, stream: trio.SocketStream, leftover: bytes) -> None:
+    def __init__(self, stream: trio.abc.Stream, leftover: bytes) -> None:
         self._stream = stream
         self._leftover = leftover
 
@@ -56,7 +56,7 @@ async def attach(socket_path: str, container_id: str) -> AttachedStream:
         raise
 
 
-async def _handshake(stream: trio.SocketStream, container_id: str) -> AttachedStream:
+async def _handshake(stream: trio.abc.Stream, container_id: str) -> AttachedStream:
     conn = h11.Connection(our_role=h11.CLIENT)
     target = f"/containers/{quote(container_id, safe='')}/attach?stream=1&stdin=1&stdout=1&stderr=1"
     request = h11.Request(
@@ -91,7 +91,7 @@ async def _handshake(stream: trio.SocketStream, container_id: str) -> AttachedSt
         raise AttachError(f"unexpected event during attach handshake: {event!r}")
 
 
-async def _read_body(conn: h11.Connection, stream: trio.SocketStream) -> str:
+async def _read_body(conn: h11.Connection, stream: trio.abc.Stream) -> str:
     parts: list[bytes] = []
     while True:
         event = conn.next_event()

@@ -1,0 +1,77 @@
+"""The public surfaces are deliberate: changing them must change this test too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import insien
+import insien_sandbox
+
+
+def test_sdk_public_names() -> None:
+    assert sorted(insien_sandbox.__all__) == [
+        "APIError",
+        "AsyncSandbox",
+        "AuthenticationError",
+        "CommandResult",
+        "ConnectError",
+        "InsienError",
+        "NotFoundError",
+        "RPCError",
+        "Sandbox",
+        "SandboxClosedError",
+        "UnavailableError",
+        "__version__",
+    ]
+    for name in insien_sandbox.__all__:
+        assert hasattr(insien_sandbox, name)
+
+
+def test_sdk_exception_tree() -> None:
+    from insien_sandbox import (
+        APIError,
+        AuthenticationError,
+        ConnectError,
+        InsienError,
+        NotFoundError,
+        RPCError,
+        SandboxClosedError,
+        UnavailableError,
+    )
+
+    for api in (AuthenticationError, NotFoundError, UnavailableError):
+        assert issubclass(api, APIError)
+    for error in (APIError, ConnectError, RPCError, SandboxClosedError):
+        assert issubclass(error, InsienError)
+
+
+def test_sandbox_methods() -> None:
+    seed_and_lifecycle = {
+        "create",
+        "status",
+        "destroy",
+        "run_command",
+        "write_file",
+        "get_file",
+        "get_file_bytes",
+    }
+    for cls in (insien_sandbox.Sandbox, insien_sandbox.AsyncSandbox):
+        public = {name for name in vars(cls) if not name.startswith("_")}
+        assert seed_and_lifecycle <= public, cls
+
+
+def test_server_public_names() -> None:
+    assert sorted(insien.__all__) == ["Settings", "__version__", "serve"]
+
+
+def test_sdk_needs_no_server_dependencies() -> None:
+    code = (
+        "import sys, insien_sandbox; "
+        "bad = {'quart', 'quart_trio', 'hypercorn', 'docker', 'insien'} & set(sys.modules); "
+        "print(sorted(bad))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
