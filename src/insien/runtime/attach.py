@@ -34,7 +34,7 @@ class AttachedStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
             data, self._leftover = self._leftover, b""
             return data
-        return await self._stream.receive_some(max_bytes or READ_SIZE)
+        return bytes(await self._stream.receive_some(max_bytes or READ_SIZE))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
@@ -76,7 +76,7 @@ async def _handshake(stream: trio.abc.Stream, container_id: str) -> AttachedStre
             data = await stream.receive_some(READ_SIZE)
             if not data:
                 raise AttachError("Docker closed the connection during the attach handshake")
-            conn.receive_data(data)
+            conn.receive_data(bytes(data))
             continue
         if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
             continue
@@ -96,7 +96,7 @@ async def _read_body(conn: h11.Connection, stream: trio.abc.Stream) -> str:
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            data = await stream.receive_some(READ_SIZE)
+            data = bytes(await stream.receive_some(READ_SIZE))
             conn.receive_data(data)
             if not data:
                 break
