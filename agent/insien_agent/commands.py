@@ -1,80 +1,250 @@
-"""`exec`: run one command to completion and answer with its output and exit code."""
+"""Commands: `exec` (foreground), `spawn` (background), and what works on a running process:
+`attach`, `stdin`, `signal`, `resize`, `processes`."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import os
-import signal
+import signal as signals
 from typing import Any
 
 from . import fields
-from .errors import from_os_error
-from .settings import AgentSettings, user_environment
+from .context import Request
+from .errors import BAD_REQUEST, CANCELLED, NOT_FOUND, AgentError, from_os_error
+from .processes import ManagedProcess, PtySize, resize, signal_number
+from .settings import user_environment
 
 Message = dict[str, Any]
 
 
-async def _drain(stream: asyncio.StreamReader, limit: int) -> tuple[bytes, bool]:
-    """Read a pipe to its end, keeping at most `limit` bytes so a chatty command can't bloat us."""
-    kept = bytearray()
-    truncated = False
-    while chunk := await stream.read(64 * 1024):
-        room = limit - len(kept)
-        if len(chunk) > room:
-            truncated = True
-            chunk = chunk[:room]
-        kept += chunk
-    return bytes(kept), truncated
+def _decode_data(msg: Message, name: str) -> bytes:
+    text = fields.required_str(msg, name, allow_empty=True)
+    if fields.encoding(msg) == "base64":
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise AgentError(BAD_REQUEST, f"field {name!r} is not valid base64") from None
+    return text.encode("utf-8", errors="surrogateescape")
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    # The command leads its own session, so its pid is also its process group id.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+def _pty_size(msg: Message) -> PtySize | None:
+    value = msg.get("pty")
+    if value is None or value is False:
+        return None
+    if value is True:
+        return PtySize(80, 24)
+    if not isinstance(value, dict):
+        raise AgentError(BAD_REQUEST, "field 'pty' must be an object with 'cols' and 'rows'")
+    cols = fields.optional_int(value, "cols", 80, minimum=1)
+    rows = fields.optional_int(value, "rows", 24, minimum=1)
+    assert cols is not None
+    assert rows is not None
+    return PtySize(min(cols, 10000), min(rows, 10000))
 
 
-async def handle_exec(msg: Message, settings: AgentSettings) -> Message:
+async def _start(req: Request, *, background: bool, stdin: bool) -> ManagedProcess:
+    msg, settings = req.msg, req.settings
     cmd = fields.required_str(msg, "cmd")
     args = fields.str_list(msg, "args")
-    cwd = fields.optional_str(msg, "cwd", settings.workdir)
+    cwd = os.path.join(settings.workdir, fields.optional_str(msg, "cwd", settings.workdir))
     env = user_environment()
     env.update(fields.str_map(msg, "env"))
+    pty_size = _pty_size(msg) if background else None
     try:
-        proc = await asyncio.create_subprocess_exec(
+        return await req.table.start(
             cmd,
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            args,
             cwd=cwd,
             env=env,
-            start_new_session=True,
+            log_capacity=settings.ring_bytes,
+            background=background,
+            stdin=stdin,
+            pty_size=pty_size,
         )
     except OSError as exc:
-        if isinstance(exc, FileNotFoundError) and not os.path.isdir(cwd):  # noqa: ASYNC240 (error path, local fs)
+        if isinstance(exc, FileNotFoundError) and not os.path.isdir(cwd):  # noqa: ASYNC240
             raise from_os_error(exc, cwd) from exc
         raise from_os_error(exc, cmd) from exc
-    assert proc.stdout is not None
-    assert proc.stderr is not None
+
+
+def _arm_timeout(process: ManagedProcess, seconds: float | None) -> asyncio.TimerHandle | None:
+    if seconds is None:
+        return None
+
+    def expire() -> None:
+        if process.running:
+            process.timed_out = True
+            process.kill_group()
+
+    return asyncio.get_running_loop().call_later(seconds, expire)
+
+
+async def _feed_stdin(process: ManagedProcess, data: bytes) -> None:
+    stdin = process.proc.stdin
+    assert stdin is not None
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        stdin.write(data)
+        await stdin.drain()
+    stdin.close()
+
+
+async def handle_exec(req: Request) -> Message:
+    msg, settings = req.msg, req.settings
+    stream = fields.optional_bool(msg, "stream", False)
+    encoding = fields.encoding(msg)
+    timeout = fields.optional_seconds(msg, "timeout")
+    stdin_data = _decode_data(msg, "stdin") if msg.get("stdin") is not None else None
+    process = await _start(req, background=False, stdin=stdin_data is not None)
+    timer = _arm_timeout(process, timeout)
+    feeder = None
+    if stdin_data is not None:
+        feeder = asyncio.create_task(_feed_stdin(process, stdin_data))
+    subscriber = process.subscribe(
+        req.id,
+        primary=True,
+        stream=stream,
+        encoding=encoding,
+        window=settings.window,
+        collect_limit=settings.max_output,
+    )
+    req.subscriptions.by_request[req.id] = (process, subscriber)
     try:
-        (out, out_cut), (err, err_cut), exit_code = await asyncio.gather(
-            _drain(proc.stdout, settings.max_output),
-            _drain(proc.stderr, settings.max_output),
-            proc.wait(),
-        )
+        await process.follow(subscriber, req.emit)
     except asyncio.CancelledError:
-        _kill_group(proc)
-        raise
+        process.kill_group()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(process.finished.wait(), 5)
+        raise AgentError(CANCELLED, "the command was cancelled and killed") from None
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if feeder is not None:
+            feeder.cancel()
+        req.subscriptions.by_request.pop(req.id, None)
+        await process.unsubscribe(subscriber)
+    collected = subscriber.collected
+    assert collected is not None
     response: Message = {
         "type": "execResponse",
-        "stdout": out.decode("utf-8", errors="replace"),
-        "stderr": err.decode("utf-8", errors="replace"),
-        # A command killed by a signal reports as a shell would (128 + signal number).
-        "exitCode": exit_code if exit_code >= 0 else 128 - exit_code,
+        "pid": process.pid,
+        "stdout": _render(collected.parts["stdout"], encoding),
+        "stderr": _render(collected.parts["stderr"], encoding),
+        "exitCode": process.exit_code,
+        "signal": process.signal,
+        "timedOut": process.timed_out,
+        "truncated": collected.truncated,
+        "durationMs": process.duration_ms,
     }
-    if exit_code < 0:
-        response["signal"] = signal.Signals(-exit_code).name
-    if out_cut or err_cut:
-        response["truncated"] = True
+    if encoding != "utf-8":
+        response["encoding"] = encoding
     return response
+
+
+def _render(data: bytearray, encoding: str) -> str:
+    if encoding == "base64":
+        return base64.b64encode(data).decode("ascii")
+    return data.decode("utf-8", errors="replace")
+
+
+async def _stream_until_exit(
+    req: Request, process: ManagedProcess, *, primary: bool, replay: bool
+) -> Message:
+    subscriber = process.subscribe(
+        req.id,
+        primary=primary,
+        stream=True,
+        encoding=fields.encoding(req.msg),
+        window=req.settings.window,
+        replay=replay,
+    )
+    req.subscriptions.by_request[req.id] = (process, subscriber)
+    try:
+        if primary:
+            await req.emit({"id": req.id, "type": "spawnResponse", "pid": process.pid})
+        else:
+            await req.emit(
+                {
+                    "id": req.id,
+                    "type": "attachResponse",
+                    "pid": process.pid,
+                    "running": process.running,
+                    "dropped": subscriber.cursor if replay else 0,
+                    "cmd": process.cmd,
+                    "args": process.args,
+                }
+            )
+        await process.follow(subscriber, req.emit)
+    except asyncio.CancelledError:
+        # The client stopped following (detach, cancel, or it went away); the process goes on.
+        return {"type": "detached", "pid": process.pid}
+    finally:
+        req.subscriptions.by_request.pop(req.id, None)
+        await process.unsubscribe(subscriber)
+    return process.exit_event(req.id)
+
+
+async def handle_spawn(req: Request) -> Message:
+    timeout = fields.optional_seconds(req.msg, "timeout")
+    process = await _start(req, background=True, stdin=True)
+    _arm_timeout(process, timeout)
+    return await _stream_until_exit(req, process, primary=True, replay=True)
+
+
+async def handle_attach(req: Request) -> Message:
+    process = req.table.get(req.msg.get("pid"))
+    replay = fields.optional_bool(req.msg, "replay", True)
+    return await _stream_until_exit(req, process, primary=False, replay=replay)
+
+
+async def handle_stdin(req: Request) -> Message:
+    process = req.table.get(req.msg.get("pid"))
+    data = _decode_data(req.msg, "data") if req.msg.get("data") is not None else b""
+    eof = fields.optional_bool(req.msg, "eof", False)
+    if not process.running:
+        raise AgentError(NOT_FOUND, f"process {process.pid} has exited")
+    try:
+        if process.master_fd is not None:
+            if eof:
+                data += b"\x04"  # a terminal's end of input is ^D
+            view = memoryview(data)
+            while view:
+                view = view[await asyncio.to_thread(os.write, process.master_fd, view) :]
+        else:
+            stdin = process.proc.stdin
+            if stdin is None or stdin.is_closing():
+                raise AgentError(BAD_REQUEST, f"stdin of process {process.pid} is closed")
+            stdin.write(data)
+            await stdin.drain()
+            if eof:
+                stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        raise AgentError(NOT_FOUND, f"process {process.pid} no longer reads its input") from None
+    return {"type": "stdinResponse", "pid": process.pid, "bytes": len(data)}
+
+
+async def handle_signal(req: Request) -> Message:
+    process = req.table.get(req.msg.get("pid"))
+    number = signal_number(req.msg.get("signal", "SIGTERM"))
+    if process.running:
+        process.kill_group(number)
+    return {
+        "type": "signalResponse",
+        "pid": process.pid,
+        "signal": signals.Signals(number).name,
+        "delivered": process.running,
+    }
+
+
+async def handle_resize(req: Request) -> Message:
+    process = req.table.get(req.msg.get("pid"))
+    cols = fields.required_int(req.msg, "cols", minimum=1)
+    rows = fields.required_int(req.msg, "rows", minimum=1)
+    resize(process, PtySize(min(cols, 10000), min(rows, 10000)))
+    return {"type": "resizeResponse", "pid": process.pid, "cols": cols, "rows": rows}
+
+
+async def handle_processes(req: Request) -> Message:
+    return {"type": "processesResponse", "processes": [p.describe() for p in req.table.all()]}

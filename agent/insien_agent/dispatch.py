@@ -1,32 +1,53 @@
-"""The agent's main loop: read requests, run each as its own task, answer every one."""
+"""The agent's main loop: read requests, run each as its own task, answer every one.
+
+Every request gets exactly one final message (a response or an `error`); streaming requests
+send `output` and other events before it. `credit` (flow control from the orchestrator) is the
+one message that gets no answer.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import PROTOCOL_VERSION, __version__
-from .commands import handle_exec
-from .errors import BAD_REQUEST, INTERNAL, TOO_LARGE, UNKNOWN_TYPE, AgentError
-from .files import handle_read, handle_write
+from . import PROTOCOL_VERSION, __version__, commands, files
+from .context import Request, Subscriptions
+from .errors import BAD_REQUEST, CANCELLED, INTERNAL, TOO_LARGE, UNKNOWN_TYPE, AgentError
+from .fields import required_int
+from .processes import ProcessTable
 from .settings import AgentSettings
 from .wire import LineSplitter, Outbox, open_stdout
 
 Message = dict[str, Any]
-Handler = Callable[[Message, AgentSettings], Awaitable[Message]]
+Handler = Callable[[Request], Awaitable[Message]]
 
 log = logging.getLogger("insien_agent")
 
 HANDLERS: dict[str, Handler] = {
-    "exec": handle_exec,
-    "write": handle_write,
-    "read": handle_read,
+    "exec": commands.handle_exec,
+    "spawn": commands.handle_spawn,
+    "attach": commands.handle_attach,
+    "stdin": commands.handle_stdin,
+    "signal": commands.handle_signal,
+    "resize": commands.handle_resize,
+    "processes": commands.handle_processes,
+    "write": files.handle_write,
+    "read": files.handle_read,
+    "list": files.handle_list,
+    "stat": files.handle_stat,
+    "exists": files.handle_exists,
+    "mkdir": files.handle_mkdir,
+    "remove": files.handle_remove,
+    "rename": files.handle_rename,
 }
+BUILTIN = ("cancel", "credit", "ping")
 
 
 def _valid_id(value: object) -> bool:
@@ -39,7 +60,10 @@ class Agent:
     def __init__(self, outbox: Outbox, settings: AgentSettings) -> None:
         self._outbox = outbox
         self._settings = settings
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._table = ProcessTable()
+        self._subscriptions = Subscriptions()
+        self._tasks: dict[Any, asyncio.Task[None]] = {}
+        self._answers: set[asyncio.Future[None]] = set()
 
     async def hello(self) -> None:
         await self._outbox.send(
@@ -50,7 +74,7 @@ class Agent:
                 "version": __version__,
                 "pid": os.getpid(),
                 "python": sys.version.split()[0],
-                "types": sorted(HANDLERS),
+                "types": sorted([*HANDLERS, *BUILTIN]),
             }
         )
 
@@ -62,9 +86,8 @@ class Agent:
     async def receive_line(self, line: bytes | None) -> None:
         """Parse one request line and start its handler; never raises for bad input."""
         if line is None:
-            await self.error(
-                None, TOO_LARGE, f"request line exceeds {self._settings.max_line} bytes"
-            )
+            limit = self._settings.max_line
+            await self.error(None, TOO_LARGE, f"request line exceeds {limit} bytes")
             return
         if not line.strip():
             return
@@ -84,30 +107,86 @@ class Agent:
         if not isinstance(kind, str):
             await self.error(request_id, BAD_REQUEST, "field 'type' must be a string")
             return
+        try:
+            if kind == "credit":
+                await self._credit(msg)
+                return
+            if kind == "cancel":
+                await self._outbox.send({"id": request_id, **self._cancel(msg)})
+                return
+            if kind == "ping":
+                await self._outbox.send({"id": request_id, "type": "pong", "time": time.time()})
+                return
+        except AgentError as exc:
+            await self.error(request_id, exc.code, exc.message)
+            return
         handler = HANDLERS.get(kind)
         if handler is None:
             await self.error(request_id, UNKNOWN_TYPE, f"unknown request type {kind!r}")
             return
-        task = asyncio.create_task(self._run(handler, msg, request_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if request_id is not None and request_id in self._tasks:
+            await self.error(request_id, BAD_REQUEST, f"id {request_id!r} is already in flight")
+            return
+        request = Request(
+            request_id, msg, self._settings, self._table, self._outbox, self._subscriptions
+        )
+        task = asyncio.create_task(self._run(handler, request))
+        key: Any = request_id if request_id is not None else object()  # id-less: not cancellable
+        self._tasks[key] = task
+        task.add_done_callback(lambda done: self._finished(key, request_id, done))
 
-    async def _run(self, handler: Handler, msg: Message, request_id: object) -> None:
+    def _finished(self, key: Any, request_id: Any, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(key, None)
+        if task.cancelled():
+            # Cancelled before its handler ever ran, so nothing answered it yet.
+            answer = asyncio.ensure_future(
+                self.error(request_id, CANCELLED, "the request was cancelled")
+            )
+            self._answers.add(answer)
+            answer.add_done_callback(self._answers.discard)
+
+    async def _credit(self, msg: Message) -> None:
+        n = required_int(msg, "n", minimum=1)
+        found = self._subscriptions.by_request.get(msg.get("target"))
+        if found is not None:
+            process, subscriber = found
+            await process.grant(subscriber, n)
+
+    def _cancel(self, msg: Message) -> Message:
+        target = msg.get("target")
+        if not _valid_id(target) or target is None:
+            raise AgentError(BAD_REQUEST, "field 'target' must be a request id")
+        task = self._tasks.get(target)
+        if task is not None:
+            task.cancel()
+        return {"type": "cancelResponse", "target": target, "cancelled": task is not None}
+
+    async def _run(self, handler: Handler, request: Request) -> None:
         try:
-            response = await handler(msg, self._settings)
+            response = await handler(request)
         except AgentError as exc:
-            await self.error(request_id, exc.code, exc.message)
+            await self.error(request.id, exc.code, exc.message)
+            return
+        except asyncio.CancelledError:
+            # Cancelled by a `cancel` for a request that cannot be interrupted half-way.
+            await self.error(request.id, CANCELLED, "the request was cancelled")
             return
         except Exception as exc:
-            log.exception("request %r failed", request_id)
-            await self.error(request_id, INTERNAL, f"{type(exc).__name__}: {exc}")
+            log.exception("request %r failed", request.id)
+            await self.error(request.id, INTERNAL, f"{type(exc).__name__}: {exc}")
             return
-        await self._outbox.send({"id": request_id, **response})
+        await self._outbox.send({"id": request.id, **response})
 
-    async def drain(self) -> None:
-        """Let every started request finish and answer (used when stdin closes)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Stdin closed: let requests finish for a moment, then stop everything we started."""
+        pending = list(self._tasks.values())
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        self._table.kill_all()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
 
 async def serve(settings: AgentSettings) -> None:
@@ -120,4 +199,4 @@ async def serve(settings: AgentSettings) -> None:
     while chunk := await reader.read(256 * 1024):
         for line in splitter.feed(chunk):
             await agent.receive_line(line)
-    await agent.drain()
+    await agent.shutdown()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 BAD_REQUEST = "BAD_REQUEST"
 UNKNOWN_TYPE = "UNKNOWN_TYPE"
 NOT_FOUND = "NOT_FOUND"
@@ -10,6 +12,9 @@ IS_A_DIRECTORY = "IS_A_DIRECTORY"
 NOT_A_DIRECTORY = "NOT_A_DIRECTORY"
 TOO_LARGE = "TOO_LARGE"
 BAD_ENCODING = "BAD_ENCODING"
+ALREADY_EXISTS = "ALREADY_EXISTS"
+NOT_EMPTY = "NOT_EMPTY"
+CANCELLED = "CANCELLED"
 INTERNAL = "INTERNAL"
 
 
@@ -32,4 +37,8 @@ def from_os_error(exc: OSError, path: str) -> AgentError:
         return AgentError(IS_A_DIRECTORY, f"is a directory: {path}")
     if isinstance(exc, NotADirectoryError):
         return AgentError(NOT_A_DIRECTORY, f"not a directory: {path}")
+    if isinstance(exc, FileExistsError):
+        return AgentError(ALREADY_EXISTS, f"already exists: {path}")
+    if exc.errno == errno.ENOTEMPTY:
+        return AgentError(NOT_EMPTY, f"directory not empty: {path}")
     return AgentError(INTERNAL, f"{path}: {exc.strerror or exc}")

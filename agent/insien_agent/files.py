@@ -1,4 +1,9 @@
-"""`write` and `read`: whole-file transfer inside one message, text or base64."""
+"""The file API: `write`, `read`, `list`, `stat`, `exists`, `mkdir`, `remove`, `rename`.
+
+Nothing here ever blocks on a special file: opens use O_NONBLOCK and refuse anything that is
+not a regular file, `list` and `stat` never open what they describe, and reads are capped.
+Blocking filesystem calls run in worker threads so a slow disk never stalls the agent.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,29 @@ import asyncio
 import base64
 import binascii
 import os
+import shutil
 import stat
 from typing import Any
 
 from . import fields
-from .errors import BAD_ENCODING, BAD_REQUEST, IS_A_DIRECTORY, TOO_LARGE, AgentError, from_os_error
-from .settings import AgentSettings
+from .context import Request
+from .errors import (
+    BAD_ENCODING,
+    BAD_REQUEST,
+    IS_A_DIRECTORY,
+    NOT_A_DIRECTORY,
+    TOO_LARGE,
+    AgentError,
+    from_os_error,
+)
 
 Message = dict[str, Any]
+MAX_LIST_ENTRIES = 10_000
 
 
-def resolve(path: str, settings: AgentSettings) -> str:
+def resolve(path: str, workdir: str) -> str:
     """Relative paths are relative to the sandbox's working directory, as in the seed."""
-    return os.path.join(settings.workdir, path)
+    return os.path.normpath(os.path.join(workdir, path))
 
 
 def _decode_content(msg: Message) -> bytes:
@@ -34,23 +49,24 @@ def _decode_content(msg: Message) -> bytes:
         raise AgentError(BAD_ENCODING, "field 'content' is not valid Unicode") from exc
 
 
-def _write(path: str, data: bytes) -> None:
+def _write(path: str, data: bytes, *, append: bool, mode: int | None) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    # O_NONBLOCK: opening a FIFO someone planted must fail fast instead of hanging the request.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK, 0o644)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o644 if mode is None else mode)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise AgentError(BAD_REQUEST, f"not a regular file: {path}")
+        if mode is not None:
+            os.fchmod(fd, mode)
         os.set_blocking(fd, True)
         view = memoryview(data)
         while view:
-            written = os.write(fd, view)
-            view = view[written:]
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
 
 
-def _read(path: str, limit: int) -> bytes:
+def _read(path: str, offset: int, length: int | None, limit: int) -> tuple[bytes, int]:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         info = os.fstat(fd)
@@ -58,38 +74,118 @@ def _read(path: str, limit: int) -> bytes:
             raise AgentError(IS_A_DIRECTORY, f"is a directory: {path}")
         if not stat.S_ISREG(info.st_mode):
             raise AgentError(BAD_REQUEST, f"not a regular file: {path}")
-        if info.st_size > limit:
-            raise AgentError(TOO_LARGE, f"{path} is {info.st_size} bytes; the limit is {limit}")
+        wanted = length if length is not None else max(info.st_size - offset, 0)
+        if wanted > limit:
+            raise AgentError(
+                TOO_LARGE,
+                f"{path}: {wanted} bytes asked for, the limit is {limit}; "
+                "read it in parts with 'offset' and 'length', or download it",
+            )
         os.set_blocking(fd, True)
         chunks: list[bytes] = []
         size = 0
-        while chunk := os.read(fd, 1024 * 1024):
-            size += len(chunk)
-            if size > limit:  # the file grew while we read it
-                raise AgentError(TOO_LARGE, f"{path} exceeds the {limit} byte read limit")
+        position = offset
+        cap = length if length is not None else limit + 1
+        while size < cap and (chunk := os.pread(fd, min(1024 * 1024, cap - size), position)):
             chunks.append(chunk)
-        return b"".join(chunks)
+            size += len(chunk)
+            position += len(chunk)
+        if length is None and size > limit:  # the file grew while we read it
+            raise AgentError(TOO_LARGE, f"{path} exceeds the {limit} byte read limit")
+        return b"".join(chunks), info.st_size
     finally:
         os.close(fd)
 
 
-async def handle_write(msg: Message, settings: AgentSettings) -> Message:
-    path = fields.required_str(msg, "path")
-    data = _decode_content(msg)
+_TYPES = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "char",
+    stat.S_IFBLK: "block",
+}
+
+
+def _entry(path: str, name: str, info: os.stat_result) -> Message:
+    entry: Message = {
+        "name": name,
+        "path": path,
+        "type": _TYPES.get(stat.S_IFMT(info.st_mode), "other"),
+        "size": info.st_size,
+        "mode": stat.S_IMODE(info.st_mode),
+        "mtime": info.st_mtime,
+    }
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            entry["target"] = os.readlink(path)
+        except OSError:
+            entry["target"] = None
+    return entry
+
+
+def _list(root: str, depth: int) -> tuple[list[Message], bool]:
+    if not stat.S_ISDIR(os.stat(root).st_mode):
+        raise AgentError(NOT_A_DIRECTORY, f"not a directory: {root}")
+    entries: list[Message] = []
+    pending = [(root, 1)]
+    while pending:
+        folder, level = pending.pop(0)
+        try:
+            listing = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            if folder == root:
+                raise
+            continue  # an unreadable subfolder is skipped, not fatal
+        for item in listing:
+            if len(entries) >= MAX_LIST_ENTRIES:
+                return entries, True
+            info = item.stat(follow_symlinks=False)
+            entries.append(_entry(item.path, item.name, info))
+            if level < depth and stat.S_ISDIR(info.st_mode):
+                pending.append((item.path, level + 1))
+    return entries, False
+
+
+def _remove(path: str, recursive: bool) -> None:
+    info = os.lstat(path)
+    if stat.S_ISDIR(info.st_mode):
+        if recursive:
+            shutil.rmtree(path)
+        else:
+            os.rmdir(path)
+    else:
+        os.unlink(path)
+
+
+async def _fs(path: str, fn: Any, *args: Any) -> Any:
     try:
-        await asyncio.to_thread(_write, resolve(path, settings), data)
+        return await asyncio.to_thread(fn, *args)
     except OSError as exc:
         raise from_os_error(exc, path) from exc
+
+
+async def handle_write(req: Request) -> Message:
+    msg = req.msg
+    path = fields.required_str(msg, "path")
+    data = _decode_content(msg)
+    append = fields.optional_bool(msg, "append", False)
+    mode = fields.file_mode(msg)
+    full = resolve(path, req.settings.workdir)
+    await _fs(path, lambda: _write(full, data, append=append, mode=mode))
     return {"type": "writeResponse", "success": True, "path": path}
 
 
-async def handle_read(msg: Message, settings: AgentSettings) -> Message:
+async def handle_read(req: Request) -> Message:
+    msg = req.msg
     path = fields.required_str(msg, "path")
     encoding = fields.encoding(msg)
-    try:
-        data = await asyncio.to_thread(_read, resolve(path, settings), settings.max_read)
-    except OSError as exc:
-        raise from_os_error(exc, path) from exc
+    offset = fields.optional_int(msg, "offset", 0)
+    length = fields.optional_int(msg, "length", None)
+    assert offset is not None
+    full = resolve(path, req.settings.workdir)
+    data, size = await _fs(path, _read, full, offset, length, req.settings.max_read)
     if encoding == "base64":
         content = base64.b64encode(data).decode("ascii")
     else:
@@ -102,4 +198,75 @@ async def handle_read(msg: Message, settings: AgentSettings) -> Message:
     response: Message = {"type": "readResponse", "content": content, "path": path}
     if encoding != "utf-8":
         response["encoding"] = encoding
+    if offset or length is not None:
+        response.update(offset=offset, size=size, eof=offset + len(data) >= size)
     return response
+
+
+async def handle_list(req: Request) -> Message:
+    path = fields.optional_str(req.msg, "path", ".")
+    depth = fields.optional_int(req.msg, "depth", 1, minimum=1)
+    assert depth is not None
+    full = resolve(path, req.settings.workdir)
+    entries, truncated = await _fs(path, _list, full, depth)
+    return {"type": "listResponse", "path": path, "entries": entries, "truncated": truncated}
+
+
+async def handle_stat(req: Request) -> Message:
+    path = fields.required_str(req.msg, "path")
+    full = resolve(path, req.settings.workdir)
+    info = await _fs(path, os.lstat, full)
+    return {
+        "type": "statResponse",
+        "path": path,
+        "entry": _entry(full, os.path.basename(full), info),
+    }
+
+
+async def handle_exists(req: Request) -> Message:
+    path = fields.required_str(req.msg, "path")
+    full = resolve(path, req.settings.workdir)
+    exists = await asyncio.to_thread(os.path.lexists, full)
+    return {"type": "existsResponse", "path": path, "exists": exists}
+
+
+async def handle_mkdir(req: Request) -> Message:
+    path = fields.required_str(req.msg, "path")
+    parents = fields.optional_bool(req.msg, "parents", True)
+    mode = fields.file_mode(req.msg)
+    full = resolve(path, req.settings.workdir)
+
+    def make() -> None:
+        if parents:
+            os.makedirs(full, mode=0o755 if mode is None else mode, exist_ok=True)
+            if not os.path.isdir(full):
+                raise FileExistsError(full)
+        else:
+            os.mkdir(full, 0o755 if mode is None else mode)
+
+    await _fs(path, make)
+    return {"type": "mkdirResponse", "success": True, "path": path}
+
+
+async def handle_remove(req: Request) -> Message:
+    path = fields.required_str(req.msg, "path")
+    recursive = fields.optional_bool(req.msg, "recursive", False)
+    full = resolve(path, req.settings.workdir)
+    if full == "/":
+        raise AgentError(BAD_REQUEST, "refusing to remove /")
+    await _fs(path, _remove, full, recursive)
+    return {"type": "removeResponse", "success": True, "path": path}
+
+
+async def handle_rename(req: Request) -> Message:
+    path = fields.required_str(req.msg, "path")
+    new_path = fields.required_str(req.msg, "newPath")
+    full = resolve(path, req.settings.workdir)
+    full_new = resolve(new_path, req.settings.workdir)
+
+    def move() -> None:
+        os.makedirs(os.path.dirname(full_new) or ".", exist_ok=True)
+        os.replace(full, full_new)
+
+    await _fs(path, move)
+    return {"type": "renameResponse", "success": True, "path": path, "newPath": new_path}

@@ -26,6 +26,10 @@ class AgentSettings:
     """Output kept per stream of one `exec`; the rest is drained and the result flagged."""
     max_read: int = 16 * MIB
     """Largest file a `read` returns in one message."""
+    ring_bytes: int = 1 * MIB
+    """Output a process keeps for late `attach`; also how far a streaming client may lag."""
+    window: int = 32
+    """Output events a streaming request may have unacknowledged (the server grants more)."""
     workdir: str = "/home/user"
     """Where relative paths and commands start when the request names no `cwd`."""
 
@@ -35,6 +39,8 @@ class AgentSettings:
             max_line=_int_env("INSIEN_AGENT_MAX_LINE", cls.max_line),
             max_output=_int_env("INSIEN_AGENT_MAX_OUTPUT", cls.max_output),
             max_read=_int_env("INSIEN_AGENT_MAX_READ", cls.max_read),
+            ring_bytes=_int_env("INSIEN_AGENT_RING_BYTES", cls.ring_bytes),
+            window=_int_env("INSIEN_AGENT_WINDOW", cls.window),
             workdir=os.environ.get("INSIEN_AGENT_WORKDIR") or os.getcwd(),
         )
 

@@ -6,6 +6,7 @@ from quart_trio import QuartTrio
 
 from .api.context import Services
 from .api.errors import install_error_handlers
+from .api.files import UploadMiddleware, files_blueprint
 from .api.rest import rest_blueprint
 from .api.ws import ws_blueprint
 
@@ -20,4 +21,10 @@ def create_app(services: Services) -> QuartTrio:
     install_error_handlers(app)
     app.register_blueprint(rest_blueprint(services))
     app.register_blueprint(ws_blueprint(services))
+    app.register_blueprint(files_blueprint(services))
     return app
+
+
+def create_asgi(services: Services) -> UploadMiddleware:
+    """The app as served: uploads stream through their own handler, the rest through Quart."""
+    return UploadMiddleware(create_app(services), services)

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     )
     max_output_bytes: int = Field(16 * MIB, gt=0, validation_alias=_env("MAX_OUTPUT_BYTES"))
     max_read_bytes: int = Field(16 * MIB, gt=0, validation_alias=_env("MAX_READ_BYTES"))
+    max_upload_bytes: int = Field(1024 * MIB, gt=0, validation_alias=_env("MAX_UPLOAD_BYTES"))
     max_requests_per_connection: int = Field(
         256, gt=0, validation_alias=_env("MAX_REQUESTS_PER_CONNECTION")
     )

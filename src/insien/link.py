@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from .protocol import TERMINAL_TYPES, ErrorCode, Message, ProtocolError, error_message
+from .protocol import ErrorCode, Message, ProtocolError, error_message, is_final
 from .runtime.attach import AttachedStream
 from .runtime.frames import FrameDecoder, FramingError, LineAssembler, OversizeLine, StreamKind
 
@@ -25,7 +25,11 @@ log = logging.getLogger("insien.link")
 OUTGOING_QUEUE = 8
 """Request lines waiting for the writer; senders block beyond this (back-pressure)."""
 EVENTS_PER_REQUEST = 64
-"""Messages buffered for one request whose consumer is slow before it is failed."""
+"""Messages buffered for one request. The agent sends at most its window of output events
+(32) before the link grants more, so a well-behaved agent never fills this."""
+CREDIT_BATCH = 8
+"""Output events consumed before the link grants the agent that much more credit."""
+CANCEL_TIMEOUT = 5.0
 STDERR_LINE_MAX = 16 * 1024
 
 
@@ -132,7 +136,7 @@ class AgentLink:
         channel = self._pending.get(request_id)
         if channel is None:
             return  # an answer for a request whose client has gone away
-        terminal = message.get("type") in TERMINAL_TYPES
+        terminal = is_final(message)
         try:
             channel.send_nowait(message)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -143,16 +147,17 @@ class AgentLink:
             channel.close()
 
     @asynccontextmanager
-    async def request(self, message: Message) -> AsyncIterator[trio.MemoryReceiveChannel[Message]]:
-        """Send one request; yields a channel of every message the agent sends for it.
+    async def request(self, message: Message) -> AsyncIterator[PendingRequest]:
+        """Send one request; yields a PendingRequest to iterate over what the agent answers.
 
-        The channel ends after the terminal message (a response or an error). Ids in the
-        yielded messages are the link's own; callers put their client's id back.
+        Iteration ends after the final message (a response or an error). Leaving the block
+        before that tells the agent to cancel the request: a foreground command is killed, a
+        background process is only no longer followed.
         """
         if self.closed.is_set():
             raise AgentGone(self.close_reason)
         request_id = next(self._ids)
-        line = json.dumps({**message, "id": request_id}, ensure_ascii=False).encode() + b"\n"
+        line = _encode({**message, "id": request_id})
         if len(line) > self.max_line:
             raise ProtocolError(
                 message.get("id"),
@@ -161,33 +166,83 @@ class AgentLink:
             )
         send, receive = trio.open_memory_channel[Message](EVENTS_PER_REQUEST)
         self._pending[request_id] = send
+        pending = PendingRequest(self, request_id, receive)
         try:
             try:
                 await self._outgoing_send.send(line)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 raise AgentGone(self.close_reason) from None
             async with receive:
-                yield receive
+                yield pending
         finally:
             if self._pending.get(request_id) is send:
                 del self._pending[request_id]
+                with trio.move_on_after(CANCEL_TIMEOUT, shield=True):
+                    await self.cancel(request_id)
             send.close()
 
+    async def cancel(self, request_id: int) -> None:
+        """Ask the agent to cancel one of this link's requests (its answer is not awaited)."""
+        await self.send_internal({"type": "cancel", "target": request_id})
+
+    async def send_internal(self, message: Message) -> None:
+        """A message for the agent that needs no answer routed anywhere (credit, cancel)."""
+        if self.closed.is_set():
+            return
+        with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await self._outgoing_send.send(_encode({**message, "id": next(self._ids)}))
+
     async def call(self, message: Message) -> Message:
-        """Send a request and return its terminal message (a response or an `error`)."""
-        async with self.request(message) as replies:
-            async for reply in replies:
-                if reply.get("type") in TERMINAL_TYPES:
+        """Send a request and return its final message (a response or an `error`)."""
+        async with self.request(message) as pending:
+            async for reply in pending:
+                if is_final(reply):
                     return reply
         return self.missing_reply(message.get("id"))
 
     def missing_reply(self, request_id: Any) -> Message:
-        """The error for a request whose messages ended without a terminal one."""
+        """The error for a request whose messages ended without a final one."""
         if self.closed.is_set():
             return error_message(request_id, ErrorCode.AGENT_GONE, self.close_reason)
         return error_message(
             request_id, ErrorCode.BUSY, "the request fell too far behind the agent's output"
         )
+
+
+class PendingRequest:
+    """The messages of one request in flight, granting the agent credit as they are consumed."""
+
+    def __init__(
+        self, link: AgentLink, agent_id: int, channel: trio.MemoryReceiveChannel[Message]
+    ) -> None:
+        self.link = link
+        self.agent_id = agent_id
+        self._channel = channel
+        self._consumed = 0
+
+    def __aiter__(self) -> PendingRequest:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            message = await self._channel.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        if message.get("type") == "output":
+            self._consumed += 1
+            if self._consumed >= CREDIT_BATCH:
+                granted, self._consumed = self._consumed, 0
+                await self.link.send_internal(
+                    {"type": "credit", "target": self.agent_id, "n": granted}
+                )
+        return message
+
+    async def cancel(self) -> None:
+        await self.link.cancel(self.agent_id)
+
+
+def _encode(message: Message) -> bytes:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
 def restore_id(message: Message, client_id: Any) -> Message:

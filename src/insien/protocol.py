@@ -13,9 +13,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
-    TypeAdapter,
     ValidationError,
 )
 
@@ -34,6 +35,9 @@ class ErrorCode(enum.StrEnum):
     BUSY = "BUSY"
     AGENT_GONE = "AGENT_GONE"
     INTERNAL = "INTERNAL"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    NOT_EMPTY = "NOT_EMPTY"
+    CANCELLED = "CANCELLED"
     # REST-only
     UNAUTHORIZED = "UNAUTHORIZED"
     NOT_READY = "NOT_READY"
@@ -54,33 +58,169 @@ class _Request(BaseModel):
     id: RequestId
 
 
-class ExecRequest(_Request):
-    type: Literal["exec"]
-    cmd: Annotated[StrictStr, Field(min_length=1)]
+NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+Encoding = Literal["utf-8", "base64"]
+Pid = Annotated[StrictInt, Field(ge=1)]
+Seconds = Annotated[StrictInt | StrictFloat, Field(gt=0)]
+Size = Annotated[StrictInt, Field(ge=1, le=10_000)]
+
+
+class PtySize(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    cols: Size = 80
+    rows: Size = 24
+
+
+class _CommandRequest(_Request):
+    cmd: NonEmpty
     args: list[StrictStr] = []
     cwd: StrictStr | None = None
     env: dict[StrictStr, StrictStr] | None = None
+    encoding: Encoding = "utf-8"
+    timeout: Seconds | None = None
+
+
+class ExecRequest(_CommandRequest):
+    type: Literal["exec"]
+    stdin: StrictStr | None = None
+    stream: StrictBool = False
+
+
+class SpawnRequest(_CommandRequest):
+    type: Literal["spawn"]
+    pty: PtySize | StrictBool | None = None
+
+
+class AttachRequest(_Request):
+    type: Literal["attach"]
+    pid: Pid
+    encoding: Encoding = "utf-8"
+    replay: StrictBool = True
+
+
+class DetachRequest(_Request):
+    type: Literal["detach"]
+    pid: Pid
+
+
+class StdinRequest(_Request):
+    type: Literal["stdin"]
+    pid: Pid
+    data: StrictStr = ""
+    encoding: Encoding = "utf-8"
+    eof: StrictBool = False
+
+
+class SignalRequest(_Request):
+    type: Literal["signal"]
+    pid: Pid
+    signal: NonEmpty | Annotated[StrictInt, Field(ge=1, le=64)] = "SIGTERM"
+
+
+class ResizeRequest(_Request):
+    type: Literal["resize"]
+    pid: Pid
+    cols: Size
+    rows: Size
+
+
+class ProcessesRequest(_Request):
+    type: Literal["processes"]
 
 
 class WriteRequest(_Request):
     type: Literal["write"]
-    path: Annotated[StrictStr, Field(min_length=1)]
+    path: NonEmpty
     content: StrictStr
-    encoding: Literal["utf-8", "base64"] = "utf-8"
+    encoding: Encoding = "utf-8"
+    append: StrictBool = False
+    mode: Annotated[StrictInt, Field(ge=0, le=0o7777)] | StrictStr | None = None
 
 
 class ReadRequest(_Request):
     type: Literal["read"]
-    path: Annotated[StrictStr, Field(min_length=1)]
-    encoding: Literal["utf-8", "base64"] = "utf-8"
+    path: NonEmpty
+    encoding: Encoding = "utf-8"
+    offset: Annotated[StrictInt, Field(ge=0)] = 0
+    length: Annotated[StrictInt, Field(ge=0)] | None = None
 
 
-ClientRequest = Annotated[ExecRequest | WriteRequest | ReadRequest, Field(discriminator="type")]
-REQUEST_TYPES = frozenset({"exec", "write", "read"})
-_request_adapter: TypeAdapter[ExecRequest | WriteRequest | ReadRequest] = TypeAdapter(ClientRequest)
+class ListRequest(_Request):
+    type: Literal["list"]
+    path: NonEmpty = "."
+    depth: Annotated[StrictInt, Field(ge=1, le=32)] = 1
 
-# A message of one of these types ends its request; anything else is an event along the way.
-TERMINAL_TYPES = frozenset({"execResponse", "writeResponse", "readResponse", "error"})
+
+class StatRequest(_Request):
+    type: Literal["stat"]
+    path: NonEmpty
+
+
+class ExistsRequest(_Request):
+    type: Literal["exists"]
+    path: NonEmpty
+
+
+class MkdirRequest(_Request):
+    type: Literal["mkdir"]
+    path: NonEmpty
+    parents: StrictBool = True
+    mode: Annotated[StrictInt, Field(ge=0, le=0o7777)] | StrictStr | None = None
+
+
+class RemoveRequest(_Request):
+    type: Literal["remove"]
+    path: NonEmpty
+    recursive: StrictBool = False
+
+
+class RenameRequest(_Request):
+    type: Literal["rename"]
+    path: NonEmpty
+    newPath: NonEmpty
+
+
+class CancelRequest(_Request):
+    type: Literal["cancel"]
+    target: RequestId
+
+
+class PingRequest(_Request):
+    type: Literal["ping"]
+
+
+_MODELS: tuple[type[_Request], ...] = (
+    ExecRequest,
+    SpawnRequest,
+    AttachRequest,
+    DetachRequest,
+    StdinRequest,
+    SignalRequest,
+    ResizeRequest,
+    ProcessesRequest,
+    WriteRequest,
+    ReadRequest,
+    ListRequest,
+    StatRequest,
+    ExistsRequest,
+    MkdirRequest,
+    RemoveRequest,
+    RenameRequest,
+    CancelRequest,
+    PingRequest,
+)
+REQUESTS: dict[str, type[_Request]] = {
+    model.model_fields["type"].annotation.__args__[0]: model  # type: ignore[union-attr]
+    for model in _MODELS
+}
+REQUEST_TYPES = frozenset(REQUESTS)
+
+# Messages that come before a request's final one; every other type ends the request.
+EVENT_TYPES = frozenset({"output", "spawnResponse", "attachResponse"})
+
+
+def is_final(message: Message) -> bool:
+    return message.get("type") not in EVENT_TYPES
 
 
 class ProtocolError(Exception):
@@ -115,7 +255,7 @@ def parse_request(raw: object) -> Message:
     if kind not in REQUEST_TYPES:
         raise ProtocolError(request_id, ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
     try:
-        request = _request_adapter.validate_python(raw)
+        request = REQUESTS[kind].model_validate(raw)
     except ValidationError as exc:
         raise ProtocolError(request_id, ErrorCode.BAD_REQUEST, _describe(exc)) from None
     return request.model_dump(mode="json", exclude_unset=True)

@@ -17,7 +17,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from .api.context import Services
-from .app import create_app
+from .app import create_asgi
 from .auth import Authenticator
 from .config import Settings
 from .manager import SandboxManager
@@ -86,7 +86,7 @@ async def serve(
                 "`insien image build`"
             )
         async with SandboxManager.open(runtime, settings) as manager:
-            app = create_app(Services(settings=settings, manager=manager, auth=auth))
+            app = create_asgi(Services(settings=settings, manager=manager, auth=auth))
             async with trio.open_nursery() as nursery:
                 if handle_signals:
                     nursery.start_soon(_stop_on_signal, stop)
@@ -96,6 +96,7 @@ async def serve(
                         app,
                         hypercorn_config(settings),
                         shutdown_trigger=stop.wait,
+                        mode="asgi",
                     )
                 )
                 for bind in binds:

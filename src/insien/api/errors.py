@@ -26,6 +26,28 @@ def error_response(status: int, code: ErrorCode | str, message: str) -> Response
     return response
 
 
+_STATUS_OF_CODE: dict[str, int] = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.IS_A_DIRECTORY: 400,
+    ErrorCode.NOT_A_DIRECTORY: 400,
+    ErrorCode.BAD_ENCODING: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.PERMISSION_DENIED: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.ALREADY_EXISTS: 409,
+    ErrorCode.NOT_EMPTY: 409,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.BUSY: 429,
+    ErrorCode.AGENT_GONE: 503,
+    ErrorCode.UNAVAILABLE: 503,
+}
+
+
+def status_for(code: str) -> int:
+    """The HTTP status that carries a protocol error code over REST."""
+    return _STATUS_OF_CODE.get(code, 500)
+
+
 _HTTP_CODES: dict[int, ErrorCode] = {
     400: ErrorCode.BAD_REQUEST,
     401: ErrorCode.UNAUTHORIZED,

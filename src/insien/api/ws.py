@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 from quart import Blueprint, websocket
 
-from ..link import AgentGone, AgentLink, restore_id
+from ..link import AgentGone, AgentLink, PendingRequest, restore_id
 from ..manager import Sandbox, SandboxNotFound
 from ..protocol import (
-    TERMINAL_TYPES,
     ErrorCode,
     Message,
     ProtocolError,
     error_message,
+    is_final,
     parse_request,
 )
 from .context import Services
@@ -58,6 +59,15 @@ def ws_blueprint(services: Services) -> Blueprint:
     return bp
 
 
+@dataclass
+class InFlight:
+    """A client request being relayed; `pid` is known for spawn (once started) and attach."""
+
+    kind: str
+    pid: int | None = None
+    pending: PendingRequest | None = None
+
+
 class ClientSession:
     """One client connection to one sandbox."""
 
@@ -65,7 +75,7 @@ class ClientSession:
         self._sandbox = sandbox
         self._link: AgentLink = sandbox.link
         self._max_in_flight = max_in_flight
-        self._in_flight: set[Any] = set()
+        self._in_flight: dict[Any, InFlight] = {}
         self._send, self._outgoing = trio.open_memory_channel[Message](SEND_QUEUE)
 
     async def run(self) -> None:
@@ -96,11 +106,15 @@ class ClientSession:
             data = await websocket.receive()
             try:
                 message = self._admit(data)
+                if message["type"] == "cancel":
+                    await self._send.send(await self._cancel(message))
+                elif message["type"] == "detach":
+                    await self._send.send(await self._detach(message))
+                else:
+                    self._in_flight[message["id"]] = InFlight(message["type"], message.get("pid"))
+                    nursery.start_soon(self._forward, message)
             except ProtocolError as exc:
                 await self._send.send(exc.to_message())
-                continue
-            self._in_flight.add(message["id"])
-            nursery.start_soon(self._forward, message)
 
     def _admit(self, data: str | bytes) -> Message:
         try:
@@ -121,13 +135,47 @@ class ClientSession:
             )
         return message
 
+    async def _cancel(self, message: Message) -> Message:
+        """Cancel one of this client's own requests, named by the client's id for it."""
+        target = self._in_flight.get(message["target"])
+        if target is not None and target.pending is not None:
+            await target.pending.cancel()
+        return {
+            "id": message["id"],
+            "type": "cancelResponse",
+            "target": message["target"],
+            "cancelled": target is not None,
+        }
+
+    async def _detach(self, message: Message) -> Message:
+        """Stop following a process: ends this client's spawn and attach requests for it."""
+        pid = message["pid"]
+        following = [
+            request
+            for request in self._in_flight.values()
+            if request.kind in ("spawn", "attach") and request.pid == pid and request.pending
+        ]
+        for request in following:
+            assert request.pending is not None
+            await request.pending.cancel()
+        return {
+            "id": message["id"],
+            "type": "detachResponse",
+            "pid": pid,
+            "detached": len(following),
+        }
+
     async def _forward(self, message: Message) -> None:
         client_id = message["id"]
+        in_flight = self._in_flight[client_id]
         try:
-            async with self._link.request(message) as replies:
-                async for reply in replies:
+            async with self._link.request(message) as pending:
+                in_flight.pending = pending
+                async for reply in pending:
+                    if reply.get("type") == "spawnResponse":
+                        in_flight.pid = reply.get("pid")
                     await self._send.send(restore_id(reply, client_id))
-                    if reply.get("type") in TERMINAL_TYPES:
+                    if is_final(reply):
                         return
             await self._send.send(self._link.missing_reply(client_id))
         except AgentGone as exc:
@@ -135,4 +183,4 @@ class ClientSession:
         except ProtocolError as exc:
             await self._send.send(exc.to_message())
         finally:
-            self._in_flight.discard(client_id)
+            del self._in_flight[client_id]

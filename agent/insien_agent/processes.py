@@ -1,0 +1,362 @@
+"""The agent's process table: every command it runs, foreground or background, by pid.
+
+A ManagedProcess owns its child, pumps the child's pipes (or pseudo-terminal) into an OutputLog,
+and wakes its subscribers through one asyncio.Condition. Processes outlive the requests and the
+clients that started them; the table keeps the most recent exited ones for `processes` and
+`attach`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import pty
+import signal
+import struct
+import termios
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BAD_REQUEST, NOT_FOUND, AgentError
+from .output import CHUNK_SIZE, Collected, Encoder, OutputLog, Subscriber
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+EXIT_DRAIN_SECONDS = 1.0
+"""After a command exits, how long its pipes may stay open (held by something it left behind)."""
+
+
+@dataclass(frozen=True)
+class PtySize:
+    cols: int
+    rows: int
+
+
+def _set_winsize(fd: int, size: PtySize) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.rows, size.cols, 0, 0))
+
+
+def signal_number(value: object) -> int:
+    """A signal given as a number, "TERM" or "SIGTERM"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        name = value.upper()
+        name = name if name.startswith("SIG") else f"SIG{name}"
+        try:
+            number = int(signal.Signals[name])
+        except KeyError:
+            raise AgentError(BAD_REQUEST, f"unknown signal {value!r}") from None
+    else:
+        raise AgentError(BAD_REQUEST, "field 'signal' must be a signal name or number")
+    if number not in {int(s) for s in signal.Signals}:
+        raise AgentError(BAD_REQUEST, f"unknown signal {value!r}")
+    return number
+
+
+class ManagedProcess:
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        *,
+        cmd: str,
+        args: list[str],
+        log_capacity: int,
+        background: bool,
+        master_fd: int | None = None,
+    ) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.cmd = cmd
+        self.args = args
+        self.background = background
+        self.master_fd = master_fd
+        self.log = OutputLog(log_capacity)
+        self.cond = asyncio.Condition()
+        self.subscribers: list[Subscriber] = []
+        self.started = time.monotonic()
+        self.started_at = time.time()
+        self.exit_code: int | None = None
+        self.signal: str | None = None
+        self.duration_ms: int | None = None
+        self.timed_out = False
+        self.finished = asyncio.Event()  # exited and its output fully pumped
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Pump output until the process has exited and its pipes are drained (or abandoned)."""
+        pumps: list[asyncio.Task[None]] = []
+        if self.master_fd is not None:
+            pumps.append(asyncio.create_task(self._pump_pty(self.master_fd)))
+        else:
+            assert self.proc.stdout is not None
+            assert self.proc.stderr is not None
+            pumps.append(asyncio.create_task(self._pump(self.proc.stdout, "stdout")))
+            pumps.append(asyncio.create_task(self._pump(self.proc.stderr, "stderr")))
+        returncode = await self.proc.wait()
+        # Something the command started in the background may hold its pipes open forever.
+        _done, pending = await asyncio.wait(pumps, timeout=EXIT_DRAIN_SECONDS)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        if self.master_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.master_fd)
+        self.duration_ms = int((time.monotonic() - self.started) * 1000)
+        if returncode < 0:
+            self.exit_code = 128 - returncode
+            self.signal = signal.Signals(-returncode).name
+        else:
+            self.exit_code = returncode
+        async with self.cond:
+            self.finished.set()
+            self.cond.notify_all()
+
+    async def _pump(self, reader: asyncio.StreamReader, stream: str) -> None:
+        while chunk := await reader.read(CHUNK_SIZE):
+            await self._append(stream, chunk)
+
+    async def _pump_pty(self, master_fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=CHUNK_SIZE)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader),
+            os.fdopen(master_fd, "rb", 0, closefd=False),
+        )
+        try:
+            while True:
+                try:
+                    chunk = await reader.read(CHUNK_SIZE)
+                except OSError:  # EIO: the terminal's last user has gone
+                    break
+                if not chunk:
+                    break
+                await self._append("stdout", chunk)
+        finally:
+            transport.close()
+
+    async def _append(self, stream: str, data: bytes) -> None:
+        async with self.cond:
+            await self.cond.wait_for(lambda: self._room_for(len(data)))
+            self.log.append(stream, data)
+            self.cond.notify_all()
+
+    def _room_for(self, size: int) -> bool:
+        """Whether appending would not push unread bytes out from under a primary subscriber."""
+        cursors = [s.cursor for s in self.subscribers if s.primary and not s.closed]
+        if not cursors:
+            return True
+        return self.log.end + size - min(cursors) <= self.log.capacity
+
+    @property
+    def running(self) -> bool:
+        return not self.finished.is_set()
+
+    def kill_group(self, signum: int = signal.SIGKILL) -> None:
+        # The command leads its own session, so its pid is also its process group id.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    # -- subscribers ----------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        request_id: Any,
+        *,
+        primary: bool,
+        stream: bool,
+        encoding: str,
+        window: int,
+        collect_limit: int | None = None,
+        replay: bool = True,
+    ) -> Subscriber:
+        subscriber = Subscriber(
+            request_id=request_id,
+            cursor=self.log.start if replay else self.log.end,
+            primary=primary,
+            stream=stream,
+            encoder=Encoder(encoding),
+            credit=window,
+            collected=Collected(collect_limit) if collect_limit is not None else None,
+        )
+        self.subscribers.append(subscriber)
+        return subscriber
+
+    async def unsubscribe(self, subscriber: Subscriber) -> None:
+        async with self.cond:
+            subscriber.closed = True
+            if subscriber in self.subscribers:
+                self.subscribers.remove(subscriber)
+            self.cond.notify_all()
+
+    async def grant(self, subscriber: Subscriber, n: int) -> None:
+        async with self.cond:
+            subscriber.grant(n)
+            self.cond.notify_all()
+
+    async def follow(self, subscriber: Subscriber, emit: Emit) -> None:
+        """Deliver output to one subscriber until the process is finished and all is sent."""
+
+        def can_progress() -> bool:
+            if subscriber.closed:
+                return True
+            if subscriber.cursor < self.log.end:
+                return not subscriber.stream or subscriber.credit > 0
+            return self.finished.is_set()
+
+        while True:
+            events: list[dict[str, Any]] = []
+            async with self.cond:
+                await self.cond.wait_for(can_progress)
+                if subscriber.closed:
+                    return
+                subscriber.take(self.log, self.pid, events.append)
+                done = self.finished.is_set() and subscriber.cursor >= self.log.end
+                self.cond.notify_all()  # the pipe reader may be waiting for room
+            for event in events:
+                await emit(event)
+            if done:
+                tail: list[dict[str, Any]] = []
+                subscriber.flush(self.pid, tail.append)
+                for event in tail:
+                    await emit(event)
+                return
+
+    def exit_event(self, request_id: Any) -> dict[str, Any]:
+        return {
+            "id": request_id,
+            "type": "exit",
+            "pid": self.pid,
+            "exitCode": self.exit_code,
+            "signal": self.signal,
+            "durationMs": self.duration_ms,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "cmd": self.cmd,
+            "args": self.args,
+            "running": self.running,
+            "background": self.background,
+            "pty": self.master_fd is not None,
+            "startedAt": self.started_at,
+            "exitCode": self.exit_code,
+            "signal": self.signal,
+            "durationMs": self.duration_ms,
+            "outputBytes": self.log.end,
+            "bufferedBytes": self.log.end - self.log.start,
+        }
+
+
+class ProcessTable:
+    """Running processes, and the last `keep_exited` background ones that exited."""
+
+    def __init__(self, keep_exited: int = 64) -> None:
+        self._running: dict[int, ManagedProcess] = {}
+        self._exited: OrderedDict[int, ManagedProcess] = OrderedDict()
+        self._keep_exited = keep_exited
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(
+        self,
+        cmd: str,
+        args: list[str],
+        *,
+        cwd: str,
+        env: dict[str, str],
+        log_capacity: int,
+        background: bool,
+        stdin: bool,
+        pty_size: PtySize | None = None,
+    ) -> ManagedProcess:
+        master_fd: int | None = None
+        if pty_size is not None:
+            master_fd, slave_fd = pty.openpty()
+            _set_winsize(slave_fd, pty_size)
+            env = {**env, "TERM": env.get("TERM", "xterm-256color")}
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    cmd,
+                    *args,
+                    stdin=slave_fd,
+                    stdout=slave_fd,
+                    stderr=slave_fd,
+                    cwd=cwd,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_take_controlling_terminal,
+                )
+            except BaseException:
+                os.close(master_fd)
+                raise
+            finally:
+                os.close(slave_fd)
+        else:
+            proc = await asyncio.create_subprocess_exec(
+                cmd,
+                *args,
+                stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
+        process = ManagedProcess(
+            proc,
+            cmd=cmd,
+            args=args,
+            log_capacity=log_capacity,
+            background=background,
+            master_fd=master_fd,
+        )
+        self._running[process.pid] = process
+        task = asyncio.create_task(self._supervise(process))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return process
+
+    async def _supervise(self, process: ManagedProcess) -> None:
+        try:
+            await process.run()
+        finally:
+            self._running.pop(process.pid, None)
+            if process.background:
+                self._exited[process.pid] = process
+                while len(self._exited) > self._keep_exited:
+                    self._exited.popitem(last=False)
+
+    def get(self, pid: object) -> ManagedProcess:
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            raise AgentError(BAD_REQUEST, "field 'pid' must be an integer")
+        process = self._running.get(pid) or self._exited.get(pid)
+        if process is None:
+            raise AgentError(NOT_FOUND, f"no process with pid {pid}")
+        return process
+
+    def all(self) -> list[ManagedProcess]:
+        return [*self._running.values(), *self._exited.values()]
+
+    def kill_all(self) -> None:
+        for process in list(self._running.values()):
+            process.kill_group()
+
+
+def _take_controlling_terminal() -> None:
+    # Runs in the child between fork and exec: make the pty (fd 0) the session's terminal.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def resize(process: ManagedProcess, size: PtySize) -> None:
+    if process.master_fd is None:
+        raise AgentError(BAD_REQUEST, f"process {process.pid} has no terminal")
+    if not process.running:
+        raise AgentError(NOT_FOUND, f"process {process.pid} has exited")
+    _set_winsize(process.master_fd, size)

@@ -1,0 +1,143 @@
+"""Streaming file transfer over REST: `PUT` and `GET /sandbox/<id>/files?path=…`.
+
+Downloads are an ordinary Quart route with a streamed body. Uploads bypass Quart: its request
+body buffers everything the server receives however slowly the route reads it, so the upload
+handler sits in front of the app as plain ASGI, where each `receive()` is one bounded piece and
+hypercorn stops reading the socket until it is taken. That carries the agent's pace all the way
+back to the client's TCP connection.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qs
+
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    HTTPScope,
+    Scope,
+)
+from quart import Blueprint, Response, request
+
+from ..manager import SandboxNotFound
+from ..protocol import ErrorCode
+from ..transfer import TransferError, download, file_size, upload
+from .context import Services
+from .errors import ApiError, status_for
+
+UPLOAD_PATH = re.compile(r"^/sandbox/(?P<id>[^/]+)/files$")
+ASGIApp = Any
+
+
+def _required_path(value: str | None) -> str:
+    if not value:
+        raise ApiError(400, ErrorCode.BAD_REQUEST, "query parameter 'path' is required")
+    return value
+
+
+def files_blueprint(services: Services) -> Blueprint:
+    bp = Blueprint("files", __name__)
+
+    @bp.get("/sandbox/<sandbox_id>/files")
+    async def download_file(sandbox_id: str) -> Any:
+        tenant = services.tenant_from_key(request)
+        path = _required_path(request.args.get("path"))
+        try:
+            link = services.manager.get(sandbox_id, tenant).link
+            size = await file_size(link, path)
+        except SandboxNotFound:
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}") from None
+        except TransferError as exc:
+            raise ApiError(status_for(exc.code), ErrorCode(exc.code), exc.message) from None
+
+        async def body() -> AsyncIterator[bytes]:
+            async for chunk in download(link, path):
+                yield chunk
+
+        response = Response(body(), mimetype="application/octet-stream")
+        response.headers["X-Insien-File-Size"] = str(size)
+        return response
+
+    return bp
+
+
+class UploadMiddleware:
+    """Handles `PUT /sandbox/<id>/files` as raw ASGI; everything else goes to the app."""
+
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        match = UPLOAD_PATH.match(scope["path"]) if scope["type"] == "http" else None
+        if match is None or scope["type"] != "http" or scope["method"] != "PUT":
+            await self.app(scope, receive, send)
+            return
+        try:
+            status, body = 200, await self._upload(match.group("id"), scope, receive)
+        except ApiError as exc:
+            status, body = exc.status, {"code": str(exc.code), "message": exc.message}
+        await _send_json(send, status, body)
+
+    async def _upload(
+        self, sandbox_id: str, scope: HTTPScope, receive: ASGIReceiveCallable
+    ) -> dict[str, Any]:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        services = self.services
+        tenant = services.auth.tenant_for_key(headers.get("x-api-key"))
+        if tenant is None:
+            raise ApiError(401, ErrorCode.UNAUTHORIZED, "missing or invalid X-API-Key header")
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        path = _required_path(query.get("path", [""])[0])
+        limit = services.settings.max_upload_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, ErrorCode.TOO_LARGE, f"upload exceeds the {limit} byte limit")
+        try:
+            link = services.manager.get(sandbox_id, tenant).link
+        except SandboxNotFound:
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}") from None
+
+        async def body() -> AsyncIterator[bytes]:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise TransferError(ErrorCode.CANCELLED, "the client went away mid-upload")
+                if message["body"]:
+                    yield bytes(message["body"])
+                if not message.get("more_body", False):
+                    return
+
+        try:
+            written = await upload(link, path, body(), limit)
+        except TransferError as exc:
+            raise ApiError(status_for(exc.code), ErrorCode(exc.code), exc.message) from None
+        return {"success": True, "path": path, "bytes": written}
+
+
+async def _send_json(send: ASGISendCallable, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+        ],
+        "trailers": False,
+    }
+    await send(start)
+    body_event: HTTPResponseBodyEvent = {
+        "type": "http.response.body",
+        "body": payload,
+        "more_body": False,
+    }
+    await send(body_event)
