@@ -37,13 +37,19 @@ async def test_seed_exec_write_read(tmp_path: Path) -> None:
             "path": "hello.js",
         }
         await agent.send({"id": "e", "type": "exec", "cmd": "cat", "args": ["hello.js"]})
-        assert await agent.receive() == {
+        reply = await agent.receive()
+        seed = {k: reply[k] for k in ("id", "type", "stdout", "stderr", "exitCode")}
+        assert seed == {
             "id": "e",
             "type": "execResponse",
             "stdout": "hé",
             "stderr": "",
             "exitCode": 0,
         }
+        assert reply["timedOut"] is False
+        assert reply["truncated"] is False
+        assert reply["signal"] is None
+        assert isinstance(reply["durationMs"], int)
         assert (tmp_path / "hello.js").read_text() == "hé"
 
 

@@ -12,12 +12,17 @@ import insien_sandbox
 def test_sdk_public_names() -> None:
     assert sorted(insien_sandbox.__all__) == [
         "APIError",
+        "AsyncCommandHandle",
         "AsyncSandbox",
         "AuthenticationError",
+        "CommandHandle",
         "CommandResult",
         "ConnectError",
+        "EntryInfo",
         "InsienError",
         "NotFoundError",
+        "OutputChunk",
+        "ProcessInfo",
         "RPCError",
         "Sandbox",
         "SandboxClosedError",
@@ -59,6 +64,37 @@ def test_sandbox_methods() -> None:
     for cls in (insien_sandbox.Sandbox, insien_sandbox.AsyncSandbox):
         public = {name for name in vars(cls) if not name.startswith("_")}
         assert seed_and_lifecycle <= public, cls
+
+
+def test_namespaces() -> None:
+    commands = {"run", "connect", "list", "kill", "send_stdin"}
+    files = {
+        "write",
+        "read",
+        "list",
+        "stat",
+        "exists",
+        "mkdir",
+        "remove",
+        "rename",
+        "upload",
+        "download",
+    }
+    pty = {"create", "resize", "send_input", "kill"}
+    handle = {"wait", "kill", "send_stdin", "disconnect"}
+    from insien_sandbox import _commands, _files, _sync
+
+    for cls, names in [
+        (_commands.Commands, commands),
+        (_sync.Commands, commands),
+        (_files.Files, files),
+        (_sync.Files, files),
+        (_commands.Pty, pty),
+        (_sync.Pty, pty),
+        (_commands.CommandHandle, handle),
+        (_sync.CommandHandle, handle),
+    ]:
+        assert names <= {n for n in vars(cls) if not n.startswith("_")}, cls
 
 
 def test_server_public_names() -> None:

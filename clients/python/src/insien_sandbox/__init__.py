@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._async import AsyncSandbox as AsyncSandbox
+from ._commands import CommandHandle as AsyncCommandHandle
 from ._errors import APIError as APIError
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ConnectError as ConnectError
@@ -11,19 +12,28 @@ from ._errors import NotFoundError as NotFoundError
 from ._errors import RPCError as RPCError
 from ._errors import SandboxClosedError as SandboxClosedError
 from ._errors import UnavailableError as UnavailableError
+from ._sync import CommandHandle as CommandHandle
 from ._sync import Sandbox as Sandbox
 from ._types import CommandResult as CommandResult
+from ._types import EntryInfo as EntryInfo
+from ._types import OutputChunk as OutputChunk
+from ._types import ProcessInfo as ProcessInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
     "APIError",
+    "AsyncCommandHandle",
     "AsyncSandbox",
     "AuthenticationError",
+    "CommandHandle",
     "CommandResult",
     "ConnectError",
+    "EntryInfo",
     "InsienError",
     "NotFoundError",
+    "OutputChunk",
+    "ProcessInfo",
     "RPCError",
     "Sandbox",
     "SandboxClosedError",

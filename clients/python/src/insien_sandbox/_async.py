@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from contextlib import AsyncExitStack, suppress
 from types import TracebackType
 from typing import Any
@@ -11,8 +10,10 @@ import httpx
 import trio
 from trio_websocket import HandshakeError, open_websocket_url
 
+from ._commands import Commands, Pty
 from ._config import resolve
 from ._errors import ConnectError, InsienError, NotFoundError, api_error
+from ._files import Files
 from ._rpc import RPCConnection
 from ._types import CommandResult
 
@@ -39,6 +40,9 @@ class AsyncSandbox:
         self._ws_scope: trio.CancelScope | None = None
         self._lock = trio.Lock()
         self._destroyed = False
+        self.commands = Commands(self)
+        self.files = Files(self)
+        self.pty = Pty(self)
 
     async def __aenter__(self) -> AsyncSandbox:
         stack = AsyncExitStack()
@@ -98,6 +102,16 @@ class AsyncSandbox:
         if not isinstance(body, dict):
             raise InsienError(f"unexpected response from {path}: {response.text[:200]}")
         return body
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise InsienError("use AsyncSandbox inside `async with`")
+        return self._http
+
+    def _nursery_or_raise(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise InsienError("use AsyncSandbox inside `async with`")
+        return self._nursery
 
     async def _connection(self) -> RPCConnection:
         """The sandbox's WebSocket, creating the sandbox first if this is the first use."""
@@ -162,7 +176,12 @@ class AsyncSandbox:
         with suppress(NotFoundError):
             await self._request("POST", f"/sandbox/{self.sandbox_id}/destroy")
 
-    # -- the seed's operations ----------------------------------------------------------------
+    async def ping(self) -> float:
+        """Round-trip an RPC to the agent; returns the agent's clock."""
+        reply = await (await self._connection()).call({"type": "ping"})
+        return float(reply["time"])
+
+    # -- the seed's operations, kept as thin aliases ------------------------------------------
 
     async def run_command(
         self,
@@ -172,38 +191,17 @@ class AsyncSandbox:
         cwd: str | None = None,
         env: dict[str, str] | None = None,
     ) -> CommandResult:
-        """Run `cmd` with `args` (no shell) and wait for it to finish."""
-        request: dict[str, Any] = {"type": "exec", "cmd": cmd, "args": list(args or [])}
-        if cwd is not None:
-            request["cwd"] = cwd
-        if env is not None:
-            request["env"] = env
-        reply = await (await self._connection()).call(request)
-        return CommandResult(
-            stdout=reply.get("stdout", ""),
-            stderr=reply.get("stderr", ""),
-            exit_code=int(reply.get("exitCode", -1)),
-            signal=reply.get("signal"),
-            truncated=bool(reply.get("truncated", False)),
-        )
+        """Run `cmd` with `args` (no shell) and wait for it: the seed's `runCommand`."""
+        return await self.commands.run(cmd, list(args or []), cwd=cwd, env=env)
 
     async def write_file(self, path: str, content: str | bytes) -> None:
-        """Write a file (parents are created). Bytes travel base64-encoded, text as UTF-8."""
-        request: dict[str, Any] = {"type": "write", "path": path}
-        if isinstance(content, bytes):
-            request.update(content=base64.b64encode(content).decode(), encoding="base64")
-        else:
-            request["content"] = content
-        await (await self._connection()).call(request)
+        """The seed's `writeFile`: `files.write`."""
+        await self.files.write(path, content)
 
     async def get_file(self, path: str) -> str:
-        """A text file's content. Raises RPCError with code BAD_ENCODING for binary files."""
-        reply = await (await self._connection()).call({"type": "read", "path": path})
-        return str(reply["content"])
+        """The seed's `getFile`: a text file's content. Binary files raise BAD_ENCODING."""
+        return await self.files.read(path)
 
     async def get_file_bytes(self, path: str) -> bytes:
         """A file's exact bytes."""
-        reply = await (await self._connection()).call(
-            {"type": "read", "path": path, "encoding": "base64"}
-        )
-        return base64.b64decode(reply["content"])
+        return await self.files.read(path, format="bytes")

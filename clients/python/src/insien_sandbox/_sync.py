@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, Literal, TypeVar, overload
 
 import trio
 
 from ._async import AsyncSandbox
-from ._types import CommandResult
+from ._commands import CommandHandle as AsyncCommandHandle
+from ._commands import Commands as AsyncCommands
+from ._commands import OutputCallback
+from ._commands import Pty as AsyncPty
+from ._files import Files as AsyncFiles
+from ._types import CommandResult, EntryInfo, OutputChunk, ProcessInfo
 
 T = TypeVar("T")
 
@@ -58,17 +65,265 @@ class _LoopThread:
             raise self._error
 
 
+class CommandHandle:
+    """Blocking view of a background process; iterate it for its output chunks."""
+
+    def __init__(self, loop: _LoopThread, handle: AsyncCommandHandle) -> None:
+        self._loop = loop
+        self._handle = handle
+        self._chunks = handle.__aiter__()
+
+    @property
+    def pid(self) -> int:
+        return self._handle.pid
+
+    def __iter__(self) -> Iterator[OutputChunk]:
+        return self
+
+    def __next__(self) -> OutputChunk:
+        try:
+            return self._loop.run(self._chunks.__anext__)
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def wait(self) -> CommandResult:
+        return self._loop.run(self._handle.wait)
+
+    def kill(self, signal: str | int = "SIGKILL") -> None:
+        self._loop.run(self._handle.kill, signal)
+
+    def send_stdin(self, data: str | bytes, *, eof: bool = False) -> None:
+        self._loop.run(partial(self._handle.send_stdin, data, eof=eof))
+
+    def disconnect(self) -> None:
+        self._loop.run(self._handle.disconnect)
+
+
+class Commands:
+    """Blocking `sandbox.commands`; callbacks run on the SDK's helper thread."""
+
+    def __init__(self, loop: _LoopThread, commands: AsyncCommands) -> None:
+        self._loop = loop
+        self._commands = commands
+
+    @overload
+    def run(
+        self,
+        cmd: str,
+        args: list[str] | None = ...,
+        *,
+        background: Literal[False] = ...,
+        cwd: str | None = ...,
+        env: dict[str, str] | None = ...,
+        stdin: str | None = ...,
+        timeout: float | None = ...,
+        on_stdout: OutputCallback | None = ...,
+        on_stderr: OutputCallback | None = ...,
+    ) -> CommandResult: ...
+
+    @overload
+    def run(
+        self,
+        cmd: str,
+        args: list[str] | None = ...,
+        *,
+        background: Literal[True],
+        cwd: str | None = ...,
+        env: dict[str, str] | None = ...,
+        stdin: str | None = ...,
+        timeout: float | None = ...,
+        on_stdout: OutputCallback | None = ...,
+        on_stderr: OutputCallback | None = ...,
+    ) -> CommandHandle: ...
+
+    def run(
+        self,
+        cmd: str,
+        args: list[str] | None = None,
+        *,
+        background: bool = False,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> CommandResult | CommandHandle:
+        """See AsyncSandbox.commands.run: no `args` means a shell command line."""
+        options: dict[str, Any] = {
+            "cwd": cwd,
+            "env": env,
+            "stdin": stdin,
+            "timeout": timeout,
+            "on_stdout": on_stdout,
+            "on_stderr": on_stderr,
+        }
+        if background:
+
+            async def start() -> AsyncCommandHandle:
+                return await self._commands.run(cmd, args, background=True, **options)
+
+            return CommandHandle(self._loop, self._loop.run(start))
+
+        async def run() -> CommandResult:
+            return await self._commands.run(cmd, args, background=False, **options)
+
+        return self._loop.run(run)
+
+    def connect(
+        self,
+        pid: int,
+        *,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        replay: bool = True,
+    ) -> CommandHandle:
+        handle = self._loop.run(
+            partial(
+                self._commands.connect, pid, on_stdout=on_stdout, on_stderr=on_stderr, replay=replay
+            )
+        )
+        return CommandHandle(self._loop, handle)
+
+    def list(self) -> list[ProcessInfo]:
+        return self._loop.run(self._commands.list)
+
+    def kill(self, pid: int, signal: str | int = "SIGKILL") -> bool:
+        return self._loop.run(self._commands.kill, pid, signal)
+
+    def send_stdin(self, pid: int, data: str | bytes, *, eof: bool = False) -> None:
+        self._loop.run(partial(self._commands.send_stdin, pid, data, eof=eof))
+
+
+class Files:
+    """Blocking `sandbox.files`."""
+
+    def __init__(self, loop: _LoopThread, files: AsyncFiles) -> None:
+        self._loop = loop
+        self._files = files
+
+    def write(
+        self, path: str, data: str | bytes, *, mode: int | None = None, append: bool = False
+    ) -> None:
+        self._loop.run(partial(self._files.write, path, data, mode=mode, append=append))
+
+    @overload
+    def read(
+        self,
+        path: str,
+        *,
+        format: Literal["text"] = ...,
+        offset: int = ...,
+        length: int | None = ...,
+    ) -> str: ...
+
+    @overload
+    def read(
+        self, path: str, *, format: Literal["bytes"], offset: int = ..., length: int | None = ...
+    ) -> bytes: ...
+
+    def read(
+        self,
+        path: str,
+        *,
+        format: Literal["text", "bytes"] = "text",
+        offset: int = 0,
+        length: int | None = None,
+    ) -> str | bytes:
+        if format == "bytes":
+            return self._loop.run(
+                partial(self._files.read, path, format="bytes", offset=offset, length=length)
+            )
+        return self._loop.run(
+            partial(self._files.read, path, format="text", offset=offset, length=length)
+        )
+
+    def list(self, path: str = ".", *, depth: int = 1) -> list[EntryInfo]:
+        return self._loop.run(partial(self._files.list, path, depth=depth))
+
+    def stat(self, path: str) -> EntryInfo:
+        return self._loop.run(self._files.stat, path)
+
+    def exists(self, path: str) -> bool:
+        return self._loop.run(self._files.exists, path)
+
+    def mkdir(self, path: str, *, parents: bool = True) -> None:
+        self._loop.run(partial(self._files.mkdir, path, parents=parents))
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        self._loop.run(partial(self._files.remove, path, recursive=recursive))
+
+    def rename(self, path: str, new_path: str) -> None:
+        self._loop.run(self._files.rename, path, new_path)
+
+    def upload(self, path: str, source: bytes | str | os.PathLike[str] | BinaryIO) -> int:
+        return self._loop.run(self._files.upload, path, source)
+
+    def download(
+        self, path: str, destination: str | os.PathLike[str] | None = None
+    ) -> bytes | None:
+        if destination is None:
+            return self._loop.run(self._files.download, path)
+        self._loop.run(self._files.download, path, destination)
+        return None
+
+
+class Pty:
+    """Blocking `sandbox.pty`."""
+
+    def __init__(self, loop: _LoopThread, pty: AsyncPty) -> None:
+        self._loop = loop
+        self._pty = pty
+
+    def create(
+        self,
+        *,
+        cols: int = 80,
+        rows: int = 24,
+        cmd: str = "/bin/bash",
+        args: list[str] | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        on_data: OutputCallback | None = None,
+    ) -> CommandHandle:
+        handle = self._loop.run(
+            partial(
+                self._pty.create,
+                cols=cols,
+                rows=rows,
+                cmd=cmd,
+                args=args,
+                cwd=cwd,
+                env=env,
+                on_data=on_data,
+            )
+        )
+        return CommandHandle(self._loop, handle)
+
+    def resize(self, pid: int, *, cols: int, rows: int) -> None:
+        self._loop.run(partial(self._pty.resize, pid, cols=cols, rows=rows))
+
+    def send_input(self, pid: int, data: str | bytes) -> None:
+        self._loop.run(self._pty.send_input, pid, data)
+
+    def kill(self, pid: int) -> bool:
+        return self._loop.run(self._pty.kill, pid)
+
+
 class Sandbox:
     """A sandbox for blocking code, created on first use, destroyed by `destroy()` or `with`.
 
     with Sandbox(api_key="...") as sandbox:
-        sandbox.write_file("hello.py", "print('hi')")
-        print(sandbox.run_command("python3", ["hello.py"]).stdout)
+        sandbox.files.write("hello.py", "print('hi')")
+        print(sandbox.commands.run("python3 hello.py").stdout)
     """
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
         self._async = AsyncSandbox(api_key=api_key, base_url=base_url)
         self._loop = _LoopThread(self._async)
+        self.commands = Commands(self._loop, self._async.commands)
+        self.files = Files(self._loop, self._async.files)
+        self.pty = Pty(self._loop, self._async.pty)
 
     @property
     def sandbox_id(self) -> str | None:
@@ -102,6 +357,11 @@ class Sandbox:
     def destroy(self) -> None:
         self._loop.run(self._async.destroy)
 
+    def ping(self) -> float:
+        return self._loop.run(self._async.ping)
+
+    # -- the seed's operations ----------------------------------------------------------------
+
     def run_command(
         self,
         cmd: str,
@@ -110,10 +370,7 @@ class Sandbox:
         cwd: str | None = None,
         env: dict[str, str] | None = None,
     ) -> CommandResult:
-        async def call() -> CommandResult:
-            return await self._async.run_command(cmd, args, cwd=cwd, env=env)
-
-        return self._loop.run(call)
+        return self._loop.run(partial(self._async.run_command, cmd, args, cwd=cwd, env=env))
 
     def write_file(self, path: str, content: str | bytes) -> None:
         self._loop.run(self._async.write_file, path, content)

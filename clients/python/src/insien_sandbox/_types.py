@@ -1,20 +1,90 @@
-"""Result types returned by the SDK."""
+"""Result and description types returned by the SDK."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
+
+Stream = Literal["stdout", "stderr"]
 
 
 @dataclass(frozen=True)
 class CommandResult:
-    """What a finished command produced. `truncated` means output passed the server's cap."""
+    """What a finished command produced.
+
+    `truncated` means the output passed the server's cap (streaming callbacks still saw all of
+    it); `timed_out` that the command was killed by its timeout; `signal` names the signal
+    that ended it, if one did.
+    """
 
     stdout: str
     stderr: str
     exit_code: int
     signal: str | None = None
     truncated: bool = False
+    timed_out: bool = False
+    duration_ms: int | None = None
+    pid: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """A piece of a running command's output. `data` is bytes for PTYs, str otherwise."""
+
+    stream: Stream
+    data: str | bytes
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    cmd: str
+    args: list[str]
+    running: bool
+    background: bool
+    pty: bool
+    exit_code: int | None
+    signal: str | None
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> ProcessInfo:
+        return cls(
+            pid=int(raw["pid"]),
+            cmd=str(raw["cmd"]),
+            args=list(raw.get("args", [])),
+            running=bool(raw["running"]),
+            background=bool(raw.get("background", False)),
+            pty=bool(raw.get("pty", False)),
+            exit_code=raw.get("exitCode"),
+            signal=raw.get("signal"),
+        )
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """A file, folder or other entry in the sandbox's filesystem."""
+
+    name: str
+    path: str
+    type: str  # file, dir, symlink, fifo, socket, char, block, other
+    size: int
+    mode: int
+    mtime: float
+    target: str | None = None
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> EntryInfo:
+        return cls(
+            name=str(raw["name"]),
+            path=str(raw["path"]),
+            type=str(raw["type"]),
+            size=int(raw["size"]),
+            mode=int(raw["mode"]),
+            mtime=float(raw["mtime"]),
+            target=raw.get("target"),
+        )
