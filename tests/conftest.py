@@ -33,6 +33,7 @@ class Server:
     api_key: str
     instance: str
     log_path: Path
+    pid: int
 
     @property
     def headers(self) -> dict[str, str]:
@@ -40,6 +41,14 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def _our_containers(client: docker.DockerClient) -> list[str]:
@@ -99,7 +108,7 @@ def start_server(
     while time.monotonic() < deadline:
         match = LISTENING.search(log_path.read_text(errors="replace"))
         if match:
-            return process, Server(match.group(1), api_key, instance, log_path)
+            return process, Server(match.group(1), api_key, instance, log_path, process.pid)
         if process.poll() is not None:
             break
         time.sleep(0.05)

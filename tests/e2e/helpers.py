@@ -55,3 +55,26 @@ async def receive(ws: WebSocketConnection, timeout: float = 30) -> dict[str, Any
     with trio.fail_after(timeout):
         reply: dict[str, Any] = json.loads(await ws.get_message())
     return reply
+
+
+class Inbox:
+    """Reads one WebSocket and sorts messages by request id, for tests with several at once."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self._held: dict[Any, list[dict[str, Any]]] = {}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send_message(json.dumps(message))
+
+    async def next(self, request_id: Any, timeout: float = 30) -> dict[str, Any]:
+        """The next message for `request_id`, holding on to everything else meanwhile."""
+        with trio.fail_after(timeout):
+            while not self._held.get(request_id):
+                message: dict[str, Any] = json.loads(await self.ws.get_message())
+                self._held.setdefault(message.get("id"), []).append(message)
+        return self._held[request_id].pop(0)
+
+    async def call(self, message: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
+        await self.send(message)
+        return await self.next(message["id"], timeout)

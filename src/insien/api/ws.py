@@ -116,9 +116,10 @@ class ClientSession:
             except ProtocolError as exc:
                 await self._send.send(exc.to_message())
 
-    def _admit(self, data: str | bytes) -> Message:
+    def _admit(self, data: str | bytes | None) -> Message:
         try:
-            raw = json.loads(data)
+            # Quart hands over an empty binary frame as None.
+            raw = json.loads(data or "")
         except ValueError:
             raise ProtocolError(None, ErrorCode.BAD_REQUEST, "message is not valid JSON") from None
         message = parse_request(raw)

@@ -29,10 +29,20 @@ class AsyncSandbox:
         result = await sandbox.run_command("python3", ["hello.py"])
     """
 
-    def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        sandbox_id: str | None = None,
+    ) -> None:
+        """With `sandbox_id`, this object uses an existing sandbox instead of making one."""
         self._api_key, self.base_url = resolve(api_key, base_url)
-        self.sandbox_id: str | None = None
+        self.sandbox_id: str | None = sandbox_id
         self.agent_url: str | None = None
+        if sandbox_id is not None:
+            ws_base = self.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+            self.agent_url = f"{ws_base}/agent/{sandbox_id}"
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
         self._http: httpx.AsyncClient | None = None

@@ -318,8 +318,15 @@ class Sandbox:
         print(sandbox.commands.run("python3 hello.py").stdout)
     """
 
-    def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
-        self._async = AsyncSandbox(api_key=api_key, base_url=base_url)
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        sandbox_id: str | None = None,
+    ) -> None:
+        """With `sandbox_id`, this object uses an existing sandbox instead of making one."""
+        self._async = AsyncSandbox(api_key=api_key, base_url=base_url, sandbox_id=sandbox_id)
         self._loop = _LoopThread(self._async)
         self.commands = Commands(self._loop, self._async.commands)
         self.files = Files(self._loop, self._async.files)
