@@ -90,8 +90,18 @@ def test_upload_over_the_limit_is_refused_and_leaves_nothing(docker_client: obje
     async def scenario() -> None:
         async with sandbox(info) as created, http(info) as client:
             url = f"/sandbox/{created['sandboxId']}/files"
-            declared = await client.put(url, params={"path": "a"}, content=b"x" * (3 * MIB))
-            assert declared.status_code == 413
+            # Refused on the declared size alone, before the client sends any of the body.
+            host, port = info.url.removeprefix("http://").split(":")
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream:
+                await stream.send_all(
+                    f"PUT {url}?path=a HTTP/1.1\r\nHost: x\r\nX-API-Key: {info.api_key}\r\n"
+                    f"Content-Length: {3 * MIB}\r\n\r\n".encode()
+                )
+                with trio.fail_after(10):
+                    answer = await stream.receive_some(65536)
+            assert answer.startswith(b"HTTP/1.1 413")
+            assert b"connection: close" in answer.lower()
 
             async def unsized() -> AsyncIterator[bytes]:
                 for _ in range(3):

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs
 
+import trio
 from hypercorn.typing import (
     ASGIReceiveCallable,
     ASGISendCallable,
@@ -32,6 +33,8 @@ from .context import Services
 from .errors import ApiError, status_for
 
 UPLOAD_PATH = re.compile(r"^/sandbox/(?P<id>[^/]+)/files$")
+DISCARD_LIMIT = 16 * 1024 * 1024
+DISCARD_SECONDS = 5.0
 ASGIApp = Any
 
 
@@ -67,6 +70,10 @@ def files_blueprint(services: Services) -> Blueprint:
     return bp
 
 
+class _DeclaredTooLarge(ApiError):
+    """Refused on its Content-Length alone: nothing of its body is worth reading."""
+
+
 class UploadMiddleware:
     """Handles `PUT /sandbox/<id>/files` as raw ASGI; everything else goes to the app."""
 
@@ -83,9 +90,13 @@ class UploadMiddleware:
             return
         try:
             status, body = 200, await self._upload(match.group("id"), scope, receive)
+            close = False
         except ApiError as exc:
             status, body = exc.status, {"code": str(exc.code), "message": exc.message}
-        await _send_json(send, status, body)
+            # The client may still be sending the body it is refused for; read a bounded
+            # amount of it so it gets to see the answer, else close the connection after it.
+            close = isinstance(exc, _DeclaredTooLarge) or not await _discard_body(receive)
+        await _send_json(send, status, body, close=close)
 
     async def _upload(
         self, sandbox_id: str, scope: HTTPScope, receive: ASGIReceiveCallable
@@ -100,7 +111,9 @@ class UploadMiddleware:
         limit = services.settings.max_upload_bytes
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, ErrorCode.TOO_LARGE, f"upload exceeds the {limit} byte limit")
+            raise _DeclaredTooLarge(
+                413, ErrorCode.TOO_LARGE, f"upload exceeds the {limit} byte limit"
+            )
         try:
             link = services.manager.get(sandbox_id, tenant).link
         except SandboxNotFound:
@@ -123,15 +136,34 @@ class UploadMiddleware:
         return {"success": True, "path": path, "bytes": written}
 
 
-async def _send_json(send: ASGISendCallable, status: int, body: dict[str, Any]) -> None:
+async def _discard_body(receive: ASGIReceiveCallable) -> bool:
+    """Read and drop what is left of a refused request's body; False if it was too much."""
+    left = DISCARD_LIMIT
+    with trio.move_on_after(DISCARD_SECONDS):
+        while left > 0:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            left -= len(message["body"])
+            if not message.get("more_body", False):
+                return True
+    return False
+
+
+async def _send_json(
+    send: ASGISendCallable, status: int, body: dict[str, Any], *, close: bool = False
+) -> None:
     payload = json.dumps(body).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
     start: HTTPResponseStartEvent = {
         "type": "http.response.start",
         "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-        ],
+        "headers": headers,
         "trailers": False,
     }
     await send(start)
