@@ -1,4 +1,4 @@
-"""Every developer task: `nox -s tests | lint | typecheck | image | serve`."""
+"""Every developer task: `nox -s tests | lint | typecheck | image | serve | bench`."""
 
 from __future__ import annotations
 
@@ -41,6 +41,13 @@ def image(session: nox.Session) -> None:
     """Build the default sandbox image (pass --force to rebuild)."""
     session.install(*SERVER)
     session.run("insien", "image", "build", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against baselines measured in the same run (`-- --quick` for a smoke run)."""
+    session.install(*SERVER, *SDK, "matplotlib>=3.8")
+    session.run("python", "-m", "bench.run", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -23,7 +23,7 @@ from .errors import BAD_REQUEST, CANCELLED, INTERNAL, TOO_LARGE, UNKNOWN_TYPE, A
 from .fields import required_int
 from .processes import ProcessTable
 from .settings import AgentSettings
-from .wire import LineSplitter, Outbox, open_stdout
+from .wire import LineSplitter, Outbox, open_stdout, widen_pipe
 
 Message = dict[str, Any]
 Handler = Callable[[Request], Awaitable[Message]]
@@ -191,6 +191,8 @@ class Agent:
 
 async def serve(settings: AgentSettings) -> None:
     loop = asyncio.get_running_loop()
+    widen_pipe(0)
+    widen_pipe(1)
     reader = asyncio.StreamReader(limit=1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
     agent = Agent(Outbox(await open_stdout(), settings.max_line), settings)

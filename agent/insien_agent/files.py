@@ -49,9 +49,15 @@ def _decode_content(msg: Message) -> bytes:
         raise AgentError(BAD_ENCODING, "field 'content' is not valid Unicode") from exc
 
 
-def _write(path: str, data: bytes, *, append: bool, mode: int | None) -> None:
+def _write(
+    path: str, data: bytes, *, append: bool, mode: int | None, offset: int | None = None
+) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | (os.O_APPEND if append else os.O_TRUNC)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK
+    if append:
+        flags |= os.O_APPEND
+    elif offset is None:
+        flags |= os.O_TRUNC
     fd = os.open(path, flags, 0o644 if mode is None else mode)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -60,8 +66,14 @@ def _write(path: str, data: bytes, *, append: bool, mode: int | None) -> None:
             os.fchmod(fd, mode)
         os.set_blocking(fd, True)
         view = memoryview(data)
+        position = offset
         while view:
-            view = view[os.write(fd, view) :]
+            if position is None:
+                written = os.write(fd, view)
+            else:
+                written = os.pwrite(fd, view, position)
+                position += written
+            view = view[written:]
     finally:
         os.close(fd)
 
@@ -171,9 +183,12 @@ async def handle_write(req: Request) -> Message:
     path = fields.required_str(msg, "path")
     data = _decode_content(msg)
     append = fields.optional_bool(msg, "append", False)
+    offset = fields.optional_int(msg, "offset", None)
+    if append and offset is not None:
+        raise AgentError(BAD_REQUEST, "'append' and 'offset' cannot be combined")
     mode = fields.file_mode(msg)
     full = resolve(path, req.settings.workdir)
-    await _fs(path, lambda: _write(full, data, append=append, mode=mode))
+    await _fs(path, lambda: _write(full, data, append=append, mode=mode, offset=offset))
     return {"type": "writeResponse", "success": True, "path": path}
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-CHUNK_SIZE = 64 * 1024
+CHUNK_SIZE = 256 * 1024
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 from .errors import BAD_REQUEST, NOT_FOUND, AgentError
 from .output import CHUNK_SIZE, Collected, Encoder, OutputLog, Subscriber
+from .wire import widen_pipe
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -309,6 +310,7 @@ class ProcessTable:
                 env=env,
                 start_new_session=True,
             )
+        _widen_output_pipes(proc)
         process = ManagedProcess(
             proc,
             cmd=cmd,
@@ -347,6 +349,14 @@ class ProcessTable:
     def kill_all(self) -> None:
         for process in list(self._running.values()):
             process.kill_group()
+
+
+def _widen_output_pipes(proc: asyncio.subprocess.Process) -> None:
+    """Best effort: a command that already exited may have had its pipes closed by now."""
+    for reader in (proc.stdout, proc.stderr):
+        transport = getattr(reader, "_transport", None)
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            widen_pipe(transport.get_extra_info("pipe").fileno())  # type: ignore[union-attr]
 
 
 def _take_controlling_terminal() -> None:

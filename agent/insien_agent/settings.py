@@ -28,8 +28,9 @@ class AgentSettings:
     """Largest file a `read` returns in one message."""
     ring_bytes: int = 1 * MIB
     """Output a process keeps for late `attach`; also how far a streaming client may lag."""
-    window: int = 32
-    """Output events a streaming request may have unacknowledged (the server grants more)."""
+    window: int = 16
+    """Output events (of up to 256 KiB) a streaming request may have unacknowledged; the
+    server grants more as its client takes them."""
     workdir: str = "/home/user"
     """Where relative paths and commands start when the request names no `cwd`."""
 

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -26,11 +26,34 @@ OUTGOING_QUEUE = 8
 """Request lines waiting for the writer; senders block beyond this (back-pressure)."""
 EVENTS_PER_REQUEST = 64
 """Messages buffered for one request. The agent sends at most its window of output events
-(32) before the link grants more, so a well-behaved agent never fills this."""
+(16) before the link grants more, so a well-behaved agent never fills this."""
 CREDIT_BATCH = 8
 """Output events consumed before the link grants the agent that much more credit."""
 CANCEL_TIMEOUT = 5.0
 STDERR_LINE_MAX = 16 * 1024
+
+
+class Reply(NamedTuple):
+    """One message from the agent: parsed for routing, and the line as the agent wrote it."""
+
+    message: Message
+    line: bytes
+
+    def for_client(self, client_id: Any) -> str:
+        """The message as JSON text carrying the client's id, without re-encoding it.
+
+        The agent always writes `{"id":<integer>,` first; only that prefix is replaced.
+        """
+        line = self.line
+        if line.startswith(_ID_PREFIX):
+            end = line.find(b",", len(_ID_PREFIX))
+            if end > 0 and line[len(_ID_PREFIX) : end].isdigit():
+                head = json.dumps(client_id, ensure_ascii=False).encode()
+                return (_ID_PREFIX + head + line[end:]).decode()
+        return json.dumps({**self.message, "id": client_id}, ensure_ascii=False)
+
+
+_ID_PREFIX = b'{"id":'
 
 
 class AgentGone(Exception):
@@ -47,7 +70,7 @@ class AgentLink:
         self._outgoing_send, self._outgoing_receive = trio.open_memory_channel[bytes](
             OUTGOING_QUEUE
         )
-        self._pending: dict[int, trio.MemorySendChannel[Message]] = {}
+        self._pending: dict[int, trio.MemorySendChannel[Reply]] = {}
         self._ids = itertools.count(1)
         self.hello: Message | None = None
         self.ready = trio.Event()
@@ -83,8 +106,9 @@ class AgentLink:
         self.closed.set()
         self._outgoing_send.close()
         for request_id, channel in self._pending.items():
+            gone = error_message(request_id, ErrorCode.AGENT_GONE, reason)
             with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                channel.send_nowait(error_message(request_id, ErrorCode.AGENT_GONE, reason))
+                channel.send_nowait(Reply(gone, _encode(gone)))
             channel.close()
         self._pending.clear()
 
@@ -138,7 +162,7 @@ class AgentLink:
             return  # an answer for a request whose client has gone away
         terminal = is_final(message)
         try:
-            channel.send_nowait(message)
+            channel.send_nowait(Reply(message, line))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             # The request's consumer fell behind or left; end it rather than buffer without bound.
             terminal = True
@@ -164,7 +188,7 @@ class AgentLink:
                 ErrorCode.TOO_LARGE,
                 f"message of {len(line)} bytes exceeds the {self.max_line} byte limit",
             )
-        send, receive = trio.open_memory_channel[Message](EVENTS_PER_REQUEST)
+        send, receive = trio.open_memory_channel[Reply](EVENTS_PER_REQUEST)
         self._pending[request_id] = send
         pending = PendingRequest(self, request_id, receive)
         try:
@@ -196,8 +220,8 @@ class AgentLink:
         """Send a request and return its final message (a response or an `error`)."""
         async with self.request(message) as pending:
             async for reply in pending:
-                if is_final(reply):
-                    return reply
+                if is_final(reply.message):
+                    return reply.message
         return self.missing_reply(message.get("id"))
 
     def missing_reply(self, request_id: Any) -> Message:
@@ -213,7 +237,7 @@ class PendingRequest:
     """The messages of one request in flight, granting the agent credit as they are consumed."""
 
     def __init__(
-        self, link: AgentLink, agent_id: int, channel: trio.MemoryReceiveChannel[Message]
+        self, link: AgentLink, agent_id: int, channel: trio.MemoryReceiveChannel[Reply]
     ) -> None:
         self.link = link
         self.agent_id = agent_id
@@ -223,28 +247,23 @@ class PendingRequest:
     def __aiter__(self) -> PendingRequest:
         return self
 
-    async def __anext__(self) -> Message:
+    async def __anext__(self) -> Reply:
         try:
-            message = await self._channel.receive()
+            reply = await self._channel.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise StopAsyncIteration from None
-        if message.get("type") == "output":
+        if reply.message.get("type") == "output":
             self._consumed += 1
             if self._consumed >= CREDIT_BATCH:
                 granted, self._consumed = self._consumed, 0
                 await self.link.send_internal(
                     {"type": "credit", "target": self.agent_id, "n": granted}
                 )
-        return message
+        return reply
 
     async def cancel(self) -> None:
         await self.link.cancel(self.agent_id)
 
 
 def _encode(message: Message) -> bytes:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-
-
-def restore_id(message: Message, client_id: Any) -> Message:
-    """The agent-side id replaced by the client's own."""
-    return {**message, "id": client_id}
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"

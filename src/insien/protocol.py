@@ -134,6 +134,7 @@ class WriteRequest(_Request):
     content: StrictStr
     encoding: Encoding = "utf-8"
     append: StrictBool = False
+    offset: Annotated[StrictInt, Field(ge=0)] | None = None
     mode: Annotated[StrictInt, Field(ge=0, le=0o7777)] | StrictStr | None = None
 
 

@@ -1,10 +1,10 @@
 """Moving whole files of any size through the agent in bounded chunks.
 
-Uploads go to a temporary name beside the target, one chunk per `write` (append) request, and
-are renamed into place at the end, so a failed upload never leaves a half-written file under
-the real name. Downloads are `read` requests with `offset` and `length`. Each chunk waits for
-the agent's answer before the next is sent: the agent sets the pace and neither side ever
-holds more than a chunk or two of a file.
+Uploads go to a temporary name beside the target as positional `write` requests, a few in
+flight at once, and are renamed into place at the end, so a failed upload never leaves a
+half-written file under the real name. Downloads are `read` requests with `offset` and
+`length`, one at a time. Either way the agent's answers set the pace, and neither side ever
+holds more than a few chunks of a file.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .link import AgentLink
 from .protocol import ErrorCode, Message
 
 CHUNK_SIZE = 1024 * 1024
+IN_FLIGHT = 4
 
 
 class TransferError(Exception):
@@ -39,41 +40,71 @@ async def _call(link: AgentLink, message: Message) -> Message:
 
 
 async def upload(link: AgentLink, path: str, body: AsyncIterator[bytes], limit: int) -> int:
-    """Write everything `body` yields to `path` in the sandbox; returns the byte count."""
+    """Write everything `body` yields to `path` in the sandbox; returns the byte count.
+
+    The first chunk creates the file; the rest are positional writes, up to IN_FLIGHT at
+    once, so reading the body, encoding, the agent's decoding and the disk all overlap.
+    """
     temporary = f"{path}.insien-upload-{secrets.token_hex(6)}"
     total = 0
-    started = False
-    buffer = bytearray()
+    created = False
 
-    async def flush(data: bytes | bytearray) -> None:
-        nonlocal started
-        await _call(
-            link,
-            {
-                "type": "write",
-                "path": temporary,
-                "content": base64.b64encode(data).decode("ascii"),
-                "encoding": "base64",
-                "append": started,
-            },
-        )
-        started = True
+    async def write(data: bytes | bytearray, offset: int) -> None:
+        message: Message = {
+            "type": "write",
+            "path": temporary,
+            "content": base64.b64encode(data).decode("ascii"),
+            "encoding": "base64",
+        }
+        if offset:
+            message["offset"] = offset
+        await _call(link, message)
 
     try:
-        async for piece in body:
-            total += len(piece)
-            if total > limit:
-                raise TransferError(ErrorCode.TOO_LARGE, f"upload exceeds the {limit} byte limit")
-            buffer += piece
-            while len(buffer) >= CHUNK_SIZE:
-                await flush(buffer[:CHUNK_SIZE])
-                del buffer[:CHUNK_SIZE]
-        await flush(buffer)
+        slots = trio.Semaphore(IN_FLIGHT)
+
+        async def write_in_slot(data: bytes, offset: int) -> None:
+            try:
+                await write(data, offset)
+            finally:
+                slots.release()
+
+        async with trio.open_nursery() as writers:
+            buffer = bytearray()
+            written = 0
+
+            async def flush(data: bytes) -> None:
+                nonlocal created, written
+                if not created:
+                    await write(data, 0)  # creates (and truncates) the file first
+                    created = True
+                else:
+                    await slots.acquire()
+                    writers.start_soon(write_in_slot, data, written)
+                written += len(data)
+
+            async for piece in body:
+                total += len(piece)
+                if total > limit:
+                    raise TransferError(
+                        ErrorCode.TOO_LARGE, f"upload exceeds the {limit} byte limit"
+                    )
+                buffer += piece
+                while len(buffer) >= CHUNK_SIZE:
+                    await flush(bytes(buffer[:CHUNK_SIZE]))
+                    del buffer[:CHUNK_SIZE]
+            if buffer or not created:
+                await flush(bytes(buffer))
         await _call(link, {"type": "rename", "path": temporary, "newPath": path})
-    except BaseException:
-        if started:
+    except BaseException as exc:
+        if created:
             with trio.move_on_after(5, shield=True):
                 await link.call({"type": "remove", "path": temporary})
+        if isinstance(exc, BaseExceptionGroup):
+            # A refused chunk surfaces through the writers' nursery; report the first refusal.
+            refusal = exc.subgroup(TransferError)
+            if refusal is not None and len(refusal.exceptions) == len(exc.exceptions):
+                raise refusal.exceptions[0] from exc
         raise
     return total
 

@@ -61,7 +61,8 @@ async def test_websocket_accepts_the_api_key_header(server: Server) -> None:
     async with sandbox(server) as created:
         bare = created["agentUrl"].split("?")[0]
         async with websocket(bare, server.headers) as ws:
-            assert (await call(ws, {"id": 1, "type": "exec", "cmd": "true"}))["exitCode"] == 0
+            reply = await call(ws, {"id": 1, "type": "exec", "cmd": "true"})
+            assert reply.get("exitCode") == 0, reply
 
 
 async def test_a_token_opens_only_its_own_sandbox(server: Server) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import trio
 from quart import Blueprint, websocket
 
-from ..link import AgentGone, AgentLink, PendingRequest, restore_id
+from ..link import AgentGone, AgentLink, PendingRequest
 from ..manager import Sandbox, SandboxNotFound
 from ..protocol import (
     ErrorCode,
@@ -30,7 +30,7 @@ from .errors import error_response
 
 log = logging.getLogger("insien.ws")
 
-SEND_QUEUE = 64
+SEND_QUEUE = 16
 """Messages waiting for a slow client before request tasks block (back-pressure)."""
 CLOSE_GOING_AWAY = 1001
 
@@ -76,7 +76,7 @@ class ClientSession:
         self._link: AgentLink = sandbox.link
         self._max_in_flight = max_in_flight
         self._in_flight: dict[Any, InFlight] = {}
-        self._send, self._outgoing = trio.open_memory_channel[Message](SEND_QUEUE)
+        self._send, self._outgoing = trio.open_memory_channel[Message | str](SEND_QUEUE)
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -91,7 +91,9 @@ class ClientSession:
     async def _write_loop(self) -> None:
         async with self._outgoing:
             async for message in self._outgoing:
-                await websocket.send(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
+                if not isinstance(message, str):
+                    message = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+                await websocket.send(message)
         if self._sandbox.ended.is_set():
             reason = self._sandbox.end_reason or "sandbox ended"
             # A close reason must fit in a control frame: 123 bytes.
@@ -173,10 +175,10 @@ class ClientSession:
             async with self._link.request(message) as pending:
                 in_flight.pending = pending
                 async for reply in pending:
-                    if reply.get("type") == "spawnResponse":
-                        in_flight.pid = reply.get("pid")
-                    await self._send.send(restore_id(reply, client_id))
-                    if is_final(reply):
+                    if reply.message.get("type") == "spawnResponse":
+                        in_flight.pid = reply.message.get("pid")
+                    await self._send.send(reply.for_client(client_id))
+                    if is_final(reply.message):
                         return
             await self._send.send(self._link.missing_reply(client_id))
         except AgentGone as exc:

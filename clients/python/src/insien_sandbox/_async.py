@@ -18,6 +18,8 @@ from ._rpc import RPCConnection
 from ._types import CommandResult
 
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+RECEIVE_BUFFER = 256 * 1024
+MESSAGE_QUEUE = 16
 REST_TIMEOUT = 60.0
 
 
@@ -146,6 +148,10 @@ class AsyncSandbox:
                     url,
                     extra_headers=[(b"X-API-Key", self._api_key.encode())],
                     max_message_size=MAX_MESSAGE_SIZE,
+                    # trio-websocket reads 4 KiB at a time by default: far too little for
+                    # output events of up to 256 KiB.
+                    receive_buffer_size=RECEIVE_BUFFER,
+                    message_queue_size=MESSAGE_QUEUE,
                 ) as ws:
                     rpc = RPCConnection(ws)
                     task_status.started(rpc)

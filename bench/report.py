@@ -1,0 +1,207 @@
+"""Turn a results dict into the markdown table, the target verdicts and the PNG chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+START = "<!-- results:start -->"
+END = "<!-- results:end -->"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}x" if b else "n/a"
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
+    """(target, met?, evidence) for each target the project holds itself to."""
+    out: list[tuple[str, bool | None, str]] = []
+    rt = results.get("command_round_trip")
+    if rt:
+        ins, dock, host = (
+            rt[k]["median_ms"] for k in ("insien", "docker_exec_run", "host_subprocess")
+        )
+        out.append(
+            ("round trip p50 >= 20x faster than exec_run", dock / ins >= 20, _ratio(dock, ins))
+        )
+        out.append(
+            ("round trip p50 within 4x of the host floor", ins / host <= 4, _ratio(ins, host))
+        )
+    first = results.get("time_to_first_command")
+    if first:
+        cold, run = first["insien_cold"]["median_ms"], first["docker_containers_run"]["median_ms"]
+        out.append(
+            (
+                "first command p50 below containers.run (cold)",
+                cold < run,
+                f"{cold:.0f} ms vs {run:.0f} ms",
+            )
+        )
+        out.append(("first command p50 below 20 ms from the warm pool", None, "no warm pool yet"))
+    stream = results.get("output_streaming")
+    if stream:
+        out.append(
+            (
+                "streaming >= 300 MB/s",
+                stream["insien_mb_s"] >= 300,
+                f"{stream['insien_mb_s']:.0f} MB/s",
+            )
+        )
+        out.append(
+            (
+                "streaming RSS growth < 64 MiB",
+                stream["insien_rss_growth_mib"] < 64,
+                f"{stream['insien_rss_growth_mib']:.1f} MiB",
+            )
+        )
+    files = results.get("files")
+    if files:
+        up = files["insien_upload_mb_s"] >= files["docker_put_archive_mb_s"]
+        down = files["insien_download_mb_s"] >= files["docker_get_archive_mb_s"]
+        out.append(
+            (
+                "upload at least as fast as put_archive",
+                up,
+                _ratio(files["insien_upload_mb_s"], files["docker_put_archive_mb_s"]),
+            )
+        )
+        out.append(
+            (
+                "download at least as fast as get_archive",
+                down,
+                _ratio(files["insien_download_mb_s"], files["docker_get_archive_mb_s"]),
+            )
+        )
+    scale = results.get("scale")
+    if scale:
+        out.append(
+            (
+                "200 idle sandboxes, orchestrator idle CPU < 2%",
+                scale["sandboxes"] >= 200 and scale["orchestrator_idle_cpu_percent"] < 2,
+                f"{scale['sandboxes']} sandboxes, "
+                f"{scale['orchestrator_idle_cpu_percent']:.2f}% CPU",
+            )
+        )
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta = results["machine"]
+    lines = [
+        f"Run on {meta['date']} ({'quick' if results['quick'] else 'full'} run): "
+        f"{meta['cpus']} CPUs, kernel {meta['kernel']}, Docker {meta['docker']}, "
+        f"Python {meta['python']}.",
+        "",
+        "| scenario | Insien | baseline | ratio |",
+        "| --- | --- | --- | --- |",
+    ]
+    rt = results.get("command_round_trip")
+    if rt:
+        ins, dock, host = rt["insien"], rt["docker_exec_run"], rt["host_subprocess"]
+        lines.append(
+            f"| command round trip p50 / p99 (n={ins['n']}) "
+            f"| {ins['median_ms']:.2f} / {ins['p99_ms']:.2f} ms "
+            f"| exec_run {dock['median_ms']:.1f} / {dock['p99_ms']:.1f} ms (n={dock['n']}) "
+            f"| {_ratio(dock['median_ms'], ins['median_ms'])} faster |"
+        )
+        lines.append(
+            f"| host floor: subprocess.run p50 | | {host['median_ms']:.2f} ms "
+            f"| Insien is {_ratio(ins['median_ms'], host['median_ms'])} of it |"
+        )
+    first = results.get("time_to_first_command")
+    if first:
+        cold, run, cs = (
+            first["insien_cold"],
+            first["docker_containers_run"],
+            first["docker_create_start"],
+        )
+        lines.append(
+            f"| time to first command p50 (n={cold['n']}) | {cold['median_ms']:.0f} ms cold "
+            f"| containers.run {run['median_ms']:.0f} ms; create+start {cs['median_ms']:.0f} ms "
+            f"| {_ratio(run['median_ms'], cold['median_ms'])} faster |"
+        )
+    tp = results.get("throughput")
+    if tp:
+        load = tp["load"]
+        ins, dock = tp["insien"], tp["docker_exec_run"]
+        lines.append(
+            f"| throughput {load['sandboxes']} sandboxes x {load['concurrency']} concurrent "
+            f"| {ins['commands_per_s']:.0f} cmd/s, p99 {ins['p99_ms']:.0f} ms "
+            f"| {dock['commands_per_s']:.0f} cmd/s, p99 {dock['p99_ms']:.0f} ms "
+            f"| {_ratio(ins['commands_per_s'], dock['commands_per_s'])} |"
+        )
+    stream = results.get("output_streaming")
+    if stream:
+        lines.append(
+            f"| stdout streaming, {stream['bytes'] / 2**20:.0f} MiB "
+            f"| {stream['insien_mb_s']:.0f} MB/s, "
+            f"server RSS +{stream['insien_rss_growth_mib']:.1f} MiB "
+            f"| docker exec cat {stream['docker_exec_cat_mb_s']:.0f} MB/s "
+            f"| {_ratio(stream['insien_mb_s'], stream['docker_exec_cat_mb_s'])} |"
+        )
+    files = results.get("files")
+    if files:
+        lines.append(
+            f"| upload {files['bytes'] / 2**20:.0f} MiB | {files['insien_upload_mb_s']:.0f} MB/s "
+            f"| put_archive {files['docker_put_archive_mb_s']:.0f} MB/s "
+            f"| {_ratio(files['insien_upload_mb_s'], files['docker_put_archive_mb_s'])} |"
+        )
+        lines.append(
+            f"| download {files['bytes'] / 2**20:.0f} MiB "
+            f"| {files['insien_download_mb_s']:.0f} MB/s "
+            f"| get_archive {files['docker_get_archive_mb_s']:.0f} MB/s "
+            f"| {_ratio(files['insien_download_mb_s'], files['docker_get_archive_mb_s'])} |"
+        )
+    scale = results.get("scale")
+    if scale:
+        lines.append(
+            f"| scale: {scale['sandboxes']} idle sandboxes "
+            f"| {scale['host_memory_per_sandbox_mib']:.1f} MiB host memory each; "
+            f"orchestrator RSS {scale['orchestrator_rss_mib']:.0f} MiB, idle CPU "
+            f"{scale['orchestrator_idle_cpu_percent']:.2f}% | — | |"
+        )
+    lines += ["", "| target | met | evidence |", "| --- | --- | --- |"]
+    for name, met, evidence in targets(results):
+        verdict = "not measured" if met is None else ("yes" if met else "**no**")
+        lines.append(f"| {name} | {verdict} | {evidence} |")
+    if results.get("chart"):
+        lines += ["", f"![latency distributions]({results['chart']})"]
+    return "\n".join(lines)
+
+
+def update_doc(doc: Path, table: str) -> None:
+    text = doc.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    doc.write_text(f"{head}{START}\n{table}\n{END}{tail}")
+
+
+def chart(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    groups = []
+    rt = results.get("command_round_trip")
+    if rt:
+        groups.append(("command round trip", rt["samples"]))
+    first = results.get("time_to_first_command")
+    if first:
+        groups.append(("time to first command", first["samples"]))
+    if not groups:
+        return False
+    figure, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4))
+    axes = axes if len(groups) > 1 else [axes]
+    for axis, (title, samples) in zip(axes, groups, strict=True):
+        axis.boxplot(list(samples.values()), showfliers=False)
+        axis.set_xticks(range(1, len(samples) + 1), list(samples), rotation=10)
+        axis.set_yscale("log")
+        axis.set_ylabel("ms (log scale)")
+        axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True

@@ -1,0 +1,95 @@
+"""`nox -s bench [-- --quick]`: run every scenario against a real `insien serve` on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import docker
+import trio
+
+from bench import report, scenarios
+from insien.images import build_image
+from tests.server_process import IMAGE, start_server, stop_server
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+SIZES = {
+    # scenario: (quick, full) parameters
+    "command_round_trip": ({"n": 200, "n_docker": 30}, {"n": 1000, "n_docker": 100}),
+    "time_to_first_command": ({"n": 3}, {"n": 10}),
+    "throughput": (
+        {"sandboxes": 5, "concurrency": 4, "per_worker": 5},
+        {"sandboxes": 50, "concurrency": 20, "per_worker": 5},
+    ),
+    "output_streaming": ({"size": 64 * scenarios.MIB}, {"size": 1024 * scenarios.MIB}),
+    "files": ({"size": 16 * scenarios.MIB}, {"size": 100 * scenarios.MIB}),
+    "scale": ({"limit": 10, "seconds": 60}, {"limit": 200, "seconds": 600}),
+}
+
+
+def machine(client: docker.DockerClient) -> dict[str, Any]:
+    import os
+
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "docker": client.version().get("Version"),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+
+
+async def run_all(context: scenarios.Context, chosen: list[str], quick: bool) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in chosen:
+        params = SIZES[name][0 if quick else 1]
+        print(f"-- {name} {params}", file=sys.stderr, flush=True)
+        results[name] = await getattr(scenarios, name)(context, **params)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a minute or two")
+    parser.add_argument("--only", nargs="*", choices=list(SIZES), help="run just these scenarios")
+    parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    chosen = args.only or list(SIZES)
+
+    client = docker.from_env()
+    build_image(client, tag=IMAGE)
+    process, server = start_server(f"bench-{secrets.token_hex(3)}")
+    try:
+        context = scenarios.Context(server=server, docker=client, image=IMAGE)
+        results = trio.run(run_all, context, chosen, args.quick)
+    finally:
+        stop_server(process)
+        leftovers = client.containers.list(all=True, filters={"label": "insien.bench"})
+        for container in leftovers:
+            container.remove(force=True)
+    results["quick"] = args.quick
+    results["machine"] = machine(client)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if report.chart(results, RESULTS / "latency.png"):
+        results["chart"] = "../bench/results/latency.png"
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
+    table = report.markdown(results)
+    (RESULTS / "latest.md").write_text(table + "\n")
+    if not args.no_doc:
+        report.update_doc(DOC, table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The benchmark scenarios. Each measures Insien and, in the same run, what a user would
+otherwise use (docker-py, the docker CLI, the host itself)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import trio
+
+from bench.stats import summarize
+from insien_sandbox import AsyncSandbox
+from tests.server_process import Server, rss_bytes
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Context:
+    server: Server
+    docker: docker.DockerClient
+    image: str
+
+    def sandbox(self, sandbox_id: str | None = None) -> AsyncSandbox:
+        return AsyncSandbox(
+            api_key=self.server.api_key, base_url=self.server.url, sandbox_id=sandbox_id
+        )
+
+    def baseline_container(self) -> Any:
+        """A long-running container of the same image for the docker-py baselines."""
+        return self.docker.containers.run(
+            self.image,
+            ["sleep", "infinity"],
+            detach=True,
+            init=True,
+            network_mode="none",
+            labels={"insien.bench": "baseline"},
+        )
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+async def command_round_trip(ctx: Context, n: int, n_docker: int) -> dict[str, Any]:
+    insien: list[float] = []
+    async with ctx.sandbox() as sandbox:
+        for _ in range(20):
+            await sandbox.run_command("true")
+        for _ in range(n):
+            start = time.perf_counter()
+            await sandbox.run_command("true")
+            insien.append(_ms(start))
+
+    container = ctx.baseline_container()
+    try:
+        exec_run: list[float] = []
+        for _ in range(n_docker):
+            start = time.perf_counter()
+            container.exec_run(["true"])
+            exec_run.append(_ms(start))
+    finally:
+        container.remove(force=True)
+
+    host: list[float] = []
+    for _ in range(n):
+        start = time.perf_counter()
+        subprocess.run(["true"], check=True)  # noqa: ASYNC221 (the baseline, timed as used)
+        host.append(_ms(start))
+    return {
+        "insien": summarize(insien),
+        "docker_exec_run": summarize(exec_run),
+        "host_subprocess": summarize(host),
+        "samples": {"insien": insien, "docker_exec_run": exec_run, "host_subprocess": host},
+    }
+
+
+async def time_to_first_command(ctx: Context, n: int) -> dict[str, Any]:
+    insien: list[float] = []
+    for _ in range(n):
+        async with ctx.sandbox() as sandbox:
+            start = time.perf_counter()
+            await sandbox.run_command("true")  # creates the sandbox on first use
+            insien.append(_ms(start))
+    containers_run: list[float] = []
+    create_start: list[float] = []
+    for _ in range(n):
+        start = time.perf_counter()
+        ctx.docker.containers.run(ctx.image, ["true"], remove=True, network_mode="none")
+        containers_run.append(_ms(start))
+        start = time.perf_counter()
+        container = ctx.docker.containers.create(
+            ctx.image, ["sleep", "infinity"], network_mode="none"
+        )
+        container.start()
+        create_start.append(_ms(start))
+        container.remove(force=True)
+    return {
+        "insien_cold": summarize(insien),
+        "docker_containers_run": summarize(containers_run),
+        "docker_create_start": summarize(create_start),
+        "insien_warm_pool": None,  # no warm pool yet (issue 4)
+        "samples": {"insien_cold": insien, "docker_containers_run": containers_run},
+    }
+
+
+async def throughput(
+    ctx: Context, sandboxes: int, concurrency: int, per_worker: int
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    async with AsyncExitStack() as stack:
+        # Entered in this task (each owns a nursery); created and warmed up concurrently.
+        boxes = [await stack.enter_async_context(ctx.sandbox()) for _ in range(sandboxes)]
+        async with trio.open_nursery() as opener:
+            for box in boxes:
+                opener.start_soon(box.run_command, "true")
+
+        async def worker(box: AsyncSandbox) -> None:
+            for _ in range(per_worker):
+                start = time.perf_counter()
+                await box.run_command("true")
+                latencies.append(_ms(start))
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for box in boxes:
+                for _ in range(concurrency):
+                    nursery.start_soon(worker, box)
+        elapsed = time.perf_counter() - started
+    insien = {"commands_per_s": len(latencies) / elapsed, **summarize(latencies)}
+
+    client = docker.DockerClient.from_env(max_pool_size=sandboxes * concurrency)
+    containers = [ctx.baseline_container() for _ in range(sandboxes)]
+    docker_latencies: list[float] = []
+    try:
+        limiter = trio.CapacityLimiter(sandboxes * concurrency)
+
+        def one(container_id: str) -> None:
+            start = time.perf_counter()
+            client.api.exec_start(client.api.exec_create(container_id, ["true"]))
+            docker_latencies.append(_ms(start))
+
+        async def docker_worker(container_id: str) -> None:
+            for _ in range(per_worker):
+                await trio.to_thread.run_sync(one, container_id, limiter=limiter)
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for container in containers:
+                for _ in range(concurrency):
+                    nursery.start_soon(docker_worker, container.id)
+        docker_elapsed = time.perf_counter() - started
+    finally:
+        for container in containers:
+            container.remove(force=True)
+        client.close()
+    return {
+        "load": {"sandboxes": sandboxes, "concurrency": concurrency, "per_worker": per_worker},
+        "insien": insien,
+        "docker_exec_run": {
+            "commands_per_s": len(docker_latencies) / docker_elapsed,
+            **summarize(docker_latencies),
+        },
+    }
+
+
+async def output_streaming(ctx: Context, size: int) -> dict[str, Any]:
+    blob = "/tmp/blob.txt"
+    make = f"head -c {size * 3 // 4} /dev/urandom | base64 -w 0 > {blob}"
+    async with ctx.sandbox() as sandbox:
+        await sandbox.commands.run(make)
+        before = rss_bytes(ctx.server.pid)
+        peak = before
+        received = 0
+
+        def count(data: str) -> None:
+            nonlocal received
+            received += len(data)
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, rss_bytes(ctx.server.pid))
+                await trio.sleep(0.05)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            start = time.perf_counter()
+            await sandbox.commands.run(f"cat {blob}", on_stdout=count)
+            elapsed = time.perf_counter() - start
+            nursery.cancel_scope.cancel()
+
+    container = ctx.baseline_container()
+    try:
+        container.exec_run(["sh", "-c", make])
+        start = time.perf_counter()
+        command = ["docker", "exec", container.id, "cat", blob]
+        subprocess.run(command, stdout=subprocess.DEVNULL, check=True)  # noqa: ASYNC221
+        docker_elapsed = time.perf_counter() - start
+    finally:
+        container.remove(force=True)
+    return {
+        "bytes": received,
+        "insien_mb_s": received / MIB / elapsed,
+        "insien_rss_growth_mib": (peak - before) / MIB,
+        "docker_exec_cat_mb_s": size / MIB / docker_elapsed,
+    }
+
+
+async def files(ctx: Context, size: int) -> dict[str, Any]:
+    data = os.urandom(size)
+    async with ctx.sandbox() as sandbox:
+        start = time.perf_counter()
+        await sandbox.files.upload("payload.bin", data)
+        upload = time.perf_counter() - start
+        start = time.perf_counter()
+        back = await sandbox.files.download("payload.bin")
+        download = time.perf_counter() - start
+    assert back == data
+
+    container = ctx.baseline_container()
+    try:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo("payload.bin")
+            info.size = size
+            tar.addfile(info, io.BytesIO(data))
+        archive = buffer.getvalue()
+        start = time.perf_counter()
+        container.put_archive("/tmp", archive)
+        put = time.perf_counter() - start
+        start = time.perf_counter()
+        stream, _ = container.get_archive("/tmp/payload.bin")
+        got = sum(len(chunk) for chunk in stream)
+        get = time.perf_counter() - start
+        assert got >= size
+    finally:
+        container.remove(force=True)
+    mb = size / MIB
+    return {
+        "bytes": size,
+        "insien_upload_mb_s": mb / upload,
+        "insien_download_mb_s": mb / download,
+        "docker_put_archive_mb_s": mb / put,
+        "docker_get_archive_mb_s": mb / get,
+    }
+
+
+def _mem_available() -> int:
+    for line in open("/proc/meminfo"):  # noqa: SIM115
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def scale(ctx: Context, limit: int, seconds: float) -> dict[str, Any]:
+    available_before = _mem_available()
+    deadline = time.monotonic() + seconds
+    async with AsyncExitStack() as stack:
+        count = 0
+        while count < limit and time.monotonic() < deadline:
+            box = await stack.enter_async_context(ctx.sandbox())
+            await box.create()
+            count += 1
+        await trio.sleep(5)  # let the start-up settle before measuring idle
+        used = available_before - _mem_available()
+        cpu_before = _cpu_seconds(ctx.server.pid)
+        await trio.sleep(10)
+        idle_cpu = (_cpu_seconds(ctx.server.pid) - cpu_before) / 10 * 100
+        rss = rss_bytes(ctx.server.pid)
+    return {
+        "sandboxes": count,
+        "host_memory_per_sandbox_mib": used / max(count, 1) / MIB,
+        "orchestrator_rss_mib": rss / MIB,
+        "orchestrator_idle_cpu_percent": idle_cpu,
+    }
