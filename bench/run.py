@@ -61,7 +61,12 @@ async def run_all(context: scenarios.Context, chosen: list[str], quick: bool) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes: a minute or two")
-    parser.add_argument("--only", nargs="*", choices=list(SIZES), help="run just these scenarios")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=list(SIZES),
+        help="run just these scenarios, updating them in the latest results of the same size",
+    )
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = parser.parse_args(argv)
     chosen = args.only or list(SIZES)
@@ -77,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         leftovers = client.containers.list(all=True, filters={"label": "insien.bench"})
         for container in leftovers:
             container.remove(force=True)
+    latest = RESULTS / "latest.json"
+    if args.only and latest.exists():
+        # A partial run updates its scenarios in the latest full set rather than replacing it.
+        previous = json.loads(latest.read_text())
+        if previous.get("quick") == args.quick:
+            results = {**previous, **results}
     results["quick"] = args.quick
     results["machine"] = machine(client)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ def _int_env(name: str, default: int) -> int:
 class AgentSettings:
     max_line: int = 48 * MIB
     """Longest request or response line; longer requests are answered with TOO_LARGE."""
-    max_output: int = 16 * MIB
+    max_output: int = 4 * MIB
     """Output kept per stream of one `exec`; the rest is drained and the result flagged."""
     max_read: int = 16 * MIB
     """Largest file a `read` returns in one message."""

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         32 * MIB, ge=64 * 1024, validation_alias=_env("MAX_MESSAGE_BYTES")
     )
-    max_output_bytes: int = Field(16 * MIB, gt=0, validation_alias=_env("MAX_OUTPUT_BYTES"))
+    max_output_bytes: int = Field(4 * MIB, gt=0, validation_alias=_env("MAX_OUTPUT_BYTES"))
     max_read_bytes: int = Field(16 * MIB, gt=0, validation_alias=_env("MAX_READ_BYTES"))
     max_upload_bytes: int = Field(1024 * MIB, gt=0, validation_alias=_env("MAX_UPLOAD_BYTES"))
     max_requests_per_connection: int = Field(
