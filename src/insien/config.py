@@ -6,10 +6,10 @@ Every setting reads `INSIEN_<NAME>`; the seed's names (`PORT`, `API_KEY`, `JWT_S
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
 
@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     max_requests_per_connection: int = Field(
         256, gt=0, validation_alias=_env("MAX_REQUESTS_PER_CONNECTION")
     )
+    default_timeout: float = Field(3600.0, gt=0, validation_alias=_env("DEFAULT_TIMEOUT"))
+    max_timeout: float = Field(86400.0, gt=0, validation_alias=_env("MAX_TIMEOUT"))
+    default_idle_timeout: float | None = Field(
+        600.0, gt=0, validation_alias=_env("DEFAULT_IDLE_TIMEOUT")
+    )
+    ended_retention: float = Field(3600.0, ge=0, validation_alias=_env("ENDED_RETENTION"))
+    templates: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("TEMPLATES")
+    )
     ready_timeout: float = Field(30.0, gt=0, validation_alias=_env("READY_TIMEOUT"))
     network_mode: str = Field("none", validation_alias=_env("NETWORK_MODE"))
     memory_limit: str = Field("1g", validation_alias=_env("MEMORY_LIMIT"))
@@ -64,6 +73,19 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         """`API_KEY=` in a .env means "not set": generate one, never accept an empty key."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        """`INSIEN_TEMPLATES=img:1,img:2` as well as a JSON list."""
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def allowed_templates(self) -> list[str]:
+        """Images a create may name: the default image and the operator's list."""
+        return [self.agent_image, *(t for t in self.templates if t != self.agent_image)]
 
     @property
     def max_line_bytes(self) -> int:

@@ -1,7 +1,9 @@
-"""The sandbox lifecycle: registry, create, destroy, and the tasks that keep each link alive.
+"""The sandbox lifecycle: registry, create, destroy, expiry, failure detection.
 
-The manager owns one nursery; every sandbox's AgentLink runs there in its own cancel scope.
-Docker is the source of truth for what exists: containers carry labels naming this instance.
+The manager owns one nursery: every sandbox's AgentLink runs there in its own cancel scope,
+beside one reaper task that ends sandboxes whose lifetime or idle time has run out. Ended
+sandboxes stay queryable for a retention period. Docker is the source of truth for what
+exists: containers carry labels naming this instance.
 """
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import trio
 
@@ -21,8 +23,12 @@ from .auth import Tenant
 from .config import Settings
 from .link import AgentLink
 from .runtime.docker import ContainerSpec, DockerRuntime
+from .sandbox import EndReason, Sandbox, SandboxOptions, State, iso_timestamp
 
 log = logging.getLogger("insien.manager")
+
+REAP_INTERVAL = 0.5
+MAX_ENDED_KEPT = 1000
 
 
 class SandboxNotFound(Exception):
@@ -38,44 +44,15 @@ def new_sandbox_id() -> str:
     return str(uuid.UUID(bytes=secrets.token_bytes(16)))
 
 
-def iso_timestamp(moment: datetime) -> str:
-    """`2024-01-01T00:00:00.000Z`, the seed's createdAt format."""
-    return (
-        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    )
-
-
-@dataclass(eq=False)
-class Sandbox:
-    id: str
-    owner: str
-    container_id: str
-    created_at: datetime
-    image: str
-    link: AgentLink
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    ended: trio.Event = field(default_factory=trio.Event)
-    end_reason: str | None = None
-
-    def end(self, reason: str) -> None:
-        """Record why the sandbox ended (the first reason wins) and wake whoever waits on it."""
-        if self.end_reason is None:
-            self.end_reason = reason
-        self.ended.set()
-
-    @property
-    def connected(self) -> bool:
-        return self.link.connected
-
-
 class SandboxManager:
-    """Creates, finds and destroys sandboxes. Use `async with SandboxManager.open(...)`."""
+    """Creates, finds and ends sandboxes. Use `async with SandboxManager.open(...)`."""
 
     def __init__(self, runtime: DockerRuntime, settings: Settings, nursery: trio.Nursery) -> None:
         self._runtime = runtime
         self._settings = settings
         self._nursery = nursery
         self._sandboxes: dict[str, Sandbox] = {}
+        self._ended: OrderedDict[str, Sandbox] = OrderedDict()
         self._agent_zip = agent_zipapp()
 
     @classmethod
@@ -86,11 +63,12 @@ class SandboxManager:
         async with trio.open_nursery() as nursery:
             manager = cls(runtime, settings, nursery)
             await manager._remove_leftovers()
+            nursery.start_soon(manager._reap)
             try:
                 yield manager
             finally:
                 with trio.CancelScope(shield=True):
-                    await manager.destroy_all()
+                    await manager.end_all(EndReason.SHUTDOWN)
                 nursery.cancel_scope.cancel()
 
     async def _remove_leftovers(self) -> None:
@@ -102,35 +80,46 @@ class SandboxManager:
             )
             await self._runtime.remove(container["Id"])
 
-    def get(self, sandbox_id: str, tenant: Tenant) -> Sandbox:
+    # -- lookup -----------------------------------------------------------------------------
+
+    def get(self, sandbox_id: str, tenant: Tenant, *, include_ended: bool = False) -> Sandbox:
         sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None and include_ended:
+            sandbox = self._ended.get(sandbox_id)
         # Someone else's sandbox looks exactly like one that does not exist.
         if sandbox is None or sandbox.owner != tenant.id:
             raise SandboxNotFound(sandbox_id)
         return sandbox
 
-    def list(self, tenant: Tenant) -> list[Sandbox]:
-        return [s for s in self._sandboxes.values() if s.owner == tenant.id]
+    def list(self, tenant: Tenant, *, include_ended: bool = True) -> list[Sandbox]:
+        found = [s for s in self._sandboxes.values() if s.owner == tenant.id]
+        if include_ended:
+            found += [s for s in self._ended.values() if s.owner == tenant.id]
+        return sorted(found, key=lambda s: (s.created_at, s.id))
 
-    async def create(self, tenant: Tenant) -> Sandbox:
+    # -- create -----------------------------------------------------------------------------
+
+    async def create(self, tenant: Tenant, options: SandboxOptions) -> Sandbox:
         settings = self._settings
         created_at = datetime.now(UTC)
+        environment = {
+            **options.env,
+            "INSIEN_AGENT_MAX_LINE": str(settings.max_line_bytes),
+            "INSIEN_AGENT_MAX_OUTPUT": str(settings.max_output_bytes),
+            "INSIEN_AGENT_MAX_READ": str(settings.max_read_bytes),
+        }
         spec = ContainerSpec(
             sandbox_id=new_sandbox_id(),
-            image=settings.agent_image,
+            image=options.template,
             owner=tenant.id,
             instance=settings.instance,
             created_at=iso_timestamp(created_at),
-            template=settings.agent_image,
+            template=options.template,
             network_mode=settings.network_mode,
             mem_limit=settings.memory_limit,
             nano_cpus=int(settings.cpus * 1e9),
             pids_limit=settings.pids_limit,
-            environment={
-                "INSIEN_AGENT_MAX_LINE": str(settings.max_line_bytes),
-                "INSIEN_AGENT_MAX_OUTPUT": str(settings.max_output_bytes),
-                "INSIEN_AGENT_MAX_READ": str(settings.max_read_bytes),
-            },
+            environment=environment,
         )
         container_id = await self._runtime.create(spec, self._agent_zip)
         try:
@@ -144,8 +133,9 @@ class SandboxManager:
                 owner=tenant.id,
                 container_id=container_id,
                 created_at=created_at,
-                image=spec.image,
+                options=options,
                 link=link,
+                expires_at=created_at + timedelta(seconds=options.timeout),
             )
             await self._nursery.start(self._keep_link, sandbox)
             await self._runtime.start(container_id)
@@ -156,9 +146,10 @@ class SandboxManager:
                 raise SandboxStartError(f"sandbox agent did not start: {reason}")
         except BaseException:
             with trio.CancelScope(shield=True):
-                self._sandboxes.pop(spec.sandbox_id, None)
                 await self._runtime.remove(container_id)
             raise
+        sandbox.state = State.RUNNING
+        sandbox.touch()
         self._sandboxes[sandbox.id] = sandbox
         log.info("created sandbox %s (container %s)", sandbox.id, container_id[:12])
         return sandbox
@@ -166,25 +157,85 @@ class SandboxManager:
     async def _keep_link(self, sandbox: Sandbox, *, task_status: trio.TaskStatus[None]) -> None:
         with sandbox.scope:
             await sandbox.link.run(task_status=task_status)
-        if not sandbox.scope.cancelled_caught:
-            log.warning("sandbox %s: agent link ended: %s", sandbox.id, sandbox.link.close_reason)
-        sandbox.end(f"agent gone: {sandbox.link.close_reason}")
+        if sandbox.scope.cancelled_caught or sandbox.state is not State.RUNNING:
+            return
+        reason = await self._why_it_ended(sandbox)
+        log.warning("sandbox %s ended: %s (%s)", sandbox.id, reason, sandbox.link.close_reason)
+        await self._finish(sandbox, reason, sandbox.link.close_reason)
+
+    async def _why_it_ended(self, sandbox: Sandbox) -> EndReason:
+        """The agent's stream ended by itself: ask Docker what became of the container."""
+        state: dict[str, object] = {}
+        with trio.move_on_after(2):
+            while True:
+                info = await self._runtime.inspect(sandbox.container_id)
+                if info is None:
+                    return EndReason.CONTAINER_GONE
+                state = info.get("State", {})
+                if state.get("Status") in ("removing", "dead"):
+                    return EndReason.CONTAINER_GONE
+                if not state.get("Running"):
+                    break
+                await trio.sleep(0.1)  # the stream closed a moment before Docker noticed
+        if state.get("OOMKilled"):
+            return EndReason.OOM
+        return EndReason.AGENT_EXITED
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    def keepalive(self, sandbox_id: str, tenant: Tenant, timeout: float | None) -> Sandbox:
+        """Extend a sandbox's life: `timeout` seconds from now (default: its own timeout)."""
+        sandbox = self.get(sandbox_id, tenant)
+        seconds = min(timeout or sandbox.options.timeout, self._settings.max_timeout)
+        sandbox.extend(seconds)
+        sandbox.touch()
+        return sandbox
+
+    async def _reap(self) -> None:
+        while True:
+            await trio.sleep(REAP_INTERVAL)
+            now = datetime.now(UTC)
+            for sandbox in list(self._sandboxes.values()):
+                if sandbox.state is not State.RUNNING:
+                    continue
+                if now >= sandbox.expires_at:
+                    self._nursery.start_soon(self._finish, sandbox, EndReason.EXPIRED, "")
+                elif (
+                    sandbox.options.idle_timeout is not None
+                    and sandbox.idle_seconds() >= sandbox.options.idle_timeout
+                ):
+                    self._nursery.start_soon(self._finish, sandbox, EndReason.IDLE, "")
+            self._forget_old(now)
+
+    def _forget_old(self, now: datetime) -> None:
+        horizon = now - timedelta(seconds=self._settings.ended_retention)
+        while self._ended:
+            oldest = next(iter(self._ended.values()))
+            if len(self._ended) <= MAX_ENDED_KEPT and (oldest.ended_at or now) > horizon:
+                break
+            self._ended.popitem(last=False)
+
+    # -- end --------------------------------------------------------------------------------
 
     async def destroy(self, sandbox_id: str, tenant: Tenant) -> None:
         sandbox = self.get(sandbox_id, tenant)
-        await self._destroy(sandbox)
+        await self._finish(sandbox, EndReason.DESTROYED, "")
 
-    async def _destroy(self, sandbox: Sandbox) -> None:
+    async def _finish(self, sandbox: Sandbox, reason: EndReason, detail: str) -> None:
+        """End a sandbox once: record why, stop its link, remove its container."""
+        if not sandbox.end(reason, detail):
+            return
         self._sandboxes.pop(sandbox.id, None)
-        sandbox.end("sandbox destroyed")
+        self._ended[sandbox.id] = sandbox
         sandbox.scope.cancel()
-        await self._runtime.remove(sandbox.container_id)
-        log.info("destroyed sandbox %s", sandbox.id)
+        with trio.CancelScope(shield=True):
+            await self._runtime.remove(sandbox.container_id)
+        log.info("sandbox %s ended: %s", sandbox.id, reason)
 
-    async def destroy_all(self) -> None:
+    async def end_all(self, reason: EndReason) -> None:
         async with trio.open_nursery() as nursery:
             for sandbox in list(self._sandboxes.values()):
-                nursery.start_soon(self._destroy, sandbox)
+                nursery.start_soon(self._finish, sandbox, reason, "")
 
 
 async def _first_of(*waiters: Callable[[], Awaitable[object]]) -> None:

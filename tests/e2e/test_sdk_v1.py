@@ -51,7 +51,6 @@ async def test_background_handle_and_reconnect_from_another_client(server: Serve
             assert (result.stdout, result.exit_code) == ("first\nsecond\n", 4)
             listed = await other.commands.list()
             assert any(p.pid == handle.pid and not p.running for p in listed)
-            other.sandbox_id = None  # not ours to destroy
         assert (await handle.wait()).stdout == "first\nsecond\n"
         assert "".join(chunks) == "first\nsecond\n"
 

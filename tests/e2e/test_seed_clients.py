@@ -35,7 +35,10 @@ async def test_seed_rest_shapes(server: Server) -> None:
         assert destroyed.status_code == 200
         assert destroyed.json() == {"success": True, "sandboxId": sandbox_id}
 
-        assert (await client.get(f"/sandbox/{sandbox_id}/status")).status_code == 404
+        # an ended sandbox's status stays queryable (issue 4), in the seed's shape
+        ended = await client.get(f"/sandbox/{sandbox_id}/status")
+        assert ended.status_code == 200
+        assert ended.json() == {**body, "connected": False}
         assert (await client.post(f"/sandbox/{sandbox_id}/destroy")).status_code == 404
 
 

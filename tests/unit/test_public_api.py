@@ -26,6 +26,7 @@ def test_sdk_public_names() -> None:
         "RPCError",
         "Sandbox",
         "SandboxClosedError",
+        "SandboxInfo",
         "UnavailableError",
         "__version__",
     ]
@@ -54,6 +55,11 @@ def test_sdk_exception_tree() -> None:
 def test_sandbox_methods() -> None:
     seed_and_lifecycle = {
         "create",
+        "connect",
+        "list",
+        "info",
+        "set_timeout",
+        "keepalive",
         "status",
         "destroy",
         "run_command",

@@ -52,7 +52,9 @@ def files_blueprint(services: Services) -> Blueprint:
         tenant = services.tenant_from_key(request)
         path = _required_path(request.args.get("path"))
         try:
-            link = services.manager.get(sandbox_id, tenant).link
+            sandbox = services.manager.get(sandbox_id, tenant)
+            sandbox.touch()
+            link = sandbox.link
             size = await file_size(link, path)
         except SandboxNotFound:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}") from None
@@ -115,7 +117,9 @@ class UploadMiddleware:
                 413, ErrorCode.TOO_LARGE, f"upload exceeds the {limit} byte limit"
             )
         try:
-            link = services.manager.get(sandbox_id, tenant).link
+            sandbox = services.manager.get(sandbox_id, tenant)
+            sandbox.touch()
+            link = sandbox.link
         except SandboxNotFound:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}") from None
 

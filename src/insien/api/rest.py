@@ -1,21 +1,97 @@
-"""REST routes: the seed's `/sandbox/...` paths with the seed's exact response bodies."""
+"""REST routes: the seed's `/sandbox/...` paths with the seed's exact response bodies, and the
+resource routes (`/sandboxes`) that describe sandboxes in full."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 from quart import Blueprint, request
 
-from ..manager import SandboxNotFound, SandboxStartError, iso_timestamp
+from ..auth import Tenant
+from ..manager import SandboxNotFound, SandboxStartError
 from ..protocol import ErrorCode
 from ..runtime.docker import DockerError, ImageNotFound
+from ..sandbox import Sandbox, SandboxOptions, State, iso_timestamp
 from .context import Services
 from .errors import ApiError
+
+Seconds = Annotated[StrictInt | StrictFloat, Field(gt=0)]
+Label = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+MAX_PAGE = 200
+
+
+class CreateRequest(BaseModel):
+    """The body of `POST /sandbox/create`; every field is optional, unknown ones refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    template: StrictStr | None = None
+    timeout: Seconds | None = None
+    idleTimeout: Seconds | None = None
+    metadata: Annotated[dict[Label, StrictStr], Field(max_length=64)] = {}
+    env: Annotated[dict[Label, StrictStr], Field(max_length=256)] = {}
+
+
+class KeepaliveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    timeout: Seconds | None = None
+
+
+async def _body(model: type[BaseModel]) -> Any:
+    raw = await request.get_data()
+    if not raw.strip():
+        return model()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ApiError(400, ErrorCode.BAD_REQUEST, f"{where}: {first['msg']}") from None
 
 
 def rest_blueprint(services: Services) -> Blueprint:
     bp = Blueprint("rest", __name__)
     manager = services.manager
+    settings = services.settings
+
+    def lookup(sandbox_id: str, tenant: Tenant, *, include_ended: bool = False) -> Sandbox:
+        # Looking at a sandbox (status, info, list) is not activity: a dashboard polling it
+        # must not keep it alive. Using it is: RPC, a connected client, files, keepalive.
+        try:
+            return manager.get(sandbox_id, tenant, include_ended=include_ended)
+        except SandboxNotFound:
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}") from None
+
+    def options(body: CreateRequest) -> SandboxOptions:
+        template = body.template or settings.agent_image
+        if template not in settings.allowed_templates:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, f"template {template!r} is not allowed")
+        if body.timeout is not None and body.timeout > settings.max_timeout:
+            raise ApiError(
+                400, ErrorCode.BAD_REQUEST, f"timeout is at most {settings.max_timeout:g} seconds"
+            )
+        if body.idleTimeout is not None and body.idleTimeout > settings.max_timeout:
+            raise ApiError(
+                400, ErrorCode.BAD_REQUEST, f"idleTimeout is at most {settings.max_timeout:g}"
+            )
+        reserved = [name for name in body.env if name.startswith("INSIEN_")]
+        if reserved:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, f"env names {reserved} are reserved")
+        return SandboxOptions(
+            template=template,
+            timeout=float(body.timeout or settings.default_timeout),
+            idle_timeout=float(body.idleTimeout or 0) or settings.default_idle_timeout,
+            metadata=dict(body.metadata),
+            env=dict(body.env),
+        )
 
     @bp.get("/health")
     async def health() -> Any:
@@ -24,8 +100,9 @@ def rest_blueprint(services: Services) -> Blueprint:
     @bp.post("/sandbox/create")
     async def create_sandbox() -> Any:
         tenant = services.tenant_from_key(request)
+        chosen = options(await _body(CreateRequest))
         try:
-            sandbox = await manager.create(tenant)
+            sandbox = await manager.create(tenant, chosen)
         except ImageNotFound as exc:
             raise ApiError(503, ErrorCode.UNAVAILABLE, f"sandbox image missing: {exc}") from exc
         except (DockerError, SandboxStartError) as exc:
@@ -39,10 +116,11 @@ def rest_blueprint(services: Services) -> Blueprint:
     @bp.post("/sandbox/<sandbox_id>/destroy")
     async def destroy_sandbox(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
+        lookup(sandbox_id, tenant)
         try:
             await manager.destroy(sandbox_id, tenant)
         except SandboxNotFound:
-            raise _not_found(sandbox_id) from None
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}") from None
         except DockerError as exc:
             raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
         return {"success": True, "sandboxId": sandbox_id}
@@ -50,18 +128,53 @@ def rest_blueprint(services: Services) -> Blueprint:
     @bp.get("/sandbox/<sandbox_id>/status")
     async def sandbox_status(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
-        try:
-            sandbox = manager.get(sandbox_id, tenant)
-        except SandboxNotFound:
-            raise _not_found(sandbox_id) from None
+        sandbox = lookup(sandbox_id, tenant, include_ended=True)
         return {
             "sandboxId": sandbox.id,
             "connected": sandbox.connected,
             "createdAt": iso_timestamp(sandbox.created_at),
         }
 
+    @bp.post("/sandbox/<sandbox_id>/keepalive")
+    async def keepalive(sandbox_id: str) -> Any:
+        tenant = services.tenant_from_key(request)
+        body = await _body(KeepaliveRequest)
+        lookup(sandbox_id, tenant)
+        return manager.keepalive(sandbox_id, tenant, body.timeout).info()
+
+    @bp.get("/sandboxes/<sandbox_id>")
+    async def sandbox_info(sandbox_id: str) -> Any:
+        tenant = services.tenant_from_key(request)
+        return lookup(sandbox_id, tenant, include_ended=True).info()
+
+    @bp.get("/sandboxes")
+    async def list_sandboxes() -> Any:
+        tenant = services.tenant_from_key(request)
+        args = request.args
+        state = args.get("state")
+        if state is not None and state not in {s.value for s in State}:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, f"unknown state {state!r}")
+        try:
+            limit = min(int(args.get("limit", "50")), MAX_PAGE)
+            start = int(args.get("cursor", "0"))
+        except ValueError:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "limit and cursor are integers") from None
+        if limit < 1 or start < 0:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "limit must be >= 1 and cursor >= 0")
+        wanted = {
+            k.removeprefix("metadata."): v for k, v in args.items() if k.startswith("metadata.")
+        }
+        found = [
+            s
+            for s in manager.list(tenant)
+            if (state is None or s.state == state)
+            and all(s.options.metadata.get(k) == v for k, v in wanted.items())
+        ]
+        page = found[start : start + limit]
+        following = start + limit if start + limit < len(found) else None
+        return {
+            "sandboxes": [s.info() for s in page],
+            "nextCursor": str(following) if following is not None else None,
+        }
+
     return bp
-
-
-def _not_found(sandbox_id: str) -> ApiError:
-    return ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}")

@@ -16,7 +16,7 @@ import trio
 from quart import Blueprint, websocket
 
 from ..link import AgentGone, AgentLink, PendingRequest
-from ..manager import Sandbox, SandboxNotFound
+from ..manager import SandboxNotFound
 from ..protocol import (
     ErrorCode,
     Message,
@@ -25,6 +25,7 @@ from ..protocol import (
     is_final,
     parse_request,
 )
+from ..sandbox import Sandbox
 from .context import Services
 from .errors import error_response
 
@@ -53,7 +54,12 @@ def ws_blueprint(services: Services) -> Blueprint:
         except SandboxNotFound:
             return error_response(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}")
         await websocket.accept()
-        await ClientSession(sandbox, services.settings.max_requests_per_connection).run()
+        sandbox.clients += 1
+        try:
+            await ClientSession(sandbox, services.settings.max_requests_per_connection).run()
+        finally:
+            sandbox.clients -= 1
+            sandbox.touch()
         return None
 
     return bp
@@ -95,7 +101,7 @@ class ClientSession:
                     message = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
                 await websocket.send(message)
         if self._sandbox.ended.is_set():
-            reason = self._sandbox.end_reason or "sandbox ended"
+            reason = self._sandbox.close_message
             # A close reason must fit in a control frame: 123 bytes.
             await websocket.close(CLOSE_GOING_AWAY, reason.encode()[:120].decode(errors="ignore"))
 
@@ -106,6 +112,7 @@ class ClientSession:
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         while True:
             data = await websocket.receive()
+            self._sandbox.touch()
             try:
                 message = self._admit(data)
                 if message["type"] == "cancel":

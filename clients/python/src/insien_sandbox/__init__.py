@@ -18,6 +18,7 @@ from ._types import CommandResult as CommandResult
 from ._types import EntryInfo as EntryInfo
 from ._types import OutputChunk as OutputChunk
 from ._types import ProcessInfo as ProcessInfo
+from ._types import SandboxInfo as SandboxInfo
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "RPCError",
     "Sandbox",
     "SandboxClosedError",
+    "SandboxInfo",
     "UnavailableError",
     "__version__",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from contextlib import AsyncExitStack, suppress
 from types import TracebackType
 from typing import Any
@@ -15,7 +16,7 @@ from ._config import resolve
 from ._errors import ConnectError, InsienError, NotFoundError, api_error
 from ._files import Files
 from ._rpc import RPCConnection
-from ._types import CommandResult
+from ._types import CommandResult, SandboxInfo
 
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 RECEIVE_BUFFER = 256 * 1024
@@ -37,10 +38,29 @@ class AsyncSandbox:
         base_url: str | None = None,
         *,
         sandbox_id: str | None = None,
+        template: str | None = None,
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
+        metadata: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """With `sandbox_id`, this object uses an existing sandbox instead of making one."""
+        """With `sandbox_id`, this object uses an existing sandbox instead of making one (and
+        does not destroy it on exit). The other options apply when it makes one: `timeout` is
+        its lifetime and `idle_timeout` how long it may go unused, both in seconds."""
         self._api_key, self.base_url = resolve(api_key, base_url)
         self.sandbox_id: str | None = sandbox_id
+        self._owned = sandbox_id is None
+        self._options: dict[str, Any] = {
+            k: v
+            for k, v in {
+                "template": template,
+                "timeout": timeout,
+                "idleTimeout": idle_timeout,
+                "metadata": metadata,
+                "env": env,
+            }.items()
+            if v is not None
+        }
         self.agent_url: str | None = None
         if sandbox_id is not None:
             ws_base = self.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
@@ -82,7 +102,7 @@ class AsyncSandbox:
     ) -> None:
         try:
             with trio.CancelScope(shield=True):
-                if self.sandbox_id is not None and not self._destroyed:
+                if self.sandbox_id is not None and self._owned and not self._destroyed:
                     try:
                         await self.destroy()
                     except InsienError:
@@ -96,24 +116,65 @@ class AsyncSandbox:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str) -> dict[str, Any]:
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         if self._http is None:
             raise InsienError("use AsyncSandbox inside `async with`")
-        try:
-            response = await self._http.request(method, path)
-        except httpx.TransportError as exc:
-            raise ConnectError(f"cannot reach Insien at {self.base_url}: {exc}") from exc
-        try:
-            body: Any = response.json()
-        except ValueError:
-            body = {}
-        if response.is_error:
-            code = body.get("code", "HTTP_ERROR") if isinstance(body, dict) else "HTTP_ERROR"
-            message = body.get("message", response.text) if isinstance(body, dict) else ""
-            raise api_error(response.status_code, str(code), str(message))
-        if not isinstance(body, dict):
-            raise InsienError(f"unexpected response from {path}: {response.text[:200]}")
-        return body
+        return await _request(self._http, self.base_url, method, path, body)
+
+    @classmethod
+    def connect(
+        cls, sandbox_id: str, api_key: str | None = None, base_url: str | None = None
+    ) -> AsyncSandbox:
+        """An object for an existing sandbox (use it with `async with`; it is not destroyed)."""
+        return cls(api_key=api_key, base_url=base_url, sandbox_id=sandbox_id)
+
+    @staticmethod
+    async def list(
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        state: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> builtins.list[SandboxInfo]:
+        """The caller's sandboxes (recently ended ones too), optionally filtered."""
+        key, url = resolve(api_key, base_url)
+        params: dict[str, str] = {"limit": "200"}
+        if state is not None:
+            params["state"] = state
+        for name, value in (metadata or {}).items():
+            params[f"metadata.{name}"] = value
+        found: builtins.list[SandboxInfo] = []
+        async with httpx.AsyncClient(
+            base_url=url, headers={"X-API-Key": key}, timeout=REST_TIMEOUT
+        ) as client:
+            while True:
+                page = await _request(client, url, "GET", "/sandboxes", None, params=params)
+                found += [SandboxInfo.from_wire(raw) for raw in page["sandboxes"]]
+                if not page.get("nextCursor"):
+                    return found
+                params["cursor"] = str(page["nextCursor"])
+
+    async def info(self) -> SandboxInfo:
+        """State, lifetime, metadata and clients of this sandbox."""
+        await self.create()
+        return SandboxInfo.from_wire(await self._request("GET", f"/sandboxes/{self.sandbox_id}"))
+
+    async def set_timeout(self, seconds: float) -> SandboxInfo:
+        """Let the sandbox live `seconds` from now (within the operator's maximum)."""
+        await self.create()
+        reply = await self._request(
+            "POST", f"/sandbox/{self.sandbox_id}/keepalive", {"timeout": seconds}
+        )
+        return SandboxInfo.from_wire(reply)
+
+    async def keepalive(self) -> SandboxInfo:
+        """Extend the sandbox's life by its own timeout, from now."""
+        await self.create()
+        return SandboxInfo.from_wire(
+            await self._request("POST", f"/sandbox/{self.sandbox_id}/keepalive")
+        )
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -171,7 +232,7 @@ class AsyncSandbox:
     async def create(self) -> str:
         """Create the sandbox now (otherwise the first call does). Returns its id."""
         if self.sandbox_id is None:
-            body = await self._request("POST", "/sandbox/create")
+            body = await self._request("POST", "/sandbox/create", self._options or None)
             self.sandbox_id = str(body["sandboxId"])
             self.agent_url = str(body["agentUrl"])
         return self.sandbox_id
@@ -202,7 +263,7 @@ class AsyncSandbox:
     async def run_command(
         self,
         cmd: str,
-        args: list[str] | None = None,
+        args: builtins.list[str] | None = None,
         *,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
@@ -221,3 +282,29 @@ class AsyncSandbox:
     async def get_file_bytes(self, path: str) -> bytes:
         """A file's exact bytes."""
         return await self.files.read(path, format="bytes")
+
+
+async def _request(
+    client: httpx.AsyncClient,
+    base_url: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    *,
+    params: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    try:
+        response = await client.request(method, path, json=body, params=params)
+    except httpx.TransportError as exc:
+        raise ConnectError(f"cannot reach Insien at {base_url}: {exc}") from exc
+    try:
+        answer: Any = response.json()
+    except ValueError:
+        answer = {}
+    if response.is_error:
+        code = answer.get("code", "HTTP_ERROR") if isinstance(answer, dict) else "HTTP_ERROR"
+        message = answer.get("message", response.text) if isinstance(answer, dict) else ""
+        raise api_error(response.status_code, str(code), str(message))
+    if not isinstance(answer, dict):
+        raise InsienError(f"unexpected response from {path}: {response.text[:200]}")
+    return answer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,7 +18,7 @@ from ._commands import Commands as AsyncCommands
 from ._commands import OutputCallback
 from ._commands import Pty as AsyncPty
 from ._files import Files as AsyncFiles
-from ._types import CommandResult, EntryInfo, OutputChunk, ProcessInfo
+from ._types import CommandResult, EntryInfo, OutputChunk, ProcessInfo, SandboxInfo
 
 T = TypeVar("T")
 
@@ -324,9 +325,24 @@ class Sandbox:
         base_url: str | None = None,
         *,
         sandbox_id: str | None = None,
+        template: str | None = None,
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
+        metadata: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """With `sandbox_id`, this object uses an existing sandbox instead of making one."""
-        self._async = AsyncSandbox(api_key=api_key, base_url=base_url, sandbox_id=sandbox_id)
+        """See AsyncSandbox: with `sandbox_id` an existing sandbox is used (and not destroyed
+        on close); otherwise one is made on first use with these options."""
+        self._async = AsyncSandbox(
+            api_key=api_key,
+            base_url=base_url,
+            sandbox_id=sandbox_id,
+            template=template,
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+            metadata=metadata,
+            env=env,
+        )
         self._loop = _LoopThread(self._async)
         self.commands = Commands(self._loop, self._async.commands)
         self.files = Files(self._loop, self._async.files)
@@ -355,8 +371,37 @@ class Sandbox:
         """Destroy the sandbox if it was created, and stop the helper thread."""
         self._loop.close()
 
+    @classmethod
+    def connect(
+        cls, sandbox_id: str, api_key: str | None = None, base_url: str | None = None
+    ) -> Sandbox:
+        """An existing sandbox, from any process; closing this object does not destroy it."""
+        return cls(api_key=api_key, base_url=base_url, sandbox_id=sandbox_id)
+
+    @staticmethod
+    def list(
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        state: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> builtins.list[SandboxInfo]:
+        async def fetch() -> builtins.list[SandboxInfo]:
+            return await AsyncSandbox.list(api_key, base_url, state=state, metadata=metadata)
+
+        return trio.run(fetch)
+
     def create(self) -> str:
         return self._loop.run(self._async.create)
+
+    def info(self) -> SandboxInfo:
+        return self._loop.run(self._async.info)
+
+    def set_timeout(self, seconds: float) -> SandboxInfo:
+        return self._loop.run(self._async.set_timeout, seconds)
+
+    def keepalive(self) -> SandboxInfo:
+        return self._loop.run(self._async.keepalive)
 
     def status(self) -> dict[str, Any]:
         return self._loop.run(self._async.status)
@@ -372,7 +417,7 @@ class Sandbox:
     def run_command(
         self,
         cmd: str,
-        args: list[str] | None = None,
+        args: builtins.list[str] | None = None,
         *,
         cwd: str | None = None,
         env: dict[str, str] | None = None,

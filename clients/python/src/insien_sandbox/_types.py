@@ -88,3 +88,38 @@ class EntryInfo:
             mtime=float(raw["mtime"]),
             target=raw.get("target"),
         )
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """Everything the service knows about a sandbox (`GET /sandboxes/<id>`)."""
+
+    sandbox_id: str
+    state: str  # creating, running, ended
+    template: str
+    created_at: str
+    expires_at: str
+    timeout: float
+    idle_timeout: float | None
+    metadata: dict[str, str]
+    clients: int
+    connected: bool
+    end_reason: str | None
+    ended_at: str | None
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> SandboxInfo:
+        return cls(
+            sandbox_id=str(raw["sandboxId"]),
+            state=str(raw["state"]),
+            template=str(raw["template"]),
+            created_at=str(raw["createdAt"]),
+            expires_at=str(raw["expiresAt"]),
+            timeout=float(raw["timeout"]),
+            idle_timeout=raw.get("idleTimeout"),
+            metadata=dict(raw.get("metadata") or {}),
+            clients=int(raw.get("clients", 0)),
+            connected=bool(raw.get("connected")),
+            end_reason=raw.get("endReason"),
+            ended_at=raw.get("endedAt"),
+        )

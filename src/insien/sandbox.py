@@ -1,0 +1,117 @@
+"""One sandbox's record: its options, state, lifetime and activity, and how it is described."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import trio
+
+from .link import AgentLink
+
+
+class State(enum.StrEnum):
+    CREATING = "creating"
+    RUNNING = "running"
+    ENDED = "ended"
+
+
+class EndReason(enum.StrEnum):
+    DESTROYED = "destroyed"
+    EXPIRED = "expired"
+    IDLE = "idle"
+    OOM = "oom"
+    AGENT_EXITED = "agent_exited"
+    CONTAINER_GONE = "container_gone"
+    ERROR = "error"
+    SHUTDOWN = "shutdown"
+
+
+def iso_timestamp(moment: datetime) -> str:
+    """`2024-01-01T00:00:00.000Z`, the seed's createdAt format."""
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    """What the caller chose at create time (already checked against the operator's limits)."""
+
+    template: str
+    timeout: float
+    idle_timeout: float | None
+    metadata: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Sandbox:
+    """A live or recently ended sandbox. Activity is anything that shows someone uses it."""
+
+    id: str
+    owner: str
+    container_id: str
+    created_at: datetime
+    options: SandboxOptions
+    link: AgentLink
+    expires_at: datetime
+    state: State = State.CREATING
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    ended: trio.Event = field(default_factory=trio.Event)
+    end_reason: EndReason | None = None
+    end_detail: str = ""
+    ended_at: datetime | None = None
+    clients: int = 0
+    last_activity: float = field(default_factory=trio.current_time)
+
+    @property
+    def connected(self) -> bool:
+        return self.state is State.RUNNING and self.link.connected
+
+    def touch(self) -> None:
+        """Record activity: an API call or RPC on this sandbox."""
+        self.last_activity = trio.current_time()
+
+    def idle_seconds(self) -> float:
+        """How long nobody has used the sandbox; a connected client keeps it at zero."""
+        if self.clients > 0:
+            return 0.0
+        return trio.current_time() - self.last_activity
+
+    def extend(self, seconds: float) -> None:
+        self.expires_at = datetime.now(UTC) + timedelta(seconds=seconds)
+
+    def end(self, reason: EndReason, detail: str = "") -> bool:
+        """Mark the sandbox ended (the first reason wins); True if this call ended it."""
+        if self.state is State.ENDED:
+            return False
+        self.state = State.ENDED
+        self.end_reason = reason
+        self.end_detail = detail
+        self.ended_at = datetime.now(UTC)
+        self.ended.set()
+        return True
+
+    @property
+    def close_message(self) -> str:
+        """What connected clients are told when the sandbox ends."""
+        reason = self.end_reason or "ended"
+        return f"sandbox {reason}: {self.end_detail}" if self.end_detail else f"sandbox {reason}"
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "sandboxId": self.id,
+            "state": str(self.state),
+            "template": self.options.template,
+            "createdAt": iso_timestamp(self.created_at),
+            "expiresAt": iso_timestamp(self.expires_at),
+            "timeout": self.options.timeout,
+            "idleTimeout": self.options.idle_timeout,
+            "metadata": dict(self.options.metadata),
+            "clients": self.clients,
+            "connected": self.connected,
+            "endReason": str(self.end_reason) if self.end_reason else None,
+            "endedAt": iso_timestamp(self.ended_at) if self.ended_at else None,
+        }

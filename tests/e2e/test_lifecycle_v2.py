@@ -1,0 +1,203 @@
+"""Sandbox lifecycle: options, states and end reasons, timeouts, keepalive, list and connect."""
+
+from __future__ import annotations
+
+import docker
+import trio
+
+from insien_sandbox import AsyncSandbox, Sandbox
+from tests.conftest import Server
+from tests.e2e.helpers import call, http, websocket
+
+
+def containers_of(client: docker.DockerClient, sandbox_id: str) -> list[object]:
+    found: list[object] = client.api.containers(
+        all=True, filters={"label": [f"insien.sandbox.id={sandbox_id}"]}
+    )
+    return found
+
+
+async def wait_for_state(server: Server, sandbox_id: str, state: str, within: float) -> dict:  # type: ignore[type-arg]
+    async with http(server) as client:
+        with trio.fail_after(within):
+            while True:
+                info = (await client.get(f"/sandboxes/{sandbox_id}")).json()
+                if info["state"] == state:
+                    return info  # type: ignore[no-any-return]
+                await trio.sleep(0.2)
+
+
+async def test_create_options_and_info(server: Server) -> None:
+    async with http(server) as client:
+        created = (
+            await client.post(
+                "/sandbox/create",
+                json={
+                    "timeout": 120,
+                    "idleTimeout": 60,
+                    "metadata": {"user": "ada", "job": "7"},
+                    "env": {"GREETING": "hello"},
+                },
+            )
+        ).json()
+        sandbox_id = created["sandboxId"]
+        try:
+            info = (await client.get(f"/sandboxes/{sandbox_id}")).json()
+            assert info["state"] == "running"
+            assert (info["timeout"], info["idleTimeout"]) == (120, 60)
+            assert info["metadata"] == {"user": "ada", "job": "7"}
+            assert info["template"] == "insien-sandbox:latest"
+            assert info["endReason"] is None
+            async with websocket(created["agentUrl"]) as ws:
+                reply = await call(
+                    ws, {"id": 1, "type": "exec", "cmd": "printenv", "args": ["GREETING"]}
+                )
+                assert reply["stdout"] == "hello\n"
+                assert (await client.get(f"/sandboxes/{sandbox_id}")).json()["clients"] == 1
+            for bad in (
+                {"template": "alpine:latest"},
+                {"timeout": -1},
+                {"timeout": 10**9},
+                {"env": {"INSIEN_AGENT_MAX_LINE": "1"}},
+                {"privileged": True},
+                {"metadata": {"a": 1}},
+            ):
+                refused = await client.post("/sandbox/create", json=bad)
+                assert refused.status_code == 400, bad
+                assert refused.json()["code"] == "BAD_REQUEST"
+        finally:
+            await client.post(f"/sandbox/{sandbox_id}/destroy")
+        ended = (await client.get(f"/sandboxes/{sandbox_id}")).json()
+        assert (ended["state"], ended["endReason"]) == ("ended", "destroyed")
+        assert ended["endedAt"] is not None
+
+
+async def test_lifetime_expiry_and_keepalive(
+    server: Server, docker_client: docker.DockerClient
+) -> None:
+    async with http(server) as client:
+        sandbox_id = (await client.post("/sandbox/create", json={"timeout": 2})).json()["sandboxId"]
+        kept = (await client.post(f"/sandbox/{sandbox_id}/keepalive", json={"timeout": 6})).json()
+        assert kept["state"] == "running"
+        await trio.sleep(3)  # past the original lifetime, within the extended one
+        assert (await client.get(f"/sandboxes/{sandbox_id}")).json()["state"] == "running"
+    info = await wait_for_state(server, sandbox_id, "ended", within=8)
+    assert info["endReason"] == "expired"
+    assert containers_of(docker_client, sandbox_id) == []
+
+
+async def test_idle_expiry_and_what_counts_as_activity(
+    server: Server, docker_client: docker.DockerClient
+) -> None:
+    async with http(server) as client:
+        created = (await client.post("/sandbox/create", json={"idleTimeout": 3})).json()
+        sandbox_id = created["sandboxId"]
+        # a connected client keeps it alive however long it stays quiet
+        async with websocket(created["agentUrl"]) as ws:
+            await trio.sleep(4)
+            assert (await call(ws, {"id": 1, "type": "ping"}))["type"] == "pong"
+        assert (await client.get(f"/sandboxes/{sandbox_id}")).json()["state"] == "running"
+        # using it through the API counts as activity too (looking at it does not)
+        await trio.sleep(1.5)
+        url = f"/sandbox/{sandbox_id}/files"
+        assert (await client.put(url, params={"path": "f"}, content=b"x")).status_code == 200
+        await trio.sleep(1.5)
+        assert (await client.get(f"/sandboxes/{sandbox_id}")).json()["state"] == "running"
+    info = await wait_for_state(server, sandbox_id, "ended", within=8)
+    assert info["endReason"] == "idle"
+    assert containers_of(docker_client, sandbox_id) == []
+
+
+async def test_container_removed_behind_the_servers_back(
+    server: Server, docker_client: docker.DockerClient
+) -> None:
+    async with http(server) as client:
+        created = (await client.post("/sandbox/create")).json()
+        sandbox_id = created["sandboxId"]
+        (container,) = containers_of(docker_client, sandbox_id)
+        docker_client.api.remove_container(container["Id"], force=True)  # type: ignore[index]
+    info = await wait_for_state(server, sandbox_id, "ended", within=5)
+    assert info["endReason"] == "container_gone"
+
+
+async def test_agent_killed_inside_its_container(
+    server: Server, docker_client: docker.DockerClient
+) -> None:
+    async with http(server) as client:
+        created = (await client.post("/sandbox/create")).json()
+        sandbox_id = created["sandboxId"]
+        async with websocket(created["agentUrl"]) as ws:
+            await ws.send_message(
+                '{"id": 1, "type": "exec", "cmd": "sh", "args": ["-c", "kill -9 $PPID"]}'
+            )
+            with trio.fail_after(10):
+                while True:
+                    try:
+                        await ws.get_message()
+                    except Exception:
+                        break
+    info = await wait_for_state(server, sandbox_id, "ended", within=5)
+    assert info["endReason"] == "agent_exited"
+    assert containers_of(docker_client, sandbox_id) == []
+
+
+async def test_list_filter_paginate_and_connect(server: Server) -> None:
+    tag = {"suite": "lifecycle-list"}
+    async with (
+        AsyncSandbox(
+            api_key=server.api_key, base_url=server.url, metadata={**tag, "n": "1"}
+        ) as one,
+        AsyncSandbox(
+            api_key=server.api_key, base_url=server.url, metadata={**tag, "n": "2"}
+        ) as two,
+    ):
+        await one.create()
+        await two.create()
+        listed = await AsyncSandbox.list(server.api_key, server.url, metadata=tag)
+        assert {s.sandbox_id for s in listed} == {one.sandbox_id, two.sandbox_id}
+        only = await AsyncSandbox.list(server.api_key, server.url, metadata={**tag, "n": "2"})
+        assert [s.sandbox_id for s in only] == [two.sandbox_id]
+        async with http(server) as client:
+            page = (
+                await client.get("/sandboxes", params={"metadata.suite": tag["suite"], "limit": 1})
+            ).json()
+            assert len(page["sandboxes"]) == 1
+            assert page["nextCursor"] == "1"
+            rest = (
+                await client.get(
+                    "/sandboxes", params={"metadata.suite": tag["suite"], "limit": 1, "cursor": 1}
+                )
+            ).json()
+            assert len(rest["sandboxes"]) == 1
+            assert rest["nextCursor"] is None
+            assert (await client.get("/sandboxes", params={"state": "nope"})).status_code == 400
+
+        await one.files.write("from-one.txt", "shared")
+        async with AsyncSandbox.connect(one.sandbox_id or "", server.api_key, server.url) as again:
+            assert await again.files.read("from-one.txt") == "shared"
+            info = await again.info()
+            assert info.metadata == {**tag, "n": "1"}
+            extended = await again.set_timeout(7200)
+            assert extended.expires_at > info.expires_at
+        # leaving `connect` did not destroy it
+        assert (await one.info()).state == "running"
+
+
+def test_blocking_create_options_connect_and_list(server: Server) -> None:
+    with Sandbox(
+        api_key=server.api_key, base_url=server.url, metadata={"blocking": "yes"}
+    ) as sandbox:
+        sandbox_id = sandbox.create()
+        assert sandbox.info().metadata == {"blocking": "yes"}
+        listed = Sandbox.list(
+            server.api_key, server.url, metadata={"blocking": "yes"}, state="running"
+        )
+        assert [s.sandbox_id for s in listed] == [sandbox_id]
+        other = Sandbox.connect(sandbox_id, server.api_key, server.url)
+        try:
+            assert other.commands.run("echo connected").stdout == "connected\n"
+        finally:
+            other.close()
+        assert sandbox.info().state == "running"
+    ended = Sandbox.list(server.api_key, server.url, metadata={"blocking": "yes"})
+    assert [(s.state, s.end_reason) for s in ended] == [("ended", "destroyed")]
