@@ -17,6 +17,13 @@ def containers_of(client: docker.DockerClient, sandbox_id: str) -> list[object]:
     return found
 
 
+async def wait_until_removed(client: docker.DockerClient, sandbox_id: str) -> None:
+    """A sandbox reads as ended as soon as it ends; its container's removal follows."""
+    with trio.fail_after(10):
+        while containers_of(client, sandbox_id):  # noqa: ASYNC110 (polling Docker)
+            await trio.sleep(0.1)
+
+
 async def wait_for_state(server: Server, sandbox_id: str, state: str, within: float) -> dict:  # type: ignore[type-arg]
     async with http(server) as client:
         with trio.fail_after(within):
@@ -83,7 +90,7 @@ async def test_lifetime_expiry_and_keepalive(
         assert (await client.get(f"/sandboxes/{sandbox_id}")).json()["state"] == "running"
     info = await wait_for_state(server, sandbox_id, "ended", within=8)
     assert info["endReason"] == "expired"
-    assert containers_of(docker_client, sandbox_id) == []
+    await wait_until_removed(docker_client, sandbox_id)
 
 
 async def test_idle_expiry_and_what_counts_as_activity(
@@ -105,7 +112,7 @@ async def test_idle_expiry_and_what_counts_as_activity(
         assert (await client.get(f"/sandboxes/{sandbox_id}")).json()["state"] == "running"
     info = await wait_for_state(server, sandbox_id, "ended", within=8)
     assert info["endReason"] == "idle"
-    assert containers_of(docker_client, sandbox_id) == []
+    await wait_until_removed(docker_client, sandbox_id)
 
 
 async def test_container_removed_behind_the_servers_back(
@@ -138,7 +145,7 @@ async def test_agent_killed_inside_its_container(
                         break
     info = await wait_for_state(server, sandbox_id, "ended", within=5)
     assert info["endReason"] == "agent_exited"
-    assert containers_of(docker_client, sandbox_id) == []
+    await wait_until_removed(docker_client, sandbox_id)
 
 
 async def test_list_filter_paginate_and_connect(server: Server) -> None:
