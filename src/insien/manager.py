@@ -28,6 +28,9 @@ from .sandbox import EndReason, Sandbox, SandboxOptions, State, iso_timestamp
 log = logging.getLogger("insien.manager")
 
 REAP_INTERVAL = 0.5
+SNAPSHOT_REPOSITORY = "insien-snapshot"
+SNAPSHOT_OWNER_LABEL = "insien.snapshot.owner"
+SNAPSHOT_SOURCE_LABEL = "insien.snapshot.source"
 MAX_ENDED_KEPT = 1000
 
 
@@ -157,7 +160,7 @@ class SandboxManager:
     async def _keep_link(self, sandbox: Sandbox, *, task_status: trio.TaskStatus[None]) -> None:
         with sandbox.scope:
             await sandbox.link.run(task_status=task_status)
-        if sandbox.scope.cancelled_caught or sandbox.state is not State.RUNNING:
+        if sandbox.scope.cancelled_caught or sandbox.state is State.ENDED:
             return
         reason = await self._why_it_ended(sandbox)
         log.warning("sandbox %s ended: %s (%s)", sandbox.id, reason, sandbox.link.close_reason)
@@ -196,12 +199,13 @@ class SandboxManager:
             await trio.sleep(REAP_INTERVAL)
             now = datetime.now(UTC)
             for sandbox in list(self._sandboxes.values()):
-                if sandbox.state is not State.RUNNING:
+                if sandbox.state not in (State.RUNNING, State.PAUSED):
                     continue
                 if now >= sandbox.expires_at:
                     self._nursery.start_soon(self._finish, sandbox, EndReason.EXPIRED, "")
                 elif (
-                    sandbox.options.idle_timeout is not None
+                    sandbox.state is State.RUNNING  # a paused sandbox never goes idle
+                    and sandbox.options.idle_timeout is not None
                     and sandbox.idle_seconds() >= sandbox.options.idle_timeout
                 ):
                     self._nursery.start_soon(self._finish, sandbox, EndReason.IDLE, "")
@@ -214,6 +218,44 @@ class SandboxManager:
             if len(self._ended) <= MAX_ENDED_KEPT and (oldest.ended_at or now) > horizon:
                 break
             self._ended.popitem(last=False)
+
+    # -- pause, resume, snapshot ---------------------------------------------------------------
+
+    async def pause(self, sandbox_id: str, tenant: Tenant) -> Sandbox:
+        """Freeze every process in the sandbox: no CPU, no idle expiry (its lifetime still runs)."""
+        sandbox = self.get(sandbox_id, tenant)
+        if sandbox.state is State.RUNNING:
+            await self._runtime.pause(sandbox.container_id)
+            sandbox.state = State.PAUSED
+        return sandbox
+
+    async def resume(self, sandbox_id: str, tenant: Tenant) -> Sandbox:
+        sandbox = self.get(sandbox_id, tenant)
+        if sandbox.state is State.PAUSED:
+            await self._runtime.unpause(sandbox.container_id)
+            sandbox.state = State.RUNNING
+        sandbox.touch()
+        return sandbox
+
+    async def snapshot(self, sandbox_id: str, tenant: Tenant) -> str:
+        """Commit the sandbox's filesystem as a template only its owner can create from."""
+        sandbox = self.get(sandbox_id, tenant)
+        name = f"{SNAPSHOT_REPOSITORY}:{secrets.token_hex(8)}"
+        repository, tag = name.split(":")
+        labels = {SNAPSHOT_OWNER_LABEL: tenant.id, SNAPSHOT_SOURCE_LABEL: sandbox.id}
+        await self._runtime.commit(sandbox.container_id, repository, tag, labels)
+        sandbox.touch()
+        log.info("snapshot %s of sandbox %s", name, sandbox.id)
+        return name
+
+    async def template_allowed(self, template: str, tenant: Tenant) -> bool:
+        """The operator's images, or a snapshot that this tenant made."""
+        if template in self._settings.allowed_templates:
+            return True
+        if not template.startswith(f"{SNAPSHOT_REPOSITORY}:"):
+            return False
+        labels = await self._runtime.image_labels(template)
+        return labels is not None and labels.get(SNAPSHOT_OWNER_LABEL) == tenant.id
 
     # -- end --------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from .link import AgentLink
 class State(enum.StrEnum):
     CREATING = "creating"
     RUNNING = "running"
+    PAUSED = "paused"
     ENDED = "ended"
 
 
@@ -68,7 +69,7 @@ class Sandbox:
 
     @property
     def connected(self) -> bool:
-        return self.state is State.RUNNING and self.link.connected
+        return self.state in (State.RUNNING, State.PAUSED) and self.link.connected
 
     def touch(self) -> None:
         """Record activity: an API call or RPC on this sandbox."""

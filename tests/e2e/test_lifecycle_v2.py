@@ -208,3 +208,42 @@ def test_blocking_create_options_connect_and_list(server: Server) -> None:
         assert sandbox.info().state == "running"
     ended = Sandbox.list(server.api_key, server.url, metadata={"blocking": "yes"})
     assert [(s.state, s.end_reason) for s in ended] == [("ended", "destroyed")]
+
+
+async def test_pause_and_resume(server: Server, docker_client: docker.DockerClient) -> None:
+    async with AsyncSandbox(api_key=server.api_key, base_url=server.url, idle_timeout=1) as sandbox:
+        handle = await sandbox.commands.run(
+            "while true; do date +%s%N; sleep 0.05; done", background=True
+        )
+        paused = await sandbox.pause()
+        assert paused.state == "paused"
+        (container,) = containers_of(docker_client, sandbox.sandbox_id or "")
+        assert docker_client.api.inspect_container(container["Id"])["State"]["Paused"] is True  # type: ignore[index]
+        await trio.sleep(2.5)  # longer than its idle timeout: a paused sandbox never goes idle
+        assert (await sandbox.info()).state == "paused"
+        resumed = await sandbox.resume()
+        assert resumed.state == "running"
+        assert (await sandbox.commands.run("echo awake")).stdout == "awake\n"
+        await handle.kill()
+
+
+async def test_snapshot_is_a_template_for_its_owner(
+    server: Server, docker_client: docker.DockerClient
+) -> None:
+    async with AsyncSandbox(api_key=server.api_key, base_url=server.url) as original:
+        await original.files.write("/home/user/project/state.txt", "saved state")
+        template = await original.snapshot()
+    try:
+        assert template.startswith("insien-snapshot:")
+        async with AsyncSandbox(
+            api_key=server.api_key, base_url=server.url, template=template
+        ) as copy:
+            assert await copy.files.read("/home/user/project/state.txt") == "saved state"
+            assert (await copy.info()).template == template
+        async with http(server) as client:
+            refused = await client.post(
+                "/sandbox/create", json={"template": "insien-snapshot:nope"}
+            )
+            assert refused.status_code == 400
+    finally:
+        docker_client.images.remove(template, force=True)

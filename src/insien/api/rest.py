@@ -70,9 +70,9 @@ def rest_blueprint(services: Services) -> Blueprint:
         except SandboxNotFound:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}") from None
 
-    def options(body: CreateRequest) -> SandboxOptions:
+    async def options(body: CreateRequest, tenant: Tenant) -> SandboxOptions:
         template = body.template or settings.agent_image
-        if template not in settings.allowed_templates:
+        if not await manager.template_allowed(template, tenant):
             raise ApiError(400, ErrorCode.BAD_REQUEST, f"template {template!r} is not allowed")
         if body.timeout is not None and body.timeout > settings.max_timeout:
             raise ApiError(
@@ -100,7 +100,7 @@ def rest_blueprint(services: Services) -> Blueprint:
     @bp.post("/sandbox/create")
     async def create_sandbox() -> Any:
         tenant = services.tenant_from_key(request)
-        chosen = options(await _body(CreateRequest))
+        chosen = await options(await _body(CreateRequest), tenant)
         try:
             sandbox = await manager.create(tenant, chosen)
         except ImageNotFound as exc:
@@ -141,6 +141,34 @@ def rest_blueprint(services: Services) -> Blueprint:
         body = await _body(KeepaliveRequest)
         lookup(sandbox_id, tenant)
         return manager.keepalive(sandbox_id, tenant, body.timeout).info()
+
+    @bp.post("/sandbox/<sandbox_id>/pause")
+    async def pause(sandbox_id: str) -> Any:
+        tenant = services.tenant_from_key(request)
+        lookup(sandbox_id, tenant)
+        try:
+            return (await manager.pause(sandbox_id, tenant)).info()
+        except DockerError as exc:
+            raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+
+    @bp.post("/sandbox/<sandbox_id>/resume")
+    async def resume(sandbox_id: str) -> Any:
+        tenant = services.tenant_from_key(request)
+        lookup(sandbox_id, tenant)
+        try:
+            return (await manager.resume(sandbox_id, tenant)).info()
+        except DockerError as exc:
+            raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+
+    @bp.post("/sandbox/<sandbox_id>/snapshot")
+    async def snapshot(sandbox_id: str) -> Any:
+        tenant = services.tenant_from_key(request)
+        lookup(sandbox_id, tenant)
+        try:
+            template = await manager.snapshot(sandbox_id, tenant)
+        except DockerError as exc:
+            raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+        return {"sandboxId": sandbox_id, "template": template}
 
     @bp.get("/sandboxes/<sandbox_id>")
     async def sandbox_info(sandbox_id: str) -> Any:

@@ -179,6 +179,39 @@ class DockerRuntime:
 
         await self._call(_remove)
 
+    async def pause(self, container_id: str) -> None:
+        await self._call(self._client.api.pause, container_id)
+
+    async def unpause(self, container_id: str) -> None:
+        await self._call(self._client.api.unpause, container_id)
+
+    async def commit(
+        self, container_id: str, repository: str, tag: str, labels: dict[str, str]
+    ) -> str:
+        """Save the container's filesystem as an image; returns the image id."""
+
+        def _commit() -> str:
+            result: dict[str, Any] = self._client.api.commit(
+                container_id, repository=repository, tag=tag, conf={"Labels": labels}
+            )
+            return str(result["Id"])
+
+        image_id: str = await self._call(_commit)
+        return image_id
+
+    async def image_labels(self, name: str) -> dict[str, str] | None:
+        """An image's labels, or None when there is no such image."""
+
+        def _labels() -> dict[str, str] | None:
+            try:
+                image = self._client.images.get(name)
+            except docker.errors.ImageNotFound:
+                return None
+            return dict(image.labels or {})
+
+        labels: dict[str, str] | None = await self._call(_labels)
+        return labels
+
     async def inspect(self, container_id: str) -> dict[str, Any] | None:
         def _inspect() -> dict[str, Any] | None:
             try:

@@ -169,6 +169,25 @@ class AsyncSandbox:
         )
         return SandboxInfo.from_wire(reply)
 
+    async def pause(self) -> SandboxInfo:
+        """Freeze the sandbox: its processes stop, it uses no CPU and never goes idle."""
+        await self.create()
+        return SandboxInfo.from_wire(
+            await self._request("POST", f"/sandbox/{self.sandbox_id}/pause")
+        )
+
+    async def resume(self) -> SandboxInfo:
+        await self.create()
+        return SandboxInfo.from_wire(
+            await self._request("POST", f"/sandbox/{self.sandbox_id}/resume")
+        )
+
+    async def snapshot(self) -> str:
+        """Save the sandbox's files as a template; pass it as `template=` to make copies."""
+        await self.create()
+        reply = await self._request("POST", f"/sandbox/{self.sandbox_id}/snapshot")
+        return str(reply["template"])
+
     async def keepalive(self) -> SandboxInfo:
         """Extend the sandbox's life by its own timeout, from now."""
         await self.create()

@@ -403,6 +403,15 @@ class Sandbox:
     def keepalive(self) -> SandboxInfo:
         return self._loop.run(self._async.keepalive)
 
+    def pause(self) -> SandboxInfo:
+        return self._loop.run(self._async.pause)
+
+    def resume(self) -> SandboxInfo:
+        return self._loop.run(self._async.resume)
+
+    def snapshot(self) -> str:
+        return self._loop.run(self._async.snapshot)
+
     def status(self) -> dict[str, Any]:
         return self._loop.run(self._async.status)
 
