@@ -172,7 +172,7 @@ async def throughput(
 
 
 async def output_streaming(ctx: Context, size: int) -> dict[str, Any]:
-    blob = "/tmp/blob.txt"
+    blob = "/home/user/blob.txt"  # /tmp is a size-limited tmpfs
     make = f"head -c {size * 3 // 4} /dev/urandom | base64 -w 0 > {blob}"
     async with ctx.sandbox() as sandbox:
         await sandbox.commands.run(make)
@@ -199,7 +199,7 @@ async def output_streaming(ctx: Context, size: int) -> dict[str, Any]:
 
     container = ctx.baseline_container()
     try:
-        container.exec_run(["sh", "-c", make])
+        container.exec_run(["sh", "-c", f"mkdir -p /home/user && {make}"])
         start = time.perf_counter()
         command = ["docker", "exec", container.id, "cat", blob]
         subprocess.run(command, stdout=subprocess.DEVNULL, check=True)  # noqa: ASYNC221

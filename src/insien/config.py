@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .runtime.docker import DEFAULT_CAPABILITIES
+
 MIB = 1024 * 1024
 
 
@@ -63,6 +65,12 @@ class Settings(BaseSettings):
     memory_limit: str = Field("1g", validation_alias=_env("MEMORY_LIMIT"))
     cpus: float = Field(1.0, gt=0, validation_alias=_env("CPUS"))
     pids_limit: int = Field(512, gt=0, validation_alias=_env("PIDS_LIMIT"))
+    capabilities: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_CAPABILITIES),
+        validation_alias=_env("CAPABILITIES"),
+    )
+    tmp_size: str = Field("256m", pattern=r"^[0-9]+[kmg]?$", validation_alias=_env("TMP_SIZE"))
+    nofile: int = Field(4096, ge=64, validation_alias=_env("NOFILE"))
     graceful_timeout: float = Field(5.0, ge=0, validation_alias=_env("GRACEFUL_TIMEOUT"))
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias=_env("LOG_LEVEL")
@@ -74,7 +82,7 @@ class Settings(BaseSettings):
         """`API_KEY=` in a .env means "not set": generate one, never accept an empty key."""
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("templates", mode="before")
+    @field_validator("templates", "capabilities", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         """`INSIEN_TEMPLATES=img:1,img:2` as well as a JSON list."""

@@ -123,6 +123,9 @@ class SandboxManager:
             nano_cpus=int(settings.cpus * 1e9),
             pids_limit=settings.pids_limit,
             environment=environment,
+            capabilities=tuple(settings.capabilities),
+            tmp_size=settings.tmp_size,
+            nofile=settings.nofile,
         )
         container_id = await self._runtime.create(spec, self._agent_zip)
         try:

@@ -14,13 +14,17 @@ import docker
 import docker.errors
 import trio
 from docker.models.containers import Container
-from docker.types import LogConfig
+from docker.types import LogConfig, Ulimit
 
 from .attach import AttachedStream, attach
 
 AGENT_DIR = "/opt/insien"
 AGENT_PATH = f"{AGENT_DIR}/agent.pyz"
 AGENT_COMMAND = ["python3", "-I", AGENT_PATH]
+
+DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
+"""What the agent (root inside the sandbox) keeps of Docker's default set; everything else,
+NET_RAW, MKNOD, SYS_CHROOT, SETFCAP, AUDIT_WRITE and NET_BIND_SERVICE among it, is dropped."""
 
 LABEL_PREFIX = "insien."
 LABEL_SANDBOX_ID = "insien.sandbox.id"
@@ -54,6 +58,9 @@ class ContainerSpec:
     nano_cpus: int | None = None
     pids_limit: int | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
+    capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
+    tmp_size: str = "256m"
+    nofile: int = 4096
 
     def labels(self) -> dict[str, str]:
         return {
@@ -143,8 +150,16 @@ class DockerRuntime:
                 init=True,
                 log_config=LogConfig(type=LogConfig.types.NONE),
                 network_mode=spec.network_mode,
-                security_opt=["no-new-privileges"],
+                security_opt=["no-new-privileges"],  # Docker's default seccomp profile stays on
+                cap_drop=["ALL"],
+                cap_add=list(spec.capabilities),
+                tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.tmp_size}"},
+                ulimits=[
+                    Ulimit(name="nofile", soft=spec.nofile, hard=spec.nofile),
+                    Ulimit(name="core", soft=0, hard=0),
+                ],
                 mem_limit=spec.mem_limit,
+                memswap_limit=spec.mem_limit,  # no swap on top of the memory limit
                 nano_cpus=spec.nano_cpus,
                 pids_limit=spec.pids_limit,
             )

@@ -1,0 +1,140 @@
+"""Attacks from inside a sandbox: each is contained, while a neighbour sandbox keeps answering
+`exec` and the server keeps answering /health (issue 5's attack suite, first part)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import trio
+from trio_websocket import WebSocketConnection
+
+from tests.conftest import Server, rss_bytes
+from tests.e2e.helpers import call, sandbox, websocket
+
+MIB = 1024 * 1024
+
+
+@asynccontextmanager
+async def neighbour_watch(server: Server) -> AsyncIterator[list[float]]:
+    """A neighbour sandbox and /health polled throughout; yields the neighbour's latencies."""
+    latencies: list[float] = []
+    async with sandbox(server) as other, websocket(other["agentUrl"]) as ws:
+
+        async def watch() -> None:
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                n = 0
+                while True:
+                    started = trio.current_time()
+                    with trio.fail_after(10):
+                        reply = await call(
+                            ws, {"id": n, "type": "exec", "cmd": "echo", "args": ["ok"]}
+                        )
+                        assert reply["stdout"] == "ok\n"
+                        assert (await client.get("/health")).status_code == 200
+                    latencies.append(trio.current_time() - started)
+                    n += 1
+                    await trio.sleep(0.2)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            yield latencies
+            nursery.cancel_scope.cancel()
+    assert latencies, "the neighbour was never checked"
+
+
+async def attack(
+    server: Server, scenario: Callable[[WebSocketConnection], Awaitable[None]]
+) -> list[float]:
+    async with neighbour_watch(server) as latencies, sandbox(server) as target:
+        async with websocket(target["agentUrl"]) as ws:
+            await scenario(ws)
+        return latencies
+
+
+async def run(ws: WebSocketConnection, script: str, timeout: float = 10) -> dict[str, Any]:
+    return await call(
+        ws, {"id": "a", "type": "exec", "cmd": "sh", "args": ["-c", script], "timeout": timeout}, 60
+    )
+
+
+async def test_fork_bomb(server: Server) -> None:
+    async def bomb(ws: WebSocketConnection) -> None:
+        reply = await run(ws, "bomb() { bomb | bomb & }; bomb", timeout=5)
+        assert reply["type"] == "execResponse"
+        # the sandbox itself recovers once the bomb's process group is killed
+        with trio.fail_after(30):
+            while True:
+                ps = await call(ws, {"id": "ps", "type": "exec", "cmd": "ps", "args": ["-e"]}, 30)
+                if ps.get("type") == "execResponse" and ps["stdout"].count("\n") < 20:
+                    break
+                await trio.sleep(0.5)
+
+    await attack(server, bomb)
+
+
+async def test_memory_bomb(server: Server) -> None:
+    before = rss_bytes(server.pid)
+
+    async def hog(ws: WebSocketConnection) -> None:
+        reply = await run(ws, "python3 -c 'b = bytearray(3 * 2**30)'", timeout=30)
+        assert reply["exitCode"] != 0  # killed by the kernel, inside the sandbox's limit
+        assert (await run(ws, "echo survived"))["stdout"] == "survived\n"
+
+    await attack(server, hog)
+    assert rss_bytes(server.pid) - before < 32 * MIB
+
+
+async def test_filling_tmp_stops_at_its_size(server: Server) -> None:
+    async def fill(ws: WebSocketConnection) -> None:
+        reply = await run(ws, "head -c 2000000000 /dev/zero > /tmp/fill", timeout=60)
+        assert reply["exitCode"] != 0
+        assert "No space left" in reply["stderr"]
+        df = await run(ws, "df -m /tmp | tail -1")
+        assert int(df["stdout"].split()[1]) <= 256
+
+    await attack(server, fill)
+
+
+async def test_escape_probes_are_refused(server: Server) -> None:
+    async def probe(ws: WebSocketConnection) -> None:
+        status = (await run(ws, "cat /proc/self/status"))["stdout"]
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        assert fields["NoNewPrivs"].strip() == "1"
+        assert fields["Seccomp"].strip() == "2"  # Docker's default filter is on
+        for dropped in ("CapBnd", "CapEff"):
+            caps = int(fields[dropped], 16)
+            assert not caps & (1 << 13), "NET_RAW"
+            assert not caps & (1 << 21), "SYS_ADMIN"
+            assert not caps & (1 << 27), "MKNOD"
+        assert (await run(ws, "mount -t tmpfs none /mnt"))["exitCode"] != 0
+        assert (await run(ws, "echo b > /proc/sysrq-trigger"))["exitCode"] != 0
+        raw = await run(
+            ws, "python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)'"
+        )
+        assert "PermissionError" in raw["stderr"] or "Operation not permitted" in raw["stderr"]
+        assert (await run(ws, "mknod /tmp/dev b 8 0"))["exitCode"] != 0
+        assert (await run(ws, "ls /var/run/docker.sock"))["exitCode"] != 0
+        # no route out: only the loopback interface, and an empty routing table
+        interfaces = (await run(ws, "tail -n +3 /proc/net/dev | cut -d: -f1"))["stdout"].split()
+        assert interfaces == ["lo"]
+        routes = (await run(ws, "tail -n +2 /proc/net/route"))["stdout"].strip()
+        assert routes == ""
+
+    await attack(server, probe)
+
+
+async def test_zombies_are_reaped(server: Server) -> None:
+    async def zombies(ws: WebSocketConnection) -> None:
+        # each child exits at once and its parent (sh) is gone before it can wait for it
+        await run(ws, "for i in $(seq 1000); do (sleep 0.01 &) ; done; sleep 1")
+        with trio.fail_after(20):
+            while True:
+                ps = await run(ws, "ps -eo stat | grep -c '^Z' || true")
+                if int(ps["stdout"].strip() or 0) == 0:
+                    break
+                await trio.sleep(0.5)
+
+    await attack(server, zombies)
