@@ -54,6 +54,8 @@ async def run_agent(workdir: Path, **env: str) -> AsyncIterator[AgentProcess]:
         **os.environ,
         "PYTHONPATH": str(AGENT_DIR),
         "INSIEN_AGENT_WORKDIR": str(workdir),
+        # Outside a container there is no sandbox user to switch to.
+        "INSIEN_AGENT_USER": "agent",
         **env,
     }
     process = await trio.lowlevel.open_process(

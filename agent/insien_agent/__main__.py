@@ -7,6 +7,7 @@ import logging
 import sys
 
 from .dispatch import serve
+from .identity import IdentityError
 from .settings import AgentSettings
 
 
@@ -15,7 +16,11 @@ def main() -> None:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="insien-agent %(levelname)s %(message)s"
     )
-    asyncio.run(serve(AgentSettings.from_environ()))
+    try:
+        asyncio.run(serve(AgentSettings.from_environ()))
+    except IdentityError as exc:
+        logging.getLogger("insien_agent").error("refusing to start: %s", exc)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

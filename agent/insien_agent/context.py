@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .identity import FileWorkers, Identity
 from .output import Subscriber
 from .processes import ManagedProcess, ProcessTable
 from .settings import AgentSettings
@@ -28,6 +29,8 @@ class Request:
     table: ProcessTable
     outbox: Outbox
     subscriptions: Subscriptions
+    identity: Identity
+    files: FileWorkers
 
     async def emit(self, event: Message) -> None:
         """Send a message that belongs to this request (it carries the request's id)."""

@@ -15,12 +15,14 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
 from . import PROTOCOL_VERSION, __version__, commands, files
 from .context import Request, Subscriptions
 from .errors import BAD_REQUEST, CANCELLED, INTERNAL, TOO_LARGE, UNKNOWN_TYPE, AgentError
 from .fields import required_int
+from .identity import FileWorkers, Identity, IdentityError, assume, parse_identity
 from .processes import ProcessTable
 from .settings import AgentSettings
 from .wire import LineSplitter, Outbox, open_stdout, widen_pipe
@@ -57,13 +59,22 @@ def _valid_id(value: object) -> bool:
 class Agent:
     """Owns the request tasks; each answers exactly once, success or error."""
 
-    def __init__(self, outbox: Outbox, settings: AgentSettings) -> None:
+    def __init__(self, outbox: Outbox, settings: AgentSettings, identity: Identity) -> None:
         self._outbox = outbox
         self._settings = settings
-        self._table = ProcessTable()
+        self._identity = identity
+        self._files = FileWorkers(identity)
+        self._table = ProcessTable(identity)
         self._subscriptions = Subscriptions()
         self._tasks: dict[Any, asyncio.Task[None]] = {}
         self._answers: set[asyncio.Future[None]] = set()
+
+    async def check_identity(self) -> None:
+        """Fail at start, not at the first file request, if file threads cannot be the user."""
+        try:
+            await self._files.run(os.getcwd)
+        except BrokenThreadPool as exc:
+            raise IdentityError("file worker threads could not switch to the user") from exc
 
     async def hello(self) -> None:
         await self._outbox.send(
@@ -75,6 +86,7 @@ class Agent:
                 "pid": os.getpid(),
                 "python": sys.version.split()[0],
                 "types": sorted([*HANDLERS, *BUILTIN]),
+                "uid": self._identity.uid if self._identity.switches else os.geteuid(),
             }
         )
 
@@ -128,7 +140,14 @@ class Agent:
             await self.error(request_id, BAD_REQUEST, f"id {request_id!r} is already in flight")
             return
         request = Request(
-            request_id, msg, self._settings, self._table, self._outbox, self._subscriptions
+            request_id,
+            msg,
+            self._settings,
+            self._table,
+            self._outbox,
+            self._subscriptions,
+            self._identity,
+            self._files,
         )
         task = asyncio.create_task(self._run(handler, request))
         key: Any = request_id if request_id is not None else object()  # id-less: not cancellable
@@ -187,15 +206,19 @@ class Agent:
         self._table.kill_all()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._files.close()
 
 
 async def serve(settings: AgentSettings) -> None:
     loop = asyncio.get_running_loop()
+    identity = parse_identity(settings.user, settings.workdir)
+    assume(identity, settings.workdir)
     widen_pipe(0)
     widen_pipe(1)
     reader = asyncio.StreamReader(limit=1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
-    agent = Agent(Outbox(await open_stdout(), settings.max_line), settings)
+    agent = Agent(Outbox(await open_stdout(), settings.max_line), settings, identity)
+    await agent.check_identity()
     await agent.hello()
     splitter = LineSplitter(settings.max_line)
     while chunk := await reader.read(256 * 1024):

@@ -2,12 +2,13 @@
 
 Nothing here ever blocks on a special file: opens use O_NONBLOCK and refuse anything that is
 not a regular file, `list` and `stat` never open what they describe, and reads are capped.
-Blocking filesystem calls run in worker threads so a slow disk never stalls the agent.
+Blocking filesystem calls run in worker threads so a slow disk never stalls the agent, and those
+threads act as the sandbox user (see `identity`), so permissions and planted symlinks are judged
+exactly as they would be for user code.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import os
@@ -171,9 +172,9 @@ def _remove(path: str, recursive: bool) -> None:
         os.unlink(path)
 
 
-async def _fs(path: str, fn: Any, *args: Any) -> Any:
+async def _fs(req: Request, path: str, fn: Any, *args: Any) -> Any:
     try:
-        return await asyncio.to_thread(fn, *args)
+        return await req.files.run(fn, *args)
     except OSError as exc:
         raise from_os_error(exc, path) from exc
 
@@ -188,7 +189,7 @@ async def handle_write(req: Request) -> Message:
         raise AgentError(BAD_REQUEST, "'append' and 'offset' cannot be combined")
     mode = fields.file_mode(msg)
     full = resolve(path, req.settings.workdir)
-    await _fs(path, lambda: _write(full, data, append=append, mode=mode, offset=offset))
+    await _fs(req, path, lambda: _write(full, data, append=append, mode=mode, offset=offset))
     return {"type": "writeResponse", "success": True, "path": path}
 
 
@@ -200,7 +201,7 @@ async def handle_read(req: Request) -> Message:
     length = fields.optional_int(msg, "length", None)
     assert offset is not None
     full = resolve(path, req.settings.workdir)
-    data, size = await _fs(path, _read, full, offset, length, req.settings.max_read)
+    data, size = await _fs(req, path, _read, full, offset, length, req.settings.max_read)
     if encoding == "base64":
         content = base64.b64encode(data).decode("ascii")
     else:
@@ -223,14 +224,14 @@ async def handle_list(req: Request) -> Message:
     depth = fields.optional_int(req.msg, "depth", 1, minimum=1)
     assert depth is not None
     full = resolve(path, req.settings.workdir)
-    entries, truncated = await _fs(path, _list, full, depth)
+    entries, truncated = await _fs(req, path, _list, full, depth)
     return {"type": "listResponse", "path": path, "entries": entries, "truncated": truncated}
 
 
 async def handle_stat(req: Request) -> Message:
     path = fields.required_str(req.msg, "path")
     full = resolve(path, req.settings.workdir)
-    info = await _fs(path, os.lstat, full)
+    info = await _fs(req, path, os.lstat, full)
     return {
         "type": "statResponse",
         "path": path,
@@ -241,7 +242,7 @@ async def handle_stat(req: Request) -> Message:
 async def handle_exists(req: Request) -> Message:
     path = fields.required_str(req.msg, "path")
     full = resolve(path, req.settings.workdir)
-    exists = await asyncio.to_thread(os.path.lexists, full)
+    exists = await req.files.run(os.path.lexists, full)
     return {"type": "existsResponse", "path": path, "exists": exists}
 
 
@@ -259,7 +260,7 @@ async def handle_mkdir(req: Request) -> Message:
         else:
             os.mkdir(full, 0o755 if mode is None else mode)
 
-    await _fs(path, make)
+    await _fs(req, path, make)
     return {"type": "mkdirResponse", "success": True, "path": path}
 
 
@@ -269,7 +270,7 @@ async def handle_remove(req: Request) -> Message:
     full = resolve(path, req.settings.workdir)
     if full == "/":
         raise AgentError(BAD_REQUEST, "refusing to remove /")
-    await _fs(path, _remove, full, recursive)
+    await _fs(req, path, _remove, full, recursive)
     return {"type": "removeResponse", "success": True, "path": path}
 
 
@@ -283,5 +284,5 @@ async def handle_rename(req: Request) -> Message:
         os.makedirs(os.path.dirname(full_new) or ".", exist_ok=True)
         os.replace(full, full_new)
 
-    await _fs(path, move)
+    await _fs(req, path, move)
     return {"type": "renameResponse", "success": True, "path": path, "newPath": new_path}

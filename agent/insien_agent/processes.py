@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BAD_REQUEST, NOT_FOUND, AgentError
+from .identity import Identity
 from .output import CHUNK_SIZE, Collected, Encoder, OutputLog, Subscriber
 from .wire import widen_pipe
 
@@ -259,7 +260,8 @@ class ManagedProcess:
 class ProcessTable:
     """Running processes, and the last `keep_exited` background ones that exited."""
 
-    def __init__(self, keep_exited: int = 64) -> None:
+    def __init__(self, identity: Identity, keep_exited: int = 64) -> None:
+        self._identity = identity
         self._running: dict[int, ManagedProcess] = {}
         self._exited: OrderedDict[int, ManagedProcess] = OrderedDict()
         self._keep_exited = keep_exited
@@ -278,9 +280,13 @@ class ProcessTable:
         pty_size: PtySize | None = None,
     ) -> ManagedProcess:
         master_fd: int | None = None
+        as_user = self._identity.spawn_options()
         if pty_size is not None:
             master_fd, slave_fd = pty.openpty()
             _set_winsize(slave_fd, pty_size)
+            if self._identity.uid is not None:
+                # Programs that reopen /dev/tty (password prompts, editors) need to own it.
+                os.fchown(slave_fd, self._identity.uid, -1)
             env = {**env, "TERM": env.get("TERM", "xterm-256color")}
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -293,6 +299,7 @@ class ProcessTable:
                     env=env,
                     start_new_session=True,
                     preexec_fn=_take_controlling_terminal,
+                    **as_user,
                 )
             except BaseException:
                 os.close(master_fd)
@@ -309,6 +316,7 @@ class ProcessTable:
                 cwd=cwd,
                 env=env,
                 start_new_session=True,
+                **as_user,
             )
         _widen_output_pipes(proc)
         process = ManagedProcess(

@@ -33,6 +33,8 @@ class AgentSettings:
     server grants more as its client takes them."""
     workdir: str = "/home/user"
     """Where relative paths and commands start when the request names no `cwd`."""
+    user: str = "1000"
+    """Who user code runs as (`uid[:gid]`, a name, or `agent` for the agent itself)."""
 
     @classmethod
     def from_environ(cls) -> AgentSettings:
@@ -43,6 +45,7 @@ class AgentSettings:
             ring_bytes=_int_env("INSIEN_AGENT_RING_BYTES", cls.ring_bytes),
             window=_int_env("INSIEN_AGENT_WINDOW", cls.window),
             workdir=os.environ.get("INSIEN_AGENT_WORKDIR") or os.getcwd(),
+            user=os.environ.get("INSIEN_AGENT_USER") or cls.user,
         )
 
 

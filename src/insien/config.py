@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_CAPABILITIES),
         validation_alias=_env("CAPABILITIES"),
     )
+    sandbox_user: str = Field(
+        "1000",
+        pattern=r"^([0-9]+(:[0-9]+)?|[a-z_][a-z0-9_-]*)$",
+        validation_alias=_env("SANDBOX_USER"),
+    )
+    """Who user code runs as inside sandboxes: `uid[:gid]` or a name from the image; never root."""
     tmp_size: str = Field("256m", pattern=r"^[0-9]+[kmg]?$", validation_alias=_env("TMP_SIZE"))
     nofile: int = Field(4096, ge=64, validation_alias=_env("NOFILE"))
     graceful_timeout: float = Field(5.0, ge=0, validation_alias=_env("GRACEFUL_TIMEOUT"))

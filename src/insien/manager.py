@@ -110,6 +110,7 @@ class SandboxManager:
             "INSIEN_AGENT_MAX_LINE": str(settings.max_line_bytes),
             "INSIEN_AGENT_MAX_OUTPUT": str(settings.max_output_bytes),
             "INSIEN_AGENT_MAX_READ": str(settings.max_read_bytes),
+            "INSIEN_AGENT_USER": settings.sandbox_user,
         }
         spec = ContainerSpec(
             sandbox_id=new_sandbox_id(),

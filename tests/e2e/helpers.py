@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import docker
 import httpx
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
@@ -78,3 +79,24 @@ class Inbox:
     async def call(self, message: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
         await self.send(message)
         return await self.next(message["id"], timeout)
+
+
+def containers_of(client: docker.DockerClient, sandbox_id: str) -> list[dict[str, Any]]:
+    """The sandbox's container (running or not) as the Docker Engine lists it."""
+    found: list[dict[str, Any]] = client.api.containers(
+        all=True, filters={"label": [f"insien.sandbox.id={sandbox_id}"]}
+    )
+    return found
+
+
+async def kill_agent(client: docker.DockerClient, sandbox_id: str) -> None:
+    """SIGKILL the agent from outside: user code inside cannot, it runs as another uid."""
+    (container,) = containers_of(client, sandbox_id)
+
+    def _kill() -> None:
+        exit_code, output = client.containers.get(container["Id"]).exec_run(
+            ["sh", "-c", "kill -9 $(pgrep -x python3)"], user="0"
+        )
+        assert exit_code == 0, output
+
+    await trio.to_thread.run_sync(_kill)

@@ -11,14 +11,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from tests.conftest import Server, start_server, stop_server
-from tests.e2e.helpers import call, http, receive, sandbox, websocket
-
-
-def containers_of(client: docker.DockerClient, sandbox_id: str) -> list[dict[str, object]]:
-    found: list[dict[str, object]] = client.api.containers(
-        all=True, filters={"label": [f"insien.sandbox.id={sandbox_id}"]}
-    )
-    return found
+from tests.e2e.helpers import call, containers_of, http, kill_agent, receive, sandbox, websocket
 
 
 async def test_container_is_labelled_and_configured(
@@ -71,18 +64,20 @@ async def test_no_network_inside(server: Server) -> None:
         assert int(reply["stdout"]) == 3
 
 
-async def test_agent_death_fails_in_flight_requests(server: Server) -> None:
+async def test_agent_death_fails_in_flight_requests(
+    server: Server, docker_client: docker.DockerClient
+) -> None:
     async with sandbox(server) as created, websocket(created["agentUrl"]) as ws:
         await ws.send_message('{"id": "slow", "type": "exec", "cmd": "sleep", "args": ["30"]}')
-        await ws.send_message(
-            '{"id": "kill", "type": "exec", "cmd": "sh", "args": ["-c", "kill -9 $PPID"]}'
-        )
+        await ws.send_message('{"id": "also", "type": "exec", "cmd": "sleep", "args": ["30"]}')
+        await trio.sleep(0.5)
+        await kill_agent(docker_client, created["sandboxId"])
         replies = {}
         for _ in range(2):
             reply = await receive(ws, timeout=15)
             replies[reply["id"]] = reply
         assert replies["slow"]["code"] == "AGENT_GONE"
-        assert replies["kill"]["code"] == "AGENT_GONE"
+        assert replies["also"]["code"] == "AGENT_GONE"
         async with http(server) as client:
             status = (await client.get(f"/sandbox/{created['sandboxId']}/status")).json()
         assert status["connected"] is False

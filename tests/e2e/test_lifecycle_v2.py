@@ -7,14 +7,7 @@ import trio
 
 from insien_sandbox import AsyncSandbox, Sandbox
 from tests.conftest import Server
-from tests.e2e.helpers import call, http, websocket
-
-
-def containers_of(client: docker.DockerClient, sandbox_id: str) -> list[object]:
-    found: list[object] = client.api.containers(
-        all=True, filters={"label": [f"insien.sandbox.id={sandbox_id}"]}
-    )
-    return found
+from tests.e2e.helpers import call, containers_of, http, kill_agent, websocket
 
 
 async def wait_until_removed(client: docker.DockerClient, sandbox_id: str) -> None:
@@ -122,7 +115,7 @@ async def test_container_removed_behind_the_servers_back(
         created = (await client.post("/sandbox/create")).json()
         sandbox_id = created["sandboxId"]
         (container,) = containers_of(docker_client, sandbox_id)
-        docker_client.api.remove_container(container["Id"], force=True)  # type: ignore[index]
+        docker_client.api.remove_container(container["Id"], force=True)
     info = await wait_for_state(server, sandbox_id, "ended", within=5)
     assert info["endReason"] == "container_gone"
 
@@ -134,9 +127,7 @@ async def test_agent_killed_inside_its_container(
         created = (await client.post("/sandbox/create")).json()
         sandbox_id = created["sandboxId"]
         async with websocket(created["agentUrl"]) as ws:
-            await ws.send_message(
-                '{"id": 1, "type": "exec", "cmd": "sh", "args": ["-c", "kill -9 $PPID"]}'
-            )
+            await kill_agent(docker_client, sandbox_id)
             with trio.fail_after(10):
                 while True:
                     try:
@@ -218,7 +209,7 @@ async def test_pause_and_resume(server: Server, docker_client: docker.DockerClie
         paused = await sandbox.pause()
         assert paused.state == "paused"
         (container,) = containers_of(docker_client, sandbox.sandbox_id or "")
-        assert docker_client.api.inspect_container(container["Id"])["State"]["Paused"] is True  # type: ignore[index]
+        assert docker_client.api.inspect_container(container["Id"])["State"]["Paused"] is True
         await trio.sleep(2.5)  # longer than its idle timeout: a paused sandbox never goes idle
         assert (await sandbox.info()).state == "paused"
         resumed = await sandbox.resume()

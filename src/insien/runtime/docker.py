@@ -142,6 +142,9 @@ class DockerRuntime:
                 labels=spec.labels(),
                 environment=dict(spec.environment),
                 working_dir=spec.workdir,
+                # The agent runs as root whatever the image's USER says, so that it can run user
+                # code as an unprivileged user that cannot reach it.
+                user="0:0",
                 # docker-py sets StdinOnce unless detached, and a restarted server must be
                 # able to attach again, so: detached, stdin open.
                 detach=True,
@@ -153,7 +156,7 @@ class DockerRuntime:
                 security_opt=["no-new-privileges"],  # Docker's default seccomp profile stays on
                 cap_drop=["ALL"],
                 cap_add=list(spec.capabilities),
-                tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.tmp_size}"},
+                tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.tmp_size},mode=1777"},
                 ulimits=[
                     Ulimit(name="nofile", soft=spec.nofile, hard=spec.nofile),
                     Ulimit(name="core", soft=0, hard=0),

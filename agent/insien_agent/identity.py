@@ -1,0 +1,155 @@
+"""Who user code runs as, and how the agent acts as that user for file operations.
+
+The agent runs as root so that user code cannot reach it: commands start under an unprivileged
+uid (no capabilities, no supplementary groups), which can neither signal nor ptrace the agent
+nor open its `/proc/<pid>/fd`, so it cannot forge protocol lines or kill it. File requests run
+in worker threads whose filesystem uid and gid (`setfsuid`/`setfsgid`, per thread on Linux) are
+the user's: the kernel checks every path, symlinks included, as it would for user code, so a
+link planted in the sandbox leads nowhere the user could not already go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import functools
+import os
+import pwd
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+AS_AGENT = "agent"
+"""`INSIEN_AGENT_USER` value that runs user code as the agent itself (tests outside Docker)."""
+
+FILE_THREADS = 4
+
+
+class IdentityError(Exception):
+    """The agent cannot become the user it was told to run code as; it refuses to start."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The uid/gid user code runs as; `uid is None` means "the agent's own"."""
+
+    uid: int | None
+    gid: int | None
+    name: str | None
+    home: str | None
+
+    @property
+    def switches(self) -> bool:
+        return self.uid is not None
+
+    def spawn_options(self) -> dict[str, Any]:
+        """Keyword arguments for `create_subprocess_exec` that start a child as this user."""
+        if self.uid is None:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def environment(self) -> dict[str, str]:
+        """HOME, USER and LOGNAME as a login would set them (the container's are root's)."""
+        env: dict[str, str] = {}
+        if self.home:
+            env["HOME"] = self.home
+        if self.name:
+            env["USER"] = env["LOGNAME"] = self.name
+        return env
+
+
+def parse_identity(spec: str, workdir: str) -> Identity:
+    """`uid:gid`, `uid`, a user name, or `agent`; names and homes come from /etc/passwd."""
+    spec = spec.strip()
+    if spec == AS_AGENT:
+        return Identity(None, None, None, None)
+    user_part, _, group_part = spec.partition(":")
+    entry: pwd.struct_passwd | None
+    if user_part.isdigit():
+        uid = int(user_part)
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            entry = None
+    else:
+        try:
+            entry = pwd.getpwnam(user_part)
+        except KeyError:
+            raise IdentityError(f"no user named {user_part!r} in this image") from None
+        uid = entry.pw_uid
+    if group_part:
+        if not group_part.isdigit():
+            raise IdentityError(f"group must be numeric, got {group_part!r}")
+        gid = int(group_part)
+    else:
+        gid = entry.pw_gid if entry is not None else uid
+    if uid == 0:
+        raise IdentityError("user code must not run as root; use 'agent' to mean the agent")
+    home = entry.pw_dir if entry is not None and entry.pw_dir != "/" else workdir
+    return Identity(uid, gid, entry.pw_name if entry is not None else None, home)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def _current_fsids() -> tuple[int, int]:
+    # An invalid id (-1) changes nothing and returns the current one: the only way to read it.
+    libc = _libc()
+    return libc.setfsuid(0xFFFFFFFF), libc.setfsgid(0xFFFFFFFF)
+
+
+def _become_for_files(uid: int, gid: int) -> None:
+    """Thread initializer: from now on this thread touches the filesystem as uid:gid."""
+    libc = _libc()
+    libc.setfsgid(gid)
+    libc.setfsuid(uid)
+    if _current_fsids() != (uid, gid):
+        raise IdentityError(f"setfsuid/setfsgid to {uid}:{gid} did not take")
+
+
+class FileWorkers:
+    """The threads file requests run in, each acting as the sandbox user."""
+
+    def __init__(self, identity: Identity) -> None:
+        if identity.uid is None or identity.gid is None:
+            self._pool = ThreadPoolExecutor(FILE_THREADS, thread_name_prefix="files")
+        else:
+            self._pool = ThreadPoolExecutor(
+                FILE_THREADS,
+                thread_name_prefix="files",
+                initializer=_become_for_files,
+                initargs=(identity.uid, identity.gid),
+            )
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def assume(identity: Identity, workdir: str) -> None:
+    """Check, before the first request, that the agent can run code as `identity`.
+
+    Drops the agent's own supplementary groups (root's groups would otherwise apply to file
+    requests) and makes sure the working directory exists and belongs to the user if the agent
+    had to create it.
+    """
+    if identity.uid is None or identity.gid is None:
+        return
+    if os.geteuid() != 0:
+        raise IdentityError(
+            f"the agent runs as uid {os.geteuid()}, not root, so it cannot run code as "
+            f"{identity.uid}; start the container as root"
+        )
+    os.setgroups([])
+    for path in {workdir, identity.home or workdir}:
+        if not os.path.isdir(path):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            os.chown(path, identity.uid, identity.gid)
