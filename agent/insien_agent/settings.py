@@ -28,7 +28,7 @@ class AgentSettings:
     """Largest file a `read` returns in one message."""
     ring_bytes: int = 1 * MIB
     """Output a process keeps for late `attach`; also how far a streaming client may lag."""
-    window: int = 16
+    window: int = 8
     """Output events (of up to 256 KiB) a streaming request may have unacknowledged; the
     server grants more as its client takes them."""
     workdir: str = "/home/user"

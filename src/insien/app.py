@@ -7,6 +7,7 @@ from quart_trio import QuartTrio
 from .api.context import Services
 from .api.errors import install_error_handlers
 from .api.files import UploadMiddleware, files_blueprint
+from .api.limits import BodyDeadline
 from .api.rest import rest_blueprint
 from .api.ws import ws_blueprint
 
@@ -25,6 +26,8 @@ def create_app(services: Services) -> QuartTrio:
     return app
 
 
-def create_asgi(services: Services) -> UploadMiddleware:
-    """The app as served: uploads stream through their own handler, the rest through Quart."""
-    return UploadMiddleware(create_app(services), services)
+def create_asgi(services: Services) -> BodyDeadline:
+    """The app as served: uploads stream through their own handler, the rest through Quart,
+    and no request body may stall longer than the body timeout."""
+    app = UploadMiddleware(create_app(services), services)
+    return BodyDeadline(app, services.settings.body_timeout)

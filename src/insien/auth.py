@@ -2,39 +2,25 @@
 
 from __future__ import annotations
 
-import hmac
 import time
-from dataclasses import dataclass
 
 import jwt
+
+from .tenants import Tenant, TenantDirectory
 
 TOKEN_AUDIENCE = "insien:agent"
 
 
-@dataclass(frozen=True)
-class Tenant:
-    """Who is calling. Sandboxes are owned by a tenant id; keys never leave this module."""
-
-    id: str
-
-
-DEFAULT_TENANT = Tenant("default")
-
-
 class Authenticator:
-    """Checks API keys in constant time and signs/verifies sandbox tokens with HS256."""
+    """Resolves API keys to tenants and signs/verifies sandbox tokens with HS256."""
 
-    def __init__(self, api_key: str, jwt_secret: str, token_ttl: float) -> None:
-        self._api_key = api_key.encode()
+    def __init__(self, tenants: TenantDirectory, jwt_secret: str, token_ttl: float) -> None:
+        self._tenants = tenants
         self._secret = jwt_secret
         self._token_ttl = token_ttl
 
     def tenant_for_key(self, key: str | None) -> Tenant | None:
-        if not key:
-            return None
-        if hmac.compare_digest(key.encode(), self._api_key):
-            return DEFAULT_TENANT
-        return None
+        return self._tenants.for_key(key)
 
     def issue_token(self, sandbox_id: str, tenant: Tenant) -> str:
         now = int(time.time())
@@ -63,4 +49,5 @@ class Authenticator:
             return None
         if claims.get("sub") != sandbox_id or not isinstance(claims.get("ten"), str):
             return None
-        return Tenant(claims["ten"])
+        # A tenant removed from the tenants file loses its tokens too.
+        return self._tenants.by_id(claims["ten"])

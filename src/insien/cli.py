@@ -1,10 +1,11 @@
-"""The `insien` command: `serve`, `image build`, `version`."""
+"""The `insien` command: `serve`, `image build`, `key new`, `tenants check`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -15,6 +16,7 @@ from rich.console import Console
 from . import __version__
 from .config import Settings
 from .images import ImageBuildError, build_image
+from .tenants import hash_key, load_tenants_file, new_key
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -59,6 +61,23 @@ def cmd_image_build(args: argparse.Namespace) -> None:
         client.close()
 
 
+def cmd_key_new(args: argparse.Namespace) -> None:
+    key = new_key()
+    print(f"key (give it to the tenant; it is not stored anywhere): {key}")
+    print("for the tenants file:")
+    print(f'  {{ id = "{args.id}", sha256 = "{hash_key(key)}" }}')
+
+
+def cmd_tenants_check(args: argparse.Namespace) -> None:
+    try:
+        parsed = load_tenants_file(args.path)
+    except ValueError as exc:
+        raise SystemExit(f"insien: {exc}") from None
+    for tenant_id, entry in parsed.tenants.items():
+        live = sum(not key.revoked for key in entry.keys)
+        print(f"{tenant_id}: {live} key(s) in use, {len(entry.keys) - live} revoked")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="insien", description="Self-hosted code sandboxes.")
     top.add_argument("--version", action="version", version=f"insien {__version__}")
@@ -79,6 +98,18 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--base", help="base image (default: debian:bookworm-slim or a bootstrap)")
     build.add_argument("--force", action="store_true", help="rebuild even when current")
     build.set_defaults(func=cmd_image_build)
+
+    key = commands.add_parser("key", help="API keys for the tenants file")
+    key_commands = key.add_subparsers(dest="key_command", required=True)
+    new = key_commands.add_parser("new", help="make a key and print its tenants-file entry")
+    new.add_argument("--id", default="key-1", help="the key's name in the tenants file")
+    new.set_defaults(func=cmd_key_new)
+
+    tenants = commands.add_parser("tenants", help="the tenants file")
+    tenants_commands = tenants.add_subparsers(dest="tenants_command", required=True)
+    check = tenants_commands.add_parser("check", help="validate a tenants file")
+    check.add_argument("path", type=Path)
+    check.set_defaults(func=cmd_tenants_check)
     return top
 
 

@@ -6,12 +6,15 @@ Every setting reads `INSIEN_<NAME>`; the seed's names (`PORT`, `API_KEY`, `JWT_S
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .resources import Resources, parse_size
 from .runtime.docker import DEFAULT_CAPABILITIES
+from .tenants import Plan
 
 MIB = 1024 * 1024
 
@@ -62,9 +65,19 @@ class Settings(BaseSettings):
     )
     ready_timeout: float = Field(30.0, gt=0, validation_alias=_env("READY_TIMEOUT"))
     network_mode: str = Field("none", validation_alias=_env("NETWORK_MODE"))
-    memory_limit: str = Field("1g", validation_alias=_env("MEMORY_LIMIT"))
+    memory_limit: int = Field(1 << 30, gt=0, validation_alias=_env("MEMORY_LIMIT"))
     cpus: float = Field(1.0, gt=0, validation_alias=_env("CPUS"))
     pids_limit: int = Field(512, gt=0, validation_alias=_env("PIDS_LIMIT"))
+    max_memory: int = Field(4 << 30, gt=0, validation_alias=_env("MAX_MEMORY"))
+    max_cpus: float = Field(2.0, gt=0, validation_alias=_env("MAX_CPUS"))
+    max_pids: int = Field(4096, gt=0, validation_alias=_env("MAX_PIDS"))
+    tenants_file: Path | None = Field(None, validation_alias=_env("TENANTS_FILE"))
+    max_sandboxes: int | None = Field(None, ge=0, validation_alias=_env("MAX_SANDBOXES"))
+    create_rate: float | None = Field(None, gt=0, validation_alias=_env("CREATE_RATE"))
+    create_burst: int = Field(10, ge=1, validation_alias=_env("CREATE_BURST"))
+    max_connections: int | None = Field(256, ge=1, validation_alias=_env("MAX_CONNECTIONS"))
+    header_timeout: float = Field(10.0, gt=0, validation_alias=_env("HEADER_TIMEOUT"))
+    body_timeout: float = Field(30.0, gt=0, validation_alias=_env("BODY_TIMEOUT"))
     capabilities: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_CAPABILITIES),
         validation_alias=_env("CAPABILITIES"),
@@ -87,6 +100,48 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         """`API_KEY=` in a .env means "not set": generate one, never accept an empty key."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("memory_limit", "max_memory", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        """`1g`, `512m` or bytes, binary units as in Docker."""
+        return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("max_sandboxes", "create_rate", "max_connections", mode="before")
+    @classmethod
+    def _unlimited(cls, value: object) -> object:
+        """An empty value or `none` means "no limit"."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "unlimited"):
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _defaults_fit(self) -> Self:
+        problems = self.default_resources.within(self.max_resources)
+        if problems:
+            raise ValueError(f"a default sandbox must fit the maximum: {'; '.join(problems)}")
+        return self
+
+    @property
+    def default_resources(self) -> Resources:
+        """A sandbox's limits when create asks for none."""
+        return Resources(self.cpus, self.memory_limit, self.pids_limit)
+
+    @property
+    def max_resources(self) -> Resources:
+        """The most any sandbox may ask for; a tenant's plan may lower it."""
+        return Resources(self.max_cpus, self.max_memory, self.max_pids)
+
+    @property
+    def default_plan(self) -> Plan:
+        """The API_KEY tenant's plan, and the defaults of tenants-file entries."""
+        return Plan(
+            max_sandboxes=self.max_sandboxes,
+            create_rate=self.create_rate,
+            create_burst=self.create_burst,
+            max_connections=self.max_connections,
+            max_resources=self.max_resources,
+        )
 
     @field_validator("templates", "capabilities", mode="before")
     @classmethod

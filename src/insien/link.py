@@ -26,8 +26,8 @@ OUTGOING_QUEUE = 8
 """Request lines waiting for the writer; senders block beyond this (back-pressure)."""
 EVENTS_PER_REQUEST = 64
 """Messages buffered for one request. The agent sends at most its window of output events
-(16) before the link grants more, so a well-behaved agent never fills this."""
-CREDIT_BATCH = 8
+(8) before the link grants more, so a well-behaved agent never fills this."""
+CREDIT_BATCH = 4
 """Output events consumed before the link grants the agent that much more credit."""
 CANCEL_TIMEOUT = 5.0
 STDERR_LINE_MAX = 16 * 1024

@@ -19,11 +19,13 @@ from datetime import UTC, datetime, timedelta
 import trio
 
 from ._resources import agent_zipapp
-from .auth import Tenant
 from .config import Settings
 from .link import AgentLink
+from .protocol import ErrorCode
+from .quotas import CreateRateLimiter, QuotaExceeded
 from .runtime.docker import ContainerSpec, DockerRuntime
 from .sandbox import EndReason, Sandbox, SandboxOptions, State, iso_timestamp
+from .tenants import Tenant
 
 log = logging.getLogger("insien.manager")
 
@@ -57,6 +59,8 @@ class SandboxManager:
         self._sandboxes: dict[str, Sandbox] = {}
         self._ended: OrderedDict[str, Sandbox] = OrderedDict()
         self._agent_zip = agent_zipapp()
+        self._creating: dict[str, int] = {}  # tenant id -> creates under way
+        self._create_rate = CreateRateLimiter()
 
     @classmethod
     @asynccontextmanager
@@ -102,7 +106,43 @@ class SandboxManager:
 
     # -- create -----------------------------------------------------------------------------
 
+    def _live_count(self, tenant_id: str) -> int:
+        running = sum(1 for s in self._sandboxes.values() if s.owner == tenant_id)
+        return running + self._creating.get(tenant_id, 0)
+
+    def _admit(self, tenant: Tenant) -> None:
+        """Check the tenant's quota and rate, synchronously: a burst cannot slip past."""
+        cap = tenant.plan.max_sandboxes
+        if cap is not None and self._live_count(tenant.id) >= cap:
+            now = datetime.now(UTC)
+            soonest = min(
+                (
+                    (s.expires_at - now).total_seconds()
+                    for s in self._sandboxes.values()
+                    if s.owner == tenant.id
+                ),
+                default=1.0,
+            )
+            raise QuotaExceeded(
+                ErrorCode.QUOTA_EXCEEDED,
+                f"at most {cap} live sandboxes; destroy one or wait for one to end",
+                min(max(soonest, 1.0), 60.0),
+            )
+        self._create_rate.take(tenant)
+
     async def create(self, tenant: Tenant, options: SandboxOptions) -> Sandbox:
+        self._admit(tenant)
+        self._creating[tenant.id] = self._creating.get(tenant.id, 0) + 1
+        try:
+            return await self._create(tenant, options)
+        finally:
+            left = self._creating[tenant.id] - 1
+            if left:
+                self._creating[tenant.id] = left
+            else:
+                del self._creating[tenant.id]
+
+    async def _create(self, tenant: Tenant, options: SandboxOptions) -> Sandbox:
         settings = self._settings
         created_at = datetime.now(UTC)
         environment = {
@@ -120,9 +160,9 @@ class SandboxManager:
             created_at=iso_timestamp(created_at),
             template=options.template,
             network_mode=settings.network_mode,
-            mem_limit=settings.memory_limit,
-            nano_cpus=int(settings.cpus * 1e9),
-            pids_limit=settings.pids_limit,
+            mem_limit=options.resources.memory,
+            nano_cpus=int(options.resources.cpus * 1e9),
+            pids_limit=options.resources.pids,
             environment=environment,
             capabilities=tuple(settings.capabilities),
             tmp_size=settings.tmp_size,

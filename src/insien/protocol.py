@@ -42,6 +42,8 @@ class ErrorCode(enum.StrEnum):
     UNAUTHORIZED = "UNAUTHORIZED"
     NOT_READY = "NOT_READY"
     UNAVAILABLE = "UNAVAILABLE"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    RATE_LIMITED = "RATE_LIMITED"
 
 
 RequestId = StrictStr | StrictInt

@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from .link import AgentLink
+from .resources import Resources
 
 
 class State(enum.StrEnum):
@@ -43,6 +44,7 @@ class SandboxOptions:
     template: str
     timeout: float
     idle_timeout: float | None
+    resources: Resources
     metadata: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
 
@@ -111,6 +113,7 @@ class Sandbox:
             "timeout": self.options.timeout,
             "idleTimeout": self.options.idle_timeout,
             "metadata": dict(self.options.metadata),
+            "resources": self.options.resources.info(),
             "clients": self.clients,
             "connected": self.connected,
             "endReason": str(self.end_reason) if self.end_reason else None,

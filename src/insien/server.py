@@ -22,6 +22,7 @@ from .auth import Authenticator
 from .config import Settings
 from .manager import SandboxManager
 from .runtime.docker import DockerRuntime, ImageNotFound
+from .tenants import TenantDirectory
 
 log = logging.getLogger("insien.server")
 
@@ -34,15 +35,24 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     config.graceful_timeout = settings.graceful_timeout
     config.websocket_max_message_size = settings.max_message_bytes
     config.websocket_ping_interval = WEBSOCKET_PING_INTERVAL
+    # A connection that has not sent a whole request head within this is closed (slowloris,
+    # unauthenticated idlers); bodies have their own deadline in the ASGI layer.
+    config.keep_alive_timeout = settings.header_timeout
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
 
 
 def make_authenticator(settings: Settings) -> Authenticator:
-    """With no key configured a random one is made and printed once, so the server is never open."""
+    """With no key configured a random one is made and printed once, so the server is never open.
+
+    With a tenants file and no API_KEY, only the file's keys are accepted.
+    """
+    api_key: str | None
     if settings.api_key is not None:
         api_key = settings.api_key.get_secret_value()
+    elif settings.tenants_file is not None:
+        api_key = None
     else:
         api_key = secrets.token_urlsafe(24)
         print(
@@ -56,7 +66,13 @@ def make_authenticator(settings: Settings) -> Authenticator:
         if settings.jwt_secret is not None
         else secrets.token_urlsafe(32)
     )
-    return Authenticator(api_key, secret, settings.token_ttl)
+    tenants = TenantDirectory(
+        api_key=api_key,
+        default_plan=settings.default_plan,
+        operator_max=settings.max_resources,
+        path=settings.tenants_file,
+    )
+    return Authenticator(tenants, secret, settings.token_ttl)
 
 
 async def _stop_on_signal(stop: trio.Event) -> None:

@@ -6,13 +6,21 @@ import time
 
 import jwt
 
-from insien.auth import TOKEN_AUDIENCE, Authenticator, Tenant
+from insien.auth import TOKEN_AUDIENCE, Authenticator
+from insien.resources import Resources
+from insien.tenants import Plan, Tenant, TenantDirectory
 
 SECRET = "s" * 40
 
 
+def directory(api_key: str = "the-key") -> TenantDirectory:
+    return TenantDirectory(
+        api_key=api_key, default_plan=Plan(), operator_max=Resources(1, 1 << 30, 100), path=None
+    )
+
+
 def make(ttl: float = 60) -> Authenticator:
-    return Authenticator("the-key", SECRET, ttl)
+    return Authenticator(directory(), SECRET, ttl)
 
 
 def test_api_key() -> None:
@@ -32,7 +40,7 @@ def test_token_is_valid_for_its_sandbox_only() -> None:
 
 
 def test_token_signed_with_another_secret_is_refused() -> None:
-    token = Authenticator("the-key", "x" * 40, 60).issue_token("sb-1", Tenant("default"))
+    token = Authenticator(directory(), "x" * 40, 60).issue_token("sb-1", Tenant("default"))
     assert make().tenant_for_token(token, "sb-1") is None
 
 

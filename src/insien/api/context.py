@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from quart import Request, Websocket
 
-from ..auth import Authenticator, Tenant
+from ..auth import Authenticator
 from ..config import Settings
 from ..manager import SandboxManager
 from ..protocol import ErrorCode
+from ..quotas import ConnectionCounter
+from ..tenants import Tenant
 from .errors import ApiError
 
 
@@ -18,6 +20,7 @@ class Services:
     settings: Settings
     manager: SandboxManager
     auth: Authenticator
+    connections: ConnectionCounter = field(default_factory=ConnectionCounter)
 
     def tenant_from_key(self, request: Request | Websocket) -> Tenant:
         tenant = self.auth.tenant_for_key(request.headers.get("X-API-Key"))

@@ -8,21 +8,33 @@ from quart import Quart, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from ..protocol import ErrorCode
+from ..quotas import QuotaExceeded
 
 
 class ApiError(Exception):
     """Raise from a route to answer with this status and a structured body."""
 
-    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
+    def __init__(
+        self, status: int, code: ErrorCode, message: str, *, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
+
+    @classmethod
+    def from_quota(cls, exc: QuotaExceeded) -> ApiError:
+        return cls(429, exc.code, exc.message, retry_after=exc.retry_after)
 
 
-def error_response(status: int, code: ErrorCode | str, message: str) -> Response:
+def error_response(
+    status: int, code: ErrorCode | str, message: str, *, retry_after: int | None = None
+) -> Response:
     response = jsonify({"code": str(code), "message": message})
     response.status_code = status
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     return response
 
 
@@ -38,6 +50,8 @@ _STATUS_OF_CODE: dict[str, int] = {
     ErrorCode.NOT_EMPTY: 409,
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.BUSY: 429,
+    ErrorCode.QUOTA_EXCEEDED: 429,
+    ErrorCode.RATE_LIMITED: 429,
     ErrorCode.AGENT_GONE: 503,
     ErrorCode.UNAVAILABLE: 503,
 }
@@ -59,7 +73,7 @@ _HTTP_CODES: dict[int, ErrorCode] = {
 def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(ApiError)
     async def _api_error(exc: ApiError) -> Any:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, retry_after=exc.retry_after)
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Any:

@@ -16,17 +16,28 @@ from pydantic import (
 )
 from quart import Blueprint, request
 
-from ..auth import Tenant
 from ..manager import SandboxNotFound, SandboxStartError
 from ..protocol import ErrorCode
+from ..quotas import QuotaExceeded
+from ..resources import Resources, parse_size
 from ..runtime.docker import DockerError, ImageNotFound
 from ..sandbox import Sandbox, SandboxOptions, State, iso_timestamp
+from ..tenants import Tenant
 from .context import Services
 from .errors import ApiError
 
 Seconds = Annotated[StrictInt | StrictFloat, Field(gt=0)]
 Label = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 MAX_PAGE = 200
+
+
+class ResourcesRequest(BaseModel):
+    """Limits a create may ask for, each within the tenant's plan and the operator's maximum."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    cpu: Annotated[StrictInt | StrictFloat, Field(gt=0, le=1024)] | None = None
+    memory: Annotated[StrictInt, Field(ge=32 * 1024 * 1024)] | StrictStr | None = None
+    pids: Annotated[StrictInt, Field(ge=16, le=1 << 22)] | None = None
 
 
 class CreateRequest(BaseModel):
@@ -38,6 +49,7 @@ class CreateRequest(BaseModel):
     idleTimeout: Seconds | None = None
     metadata: Annotated[dict[Label, StrictStr], Field(max_length=64)] = {}
     env: Annotated[dict[Label, StrictStr], Field(max_length=256)] = {}
+    resources: ResourcesRequest | None = None
 
 
 class KeepaliveRequest(BaseModel):
@@ -70,6 +82,29 @@ def rest_blueprint(services: Services) -> Blueprint:
         except SandboxNotFound:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}") from None
 
+    def resources(asked: ResourcesRequest | None, tenant: Tenant) -> Resources:
+        ceiling = tenant.plan.max_resources or settings.max_resources
+        default = settings.default_resources.capped(ceiling)
+        if asked is None:
+            return default
+        memory = default.memory
+        if asked.memory is not None:
+            try:
+                memory = parse_size(asked.memory)
+            except ValueError as exc:
+                raise ApiError(400, ErrorCode.BAD_REQUEST, f"resources.memory: {exc}") from None
+            if memory < 32 * 1024 * 1024:
+                raise ApiError(400, ErrorCode.BAD_REQUEST, "resources.memory is at least 32m")
+        chosen = Resources(
+            float(asked.cpu) if asked.cpu is not None else default.cpus,
+            memory,
+            asked.pids if asked.pids is not None else default.pids,
+        )
+        problems = chosen.within(ceiling)
+        if problems:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "; ".join(problems))
+        return chosen
+
     async def options(body: CreateRequest, tenant: Tenant) -> SandboxOptions:
         template = body.template or settings.agent_image
         if not await manager.template_allowed(template, tenant):
@@ -87,6 +122,7 @@ def rest_blueprint(services: Services) -> Blueprint:
             raise ApiError(400, ErrorCode.BAD_REQUEST, f"env names {reserved} are reserved")
         return SandboxOptions(
             template=template,
+            resources=resources(body.resources, tenant),
             timeout=float(body.timeout or settings.default_timeout),
             idle_timeout=float(body.idleTimeout or 0) or settings.default_idle_timeout,
             metadata=dict(body.metadata),
@@ -103,6 +139,8 @@ def rest_blueprint(services: Services) -> Blueprint:
         chosen = await options(await _body(CreateRequest), tenant)
         try:
             sandbox = await manager.create(tenant, chosen)
+        except QuotaExceeded as exc:
+            raise ApiError.from_quota(exc) from None
         except ImageNotFound as exc:
             raise ApiError(503, ErrorCode.UNAVAILABLE, f"sandbox image missing: {exc}") from exc
         except (DockerError, SandboxStartError) as exc:

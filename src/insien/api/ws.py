@@ -25,13 +25,14 @@ from ..protocol import (
     is_final,
     parse_request,
 )
+from ..quotas import QuotaExceeded
 from ..sandbox import Sandbox
 from .context import Services
 from .errors import error_response
 
 log = logging.getLogger("insien.ws")
 
-SEND_QUEUE = 16
+SEND_QUEUE = 4
 """Messages waiting for a slow client before request tasks block (back-pressure)."""
 CLOSE_GOING_AWAY = 1001
 
@@ -53,13 +54,20 @@ def ws_blueprint(services: Services) -> Blueprint:
             sandbox = services.manager.get(sandbox_id, tenant)
         except SandboxNotFound:
             return error_response(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}")
-        await websocket.accept()
-        sandbox.clients += 1
         try:
-            await ClientSession(sandbox, services.settings.max_requests_per_connection).run()
+            services.connections.acquire(tenant)
+        except QuotaExceeded as exc:
+            return error_response(429, exc.code, exc.message, retry_after=exc.retry_after)
+        try:
+            await websocket.accept()
+            sandbox.clients += 1
+            try:
+                await ClientSession(sandbox, services.settings.max_requests_per_connection).run()
+            finally:
+                sandbox.clients -= 1
+                sandbox.touch()
         finally:
-            sandbox.clients -= 1
-            sandbox.touch()
+            services.connections.release(tenant)
         return None
 
     return bp

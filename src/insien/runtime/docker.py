@@ -54,7 +54,7 @@ class ContainerSpec:
     template: str
     workdir: str = "/home/user"
     network_mode: str = "none"
-    mem_limit: str | None = None
+    mem_limit: int | None = None
     nano_cpus: int | None = None
     pids_limit: int | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
