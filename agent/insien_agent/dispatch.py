@@ -72,9 +72,11 @@ class Agent:
     async def check_identity(self) -> None:
         """Fail at start, not at the first file request, if file threads cannot be the user."""
         try:
-            await self._files.run(os.getcwd)
+            euid = await self._files.run(os.geteuid)
         except BrokenThreadPool as exc:
             raise IdentityError("file worker threads could not switch to the user") from exc
+        if self._identity.uid is not None and (euid, os.geteuid()) != (self._identity.uid, 0):
+            raise IdentityError(f"file threads run as {euid} and the agent as {os.geteuid()}")
 
     async def hello(self) -> None:
         await self._outbox.send(

@@ -3,9 +3,15 @@
 The agent runs as root so that user code cannot reach it: commands start under an unprivileged
 uid (no capabilities, no supplementary groups), which can neither signal nor ptrace the agent
 nor open its `/proc/<pid>/fd`, so it cannot forge protocol lines or kill it. File requests run
-in worker threads whose filesystem uid and gid (`setfsuid`/`setfsgid`, per thread on Linux) are
-the user's: the kernel checks every path, symlinks included, as it would for user code, so a
-link planted in the sandbox leads nowhere the user could not already go.
+in worker threads whose effective uid and gid are the user's: the kernel checks every path,
+symlinks included, as it would for user code, so a link planted in the sandbox leads nowhere
+the user could not already go.
+
+Credentials are per thread in the kernel; glibc's setresuid() changes every thread of the
+process to keep POSIX semantics, so the worker threads make the raw system call instead. Their
+real and saved uid stay root, which keeps them out of reach of the user's signals and ptrace,
+and the switch clears their effective capabilities. (setfsuid would do on Linux, but gVisor
+does not implement it; this works under both runc and runsc.)
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import platform
 import pwd
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -93,24 +100,29 @@ def parse_identity(spec: str, workdir: str) -> Identity:
     return Identity(uid, gid, entry.pw_name if entry is not None else None, home)
 
 
+_SYSCALLS = {"x86_64": (117, 119), "aarch64": (147, 149)}  # setresuid, setresgid
+_UNCHANGED = ctypes.c_long(-1)
+
+
 @functools.cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
-def _current_fsids() -> tuple[int, int]:
-    # An invalid id (-1) changes nothing and returns the current one: the only way to read it.
-    libc = _libc()
-    return libc.setfsuid(0xFFFFFFFF), libc.setfsgid(0xFFFFFFFF)
-
-
 def _become_for_files(uid: int, gid: int) -> None:
-    """Thread initializer: from now on this thread touches the filesystem as uid:gid."""
+    """Thread initializer: from now on this thread alone acts with effective uid:gid."""
+    numbers = _SYSCALLS.get(platform.machine())
+    if numbers is None:
+        raise IdentityError(f"no per-thread setresuid on {platform.machine()}")
+    setresuid, setresgid = numbers
     libc = _libc()
-    libc.setfsgid(gid)
-    libc.setfsuid(uid)
-    if _current_fsids() != (uid, gid):
-        raise IdentityError(f"setfsuid/setfsgid to {uid}:{gid} did not take")
+    # The group first: once the effective uid is not root, changing the gid is not allowed.
+    if libc.syscall(setresgid, _UNCHANGED, ctypes.c_long(gid), _UNCHANGED) != 0:
+        raise IdentityError(f"setresgid({gid}) failed: errno {ctypes.get_errno()}")
+    if libc.syscall(setresuid, _UNCHANGED, ctypes.c_long(uid), _UNCHANGED) != 0:
+        raise IdentityError(f"setresuid({uid}) failed: errno {ctypes.get_errno()}")
+    if (os.geteuid(), os.getegid()) != (uid, gid):
+        raise IdentityError(f"the switch to {uid}:{gid} did not take")
 
 
 class FileWorkers:

@@ -9,7 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .resources import Resources, parse_size
@@ -22,6 +30,16 @@ MIB = 1024 * 1024
 def _env(name: str, *, seed: str | None = None) -> AliasChoices:
     names = [f"INSIEN_{name}"] + ([seed] if seed else [])
     return AliasChoices(*names)
+
+
+class TemplateSettings(BaseModel):
+    """How sandboxes of one template are isolated, where it differs from the defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    runtime: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    """An OCI runtime registered with dockerd, e.g. `runsc` (gVisor)."""
+    network: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    """A Docker network for this template's sandboxes (the default is none)."""
 
 
 class Settings(BaseSettings):
@@ -65,6 +83,12 @@ class Settings(BaseSettings):
     )
     ready_timeout: float = Field(30.0, gt=0, validation_alias=_env("READY_TIMEOUT"))
     network_mode: str = Field("none", validation_alias=_env("NETWORK_MODE"))
+    runtime: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+$", validation_alias=_env("RUNTIME")
+    )
+    template_settings: dict[str, TemplateSettings] = Field(
+        default_factory=dict, validation_alias=_env("TEMPLATE_SETTINGS")
+    )
     memory_limit: int = Field(1 << 30, gt=0, validation_alias=_env("MEMORY_LIMIT"))
     cpus: float = Field(1.0, gt=0, validation_alias=_env("CPUS"))
     pids_limit: int = Field(512, gt=0, validation_alias=_env("PIDS_LIMIT"))
@@ -154,7 +178,13 @@ class Settings(BaseSettings):
     @property
     def allowed_templates(self) -> list[str]:
         """Images a create may name: the default image and the operator's list."""
-        return [self.agent_image, *(t for t in self.templates if t != self.agent_image)]
+        named = [*self.templates, *self.template_settings]
+        return [self.agent_image, *dict.fromkeys(t for t in named if t != self.agent_image)]
+
+    def isolation(self, template: str) -> tuple[str | None, str]:
+        """The OCI runtime (None: Docker's default) and network for an operator's template."""
+        chosen = self.template_settings.get(template, TemplateSettings())
+        return chosen.runtime or self.runtime, chosen.network or self.network_mode
 
     @property
     def max_line_bytes(self) -> int:

@@ -33,6 +33,7 @@ REAP_INTERVAL = 0.5
 SNAPSHOT_REPOSITORY = "insien-snapshot"
 SNAPSHOT_OWNER_LABEL = "insien.snapshot.owner"
 SNAPSHOT_SOURCE_LABEL = "insien.snapshot.source"
+SNAPSHOT_BASE_LABEL = "insien.snapshot.base"
 MAX_ENDED_KEPT = 1000
 
 
@@ -159,7 +160,8 @@ class SandboxManager:
             instance=settings.instance,
             created_at=iso_timestamp(created_at),
             template=options.template,
-            network_mode=settings.network_mode,
+            network_mode=options.network,
+            runtime=options.runtime,
             mem_limit=options.resources.memory,
             nano_cpus=int(options.resources.cpus * 1e9),
             pids_limit=options.resources.pids,
@@ -286,20 +288,39 @@ class SandboxManager:
         sandbox = self.get(sandbox_id, tenant)
         name = f"{SNAPSHOT_REPOSITORY}:{secrets.token_hex(8)}"
         repository, tag = name.split(":")
-        labels = {SNAPSHOT_OWNER_LABEL: tenant.id, SNAPSHOT_SOURCE_LABEL: sandbox.id}
+        labels = {
+            SNAPSHOT_OWNER_LABEL: tenant.id,
+            SNAPSHOT_SOURCE_LABEL: sandbox.id,
+            # A snapshot is isolated like the operator's template it descends from.
+            SNAPSHOT_BASE_LABEL: await self._base_template(sandbox.options.template),
+        }
         await self._runtime.commit(sandbox.container_id, repository, tag, labels)
         sandbox.touch()
         log.info("snapshot %s of sandbox %s", name, sandbox.id)
         return name
 
-    async def template_allowed(self, template: str, tenant: Tenant) -> bool:
-        """The operator's images, or a snapshot that this tenant made."""
+    async def _base_template(self, template: str) -> str:
+        if template.startswith(f"{SNAPSHOT_REPOSITORY}:"):
+            labels = await self._runtime.image_labels(template) or {}
+            return labels.get(SNAPSHOT_BASE_LABEL, self._settings.agent_image)
+        return template
+
+    async def resolve_template(
+        self, template: str, tenant: Tenant
+    ) -> tuple[str | None, str] | None:
+        """The runtime and network of a template this tenant may use; None if it may not.
+
+        The operator's images, or a snapshot that this tenant made (isolated like its base).
+        """
         if template in self._settings.allowed_templates:
-            return True
+            return self._settings.isolation(template)
         if not template.startswith(f"{SNAPSHOT_REPOSITORY}:"):
-            return False
+            return None
         labels = await self._runtime.image_labels(template)
-        return labels is not None and labels.get(SNAPSHOT_OWNER_LABEL) == tenant.id
+        if labels is None or labels.get(SNAPSHOT_OWNER_LABEL) != tenant.id:
+            return None
+        base = labels.get(SNAPSHOT_BASE_LABEL, self._settings.agent_image)
+        return self._settings.isolation(base)
 
     # -- end --------------------------------------------------------------------------------
 

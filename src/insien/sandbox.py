@@ -45,6 +45,9 @@ class SandboxOptions:
     timeout: float
     idle_timeout: float | None
     resources: Resources
+    runtime: str | None = None
+    """The OCI runtime (None: Docker's default), from the operator's template settings."""
+    network: str = "none"
     metadata: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
 

@@ -54,6 +54,7 @@ class ContainerSpec:
     template: str
     workdir: str = "/home/user"
     network_mode: str = "none"
+    runtime: str | None = None
     mem_limit: int | None = None
     nano_cpus: int | None = None
     pids_limit: int | None = None
@@ -153,6 +154,7 @@ class DockerRuntime:
                 init=True,
                 log_config=LogConfig(type=LogConfig.types.NONE),
                 network_mode=spec.network_mode,
+                runtime=spec.runtime,
                 security_opt=["no-new-privileges"],  # Docker's default seccomp profile stays on
                 cap_drop=["ALL"],
                 cap_add=list(spec.capabilities),
