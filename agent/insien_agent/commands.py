@@ -136,6 +136,7 @@ async def handle_exec(req: Request) -> Message:
         "exitCode": process.exit_code,
         "signal": process.signal,
         "timedOut": process.timed_out,
+        "oom": process.oom,
         "truncated": collected.truncated,
         "durationMs": process.duration_ms,
     }

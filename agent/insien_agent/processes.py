@@ -24,6 +24,7 @@ from typing import Any
 
 from .errors import BAD_REQUEST, NOT_FOUND, AgentError
 from .identity import Identity
+from .oom import oom_kills
 from .output import CHUNK_SIZE, Collected, Encoder, OutputLog, Subscriber
 from .wire import widen_pipe
 
@@ -87,6 +88,8 @@ class ManagedProcess:
         self.signal: str | None = None
         self.duration_ms: int | None = None
         self.timed_out = False
+        self.oom = False
+        self._oom_kills_at_start = oom_kills()
         self.finished = asyncio.Event()  # exited and its output fully pumped
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -116,6 +119,10 @@ class ManagedProcess:
             self.signal = signal.Signals(-returncode).name
         else:
             self.exit_code = returncode
+        # SIGKILL, or a shell reporting that its child got one (137), while the OOM killer ran
+        if self.exit_code == 128 + signal.SIGKILL and not self.timed_out:
+            before, now = self._oom_kills_at_start, oom_kills()
+            self.oom = before is not None and now is not None and now > before
         async with self.cond:
             self.finished.set()
             self.cond.notify_all()
@@ -237,6 +244,7 @@ class ManagedProcess:
             "pid": self.pid,
             "exitCode": self.exit_code,
             "signal": self.signal,
+            "oom": self.oom,
             "durationMs": self.duration_ms,
         }
 
@@ -319,6 +327,7 @@ class ProcessTable:
                 **as_user,
             )
         _widen_output_pipes(proc)
+        _prefer_for_oom_kill(proc.pid)
         process = ManagedProcess(
             proc,
             cmd=cmd,
@@ -365,6 +374,13 @@ def _widen_output_pipes(proc: asyncio.subprocess.Process) -> None:
         transport = getattr(reader, "_transport", None)
         with contextlib.suppress(AttributeError, ValueError, OSError):
             widen_pipe(transport.get_extra_info("pipe").fileno())  # type: ignore[union-attr]
+
+
+def _prefer_for_oom_kill(pid: int) -> None:
+    """Past the memory limit, the kernel should kill user code, not the agent: raise the
+    command's OOM score (its children inherit it). Best effort: it may have exited already."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/oom_score_adj", "w") as adj:
+        adj.write("500")
 
 
 def _take_controlling_terminal() -> None:

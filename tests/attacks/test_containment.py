@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +13,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from tests.conftest import Server, rss_bytes
-from tests.e2e.helpers import call, sandbox, websocket
+from tests.e2e.helpers import call, receive, sandbox, websocket
 
 MIB = 1024 * 1024
 
@@ -65,12 +66,14 @@ async def test_fork_bomb(server: Server) -> None:
         reply = await run(ws, "bomb() { bomb | bomb & }; bomb", timeout=5)
         assert reply["type"] == "execResponse"
         # the sandbox itself recovers once the bomb's process group is killed
-        with trio.fail_after(30):
+        ps: dict[str, Any] = {}
+        with trio.move_on_after(30):
             while True:
                 ps = await call(ws, {"id": "ps", "type": "exec", "cmd": "ps", "args": ["-e"]}, 30)
                 if ps.get("type") == "execResponse" and ps["stdout"].count("\n") < 20:
-                    break
+                    return
                 await trio.sleep(0.5)
+        raise AssertionError(f"the bomb outlived its timeout: {str(ps)[:3000]}")
 
     await attack(server, bomb)
 
@@ -80,11 +83,59 @@ async def test_memory_bomb(server: Server) -> None:
 
     async def hog(ws: WebSocketConnection) -> None:
         reply = await run(ws, "python3 -c 'b = bytearray(3 * 2**30)'", timeout=30)
-        assert reply["exitCode"] != 0  # killed by the kernel, inside the sandbox's limit
+        # killed by the kernel inside the sandbox's limit, and reported as such
+        assert reply["exitCode"] == 137, reply["stderr"]  # the shell reports its child's SIGKILL
+        assert reply["oom"] is True
         assert (await run(ws, "echo survived"))["stdout"] == "survived\n"
 
     await attack(server, hog)
     assert rss_bytes(server.pid) - before < 32 * MIB
+
+
+async def test_a_gigabyte_of_output_is_truncated_and_flagged(server: Server) -> None:
+    before = rss_bytes(server.pid)
+
+    async def flood(ws: WebSocketConnection) -> None:
+        reply = await run(ws, "yes | head -c 1073741824", timeout=120)
+        assert reply["exitCode"] == 0
+        assert reply["truncated"] is True
+        assert len(reply["stdout"]) == 4 * MIB  # the server's cap on a response's output
+        assert reply["oom"] is False
+
+    await attack(server, flood)
+    assert rss_bytes(server.pid) - before < 64 * MIB
+
+
+async def test_an_endless_loop_is_stopped_by_its_timeout(server: Server) -> None:
+    async def spin(ws: WebSocketConnection) -> None:
+        started = trio.current_time()
+        reply = await run(ws, "while :; do :; done", timeout=2)
+        assert reply["timedOut"] is True
+        assert reply["signal"] == "SIGKILL"
+        assert trio.current_time() - started < 10
+        # nothing of it is left running
+        processes = (await run(ws, "ps -eo args"))["stdout"].splitlines()
+        assert "sh -c while :; do :; done" not in processes
+
+    await attack(server, spin)
+
+
+async def test_commands_reading_stdin_forever_block_nothing(server: Server) -> None:
+    async def reader(ws: WebSocketConnection) -> None:
+        # exec without stdin gets /dev/null: a reader sees EOF at once
+        assert (await run(ws, "cat; read line; echo done"))["stdout"] == "done\n"
+        # a background reader whose stdin stays open waits, and everything else goes on
+        spawned = await call(ws, {"id": "r", "type": "spawn", "cmd": "cat", "timeout": 60})
+        assert spawned["type"] == "spawnResponse", spawned
+        for n in range(3):
+            assert (await run(ws, f"echo {n}"))["stdout"] == f"{n}\n"
+        await ws.send_message(
+            json.dumps({"id": "k", "type": "signal", "pid": spawned["pid"], "signal": "KILL"})
+        )
+        answers = {(await receive(ws))["type"] for _ in range(2)}
+        assert answers == {"signalResponse", "exit"}
+
+    await attack(server, reader)
 
 
 async def test_filling_tmp_stops_at_its_size(server: Server) -> None:

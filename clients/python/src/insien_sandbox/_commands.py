@@ -46,6 +46,7 @@ def _result(reply: Message, binary: bool = False) -> CommandResult:
         signal=reply.get("signal"),
         truncated=bool(reply.get("truncated", False)),
         timed_out=bool(reply.get("timedOut", False)),
+        oom=bool(reply.get("oom", False)),
         duration_ms=reply.get("durationMs"),
         pid=reply.get("pid"),
     )

@@ -13,8 +13,8 @@ class CommandResult:
     """What a finished command produced.
 
     `truncated` means the output passed the server's cap (streaming callbacks still saw all of
-    it); `timed_out` that the command was killed by its timeout; `signal` names the signal
-    that ended it, if one did.
+    it); `timed_out` that the command was killed by its timeout; `oom` that the kernel killed it
+    for passing the sandbox's memory limit; `signal` names the signal that ended it, if one did.
     """
 
     stdout: str
@@ -23,6 +23,7 @@ class CommandResult:
     signal: str | None = None
     truncated: bool = False
     timed_out: bool = False
+    oom: bool = False
     duration_ms: int | None = None
     pid: int | None = None
 
