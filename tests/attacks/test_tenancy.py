@@ -21,6 +21,7 @@ import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from insien.tenants import hash_key, new_key
+from insien_sandbox import AsyncSandbox, RateLimitError
 from tests.conftest import Server, rss_bytes, start_server, stop_server
 from tests.e2e.helpers import call, containers_of, websocket
 
@@ -325,3 +326,28 @@ async def test_stalled_and_unauthenticated_connections_are_closed(tenants: Tenan
         2,
     )
     assert b"sandboxId" not in stalled
+
+
+async def test_the_sdk_passes_resources_and_raises_rate_limit_errors(tenants: Tenants) -> None:
+    url = tenants.server.url
+    async with AsyncSandbox(
+        api_key=tenants.keys["alpha"], base_url=url, resources={"memory": "256m", "cpu": 0.25}
+    ) as sandbox:
+        info = await sandbox.info()
+        assert info.resources == {"cpu": 0.25, "memory": 256 * MIB, "pids": 512}
+        result = await sandbox.run_command("id", ["-un"])
+        assert result.stdout == "user\n"
+
+    async def create_three() -> None:  # gamma's bucket holds two
+        for _ in range(3):
+            async with AsyncSandbox(api_key=tenants.keys["gamma"], base_url=url) as gamma:
+                await gamma.create()
+
+    try:
+        with pytest.raises(RateLimitError) as limited:
+            await create_three()
+        assert limited.value.code == "RATE_LIMITED"
+        assert limited.value.retry_after is not None
+        assert limited.value.retry_after >= 1
+    finally:
+        await destroy_all(tenants, "gamma")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import insien
 import insien_sandbox
 
@@ -24,6 +26,7 @@ def test_sdk_public_names() -> None:
         "OutputChunk",
         "ProcessInfo",
         "RPCError",
+        "RateLimitError",
         "Sandbox",
         "SandboxClosedError",
         "SandboxInfo",
@@ -41,12 +44,13 @@ def test_sdk_exception_tree() -> None:
         ConnectError,
         InsienError,
         NotFoundError,
+        RateLimitError,
         RPCError,
         SandboxClosedError,
         UnavailableError,
     )
 
-    for api in (AuthenticationError, NotFoundError, UnavailableError):
+    for api in (AuthenticationError, NotFoundError, RateLimitError, UnavailableError):
         assert issubclass(api, APIError)
     for error in (APIError, ConnectError, RPCError, SandboxClosedError):
         assert issubclass(error, InsienError)
@@ -120,3 +124,13 @@ def test_sdk_needs_no_server_dependencies() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+async def test_errors_leave_async_with_unwrapped() -> None:
+    """The SDK's background nursery must not turn a caller's exception into a group."""
+    with pytest.raises(KeyError):
+        async with insien_sandbox.AsyncSandbox(api_key="k", base_url="http://127.0.0.1:9"):
+            raise KeyError("mine")
+    with pytest.raises(insien_sandbox.ConnectError):
+        async with insien_sandbox.AsyncSandbox(api_key="k", base_url="http://127.0.0.1:9") as box:
+            await box.create()  # nothing listens on port 9

@@ -9,6 +9,7 @@ from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ConnectError as ConnectError
 from ._errors import InsienError as InsienError
 from ._errors import NotFoundError as NotFoundError
+from ._errors import RateLimitError as RateLimitError
 from ._errors import RPCError as RPCError
 from ._errors import SandboxClosedError as SandboxClosedError
 from ._errors import UnavailableError as UnavailableError
@@ -36,6 +37,7 @@ __all__ = [
     "OutputChunk",
     "ProcessInfo",
     "RPCError",
+    "RateLimitError",
     "Sandbox",
     "SandboxClosedError",
     "SandboxInfo",

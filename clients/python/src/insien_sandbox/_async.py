@@ -43,10 +43,12 @@ class AsyncSandbox:
         idle_timeout: float | None = None,
         metadata: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
+        resources: dict[str, float | int | str] | None = None,
     ) -> None:
         """With `sandbox_id`, this object uses an existing sandbox instead of making one (and
         does not destroy it on exit). The other options apply when it makes one: `timeout` is
-        its lifetime and `idle_timeout` how long it may go unused, both in seconds."""
+        its lifetime and `idle_timeout` how long it may go unused, both in seconds;
+        `resources` its limits, e.g. `{"cpu": 0.5, "memory": "512m", "pids": 256}`."""
         self._api_key, self.base_url = resolve(api_key, base_url)
         self.sandbox_id: str | None = sandbox_id
         self._owned = sandbox_id is None
@@ -58,6 +60,7 @@ class AsyncSandbox:
                 "idleTimeout": idle_timeout,
                 "metadata": metadata,
                 "env": env,
+                "resources": resources,
             }.items()
             if v is not None
         }
@@ -112,7 +115,13 @@ class AsyncSandbox:
             self._close_connection()
             stack, self._stack = self._stack, None
             if stack is not None:
-                await stack.__aexit__(exc_type, exc, tb)
+                try:
+                    await stack.__aexit__(exc_type, exc, tb)
+                except BaseExceptionGroup as group:
+                    # The connection's nursery wraps whatever left the `async with` body; give
+                    # the caller their own exception back when it is the only one.
+                    if exc is None or group.exceptions != (exc,):
+                        raise
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -323,7 +332,13 @@ async def _request(
     if response.is_error:
         code = answer.get("code", "HTTP_ERROR") if isinstance(answer, dict) else "HTTP_ERROR"
         message = answer.get("message", response.text) if isinstance(answer, dict) else ""
-        raise api_error(response.status_code, str(code), str(message))
+        retry_after = response.headers.get("Retry-After", "")
+        raise api_error(
+            response.status_code,
+            str(code),
+            str(message),
+            retry_after=float(retry_after) if retry_after.isdigit() else None,
+        )
     if not isinstance(answer, dict):
         raise InsienError(f"unexpected response from {path}: {response.text[:200]}")
     return answer

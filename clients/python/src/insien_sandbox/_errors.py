@@ -4,6 +4,7 @@ InsienError
 ├── APIError                 the REST API answered with an error status
 │   ├── AuthenticationError  401: missing or wrong API key
 │   ├── NotFoundError        404: no such sandbox (or not yours)
+│   ├── RateLimitError       429: over a quota or rate; `retry_after` says how long to wait
 │   └── UnavailableError     503: Docker or the sandbox image is not available
 ├── ConnectError             the service could not be reached at all
 ├── RPCError                 the agent answered a request with an `error` message
@@ -24,11 +25,14 @@ class ConnectError(InsienError):
 class APIError(InsienError):
     """The REST API answered with an error status."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 class AuthenticationError(APIError):
@@ -37,6 +41,11 @@ class AuthenticationError(APIError):
 
 class NotFoundError(APIError):
     """404: the sandbox does not exist, has been destroyed, or belongs to someone else."""
+
+
+class RateLimitError(APIError):
+    """429: too many live sandboxes or connections (`QUOTA_EXCEEDED`), or creates too fast
+    (`RATE_LIMITED`); `retry_after` is the server's advice in seconds."""
 
 
 class UnavailableError(APIError):
@@ -56,10 +65,13 @@ class SandboxClosedError(InsienError):
     """The connection to the sandbox ended before the answer arrived."""
 
 
-def api_error(status: int, code: str, message: str) -> APIError:
+def api_error(
+    status: int, code: str, message: str, *, retry_after: float | None = None
+) -> APIError:
     kind: type[APIError] = {
         401: AuthenticationError,
         404: NotFoundError,
+        429: RateLimitError,
         503: UnavailableError,
     }.get(status, APIError)
-    return kind(status, code, message)
+    return kind(status, code, message, retry_after=retry_after)

@@ -330,6 +330,7 @@ class Sandbox:
         idle_timeout: float | None = None,
         metadata: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
+        resources: dict[str, float | int | str] | None = None,
     ) -> None:
         """See AsyncSandbox: with `sandbox_id` an existing sandbox is used (and not destroyed
         on close); otherwise one is made on first use with these options."""
@@ -342,6 +343,7 @@ class Sandbox:
             idle_timeout=idle_timeout,
             metadata=metadata,
             env=env,
+            resources=resources,
         )
         self._loop = _LoopThread(self._async)
         self.commands = Commands(self._loop, self._async.commands)

@@ -96,13 +96,14 @@ class SandboxInfo:
     """Everything the service knows about a sandbox (`GET /sandboxes/<id>`)."""
 
     sandbox_id: str
-    state: str  # creating, running, ended
+    state: str  # creating, running, paused, ended
     template: str
     created_at: str
     expires_at: str
     timeout: float
     idle_timeout: float | None
     metadata: dict[str, str]
+    resources: dict[str, float]
     clients: int
     connected: bool
     end_reason: str | None
@@ -119,6 +120,7 @@ class SandboxInfo:
             timeout=float(raw["timeout"]),
             idle_timeout=raw.get("idleTimeout"),
             metadata=dict(raw.get("metadata") or {}),
+            resources=dict(raw.get("resources") or {}),
             clients=int(raw.get("clients", 0)),
             connected=bool(raw.get("connected")),
             end_reason=raw.get("endReason"),
