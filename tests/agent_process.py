@@ -25,6 +25,7 @@ class AgentProcess:
         self._stdout = process.stdout
         self._buffer = b""
         self.hello: dict[str, Any] = {}
+        self.last_seq = 0
 
     async def send_raw(self, data: bytes) -> None:
         await self._stdin.send_all(data)
@@ -33,6 +34,15 @@ class AgentProcess:
         await self.send_raw(json.dumps(message).encode() + b"\n")
 
     async def receive(self, timeout: float = 10) -> dict[str, Any]:
+        """The next message, its sequence number checked (one more than the last) and removed."""
+        message = await self.receive_line(timeout)
+        if message.get("type") != "resumeResponse":
+            seq = message.pop("seq")
+            assert seq == self.last_seq + 1, (seq, self.last_seq, message)
+            self.last_seq = seq
+        return message
+
+    async def receive_line(self, timeout: float = 10) -> dict[str, Any]:
         with trio.fail_after(timeout):
             while b"\n" not in self._buffer:
                 chunk = await self._stdout.receive_some(65536)

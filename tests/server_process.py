@@ -45,7 +45,7 @@ def start_server(
     instance: str, extra_env: dict[str, str] | None = None, image: str = IMAGE
 ) -> tuple[subprocess.Popen[bytes], Server]:
     """`python -m insien serve` on a free loopback port, with a fresh key, logging to a file."""
-    api_key = secrets.token_urlsafe(24)
+    api_key = (extra_env or {}).get("INSIEN_API_KEY") or secrets.token_urlsafe(24)
     suffix = instance
     log_path = Path(tempfile.mkstemp(prefix=f"insien-{suffix}-", suffix=".log")[1])
     env = {
@@ -57,6 +57,8 @@ def start_server(
         "INSIEN_PORT": "0",
         "INSIEN_AGENT_IMAGE": image,
         "INSIEN_LOG_LEVEL": "info",
+        # Test servers clean up after themselves; recovery tests turn this off.
+        "INSIEN_SHUTDOWN_ENDS_SANDBOXES": "true",
         **(extra_env or {}),
     }
     with log_path.open("wb") as log:

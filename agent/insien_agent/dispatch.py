@@ -49,7 +49,8 @@ HANDLERS: dict[str, Handler] = {
     "remove": files.handle_remove,
     "rename": files.handle_rename,
 }
-BUILTIN = ("cancel", "credit", "ping")
+BUILTIN = ("ack", "cancel", "credit", "note", "ping", "resume")
+MAX_NOTES_BYTES = 64 * 1024
 
 
 def _valid_id(value: object) -> bool:
@@ -68,6 +69,8 @@ class Agent:
         self._subscriptions = Subscriptions()
         self._tasks: dict[Any, asyncio.Task[None]] = {}
         self._answers: set[asyncio.Future[None]] = set()
+        self._notes: dict[str, Any] = {}
+        self._last_int_id = 0
 
     async def check_identity(self) -> None:
         """Fail at start, not at the first file request, if file threads cannot be the user."""
@@ -79,18 +82,19 @@ class Agent:
             raise IdentityError(f"file threads run as {euid} and the agent as {os.geteuid()}")
 
     async def hello(self) -> None:
-        await self._outbox.send(
-            {
-                "type": "ready",
-                "protocol": PROTOCOL_VERSION,
-                "agent": "insien-agent",
-                "version": __version__,
-                "pid": os.getpid(),
-                "python": sys.version.split()[0],
-                "types": sorted([*HANDLERS, *BUILTIN]),
-                "uid": self._identity.uid if self._identity.switches else os.geteuid(),
-            }
-        )
+        await self._outbox.send(self._hello_message())
+
+    def _hello_message(self) -> Message:
+        return {
+            "type": "ready",
+            "protocol": PROTOCOL_VERSION,
+            "agent": "insien-agent",
+            "version": __version__,
+            "pid": os.getpid(),
+            "python": sys.version.split()[0],
+            "types": sorted([*HANDLERS, *BUILTIN]),
+            "uid": self._identity.uid if self._identity.switches else os.geteuid(),
+        }
 
     async def error(self, request_id: object, code: str, message: str) -> None:
         await self._outbox.send(
@@ -121,9 +125,21 @@ class Agent:
         if not isinstance(kind, str):
             await self.error(request_id, BAD_REQUEST, "field 'type' must be a string")
             return
+        if isinstance(request_id, int) and not isinstance(request_id, bool):
+            self._last_int_id = max(self._last_int_id, request_id)
         try:
             if kind == "credit":
                 await self._credit(msg)
+                return
+            if kind == "ack":
+                self._outbox.ack(required_int(msg, "seq", minimum=0))
+                return
+            if kind == "note":
+                self._note(msg)
+                return
+            if kind == "resume":
+                after = required_int(msg, "after", minimum=0)
+                await self._outbox.resume(request_id, after, self._resume_state())
                 return
             if kind == "cancel":
                 await self._outbox.send({"id": request_id, **self._cancel(msg)})
@@ -165,6 +181,25 @@ class Agent:
             )
             self._answers.add(answer)
             answer.add_done_callback(self._answers.discard)
+
+    def _note(self, msg: Message) -> None:
+        """Keep what the orchestrator wants back after a restart (its own bookkeeping)."""
+        notes = msg.get("notes")
+        if not isinstance(notes, dict):
+            raise AgentError(BAD_REQUEST, "field 'notes' must be an object")
+        merged = {**self._notes, **notes}
+        if len(json.dumps(merged)) > MAX_NOTES_BYTES:
+            raise AgentError(TOO_LARGE, f"notes exceed {MAX_NOTES_BYTES} bytes")
+        self._notes = merged
+
+    def _resume_state(self) -> Message:
+        """What a restarted orchestrator needs besides the replayed messages."""
+        return {
+            "notes": self._notes,
+            "inFlight": [key for key in self._tasks if _valid_id(key) and key is not None],
+            "lastId": self._last_int_id,
+            "hello": self._hello_message(),
+        }
 
     async def _credit(self, msg: Message) -> None:
         n = required_int(msg, "n", minimum=1)
@@ -219,7 +254,8 @@ async def serve(settings: AgentSettings) -> None:
     widen_pipe(1)
     reader = asyncio.StreamReader(limit=1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
-    agent = Agent(Outbox(await open_stdout(), settings.max_line), settings, identity)
+    outbox = Outbox(await open_stdout(), settings.max_line, settings.replay_bytes)
+    agent = Agent(outbox, settings, identity)
     await agent.check_identity()
     await agent.hello()
     splitter = LineSplitter(settings.max_line)

@@ -26,6 +26,8 @@ class AgentSettings:
     """Output kept per stream of one `exec`; the rest is drained and the result flagged."""
     max_read: int = 16 * MIB
     """Largest file a `read` returns in one message."""
+    replay_bytes: int = 16 * MIB
+    """Messages kept until the orchestrator acknowledges them, for a restarted one to resume."""
     ring_bytes: int = 1 * MIB
     """Output a process keeps for late `attach`; also how far a streaming client may lag."""
     window: int = 8
@@ -43,6 +45,7 @@ class AgentSettings:
             max_output=_int_env("INSIEN_AGENT_MAX_OUTPUT", cls.max_output),
             max_read=_int_env("INSIEN_AGENT_MAX_READ", cls.max_read),
             ring_bytes=_int_env("INSIEN_AGENT_RING_BYTES", cls.ring_bytes),
+            replay_bytes=_int_env("INSIEN_AGENT_REPLAY_BYTES", cls.replay_bytes),
             window=_int_env("INSIEN_AGENT_WINDOW", cls.window),
             workdir=os.environ.get("INSIEN_AGENT_WORKDIR") or os.getcwd(),
             user=os.environ.get("INSIEN_AGENT_USER") or cls.user,

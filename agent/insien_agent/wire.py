@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -105,16 +106,37 @@ async def open_stdout() -> Sink:
     return asyncio.StreamWriter(transport, protocol, None, loop)
 
 
-class Outbox:
-    """The one path to stdout: every message is written whole, in order, with back-pressure."""
+SEQ_ROOM = 32
+"""Bytes kept free under the line limit for the `,"seq":n` every message gets."""
 
-    def __init__(self, writer: Sink, max_line: int) -> None:
+
+class Outbox:
+    """The one path to stdout: every message is written whole, in order, with back-pressure.
+
+    Each message gets a sequence number (appended as its last field, `"seq":n`) and stays in a
+    replay buffer until the orchestrator acknowledges it. Nobody may be reading the container's
+    stdout (the orchestrator restarting); a new orchestrator asks to `resume` after the last
+    message it has, and gets the rest again. The buffer is bounded in bytes: past the bound the
+    oldest messages go, and `resume` reports how many were lost.
+    """
+
+    def __init__(self, writer: Sink, max_line: int, replay_bytes: int | None = None) -> None:
         self._writer = writer
         self._max_line = max_line
+        # At least one message of the largest size must fit, or a resume could return nothing.
+        self._replay_bytes = max(replay_bytes or 0, max_line)
+        self._seq = 0
+        self._ring: deque[tuple[int, bytes]] = deque()
+        self._ring_size = 0
+        self._lost_through = 0  # the newest sequence number evicted before it was acknowledged
+
+    @property
+    def seq(self) -> int:
+        return self._seq
 
     async def send(self, message: dict[str, Any]) -> None:
         line = encode(message)
-        if len(line) > self._max_line:
+        if len(line) + SEQ_ROOM > self._max_line:
             # The orchestrator would drop an oversize line without knowing whose answer it was;
             # answer the request with an error instead so it never hangs.
             line = encode(
@@ -126,5 +148,46 @@ class Outbox:
                     " byte message limit",
                 }
             )
+        self._seq += 1
+        line = b'%s,"seq":%d}\n' % (line[:-2], self._seq)
+        self._remember(self._seq, line)
         self._writer.write(line)
+        await self._writer.drain()
+
+    def _remember(self, seq: int, line: bytes) -> None:
+        self._ring.append((seq, line))
+        self._ring_size += len(line)
+        while self._ring_size > self._replay_bytes and len(self._ring) > 1:
+            evicted, old = self._ring.popleft()
+            self._ring_size -= len(old)
+            self._lost_through = evicted
+
+    def ack(self, seq: int) -> None:
+        """The orchestrator has everything up to `seq`: forget it."""
+        while self._ring and self._ring[0][0] <= seq:
+            _, line = self._ring.popleft()
+            self._ring_size -= len(line)
+
+    async def resume(self, request_id: Any, after: int, extra: dict[str, Any]) -> None:
+        """Write a `resumeResponse` marker, then every kept message numbered above `after`.
+
+        All of it is written in one go, so nothing else lands between the marker and the
+        replay: the orchestrator can drop whatever it read before the marker.
+        """
+        self.ack(after)
+        lost = max(0, self._lost_through - after)
+        self._writer.write(
+            encode(
+                {
+                    "id": request_id,
+                    "type": "resumeResponse",
+                    "after": after,
+                    "seq": self._seq,
+                    "lost": lost,
+                    **extra,
+                }
+            )
+        )
+        for _, line in self._ring:
+            self._writer.write(line)
         await self._writer.drain()

@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     """Who user code runs as inside sandboxes: `uid[:gid]` or a name from the image; never root."""
     tmp_size: str = Field("256m", pattern=r"^[0-9]+[kmg]?$", validation_alias=_env("TMP_SIZE"))
     nofile: int = Field(4096, ge=64, validation_alias=_env("NOFILE"))
+    shutdown_ends_sandboxes: bool = Field(False, validation_alias=_env("SHUTDOWN_ENDS_SANDBOXES"))
+    """On SIGTERM, end every sandbox instead of leaving them for the next start to recover."""
     graceful_timeout: float = Field(5.0, ge=0, validation_alias=_env("GRACEFUL_TIMEOUT"))
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias=_env("LOG_LEVEL")

@@ -30,6 +30,7 @@ EVENTS_PER_REQUEST = 64
 CREDIT_BATCH = 4
 """Output events consumed before the link grants the agent that much more credit."""
 CANCEL_TIMEOUT = 5.0
+RESUME_ID = "insien-resume"
 STDERR_LINE_MAX = 16 * 1024
 
 
@@ -54,6 +55,16 @@ class Reply(NamedTuple):
 
 
 _ID_PREFIX = b'{"id":'
+_SEQ_FIELD = b',"seq":'
+
+
+def _split_seq(line: bytes, message: Message) -> tuple[bytes, int | None]:
+    """Take the agent's sequence number off a message: the agent appends it last."""
+    seq = message.pop("seq", None)
+    if not isinstance(seq, int):
+        return line, None
+    cut = line.rfind(_SEQ_FIELD)
+    return (line[:cut] + b"}" if cut > 0 else line), seq
 
 
 class AgentGone(Exception):
@@ -63,16 +74,25 @@ class AgentGone(Exception):
 class AgentLink:
     """Request multiplexing over an attached agent. Run `run()` in a nursery, then `request()`."""
 
-    def __init__(self, stream: AttachedStream, *, name: str, max_line: int) -> None:
+    def __init__(
+        self, stream: AttachedStream, *, name: str, max_line: int, resume_after: int | None = None
+    ) -> None:
+        """With `resume_after`, the link joins an agent already running (the server restarted):
+        it asks for every message numbered above it, and ignores the stream until they come."""
         self._stream = stream
         self._name = name
         self.max_line = max_line
+        self._resume_after = resume_after
+        self.last_seq = resume_after or 0
+        self._acked = self.last_seq
+        self.detached = False
         self._outgoing_send, self._outgoing_receive = trio.open_memory_channel[bytes](
             OUTGOING_QUEUE
         )
         self._pending: dict[int, trio.MemorySendChannel[Reply]] = {}
         self._ids = itertools.count(1)
         self.hello: Message | None = None
+        self.resumed: Message | None = None
         self.ready = trio.Event()
         self.closed = trio.Event()
         self.close_reason = ""
@@ -86,6 +106,10 @@ class AgentLink:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop)
+                if self._resume_after is not None:
+                    await self._outgoing_send.send(
+                        _encode({"id": RESUME_ID, "type": "resume", "after": self._resume_after})
+                    )
                 task_status.started()
                 await self._read_loop()
                 nursery.cancel_scope.cancel()
@@ -106,9 +130,10 @@ class AgentLink:
         self.closed.set()
         self._outgoing_send.close()
         for request_id, channel in self._pending.items():
-            gone = error_message(request_id, ErrorCode.AGENT_GONE, reason)
-            with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                channel.send_nowait(Reply(gone, _encode(gone)))
+            if not self.detached:
+                gone = error_message(request_id, ErrorCode.AGENT_GONE, reason)
+                with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    channel.send_nowait(Reply(gone, _encode(gone)))
             channel.close()
         self._pending.clear()
 
@@ -129,6 +154,16 @@ class AgentLink:
                     continue
                 for line in stdout.feed(payload):
                     self._dispatch(line)
+            self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        """Let the agent forget what has arrived (best effort: a full queue skips one ack)."""
+        if self.last_seq > self._acked and self.ready.is_set():
+            with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                self._outgoing_send.send_nowait(
+                    _encode({"id": next(self._ids), "type": "ack", "seq": self.last_seq})
+                )
+                self._acked = self.last_seq
 
     def _log_agent_stderr(self, line: bytes | OversizeLine) -> None:
         if isinstance(line, OversizeLine):
@@ -149,6 +184,16 @@ class AgentLink:
         if not isinstance(message, dict):
             log.warning("%s: agent wrote a non-object: %.200r", self._name, line)
             return
+        if self._resume_after is not None and not self.ready.is_set():
+            # Rejoining: what the stream carried before the agent's marker is replayed after it.
+            if message.get("type") == "resumeResponse" and message.get("id") == RESUME_ID:
+                self._resumed(message)
+            return
+        line, seq = _split_seq(line, message)
+        if seq is not None:
+            if seq <= self.last_seq:
+                return  # already seen before a restart
+            self.last_seq = seq
         if message.get("type") == "ready" and not self.ready.is_set():
             self.hello = message
             self.ready.set()
@@ -169,6 +214,24 @@ class AgentLink:
         if terminal:
             self._pending.pop(request_id, None)
             channel.close()
+
+    def _resumed(self, marker: Message) -> None:
+        self.resumed = marker
+        self.hello = marker.get("hello") if isinstance(marker.get("hello"), dict) else {}
+        last_id = marker.get("lastId")
+        if isinstance(last_id, int):
+            self._ids = itertools.count(last_id + 1)  # never reuse an id the agent has seen
+        if marker.get("lost"):
+            log.warning(
+                "%s: %d agent messages were lost while detached", self._name, marker["lost"]
+            )
+        self.ready.set()
+
+    def detach(self) -> None:
+        """Let go of the agent without ending anything in it (the server is restarting):
+        requests in flight are neither cancelled nor failed with AGENT_GONE."""
+        self.detached = True
+        self._close("the server is restarting")
 
     @asynccontextmanager
     async def request(self, message: Message) -> AsyncIterator[PendingRequest]:

@@ -8,6 +8,7 @@ exists: containers carry labels naming this instance.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import uuid
@@ -15,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import trio
 
@@ -23,7 +25,19 @@ from .config import Settings
 from .link import AgentLink
 from .protocol import ErrorCode
 from .quotas import CreateRateLimiter, QuotaExceeded
-from .runtime.docker import ContainerSpec, DockerRuntime
+from .resources import Resources
+from .runtime.docker import (
+    LABEL_CREATED_AT,
+    LABEL_IDLE_TIMEOUT,
+    LABEL_METADATA,
+    LABEL_OWNER,
+    LABEL_SANDBOX_ID,
+    LABEL_TEMPLATE,
+    LABEL_TIMEOUT,
+    ContainerSpec,
+    DockerError,
+    DockerRuntime,
+)
 from .sandbox import EndReason, Sandbox, SandboxOptions, State, iso_timestamp
 from .tenants import Tenant
 
@@ -43,6 +57,44 @@ class SandboxNotFound(Exception):
 
 class SandboxStartError(Exception):
     """The container was created but its agent never said it was ready."""
+
+
+def parse_timestamp(text: str) -> datetime:
+    """The inverse of `iso_timestamp`."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _record_from(info: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """A sandbox's record (all but its link) from what its container carries."""
+    labels: dict[str, str] = info["Config"]["Labels"]
+    host: dict[str, Any] = info["HostConfig"]
+    created_at = parse_timestamp(labels[LABEL_CREATED_AT])
+    timeout = float(labels[LABEL_TIMEOUT])
+    idle = labels.get(LABEL_IDLE_TIMEOUT, "")
+    metadata = json.loads(labels.get(LABEL_METADATA, "{}"))
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata label is not an object")
+    options = SandboxOptions(
+        template=labels[LABEL_TEMPLATE],
+        timeout=timeout,
+        idle_timeout=float(idle) if idle else None,
+        resources=Resources(
+            (host.get("NanoCpus") or 0) / 1e9 or settings.cpus,
+            int(host.get("Memory") or settings.memory_limit),
+            int(host.get("PidsLimit") or settings.pids_limit),
+        ),
+        runtime=host.get("Runtime"),
+        network=host.get("NetworkMode") or "none",
+        metadata={str(k): str(v) for k, v in metadata.items()},
+    )
+    return {
+        "id": labels[LABEL_SANDBOX_ID],
+        "owner": labels[LABEL_OWNER],
+        "container_id": str(info["Id"]),
+        "created_at": created_at,
+        "options": options,
+        "expires_at": created_at + timedelta(seconds=timeout),
+    }
 
 
 def new_sandbox_id() -> str:
@@ -70,23 +122,100 @@ class SandboxManager:
     ) -> AsyncIterator[SandboxManager]:
         async with trio.open_nursery() as nursery:
             manager = cls(runtime, settings, nursery)
-            await manager._remove_leftovers()
+            await manager._recover()
             nursery.start_soon(manager._reap)
             try:
                 yield manager
             finally:
                 with trio.CancelScope(shield=True):
-                    await manager.end_all(EndReason.SHUTDOWN)
+                    if settings.shutdown_ends_sandboxes:
+                        await manager.end_all(EndReason.SHUTDOWN)
+                    else:
+                        manager.detach_all()
                 nursery.cancel_scope.cancel()
 
-    async def _remove_leftovers(self) -> None:
-        """Sandboxes of this instance from a previous run that crashed: nothing can resume them."""
-        leftovers = await self._runtime.list_sandboxes(self._settings.instance)
-        for container in leftovers:
+    def detach_all(self) -> None:
+        """Let go of every sandbox without ending any: the next start recovers them."""
+        for sandbox in self._sandboxes.values():
+            sandbox.link.detach()
+            sandbox.scope.cancel()
+
+    # -- recovery ---------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        """Rebuild the registry from this instance's labelled containers after a restart."""
+        found = await self._runtime.list_sandboxes(self._settings.instance)
+        async with trio.open_nursery() as nursery:
+            for container in found:
+                nursery.start_soon(self._recover_one, container["Id"])
+        if found:
+            log.info("recovered %d of %d sandboxes", len(self._sandboxes), len(found))
+
+    async def _recover_one(self, container_id: str) -> None:
+        info = await self._runtime.inspect(container_id)
+        if info is None:
+            return
+        state = info.get("State", {})
+        if not state.get("Running"):
+            reason = EndReason.OOM if state.get("OOMKilled") else EndReason.AGENT_EXITED
             log.warning(
-                "removing sandbox container %s left by an earlier run", container["Id"][:12]
+                "removing container %s: its sandbox ended (%s) while the server was down",
+                container_id[:12],
+                reason,
             )
-            await self._runtime.remove(container["Id"])
+            await self._runtime.remove(container_id)
+            return
+        try:
+            record = _record_from(info, self._settings)
+        except (KeyError, ValueError, TypeError) as exc:
+            log.warning("removing container %s: unreadable labels (%s)", container_id[:12], exc)
+            await self._runtime.remove(container_id)
+            return
+        was_paused = bool(state.get("Paused"))
+        try:
+            if was_paused:
+                await self._runtime.unpause(container_id)  # the agent must answer the resume
+            stream = await self._runtime.attach(container_id)
+        except DockerError as exc:
+            log.warning("removing container %s: cannot attach (%s)", container_id[:12], exc)
+            await self._runtime.remove(container_id)
+            return
+        sandbox = Sandbox(
+            **record,
+            link=AgentLink(
+                stream,
+                name=f"sandbox {record['id'][:8]}",
+                max_line=self._settings.max_line_bytes,
+                resume_after=0,
+            ),
+        )
+        self._sandboxes[sandbox.id] = sandbox
+        await self._nursery.start(self._keep_link, sandbox)
+        with trio.move_on_after(self._settings.ready_timeout):
+            await _first_of(sandbox.link.ready.wait, sandbox.link.closed.wait)
+        if not sandbox.link.connected:
+            why = sandbox.link.close_reason or "the agent did not answer the resume"
+            await self._finish(sandbox, EndReason.ERROR, f"not recovered: {why}")
+            return
+        notes = (sandbox.link.resumed or {}).get("notes") or {}
+        if isinstance(notes.get("expiresAt"), (int, float)):
+            sandbox.expires_at = datetime.fromtimestamp(notes["expiresAt"], UTC)
+        sandbox.state = State.RUNNING
+        sandbox.touch()
+        if datetime.now(UTC) >= sandbox.expires_at:
+            detail = "its lifetime passed while the server was down"
+            await self._finish(sandbox, EndReason.EXPIRED, detail)
+            return
+        if was_paused:
+            await self._runtime.pause(container_id)
+            sandbox.state = State.PAUSED
+        log.info("recovered sandbox %s (container %s)", sandbox.id, container_id[:12])
+
+    async def _note_expiry(self, sandbox: Sandbox) -> None:
+        """Keep the expiry with the agent: labels are fixed, and keepalive moves it."""
+        await sandbox.link.send_internal(
+            {"type": "note", "notes": {"expiresAt": sandbox.expires_at.timestamp()}}
+        )
 
     # -- lookup -----------------------------------------------------------------------------
 
@@ -169,6 +298,11 @@ class SandboxManager:
             capabilities=tuple(settings.capabilities),
             tmp_size=settings.tmp_size,
             nofile=settings.nofile,
+            extra_labels={
+                LABEL_TIMEOUT: repr(options.timeout),
+                LABEL_IDLE_TIMEOUT: repr(options.idle_timeout) if options.idle_timeout else "",
+                LABEL_METADATA: json.dumps(options.metadata, separators=(",", ":")),
+            },
         )
         container_id = await self._runtime.create(spec, self._agent_zip)
         try:
@@ -238,6 +372,7 @@ class SandboxManager:
         seconds = min(timeout or sandbox.options.timeout, self._settings.max_timeout)
         sandbox.extend(seconds)
         sandbox.touch()
+        self._nursery.start_soon(self._note_expiry, sandbox)
         return sandbox
 
     async def _reap(self) -> None:

@@ -106,12 +106,20 @@ async def serve(
             async with trio.open_nursery() as nursery:
                 if handle_signals:
                     nursery.start_soon(_stop_on_signal, stop)
+
+                async def shutdown_trigger() -> None:
+                    await stop.wait()
+                    if not settings.shutdown_ends_sandboxes:
+                        # Let go of the agents first, so connected clients are told "restart"
+                        # (1012) and nothing in flight is cancelled in the sandboxes.
+                        manager.detach_all()
+
                 binds = await nursery.start(
                     partial(
                         hypercorn.trio.serve,
                         app,
                         hypercorn_config(settings),
-                        shutdown_trigger=stop.wait,
+                        shutdown_trigger=shutdown_trigger,
                         mode="asgi",
                     )
                 )

@@ -123,28 +123,6 @@ def test_graceful_shutdown_removes_its_sandboxes_and_leaves_others(
     trio.run(cleanup)
 
 
-def test_leftovers_of_a_crashed_run_are_removed_at_start(
-    docker_client: docker.DockerClient,
-) -> None:
-    process, info = start_server(suffix="crash")
-
-    async def make_one() -> str:
-        async with http(info) as client:
-            return str((await client.post("/sandbox/create")).json()["sandboxId"])
-
-    try:
-        sandbox_id = trio.run(make_one)
-    finally:
-        process.kill()  # SIGKILL: no graceful shutdown, the container stays behind
-        process.wait()
-    assert len(containers_of(docker_client, sandbox_id)) == 1
-    process, _ = start_server(suffix="crash")
-    try:
-        assert containers_of(docker_client, sandbox_id) == []
-    finally:
-        assert stop_server(process) == 0
-
-
 def test_without_a_configured_key_one_is_generated_and_printed(
     docker_client: docker.DockerClient,
 ) -> None:

@@ -35,6 +35,7 @@ log = logging.getLogger("insien.ws")
 SEND_QUEUE = 4
 """Messages waiting for a slow client before request tasks block (back-pressure)."""
 CLOSE_GOING_AWAY = 1001
+CLOSE_SERVICE_RESTART = 1012
 
 
 def ws_blueprint(services: Services) -> Blueprint:
@@ -108,13 +109,16 @@ class ClientSession:
                 if not isinstance(message, str):
                     message = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
                 await websocket.send(message)
-        if self._sandbox.ended.is_set():
+        if self._link.detached:
+            # The server is restarting and the sandbox lives on: reconnect to it later.
+            await websocket.close(CLOSE_SERVICE_RESTART, "server restarting")
+        elif self._sandbox.ended.is_set():
             reason = self._sandbox.close_message
             # A close reason must fit in a control frame: 123 bytes.
             await websocket.close(CLOSE_GOING_AWAY, reason.encode()[:120].decode(errors="ignore"))
 
     async def _stop_reading_when_sandbox_ends(self, reading: trio.CancelScope) -> None:
-        await self._sandbox.ended.wait()
+        await self._link.closed.wait()  # the sandbox ended, or the server let go of it
         reading.cancel()
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
@@ -195,9 +199,11 @@ class ClientSession:
                     await self._send.send(reply.for_client(client_id))
                     if is_final(reply.message):
                         return
-            await self._send.send(self._link.missing_reply(client_id))
+            if not self._link.detached:  # a detached request carries on in the sandbox
+                await self._send.send(self._link.missing_reply(client_id))
         except AgentGone as exc:
-            await self._send.send(error_message(client_id, ErrorCode.AGENT_GONE, str(exc)))
+            if not self._link.detached:
+                await self._send.send(error_message(client_id, ErrorCode.AGENT_GONE, str(exc)))
         except ProtocolError as exc:
             await self._send.send(exc.to_message())
         finally:

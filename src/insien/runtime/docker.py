@@ -32,6 +32,9 @@ LABEL_OWNER = "insien.owner"
 LABEL_INSTANCE = "insien.instance"
 LABEL_CREATED_AT = "insien.created-at"
 LABEL_TEMPLATE = "insien.template"
+LABEL_TIMEOUT = "insien.timeout"
+LABEL_IDLE_TIMEOUT = "insien.idle-timeout"
+LABEL_METADATA = "insien.metadata"
 
 
 class DockerError(Exception):
@@ -62,9 +65,12 @@ class ContainerSpec:
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
     tmp_size: str = "256m"
     nofile: int = 4096
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+    """What a restarted server needs to rebuild the sandbox's record (lifetime, metadata)."""
 
     def labels(self) -> dict[str, str]:
         return {
+            **self.extra_labels,
             LABEL_SANDBOX_ID: self.sandbox_id,
             LABEL_OWNER: self.owner,
             LABEL_INSTANCE: self.instance,

@@ -1,0 +1,194 @@
+"""Restart recovery (issue 4): the server killed or stopped while sandboxes work, then started
+again, finds every sandbox, its files, its processes and what they produced meanwhile."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from collections.abc import Iterator
+from contextlib import suppress
+from datetime import UTC, datetime
+from typing import Any
+
+import docker
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+
+from tests.conftest import Server, start_server, stop_server
+from tests.e2e.helpers import call, containers_of, http, receive, websocket
+
+
+class Restartable:
+    """One server identity (instance, key, token secret) that can be started many times."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+        self.env = {
+            "INSIEN_API_KEY": secrets.token_urlsafe(24),
+            "INSIEN_JWT_SECRET": secrets.token_urlsafe(32),
+            "INSIEN_SHUTDOWN_ENDS_SANDBOXES": "false",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.server: Server | None = None
+
+    def start(self, **env: str) -> Server:
+        self.process, self.server = start_server({**self.env, **env}, suffix=self.suffix)
+        return self.server
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> int:
+        assert self.process is not None
+        return stop_server(self.process)
+
+
+@pytest.fixture
+def restartable(request: pytest.FixtureRequest) -> Iterator[Restartable]:
+    one = Restartable(request.node.name[-40:].replace("_", "-"))
+    yield one
+    # Whatever the test did, end with a server that ends its sandboxes on the way out.
+    if one.process is not None and one.process.poll() is None:
+        one.kill()
+    one.start(INSIEN_SHUTDOWN_ENDS_SANDBOXES="true")
+    assert one.stop() == 0
+
+
+def ws_url(server: Server, sandbox_id: str) -> str:
+    return server.url.replace("http://", "ws://") + f"/agent/{sandbox_id}"
+
+
+async def sandbox_info(server: Server, sandbox_id: str) -> dict[str, Any]:
+    async with http(server) as client:
+        response = await client.get(f"/sandboxes/{sandbox_id}")
+        assert response.status_code == 200, response.text
+        info: dict[str, Any] = response.json()
+        return info
+
+
+def test_a_killed_server_finds_everything_again(
+    restartable: Restartable, docker_client: docker.DockerClient
+) -> None:
+    server = restartable.start()
+
+    async def before() -> dict[str, Any]:
+        async with http(server) as client:
+            keeper = (
+                await client.post(
+                    "/sandbox/create", json={"timeout": 600, "metadata": {"role": "keeper"}}
+                )
+            ).json()
+            short = (await client.post("/sandbox/create", json={"timeout": 3})).json()
+            kept = await client.post(
+                f"/sandbox/{keeper['sandboxId']}/keepalive", json={"timeout": 900}
+            )
+            assert kept.status_code == 200
+        ws_context = websocket(keeper["agentUrl"])
+        ws = await ws_context.__aenter__()
+        try:
+            wrote = await call(
+                ws, {"id": 1, "type": "write", "path": "notes.txt", "content": "kept"}
+            )
+            assert wrote["type"] == "writeResponse"
+            script = "for i in $(seq 1 20); do echo line $i; sleep 0.1; done"
+            spawned = await call(
+                ws, {"id": 2, "type": "spawn", "cmd": "sh", "args": ["-c", script]}
+            )
+            assert spawned["type"] == "spawnResponse"
+            # a foreground command still running when the server dies
+            await ws.send_message(
+                json.dumps(
+                    {
+                        "id": 3,
+                        "type": "exec",
+                        "cmd": "sh",
+                        "args": ["-c", "sleep 1; echo finished > after.txt"],
+                    }
+                )
+            )
+            await trio.sleep(0.3)
+            # SIGKILL while the client is still connected: no chance to tidy or cancel anything
+            restartable.kill()
+        finally:
+            with trio.move_on_after(5), suppress(Exception):
+                await ws_context.__aexit__(None, None, None)
+        return {"keeper": keeper["sandboxId"], "short": short["sandboxId"], "pid": spawned["pid"]}
+
+    made = trio.run(before)
+    assert len(containers_of(docker_client, made["keeper"])) == 1
+    trio.run(trio.sleep, 3.5)  # the short one's lifetime passes; the commands finish
+    server = restartable.start()
+
+    async def after() -> None:
+        keeper = await sandbox_info(server, made["keeper"])
+        assert keeper["state"] == "running"
+        assert keeper["metadata"] == {"role": "keeper"}
+        expires = datetime.fromisoformat(keeper["expiresAt"].replace("Z", "+00:00"))
+        assert (expires - datetime.now(UTC)).total_seconds() > 800  # the keepalive survived
+        short = await sandbox_info(server, made["short"])
+        assert short["state"] == "ended"
+        assert short["endReason"] == "expired"
+        assert containers_of(docker_client, made["short"]) == []
+
+        key = [("X-API-Key", restartable.env["INSIEN_API_KEY"])]
+        async with websocket(ws_url(server, made["keeper"]), dict(key)) as ws:
+            read = await call(ws, {"id": 1, "type": "read", "path": "notes.txt"})
+            assert read["content"] == "kept"
+            done = await call(ws, {"id": 2, "type": "read", "path": "after.txt"})
+            assert done["content"] == "finished\n"  # it ran to the end while nobody watched
+            # the background process's whole output, produced while the server was down
+            await ws.send_message(json.dumps({"id": 3, "type": "attach", "pid": made["pid"]}))
+            output = ""
+            while True:
+                message = await receive(ws)
+                if message["type"] == "output":
+                    output += message["data"]
+                elif message["type"] == "exit":
+                    break
+            assert output.splitlines() == [f"line {i}" for i in range(1, 21)]
+            assert message["exitCode"] == 0
+            echo = await call(ws, {"id": 4, "type": "exec", "cmd": "echo", "args": ["ok"]})
+            assert echo["stdout"] == "ok\n"
+
+    trio.run(after)
+
+
+def test_sigterm_keeps_sandboxes_running_for_the_next_start(
+    restartable: Restartable, docker_client: docker.DockerClient
+) -> None:
+    server = restartable.start()
+    key = {"X-API-Key": restartable.env["INSIEN_API_KEY"]}
+
+    async def before() -> tuple[str, int, int]:
+        async with http(server) as client:
+            created = (await client.post("/sandbox/create")).json()
+        async with websocket(created["agentUrl"]) as ws:
+            spawned = await call(ws, {"id": 1, "type": "spawn", "cmd": "sleep", "args": ["300"]})
+            # a client still connected when the server stops is told it is a restart
+            codes: list[int] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    trio.to_thread.run_sync, lambda: codes.append(restartable.stop())
+                )
+                with trio.fail_after(20), pytest.raises(ConnectionClosed) as closed:
+                    await ws.get_message()
+            assert codes == [0]
+            return created["sandboxId"], spawned["pid"], closed.value.reason.code
+
+    sandbox_id, pid, close_code = trio.run(before)
+    assert close_code == 1012
+    (container,) = containers_of(docker_client, sandbox_id)
+    assert container["State"] == "running"
+    server = restartable.start()
+
+    async def after() -> None:
+        assert (await sandbox_info(server, sandbox_id))["state"] == "running"
+        async with websocket(ws_url(server, sandbox_id), key) as ws:
+            listed = await call(ws, {"id": 1, "type": "processes"})
+            assert pid in [p["pid"] for p in listed["processes"] if p["running"]]
+
+    trio.run(after)
