@@ -59,6 +59,8 @@ def start_server(
         "INSIEN_LOG_LEVEL": "info",
         # Test servers clean up after themselves; recovery tests turn this off.
         "INSIEN_SHUTDOWN_ENDS_SANDBOXES": "true",
+        # No warm pool unless a test asks: most tests look at freshly made containers.
+        "INSIEN_POOL_SIZE": "0",
         **(extra_env or {}),
     }
     with log_path.open("wb") as log:

@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .pool import Profile
 from .resources import Resources, parse_size
 from .runtime.docker import DEFAULT_CAPABILITIES
 from .tenants import Plan
@@ -40,6 +41,17 @@ class TemplateSettings(BaseModel):
     """An OCI runtime registered with dockerd, e.g. `runsc` (gVisor)."""
     network: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     """A Docker network for this template's sandboxes (the default is none)."""
+
+
+class PoolSettings(BaseModel):
+    """One warm pool: `size` ready sandboxes of a template with these resources."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    template: str | None = None
+    size: int = Field(ge=0, le=1000)
+    cpu: float | None = Field(None, gt=0)
+    memory: int | str | None = None
+    pids: int | None = Field(None, gt=0)
 
 
 class Settings(BaseSettings):
@@ -114,6 +126,10 @@ class Settings(BaseSettings):
     """Who user code runs as inside sandboxes: `uid[:gid]` or a name from the image; never root."""
     tmp_size: str = Field("256m", pattern=r"^[0-9]+[kmg]?$", validation_alias=_env("TMP_SIZE"))
     nofile: int = Field(4096, ge=64, validation_alias=_env("NOFILE"))
+    pool_size: int = Field(2, ge=0, le=1000, validation_alias=_env("POOL_SIZE"))
+    """Ready sandboxes of the default template and resources, for creates to take at once."""
+    pools: list[PoolSettings] = Field(default_factory=list, validation_alias=_env("POOLS"))
+    """More warm pools, as JSON: `[{"template": "img:tag", "size": 2, "memory": "512m"}]`."""
     shutdown_ends_sandboxes: bool = Field(False, validation_alias=_env("SHUTDOWN_ENDS_SANDBOXES"))
     """On SIGTERM, end every sandbox instead of leaving them for the next start to recover."""
     graceful_timeout: float = Field(5.0, ge=0, validation_alias=_env("GRACEFUL_TIMEOUT"))
@@ -146,7 +162,28 @@ class Settings(BaseSettings):
         problems = self.default_resources.within(self.max_resources)
         if problems:
             raise ValueError(f"a default sandbox must fit the maximum: {'; '.join(problems)}")
+        self.pool_profiles()  # raises on a pool that could never be used
         return self
+
+    def pool_profiles(self) -> list[Profile]:
+        """Every warm pool's profile; templates must be allowed, resources within the maximum."""
+        profiles = [Profile(self.agent_image, self.default_resources, self.pool_size)]
+        for pool in self.pools:
+            default = self.default_resources
+            resources = Resources(
+                pool.cpu or default.cpus,
+                parse_size(pool.memory) if pool.memory is not None else default.memory,
+                pool.pids or default.pids,
+            )
+            profiles.append(Profile(pool.template or self.agent_image, resources, pool.size))
+        merged: dict[str, Profile] = {}
+        for profile in profiles:
+            if profile.template not in self.allowed_templates:
+                raise ValueError(f"pool template {profile.template!r} is not an allowed template")
+            if profile.resources.within(self.max_resources):
+                raise ValueError(f"pool of {profile.template!r} exceeds the maximum resources")
+            merged[profile.key] = profile  # a later entry for the same profile wins
+        return [p for p in merged.values() if p.size > 0]
 
     @property
     def default_resources(self) -> Resources:

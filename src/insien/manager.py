@@ -15,6 +15,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +24,7 @@ import trio
 from ._resources import agent_zipapp
 from .config import Settings
 from .link import AgentLink
+from .pool import Profile, WarmPool, claimed_name, owner_from_name
 from .protocol import ErrorCode
 from .quotas import CreateRateLimiter, QuotaExceeded
 from .resources import Resources
@@ -31,6 +33,7 @@ from .runtime.docker import (
     LABEL_IDLE_TIMEOUT,
     LABEL_METADATA,
     LABEL_OWNER,
+    LABEL_POOL,
     LABEL_SANDBOX_ID,
     LABEL_TEMPLATE,
     LABEL_TIMEOUT,
@@ -44,6 +47,8 @@ from .tenants import Tenant
 log = logging.getLogger("insien.manager")
 
 REAP_INTERVAL = 0.5
+POOL_CHECK_INTERVAL = 1.0
+POOL_RETRY_DELAY = 5.0
 SNAPSHOT_REPOSITORY = "insien-snapshot"
 SNAPSHOT_OWNER_LABEL = "insien.snapshot.owner"
 SNAPSHOT_SOURCE_LABEL = "insien.snapshot.source"
@@ -97,6 +102,23 @@ def _record_from(info: dict[str, Any], settings: Settings) -> dict[str, Any]:
     }
 
 
+def _apply_notes(sandbox: Sandbox, notes: dict[str, Any]) -> None:
+    """What the server told the agent to keep: a claimed sandbox's options, a moved expiry."""
+    if isinstance(notes.get("expiresAt"), (int, float)):
+        sandbox.expires_at = datetime.fromtimestamp(notes["expiresAt"], UTC)
+    if isinstance(notes.get("createdAt"), (int, float)):
+        sandbox.created_at = datetime.fromtimestamp(notes["createdAt"], UTC)
+    changes: dict[str, Any] = {}
+    if isinstance(notes.get("timeout"), (int, float)):
+        changes["timeout"] = float(notes["timeout"])
+    if "idleTimeout" in notes and isinstance(notes["idleTimeout"], (int, float, type(None))):
+        changes["idle_timeout"] = notes["idleTimeout"]
+    if isinstance(notes.get("metadata"), dict):
+        changes["metadata"] = {str(k): str(v) for k, v in notes["metadata"].items()}
+    if changes:
+        sandbox.options = replace(sandbox.options, **changes)
+
+
 def new_sandbox_id() -> str:
     """128 random bits, shaped like a UUID so the seed's clients accept it."""
     return str(uuid.UUID(bytes=secrets.token_bytes(16)))
@@ -114,6 +136,7 @@ class SandboxManager:
         self._agent_zip = agent_zipapp()
         self._creating: dict[str, int] = {}  # tenant id -> creates under way
         self._create_rate = CreateRateLimiter()
+        self._pool = WarmPool(settings.pool_profiles())
 
     @classmethod
     @asynccontextmanager
@@ -124,6 +147,7 @@ class SandboxManager:
             manager = cls(runtime, settings, nursery)
             await manager._recover()
             nursery.start_soon(manager._reap)
+            nursery.start_soon(manager._refill)
             try:
                 yield manager
             finally:
@@ -136,7 +160,7 @@ class SandboxManager:
 
     def detach_all(self) -> None:
         """Let go of every sandbox without ending any: the next start recovers them."""
-        for sandbox in self._sandboxes.values():
+        for sandbox in [*self._sandboxes.values(), *self._pool.members()]:
             sandbox.link.detach()
             sandbox.scope.cancel()
 
@@ -180,6 +204,10 @@ class SandboxManager:
             log.warning("removing container %s: cannot attach (%s)", container_id[:12], exc)
             await self._runtime.remove(container_id)
             return
+        pool_key = info["Config"]["Labels"].get(LABEL_POOL)
+        pooled = pool_key is not None and owner_from_name(info.get("Name", "")) is None
+        if pool_key is not None and not pooled:
+            record["owner"] = owner_from_name(info["Name"])  # claimed: the name says by whom
         sandbox = Sandbox(
             **record,
             link=AgentLink(
@@ -189,7 +217,8 @@ class SandboxManager:
                 resume_after=0,
             ),
         )
-        self._sandboxes[sandbox.id] = sandbox
+        if not pooled:
+            self._sandboxes[sandbox.id] = sandbox
         await self._nursery.start(self._keep_link, sandbox)
         with trio.move_on_after(self._settings.ready_timeout):
             await _first_of(sandbox.link.ready.wait, sandbox.link.closed.wait)
@@ -197,10 +226,13 @@ class SandboxManager:
             why = sandbox.link.close_reason or "the agent did not answer the resume"
             await self._finish(sandbox, EndReason.ERROR, f"not recovered: {why}")
             return
-        notes = (sandbox.link.resumed or {}).get("notes") or {}
-        if isinstance(notes.get("expiresAt"), (int, float)):
-            sandbox.expires_at = datetime.fromtimestamp(notes["expiresAt"], UTC)
         sandbox.state = State.RUNNING
+        if pooled:
+            profile = self._pool.profiles.get(str(pool_key))
+            if profile is None or not self._pool.add(profile, sandbox):
+                await self._discard(sandbox)  # that profile is gone or already full
+            return
+        _apply_notes(sandbox, (sandbox.link.resumed or {}).get("notes") or {})
         sandbox.touch()
         if datetime.now(UTC) >= sandbox.expires_at:
             detail = "its lifetime passed while the server was down"
@@ -273,6 +305,28 @@ class SandboxManager:
                 del self._creating[tenant.id]
 
     async def _create(self, tenant: Tenant, options: SandboxOptions) -> Sandbox:
+        profile = (
+            None if options.env else self._pool.profile_for(options.template, options.resources)
+        )
+        if profile is not None:
+            pooled = self._pool.take(profile)
+            if pooled is not None:
+                try:
+                    return await self._claim(pooled, tenant, options)
+                except DockerError as exc:
+                    log.warning("could not claim pooled sandbox %s: %s", pooled.id, exc)
+                    await self._discard(pooled)
+        sandbox = await self._launch(owner=tenant.id, options=options)
+        sandbox.state = State.RUNNING
+        sandbox.touch()
+        self._sandboxes[sandbox.id] = sandbox
+        log.info("created sandbox %s (container %s)", sandbox.id, sandbox.container_id[:12])
+        return sandbox
+
+    async def _launch(
+        self, *, owner: str, options: SandboxOptions, pool_key: str | None = None
+    ) -> Sandbox:
+        """Create and start a container and wait for its agent's hello; not registered yet."""
         settings = self._settings
         created_at = datetime.now(UTC)
         environment = {
@@ -282,10 +336,17 @@ class SandboxManager:
             "INSIEN_AGENT_MAX_READ": str(settings.max_read_bytes),
             "INSIEN_AGENT_USER": settings.sandbox_user,
         }
+        labels = {
+            LABEL_TIMEOUT: repr(options.timeout),
+            LABEL_IDLE_TIMEOUT: repr(options.idle_timeout) if options.idle_timeout else "",
+            LABEL_METADATA: json.dumps(options.metadata, separators=(",", ":")),
+        }
+        if pool_key is not None:
+            labels[LABEL_POOL] = pool_key
         spec = ContainerSpec(
             sandbox_id=new_sandbox_id(),
             image=options.template,
-            owner=tenant.id,
+            owner=owner,
             instance=settings.instance,
             created_at=iso_timestamp(created_at),
             template=options.template,
@@ -298,11 +359,7 @@ class SandboxManager:
             capabilities=tuple(settings.capabilities),
             tmp_size=settings.tmp_size,
             nofile=settings.nofile,
-            extra_labels={
-                LABEL_TIMEOUT: repr(options.timeout),
-                LABEL_IDLE_TIMEOUT: repr(options.idle_timeout) if options.idle_timeout else "",
-                LABEL_METADATA: json.dumps(options.metadata, separators=(",", ":")),
-            },
+            extra_labels=labels,
         )
         container_id = await self._runtime.create(spec, self._agent_zip)
         try:
@@ -313,7 +370,7 @@ class SandboxManager:
             )
             sandbox = Sandbox(
                 id=spec.sandbox_id,
-                owner=tenant.id,
+                owner=owner,
                 container_id=container_id,
                 created_at=created_at,
                 options=options,
@@ -331,11 +388,82 @@ class SandboxManager:
             with trio.CancelScope(shield=True):
                 await self._runtime.remove(container_id)
             raise
+        return sandbox
+
+    # -- warm pool ----------------------------------------------------------------------------
+
+    def pool_ready(self) -> int:
+        """Sandboxes ready in the warm pools, all profiles together."""
+        return sum(self._pool.counts().values())
+
+    async def _claim(self, sandbox: Sandbox, tenant: Tenant, options: SandboxOptions) -> Sandbox:
+        """Hand a pooled sandbox to a tenant: its name now carries the owner."""
+        await self._runtime.rename(sandbox.container_id, claimed_name(sandbox.id, tenant.id))
+        now = datetime.now(UTC)
+        sandbox.owner = tenant.id
+        sandbox.options = options
+        sandbox.created_at = now
+        sandbox.expires_at = now + timedelta(seconds=options.timeout)
         sandbox.state = State.RUNNING
         sandbox.touch()
         self._sandboxes[sandbox.id] = sandbox
-        log.info("created sandbox %s (container %s)", sandbox.id, container_id[:12])
+        self._nursery.start_soon(self._note_claim, sandbox)
+        log.info("claimed pooled sandbox %s for %s", sandbox.id, tenant.id)
         return sandbox
+
+    async def _note_claim(self, sandbox: Sandbox) -> None:
+        """What the pooled container's labels cannot say: this sandbox's own options."""
+        options = sandbox.options
+        await sandbox.link.send_internal(
+            {
+                "type": "note",
+                "notes": {
+                    "createdAt": sandbox.created_at.timestamp(),
+                    "expiresAt": sandbox.expires_at.timestamp(),
+                    "timeout": options.timeout,
+                    "idleTimeout": options.idle_timeout,
+                    "metadata": options.metadata,
+                },
+            }
+        )
+
+    async def _refill(self) -> None:
+        """Keep every profile's pool at its size; wakes when a sandbox is taken."""
+        async with trio.open_nursery() as fills:
+            while True:
+                changed = self._pool.changed
+                for profile in self._pool.profiles.values():
+                    for _ in range(self._pool.shortfall(profile)):
+                        self._pool.starting(profile, +1)
+                        fills.start_soon(self._fill_one, profile)
+                with trio.move_on_after(POOL_CHECK_INTERVAL):
+                    await changed.wait()
+
+    async def _fill_one(self, profile: Profile) -> None:
+        options = SandboxOptions(
+            template=profile.template,
+            timeout=self._settings.default_timeout,
+            idle_timeout=self._settings.default_idle_timeout,
+            resources=profile.resources,
+            runtime=self._settings.isolation(profile.template)[0],
+            network=self._settings.isolation(profile.template)[1],
+        )
+        try:
+            sandbox = await self._launch(owner="", options=options, pool_key=profile.key)
+        except (DockerError, SandboxStartError) as exc:
+            log.warning("warm pool %s: %s", profile.template, exc)
+            await trio.sleep(POOL_RETRY_DELAY)  # keeps this slot "starting": no busy retry
+            return
+        finally:
+            self._pool.starting(profile, -1)
+        if not self._pool.add(profile, sandbox):
+            await self._discard(sandbox)
+
+    async def _discard(self, sandbox: Sandbox) -> None:
+        sandbox.end(EndReason.DESTROYED, "not needed in the pool")
+        sandbox.scope.cancel()
+        with trio.CancelScope(shield=True):
+            await self._runtime.remove(sandbox.container_id)
 
     async def _keep_link(self, sandbox: Sandbox, *, task_status: trio.TaskStatus[None]) -> None:
         with sandbox.scope:
@@ -468,7 +596,8 @@ class SandboxManager:
         if not sandbox.end(reason, detail):
             return
         self._sandboxes.pop(sandbox.id, None)
-        self._ended[sandbox.id] = sandbox
+        if sandbox.owner:  # a pooled sandbox that died never belonged to anyone
+            self._ended[sandbox.id] = sandbox
         sandbox.scope.cancel()
         with trio.CancelScope(shield=True):
             await self._runtime.remove(sandbox.container_id)
@@ -478,6 +607,8 @@ class SandboxManager:
         async with trio.open_nursery() as nursery:
             for sandbox in list(self._sandboxes.values()):
                 nursery.start_soon(self._finish, sandbox, reason, "")
+            for pooled in self._pool.members():
+                nursery.start_soon(self._discard, pooled)
 
 
 async def _first_of(*waiters: Callable[[], Awaitable[object]]) -> None:

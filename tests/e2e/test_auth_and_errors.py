@@ -40,7 +40,7 @@ async def test_unknown_sandbox_is_a_json_404(server: Server) -> None:
 
 async def test_health_needs_no_key(server: Server) -> None:
     async with http(server, key=None) as client:
-        assert (await client.get("/health")).json() == {"status": "ok"}
+        assert (await client.get("/health")).json() == {"status": "ok", "pool": 0}
 
 
 async def test_websocket_refuses_without_credentials(server: Server) -> None:

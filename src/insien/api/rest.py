@@ -135,7 +135,8 @@ def rest_blueprint(services: Services) -> Blueprint:
 
     @bp.get("/health")
     async def health() -> Any:
-        return {"status": "ok"}
+        # No key needed, so nothing about any tenant: only how many pooled sandboxes are ready.
+        return {"status": "ok", "pool": manager.pool_ready()}
 
     @bp.post("/sandbox/create")
     async def create_sandbox() -> Any:

@@ -35,6 +35,7 @@ LABEL_TEMPLATE = "insien.template"
 LABEL_TIMEOUT = "insien.timeout"
 LABEL_IDLE_TIMEOUT = "insien.idle-timeout"
 LABEL_METADATA = "insien.metadata"
+LABEL_POOL = "insien.pool"
 
 
 class DockerError(Exception):
@@ -204,6 +205,11 @@ class DockerRuntime:
                     raise
 
         await self._call(_remove)
+
+    async def rename(self, container_id: str, name: str) -> None:
+        """Only the server can rename a container: what a pooled sandbox's name says about its
+        owner cannot be changed from inside it (labels cannot change at all)."""
+        await self._call(self._client.api.rename, container_id, name)
 
     async def pause(self, container_id: str) -> None:
         await self._call(self._client.api.pause, container_id)

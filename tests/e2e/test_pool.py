@@ -1,0 +1,127 @@
+"""The warm pool (issue 4): creates are hand-overs, the pool refills without passing its size,
+and claimed and pooled sandboxes both survive a restart with their owners."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import pytest
+import trio
+
+from tests.conftest import Server
+from tests.e2e.helpers import call, containers_of, http, websocket
+from tests.e2e.test_recovery import Restartable, sandbox_info, ws_url
+
+
+@pytest.fixture
+def pooled(request: pytest.FixtureRequest) -> Iterator[Restartable]:
+    one = Restartable(request.node.name[-40:].replace("_", "-"))
+    one.env["INSIEN_POOL_SIZE"] = "2"
+    yield one
+    if one.process is not None and one.process.poll() is None:
+        one.kill()
+    one.start(INSIEN_SHUTDOWN_ENDS_SANDBOXES="true")
+    assert one.stop() == 0
+
+
+def pool_members(client: docker.DockerClient, instance: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = client.api.containers(
+        all=True, filters={"label": ["insien.pool", f"insien.instance={instance}"]}
+    )
+    return [c for c in found if "-owner-" not in c["Names"][0]]
+
+
+async def wait_for_pool(server: Server, size: int) -> None:
+    """Until /health says `size` pooled sandboxes are ready (their agents said hello)."""
+    async with http(server) as client:
+        with trio.fail_after(60):
+            while (await client.get("/health")).json()["pool"] != size:  # noqa: ASYNC110
+                await trio.sleep(0.2)
+
+
+def test_creates_take_from_the_pool_which_refills_to_its_size(
+    pooled: Restartable, docker_client: docker.DockerClient
+) -> None:
+    server = pooled.start()
+    instance = server.instance
+
+    async def scenario() -> None:
+        await wait_for_pool(server, 2)
+        biggest = 0
+
+        async def watch() -> None:
+            nonlocal biggest
+            while True:
+                biggest = max(biggest, len(pool_members(docker_client, instance)))
+                await trio.sleep(0.05)
+
+        async with trio.open_nursery() as nursery, http(server) as client:
+            nursery.start_soon(watch)
+            made = []
+            for n in range(4):
+                response = await client.post("/sandbox/create", json={"metadata": {"n": str(n)}})
+                assert response.status_code == 200, response.text
+                made.append(response.json())
+            first = made[0]["sandboxId"]
+            (container,) = containers_of(docker_client, first)
+            assert container["Names"][0].endswith("-owner-default")  # claimed, not cold
+            info = await sandbox_info(server, first)
+            assert info["metadata"] == {"n": "0"}
+            async with websocket(made[0]["agentUrl"]) as ws:
+                reply = await call(ws, {"id": 1, "type": "exec", "cmd": "id", "args": ["-u"]})
+                assert reply["stdout"] == "1000\n"
+            # creates the pool cannot serve go the cold way
+            cold = (await client.post("/sandbox/create", json={"env": {"A": "1"}})).json()
+            (container,) = containers_of(docker_client, cold["sandboxId"])
+            assert "-owner-" not in container["Names"][0]
+            await wait_for_pool(server, 2)
+            await trio.sleep(1.5)  # and it stays at its size
+            assert len(pool_members(docker_client, instance)) == 2
+            nursery.cancel_scope.cancel()
+        assert biggest <= 2
+
+    trio.run(scenario)
+
+
+def test_claimed_and_pooled_sandboxes_survive_a_restart(
+    pooled: Restartable, docker_client: docker.DockerClient
+) -> None:
+    server = pooled.start()
+    instance = server.instance
+
+    async def before() -> str:
+        await wait_for_pool(server, 2)
+        async with http(server) as client:
+            created = (
+                await client.post(
+                    "/sandbox/create", json={"timeout": 700, "metadata": {"who": "claimed"}}
+                )
+            ).json()
+        async with websocket(created["agentUrl"]) as ws:
+            await call(ws, {"id": 1, "type": "write", "path": "mine.txt", "content": "x"})
+        await wait_for_pool(server, 2)
+        return str(created["sandboxId"])
+
+    claimed = trio.run(before)
+    pool_before = {c["Id"] for c in pool_members(docker_client, instance)}
+    pooled.kill()
+    server = pooled.start()
+
+    async def after() -> None:
+        info = await sandbox_info(server, claimed)  # its owner is read back from the name
+        assert info["metadata"] == {"who": "claimed"}
+        assert info["timeout"] == 700
+        key = {"X-API-Key": pooled.env["INSIEN_API_KEY"]}
+        async with websocket(ws_url(server, claimed), key) as ws:
+            read = await call(ws, {"id": 1, "type": "read", "path": "mine.txt"})
+            assert read["content"] == "x"
+        # the pooled ones came back as pool members: not a container more, not one less
+        await trio.sleep(2)
+        assert {c["Id"] for c in pool_members(docker_client, instance)} == pool_before
+        async with http(server) as client:
+            listed = (await client.get("/sandboxes", params={"state": "running"})).json()
+            assert [s["sandboxId"] for s in listed["sandboxes"]] == [claimed]
+
+    trio.run(after)
