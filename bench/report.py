@@ -37,7 +37,17 @@ def targets(results: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
                 f"{cold:.0f} ms vs {run:.0f} ms",
             )
         )
-        out.append(("first command p50 below 20 ms from the warm pool", None, "no warm pool yet"))
+        warm = first.get("insien_warm_pool")
+        if warm:
+            out.append(
+                (
+                    "first command p50 below 20 ms from the warm pool",
+                    warm["median_ms"] < 20,
+                    f"{warm['median_ms']:.1f} ms",
+                )
+            )
+        else:
+            out.append(("first command p50 below 20 ms from the warm pool", None, "not measured"))
     stream = results.get("output_streaming")
     if stream:
         out.append(
@@ -120,6 +130,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"| containers.run {run['median_ms']:.0f} ms; create+start {cs['median_ms']:.0f} ms "
             f"| {_ratio(run['median_ms'], cold['median_ms'])} faster |"
         )
+        warm = first.get("insien_warm_pool")
+        if warm:
+            lines.append(
+                f"| time to first command p50 (n={warm['n']}) | {warm['median_ms']:.1f} ms "
+                f"from the warm pool | containers.run {run['median_ms']:.0f} ms "
+                f"| {_ratio(run['median_ms'], warm['median_ms'])} faster |"
+            )
     tp = results.get("throughput")
     if tp:
         load = tp["load"]

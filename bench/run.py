@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
 
     client = docker.from_env()
     build_image(client, tag=IMAGE)
-    process, server = start_server(f"bench-{secrets.token_hex(3)}")
+    process, server = start_server(
+        f"bench-{secrets.token_hex(3)}", {"INSIEN_POOL_SIZE": str(scenarios.POOL_SIZE)}
+    )
     try:
         context = scenarios.Context(server=server, docker=client, image=IMAGE)
         results = trio.run(run_all, context, chosen, args.quick)

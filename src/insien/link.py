@@ -279,6 +279,17 @@ class AgentLink:
         with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             await self._outgoing_send.send(_encode({**message, "id": next(self._ids)}))
 
+    def send_internal_nowait(self, message: Message) -> bool:
+        """Queue an internal message now, ahead of anything sent later; False if the queue
+        is full or the link closed."""
+        if self.closed.is_set():
+            return False
+        try:
+            self._outgoing_send.send_nowait(_encode({**message, "id": next(self._ids)}))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
     async def call(self, message: Message) -> Message:
         """Send a request and return its final message (a response or an `error`)."""
         async with self.request(message) as pending:

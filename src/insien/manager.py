@@ -49,6 +49,7 @@ log = logging.getLogger("insien.manager")
 REAP_INTERVAL = 0.5
 POOL_CHECK_INTERVAL = 1.0
 POOL_RETRY_DELAY = 5.0
+POOL_REFILL_DELAY = 0.5
 SNAPSHOT_REPOSITORY = "insien-snapshot"
 SNAPSHOT_OWNER_LABEL = "insien.snapshot.owner"
 SNAPSHOT_SOURCE_LABEL = "insien.snapshot.source"
@@ -99,6 +100,18 @@ def _record_from(info: dict[str, Any], settings: Settings) -> dict[str, Any]:
         "created_at": created_at,
         "options": options,
         "expires_at": created_at + timedelta(seconds=timeout),
+    }
+
+
+def _claim_notes(sandbox: Sandbox) -> dict[str, Any]:
+    """What a claimed pooled container's labels cannot say: this sandbox's own options."""
+    options = sandbox.options
+    return {
+        "createdAt": sandbox.created_at.timestamp(),
+        "expiresAt": sandbox.expires_at.timestamp(),
+        "timeout": options.timeout,
+        "idleTimeout": options.idle_timeout,
+        "metadata": options.metadata,
     }
 
 
@@ -227,12 +240,18 @@ class SandboxManager:
             await self._finish(sandbox, EndReason.ERROR, f"not recovered: {why}")
             return
         sandbox.state = State.RUNNING
+        notes = (sandbox.link.resumed or {}).get("notes") or {}
+        if pooled and notes.get("claimed"):
+            # Claimed just before the server died, not yet renamed: whose it is is unknown.
+            log.warning("removing sandbox %s: claimed but its owner was never recorded", sandbox.id)
+            await self._discard(sandbox)
+            return
         if pooled:
             profile = self._pool.profiles.get(str(pool_key))
             if profile is None or not self._pool.add(profile, sandbox):
                 await self._discard(sandbox)  # that profile is gone or already full
             return
-        _apply_notes(sandbox, (sandbox.link.resumed or {}).get("notes") or {})
+        _apply_notes(sandbox, notes)
         sandbox.touch()
         if datetime.now(UTC) >= sandbox.expires_at:
             detail = "its lifetime passed while the server was down"
@@ -397,41 +416,45 @@ class SandboxManager:
         return sum(self._pool.counts().values())
 
     async def _claim(self, sandbox: Sandbox, tenant: Tenant, options: SandboxOptions) -> Sandbox:
-        """Hand a pooled sandbox to a tenant: its name now carries the owner."""
-        await self._runtime.rename(sandbox.container_id, claimed_name(sandbox.id, tenant.id))
+        """Hand a pooled sandbox to a tenant.
+
+        Its container is renamed to carry the owner, in the background to keep the hand-over
+        fast. Until then a restart must not give it to anyone else: the `claimed` note is
+        queued before any request of the new owner can reach the agent, and recovery removes
+        a pooled container whose agent has that note but whose name names nobody.
+        """
         now = datetime.now(UTC)
         sandbox.owner = tenant.id
         sandbox.options = options
         sandbox.created_at = now
         sandbox.expires_at = now + timedelta(seconds=options.timeout)
+        note = {"type": "note", "notes": {"claimed": True, **_claim_notes(sandbox)}}
+        if not sandbox.link.send_internal_nowait(note):
+            await sandbox.link.send_internal(note)
         sandbox.state = State.RUNNING
         sandbox.touch()
         self._sandboxes[sandbox.id] = sandbox
-        self._nursery.start_soon(self._note_claim, sandbox)
+        self._nursery.start_soon(self._rename_claimed, sandbox)
         log.info("claimed pooled sandbox %s for %s", sandbox.id, tenant.id)
         return sandbox
 
-    async def _note_claim(self, sandbox: Sandbox) -> None:
-        """What the pooled container's labels cannot say: this sandbox's own options."""
-        options = sandbox.options
-        await sandbox.link.send_internal(
-            {
-                "type": "note",
-                "notes": {
-                    "createdAt": sandbox.created_at.timestamp(),
-                    "expiresAt": sandbox.expires_at.timestamp(),
-                    "timeout": options.timeout,
-                    "idleTimeout": options.idle_timeout,
-                    "metadata": options.metadata,
-                },
-            }
-        )
+    async def _rename_claimed(self, sandbox: Sandbox) -> None:
+        try:
+            await self._runtime.rename(
+                sandbox.container_id, claimed_name(sandbox.id, sandbox.owner)
+            )
+        except DockerError as exc:
+            # Without the name a restart cannot tell whose it is, and would remove it.
+            log.error("claimed sandbox %s could not be renamed: %s", sandbox.id, exc)
 
     async def _refill(self) -> None:
         """Keep every profile's pool at its size; wakes when a sandbox is taken."""
         async with trio.open_nursery() as fills:
             while True:
                 changed = self._pool.changed
+                # Starting a container takes a CPU for a quarter second: give the sandbox just
+                # handed over its first commands before the pool competes with it.
+                await trio.sleep(POOL_REFILL_DELAY)
                 for profile in self._pool.profiles.values():
                     for _ in range(self._pool.shortfall(profile)):
                         self._pool.starting(profile, +1)
@@ -456,6 +479,10 @@ class SandboxManager:
             return
         finally:
             self._pool.starting(profile, -1)
+        # One command through every code path (spawn, pipes, the file cache of the image),
+        # so that the first one after the hand-over runs at full speed.
+        with trio.move_on_after(10):
+            await sandbox.link.call({"type": "exec", "cmd": "true"})
         if not self._pool.add(profile, sandbox):
             await self._discard(sandbox)
 

@@ -33,6 +33,11 @@ def pool_members(client: docker.DockerClient, instance: str) -> list[dict[str, A
     return [c for c in found if "-owner-" not in c["Names"][0]]
 
 
+def claimed_by(client: docker.DockerClient, sandbox_id: str, owner: str) -> bool:
+    (container,) = containers_of(client, sandbox_id)
+    return str(container["Names"][0]).endswith(f"-owner-{owner}")
+
+
 async def wait_for_pool(server: Server, size: int) -> None:
     """Until /health says `size` pooled sandboxes are ready (their agents said hello)."""
     async with http(server) as client:
@@ -65,8 +70,9 @@ def test_creates_take_from_the_pool_which_refills_to_its_size(
                 assert response.status_code == 200, response.text
                 made.append(response.json())
             first = made[0]["sandboxId"]
-            (container,) = containers_of(docker_client, first)
-            assert container["Names"][0].endswith("-owner-default")  # claimed, not cold
+            with trio.fail_after(5):  # claimed, not cold: renamed to carry its owner
+                while not claimed_by(docker_client, first, "default"):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
             info = await sandbox_info(server, first)
             assert info["metadata"] == {"n": "0"}
             async with websocket(made[0]["agentUrl"]) as ws:
