@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any, NamedTuple
@@ -31,6 +32,8 @@ CREDIT_BATCH = 4
 """Output events consumed before the link grants the agent that much more credit."""
 CANCEL_TIMEOUT = 5.0
 RESUME_ID = "insien-resume"
+ORPHAN_BYTES = 16 * 1024 * 1024
+ORPHAN_COUNT = 1024
 STDERR_LINE_MAX = 16 * 1024
 
 
@@ -43,10 +46,16 @@ class Reply(NamedTuple):
     def for_client(self, client_id: Any) -> str:
         """The message as JSON text carrying the client's id, without re-encoding it.
 
-        The agent always writes `{"id":<integer>,` first; only that prefix is replaced.
+        The agent always writes `{"id":<agent id>,` first; only that prefix is replaced.
         """
         line = self.line
-        if line.startswith(_ID_PREFIX):
+        agent_id = self.message.get("id")
+        if isinstance(agent_id, str):
+            prefix = _ID_PREFIX + json.dumps(agent_id).encode() + b","
+            if line.startswith(prefix):
+                head = json.dumps(client_id, ensure_ascii=False).encode()
+                return (_ID_PREFIX + head + line[len(prefix) - 1 :]).decode()
+        elif line.startswith(_ID_PREFIX):
             end = line.find(b",", len(_ID_PREFIX))
             if end > 0 and line[len(_ID_PREFIX) : end].isdigit():
                 head = json.dumps(client_id, ensure_ascii=False).encode()
@@ -55,6 +64,21 @@ class Reply(NamedTuple):
 
 
 _ID_PREFIX = b'{"id":'
+SESSION_MARK = ":"
+
+
+def session_agent_id(session: str, client_id: Any) -> str:
+    """The agent-side id of a session client's request: the session and the client's id, so
+    that a restarted server can route what the agent answered to the session's next connection.
+    """
+    return f"{session}{SESSION_MARK}{json.dumps(client_id, separators=(',', ':'))}"
+
+
+def split_session_id(agent_id: str) -> tuple[str, Any]:
+    session, _, client = agent_id.partition(SESSION_MARK)
+    return session, json.loads(client)
+
+
 _SEQ_FIELD = b',"seq":'
 
 
@@ -89,7 +113,12 @@ class AgentLink:
         self._outgoing_send, self._outgoing_receive = trio.open_memory_channel[bytes](
             OUTGOING_QUEUE
         )
-        self._pending: dict[int, trio.MemorySendChannel[Reply]] = {}
+        self._pending: dict[int | str, trio.MemorySendChannel[Reply]] = {}
+        # Session requests the agent still runs after a restart, and answers of session
+        # requests nobody waits for any more: both wait for the session to connect again.
+        self._adopted: dict[str, PendingRequest] = {}
+        self._orphans: deque[Reply] = deque()
+        self._orphan_bytes = 0
         self._ids = itertools.count(1)
         self.hello: Message | None = None
         self.resumed: Message | None = None
@@ -199,11 +228,13 @@ class AgentLink:
             self.ready.set()
             return
         request_id = message.get("id")
-        if not isinstance(request_id, int):
+        if not isinstance(request_id, (int, str)) or isinstance(request_id, bool):
             log.warning("%s: agent reported %.300s", self._name, message)
             return
         channel = self._pending.get(request_id)
         if channel is None:
+            if isinstance(request_id, str) and SESSION_MARK in request_id:
+                self._keep_orphan(Reply(message, line))
             return  # an answer for a request whose client has gone away
         terminal = is_final(message)
         try:
@@ -218,6 +249,9 @@ class AgentLink:
     def _resumed(self, marker: Message) -> None:
         self.resumed = marker
         self.hello = marker.get("hello") if isinstance(marker.get("hello"), dict) else {}
+        for agent_id in marker.get("inFlight") or []:
+            if isinstance(agent_id, str) and SESSION_MARK in agent_id:
+                self._adopt(agent_id)
         last_id = marker.get("lastId")
         if isinstance(last_id, int):
             self._ids = itertools.count(last_id + 1)  # never reuse an id the agent has seen
@@ -227,6 +261,39 @@ class AgentLink:
             )
         self.ready.set()
 
+    def _keep_orphan(self, reply: Reply) -> None:
+        self._orphans.append(reply)
+        self._orphan_bytes += len(reply.line)
+        while self._orphan_bytes > ORPHAN_BYTES or len(self._orphans) > ORPHAN_COUNT:
+            dropped = self._orphans.popleft()
+            self._orphan_bytes -= len(dropped.line)
+
+    def _adopt(self, agent_id: str) -> None:
+        send, receive = trio.open_memory_channel[Reply](EVENTS_PER_REQUEST)
+        self._pending[agent_id] = send
+        self._adopted[agent_id] = PendingRequest(self, agent_id, receive)
+
+    def take_session(self, session: str) -> tuple[list[Reply], dict[str, PendingRequest]]:
+        """What a reconnecting session gets: answers kept for it, and its requests in flight."""
+        prefix = session + SESSION_MARK
+        mine = [r for r in self._orphans if str(r.message.get("id")).startswith(prefix)]
+        if mine:
+            self._orphans = deque(r for r in self._orphans if r not in mine)
+            self._orphan_bytes = sum(len(r.line) for r in self._orphans)
+        adopted = {k: v for k, v in self._adopted.items() if k.startswith(prefix)}
+        for key in adopted:
+            del self._adopted[key]
+        return mine, adopted
+
+    async def release(self, pending: PendingRequest) -> None:
+        """An adopted request's new client is done with it: if it has not finished, cancel it,
+        as leaving `request()` early does."""
+        channel = self._pending.pop(pending.agent_id, None)
+        if channel is not None:
+            channel.close()
+            with trio.move_on_after(CANCEL_TIMEOUT, shield=True):
+                await self.cancel(pending.agent_id)
+
     def detach(self) -> None:
         """Let go of the agent without ending anything in it (the server is restarting):
         requests in flight are neither cancelled nor failed with AGENT_GONE."""
@@ -234,7 +301,9 @@ class AgentLink:
         self._close("the server is restarting")
 
     @asynccontextmanager
-    async def request(self, message: Message) -> AsyncIterator[PendingRequest]:
+    async def request(
+        self, message: Message, agent_id: str | None = None
+    ) -> AsyncIterator[PendingRequest]:
         """Send one request; yields a PendingRequest to iterate over what the agent answers.
 
         Iteration ends after the final message (a response or an error). Leaving the block
@@ -243,7 +312,11 @@ class AgentLink:
         """
         if self.closed.is_set():
             raise AgentGone(self.close_reason)
-        request_id = next(self._ids)
+        request_id: int | str = next(self._ids) if agent_id is None else agent_id
+        if request_id in self._pending:
+            raise ProtocolError(
+                message.get("id"), ErrorCode.BAD_REQUEST, "this id is already in flight"
+            )
         line = _encode({**message, "id": request_id})
         if len(line) > self.max_line:
             raise ProtocolError(
@@ -268,7 +341,7 @@ class AgentLink:
                     await self.cancel(request_id)
             send.close()
 
-    async def cancel(self, request_id: int) -> None:
+    async def cancel(self, request_id: int | str) -> None:
         """Ask the agent to cancel one of this link's requests (its answer is not awaited)."""
         await self.send_internal({"type": "cancel", "target": request_id})
 
@@ -311,7 +384,7 @@ class PendingRequest:
     """The messages of one request in flight, granting the agent credit as they are consumed."""
 
     def __init__(
-        self, link: AgentLink, agent_id: int, channel: trio.MemoryReceiveChannel[Reply]
+        self, link: AgentLink, agent_id: int | str, channel: trio.MemoryReceiveChannel[Reply]
     ) -> None:
         self.link = link
         self.agent_id = agent_id

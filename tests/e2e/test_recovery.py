@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import suppress
@@ -16,6 +17,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
+from insien_sandbox import AsyncSandbox
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.helpers import call, containers_of, http, receive, websocket
 
@@ -25,7 +27,11 @@ class Restartable:
 
     def __init__(self, suffix: str) -> None:
         self.suffix = suffix
+        with socket.socket() as probe:  # one port for every start, as clients expect
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
         self.env = {
+            "INSIEN_PORT": str(port),
             "INSIEN_API_KEY": secrets.token_urlsafe(24),
             "INSIEN_JWT_SECRET": secrets.token_urlsafe(32),
             "INSIEN_SHUTDOWN_ENDS_SANDBOXES": "false",
@@ -192,3 +198,34 @@ def test_sigterm_keeps_sandboxes_running_for_the_next_start(
             assert pid in [p["pid"] for p in listed["processes"] if p["running"]]
 
     trio.run(after)
+
+
+def test_sdk_calls_in_flight_get_their_answers_across_a_restart(
+    restartable: Restartable,
+) -> None:
+    server = restartable.start()
+
+    async def scenario() -> dict[str, str]:
+        results: dict[str, str] = {}
+        async with AsyncSandbox(
+            api_key=restartable.env["INSIEN_API_KEY"], base_url=server.url
+        ) as sandbox:
+            assert (await sandbox.run_command("true")).ok
+
+            async def run(name: str, script: str) -> None:
+                result = await sandbox.commands.run("sh", ["-c", script])
+                results[name] = result.stdout
+
+            async with trio.open_nursery() as nursery:
+                # one finishes while the server is down, one after it is back
+                nursery.start_soon(run, "early", "sleep 1; echo early")
+                nursery.start_soon(run, "late", "sleep 4; echo late")
+                await trio.sleep(0.5)
+                await trio.to_thread.run_sync(restartable.kill)
+                await trio.sleep(1.5)
+                await trio.to_thread.run_sync(restartable.start)
+            # and the connection is back for new work
+            results["after"] = (await sandbox.run_command("echo", ["after"])).stdout
+        return results
+
+    assert trio.run(scenario) == {"early": "early\n", "late": "late\n", "after": "after\n"}

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 from quart import Blueprint, websocket
 
-from ..link import AgentGone, AgentLink, PendingRequest
+from ..link import AgentGone, AgentLink, PendingRequest, session_agent_id, split_session_id
 from ..manager import SandboxNotFound
 from ..protocol import (
     ErrorCode,
@@ -33,6 +34,7 @@ from .errors import error_response
 log = logging.getLogger("insien.ws")
 
 SEND_QUEUE = 4
+SESSION_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,64}")
 """Messages waiting for a slow client before request tasks block (back-pressure)."""
 CLOSE_GOING_AWAY = 1001
 CLOSE_SERVICE_RESTART = 1012
@@ -55,6 +57,11 @@ def ws_blueprint(services: Services) -> Blueprint:
             sandbox = services.manager.get(sandbox_id, tenant)
         except SandboxNotFound:
             return error_response(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}")
+        session = websocket.args.get("session")
+        if session is not None and not SESSION_PATTERN.fullmatch(session):
+            return error_response(
+                400, ErrorCode.BAD_REQUEST, "session must be 8 to 64 of A-Z a-z 0-9 _ -"
+            )
         try:
             services.connections.acquire(tenant)
         except QuotaExceeded as exc:
@@ -63,7 +70,9 @@ def ws_blueprint(services: Services) -> Blueprint:
             await websocket.accept()
             sandbox.clients += 1
             try:
-                await ClientSession(sandbox, services.settings.max_requests_per_connection).run()
+                await ClientSession(
+                    sandbox, services.settings.max_requests_per_connection, session
+                ).run()
             finally:
                 sandbox.clients -= 1
                 sandbox.touch()
@@ -86,8 +95,9 @@ class InFlight:
 class ClientSession:
     """One client connection to one sandbox."""
 
-    def __init__(self, sandbox: Sandbox, max_in_flight: int) -> None:
+    def __init__(self, sandbox: Sandbox, max_in_flight: int, session: str | None = None) -> None:
         self._sandbox = sandbox
+        self._session = session
         self._link: AgentLink = sandbox.link
         self._max_in_flight = max_in_flight
         self._in_flight: dict[Any, InFlight] = {}
@@ -97,11 +107,39 @@ class ClientSession:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_loop)
             async with self._send, trio.open_nursery() as requests:
+                if self._session is not None:
+                    await self._resume_session(self._session, requests)
                 with trio.CancelScope() as reading:
                     nursery.start_soon(self._stop_reading_when_sandbox_ends, reading)
                     await self._read_loop(requests)
                 # Every request has answered (AGENT_GONE if the sandbox ended under it);
                 # closing the channel lets the writer flush those answers and finish.
+
+    async def _resume_session(self, session: str, nursery: trio.Nursery) -> None:
+        """Hand this connection what its session left behind: answers that arrived with nobody
+        connected (a restart, a dropped connection), then a `resumed` event naming the requests
+        still running, whose messages follow as they come."""
+        answers, running = self._link.take_session(session)
+        for reply in answers:
+            _, client_id = split_session_id(str(reply.message["id"]))
+            await self._send.send(reply.for_client(client_id))
+        in_flight = []
+        for agent_id, pending in running.items():
+            _, client_id = split_session_id(agent_id)
+            self._in_flight[client_id] = InFlight("resumed", pending=pending)
+            in_flight.append(client_id)
+        await self._send.send({"type": "resumed", "session": session, "inFlight": in_flight})
+        for client_id in in_flight:
+            nursery.start_soon(self._relay_adopted, client_id)
+
+    async def _relay_adopted(self, client_id: Any) -> None:
+        in_flight = self._in_flight[client_id]
+        assert in_flight.pending is not None
+        try:
+            await self._relay(client_id, in_flight, in_flight.pending)
+        finally:
+            await self._link.release(in_flight.pending)
+            del self._in_flight[client_id]
 
     async def _write_loop(self) -> None:
         async with self._outgoing:
@@ -187,20 +225,24 @@ class ClientSession:
             "detached": len(following),
         }
 
+    async def _relay(self, client_id: Any, in_flight: InFlight, pending: PendingRequest) -> None:
+        async for reply in pending:
+            if reply.message.get("type") == "spawnResponse":
+                in_flight.pid = reply.message.get("pid")
+            await self._send.send(reply.for_client(client_id))
+            if is_final(reply.message):
+                return
+        if not self._link.detached:  # a detached request carries on in the sandbox
+            await self._send.send(self._link.missing_reply(client_id))
+
     async def _forward(self, message: Message) -> None:
         client_id = message["id"]
         in_flight = self._in_flight[client_id]
+        agent_id = None if self._session is None else session_agent_id(self._session, client_id)
         try:
-            async with self._link.request(message) as pending:
+            async with self._link.request(message, agent_id) as pending:
                 in_flight.pending = pending
-                async for reply in pending:
-                    if reply.message.get("type") == "spawnResponse":
-                        in_flight.pid = reply.message.get("pid")
-                    await self._send.send(reply.for_client(client_id))
-                    if is_final(reply.message):
-                        return
-            if not self._link.detached:  # a detached request carries on in the sandbox
-                await self._send.send(self._link.missing_reply(client_id))
+                await self._relay(client_id, in_flight, pending)
         except AgentGone as exc:
             if not self._link.detached:
                 await self._send.send(error_message(client_id, ErrorCode.AGENT_GONE, str(exc)))

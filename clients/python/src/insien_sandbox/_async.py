@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import builtins
-from contextlib import AsyncExitStack, suppress
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, suppress
 from types import TracebackType
 from typing import Any
 
 import httpx
 import trio
-from trio_websocket import HandshakeError, open_websocket_url
+from trio_websocket import HandshakeError, WebSocketConnection, open_websocket_url
 
 from ._commands import Commands, Pty
 from ._config import resolve
@@ -230,21 +230,24 @@ class AsyncSandbox:
     async def _hold_connection(
         self, url: str, *, task_status: trio.TaskStatus[RPCConnection]
     ) -> None:
+        def connect(session: str) -> AbstractAsyncContextManager[WebSocketConnection]:
+            separator = "&" if "?" in url else "?"
+            return open_websocket_url(
+                f"{url}{separator}session={session}",
+                # After a server restart the token may not verify (a new JWT secret); the
+                # key always does.
+                extra_headers=[(b"X-API-Key", self._api_key.encode())],
+                max_message_size=MAX_MESSAGE_SIZE,
+                # trio-websocket reads 4 KiB at a time by default: far too little for
+                # output events of up to 256 KiB.
+                receive_buffer_size=RECEIVE_BUFFER,
+                message_queue_size=MESSAGE_QUEUE,
+            )
+
         with trio.CancelScope() as scope:
             self._ws_scope = scope
             try:
-                async with open_websocket_url(
-                    url,
-                    extra_headers=[(b"X-API-Key", self._api_key.encode())],
-                    max_message_size=MAX_MESSAGE_SIZE,
-                    # trio-websocket reads 4 KiB at a time by default: far too little for
-                    # output events of up to 256 KiB.
-                    receive_buffer_size=RECEIVE_BUFFER,
-                    message_queue_size=MESSAGE_QUEUE,
-                ) as ws:
-                    rpc = RPCConnection(ws)
-                    task_status.started(rpc)
-                    await rpc.run()
+                await RPCConnection(connect).run(task_status=task_status)
             except HandshakeError as exc:
                 raise ConnectError(f"WebSocket to the sandbox refused: {exc}") from exc
             except OSError as exc:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+)
 
 from ._errors import RPCError, SandboxClosedError
 
@@ -24,17 +30,35 @@ def is_final(message: Message) -> bool:
     return message.get("type") not in FINAL_EXCEPT
 
 
+Connect = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
+
+RECONNECT_WINDOW = 60.0
+"""How long the SDK keeps trying to reach a sandbox whose server went away (a restart)."""
+RECONNECT_CODES = frozenset({1006, 1011, 1012, 1013})
+"""Close codes after which the sandbox may still be there: abnormal closure, server error,
+service restart, try again later. 1001 (the sandbox ended) and a normal close end for good."""
+
+
 class RPCConnection:
-    """Multiplexes concurrent requests over one WebSocket. Run `run()` in a nursery.
+    """Multiplexes concurrent requests over one WebSocket, reconnecting across server restarts.
 
     The reader hands each message to the channel of the request it answers. A streaming
     request's channel is bounded: if its consumer stops taking messages, the reader waits,
     which pushes back through the server to the command itself.
+
+    Every connection carries this object's session id. If the server restarts (or the
+    connection drops), requests keep waiting while it reconnects: the server delivers what the
+    sandbox answered meanwhile, then a `resumed` event naming the requests still running; any
+    other request that was waiting has been lost and fails with `LOST`.
     """
 
-    def __init__(self, ws: WebSocketConnection) -> None:
-        self._ws = ws
+    def __init__(self, connect: Connect) -> None:
+        self._connect = connect
+        self.session = secrets.token_urlsafe(12)
+        self._ws: WebSocketConnection | None = None
+        self._connected = trio.Event()
         self._waiters: dict[str, trio.MemorySendChannel[Message]] = {}
+        self._awaiting_resume: set[str] = set()
         self._ids = itertools.count(1)
         self._closed_reason: str | None = None
 
@@ -42,12 +66,55 @@ class RPCConnection:
     def closed(self) -> bool:
         return self._closed_reason is not None
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[RPCConnection]) -> None:
+        """Hold the connection (and reconnect) until it ends for good; then fail every waiter."""
+        started = False
+        lost_at: float | None = None
         try:
             while True:
-                data = await self._ws.get_message()
-                message = json.loads(data)
+                code: int | None = None
+                try:
+                    async with self._connect(self.session) as ws:
+                        self._ws = ws
+                        self._connected.set()
+                        lost_at = None
+                        if not started:
+                            started = True
+                            task_status.started(self)
+                        code = await self._read(ws)
+                except (OSError, HandshakeError, ConnectionClosed) as exc:
+                    if not started:
+                        raise
+                    if isinstance(exc, ConnectionRejected):  # the sandbox is gone, or the key
+                        self._closed_reason = f"cannot reconnect: {exc}"
+                        return
+                    code = 1006
+                self._ws = None
+                self._connected = trio.Event()
+                self._awaiting_resume = set(self._waiters)
+                if code not in RECONNECT_CODES:
+                    return
+                lost_at = lost_at or trio.current_time()
+                if trio.current_time() - lost_at > RECONNECT_WINDOW:
+                    self._closed_reason = f"connection lost for over {RECONNECT_WINDOW:g}s"
+                    return
+                await trio.sleep(0.25)
+        finally:
+            self._closed_reason = self._closed_reason or "connection closed"
+            self._connected.set()  # wake senders so they see the connection is gone
+            for waiter in self._waiters.values():
+                waiter.close()
+            self._waiters.clear()
+
+    async def _read(self, ws: WebSocketConnection) -> int | None:
+        """Route messages until the connection closes; returns its close code."""
+        try:
+            while True:
+                message = json.loads(await ws.get_message())
                 if not isinstance(message, dict):
+                    continue
+                if message.get("type") == "resumed" and "id" not in message:
+                    self._resumed(message)
                     continue
                 key = str(message.get("id"))
                 waiter = self._waiters.get(key)
@@ -63,17 +130,48 @@ class RPCConnection:
                     waiter.close()
         except ConnectionClosed as exc:
             reason = exc.reason
-            if reason is not None:
-                detail = f"{reason.code}: {reason.reason}" if reason.reason else str(reason.code)
-                self._closed_reason = f"connection closed ({detail})"
-        finally:
-            self._closed_reason = self._closed_reason or "connection closed"
-            for waiter in self._waiters.values():
+            if reason is None:
+                return None
+            detail = f"{reason.code}: {reason.reason}" if reason.reason else str(reason.code)
+            self._closed_reason = (
+                None if reason.code in RECONNECT_CODES else (f"connection closed ({detail})")
+            )
+            return int(reason.code)
+
+    def _resumed(self, message: Message) -> None:
+        """After a reconnect: what was waiting and is neither answered nor running is lost."""
+        running = {str(i) for i in message.get("inFlight") or []}
+        for key in self._awaiting_resume - running:
+            waiter = self._waiters.pop(key, None)
+            if waiter is not None:
+                lost = {
+                    "id": key,
+                    "type": "error",
+                    "code": "LOST",
+                    "message": "the request was lost while the connection was down",
+                }
+                with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    waiter.send_nowait(lost)
                 waiter.close()
-            self._waiters.clear()
+        self._awaiting_resume = set()
 
     def _closed_error(self) -> SandboxClosedError:
         return SandboxClosedError(self._closed_reason or "connection closed")
+
+    async def _send_text(self, text: str) -> None:
+        """Send on the current connection, waiting out a reconnect."""
+        while True:
+            if self._closed_reason is not None:
+                raise self._closed_error()
+            ws = self._ws
+            if ws is None:
+                await self._connected.wait()
+                continue
+            try:
+                await ws.send_message(text)
+                return
+            except ConnectionClosed:
+                await trio.sleep(0.05)  # the reader notices, and reconnects
 
     @asynccontextmanager
     async def stream(self, message: Message) -> AsyncIterator[trio.MemoryReceiveChannel[Message]]:
@@ -84,10 +182,7 @@ class RPCConnection:
         send, receive = trio.open_memory_channel[Message](STREAM_BUFFER)
         self._waiters[request_id] = send
         try:
-            try:
-                await self._ws.send_message(json.dumps({**message, "id": request_id}))
-            except ConnectionClosed:
-                raise self._closed_error() from None
+            await self._send_text(json.dumps({**message, "id": request_id}))
             async with receive:
                 yield receive
         finally:
@@ -105,10 +200,7 @@ class RPCConnection:
     async def send(self, message: Message) -> str:
         """Send without waiting for the answer (used for `cancel`); returns the id used."""
         request_id = f"r{next(self._ids)}"
-        try:
-            await self._ws.send_message(json.dumps({**message, "id": request_id}))
-        except ConnectionClosed:
-            raise self._closed_error() from None
+        await self._send_text(json.dumps({**message, "id": request_id}))
         return request_id
 
 
