@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 import trio
 
 from .protocol import ErrorCode, Message, ProtocolError, error_message, is_final
-from .runtime.attach import AttachedStream
 from .runtime.frames import FrameDecoder, FramingError, LineAssembler, OversizeLine, StreamKind
 
 log = logging.getLogger("insien.link")
@@ -91,6 +90,22 @@ def _split_seq(line: bytes, message: Message) -> tuple[bytes, int | None]:
     return (line[:cut] + b"}" if cut > 0 else line), seq
 
 
+class _NoStream(trio.abc.Stream):
+    """The stream of a link that never had one (`AgentLink.gone`)."""
+
+    async def wait_send_all_might_not_block(self) -> None:
+        raise trio.ClosedResourceError("no agent")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        raise trio.ClosedResourceError("no agent")
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return b""
+
+    async def aclose(self) -> None:
+        return None
+
+
 class AgentGone(Exception):
     """The agent's stream ended: it exited, its container died, or the sandbox was destroyed."""
 
@@ -99,7 +114,7 @@ class AgentLink:
     """Request multiplexing over an attached agent. Run `run()` in a nursery, then `request()`."""
 
     def __init__(
-        self, stream: AttachedStream, *, name: str, max_line: int, resume_after: int | None = None
+        self, stream: trio.abc.Stream, *, name: str, max_line: int, resume_after: int | None = None
     ) -> None:
         """With `resume_after`, the link joins an agent already running (the server restarted):
         it asks for every message numbered above it, and ignores the stream until they come."""
@@ -125,6 +140,13 @@ class AgentLink:
         self.ready = trio.Event()
         self.closed = trio.Event()
         self.close_reason = ""
+
+    @classmethod
+    def gone(cls, *, name: str, reason: str) -> AgentLink:
+        """A link that is closed from the start: the record of a sandbox found dead."""
+        link = cls(_NoStream(), name=name, max_line=0)
+        link._close(reason)
+        return link
 
     @property
     def connected(self) -> bool:
@@ -176,7 +198,7 @@ class AgentLink:
         stdout = LineAssembler(self.max_line)
         stderr = LineAssembler(STDERR_LINE_MAX)
         while data := await self._stream.receive_some():
-            for kind, payload in frames.feed(data):
+            for kind, payload in frames.feed(bytes(data)):
                 if kind is StreamKind.STDERR:
                     for line in stderr.feed(payload):
                         self._log_agent_stderr(line)

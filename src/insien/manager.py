@@ -193,19 +193,26 @@ class SandboxManager:
         if info is None:
             return
         state = info.get("State", {})
-        if not state.get("Running"):
-            reason = EndReason.OOM if state.get("OOMKilled") else EndReason.AGENT_EXITED
-            log.warning(
-                "removing container %s: its sandbox ended (%s) while the server was down",
-                container_id[:12],
-                reason,
-            )
-            await self._runtime.remove(container_id)
-            return
         try:
             record = _record_from(info, self._settings)
         except (KeyError, ValueError, TypeError) as exc:
             log.warning("removing container %s: unreadable labels (%s)", container_id[:12], exc)
+            await self._runtime.remove(container_id)
+            return
+        pool_key = info["Config"]["Labels"].get(LABEL_POOL)
+        pooled = pool_key is not None and owner_from_name(info.get("Name", "")) is None
+        if pool_key is not None and not pooled:
+            record["owner"] = owner_from_name(info["Name"])  # claimed: the name says by whom
+        if not state.get("Running"):
+            # It ended while the server was down: its owner can still ask why.
+            reason = EndReason.OOM if state.get("OOMKilled") else EndReason.AGENT_EXITED
+            detail = "while the server was down"
+            name = f"sandbox {record['id'][:8]}"
+            ended = Sandbox(**record, link=AgentLink.gone(name=name, reason=detail))
+            ended.end(reason, detail)
+            if not pooled:
+                self._ended[ended.id] = ended
+            log.warning("sandbox %s ended (%s) while the server was down", ended.id, reason)
             await self._runtime.remove(container_id)
             return
         was_paused = bool(state.get("Paused"))
@@ -217,10 +224,6 @@ class SandboxManager:
             log.warning("removing container %s: cannot attach (%s)", container_id[:12], exc)
             await self._runtime.remove(container_id)
             return
-        pool_key = info["Config"]["Labels"].get(LABEL_POOL)
-        pooled = pool_key is not None and owner_from_name(info.get("Name", "")) is None
-        if pool_key is not None and not pooled:
-            record["owner"] = owner_from_name(info["Name"])  # claimed: the name says by whom
         sandbox = Sandbox(
             **record,
             link=AgentLink(

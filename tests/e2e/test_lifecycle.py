@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -47,7 +48,15 @@ async def test_destroy_removes_the_container(
         async with websocket(created["agentUrl"]) as ws:
             await call(ws, {"id": 1, "type": "exec", "cmd": "true"})
             await client.post(f"/sandbox/{created['sandboxId']}/destroy")
-            # connected clients are told, with a close reason
+            # connected clients are told, with an event and a close reason
+            with trio.fail_after(10):
+                event = json.loads(await ws.get_message())
+            assert event == {
+                "type": "sandboxEnded",
+                "sandboxId": created["sandboxId"],
+                "reason": "destroyed",
+                "detail": "",
+            }
             with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
                 await ws.get_message()
             assert closed.value.reason.code == 1001

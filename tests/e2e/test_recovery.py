@@ -19,7 +19,7 @@ from trio_websocket import ConnectionClosed
 
 from insien_sandbox import AsyncSandbox
 from tests.conftest import Server, start_server, stop_server
-from tests.e2e.helpers import call, containers_of, http, receive, websocket
+from tests.e2e.helpers import call, containers_of, http, kill_agent, receive, websocket
 
 
 class Restartable:
@@ -89,6 +89,7 @@ def test_a_killed_server_finds_everything_again(
                 )
             ).json()
             short = (await client.post("/sandbox/create", json={"timeout": 3})).json()
+            doomed = (await client.post("/sandbox/create")).json()
             kept = await client.post(
                 f"/sandbox/{keeper['sandboxId']}/keepalive", json={"timeout": 900}
             )
@@ -122,10 +123,16 @@ def test_a_killed_server_finds_everything_again(
         finally:
             with trio.move_on_after(5), suppress(Exception):
                 await ws_context.__aexit__(None, None, None)
-        return {"keeper": keeper["sandboxId"], "short": short["sandboxId"], "pid": spawned["pid"]}
+        return {
+            "keeper": keeper["sandboxId"],
+            "short": short["sandboxId"],
+            "doomed": doomed["sandboxId"],
+            "pid": spawned["pid"],
+        }
 
     made = trio.run(before)
     assert len(containers_of(docker_client, made["keeper"])) == 1
+    trio.run(kill_agent, docker_client, made["doomed"])  # its container stops meanwhile
     trio.run(trio.sleep, 3.5)  # the short one's lifetime passes; the commands finish
     server = restartable.start()
 
@@ -139,6 +146,9 @@ def test_a_killed_server_finds_everything_again(
         assert short["state"] == "ended"
         assert short["endReason"] == "expired"
         assert containers_of(docker_client, made["short"]) == []
+        doomed = await sandbox_info(server, made["doomed"])
+        assert (doomed["state"], doomed["endReason"]) == ("ended", "agent_exited")
+        assert containers_of(docker_client, made["doomed"]) == []
 
         key = [("X-API-Key", restartable.env["INSIEN_API_KEY"])]
         async with websocket(ws_url(server, made["keeper"]), dict(key)) as ws:

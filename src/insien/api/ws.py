@@ -151,7 +151,16 @@ class ClientSession:
             # The server is restarting and the sandbox lives on: reconnect to it later.
             await websocket.close(CLOSE_SERVICE_RESTART, "server restarting")
         elif self._sandbox.ended.is_set():
-            reason = self._sandbox.close_message
+            sandbox = self._sandbox
+            ended = {
+                "type": "sandboxEnded",
+                "sandboxId": sandbox.id,
+                "reason": str(sandbox.end_reason),
+                "detail": sandbox.end_detail,
+            }
+            with trio.move_on_after(1):  # a client that does not read gets the close anyway
+                await websocket.send(json.dumps(ended))
+            reason = sandbox.close_message
             # A close reason must fit in a control frame: 123 bytes.
             await websocket.close(CLOSE_GOING_AWAY, reason.encode()[:120].decode(errors="ignore"))
 
