@@ -124,6 +124,11 @@ class Settings(BaseSettings):
         validation_alias=_env("SANDBOX_USER"),
     )
     """Who user code runs as inside sandboxes: `uid[:gid]` or a name from the image; never root."""
+    disk_limit: str | None = Field(
+        None, pattern=r"^[0-9]+[kmgt]?$", validation_alias=_env("DISK_LIMIT")
+    )
+    """Size of each sandbox's writable layer (Docker's `--storage-opt size`): needs overlay2 on
+    xfs with project quotas, or btrfs; Docker refuses the create anywhere else."""
     tmp_size: str = Field("256m", pattern=r"^[0-9]+[kmg]?$", validation_alias=_env("TMP_SIZE"))
     nofile: int = Field(4096, ge=64, validation_alias=_env("NOFILE"))
     pool_size: int = Field(2, ge=0, le=1000, validation_alias=_env("POOL_SIZE"))

@@ -380,6 +380,7 @@ class SandboxManager:
             environment=environment,
             capabilities=tuple(settings.capabilities),
             tmp_size=settings.tmp_size,
+            disk_limit=settings.disk_limit,
             nofile=settings.nofile,
             extra_labels=labels,
         )

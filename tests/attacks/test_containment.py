@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import docker
 import httpx
 import trio
 from trio_websocket import WebSocketConnection
 
-from tests.conftest import Server, rss_bytes
+from tests.conftest import Server, rss_bytes, start_server, stop_server
 from tests.e2e.helpers import call, receive, sandbox, websocket
 
 MIB = 1024 * 1024
@@ -149,6 +150,19 @@ async def test_filling_tmp_stops_at_its_size(server: Server) -> None:
     await attack(server, fill)
 
 
+async def test_filling_the_writable_layer_hurts_no_one_else(server: Server) -> None:
+    """This machine's overlay2 sits on ext4, where Docker cannot cap a writable layer
+    (INSIEN_DISK_LIMIT needs xfs project quotas or btrfs): the write is not stopped, but the
+    neighbour and the server carry on, and destroying the sandbox gives the space back."""
+
+    async def fill(ws: WebSocketConnection) -> None:
+        reply = await run(ws, "head -c 1073741824 /dev/zero > big && stat -c %s big", timeout=60)
+        assert reply["stdout"] == "1073741824\n", reply["stderr"]
+        assert (await run(ws, "rm big && echo gone"))["stdout"] == "gone\n"
+
+    await attack(server, fill)
+
+
 async def test_escape_probes_are_refused(server: Server) -> None:
     async def probe(ws: WebSocketConnection) -> None:
         status = (await run(ws, "cat /proc/self/status"))["stdout"]
@@ -189,3 +203,29 @@ async def test_zombies_are_reaped(server: Server) -> None:
                 await trio.sleep(0.5)
 
     await attack(server, zombies)
+
+
+def test_a_disk_limit_reaches_docker(docker_client: docker.DockerClient) -> None:
+    """INSIEN_DISK_LIMIT becomes `--storage-opt size`: applied where the storage supports it,
+    refused by Docker (a structured 503 from create) where it does not, as on this machine."""
+    process, other = start_server({"INSIEN_DISK_LIMIT": "2g"}, suffix="disk")
+
+    async def create() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=other.url, headers=other.headers) as client:
+            response = await client.post("/sandbox/create")
+            if response.status_code == 200:
+                await client.post(f"/sandbox/{response.json()['sandboxId']}/destroy")
+            return response
+
+    try:
+        response = trio.run(create)
+    finally:
+        assert stop_server(process) == 0
+    driver = docker_client.info()["Driver"]
+    backing = dict(docker_client.info().get("DriverStatus") or []).get("Backing Filesystem")
+    if driver == "overlay2" and backing != "xfs":
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "UNAVAILABLE"
+        assert "storage-opt" in response.json()["message"]
+    else:
+        assert response.status_code == 200, response.text

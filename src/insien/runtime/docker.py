@@ -65,6 +65,7 @@ class ContainerSpec:
     environment: Mapping[str, str] = field(default_factory=dict)
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
     tmp_size: str = "256m"
+    disk_limit: str | None = None
     nofile: int = 4096
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     """What a restarted server needs to rebuild the sandbox's record (lifetime, metadata)."""
@@ -170,6 +171,7 @@ class DockerRuntime:
                     Ulimit(name="nofile", soft=spec.nofile, hard=spec.nofile),
                     Ulimit(name="core", soft=0, hard=0),
                 ],
+                storage_opt={"size": spec.disk_limit} if spec.disk_limit else None,
                 mem_limit=spec.mem_limit,
                 memswap_limit=spec.mem_limit,  # no swap on top of the memory limit
                 nano_cpus=spec.nano_cpus,
