@@ -31,6 +31,10 @@ CREDIT_BATCH = 4
 """Output events consumed before the link grants the agent that much more credit."""
 CANCEL_TIMEOUT = 5.0
 RESUME_ID = "insien-resume"
+ACK_EVERY = 64
+ACK_BYTES = 1024 * 1024
+ACK_DELAY = 0.25
+"""Acks go out after this many messages or bytes, or this long after the last message."""
 ORPHAN_BYTES = 16 * 1024 * 1024
 ORPHAN_COUNT = 1024
 STDERR_LINE_MAX = 16 * 1024
@@ -124,6 +128,8 @@ class AgentLink:
         self._resume_after = resume_after
         self.last_seq = resume_after or 0
         self._acked = self.last_seq
+        self._unacked_bytes = 0
+        self._unacked = trio.Event()
         self.detached = False
         self._outgoing_send, self._outgoing_receive = trio.open_memory_channel[bytes](
             OUTGOING_QUEUE
@@ -157,6 +163,7 @@ class AgentLink:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop)
+                nursery.start_soon(self._ack_when_quiet)
                 if self._resume_after is not None:
                     await self._outgoing_send.send(
                         _encode({"id": RESUME_ID, "type": "resume", "after": self._resume_after})
@@ -205,16 +212,31 @@ class AgentLink:
                     continue
                 for line in stdout.feed(payload):
                     self._dispatch(line)
-            self._acknowledge()
+            self._unacked_bytes += len(data)
+            if self.last_seq - self._acked >= ACK_EVERY or self._unacked_bytes >= ACK_BYTES:
+                self._acknowledge()
+            elif self.last_seq > self._acked:
+                self._unacked.set()
 
     def _acknowledge(self) -> None:
-        """Let the agent forget what has arrived (best effort: a full queue skips one ack)."""
+        """Let the agent forget what has arrived (best effort: a full queue skips one ack).
+
+        Acks are batched: one per request would cost the agent a wake-up per round trip."""
         if self.last_seq > self._acked and self.ready.is_set():
             with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                 self._outgoing_send.send_nowait(
                     _encode({"id": next(self._ids), "type": "ack", "seq": self.last_seq})
                 )
                 self._acked = self.last_seq
+                self._unacked_bytes = 0
+
+    async def _ack_when_quiet(self) -> None:
+        """Acknowledge what a batch left over, a moment later (an idle link never wakes)."""
+        while True:
+            await self._unacked.wait()
+            await trio.sleep(ACK_DELAY)
+            self._unacked = trio.Event()
+            self._acknowledge()
 
     def _log_agent_stderr(self, line: bytes | OversizeLine) -> None:
         if isinstance(line, OversizeLine):

@@ -15,9 +15,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import trio
 
@@ -27,15 +25,11 @@ from .link import AgentLink
 from .pool import Profile, WarmPool, claimed_name, owner_from_name
 from .protocol import ErrorCode
 from .quotas import CreateRateLimiter, QuotaExceeded
-from .resources import Resources
+from .records import apply_notes, claim_notes, record_from
 from .runtime.docker import (
-    LABEL_CREATED_AT,
     LABEL_IDLE_TIMEOUT,
     LABEL_METADATA,
-    LABEL_OWNER,
     LABEL_POOL,
-    LABEL_SANDBOX_ID,
-    LABEL_TEMPLATE,
     LABEL_TIMEOUT,
     ContainerSpec,
     DockerError,
@@ -63,73 +57,6 @@ class SandboxNotFound(Exception):
 
 class SandboxStartError(Exception):
     """The container was created but its agent never said it was ready."""
-
-
-def parse_timestamp(text: str) -> datetime:
-    """The inverse of `iso_timestamp`."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-
-
-def _record_from(info: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """A sandbox's record (all but its link) from what its container carries."""
-    labels: dict[str, str] = info["Config"]["Labels"]
-    host: dict[str, Any] = info["HostConfig"]
-    created_at = parse_timestamp(labels[LABEL_CREATED_AT])
-    timeout = float(labels[LABEL_TIMEOUT])
-    idle = labels.get(LABEL_IDLE_TIMEOUT, "")
-    metadata = json.loads(labels.get(LABEL_METADATA, "{}"))
-    if not isinstance(metadata, dict):
-        raise ValueError("metadata label is not an object")
-    options = SandboxOptions(
-        template=labels[LABEL_TEMPLATE],
-        timeout=timeout,
-        idle_timeout=float(idle) if idle else None,
-        resources=Resources(
-            (host.get("NanoCpus") or 0) / 1e9 or settings.cpus,
-            int(host.get("Memory") or settings.memory_limit),
-            int(host.get("PidsLimit") or settings.pids_limit),
-        ),
-        runtime=host.get("Runtime"),
-        network=host.get("NetworkMode") or "none",
-        metadata={str(k): str(v) for k, v in metadata.items()},
-    )
-    return {
-        "id": labels[LABEL_SANDBOX_ID],
-        "owner": labels[LABEL_OWNER],
-        "container_id": str(info["Id"]),
-        "created_at": created_at,
-        "options": options,
-        "expires_at": created_at + timedelta(seconds=timeout),
-    }
-
-
-def _claim_notes(sandbox: Sandbox) -> dict[str, Any]:
-    """What a claimed pooled container's labels cannot say: this sandbox's own options."""
-    options = sandbox.options
-    return {
-        "createdAt": sandbox.created_at.timestamp(),
-        "expiresAt": sandbox.expires_at.timestamp(),
-        "timeout": options.timeout,
-        "idleTimeout": options.idle_timeout,
-        "metadata": options.metadata,
-    }
-
-
-def _apply_notes(sandbox: Sandbox, notes: dict[str, Any]) -> None:
-    """What the server told the agent to keep: a claimed sandbox's options, a moved expiry."""
-    if isinstance(notes.get("expiresAt"), (int, float)):
-        sandbox.expires_at = datetime.fromtimestamp(notes["expiresAt"], UTC)
-    if isinstance(notes.get("createdAt"), (int, float)):
-        sandbox.created_at = datetime.fromtimestamp(notes["createdAt"], UTC)
-    changes: dict[str, Any] = {}
-    if isinstance(notes.get("timeout"), (int, float)):
-        changes["timeout"] = float(notes["timeout"])
-    if "idleTimeout" in notes and isinstance(notes["idleTimeout"], (int, float, type(None))):
-        changes["idle_timeout"] = notes["idleTimeout"]
-    if isinstance(notes.get("metadata"), dict):
-        changes["metadata"] = {str(k): str(v) for k, v in notes["metadata"].items()}
-    if changes:
-        sandbox.options = replace(sandbox.options, **changes)
 
 
 def new_sandbox_id() -> str:
@@ -194,7 +121,7 @@ class SandboxManager:
             return
         state = info.get("State", {})
         try:
-            record = _record_from(info, self._settings)
+            record = record_from(info, self._settings)
         except (KeyError, ValueError, TypeError) as exc:
             log.warning("removing container %s: unreadable labels (%s)", container_id[:12], exc)
             await self._runtime.remove(container_id)
@@ -254,7 +181,7 @@ class SandboxManager:
             if profile is None or not self._pool.add(profile, sandbox):
                 await self._discard(sandbox)  # that profile is gone or already full
             return
-        _apply_notes(sandbox, notes)
+        apply_notes(sandbox, notes)
         sandbox.touch()
         if datetime.now(UTC) >= sandbox.expires_at:
             detail = "its lifetime passed while the server was down"
@@ -432,7 +359,7 @@ class SandboxManager:
         sandbox.options = options
         sandbox.created_at = now
         sandbox.expires_at = now + timedelta(seconds=options.timeout)
-        note = {"type": "note", "notes": {"claimed": True, **_claim_notes(sandbox)}}
+        note = {"type": "note", "notes": {"claimed": True, **claim_notes(sandbox)}}
         if not sandbox.link.send_internal_nowait(note):
             await sandbox.link.send_internal(note)
         sandbox.state = State.RUNNING

@@ -1,0 +1,89 @@
+"""A sandbox's record rebuilt from what outlives the server: its container's labels and host
+config, and the notes the server left with its agent (labels cannot change after create)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .config import Settings
+from .resources import Resources
+from .runtime.docker import (
+    LABEL_CREATED_AT,
+    LABEL_IDLE_TIMEOUT,
+    LABEL_METADATA,
+    LABEL_OWNER,
+    LABEL_SANDBOX_ID,
+    LABEL_TEMPLATE,
+    LABEL_TIMEOUT,
+)
+from .sandbox import Sandbox, SandboxOptions
+
+
+def parse_timestamp(text: str) -> datetime:
+    """The inverse of `iso_timestamp`."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def record_from(info: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """A sandbox's record (all but its link) from what its container carries."""
+    labels: dict[str, str] = info["Config"]["Labels"]
+    host: dict[str, Any] = info["HostConfig"]
+    created_at = parse_timestamp(labels[LABEL_CREATED_AT])
+    timeout = float(labels[LABEL_TIMEOUT])
+    idle = labels.get(LABEL_IDLE_TIMEOUT, "")
+    metadata = json.loads(labels.get(LABEL_METADATA, "{}"))
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata label is not an object")
+    options = SandboxOptions(
+        template=labels[LABEL_TEMPLATE],
+        timeout=timeout,
+        idle_timeout=float(idle) if idle else None,
+        resources=Resources(
+            (host.get("NanoCpus") or 0) / 1e9 or settings.cpus,
+            int(host.get("Memory") or settings.memory_limit),
+            int(host.get("PidsLimit") or settings.pids_limit),
+        ),
+        runtime=host.get("Runtime"),
+        network=host.get("NetworkMode") or "none",
+        metadata={str(k): str(v) for k, v in metadata.items()},
+    )
+    return {
+        "id": labels[LABEL_SANDBOX_ID],
+        "owner": labels[LABEL_OWNER],
+        "container_id": str(info["Id"]),
+        "created_at": created_at,
+        "options": options,
+        "expires_at": created_at + timedelta(seconds=timeout),
+    }
+
+
+def claim_notes(sandbox: Sandbox) -> dict[str, Any]:
+    """What a claimed pooled container's labels cannot say: this sandbox's own options."""
+    options = sandbox.options
+    return {
+        "createdAt": sandbox.created_at.timestamp(),
+        "expiresAt": sandbox.expires_at.timestamp(),
+        "timeout": options.timeout,
+        "idleTimeout": options.idle_timeout,
+        "metadata": options.metadata,
+    }
+
+
+def apply_notes(sandbox: Sandbox, notes: dict[str, Any]) -> None:
+    """What the server told the agent to keep: a claimed sandbox's options, a moved expiry."""
+    if isinstance(notes.get("expiresAt"), (int, float)):
+        sandbox.expires_at = datetime.fromtimestamp(notes["expiresAt"], UTC)
+    if isinstance(notes.get("createdAt"), (int, float)):
+        sandbox.created_at = datetime.fromtimestamp(notes["createdAt"], UTC)
+    changes: dict[str, Any] = {}
+    if isinstance(notes.get("timeout"), (int, float)):
+        changes["timeout"] = float(notes["timeout"])
+    if "idleTimeout" in notes and isinstance(notes["idleTimeout"], (int, float, type(None))):
+        changes["idle_timeout"] = notes["idleTimeout"]
+    if isinstance(notes.get("metadata"), dict):
+        changes["metadata"] = {str(k): str(v) for k, v in notes["metadata"].items()}
+    if changes:
+        sandbox.options = replace(sandbox.options, **changes)
