@@ -230,13 +230,11 @@ async def handle_stdin(req: Request) -> Message:
 async def handle_signal(req: Request) -> Message:
     process = req.table.get(req.msg.get("pid"))
     number = signal_number(req.msg.get("signal", "SIGTERM"))
-    if process.running:
-        process.kill_group(number)
     return {
         "type": "signalResponse",
         "pid": process.pid,
         "signal": signals.Signals(number).name,
-        "delivered": process.running,
+        "delivered": process.kill_group(number),
     }
 
 

@@ -25,6 +25,7 @@ from .fields import required_int
 from .identity import FileWorkers, Identity, IdentityError, assume, parse_identity
 from .processes import ProcessTable
 from .settings import AgentSettings
+from .spawner import Spawner
 from .wire import LineSplitter, Outbox, open_stdout, widen_pipe
 
 Message = dict[str, Any]
@@ -65,7 +66,9 @@ class Agent:
         self._settings = settings
         self._identity = identity
         self._files = FileWorkers(identity)
-        self._table = ProcessTable(identity)
+        # Commands as the user start through a helper that can vfork (see spawner.py).
+        self._spawner = Spawner(identity, sys.argv[0]) if identity.switches else None
+        self._table = ProcessTable(identity, self._spawner)
         self._subscriptions = Subscriptions()
         self._tasks: dict[Any, asyncio.Task[None]] = {}
         self._answers: set[asyncio.Future[None]] = set()
@@ -244,6 +247,8 @@ class Agent:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._files.close()
+        if self._spawner is not None:
+            self._spawner.close()
 
 
 async def serve(settings: AgentSettings) -> None:

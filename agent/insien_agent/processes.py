@@ -26,11 +26,14 @@ from .errors import BAD_REQUEST, NOT_FOUND, AgentError
 from .identity import Identity
 from .oom import oom_kills
 from .output import CHUNK_SIZE, Collected, Encoder, OutputLog, Subscriber
+from .spawner import SpawnedProcess, Spawner
 from .wire import widen_pipe
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
 EXIT_DRAIN_SECONDS = 1.0
+GROUP_KILL_SECONDS = 10.0
+"""How long a killed process group is killed again while members remain (zombies count)."""
 """After a command exits, how long its pipes may stay open (held by something it left behind)."""
 
 
@@ -65,7 +68,7 @@ def signal_number(value: object) -> int:
 class ManagedProcess:
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: asyncio.subprocess.Process | SpawnedProcess,
         *,
         cmd: str,
         args: list[str],
@@ -88,6 +91,7 @@ class ManagedProcess:
         self.signal: str | None = None
         self.duration_ms: int | None = None
         self.timed_out = False
+        self._finishing: asyncio.Task[None] | None = None
         self.oom = False
         self._oom_kills_at_start = oom_kills()
         self.finished = asyncio.Event()  # exited and its output fully pumped
@@ -167,10 +171,28 @@ class ManagedProcess:
     def running(self) -> bool:
         return not self.finished.is_set()
 
-    def kill_group(self, signum: int = signal.SIGKILL) -> None:
+    def kill_group(self, signum: int = signal.SIGKILL) -> bool:
+        """Signal the command's process group (what it left running counts, even after the
+        command itself exited); False if nothing was left in it."""
         # The command leads its own session, so its pid is also its process group id.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        try:
             os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            return False
+        if signum == signal.SIGKILL and self._finishing is None:
+            self._finishing = asyncio.get_running_loop().create_task(self._kill_until_empty())
+        return True
+
+    async def _kill_until_empty(self) -> None:
+        """Kill the group again until nothing is left in it. A fork bomb was seen to leave
+        members alive after one SIGKILL to its group (children forked while it was sent)."""
+        deadline = time.monotonic() + GROUP_KILL_SECONDS
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                return
 
     # -- subscribers ----------------------------------------------------------------------------
 
@@ -268,8 +290,11 @@ class ManagedProcess:
 class ProcessTable:
     """Running processes, and the last `keep_exited` background ones that exited."""
 
-    def __init__(self, identity: Identity, keep_exited: int = 64) -> None:
+    def __init__(
+        self, identity: Identity, spawner: Spawner | None = None, keep_exited: int = 64
+    ) -> None:
         self._identity = identity
+        self._spawner = spawner
         self._running: dict[int, ManagedProcess] = {}
         self._exited: OrderedDict[int, ManagedProcess] = OrderedDict()
         self._keep_exited = keep_exited
@@ -288,6 +313,7 @@ class ProcessTable:
         pty_size: PtySize | None = None,
     ) -> ManagedProcess:
         master_fd: int | None = None
+        proc: asyncio.subprocess.Process | SpawnedProcess
         as_user = self._identity.spawn_options()
         if pty_size is not None:
             master_fd, slave_fd = pty.openpty()
@@ -314,6 +340,8 @@ class ProcessTable:
                 raise
             finally:
                 os.close(slave_fd)
+        elif self._spawner is not None:
+            proc = await self._spawner.spawn(cmd, args, cwd=cwd, env=env, stdin=stdin)
         else:
             proc = await asyncio.create_subprocess_exec(
                 cmd,
@@ -368,7 +396,7 @@ class ProcessTable:
             process.kill_group()
 
 
-def _widen_output_pipes(proc: asyncio.subprocess.Process) -> None:
+def _widen_output_pipes(proc: asyncio.subprocess.Process | SpawnedProcess) -> None:
     """Best effort: a command that already exited may have had its pipes closed by now."""
     for reader in (proc.stdout, proc.stderr):
         transport = getattr(reader, "_transport", None)

@@ -16,7 +16,7 @@ from tests.e2e.helpers import call, http, sandbox, websocket
 
 
 async def agent_pid(ws: WebSocketConnection) -> int:
-    return int((await run(ws, "pgrep -x python3"))["stdout"])
+    return int((await run(ws, "pgrep -u 0 -x python3"))["stdout"])
 
 
 async def test_user_code_runs_as_an_unprivileged_user(server: Server) -> None:
@@ -143,3 +143,21 @@ async def test_symlinks_planted_in_the_sandbox_lead_nowhere(server: Server) -> N
             ws, {"id": "b", "type": "read", "path": "/etc/hostname", "encoding": "base64"}
         )
         assert base64.b64decode(content["content"])  # readable files stay readable
+
+
+async def test_killing_the_spawner_helper_only_costs_a_new_one(server: Server) -> None:
+    """User code can kill the helper that starts its commands (it runs as the user); the agent
+    then starts a new one, and still notices when commands the old one started end."""
+    async with sandbox(server) as created, websocket(created["agentUrl"]) as ws:
+        spawned = await call(ws, {"id": 1, "type": "spawn", "cmd": "sleep", "args": ["1"]})
+        assert spawned["type"] == "spawnResponse"
+        killed = await run(ws, "pkill -9 -f -- '--spawner' ; echo killed")
+        # this command came from the helper it killed, so its answer may be lost with it
+        assert killed["type"] in ("execResponse", "error"), killed
+        with trio.fail_after(10):
+            while True:  # the sleep's exit still arrives, learned from /proc
+                message = json_message(await ws.get_message())
+                if message.get("id") == 1 and message["type"] == "exit":
+                    break
+        again = await run(ws, "echo fresh; ps -eo args | grep -c '^/usr/bin/python3 .*--spawner'")
+        assert again["stdout"] == "fresh\n1\n"  # exactly one helper again

@@ -64,17 +64,29 @@ async def run(ws: WebSocketConnection, script: str, timeout: float = 10) -> dict
 
 async def test_fork_bomb(server: Server) -> None:
     async def bomb(ws: WebSocketConnection) -> None:
-        reply = await run(ws, "bomb() { bomb | bomb & }; bomb", timeout=5)
-        assert reply["type"] == "execResponse"
-        # the sandbox itself recovers once the bomb's process group is killed
+        # The shell returns at once and leaves the bomb running in its process group, held
+        # back only by the pids limit; one SIGKILL to the group ends it.
+        spawned = await call(
+            ws, {"id": "b", "type": "spawn", "cmd": "sh", "args": ["-c", "b() { b | b & }; b"]}
+        )
+        assert spawned["type"] == "spawnResponse"
+        await trio.sleep(3)
+        await ws.send_message(
+            json.dumps({"id": "k", "type": "signal", "pid": spawned["pid"], "signal": "KILL"})
+        )
         ps: dict[str, Any] = {}
         with trio.move_on_after(30):
+            while True:
+                ps = await receive(ws)
+                if ps.get("id") == "k":
+                    assert ps["delivered"] is True
+                    break
             while True:
                 ps = await call(ws, {"id": "ps", "type": "exec", "cmd": "ps", "args": ["-e"]}, 30)
                 if ps.get("type") == "execResponse" and ps["stdout"].count("\n") < 20:
                     return
                 await trio.sleep(0.5)
-        raise AssertionError(f"the bomb outlived its timeout: {str(ps)[:3000]}")
+        raise AssertionError(f"the bomb outlived its SIGKILL: {str(ps)[:3000]}")
 
     await attack(server, bomb)
 

@@ -1,0 +1,302 @@
+"""Starting commands as the sandbox user at vfork speed.
+
+CPython cannot vfork when the child must change its uid, so every command would fork the whole
+agent (about 1.5 ms more per command). Instead the agent starts this helper once, as the user;
+it needs no id change, so its spawns vfork. The agent creates each command's pipes itself and
+hands them over a Unix socket (SCM_RIGHTS); the helper answers with the pid, and later with
+the exit status, since the command is its child.
+
+The helper runs as the user, so user code can kill or trace it. It can then lie only about
+the user's own commands: the agent believes a pid only if the process belongs to the user and
+is the helper's child, acts on exits only for pids it knows, and starts a new helper when the
+old one dies. Terminals still go the slow way (their child must take a controlling terminal).
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from .identity import Identity
+from .wire import widen_pipe
+
+log = logging.getLogger("insien_agent.spawner")
+
+SPAWNER_FLAG = "--spawner"
+MAX_MESSAGE = 4 * 1024 * 1024
+MAX_EARLY_EXITS = 64
+UNKNOWN_EXIT = 255
+"""The exit code of a command whose helper died before reporting it."""
+
+
+# -- the helper process (runs as the user) ------------------------------------------------------
+
+
+def helper_main(fd: int) -> None:
+    """Spawn what the agent asks, report pids and exits; ends when the agent closes the socket."""
+    sock = socket.socket(fileno=fd)
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    state = threading.Condition()
+    send_lock = threading.Lock()
+
+    def send(message: dict[str, Any]) -> None:
+        with send_lock:
+            sock.send(json.dumps(message).encode())
+
+    def reap() -> None:
+        while True:
+            with state:
+                while not children:
+                    state.wait()
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                continue
+            with state:  # a spawn registers its child while holding this
+                child = children.pop(pid, None)
+            code = os.waitstatus_to_exitcode(status)
+            if child is not None:
+                child.returncode = code  # so that it never tries to reap itself
+            send({"exit": pid, "code": code})
+
+    threading.Thread(target=reap, daemon=True).start()
+    while True:
+        data, fds, _flags, _address = socket.recv_fds(sock, MAX_MESSAGE, 3)
+        if not data:
+            os._exit(0)
+        try:
+            request = json.loads(data)
+            with state:
+                child = subprocess.Popen(
+                    [request["cmd"], *request["args"]],
+                    stdin=fds[0],
+                    stdout=fds[1],
+                    stderr=fds[2],
+                    cwd=request["cwd"],
+                    env=request["env"],
+                    start_new_session=True,
+                )
+                children[child.pid] = child
+                state.notify()
+                # Still holding `state`: the reaper cannot report this child's exit before
+                # the agent has heard its pid.
+                send({"n": request["n"], "pid": child.pid})
+        except OSError as exc:
+            send({"n": request.get("n"), "errno": exc.errno, "message": exc.strerror or str(exc)})
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            send({"n": None, "errno": 0, "message": f"bad spawn request: {exc}"})
+        finally:
+            for received in fds:
+                os.close(received)
+
+
+# -- the agent's side ---------------------------------------------------------------------------
+
+
+class SpawnedProcess:
+    """What ManagedProcess needs of a process: pid, pipes as asyncio streams, and its exit."""
+
+    def __init__(
+        self,
+        pid: int,
+        stdin: asyncio.StreamWriter | None,
+        stdout: asyncio.StreamReader,
+        stderr: asyncio.StreamReader,
+        exited: asyncio.Future[int],
+    ) -> None:
+        self.pid = pid
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self._exited = exited
+        self.returncode: int | None = None
+
+    async def wait(self) -> int:
+        self.returncode = await asyncio.shield(self._exited)
+        return self.returncode
+
+
+class Spawner:
+    """The agent's end of the helper: one spawn at a time, exits routed to their processes."""
+
+    def __init__(self, identity: Identity, entry: str) -> None:
+        self._identity = identity
+        self._entry = entry
+        self._lock = asyncio.Lock()
+        self._sock: socket.socket | None = None
+        self._helper: subprocess.Popen[bytes] | None = None
+        self._reply: asyncio.Future[dict[str, Any]] | None = None
+        self._exits: dict[int, asyncio.Future[int]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._early_exits: dict[int, int] = {}
+        self._serial = 0
+
+    def _start_helper(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._helper = subprocess.Popen(
+            [sys.executable, "-I", self._entry, SPAWNER_FLAG, str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            **self._identity.spawn_options(),
+        )
+        theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        self._reader = asyncio.get_running_loop().create_task(self._read(ours))
+
+    async def _read(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while data := await loop.sock_recv(sock, MAX_MESSAGE):
+                try:
+                    message = json.loads(data)
+                except ValueError:
+                    continue
+                if not isinstance(message, dict):
+                    continue
+                if "exit" in message:
+                    pid, code = message["exit"], message.get("code")
+                    if not isinstance(pid, int) or not isinstance(code, int):
+                        continue
+                    future = self._exits.get(pid)
+                    if future is None:
+                        # Before its pid (a misbehaving helper): keep it, a few at most.
+                        self._early_exits[pid] = code
+                        while len(self._early_exits) > MAX_EARLY_EXITS:
+                            self._early_exits.pop(next(iter(self._early_exits)))
+                    elif not future.done():
+                        future.set_result(code)
+                elif message.get("n") == self._serial and self._reply and not self._reply.done():
+                    self._reply.set_result(message)
+                elif self._believable(message.get("pid")) and isinstance(message["pid"], int):
+                    # The answer to a spawn whose request was cancelled meanwhile: nobody
+                    # follows that command, so it must not run.
+                    with contextlib.suppress(OSError):
+                        os.killpg(message["pid"], signal.SIGKILL)
+        except OSError:
+            pass
+        # The helper is gone (killed by user code, or it crashed): forget it, and learn about
+        # its children's ends by watching /proc instead.
+        log.warning("the spawner helper went away; starting a new one on the next command")
+        if self._sock is sock:
+            self._sock = None
+        sock.close()
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_exception(OSError("the spawner helper went away"))
+        for pid, future in self._exits.items():
+            if not future.done():
+                watcher = loop.create_task(_watch_exit(pid, future))
+                self._watchers.add(watcher)
+                watcher.add_done_callback(self._watchers.discard)
+
+    async def spawn(
+        self, cmd: str, args: list[str], *, cwd: str, env: dict[str, str], stdin: bool
+    ) -> SpawnedProcess:
+        loop = asyncio.get_running_loop()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        if stdin:
+            in_r, in_w = os.pipe()
+        else:
+            in_r, in_w = os.open(os.devnull, os.O_RDONLY), -1
+        give = [in_r, out_w, err_w]
+        keep = [fd for fd in (in_w, out_r, err_r) if fd >= 0]
+        try:
+            for fd in (out_r, err_r):
+                widen_pipe(fd)
+            async with self._lock:
+                if self._sock is None:
+                    self._start_helper()
+                assert self._sock is not None
+                self._reply = loop.create_future()
+                self._serial += 1
+                request = json.dumps(
+                    {"n": self._serial, "cmd": cmd, "args": args, "cwd": cwd, "env": env}
+                )
+                self._sock.sendmsg(
+                    [request.encode()],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", give))],
+                )
+                reply = await self._reply
+            for fd in give:
+                os.close(fd)
+            give = []
+            if "pid" not in reply:
+                raise OSError(reply.get("errno") or 0, reply.get("message", "spawn failed"))
+            pid = reply["pid"]
+            if not self._believable(pid):
+                raise OSError(0, f"the spawner reported a pid that is not its user's: {pid}")
+            exited = self._exits.setdefault(pid, loop.create_future())
+            exited.add_done_callback(lambda _: self._exits.pop(pid, None))
+            if pid in self._early_exits:
+                exited.set_result(self._early_exits.pop(pid))
+            keep = []  # from here the transports own the agent's ends
+            stdout = await _reader_for(out_r)
+            stderr = await _reader_for(err_r)
+            writer = await _writer_for(in_w) if stdin else None
+            return SpawnedProcess(pid, writer, stdout, stderr, exited)
+        finally:
+            for fd in give + keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _believable(self, pid: object) -> bool:
+        """The pid is the helper's child and runs as the user (it may have exited already)."""
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
+            return False
+        helper = self._helper.pid if self._helper is not None else None
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+        except OSError:
+            return True  # gone already: nothing to signal, its exit still arrives
+        uids = fields.get("Uid", "").split()
+        return fields.get("PPid", "").strip() == str(helper) and all(
+            uid == str(self._identity.uid) for uid in uids
+        )
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._reader is not None:
+            self._reader.cancel()
+
+
+async def _watch_exit(pid: int, future: asyncio.Future[int]) -> None:
+    # Nothing signals the end of a process that is not our child: poll /proc (cheap, rare).
+    while os.path.exists(f"/proc/{pid}") and not future.done():  # noqa: ASYNC240, ASYNC110
+        await asyncio.sleep(0.2)
+    if not future.done():
+        future.set_result(UNKNOWN_EXIT)
+
+
+async def _reader_for(fd: int) -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1024 * 1024)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0)
+    )
+    return reader
+
+
+async def _writer_for(fd: int) -> asyncio.StreamWriter:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(fd, "wb", 0)
+    )
+    return asyncio.StreamWriter(transport, protocol, None, loop)
