@@ -84,6 +84,10 @@ class Agent:
         if self._identity.uid is not None and (euid, os.geteuid()) != (self._identity.uid, 0):
             raise IdentityError(f"file threads run as {euid} and the agent as {os.geteuid()}")
 
+    def prestart_spawner(self) -> None:
+        if self._spawner is not None:
+            self._spawner.prestart()
+
     async def hello(self) -> None:
         await self._outbox.send(self._hello_message())
 
@@ -262,6 +266,7 @@ async def serve(settings: AgentSettings) -> None:
     outbox = Outbox(await open_stdout(), settings.max_line, settings.replay_bytes)
     agent = Agent(outbox, settings, identity)
     await agent.check_identity()
+    agent.prestart_spawner()
     await agent.hello()
     splitter = LineSplitter(settings.max_line)
     while chunk := await reader.read(256 * 1024):

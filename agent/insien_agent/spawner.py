@@ -142,6 +142,11 @@ class Spawner:
         self._early_exits: dict[int, int] = {}
         self._serial = 0
 
+    def prestart(self) -> None:
+        """Start the helper now, so its interpreter starts up while the agent says hello."""
+        if self._sock is None:
+            self._start_helper()
+
     def _start_helper(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._helper = subprocess.Popen(
