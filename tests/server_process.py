@@ -15,6 +15,8 @@ from pathlib import Path
 
 IMAGE = os.environ.get("INSIEN_TEST_IMAGE", "insien-sandbox:latest")
 LISTENING = re.compile(r"Insien listening on (http://\S+)")
+STATE_DIR = tempfile.mkdtemp(prefix="insien-state-")
+"""One server key for every server this test process starts, so restarts can recover."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ def start_server(
         "INSIEN_SHUTDOWN_ENDS_SANDBOXES": "true",
         # No warm pool unless a test asks: most tests look at freshly made containers.
         "INSIEN_POOL_SIZE": "0",
+        "INSIEN_STATE_DIR": STATE_DIR,
         **(extra_env or {}),
     }
     with log_path.open("wb") as log:

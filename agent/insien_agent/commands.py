@@ -51,6 +51,7 @@ async def _start(req: Request, *, background: bool, stdin: bool) -> ManagedProce
     args = fields.str_list(msg, "args")
     cwd = os.path.join(settings.workdir, fields.optional_str(msg, "cwd", settings.workdir))
     env = user_environment()
+    env.update(req.environment)
     env.update(req.identity.environment())
     env.update(fields.str_map(msg, "env"))
     pty_size = _pty_size(msg) if background else None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .gate import ByteGate
 from .identity import FileWorkers, Identity
 from .output import Subscriber
 from .processes import ManagedProcess, ProcessTable
@@ -12,6 +14,7 @@ from .settings import AgentSettings
 from .wire import Outbox
 
 Message = dict[str, Any]
+READ_GATE_BYTES = 48 * 1024 * 1024
 
 
 @dataclass
@@ -31,6 +34,12 @@ class Request:
     subscriptions: Subscriptions
     identity: Identity
     files: FileWorkers
+    environment: dict[str, str] = field(default_factory=dict)
+    """The sandbox's variables from create, which user commands get on top of the image's."""
+    reads: ByteGate = field(default_factory=lambda: ByteGate(READ_GATE_BYTES))
+    """Bytes of file content read and not yet written out, across all requests."""
+    after_answer: list[Callable[[], None]] = field(default_factory=list)
+    """Run once the request's final message is written (releases what the answer needed)."""
 
     async def emit(self, event: Message) -> None:
         """Send a message that belongs to this request (it carries the request's id)."""

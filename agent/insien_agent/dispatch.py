@@ -19,9 +19,10 @@ from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
 from . import PROTOCOL_VERSION, __version__, commands, files
-from .context import Request, Subscriptions
+from .context import READ_GATE_BYTES, Request, Subscriptions
 from .errors import BAD_REQUEST, CANCELLED, INTERNAL, TOO_LARGE, UNKNOWN_TYPE, AgentError
 from .fields import required_int
+from .gate import ByteGate
 from .identity import FileWorkers, Identity, IdentityError, assume, parse_identity
 from .processes import ProcessTable
 from .settings import AgentSettings
@@ -50,8 +51,9 @@ HANDLERS: dict[str, Handler] = {
     "remove": files.handle_remove,
     "rename": files.handle_rename,
 }
-BUILTIN = ("ack", "cancel", "credit", "note", "ping", "resume")
+BUILTIN = ("ack", "cancel", "credit", "env", "note", "ping", "resume")
 MAX_NOTES_BYTES = 64 * 1024
+MAX_ENV_BYTES = 1024 * 1024
 
 
 def _valid_id(value: object) -> bool:
@@ -73,6 +75,10 @@ class Agent:
         self._tasks: dict[Any, asyncio.Task[None]] = {}
         self._answers: set[asyncio.Future[None]] = set()
         self._notes: dict[str, Any] = {}
+        self._environment: dict[str, str] = {}
+        self._reads = ByteGate(READ_GATE_BYTES)
+        """The sandbox's own variables (create's `env`), for user commands only: the agent's
+        process never sees them, so nothing a tenant chooses can change how it runs."""
         self._last_int_id = 0
 
     async def check_identity(self) -> None:
@@ -118,7 +124,7 @@ class Agent:
             return
         try:
             msg = json.loads(line)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             await self.error(None, BAD_REQUEST, "request is not valid JSON")
             return
         if not isinstance(msg, dict):
@@ -143,6 +149,9 @@ class Agent:
                 return
             if kind == "note":
                 self._note(msg)
+                return
+            if kind == "env":
+                self._set_environment(msg)
                 return
             if kind == "resume":
                 after = required_int(msg, "after", minimum=0)
@@ -173,6 +182,8 @@ class Agent:
             self._subscriptions,
             self._identity,
             self._files,
+            self._environment,
+            self._reads,
         )
         task = asyncio.create_task(self._run(handler, request))
         key: Any = request_id if request_id is not None else object()  # id-less: not cancellable
@@ -198,6 +209,19 @@ class Agent:
         if len(json.dumps(merged)) > MAX_NOTES_BYTES:
             raise AgentError(TOO_LARGE, f"notes exceed {MAX_NOTES_BYTES} bytes")
         self._notes = merged
+
+    def _set_environment(self, msg: Message) -> None:
+        """The orchestrator's `env` message: variables every later user command gets."""
+        env = msg.get("env")
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
+            for k, v in env.items()
+        ):
+            raise AgentError(BAD_REQUEST, "field 'env' must map names to strings")
+        if len(json.dumps(env)) > MAX_ENV_BYTES:
+            raise AgentError(TOO_LARGE, f"env exceeds {MAX_ENV_BYTES} bytes")
+        self._environment.clear()
+        self._environment.update(env)
 
     def _resume_state(self) -> Message:
         """What a restarted orchestrator needs besides the replayed messages."""
@@ -225,6 +249,13 @@ class Agent:
         return {"type": "cancelResponse", "target": target, "cancelled": task is not None}
 
     async def _run(self, handler: Handler, request: Request) -> None:
+        try:
+            await self._answer(handler, request)
+        finally:
+            for release in request.after_answer:
+                release()
+
+    async def _answer(self, handler: Handler, request: Request) -> None:
         try:
             response = await handler(request)
         except AgentError as exc:
@@ -271,5 +302,9 @@ async def serve(settings: AgentSettings) -> None:
     splitter = LineSplitter(settings.max_line)
     while chunk := await reader.read(256 * 1024):
         for line in splitter.feed(chunk):
-            await agent.receive_line(line)
+            try:
+                await agent.receive_line(line)
+            except Exception as exc:  # a bug on odd input must not end the agent
+                log.exception("request line failed")
+                await agent.error(None, INTERNAL, f"{type(exc).__name__}: {exc}")
     await agent.shutdown()

@@ -193,6 +193,15 @@ async def handle_write(req: Request) -> Message:
     return {"type": "writeResponse", "success": True, "path": path}
 
 
+async def _size_hint(req: Request, full: str, offset: int) -> int:
+    """How much a read will likely return; errors surface in the read itself."""
+    try:
+        size = (await req.files.run(os.stat, full)).st_size
+    except OSError:
+        return 1
+    return max(size - offset, 1)
+
+
 async def handle_read(req: Request) -> Message:
     msg = req.msg
     path = fields.required_str(msg, "path")
@@ -201,6 +210,11 @@ async def handle_read(req: Request) -> Message:
     length = fields.optional_int(msg, "length", None)
     assert offset is not None
     full = resolve(path, req.settings.workdir)
+    # Hold room for the content until the answer is written: many large reads at once wait
+    # for each other instead of holding their copies (bytes, base64, line) all together.
+    expected = length if length is not None else await _size_hint(req, full, offset)
+    taken = await req.reads.acquire(min(expected, req.settings.max_read))
+    req.after_answer.append(lambda: req.reads.release(taken))
     data, size = await _fs(req, path, _read, full, offset, length, req.settings.max_read)
     if encoding == "base64":
         content = base64.b64encode(data).decode("ascii")

@@ -150,7 +150,7 @@ class Spawner:
     def _start_helper(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._helper = subprocess.Popen(
-            [sys.executable, "-I", self._entry, SPAWNER_FLAG, str(theirs.fileno())],
+            [sys.executable, "-I", "-S", self._entry, SPAWNER_FLAG, str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -129,6 +129,7 @@ class Outbox:
         self._ring: deque[tuple[int, bytes]] = deque()
         self._ring_size = 0
         self._lost_through = 0  # the newest sequence number evicted before it was acknowledged
+        self._lock = asyncio.Lock()
 
     @property
     def seq(self) -> int:
@@ -148,11 +149,15 @@ class Outbox:
                     " byte message limit",
                 }
             )
-        self._seq += 1
-        line = b'%s,"seq":%d}\n' % (line[:-2], self._seq)
-        self._remember(self._seq, line)
-        self._writer.write(line)
-        await self._writer.drain()
+        async with self._lock:
+            # Wait for room before writing, not after: the transport's buffer then never holds
+            # more than one line beyond its high-water mark, however many requests answer at
+            # once while nobody reads stdout.
+            await self._writer.drain()
+            self._seq += 1
+            line = b'%s,"seq":%d}\n' % (line[:-2], self._seq)
+            self._remember(self._seq, line)
+            self._writer.write(line)
 
     def _remember(self, seq: int, line: bytes) -> None:
         self._ring.append((seq, line))
@@ -174,6 +179,11 @@ class Outbox:
         All of it is written in one go, so nothing else lands between the marker and the
         replay: the orchestrator can drop whatever it read before the marker.
         """
+        async with self._lock:
+            self._resume(request_id, after, extra)
+            await self._writer.drain()
+
+    def _resume(self, request_id: Any, after: int, extra: dict[str, Any]) -> None:
         self.ack(after)
         lost = max(0, self._lost_through - after)
         self._writer.write(
@@ -190,4 +200,3 @@ class Outbox:
         )
         for _, line in self._ring:
             self._writer.write(line)
-        await self._writer.drain()

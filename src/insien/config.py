@@ -6,6 +6,7 @@ Every setting reads `INSIEN_<NAME>`; the seed's names (`PORT`, `API_KEY`, `JWT_S
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -22,7 +23,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .pool import Profile
 from .resources import Resources, parse_size
-from .runtime.docker import DEFAULT_CAPABILITIES
+from .runtime.docker import DEFAULT_CAPABILITIES, DEFAULT_PYTHON
 from .tenants import Plan
 
 MIB = 1024 * 1024
@@ -41,6 +42,17 @@ class TemplateSettings(BaseModel):
     """An OCI runtime registered with dockerd, e.g. `runsc` (gVisor)."""
     network: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     """A Docker network for this template's sandboxes (the default is none)."""
+    python: str | None = Field(None, pattern=r"^/[A-Za-z0-9_./+-]+$")
+    """The absolute path of python3 in this image, if not INSIEN_AGENT_PYTHON."""
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How sandboxes of a template run: OCI runtime (None: Docker's), network, interpreter."""
+
+    runtime: str | None
+    network: str
+    python: str
 
 
 class PoolSettings(BaseModel):
@@ -71,6 +83,16 @@ class Settings(BaseSettings):
         "insien-sandbox:latest", validation_alias=_env("AGENT_IMAGE", seed="AGENT_IMAGE")
     )
     public_url: str | None = Field(None, validation_alias=_env("PUBLIC_URL"))
+    agent_python: str = Field(
+        DEFAULT_PYTHON, pattern=r"^/[A-Za-z0-9_./+-]+$", validation_alias=_env("AGENT_PYTHON")
+    )
+    """The absolute path of python3 in sandbox images; the agent never runs through PATH."""
+    secret_key: SecretStr | None = Field(None, validation_alias=_env("SECRET_KEY"))
+    """Seals what the server writes on containers; default: a key kept in the state folder."""
+    state_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".local" / "state" / "insien",
+        validation_alias=_env("STATE_DIR"),
+    )
     instance: str = Field(
         "default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", validation_alias=_env("INSTANCE")
     )
@@ -84,6 +106,14 @@ class Settings(BaseSettings):
     max_requests_per_connection: int = Field(
         256, gt=0, validation_alias=_env("MAX_REQUESTS_PER_CONNECTION")
     )
+    connection_buffer_bytes: int = Field(
+        64 * MIB, ge=MIB, validation_alias=_env("CONNECTION_BUFFER_BYTES")
+    )
+    """Bytes of answers held for one WebSocket that has not read them; past it, BUSY."""
+    tenant_buffer_bytes: int = Field(
+        256 * MIB, ge=MIB, validation_alias=_env("TENANT_BUFFER_BYTES")
+    )
+    """The same, for all of a tenant's WebSockets together."""
     default_timeout: float = Field(3600.0, gt=0, validation_alias=_env("DEFAULT_TIMEOUT"))
     max_timeout: float = Field(86400.0, gt=0, validation_alias=_env("MAX_TIMEOUT"))
     default_idle_timeout: float | None = Field(
@@ -142,7 +172,7 @@ class Settings(BaseSettings):
         "info", validation_alias=_env("LOG_LEVEL")
     )
 
-    @field_validator("api_key", "jwt_secret", mode="before")
+    @field_validator("api_key", "jwt_secret", "secret_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """`API_KEY=` in a .env means "not set": generate one, never accept an empty key."""
@@ -225,10 +255,14 @@ class Settings(BaseSettings):
         named = [*self.templates, *self.template_settings]
         return [self.agent_image, *dict.fromkeys(t for t in named if t != self.agent_image)]
 
-    def isolation(self, template: str) -> tuple[str | None, str]:
-        """The OCI runtime (None: Docker's default) and network for an operator's template."""
+    def isolation(self, template: str) -> Isolation:
+        """The OCI runtime, network and interpreter of an operator's template."""
         chosen = self.template_settings.get(template, TemplateSettings())
-        return chosen.runtime or self.runtime, chosen.network or self.network_mode
+        return Isolation(
+            chosen.runtime or self.runtime,
+            chosen.network or self.network_mode,
+            chosen.python or self.agent_python,
+        )
 
     @property
     def max_line_bytes(self) -> int:

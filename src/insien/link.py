@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import trio
 
+from .budget import ByteBudget
 from .protocol import ErrorCode, Message, ProtocolError, error_message, is_final
 from .runtime.frames import FrameDecoder, FramingError, LineAssembler, OversizeLine, StreamKind
 
@@ -38,13 +39,17 @@ ACK_DELAY = 0.25
 ORPHAN_BYTES = 16 * 1024 * 1024
 ORPHAN_COUNT = 1024
 STDERR_LINE_MAX = 16 * 1024
+STDERR_LINES_PER_SECOND = 50
 
 
 class Reply(NamedTuple):
-    """One message from the agent: parsed for routing, and the line as the agent wrote it."""
+    """One message from the agent: parsed for routing, and the line as the agent wrote it.
+
+    `charge` is what it costs its request's byte budget, until its consumer releases it."""
 
     message: Message
     line: bytes
+    charge: int = 0
 
     def for_client(self, client_id: Any) -> str:
         """The message as JSON text carrying the client's id, without re-encoding it.
@@ -114,6 +119,25 @@ class AgentGone(Exception):
     """The agent's stream ended: it exited, its container died, or the sandbox was destroyed."""
 
 
+class AgentProtocolError(Exception):
+    """The agent wrote something no well-behaved agent writes: the sandbox is ended for it.
+
+    Everything that comes out of a container is hostile input. A line that does not parse, a
+    nesting bomb, a non-object, an over-long line or broken framing ends that one sandbox
+    (reason `agent_protocol_error`); it never reaches the manager's nursery.
+    """
+
+
+EXCERPT_BYTES = 120
+
+
+def excerpt(data: bytes) -> str:
+    """A short, printable piece of hostile bytes for a log line or an end detail."""
+    shown = data[:EXCERPT_BYTES].decode("utf-8", errors="replace")
+    more = f"… ({len(data)} bytes)" if len(data) > EXCERPT_BYTES else ""
+    return repr(shown) + more
+
+
 class AgentLink:
     """Request multiplexing over an attached agent. Run `run()` in a nursery, then `request()`."""
 
@@ -135,6 +159,7 @@ class AgentLink:
             OUTGOING_QUEUE
         )
         self._pending: dict[int | str, trio.MemorySendChannel[Reply]] = {}
+        self._budgets: dict[int | str, ByteBudget] = {}
         # Session requests the agent still runs after a restart, and answers of session
         # requests nobody waits for any more: both wait for the session to connect again.
         self._adopted: dict[str, PendingRequest] = {}
@@ -146,6 +171,11 @@ class AgentLink:
         self.ready = trio.Event()
         self.closed = trio.Event()
         self.close_reason = ""
+        self.protocol_error = False
+        self._stderr_window_start = -1e9
+        self._stderr_lines = 0
+        self._stderr_dropped = 0
+        """True when the link closed because the agent broke the protocol."""
 
     @classmethod
     def gone(cls, *, name: str, reason: str) -> AgentLink:
@@ -173,9 +203,16 @@ class AgentLink:
                 nursery.cancel_scope.cancel()
         except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
             self.close_reason = f"attach stream broke: {group.exceptions[0]}"
-        except* FramingError as group:
-            self.close_reason = str(group.exceptions[0])
+        except* (FramingError, AgentProtocolError) as group:
+            self.protocol_error = True
+            self.close_reason = f"agent protocol error: {group.exceptions[0]}"
             log.error("%s: %s", self._name, self.close_reason)
+        except* Exception as group:
+            # A bug of ours on hostile input must still end only this sandbox.
+            self.protocol_error = True
+            first = group.exceptions[0]
+            self.close_reason = f"agent protocol error: {type(first).__name__}: {first}"
+            log.error("%s: %s", self._name, self.close_reason, exc_info=first)
         finally:
             self._close(self.close_reason or "agent stream closed")
             with trio.CancelScope(shield=True):
@@ -194,6 +231,7 @@ class AgentLink:
                     channel.send_nowait(Reply(gone, _encode(gone)))
             channel.close()
         self._pending.clear()
+        self._budgets.clear()
 
     async def _write_loop(self) -> None:
         async with self._outgoing_receive:
@@ -239,24 +277,32 @@ class AgentLink:
             self._acknowledge()
 
     def _log_agent_stderr(self, line: bytes | OversizeLine) -> None:
-        if isinstance(line, OversizeLine):
+        # The agent's stderr is container output too: a flood must not flood the server's log.
+        now = trio.current_time()
+        if now - self._stderr_window_start >= 1.0:
+            if self._stderr_dropped:
+                log.info("%s agent: <%d lines not logged>", self._name, self._stderr_dropped)
+            self._stderr_window_start, self._stderr_lines, self._stderr_dropped = now, 0, 0
+        self._stderr_lines += 1
+        if self._stderr_lines > STDERR_LINES_PER_SECOND:
+            self._stderr_dropped += 1
+        elif isinstance(line, OversizeLine):
             log.info("%s agent: <%d byte line dropped>", self._name, line.size)
         else:
-            log.info("%s agent: %s", self._name, line.decode(errors="replace"))
+            log.info("%s agent: %s", self._name, line[:2048].decode(errors="replace"))
 
     def _dispatch(self, line: bytes | OversizeLine) -> None:
         if isinstance(line, OversizeLine):
             # The agent keeps its own lines under the limit, so this is a broken or hostile agent.
-            log.warning("%s: dropped a %d byte line from the agent", self._name, line.size)
-            return
+            raise AgentProtocolError(f"a line of {line.size} bytes, over the limit")
         try:
             message = json.loads(line)
-        except ValueError:
-            log.warning("%s: agent wrote a line that is not JSON: %.200r", self._name, line)
-            return
+        except (ValueError, RecursionError) as exc:  # RecursionError: a nesting bomb
+            raise AgentProtocolError(
+                f"a line that is not JSON ({type(exc).__name__}): {excerpt(line)}"
+            ) from None
         if not isinstance(message, dict):
-            log.warning("%s: agent wrote a non-object: %.200r", self._name, line)
-            return
+            raise AgentProtocolError(f"a line that is not a JSON object: {excerpt(line)}")
         if self._resume_after is not None and not self.ready.is_set():
             # Rejoining: what the stream carried before the agent's marker is replayed after it.
             if message.get("type") == "resumeResponse" and message.get("id") == RESUME_ID:
@@ -281,13 +327,33 @@ class AgentLink:
                 self._keep_orphan(Reply(message, line))
             return  # an answer for a request whose client has gone away
         terminal = is_final(message)
+        budget = self._budgets.get(request_id)
+        reply = Reply(message, line)
+        if budget is not None:
+            if budget.try_take(len(line)):
+                reply = Reply(message, line, len(line))
+            else:
+                # Its client holds too many bytes it has not read: answer BUSY instead of
+                # holding more, and stop the request in the agent.
+                busy = error_message(
+                    request_id,
+                    ErrorCode.BUSY,
+                    "too many bytes are waiting for this connection to read them",
+                )
+                reply = Reply(busy, _encode(busy))
+                if not terminal:
+                    self.send_internal_nowait({"type": "cancel", "target": request_id})
+                terminal = True
         try:
-            channel.send_nowait(Reply(message, line))
+            channel.send_nowait(reply)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             # The request's consumer fell behind or left; end it rather than buffer without bound.
+            if budget is not None:
+                budget.release(reply.charge)
             terminal = True
         if terminal:
             self._pending.pop(request_id, None)
+            self._budgets.pop(request_id, None)
             channel.close()
 
     def _resumed(self, marker: Message) -> None:
@@ -317,8 +383,11 @@ class AgentLink:
         self._pending[agent_id] = send
         self._adopted[agent_id] = PendingRequest(self, agent_id, receive)
 
-    def take_session(self, session: str) -> tuple[list[Reply], dict[str, PendingRequest]]:
-        """What a reconnecting session gets: answers kept for it, and its requests in flight."""
+    def take_session(
+        self, session: str, budget: ByteBudget | None = None
+    ) -> tuple[list[Reply], dict[str, PendingRequest]]:
+        """What a reconnecting session gets: answers kept for it, and its requests in flight
+        (charged to `budget` from now on)."""
         prefix = session + SESSION_MARK
         mine = [r for r in self._orphans if str(r.message.get("id")).startswith(prefix)]
         if mine:
@@ -327,11 +396,16 @@ class AgentLink:
         adopted = {k: v for k, v in self._adopted.items() if k.startswith(prefix)}
         for key in adopted:
             del self._adopted[key]
+            if budget is not None:
+                self._budgets[key] = budget
+                adopted[key].budget = budget
         return mine, adopted
 
     async def release(self, pending: PendingRequest) -> None:
         """An adopted request's new client is done with it: if it has not finished, cancel it,
         as leaving `request()` early does."""
+        pending.drain()
+        self._budgets.pop(pending.agent_id, None)
         channel = self._pending.pop(pending.agent_id, None)
         if channel is not None:
             channel.close()
@@ -346,7 +420,7 @@ class AgentLink:
 
     @asynccontextmanager
     async def request(
-        self, message: Message, agent_id: str | None = None
+        self, message: Message, agent_id: str | None = None, budget: ByteBudget | None = None
     ) -> AsyncIterator[PendingRequest]:
         """Send one request; yields a PendingRequest to iterate over what the agent answers.
 
@@ -370,17 +444,24 @@ class AgentLink:
             )
         send, receive = trio.open_memory_channel[Reply](EVENTS_PER_REQUEST)
         self._pending[request_id] = send
-        pending = PendingRequest(self, request_id, receive)
+        if budget is not None:
+            self._budgets[request_id] = budget
+        pending = PendingRequest(self, request_id, receive, budget)
         try:
             try:
                 await self._outgoing_send.send(line)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 raise AgentGone(self.close_reason) from None
-            async with receive:
+            try:
                 yield pending
+            finally:
+                pending.drain()  # before closing: what is dropped must be released
+                receive.close()
         finally:
+            pending.drain()
             if self._pending.get(request_id) is send:
                 del self._pending[request_id]
+                self._budgets.pop(request_id, None)
                 with trio.move_on_after(CANCEL_TIMEOUT, shield=True):
                     await self.cancel(request_id)
             send.close()
@@ -428,12 +509,30 @@ class PendingRequest:
     """The messages of one request in flight, granting the agent credit as they are consumed."""
 
     def __init__(
-        self, link: AgentLink, agent_id: int | str, channel: trio.MemoryReceiveChannel[Reply]
+        self,
+        link: AgentLink,
+        agent_id: int | str,
+        channel: trio.MemoryReceiveChannel[Reply],
+        budget: ByteBudget | None = None,
     ) -> None:
         self.link = link
         self.agent_id = agent_id
+        self.budget = budget
         self._channel = channel
         self._consumed = 0
+
+    def release(self, reply: Reply) -> None:
+        """The consumer is done with a reply's bytes (sent them, or dropped them)."""
+        if self.budget is not None:
+            self.budget.release(reply.charge)
+
+    def drain(self) -> None:
+        """Drop the replies nobody will take, releasing what they were charged."""
+        while True:
+            try:
+                self.release(self._channel.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
 
     def __aiter__(self) -> PendingRequest:
         return self

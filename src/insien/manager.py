@@ -15,21 +15,29 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import trio
 
 from ._resources import agent_zipapp
-from .config import Settings
+from .config import Isolation, Settings
 from .link import AgentLink
-from .pool import Profile, WarmPool, claimed_name, owner_from_name
+from .pool import Profile, WarmPool
 from .protocol import ErrorCode
+from .provenance import ProvenanceError, Sealer
 from .quotas import CreateRateLimiter, QuotaExceeded
 from .records import apply_notes, claim_notes, record_from
 from .runtime.docker import (
+    LABEL_CREATED_AT,
     LABEL_IDLE_TIMEOUT,
+    LABEL_INSTANCE,
     LABEL_METADATA,
+    LABEL_OWNER,
     LABEL_POOL,
+    LABEL_SANDBOX_ID,
+    LABEL_TEMPLATE,
     LABEL_TIMEOUT,
     ContainerSpec,
     DockerError,
@@ -64,12 +72,31 @@ def new_sandbox_id() -> str:
     return str(uuid.UUID(bytes=secrets.token_bytes(16)))
 
 
+@dataclass
+class RecoveryReport:
+    """What start-up found of the containers a previous run left."""
+
+    found: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    def count(self, outcome: str) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+    def summary(self) -> str:
+        kinds = ("recovered", "pooled", "ended", "refused", "discarded", "gone")
+        parts = [f"{self.outcomes[k]} {k}" for k in kinds if self.outcomes.get(k)]
+        return f"found {self.found} containers of this instance: {', '.join(parts) or 'none'}"
+
+
 class SandboxManager:
     """Creates, finds and ends sandboxes. Use `async with SandboxManager.open(...)`."""
 
-    def __init__(self, runtime: DockerRuntime, settings: Settings, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, runtime: DockerRuntime, settings: Settings, nursery: trio.Nursery, sealer: Sealer
+    ) -> None:
         self._runtime = runtime
         self._settings = settings
+        self._sealer = sealer
         self._nursery = nursery
         self._sandboxes: dict[str, Sandbox] = {}
         self._ended: OrderedDict[str, Sandbox] = OrderedDict()
@@ -77,14 +104,15 @@ class SandboxManager:
         self._creating: dict[str, int] = {}  # tenant id -> creates under way
         self._create_rate = CreateRateLimiter()
         self._pool = WarmPool(settings.pool_profiles())
+        self.recovery = RecoveryReport()
 
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, runtime: DockerRuntime, settings: Settings
+        cls, runtime: DockerRuntime, settings: Settings, sealer: Sealer
     ) -> AsyncIterator[SandboxManager]:
         async with trio.open_nursery() as nursery:
-            manager = cls(runtime, settings, nursery)
+            manager = cls(runtime, settings, nursery, sealer)
             await manager._recover()
             nursery.start_soon(manager._reap)
             nursery.start_soon(manager._refill)
@@ -107,29 +135,51 @@ class SandboxManager:
     # -- recovery ---------------------------------------------------------------------------
 
     async def _recover(self) -> None:
-        """Rebuild the registry from this instance's labelled containers after a restart."""
+        """Rebuild the registry from this instance's labelled containers after a restart.
+
+        Each container is recovered on its own: one that fails (unsealed labels, a hostile
+        agent, a Docker error) is refused, removed and reported; the others carry on."""
         found = await self._runtime.list_sandboxes(self._settings.instance)
+        self.recovery = RecoveryReport(found=len(found))
         async with trio.open_nursery() as nursery:
             for container in found:
-                nursery.start_soon(self._recover_one, container["Id"])
+                nursery.start_soon(self._recover_safely, container["Id"])
         if found:
-            log.info("recovered %d of %d sandboxes", len(self._sandboxes), len(found))
+            log.info("start-up: %s", self.recovery.summary())
 
-    async def _recover_one(self, container_id: str) -> None:
+    async def _recover_safely(self, container_id: str) -> None:
+        try:
+            outcome = await self._recover_one(container_id)
+        except Exception as exc:
+            outcome = "refused"
+            log.error("refusing container %s at start-up: %r", container_id[:12], exc)
+            with trio.CancelScope(shield=True):
+                try:
+                    await self._runtime.remove(container_id)
+                except DockerError as removal:
+                    log.error("could not remove container %s: %s", container_id[:12], removal)
+        self.recovery.count(outcome)
+
+    async def _recover_one(self, container_id: str) -> str:
+        """Recover one container; returns what became of it (see RecoveryReport)."""
         info = await self._runtime.inspect(container_id)
         if info is None:
-            return
+            return "gone"
         state = info.get("State", {})
         try:
-            record = record_from(info, self._settings)
-        except (KeyError, ValueError, TypeError) as exc:
-            log.warning("removing container %s: unreadable labels (%s)", container_id[:12], exc)
+            labels = self._sealer.verified_labels(info["Config"]["Labels"] or {})
+            record = record_from(labels, info, self._settings)
+            pool_key = labels[LABEL_POOL] or None
+            owner = self._sealer.owner_from_name(str(info.get("Name", "")), record["id"])
+        except (KeyError, ValueError, TypeError, ProvenanceError) as exc:
+            log.error("refusing container %s at start-up: %s; removing it", container_id[:12], exc)
             await self._runtime.remove(container_id)
-            return
-        pool_key = info["Config"]["Labels"].get(LABEL_POOL)
-        pooled = pool_key is not None and owner_from_name(info.get("Name", "")) is None
-        if pool_key is not None and not pooled:
-            record["owner"] = owner_from_name(info["Name"])  # claimed: the name says by whom
+            return "refused"
+        pooled = pool_key is not None and owner is None
+        if pool_key is not None and owner is not None:
+            record["owner"] = owner  # claimed: its sealed name says by whom
+        if pool_key is None and owner is not None:
+            raise ProvenanceError("a claimed name on a container that was never pooled")
         if not state.get("Running"):
             # It ended while the server was down: its owner can still ask why.
             reason = EndReason.OOM if state.get("OOMKilled") else EndReason.AGENT_EXITED
@@ -141,7 +191,7 @@ class SandboxManager:
                 self._ended[ended.id] = ended
             log.warning("sandbox %s ended (%s) while the server was down", ended.id, reason)
             await self._runtime.remove(container_id)
-            return
+            return "ended"
         was_paused = bool(state.get("Paused"))
         try:
             if was_paused:
@@ -150,7 +200,7 @@ class SandboxManager:
         except DockerError as exc:
             log.warning("removing container %s: cannot attach (%s)", container_id[:12], exc)
             await self._runtime.remove(container_id)
-            return
+            return "refused"
         sandbox = Sandbox(
             **record,
             link=AgentLink(
@@ -167,35 +217,52 @@ class SandboxManager:
             await _first_of(sandbox.link.ready.wait, sandbox.link.closed.wait)
         if not sandbox.link.connected:
             why = sandbox.link.close_reason or "the agent did not answer the resume"
-            await self._finish(sandbox, EndReason.ERROR, f"not recovered: {why}")
-            return
+            reason = (
+                EndReason.AGENT_PROTOCOL_ERROR if sandbox.link.protocol_error else EndReason.ERROR
+            )
+            await self._finish(sandbox, reason, f"not recovered: {why}")
+            return "refused"
         sandbox.state = State.RUNNING
-        notes = (sandbox.link.resumed or {}).get("notes") or {}
-        if pooled and notes.get("claimed"):
+        raw_notes = (sandbox.link.resumed or {}).get("notes") or {}
+        try:
+            notes = self._sealer.verified_notes(sandbox.id, raw_notes) if raw_notes else {}
+        except ProvenanceError:
+            log.error("sandbox %s: its agent's notes are not sealed; ignoring them", sandbox.id)
+            notes = {}
+        if pooled and (notes.get("claimed") or raw_notes.get("claimed")):
             # Claimed just before the server died, not yet renamed: whose it is is unknown.
             log.warning("removing sandbox %s: claimed but its owner was never recorded", sandbox.id)
             await self._discard(sandbox)
-            return
+            return "refused"
         if pooled:
             profile = self._pool.profiles.get(str(pool_key))
             if profile is None or not self._pool.add(profile, sandbox):
                 await self._discard(sandbox)  # that profile is gone or already full
-            return
+                return "discarded"
+            return "pooled"
         apply_notes(sandbox, notes)
+        sandbox.notes = dict(notes)
         sandbox.touch()
         if datetime.now(UTC) >= sandbox.expires_at:
             detail = "its lifetime passed while the server was down"
             await self._finish(sandbox, EndReason.EXPIRED, detail)
-            return
+            return "ended"
         if was_paused:
             await self._runtime.pause(container_id)
             sandbox.state = State.PAUSED
         log.info("recovered sandbox %s (container %s)", sandbox.id, container_id[:12])
+        return "recovered"
+
+    def _notes_message(self, sandbox: Sandbox, **notes: Any) -> dict[str, Any]:
+        """A `note` for the agent: every note the server relies on, sealed (the agent is not
+        trusted, so a restarted server believes only notes it can verify)."""
+        sandbox.notes.update(notes)
+        return {"type": "note", "notes": self._sealer.seal_notes(sandbox.id, sandbox.notes)}
 
     async def _note_expiry(self, sandbox: Sandbox) -> None:
         """Keep the expiry with the agent: labels are fixed, and keepalive moves it."""
         await sandbox.link.send_internal(
-            {"type": "note", "notes": {"expiresAt": sandbox.expires_at.timestamp()}}
+            self._notes_message(sandbox, expiresAt=sandbox.expires_at.timestamp())
         )
 
     # -- lookup -----------------------------------------------------------------------------
@@ -254,9 +321,7 @@ class SandboxManager:
                 del self._creating[tenant.id]
 
     async def _create(self, tenant: Tenant, options: SandboxOptions) -> Sandbox:
-        profile = (
-            None if options.env else self._pool.profile_for(options.template, options.resources)
-        )
+        profile = self._pool.profile_for(options.template, options.resources)
         if profile is not None:
             pooled = self._pool.take(profile)
             if pooled is not None:
@@ -278,27 +343,37 @@ class SandboxManager:
         """Create and start a container and wait for its agent's hello; not registered yet."""
         settings = self._settings
         created_at = datetime.now(UTC)
+        # The sandbox's own `env` goes to the agent as a message (below), for user commands
+        # only: the agent's process never runs with anything a tenant chose.
         environment = {
-            **options.env,
             "INSIEN_AGENT_MAX_LINE": str(settings.max_line_bytes),
             "INSIEN_AGENT_MAX_OUTPUT": str(settings.max_output_bytes),
             "INSIEN_AGENT_MAX_READ": str(settings.max_read_bytes),
             "INSIEN_AGENT_USER": settings.sandbox_user,
         }
-        labels = {
-            LABEL_TIMEOUT: repr(options.timeout),
-            LABEL_IDLE_TIMEOUT: repr(options.idle_timeout) if options.idle_timeout else "",
-            LABEL_METADATA: json.dumps(options.metadata, separators=(",", ":")),
-        }
-        if pool_key is not None:
-            labels[LABEL_POOL] = pool_key
+        sandbox_id = new_sandbox_id()
+        # Every label recovery reads is set here, whatever the image carries, and sealed.
+        labels = self._sealer.seal_labels(
+            {
+                LABEL_SANDBOX_ID: sandbox_id,
+                LABEL_OWNER: owner,
+                LABEL_INSTANCE: settings.instance,
+                LABEL_CREATED_AT: iso_timestamp(created_at),
+                LABEL_TEMPLATE: options.template,
+                LABEL_TIMEOUT: repr(options.timeout),
+                LABEL_IDLE_TIMEOUT: repr(options.idle_timeout) if options.idle_timeout else "",
+                LABEL_METADATA: json.dumps(options.metadata, separators=(",", ":")),
+                LABEL_POOL: pool_key or "",
+            }
+        )
         spec = ContainerSpec(
-            sandbox_id=new_sandbox_id(),
+            sandbox_id=sandbox_id,
             image=options.template,
             owner=owner,
             instance=settings.instance,
-            created_at=iso_timestamp(created_at),
+            created_at=labels[LABEL_CREATED_AT],
             template=options.template,
+            python=options.python,
             network_mode=options.network,
             runtime=options.runtime,
             mem_limit=options.resources.memory,
@@ -318,6 +393,9 @@ class SandboxManager:
             link = AgentLink(
                 stream, name=f"sandbox {spec.sandbox_id[:8]}", max_line=settings.max_line_bytes
             )
+            if options.env:
+                # Queued before the agent starts, so it is the first line the agent reads.
+                link.send_internal_nowait({"type": "env", "env": options.env})
             sandbox = Sandbox(
                 id=spec.sandbox_id,
                 owner=owner,
@@ -359,9 +437,12 @@ class SandboxManager:
         sandbox.options = options
         sandbox.created_at = now
         sandbox.expires_at = now + timedelta(seconds=options.timeout)
-        note = {"type": "note", "notes": {"claimed": True, **claim_notes(sandbox)}}
-        if not sandbox.link.send_internal_nowait(note):
-            await sandbox.link.send_internal(note)
+        note = self._notes_message(sandbox, claimed=True, **claim_notes(sandbox))
+        # Queued ahead of any request of the new owner: the env its commands get, and the
+        # notes that let a restart recognise the claim.
+        for message in ([{"type": "env", "env": options.env}] if options.env else []) + [note]:
+            if not sandbox.link.send_internal_nowait(message):
+                await sandbox.link.send_internal(message)
         sandbox.state = State.RUNNING
         sandbox.touch()
         self._sandboxes[sandbox.id] = sandbox
@@ -372,7 +453,7 @@ class SandboxManager:
     async def _rename_claimed(self, sandbox: Sandbox) -> None:
         try:
             await self._runtime.rename(
-                sandbox.container_id, claimed_name(sandbox.id, sandbox.owner)
+                sandbox.container_id, self._sealer.claimed_name(sandbox.id, sandbox.owner)
             )
         except DockerError as exc:
             # Without the name a restart cannot tell whose it is, and would remove it.
@@ -394,13 +475,15 @@ class SandboxManager:
                     await changed.wait()
 
     async def _fill_one(self, profile: Profile) -> None:
+        isolation = self._settings.isolation(profile.template)
         options = SandboxOptions(
             template=profile.template,
             timeout=self._settings.default_timeout,
             idle_timeout=self._settings.default_idle_timeout,
             resources=profile.resources,
-            runtime=self._settings.isolation(profile.template)[0],
-            network=self._settings.isolation(profile.template)[1],
+            runtime=isolation.runtime,
+            network=isolation.network,
+            python=isolation.python,
         )
         try:
             sandbox = await self._launch(owner="", options=options, pool_key=profile.key)
@@ -428,7 +511,10 @@ class SandboxManager:
             await sandbox.link.run(task_status=task_status)
         if sandbox.scope.cancelled_caught or sandbox.state is State.ENDED:
             return
-        reason = await self._why_it_ended(sandbox)
+        if sandbox.link.protocol_error:
+            reason = EndReason.AGENT_PROTOCOL_ERROR
+        else:
+            reason = await self._why_it_ended(sandbox)
         log.warning("sandbox %s ended: %s (%s)", sandbox.id, reason, sandbox.link.close_reason)
         await self._finish(sandbox, reason, sandbox.link.close_reason)
 
@@ -526,10 +612,8 @@ class SandboxManager:
             return labels.get(SNAPSHOT_BASE_LABEL, self._settings.agent_image)
         return template
 
-    async def resolve_template(
-        self, template: str, tenant: Tenant
-    ) -> tuple[str | None, str] | None:
-        """The runtime and network of a template this tenant may use; None if it may not.
+    async def resolve_template(self, template: str, tenant: Tenant) -> Isolation | None:
+        """How sandboxes of a template this tenant may use run; None if it may not.
 
         The operator's images, or a snapshot that this tenant made (isolated like its base).
         """

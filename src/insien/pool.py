@@ -4,8 +4,8 @@ One pool per profile (a template and its resources). A pooled sandbox is a runni
 whose agent has said it is ready; it has no owner, counts against no tenant, and never expires.
 A create whose template and resources match a profile takes one (claim) and the pool refills
 in the background, never above its size. On claim the server renames the container to carry
-its owner, since labels cannot change and nothing inside a container can rename it; a
-restarted server reads the owner back from the name.
+its owner under the server's seal, since labels cannot change and nothing inside a container
+can rename it; a restarted server reads the owner back from the name (see `provenance`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import trio
 
 from .resources import Resources
 from .sandbox import Sandbox
-
-OWNER_MARK = "-owner-"
 
 
 @dataclass(frozen=True)
@@ -31,17 +29,6 @@ class Profile:
         """A label value naming the profile: template and limits."""
         r = self.resources
         return f"{self.template}|{r.cpus:g}|{r.memory}|{r.pids}"
-
-
-def claimed_name(sandbox_id: str, owner: str) -> str:
-    """The container name of a claimed sandbox (tenant ids fit Docker's name alphabet)."""
-    return f"insien-{sandbox_id}{OWNER_MARK}{owner}"
-
-
-def owner_from_name(name: str) -> str | None:
-    """The owner a claimed container's name carries, or None for a sandbox still in the pool."""
-    _, mark, owner = name.lstrip("/").partition(OWNER_MARK)
-    return owner if mark and owner else None
 
 
 class WarmPool:

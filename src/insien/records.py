@@ -27,9 +27,8 @@ def parse_timestamp(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
-def record_from(info: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """A sandbox's record (all but its link) from what its container carries."""
-    labels: dict[str, str] = info["Config"]["Labels"]
+def record_from(labels: dict[str, str], info: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """A sandbox's record (all but its link) from its verified labels and its host config."""
     host: dict[str, Any] = info["HostConfig"]
     created_at = parse_timestamp(labels[LABEL_CREATED_AT])
     timeout = float(labels[LABEL_TIMEOUT])

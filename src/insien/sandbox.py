@@ -29,6 +29,8 @@ class EndReason(enum.StrEnum):
     CONTAINER_GONE = "container_gone"
     ERROR = "error"
     SHUTDOWN = "shutdown"
+    AGENT_PROTOCOL_ERROR = "agent_protocol_error"
+    """The agent wrote something no agent writes (see link.AgentProtocolError)."""
 
 
 def iso_timestamp(moment: datetime) -> str:
@@ -50,6 +52,8 @@ class SandboxOptions:
     network: str = "none"
     metadata: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    python: str = "/usr/bin/python3"
+    """The interpreter that runs the agent in this template's image (an absolute path)."""
 
 
 @dataclass(eq=False)
@@ -70,6 +74,8 @@ class Sandbox:
     end_detail: str = ""
     ended_at: datetime | None = None
     clients: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+    """What the server has asked the agent to keep for a restart (sent sealed)."""
     last_activity: float = field(default_factory=trio.current_time)
 
     @property

@@ -19,8 +19,10 @@ from hypercorn.config import Config as HypercornConfig
 from .api.context import Services
 from .app import create_asgi
 from .auth import Authenticator
+from .budget import TenantBudgets
 from .config import Settings
 from .manager import SandboxManager
+from .provenance import Sealer, load_key
 from .runtime.docker import DockerRuntime, ImageNotFound
 from .tenants import TenantDirectory
 
@@ -101,8 +103,16 @@ async def serve(
                 f"sandbox image {settings.agent_image!r} is missing; build it with "
                 "`insien image build`"
             )
-        async with SandboxManager.open(runtime, settings) as manager:
-            app = create_asgi(Services(settings=settings, manager=manager, auth=auth))
+        secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+        sealer = Sealer(load_key(secret, settings.state_dir))
+        async with SandboxManager.open(runtime, settings, sealer) as manager:
+            services = Services(
+                settings=settings,
+                manager=manager,
+                auth=auth,
+                budgets=TenantBudgets(settings.tenant_buffer_bytes),
+            )
+            app = create_asgi(services)
             async with trio.open_nursery() as nursery:
                 if handle_signals:
                     nursery.start_soon(_stop_on_signal, stop)

@@ -30,12 +30,12 @@ def pool_members(client: docker.DockerClient, instance: str) -> list[dict[str, A
     found: list[dict[str, Any]] = client.api.containers(
         all=True, filters={"label": ["insien.pool", f"insien.instance={instance}"]}
     )
-    return [c for c in found if "-owner-" not in c["Names"][0]]
+    return [c for c in found if c["Labels"]["insien.pool"] and "-owner-" not in c["Names"][0]]
 
 
 def claimed_by(client: docker.DockerClient, sandbox_id: str, owner: str) -> bool:
     (container,) = containers_of(client, sandbox_id)
-    return str(container["Names"][0]).endswith(f"-owner-{owner}")
+    return f"-owner-{owner}-seal-" in str(container["Names"][0])
 
 
 async def wait_for_pool(server: Server, size: int) -> None:
@@ -79,7 +79,7 @@ def test_creates_take_from_the_pool_which_refills_to_its_size(
                 reply = await call(ws, {"id": 1, "type": "exec", "cmd": "id", "args": ["-u"]})
                 assert reply["stdout"] == "1000\n"
             # creates the pool cannot serve go the cold way
-            cold = (await client.post("/sandbox/create", json={"env": {"A": "1"}})).json()
+            cold = (await client.post("/sandbox/create", json={"resources": {"pids": 300}})).json()
             (container,) = containers_of(docker_client, cold["sandboxId"])
             assert "-owner-" not in container["Names"][0]
             await wait_for_pool(server, 2)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from quart import Request, Websocket
 
 from ..auth import Authenticator
+from ..budget import MIB, TenantBudgets
 from ..config import Settings
 from ..manager import SandboxManager
 from ..protocol import ErrorCode
@@ -21,6 +22,8 @@ class Services:
     manager: SandboxManager
     auth: Authenticator
     connections: ConnectionCounter = field(default_factory=ConnectionCounter)
+    budgets: TenantBudgets = field(default_factory=lambda: TenantBudgets(256 * MIB))
+    """Bytes held for clients that have not read them yet, per tenant (see budget.py)."""
 
     def tenant_from_key(self, request: Request | Websocket) -> Tenant:
         tenant = self.auth.tenant_for_key(request.headers.get("X-API-Key"))

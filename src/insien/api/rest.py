@@ -110,7 +110,6 @@ def rest_blueprint(services: Services) -> Blueprint:
         isolation = await manager.resolve_template(template, tenant)
         if isolation is None:
             raise ApiError(400, ErrorCode.BAD_REQUEST, f"template {template!r} is not allowed")
-        runtime, network = isolation
         if body.timeout is not None and body.timeout > settings.max_timeout:
             raise ApiError(
                 400, ErrorCode.BAD_REQUEST, f"timeout is at most {settings.max_timeout:g} seconds"
@@ -125,8 +124,9 @@ def rest_blueprint(services: Services) -> Blueprint:
         return SandboxOptions(
             template=template,
             resources=resources(body.resources, tenant),
-            runtime=runtime,
-            network=network,
+            runtime=isolation.runtime,
+            network=isolation.network,
+            python=isolation.python,
             timeout=float(body.timeout or settings.default_timeout),
             idle_timeout=float(body.idleTimeout or 0) or settings.default_idle_timeout,
             metadata=dict(body.metadata),

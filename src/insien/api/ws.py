@@ -16,7 +16,15 @@ from typing import Any
 import trio
 from quart import Blueprint, websocket
 
-from ..link import AgentGone, AgentLink, PendingRequest, session_agent_id, split_session_id
+from ..budget import ByteBudget
+from ..link import (
+    AgentGone,
+    AgentLink,
+    PendingRequest,
+    Reply,
+    session_agent_id,
+    split_session_id,
+)
 from ..manager import SandboxNotFound
 from ..protocol import (
     ErrorCode,
@@ -70,8 +78,11 @@ def ws_blueprint(services: Services) -> Blueprint:
             await websocket.accept()
             sandbox.clients += 1
             try:
+                budget = services.budgets.for_connection(
+                    tenant.id, services.settings.connection_buffer_bytes
+                )
                 await ClientSession(
-                    sandbox, services.settings.max_requests_per_connection, session
+                    sandbox, services.settings.max_requests_per_connection, session, budget
                 ).run()
             finally:
                 sandbox.clients -= 1
@@ -95,13 +106,21 @@ class InFlight:
 class ClientSession:
     """One client connection to one sandbox."""
 
-    def __init__(self, sandbox: Sandbox, max_in_flight: int, session: str | None = None) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        max_in_flight: int,
+        session: str | None = None,
+        budget: ByteBudget | None = None,
+    ) -> None:
         self._sandbox = sandbox
         self._session = session
         self._link: AgentLink = sandbox.link
         self._max_in_flight = max_in_flight
         self._in_flight: dict[Any, InFlight] = {}
-        self._send, self._outgoing = trio.open_memory_channel[Message | str](SEND_QUEUE)
+        self._budget = budget
+        # (message, bytes charged to the budget): the writer releases them once sent.
+        self._send, self._outgoing = trio.open_memory_channel[tuple[Message | str, int]](SEND_QUEUE)
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -119,16 +138,16 @@ class ClientSession:
         """Hand this connection what its session left behind: answers that arrived with nobody
         connected (a restart, a dropped connection), then a `resumed` event naming the requests
         still running, whose messages follow as they come."""
-        answers, running = self._link.take_session(session)
+        answers, running = self._link.take_session(session, self._budget)
         for reply in answers:
             _, client_id = split_session_id(str(reply.message["id"]))
-            await self._send.send(reply.for_client(client_id))
+            await self._send.send((reply.for_client(client_id), 0))
         in_flight = []
         for agent_id, pending in running.items():
             _, client_id = split_session_id(agent_id)
             self._in_flight[client_id] = InFlight("resumed", pending=pending)
             in_flight.append(client_id)
-        await self._send.send({"type": "resumed", "session": session, "inFlight": in_flight})
+        await self._send.send(({"type": "resumed", "session": session, "inFlight": in_flight}, 0))
         for client_id in in_flight:
             nursery.start_soon(self._relay_adopted, client_id)
 
@@ -142,11 +161,16 @@ class ClientSession:
             del self._in_flight[client_id]
 
     async def _write_loop(self) -> None:
-        async with self._outgoing:
-            async for message in self._outgoing:
+        try:
+            async for message, charge in self._outgoing:
                 if not isinstance(message, str):
                     message = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
-                await websocket.send(message)
+                try:
+                    await websocket.send(message)
+                finally:
+                    self._release(charge)
+        finally:
+            self._drain_outgoing()
         if self._link.detached:
             # The server is restarting and the sandbox lives on: reconnect to it later.
             await websocket.close(CLOSE_SERVICE_RESTART, "server restarting")
@@ -164,6 +188,20 @@ class ClientSession:
             # A close reason must fit in a control frame: 123 bytes.
             await websocket.close(CLOSE_GOING_AWAY, reason.encode()[:120].decode(errors="ignore"))
 
+    def _release(self, charge: int) -> None:
+        if self._budget is not None:
+            self._budget.release(charge)
+
+    def _drain_outgoing(self) -> None:
+        """The connection is done: release what queued messages were charged, then close."""
+        while True:
+            try:
+                _, charge = self._outgoing.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            self._release(charge)
+        self._outgoing.close()
+
     async def _stop_reading_when_sandbox_ends(self, reading: trio.CancelScope) -> None:
         await self._link.closed.wait()  # the sandbox ended, or the server let go of it
         reading.cancel()
@@ -175,14 +213,14 @@ class ClientSession:
             try:
                 message = self._admit(data)
                 if message["type"] == "cancel":
-                    await self._send.send(await self._cancel(message))
+                    await self._send.send((await self._cancel(message), 0))
                 elif message["type"] == "detach":
-                    await self._send.send(await self._detach(message))
+                    await self._send.send((await self._detach(message), 0))
                 else:
                     self._in_flight[message["id"]] = InFlight(message["type"], message.get("pid"))
                     nursery.start_soon(self._forward, message)
             except ProtocolError as exc:
-                await self._send.send(exc.to_message())
+                await self._send.send((exc.to_message(), 0))
 
     def _admit(self, data: str | bytes | None) -> Message:
         try:
@@ -238,24 +276,38 @@ class ClientSession:
         async for reply in pending:
             if reply.message.get("type") == "spawnResponse":
                 in_flight.pid = reply.message.get("pid")
-            await self._send.send(reply.for_client(client_id))
+            try:
+                text = reply.for_client(client_id)
+            except BaseException:
+                pending.release(reply)
+                raise
+            await self._send_charged(text, reply.charge, pending)
             if is_final(reply.message):
                 return
         if not self._link.detached:  # a detached request carries on in the sandbox
-            await self._send.send(self._link.missing_reply(client_id))
+            await self._send.send((self._link.missing_reply(client_id), 0))
+
+    async def _send_charged(self, text: str, charge: int, pending: PendingRequest) -> None:
+        """Queue a reply for the writer, which releases its charge once it is sent."""
+        try:
+            await self._send.send((text, charge))
+        except BaseException:
+            pending.release(Reply({}, b"", charge))
+            raise
 
     async def _forward(self, message: Message) -> None:
         client_id = message["id"]
         in_flight = self._in_flight[client_id]
         agent_id = None if self._session is None else session_agent_id(self._session, client_id)
         try:
-            async with self._link.request(message, agent_id) as pending:
+            async with self._link.request(message, agent_id, self._budget) as pending:
                 in_flight.pending = pending
                 await self._relay(client_id, in_flight, pending)
         except AgentGone as exc:
             if not self._link.detached:
-                await self._send.send(error_message(client_id, ErrorCode.AGENT_GONE, str(exc)))
+                message = error_message(client_id, ErrorCode.AGENT_GONE, str(exc))
+                await self._send.send((message, 0))
         except ProtocolError as exc:
-            await self._send.send(exc.to_message())
+            await self._send.send((exc.to_message(), 0))
         finally:
             del self._in_flight[client_id]

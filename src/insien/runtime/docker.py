@@ -20,7 +20,10 @@ from .attach import AttachedStream, attach
 
 AGENT_DIR = "/opt/insien"
 AGENT_PATH = f"{AGENT_DIR}/agent.pyz"
-AGENT_COMMAND = ["python3", "-I", AGENT_PATH]
+DEFAULT_PYTHON = "/usr/bin/python3"
+AGENT_ENVIRONMENT = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+"""The agent's process starts with this and the agent's own settings; the sandbox's `env`
+reaches user commands through the agent, never the container's environment."""
 
 DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
 """What the agent (root inside the sandbox) keeps of Docker's default set; everything else,
@@ -36,6 +39,7 @@ LABEL_TIMEOUT = "insien.timeout"
 LABEL_IDLE_TIMEOUT = "insien.idle-timeout"
 LABEL_METADATA = "insien.metadata"
 LABEL_POOL = "insien.pool"
+LABEL_SEAL = "insien.seal"
 
 
 class DockerError(Exception):
@@ -69,6 +73,8 @@ class ContainerSpec:
     nofile: int = 4096
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     """What a restarted server needs to rebuild the sandbox's record (lifetime, metadata)."""
+    python: str = DEFAULT_PYTHON
+    """The absolute path of the interpreter that runs the agent (never looked up in PATH)."""
 
     def labels(self) -> dict[str, str]:
         return {
@@ -147,9 +153,13 @@ class DockerRuntime:
         def _create() -> str:
             container: Container = self._client.containers.create(
                 spec.image,
-                command=AGENT_COMMAND,
+                # The image's entrypoint, command, environment, working directory and user
+                # are all overridden: a snapshot is made by a tenant, and none of it may
+                # decide how the root agent starts (docker-init runs this, by absolute path).
+                entrypoint=[spec.python, "-I", "-S", AGENT_PATH],
+                command=[],
                 labels=spec.labels(),
-                environment=dict(spec.environment),
+                environment={**AGENT_ENVIRONMENT, **spec.environment},
                 working_dir=spec.workdir,
                 # The agent runs as root whatever the image's USER says, so that it can run user
                 # code as an unprivileged user that cannot reach it.
@@ -225,8 +235,12 @@ class DockerRuntime:
         """Save the container's filesystem as an image; returns the image id."""
 
         def _commit() -> str:
+            # Docker copies the container's labels into the image; labels cannot be removed
+            # by a commit, so every `insien.*` one is blanked (a create sets its own anyway).
+            found = self._client.api.inspect_container(container_id)["Config"]["Labels"] or {}
+            blanked = {name: "" for name in found if name.startswith(LABEL_PREFIX)}
             result: dict[str, Any] = self._client.api.commit(
-                container_id, repository=repository, tag=tag, conf={"Labels": labels}
+                container_id, repository=repository, tag=tag, conf={"Labels": {**blanked, **labels}}
             )
             return str(result["Id"])
 
