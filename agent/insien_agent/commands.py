@@ -13,9 +13,11 @@ from typing import Any
 
 from . import fields
 from .context import Request
-from .errors import BAD_REQUEST, CANCELLED, NOT_FOUND, AgentError, from_os_error
+from .errors import BAD_REQUEST, BUSY, CANCELLED, NOT_FOUND, AgentError, from_os_error
 from .processes import ManagedProcess, PtySize, resize, signal_number
+from .reaper import kill_user_processes
 from .settings import user_environment
+from .spawner import HelperUnresponsive
 
 Message = dict[str, Any]
 
@@ -66,6 +68,8 @@ async def _start(req: Request, *, background: bool, stdin: bool) -> ManagedProce
             stdin=stdin,
             pty_size=pty_size,
         )
+    except HelperUnresponsive as exc:
+        raise AgentError(BUSY, str(exc)) from None
     except OSError as exc:
         if isinstance(exc, FileNotFoundError) and not os.path.isdir(cwd):  # noqa: ASYNC240
             raise from_os_error(exc, cwd) from exc
@@ -79,7 +83,7 @@ def _arm_timeout(process: ManagedProcess, seconds: float | None) -> asyncio.Time
     def expire() -> None:
         if process.running:
             process.timed_out = True
-            process.kill_group()
+            process.kill_group(escalate=True)
 
     return asyncio.get_running_loop().call_later(seconds, expire)
 
@@ -249,3 +253,12 @@ async def handle_resize(req: Request) -> Message:
 
 async def handle_processes(req: Request) -> Message:
     return {"type": "processesResponse", "processes": [p.describe() for p in req.table.all()]}
+
+
+async def handle_kill_all(req: Request) -> Message:
+    """Kill every process of the sandbox user, whatever started it (a fork bomb's way back)."""
+    uid = req.identity.uid
+    if uid is None:
+        raise AgentError(BAD_REQUEST, "user code runs as the agent itself here: nothing to kill")
+    killed = await kill_user_processes(uid)
+    return {"type": "killAllResponse", "killed": killed}

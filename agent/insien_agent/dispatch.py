@@ -42,6 +42,7 @@ HANDLERS: dict[str, Handler] = {
     "signal": commands.handle_signal,
     "resize": commands.handle_resize,
     "processes": commands.handle_processes,
+    "killAll": commands.handle_kill_all,
     "write": files.handle_write,
     "read": files.handle_read,
     "list": files.handle_list,

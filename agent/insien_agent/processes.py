@@ -26,15 +26,29 @@ from .errors import BAD_REQUEST, NOT_FOUND, AgentError
 from .identity import Identity
 from .oom import oom_kills
 from .output import CHUNK_SIZE, Collected, Encoder, OutputLog, Subscriber
+from .reaper import group_states, kill_user_processes
 from .spawner import SpawnedProcess, Spawner
 from .wire import widen_pipe
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
 EXIT_DRAIN_SECONDS = 1.0
+"""After a command exits, how long its pipes may stay open (held by something it left behind)."""
 GROUP_KILL_SECONDS = 10.0
 """How long a killed process group is killed again while members remain (zombies count)."""
-"""After a command exits, how long its pipes may stay open (held by something it left behind)."""
+ESCALATE_SECONDS = 2.0
+"""How long a timed-out command's group may survive SIGKILL before every user process is."""
+EXIT_REPORT_SECONDS = 3.0
+"""How long, after its group is empty, a killed command's exit may go unreported before the
+spawner helper (which reports it) is taken for stuck and replaced."""
+
+
+@dataclass
+class KillHooks:
+    """What a timed-out command may ask of the agent when killing its group is not enough."""
+
+    kill_everything: Callable[[], Awaitable[object]]
+    exit_unreported: Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,7 @@ class ManagedProcess:
         self.duration_ms: int | None = None
         self.timed_out = False
         self._finishing: asyncio.Task[None] | None = None
+        self.hooks: KillHooks | None = None
         self.oom = False
         self._oom_kills_at_start = oom_kills()
         self.finished = asyncio.Event()  # exited and its output fully pumped
@@ -171,28 +186,52 @@ class ManagedProcess:
     def running(self) -> bool:
         return not self.finished.is_set()
 
-    def kill_group(self, signum: int = signal.SIGKILL) -> bool:
+    def kill_group(self, signum: int = signal.SIGKILL, *, escalate: bool = False) -> bool:
         """Signal the command's process group (what it left running counts, even after the
-        command itself exited); False if nothing was left in it."""
+        command itself exited); False if nothing was left in it.
+
+        With `escalate` (a timeout), a group that SIGKILL cannot empty gets every process of
+        the user killed, and an exit nobody reports (a stopped spawner helper) gets the helper
+        replaced: a timeout always ends in an answer."""
         # The command leads its own session, so its pid is also its process group id.
         try:
             os.killpg(self.pid, signum)
         except (ProcessLookupError, PermissionError):
-            return False
-        if signum == signal.SIGKILL and self._finishing is None:
-            self._finishing = asyncio.get_running_loop().create_task(self._kill_until_empty())
-        return True
+            delivered = False
+        else:
+            delivered = True
+        if signum == signal.SIGKILL and self._finishing is None and (delivered or escalate):
+            self._finishing = asyncio.get_running_loop().create_task(
+                self._kill_until_empty(escalate)
+            )
+        return delivered
 
-    async def _kill_until_empty(self) -> None:
+    async def _kill_until_empty(self, escalate: bool) -> None:
         """Kill the group again until nothing is left in it. A fork bomb was seen to leave
         members alive after one SIGKILL to its group (children forked while it was sent)."""
-        deadline = time.monotonic() + GROUP_KILL_SECONDS
-        while time.monotonic() < deadline:
+        started = time.monotonic()
+        escalated = False
+        while time.monotonic() < started + GROUP_KILL_SECONDS:
             await asyncio.sleep(0.05)
             try:
                 os.killpg(self.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
-                return
+                break
+            waited = time.monotonic() - started
+            if escalate and not escalated and waited > ESCALATE_SECONDS and self.hooks:
+                escalated = True
+                if all(state == "Z" for state in group_states(self.pid)):
+                    # Dead but unreaped: their parent, the helper, is stuck. Replace it and
+                    # the container's init reaps them.
+                    self.hooks.exit_unreported()
+                else:
+                    await self.hooks.kill_everything()
+        if not escalate or self.hooks is None:
+            return
+        try:
+            await asyncio.wait_for(self.finished.wait(), EXIT_REPORT_SECONDS)
+        except TimeoutError:
+            self.hooks.exit_unreported()
 
     # -- subscribers ----------------------------------------------------------------------------
 
@@ -299,6 +338,19 @@ class ProcessTable:
         self._exited: OrderedDict[int, ManagedProcess] = OrderedDict()
         self._keep_exited = keep_exited
         self._tasks: set[asyncio.Task[None]] = set()
+        self._hooks = (
+            KillHooks(self._kill_every_user_process, self._replace_helper)
+            if identity.uid is not None
+            else None
+        )
+
+    async def _kill_every_user_process(self) -> None:
+        assert self._identity.uid is not None
+        await kill_user_processes(self._identity.uid)
+
+    def _replace_helper(self) -> None:
+        if self._spawner is not None:
+            self._spawner.replace_helper("a killed command's exit went unreported")
 
     async def start(
         self,
@@ -364,6 +416,7 @@ class ProcessTable:
             background=background,
             master_fd=master_fd,
         )
+        process.hooks = self._hooks
         self._running[process.pid] = process
         task = asyncio.create_task(self._supervise(process))
         self._tasks.add(task)

@@ -36,6 +36,31 @@ SPAWNER_FLAG = "--spawner"
 MAX_MESSAGE = 4 * 1024 * 1024
 MAX_EARLY_EXITS = 64
 UNKNOWN_EXIT = 255
+SPAWN_SECONDS = 5.0
+"""How long the helper may take to answer a spawn before it is taken for stuck."""
+
+
+ZOMBIE_CHECK_SECONDS = 1.0
+
+
+def zombie_exit_code(pid: int) -> int | None:
+    """The exit code of a process that exited and was not reaped yet (from /proc/<pid>/stat,
+    whose last field is the wait status); None if it still runs or is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    fields = text[text.rfind(b")") + 2 :].split()
+    if not fields or fields[0] != b"Z" or len(fields) < 50:
+        return None
+    return os.waitstatus_to_exitcode(int(fields[-1]))
+
+
+class HelperUnresponsive(Exception):
+    """The spawner helper did not answer; it has been replaced."""
+
+
 """The exit code of a command whose helper died before reporting it."""
 
 
@@ -122,7 +147,16 @@ class SpawnedProcess:
         self.returncode: int | None = None
 
     async def wait(self) -> int:
-        self.returncode = await asyncio.shield(self._exited)
+        """The exit code, as the helper reports it, or as the kernel shows a zombie that the
+        helper does not reap (stopped or traced by user code): timeouts and exits must not
+        depend on the helper."""
+        while not self._exited.done():
+            await asyncio.wait({self._exited}, timeout=ZOMBIE_CHECK_SECONDS)
+            if not self._exited.done():
+                code = zombie_exit_code(self.pid)
+                if code is not None:
+                    self._exited.set_result(code)
+        self.returncode = self._exited.result()
         return self.returncode
 
 
@@ -224,19 +258,7 @@ class Spawner:
             for fd in (out_r, err_r):
                 widen_pipe(fd)
             async with self._lock:
-                if self._sock is None:
-                    self._start_helper()
-                assert self._sock is not None
-                self._reply = loop.create_future()
-                self._serial += 1
-                request = json.dumps(
-                    {"n": self._serial, "cmd": cmd, "args": args, "cwd": cwd, "env": env}
-                )
-                self._sock.sendmsg(
-                    [request.encode()],
-                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", give))],
-                )
-                reply = await self._reply
+                reply = await self._ask(cmd, args, cwd, env, give)
             for fd in give:
                 os.close(fd)
             give = []
@@ -258,6 +280,66 @@ class Spawner:
             for fd in give + keep:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+    async def _ask(
+        self, cmd: str, args: list[str], cwd: str, env: dict[str, str], give: list[int]
+    ) -> dict[str, Any]:
+        """Send one spawn to the helper and wait for its answer (called under the lock). A
+        helper that dies meanwhile (killed by user code, or replaced) gets one more try with
+        a new one; one that does not answer is replaced and the spawn fails clearly."""
+        loop = asyncio.get_running_loop()
+        for attempt in range(2):
+            if self._sock is None:
+                self._start_helper()
+            assert self._sock is not None
+            self._reply = loop.create_future()
+            self._serial += 1
+            request = json.dumps(
+                {"n": self._serial, "cmd": cmd, "args": args, "cwd": cwd, "env": env}
+            )
+            try:
+                self._sock.sendmsg(
+                    [request.encode()],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", give))],
+                )
+                return await asyncio.wait_for(asyncio.shield(self._reply), SPAWN_SECONDS)
+            except TimeoutError:
+                self._reply.cancel()
+                # Stopped or traced by user code: it will never answer. Timeouts must not
+                # depend on it, so it is replaced, and this command fails clearly.
+                self.replace_helper(f"no answer to a spawn within {SPAWN_SECONDS:g}s")
+                raise HelperUnresponsive(
+                    f"the helper that starts commands did not answer within "
+                    f"{SPAWN_SECONDS:g}s (stopped or traced by user code?); it was "
+                    "replaced: run the command again"
+                ) from None
+            except OSError:
+                if attempt:
+                    raise
+                await self._helper_gone()
+        raise AssertionError("unreachable")
+
+    async def _helper_gone(self) -> None:
+        """Wait until the reader has forgotten a helper that went away."""
+        for _ in range(200):
+            if self._sock is None:
+                return
+            await asyncio.sleep(0.01)
+        self._sock = None  # the reader never noticed: start afresh regardless
+
+    def replace_helper(self, why: str) -> None:
+        """Kill the helper (SIGKILL reaches a stopped or traced one too); its reader then
+        forgets it, and the next command starts a new one. Its children are re-parented to
+        the container's init, which reaps them; their ends are then seen through /proc."""
+        helper = self._helper
+        if helper is None or helper.poll() is not None:
+            return
+        log.warning("replacing the spawner helper: %s", why)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(helper.pid, signal.SIGKILL)
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
 
     def _believable(self, pid: object) -> bool:
         """The pid is the helper's child and runs as the user (it may have exited already)."""

@@ -130,6 +130,12 @@ class ProcessesRequest(_Request):
     type: Literal["processes"]
 
 
+class KillAllRequest(_Request):
+    """Kill every process of the sandbox user (a fork bomb's way back)."""
+
+    type: Literal["killAll"]
+
+
 class WriteRequest(_Request):
     type: Literal["write"]
     path: NonEmpty
@@ -201,6 +207,7 @@ _MODELS: tuple[type[_Request], ...] = (
     SignalRequest,
     ResizeRequest,
     ProcessesRequest,
+    KillAllRequest,
     WriteRequest,
     ReadRequest,
     ListRequest,

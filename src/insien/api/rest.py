@@ -16,6 +16,7 @@ from pydantic import (
 )
 from quart import Blueprint, request
 
+from ..link import AgentGone
 from ..manager import SandboxNotFound, SandboxStartError
 from ..protocol import ErrorCode
 from ..quotas import QuotaExceeded
@@ -24,7 +25,7 @@ from ..runtime.docker import DockerError, ImageNotFound
 from ..sandbox import Sandbox, SandboxOptions, State, iso_timestamp
 from ..tenants import Tenant
 from .context import Services
-from .errors import ApiError
+from .errors import ApiError, status_for
 
 Seconds = Annotated[StrictInt | StrictFloat, Field(gt=0)]
 Label = Annotated[StrictStr, Field(min_length=1, max_length=256)]
@@ -212,6 +213,21 @@ def rest_blueprint(services: Services) -> Blueprint:
         except DockerError as exc:
             raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
         return {"sandboxId": sandbox_id, "template": template}
+
+    @bp.post("/sandbox/<sandbox_id>/kill-all")
+    async def kill_all(sandbox_id: str) -> Any:
+        """Kill every process of the sandbox user: the way back from a fork bomb."""
+        tenant = services.tenant_from_key(request)
+        sandbox = lookup(sandbox_id, tenant)
+        sandbox.touch()
+        try:
+            reply = await sandbox.link.call({"type": "killAll"})
+        except AgentGone as exc:
+            raise ApiError(503, ErrorCode.AGENT_GONE, str(exc)) from None
+        if reply.get("type") == "error":
+            code = ErrorCode._value2member_map_.get(str(reply.get("code")), ErrorCode.INTERNAL)
+            raise ApiError(status_for(code), code, str(reply.get("message")))
+        return {"sandboxId": sandbox_id, "killed": reply.get("killed", 0)}
 
     @bp.get("/sandboxes/<sandbox_id>")
     async def sandbox_info(sandbox_id: str) -> Any:

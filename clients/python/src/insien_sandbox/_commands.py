@@ -291,6 +291,12 @@ class Commands:
         reply = await (await self._sandbox._connection()).call({"type": "processes"})
         return [ProcessInfo.from_wire(p) for p in reply["processes"]]
 
+    async def kill_all(self) -> int:
+        """Kill every process of the sandbox user, whatever started it: the way back from a
+        fork bomb. Returns how many processes were killed."""
+        reply = await (await self._sandbox._connection()).call({"type": "killAll"})
+        return int(reply["killed"])
+
     async def kill(self, pid: int, signal: str | int = "SIGKILL") -> bool:
         """Send a signal to the process's whole group; False if it had already exited."""
         reply = await (await self._sandbox._connection()).call(

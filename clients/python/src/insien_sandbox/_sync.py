@@ -192,6 +192,10 @@ class Commands:
     def kill(self, pid: int, signal: str | int = "SIGKILL") -> bool:
         return self._loop.run(self._commands.kill, pid, signal)
 
+    def kill_all(self) -> int:
+        """Kill every process of the sandbox user (see the async `Commands.kill_all`)."""
+        return self._loop.run(self._commands.kill_all)
+
     def send_stdin(self, pid: int, data: str | bytes, *, eof: bool = False) -> None:
         self._loop.run(partial(self._commands.send_stdin, pid, data, eof=eof))
 

@@ -1,0 +1,109 @@
+"""User code that breaks the machinery commands need cannot leave its sandbox unusable (issue
+18): a stopped spawner helper never makes a timeout hang, and a fork bomb that escaped its exec
+is ended by killing every process of the sandbox user, by RPC, REST or the SDK."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import trio
+from trio_websocket import WebSocketConnection
+
+from insien_sandbox import AsyncSandbox
+from tests.attacks.test_containment import attack, run
+from tests.conftest import Server
+from tests.e2e.helpers import call, receive, sandbox, websocket
+
+HELPER = "$(pgrep -u 1000 -f '[-]-spawner')"
+
+
+async def test_a_helper_stopped_under_a_running_command_cannot_stall_its_timeout(
+    server: Server,
+) -> None:
+    async def stop_the_parent(ws: WebSocketConnection) -> None:
+        started = trio.current_time()
+        # The command's parent is the helper: stop it, then outlive the timeout.
+        reply = await run(ws, "kill -STOP $PPID; sleep 100", timeout=2)
+        assert reply["type"] == "execResponse", reply
+        assert reply["timedOut"] is True
+        assert trio.current_time() - started < 15
+        # the helper was replaced: commands start again
+        again = await run(ws, "echo again")
+        assert again.get("stdout") == "again\n", again
+
+    await attack(server, stop_the_parent)
+
+
+async def test_a_stopped_helper_fails_the_next_spawn_clearly_then_is_replaced(
+    server: Server,
+) -> None:
+    async def stop_it(ws: WebSocketConnection) -> None:
+        stopped = await run(ws, f"kill -STOP {HELPER}")
+        assert stopped["exitCode"] == 0, stopped
+        await ws.send_message(
+            json.dumps({"id": "s", "type": "exec", "cmd": "sleep", "args": ["10"], "timeout": 2})
+        )
+        with trio.fail_after(20):
+            reply = await receive(ws)
+        assert reply["type"] == "error", reply
+        assert reply["code"] == "BUSY"
+        assert "replaced" in reply["message"]
+        again = await run(ws, "echo again")
+        assert again.get("stdout") == "again\n", again
+
+    await attack(server, stop_it)
+
+
+async def test_kill_all_ends_a_fork_bomb_that_escaped_its_exec(server: Server) -> None:
+    async def escaped_bomb(ws: WebSocketConnection) -> None:
+        # setsid: the bomb leaves the exec's process group and session; the exec returns.
+        started = await run(ws, "setsid sh -c 'b() { b | b & }; b' >/dev/null 2>&1 &")
+        assert started["exitCode"] == 0, started
+        await trio.sleep(3)
+        killed = await call(ws, {"id": "k", "type": "killAll"}, timeout=30)
+        assert killed["type"] == "killAllResponse", killed
+        assert killed["killed"] > 10
+        with trio.fail_after(30):
+            while True:
+                ps = await call(ws, {"id": "ps", "type": "exec", "cmd": "ps", "args": ["-e"]})
+                if ps.get("type") == "execResponse" and ps["stdout"].count("\n") < 10:
+                    break
+                await trio.sleep(0.5)
+
+    await attack(server, escaped_bomb)
+
+
+async def test_a_timeout_that_cannot_empty_its_group_kills_every_user_process(
+    server: Server,
+) -> None:
+    async def bomb_in_the_foreground(ws: WebSocketConnection) -> None:
+        reply = await run(ws, "b() { b | b & }; b; sleep 100", timeout=2)
+        assert reply["timedOut"] is True
+        with trio.fail_after(30):
+            while (await run(ws, "echo usable"))["stdout"] != "usable\n":  # noqa: ASYNC110
+                await trio.sleep(0.5)
+
+    await attack(server, bomb_in_the_foreground)
+
+
+async def test_kill_all_over_rest_and_the_sdk(server: Server) -> None:
+    async with (
+        sandbox(server) as created,
+        httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=60) as rest,
+    ):
+        sandbox_id = created["sandboxId"]
+        async with websocket(created["agentUrl"]) as ws:
+            await run(ws, "setsid sleep 1000 & setsid sleep 1000 &")
+            answer = await rest.post(f"/sandbox/{sandbox_id}/kill-all")
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["sandboxId"] == sandbox_id
+            assert answer.json()["killed"] >= 3  # two sleeps and the helper at least
+            assert (await run(ws, "pgrep -u 1000 -x sleep"))["exitCode"] == 1
+        other = await rest.post("/sandbox/00000000-0000-0000-0000-000000000000/kill-all")
+        assert other.status_code == 404
+    async with AsyncSandbox(api_key=server.api_key, base_url=server.url) as box:
+        await box.commands.run("setsid sleep 1000 &")
+        assert await box.commands.kill_all() >= 1
+        result = await box.commands.run("pgrep -u 1000 -x sleep")
+        assert result.exit_code == 1
