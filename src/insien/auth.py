@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import jwt
 
@@ -27,6 +28,7 @@ class Authenticator:
         claims = {
             "sub": sandbox_id,
             "ten": tenant.id,
+            "kid": tenant.key_id,
             "aud": TOKEN_AUDIENCE,
             "iat": now,
             "exp": now + int(self._token_ttl),
@@ -43,11 +45,21 @@ class Authenticator:
                 self._secret,
                 algorithms=["HS256"],
                 audience=TOKEN_AUDIENCE,
-                options={"require": ["sub", "ten", "exp"]},
+                options={"require": ["sub", "ten", "kid", "exp"]},
             )
         except jwt.PyJWTError:
             return None
         if claims.get("sub") != sandbox_id or not isinstance(claims.get("ten"), str):
             return None
-        # A tenant removed from the tenants file loses its tokens too.
-        return self._tenants.by_id(claims["ten"])
+        # A token is worth no more than the key it was issued under: a revoked key, or a
+        # tenant removed from the tenants file, loses its tokens too.
+        if not isinstance(claims.get("kid"), str):
+            return None
+        if not self._tenants.key_valid(claims["ten"], claims["kid"]):
+            return None
+        tenant = self._tenants.by_id(claims["ten"])
+        return replace(tenant, key_id=claims["kid"]) if tenant is not None else None
+
+    def still_valid(self, tenant: Tenant) -> bool:
+        """Whether the key a caller authenticated with still opens anything."""
+        return self._tenants.key_valid(tenant.id, tenant.key_id)

@@ -27,7 +27,7 @@ import os
 import secrets
 import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -38,7 +38,9 @@ from .resources import Resources, parse_size
 log = logging.getLogger("insien.tenants")
 
 DEFAULT_TENANT_ID = "default"
-RELOAD_CHECK_SECONDS = 1.0
+RELOAD_CHECK_SECONDS = 0.25
+"""How often the tenants file's timestamp is looked at (a stat): revocation takes effect within
+this and the WebSocket check (`api/ws.py`), well inside a second."""
 TenantId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
@@ -68,6 +70,8 @@ class Tenant:
 
     id: str
     plan: Plan = field(default_factory=Plan, compare=False)
+    key_id: str | None = field(default=None, compare=False)
+    """Which of the tenant's keys the caller used (for revocation), when known."""
 
 
 class KeyEntry(BaseModel):
@@ -128,7 +132,8 @@ class TenantDirectory:
         self._operator_max = operator_max
         self._path = path
         self._tenants: dict[str, Tenant] = {}
-        self._keys: list[tuple[bytes, str]] = []  # (sha256 digest, tenant id), revoked left out
+        # (sha256 digest, tenant id, key id), revoked keys left out
+        self._keys: list[tuple[bytes, str, str]] = []
         self._loaded_stamp: tuple[int, int] | None = None
         self._checked_at = 0.0
         if path is not None:
@@ -163,7 +168,7 @@ class TenantDirectory:
     def _apply(self, parsed: TenantsFile, stamp: tuple[int, int] | None) -> None:
         tenants = {tid: Tenant(tid, self._plan(entry)) for tid, entry in parsed.tenants.items()}
         keys = [
-            (bytes.fromhex(key.sha256), tid)
+            (bytes.fromhex(key.sha256), tid, key.id)
             for tid, entry in parsed.tenants.items()
             for key in entry.keys
             if not key.revoked
@@ -195,15 +200,25 @@ class TenantDirectory:
             return None
         self._refresh()
         digest = hashlib.sha256(key.encode()).digest()
-        found: str | None = None
+        found: tuple[str, str] | None = None
         if self._api_key_hash is not None and hmac.compare_digest(
             digest, bytes.fromhex(self._api_key_hash)
         ):
-            found = DEFAULT_TENANT_ID
-        for stored, tenant_id in self._keys:
+            found = (DEFAULT_TENANT_ID, DEFAULT_TENANT_ID)
+        for stored, tenant_id, key_id in self._keys:
             if hmac.compare_digest(digest, stored):
-                found = tenant_id
-        return self.by_id(found) if found is not None else None
+                found = (tenant_id, key_id)
+        if found is None:
+            return None
+        tenant = self.by_id(found[0])
+        return replace(tenant, key_id=found[1]) if tenant is not None else None
+
+    def key_valid(self, tenant_id: str, key_id: str | None) -> bool:
+        """Whether that key of that tenant still opens anything (not revoked, not removed)."""
+        self._refresh()
+        if tenant_id == DEFAULT_TENANT_ID:
+            return self._api_key_hash is not None and key_id == DEFAULT_TENANT_ID
+        return any(t == tenant_id and k == key_id for _, t, k in self._keys)
 
     def by_id(self, tenant_id: str) -> Tenant | None:
         """The tenant as it is now; None once it was removed from the file."""

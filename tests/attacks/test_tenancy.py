@@ -5,6 +5,7 @@ cap answer 429 with Retry-After; resources stay within the plan; stalled clients
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
@@ -18,7 +19,12 @@ import docker
 import httpx
 import pytest
 import trio
-from trio_websocket import ConnectionRejected, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
 from insien.tenants import hash_key, new_key
 from insien_sandbox import AsyncSandbox, RateLimitError
@@ -71,7 +77,7 @@ class Tenants:
 @pytest.fixture(scope="module")
 def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
     path = tmp_path_factory.mktemp("tenants") / "tenants.toml"
-    keys = {name: new_key() for name in ("alpha", "beta", "beta-old", "gamma")}
+    keys = {name: new_key() for name in ("alpha", "beta", "beta-old", "beta-temp", "gamma")}
     write_tenants_file(path, keys, revoke=("beta-old",))
     process, server = start_server(
         {
@@ -181,6 +187,48 @@ async def test_missing_wrong_and_revoked_keys_are_refused_everywhere(tenants: Te
         await trio.sleep(1.2)
         async with tenants.client("beta") as beta:
             await beta.post(f"/sandbox/{sandbox_id}/destroy")
+
+
+async def close_code(ws: WebSocketConnection) -> int | None:
+    with trio.fail_after(5):
+        while True:
+            try:
+                await ws.get_message()
+            except ConnectionClosed as closed:
+                return closed.reason.code
+
+
+async def test_revoking_a_key_closes_its_websockets_and_voids_its_tokens(
+    tenants: Tenants,
+) -> None:
+    """Issue 18: a token minted under a key that is then revoked opened a WebSocket, and open
+    WebSockets outlived the revocation. Both end within a second now."""
+    async with tenants.client("beta-temp") as temp:
+        created = (await create(temp)).raise_for_status().json()
+    url = created["agentUrl"]
+    header = [(b"X-API-Key", tenants.keys["beta-temp"].encode())]
+    try:
+        async with (
+            open_websocket_url(url) as by_token,
+            open_websocket_url(url.split("?")[0], extra_headers=header) as by_key,
+        ):
+            for ws in (by_token, by_key):
+                await ws.send_message(json.dumps({"id": 1, "type": "ping"}))
+                assert json.loads(await ws.get_message())["type"] == "pong"
+            tenants.write(revoke=("beta-old", "beta-temp"))
+            revoked_at = trio.current_time()
+            for ws in (by_token, by_key):
+                assert (await close_code(ws)) == 1008
+            assert trio.current_time() - revoked_at < 1.5
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with open_websocket_url(url):
+                pass
+        assert rejected.value.status_code == 401
+    finally:
+        tenants.write(revoke=("beta-old",))
+        await trio.sleep(0.6)
+        async with tenants.client("beta") as beta:
+            await beta.post(f"/sandbox/{created['sandboxId']}/destroy")
 
 
 async def test_a_burst_of_creates_stops_exactly_at_the_quota(

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import jwt
 
 from insien.auth import TOKEN_AUDIENCE, Authenticator
 from insien.resources import Resources
-from insien.tenants import Plan, Tenant, TenantDirectory
+from insien.tenants import (
+    RELOAD_CHECK_SECONDS,
+    Plan,
+    Tenant,
+    TenantDirectory,
+    hash_key,
+    new_key,
+)
 
 SECRET = "s" * 40
 
@@ -32,7 +41,10 @@ def test_api_key() -> None:
 
 def test_token_is_valid_for_its_sandbox_only() -> None:
     auth = make()
-    token = auth.issue_token("sb-1", Tenant("default"))
+    caller = auth.tenant_for_key("the-key")
+    assert caller is not None
+    assert caller.key_id == "default"
+    token = auth.issue_token("sb-1", caller)
     assert auth.tenant_for_token(token, "sb-1") == Tenant("default")
     assert auth.tenant_for_token(token, "sb-2") is None
     assert auth.tenant_for_token(None, "sb-1") is None
@@ -40,7 +52,8 @@ def test_token_is_valid_for_its_sandbox_only() -> None:
 
 
 def test_token_signed_with_another_secret_is_refused() -> None:
-    token = Authenticator(directory(), "x" * 40, 60).issue_token("sb-1", Tenant("default"))
+    caller = Tenant("default", key_id="default")
+    token = Authenticator(directory(), "x" * 40, 60).issue_token("sb-1", caller)
     assert make().tenant_for_token(token, "sb-1") is None
 
 
@@ -58,4 +71,49 @@ def test_expired_token_is_refused() -> None:
 def test_unsigned_token_is_refused() -> None:
     claims = {"sub": "sb-1", "ten": "default", "aud": TOKEN_AUDIENCE, "exp": time.time() + 60}
     token = jwt.encode(claims, None, algorithm="none")
+    assert make().tenant_for_token(token, "sb-1") is None
+
+
+def test_a_token_is_worth_no_more_than_its_key(tmp_path: Path) -> None:
+    """Issue 18: a token minted under a key that is then revoked (or whose tenant is removed)
+    opens nothing, and `still_valid` says so for connections already open."""
+    keys = {"ci": new_key(), "old": new_key()}
+    path = tmp_path / "tenants.toml"
+
+    def write(revoked: set[str], tenant: bool = True) -> None:
+        entries = ", ".join(
+            f'{{ id = "{name}", sha256 = "{hash_key(key)}", '
+            f"revoked = {str(name in revoked).lower()} }}"
+            for name, key in keys.items()
+        )
+        path.write_text(f"[tenants.acme]\nkeys = [{entries}]\n" if tenant else "")
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+    write(set())
+    tenants = TenantDirectory(
+        api_key=None, default_plan=Plan(), operator_max=Resources(1, 1 << 30, 100), path=path
+    )
+    auth = Authenticator(tenants, SECRET, 60)
+    old = auth.tenant_for_key(keys["old"])
+    ci = auth.tenant_for_key(keys["ci"])
+    assert old is not None
+    assert ci is not None
+    old_token, ci_token = auth.issue_token("sb", old), auth.issue_token("sb", ci)
+    assert auth.tenant_for_token(old_token, "sb") == Tenant("acme")
+    write({"old"})
+    time.sleep(RELOAD_CHECK_SECONDS + 0.05)
+    assert auth.tenant_for_token(old_token, "sb") is None
+    assert not auth.still_valid(old)
+    assert auth.tenant_for_token(ci_token, "sb") == Tenant("acme")
+    assert auth.still_valid(ci)
+    write(set(), tenant=False)
+    time.sleep(RELOAD_CHECK_SECONDS + 0.05)
+    assert auth.tenant_for_token(ci_token, "sb") is None
+    assert not auth.still_valid(ci)
+
+
+def test_a_token_without_its_key_id_is_refused() -> None:
+    claims = {"sub": "sb-1", "ten": "default", "aud": TOKEN_AUDIENCE, "exp": time.time() + 60}
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
     assert make().tenant_for_token(token, "sb-1") is None

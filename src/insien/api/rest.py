@@ -3,6 +3,7 @@ resource routes (`/sandboxes`) that describe sandboxes in full."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import (
@@ -30,6 +31,14 @@ from .errors import ApiError, status_for
 Seconds = Annotated[StrictInt | StrictFloat, Field(gt=0)]
 Label = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 MAX_PAGE = 200
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = re.compile(
+    rf"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*(?::[0-9]{{1,5}})?/)?"  # registry host[:port]/
+    rf"{_COMPONENT}(?:/{_COMPONENT})*"  # path
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"  # :tag
+    r"(?:@sha256:[0-9a-f]{64})?"  # @digest
+)
+"""Docker's image reference grammar, strictly: nothing else may reach an API path."""
 
 
 class ResourcesRequest(BaseModel):
@@ -108,6 +117,11 @@ def rest_blueprint(services: Services) -> Blueprint:
 
     async def options(body: CreateRequest, tenant: Tenant) -> SandboxOptions:
         template = body.template or settings.agent_image
+        if not IMAGE_REFERENCE.fullmatch(template):
+            # Checked before any Docker call: an image name is part of Docker API paths.
+            raise ApiError(
+                400, ErrorCode.BAD_REQUEST, f"template {template!r} is not an image name"
+            )
         isolation = await manager.resolve_template(template, tenant)
         if isolation is None:
             raise ApiError(400, ErrorCode.BAD_REQUEST, f"template {template!r} is not allowed")
@@ -225,7 +239,8 @@ def rest_blueprint(services: Services) -> Blueprint:
         except AgentGone as exc:
             raise ApiError(503, ErrorCode.AGENT_GONE, str(exc)) from None
         if reply.get("type") == "error":
-            code = ErrorCode._value2member_map_.get(str(reply.get("code")), ErrorCode.INTERNAL)
+            known = {str(c) for c in ErrorCode}
+            code = ErrorCode(reply["code"]) if reply.get("code") in known else ErrorCode.INTERNAL
             raise ApiError(status_for(code), code, str(reply.get("message")))
         return {"sandboxId": sandbox_id, "killed": reply.get("killed", 0)}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,8 @@ SESSION_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,64}")
 """Messages waiting for a slow client before request tasks block (back-pressure)."""
 CLOSE_GOING_AWAY = 1001
 CLOSE_SERVICE_RESTART = 1012
+CLOSE_POLICY_VIOLATION = 1008
+REVOCATION_CHECK_SECONDS = 0.25
 
 
 def ws_blueprint(services: Services) -> Blueprint:
@@ -82,13 +85,18 @@ def ws_blueprint(services: Services) -> Blueprint:
                     tenant.id, services.settings.connection_buffer_bytes
                 )
                 await ClientSession(
-                    sandbox, services.settings.max_requests_per_connection, session, budget
+                    sandbox,
+                    services.settings.max_requests_per_connection,
+                    session,
+                    budget,
+                    authorised=lambda: auth.still_valid(tenant),
                 ).run()
             finally:
                 sandbox.clients -= 1
                 sandbox.touch()
         finally:
             services.connections.release(tenant)
+            services.budgets.forget_idle()
         return None
 
     return bp
@@ -112,24 +120,31 @@ class ClientSession:
         max_in_flight: int,
         session: str | None = None,
         budget: ByteBudget | None = None,
+        authorised: Callable[[], bool] | None = None,
     ) -> None:
+        """`authorised` says whether the caller's key still opens this sandbox; checked
+        several times a second, a revoked key or removed tenant closes the connection."""
         self._sandbox = sandbox
         self._session = session
         self._link: AgentLink = sandbox.link
         self._max_in_flight = max_in_flight
         self._in_flight: dict[Any, InFlight] = {}
         self._budget = budget
+        self._authorised = authorised
+        self._revoked = False
         # (message, bytes charged to the budget): the writer releases them once sent.
         self._send, self._outgoing = trio.open_memory_channel[tuple[Message | str, int]](SEND_QUEUE)
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_loop)
+            nursery.start_soon(self._write_loop, nursery)
             async with self._send, trio.open_nursery() as requests:
                 if self._session is not None:
                     await self._resume_session(self._session, requests)
                 with trio.CancelScope() as reading:
                     nursery.start_soon(self._stop_reading_when_sandbox_ends, reading)
+                    if self._authorised is not None:
+                        nursery.start_soon(self._stop_when_revoked, reading, requests)
                     await self._read_loop(requests)
                 # Every request has answered (AGENT_GONE if the sandbox ended under it);
                 # closing the channel lets the writer flush those answers and finish.
@@ -160,7 +175,16 @@ class ClientSession:
             await self._link.release(in_flight.pending)
             del self._in_flight[client_id]
 
-    async def _write_loop(self) -> None:
+    async def _stop_when_revoked(self, reading: trio.CancelScope, requests: trio.Nursery) -> None:
+        assert self._authorised is not None
+        while self._authorised():  # noqa: ASYNC110 (polling a file-backed check)
+            await trio.sleep(REVOCATION_CHECK_SECONDS)
+        log.info("closing a connection to sandbox %s: its key was revoked", self._sandbox.id)
+        self._revoked = True
+        reading.cancel()
+        requests.cancel_scope.cancel()  # their requests are cancelled in the sandbox too
+
+    async def _write_loop(self, nursery: trio.Nursery) -> None:
         try:
             async for message, charge in self._outgoing:
                 if not isinstance(message, str):
@@ -171,7 +195,17 @@ class ClientSession:
                     self._release(charge)
         finally:
             self._drain_outgoing()
-        if self._link.detached:
+        try:
+            await self._close(nursery)
+        finally:
+            # Every other task of the connection waits on something that may never come now.
+            nursery.cancel_scope.cancel()
+
+    async def _close(self, nursery: trio.Nursery) -> None:
+        """Close the socket with the code that says why the connection ends."""
+        if self._revoked:
+            await websocket.close(CLOSE_POLICY_VIOLATION, "the API key was revoked")
+        elif self._link.detached:
             # The server is restarting and the sandbox lives on: reconnect to it later.
             await websocket.close(CLOSE_SERVICE_RESTART, "server restarting")
         elif self._sandbox.ended.is_set():
@@ -226,7 +260,7 @@ class ClientSession:
         try:
             # Quart hands over an empty binary frame as None.
             raw = json.loads(data or "")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a nesting bomb
             raise ProtocolError(None, ErrorCode.BAD_REQUEST, "message is not valid JSON") from None
         message = parse_request(raw)
         request_id = message["id"]
