@@ -42,4 +42,14 @@ def from_os_error(exc: OSError, path: str) -> AgentError:
         return AgentError(ALREADY_EXISTS, f"already exists: {path}")
     if exc.errno == errno.ENOTEMPTY:
         return AgentError(NOT_EMPTY, f"directory not empty: {path}")
+    if exc.errno == errno.ENXIO:
+        return AgentError(BAD_REQUEST, f"not a regular file (a FIFO with no reader?): {path}")
+    if exc.errno == errno.ELOOP:
+        return AgentError(BAD_REQUEST, f"too many levels of symbolic links: {path}")
+    if exc.errno == errno.ENAMETOOLONG:
+        return AgentError(BAD_REQUEST, f"file name too long: {path}")
+    if exc.errno in (errno.EROFS, errno.EPERM, errno.EACCES):
+        return AgentError(PERMISSION_DENIED, f"permission denied: {path}")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return AgentError(TOO_LARGE, f"no space left for {path}")
     return AgentError(INTERNAL, f"{path}: {exc.strerror or exc}")

@@ -1,7 +1,10 @@
 """The file API: `write`, `read`, `list`, `stat`, `exists`, `mkdir`, `remove`, `rename`.
 
 Nothing here ever blocks on a special file: opens use O_NONBLOCK and refuse anything that is
-not a regular file, `list` and `stat` never open what they describe, and reads are capped.
+not a regular file, `list` and `stat` never open what they describe for reading, and reads are
+capped. The worker threads belong to the agent's process, so its `/proc/<pid>` (and
+`/proc/self`, `/proc/thread-self`) would be open to them: every path is opened first and the
+open file checked with `_guard`, which refuses anything of the agent's own.
 Blocking filesystem calls run in worker threads so a slow disk never stalls the agent, and those
 threads act as the sandbox user (see `identity`), so permissions and planted symlinks are judged
 exactly as they would be for user code.
@@ -23,6 +26,7 @@ from .errors import (
     BAD_REQUEST,
     IS_A_DIRECTORY,
     NOT_A_DIRECTORY,
+    PERMISSION_DENIED,
     TOO_LARGE,
     AgentError,
     from_os_error,
@@ -30,6 +34,45 @@ from .errors import (
 
 Message = dict[str, Any]
 MAX_LIST_ENTRIES = 10_000
+
+
+def _guard(fd: int, path: str) -> None:
+    """Refuse an open file that is part of the agent's own /proc entry (whatever path, link
+    or `self` alias led there): nothing of the agent is readable or writable through files."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return
+    own = f"/proc/{os.getpid()}"
+    if target == own or target.startswith(own + "/"):
+        raise AgentError(PERMISSION_DENIED, f"permission denied: {path}")
+
+
+def _open_checked(path: str, flags: int, mode: int = 0o644) -> int:
+    fd = os.open(path, flags, mode)
+    try:
+        _guard(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _lstat(path: str) -> os.stat_result:
+    """lstat, through an O_PATH descriptor that `_guard` has checked."""
+    fd = _open_checked(path, os.O_PATH | os.O_NOFOLLOW)
+    try:
+        return os.stat(fd)
+    finally:
+        os.close(fd)
+
+
+def _lexists(path: str) -> bool:
+    try:
+        _lstat(path)
+    except (OSError, AgentError):
+        return False
+    return True
 
 
 def resolve(path: str, workdir: str) -> str:
@@ -59,7 +102,7 @@ def _write(
         flags |= os.O_APPEND
     elif offset is None:
         flags |= os.O_TRUNC
-    fd = os.open(path, flags, 0o644 if mode is None else mode)
+    fd = _open_checked(path, flags, 0o644 if mode is None else mode)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise AgentError(BAD_REQUEST, f"not a regular file: {path}")
@@ -80,7 +123,7 @@ def _write(
 
 
 def _read(path: str, offset: int, length: int | None, limit: int) -> tuple[bytes, int]:
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    fd = _open_checked(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
@@ -121,7 +164,7 @@ _TYPES = {
 }
 
 
-def _entry(path: str, name: str, info: os.stat_result) -> Message:
+def _entry(path: str, name: str, info: os.stat_result, link: str | None = None) -> Message:
     entry: Message = {
         "name": name,
         "path": path,
@@ -131,38 +174,56 @@ def _entry(path: str, name: str, info: os.stat_result) -> Message:
         "mtime": info.st_mtime,
     }
     if stat.S_ISLNK(info.st_mode):
-        try:
-            entry["target"] = os.readlink(path)
-        except OSError:
-            entry["target"] = None
+        entry["target"] = link
     return entry
 
 
+def _readlink(name: str, dir_fd: int) -> str | None:
+    try:
+        return os.readlink(name, dir_fd=dir_fd)
+    except OSError:
+        return None
+
+
 def _list(root: str, depth: int) -> tuple[list[Message], bool]:
-    if not stat.S_ISDIR(os.stat(root).st_mode):
-        raise AgentError(NOT_A_DIRECTORY, f"not a directory: {root}")
+    fd = _open_checked(root, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise AgentError(NOT_A_DIRECTORY, f"not a directory: {root}")
+    finally:
+        os.close(fd)
     entries: list[Message] = []
     pending = [(root, 1)]
     while pending:
         folder, level = pending.pop(0)
         try:
-            listing = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
+            # Each folder is opened (and checked) once; its entries are read relative to it.
+            fd = _open_checked(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except (OSError, AgentError):
             if folder == root:
                 raise
             continue  # an unreadable subfolder is skipped, not fatal
-        for item in listing:
-            if len(entries) >= MAX_LIST_ENTRIES:
-                return entries, True
-            info = item.stat(follow_symlinks=False)
-            entries.append(_entry(item.path, item.name, info))
-            if level < depth and stat.S_ISDIR(info.st_mode):
-                pending.append((item.path, level + 1))
+        try:
+            names = sorted(os.listdir(fd))
+            for name in names:
+                if len(entries) >= MAX_LIST_ENTRIES:
+                    return entries, True
+                try:
+                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue  # gone meanwhile
+                path = os.path.join(folder, name)
+                link = _readlink(name, fd) if stat.S_ISLNK(info.st_mode) else None
+                entries.append(_entry(path, name, info, link))
+                if level < depth and stat.S_ISDIR(info.st_mode):
+                    pending.append((path, level + 1))
+        finally:
+            os.close(fd)
     return entries, False
 
 
 def _remove(path: str, recursive: bool) -> None:
-    info = os.lstat(path)
+    info = _lstat(path)
     if stat.S_ISDIR(info.st_mode):
         if recursive:
             shutil.rmtree(path)
@@ -245,18 +306,26 @@ async def handle_list(req: Request) -> Message:
 async def handle_stat(req: Request) -> Message:
     path = fields.required_str(req.msg, "path")
     full = resolve(path, req.settings.workdir)
-    info = await _fs(req, path, os.lstat, full)
-    return {
-        "type": "statResponse",
-        "path": path,
-        "entry": _entry(full, os.path.basename(full), info),
-    }
+
+    def described() -> Message:
+        info = _lstat(full)
+        link = None
+        if stat.S_ISLNK(info.st_mode):
+            parent = _open_checked(os.path.dirname(full) or "/", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                link = _readlink(os.path.basename(full), parent)
+            finally:
+                os.close(parent)
+        return _entry(full, os.path.basename(full), info, link)
+
+    entry = await _fs(req, path, described)
+    return {"type": "statResponse", "path": path, "entry": entry}
 
 
 async def handle_exists(req: Request) -> Message:
     path = fields.required_str(req.msg, "path")
     full = resolve(path, req.settings.workdir)
-    exists = await req.files.run(os.path.lexists, full)
+    exists = await req.files.run(_lexists, full)
     return {"type": "existsResponse", "path": path, "exists": exists}
 
 

@@ -119,23 +119,33 @@ async def file_size(link: AgentLink, path: str) -> int:
     return int(entry["size"])
 
 
-async def download(link: AgentLink, path: str) -> AsyncIterator[bytes]:
-    """The file's bytes, chunk by chunk, read at the pace the consumer takes them."""
+async def read_chunk(link: AgentLink, path: str, offset: int) -> tuple[bytes, bool]:
+    """One chunk of the file at `offset`, and whether it was the last."""
+    reply: dict[str, Any] = await _call(
+        link,
+        {
+            "type": "read",
+            "path": path,
+            "offset": offset,
+            "length": CHUNK_SIZE,
+            "encoding": "base64",
+        },
+    )
+    data = base64.b64decode(reply["content"])
+    return data, bool(reply.get("eof", True)) or not data
+
+
+async def download(
+    link: AgentLink, path: str, first: tuple[bytes, bool] | None = None
+) -> AsyncIterator[bytes]:
+    """The file's bytes, chunk by chunk, read at the pace the consumer takes them. `first` is
+    the first chunk when the caller has read it already (to report errors before a status)."""
     offset = 0
     while True:
-        reply: dict[str, Any] = await _call(
-            link,
-            {
-                "type": "read",
-                "path": path,
-                "offset": offset,
-                "length": CHUNK_SIZE,
-                "encoding": "base64",
-            },
-        )
-        data = base64.b64decode(reply["content"])
+        data, last = first if first is not None else await read_chunk(link, path, offset)
+        first = None
         if data:
             yield data
         offset += len(data)
-        if reply.get("eof", True) or not data:
+        if last:
             return

@@ -57,6 +57,14 @@ _STATUS_OF_CODE: dict[str, int] = {
 }
 
 
+def error_code(value: object) -> ErrorCode:
+    """A code an agent answered with, as one of ours (an agent is not trusted to know them)."""
+    return ErrorCode(value) if value in _KNOWN_CODES else ErrorCode.INTERNAL
+
+
+_KNOWN_CODES = frozenset(str(code) for code in ErrorCode)
+
+
 def status_for(code: str) -> int:
     """The HTTP status that carries a protocol error code over REST."""
     return _STATUS_OF_CODE.get(code, 500)

@@ -28,9 +28,9 @@ from quart import Blueprint, Response, request
 
 from ..manager import SandboxNotFound
 from ..protocol import ErrorCode
-from ..transfer import TransferError, download, file_size, upload
+from ..transfer import TransferError, download, file_size, read_chunk, upload
 from .context import Services
-from .errors import ApiError, status_for
+from .errors import ApiError, error_code, status_for
 
 UPLOAD_PATH = re.compile(r"^/sandbox/(?P<id>[^/]+)/files$")
 DISCARD_LIMIT = 16 * 1024 * 1024
@@ -56,13 +56,17 @@ def files_blueprint(services: Services) -> Blueprint:
             sandbox.touch()
             link = sandbox.link
             size = await file_size(link, path)
+            # The first chunk is read before the status line: an error that can be known
+            # (permission, a file that cannot be read) is a proper error answer, not a 200
+            # followed by a cut body.
+            first = await read_chunk(link, path, 0)
         except SandboxNotFound:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}") from None
         except TransferError as exc:
-            raise ApiError(status_for(exc.code), ErrorCode(exc.code), exc.message) from None
+            raise ApiError(status_for(exc.code), error_code(exc.code), exc.message) from None
 
         async def body() -> AsyncIterator[bytes]:
-            async for chunk in download(link, path):
+            async for chunk in download(link, path, first):
                 yield chunk
 
         response = Response(body(), mimetype="application/octet-stream")
@@ -136,7 +140,7 @@ class UploadMiddleware:
         try:
             written = await upload(link, path, body(), limit)
         except TransferError as exc:
-            raise ApiError(status_for(exc.code), ErrorCode(exc.code), exc.message) from None
+            raise ApiError(status_for(exc.code), error_code(exc.code), exc.message) from None
         return {"success": True, "path": path, "bytes": written}
 
 

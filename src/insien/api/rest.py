@@ -26,7 +26,7 @@ from ..runtime.docker import DockerError, ImageNotFound
 from ..sandbox import Sandbox, SandboxOptions, State, iso_timestamp
 from ..tenants import Tenant
 from .context import Services
-from .errors import ApiError, status_for
+from .errors import ApiError, error_code, status_for
 
 Seconds = Annotated[StrictInt | StrictFloat, Field(gt=0)]
 Label = Annotated[StrictStr, Field(min_length=1, max_length=256)]
@@ -239,8 +239,7 @@ def rest_blueprint(services: Services) -> Blueprint:
         except AgentGone as exc:
             raise ApiError(503, ErrorCode.AGENT_GONE, str(exc)) from None
         if reply.get("type") == "error":
-            known = {str(c) for c in ErrorCode}
-            code = ErrorCode(reply["code"]) if reply.get("code") in known else ErrorCode.INTERNAL
+            code = error_code(reply.get("code"))
             raise ApiError(status_for(code), code, str(reply.get("message")))
         return {"sandboxId": sandbox_id, "killed": reply.get("killed", 0)}
 
