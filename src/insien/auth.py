@@ -60,6 +60,9 @@ class Authenticator:
         tenant = self._tenants.by_id(claims["ten"])
         return replace(tenant, key_id=claims["kid"]) if tenant is not None else None
 
+    def tenant_exists(self, tenant_id: str) -> bool:
+        return self._tenants.exists(tenant_id)
+
     def still_valid(self, tenant: Tenant) -> bool:
         """Whether the key a caller authenticated with still opens anything."""
         return self._tenants.key_valid(tenant.id, tenant.key_id)

@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     create_rate: float | None = Field(None, gt=0, validation_alias=_env("CREATE_RATE"))
     create_burst: int = Field(10, ge=1, validation_alias=_env("CREATE_BURST"))
     max_connections: int | None = Field(256, ge=1, validation_alias=_env("MAX_CONNECTIONS"))
+    max_snapshots: int | None = Field(20, ge=0, validation_alias=_env("MAX_SNAPSHOTS"))
+    """Snapshot templates a tenant may keep at once (the default plan)."""
+    max_snapshot_bytes: int | None = Field(
+        20 << 30, ge=0, validation_alias=_env("MAX_SNAPSHOT_BYTES")
+    )
+    """What a tenant's snapshots may add to the disk together (their own layers)."""
     header_timeout: float = Field(10.0, gt=0, validation_alias=_env("HEADER_TIMEOUT"))
     body_timeout: float = Field(30.0, gt=0, validation_alias=_env("BODY_TIMEOUT"))
     capabilities: Annotated[list[str], NoDecode] = Field(
@@ -178,13 +184,20 @@ class Settings(BaseSettings):
         """`API_KEY=` in a .env means "not set": generate one, never accept an empty key."""
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("memory_limit", "max_memory", mode="before")
+    @field_validator("memory_limit", "max_memory", "max_snapshot_bytes", mode="before")
     @classmethod
     def _size(cls, value: object) -> object:
         """`1g`, `512m` or bytes, binary units as in Docker."""
         return parse_size(value) if isinstance(value, str) else value
 
-    @field_validator("max_sandboxes", "create_rate", "max_connections", mode="before")
+    @field_validator(
+        "max_sandboxes",
+        "create_rate",
+        "max_connections",
+        "max_snapshots",
+        "max_snapshot_bytes",
+        mode="before",
+    )
     @classmethod
     def _unlimited(cls, value: object) -> object:
         """An empty value or `none` means "no limit"."""
@@ -238,6 +251,8 @@ class Settings(BaseSettings):
             create_rate=self.create_rate,
             create_burst=self.create_burst,
             max_connections=self.max_connections,
+            max_snapshots=self.max_snapshots,
+            max_snapshot_bytes=self.max_snapshot_bytes,
             max_resources=self.max_resources,
         )
 

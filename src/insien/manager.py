@@ -8,6 +8,7 @@ exists: containers carry labels naming this instance.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import secrets
@@ -56,6 +57,8 @@ SNAPSHOT_REPOSITORY = "insien-snapshot"
 SNAPSHOT_OWNER_LABEL = "insien.snapshot.owner"
 SNAPSHOT_SOURCE_LABEL = "insien.snapshot.source"
 SNAPSHOT_BASE_LABEL = "insien.snapshot.base"
+SNAPSHOT_BYTES_LABEL = "insien.snapshot.bytes"
+SNAPSHOT_PURGE_INTERVAL = 5.0
 MAX_ENDED_KEPT = 1000
 
 
@@ -92,9 +95,16 @@ class SandboxManager:
     """Creates, finds and ends sandboxes. Use `async with SandboxManager.open(...)`."""
 
     def __init__(
-        self, runtime: DockerRuntime, settings: Settings, nursery: trio.Nursery, sealer: Sealer
+        self,
+        runtime: DockerRuntime,
+        settings: Settings,
+        nursery: trio.Nursery,
+        sealer: Sealer,
+        tenant_exists: Callable[[str], bool] = lambda _: True,
     ) -> None:
         self._runtime = runtime
+        self._tenant_exists = tenant_exists
+        self._snapshot_lock = trio.Lock()
         self._settings = settings
         self._sealer = sealer
         self._nursery = nursery
@@ -109,12 +119,17 @@ class SandboxManager:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, runtime: DockerRuntime, settings: Settings, sealer: Sealer
+        cls,
+        runtime: DockerRuntime,
+        settings: Settings,
+        sealer: Sealer,
+        tenant_exists: Callable[[str], bool] = lambda _: True,
     ) -> AsyncIterator[SandboxManager]:
         async with trio.open_nursery() as nursery:
-            manager = cls(runtime, settings, nursery, sealer)
+            manager = cls(runtime, settings, nursery, sealer, tenant_exists)
             await manager._recover()
             nursery.start_soon(manager._reap)
+            nursery.start_soon(manager._purge_snapshots_safely)
             nursery.start_soon(manager._refill)
             try:
                 yield manager
@@ -591,26 +606,94 @@ class SandboxManager:
         return sandbox
 
     async def snapshot(self, sandbox_id: str, tenant: Tenant) -> str:
-        """Commit the sandbox's filesystem as a template only its owner can create from."""
+        """Commit the sandbox's filesystem as a template only its owner can create from,
+        within the tenant's plan (snapshots kept, and the bytes their own layers add)."""
         sandbox = self.get(sandbox_id, tenant)
-        name = f"{SNAPSHOT_REPOSITORY}:{secrets.token_hex(8)}"
-        repository, tag = name.split(":")
-        labels = {
-            SNAPSHOT_OWNER_LABEL: tenant.id,
-            SNAPSHOT_SOURCE_LABEL: sandbox.id,
-            # A snapshot is isolated like the operator's template it descends from.
-            SNAPSHOT_BASE_LABEL: await self._base_template(sandbox.options.template),
-        }
-        await self._runtime.commit(sandbox.container_id, repository, tag, labels)
+        async with self._snapshot_lock:  # a burst of snapshots cannot slip past the quota
+            kept = await self.snapshots(tenant)
+            plan = tenant.plan
+            if plan.max_snapshots is not None and len(kept) >= plan.max_snapshots:
+                raise QuotaExceeded(
+                    ErrorCode.QUOTA_EXCEEDED,
+                    f"at most {plan.max_snapshots} snapshots; delete one (DELETE /snapshots/…)",
+                    60.0,
+                )
+            size = await self._runtime.writable_size(sandbox.container_id)
+            used = sum(int(snap["bytes"]) for snap in kept)
+            if plan.max_snapshot_bytes is not None and used + size > plan.max_snapshot_bytes:
+                raise QuotaExceeded(
+                    ErrorCode.QUOTA_EXCEEDED,
+                    f"snapshots may hold {plan.max_snapshot_bytes} bytes; {used} are used and "
+                    f"this one would add {size}",
+                    60.0,
+                )
+            name = f"{SNAPSHOT_REPOSITORY}:{secrets.token_hex(8)}"
+            repository, tag = name.split(":")
+            labels = {
+                SNAPSHOT_OWNER_LABEL: tenant.id,
+                SNAPSHOT_SOURCE_LABEL: sandbox.id,
+                SNAPSHOT_BYTES_LABEL: str(size),
+                # A snapshot is isolated like the operator's template it descends from.
+                SNAPSHOT_BASE_LABEL: await self._base_template(sandbox.options.template),
+            }
+            await self._runtime.commit(sandbox.container_id, repository, tag, labels)
         sandbox.touch()
-        log.info("snapshot %s of sandbox %s", name, sandbox.id)
+        log.info("snapshot %s of sandbox %s (%d bytes)", name, sandbox.id, size)
         return name
+
+    async def snapshots(self, tenant: Tenant) -> builtins.list[dict[str, Any]]:
+        """The tenant's snapshot templates, oldest first."""
+        images = await self._runtime.images_labelled(f"{SNAPSHOT_OWNER_LABEL}={tenant.id}")
+        found = []
+        for image in images:
+            labels = image.get("Labels") or {}
+            for tag in image.get("RepoTags") or []:
+                if tag.startswith(f"{SNAPSHOT_REPOSITORY}:"):
+                    found.append(
+                        {
+                            "template": tag,
+                            "sandboxId": labels.get(SNAPSHOT_SOURCE_LABEL),
+                            "createdAt": iso_timestamp(
+                                datetime.fromtimestamp(int(image.get("Created", 0)), UTC)
+                            ),
+                            "bytes": int(labels.get(SNAPSHOT_BYTES_LABEL) or 0),
+                        }
+                    )
+        return sorted(found, key=lambda snap: (snap["createdAt"], snap["template"]))
+
+    async def delete_snapshot(self, tenant: Tenant, template: str) -> None:
+        """Remove one of the tenant's snapshots; anyone else's looks like none (NotFound)."""
+        if template not in {snap["template"] for snap in await self.snapshots(tenant)}:
+            raise SandboxNotFound(template)
+        await self._runtime.remove_image(template)
+        log.info("snapshot %s deleted by %s", template, tenant.id)
+
+    async def _purge_snapshots(self) -> None:
+        """Snapshots of tenants that are gone from the tenants file go with them."""
+        while True:
+            images = await self._runtime.images_labelled(SNAPSHOT_OWNER_LABEL)
+            for image in images:
+                owner = (image.get("Labels") or {}).get(SNAPSHOT_OWNER_LABEL, "")
+                if owner and not self._tenant_exists(owner):
+                    for tag in image.get("RepoTags") or []:
+                        if tag.startswith(f"{SNAPSHOT_REPOSITORY}:"):
+                            log.info("removing snapshot %s: tenant %s is gone", tag, owner)
+                            await self._runtime.remove_image(tag)
+            await trio.sleep(SNAPSHOT_PURGE_INTERVAL)
 
     async def _base_template(self, template: str) -> str:
         if template.startswith(f"{SNAPSHOT_REPOSITORY}:"):
             labels = await self._runtime.image_labels(template) or {}
             return labels.get(SNAPSHOT_BASE_LABEL, self._settings.agent_image)
         return template
+
+    async def _purge_snapshots_safely(self) -> None:
+        while True:
+            try:
+                await self._purge_snapshots()
+            except DockerError as exc:
+                log.warning("snapshot purge: %s", exc)
+            await trio.sleep(SNAPSHOT_PURGE_INTERVAL)
 
     async def resolve_template(self, template: str, tenant: Tenant) -> Isolation | None:
         """How sandboxes of a template this tenant may use run; None if it may not.

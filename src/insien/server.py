@@ -105,7 +105,9 @@ async def serve(
             )
         secret = settings.secret_key.get_secret_value() if settings.secret_key else None
         sealer = Sealer(load_key(secret, settings.state_dir))
-        async with SandboxManager.open(runtime, settings, sealer) as manager:
+        async with SandboxManager.open(
+            runtime, settings, sealer, tenant_exists=auth.tenant_exists
+        ) as manager:
             services = Services(
                 settings=settings,
                 manager=manager,

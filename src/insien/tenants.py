@@ -9,6 +9,8 @@ version stays in force. The seed's single `API_KEY` is one more tenant, `default
     max_sandboxes = 20          # live at once
     create_rate = 60            # creates per minute (bucket of `create_burst`)
     max_connections = 64        # WebSockets open at once
+    max_snapshots = 10          # snapshot templates kept at once
+    max_snapshot_bytes = "5g"   # what their own layers add up to
     max_cpus = 2
     max_memory = "2g"
     max_pids = 1024
@@ -62,6 +64,8 @@ class Plan:
     create_burst: int = 10
     max_connections: int | None = None
     max_resources: Resources | None = None
+    max_snapshots: int | None = None
+    max_snapshot_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -88,11 +92,13 @@ class TenantEntry(BaseModel):
     create_rate: Annotated[float, Field(gt=0)] | None = None
     create_burst: Annotated[int, Field(ge=1)] | None = None
     max_connections: Annotated[int, Field(ge=1)] | None = None
+    max_snapshots: Annotated[int, Field(ge=0)] | None = None
+    max_snapshot_bytes: int | None = None
     max_cpus: Annotated[float, Field(gt=0)] | None = None
     max_memory: int | None = None
     max_pids: Annotated[int, Field(ge=1)] | None = None
 
-    @field_validator("max_memory", mode="before")
+    @field_validator("max_memory", "max_snapshot_bytes", mode="before")
     @classmethod
     def _size(cls, value: object) -> object:
         return None if value is None else parse_size(value)  # type: ignore[arg-type]
@@ -161,6 +167,10 @@ class TenantDirectory:
             create_rate=entry.create_rate or base.create_rate,
             create_burst=entry.create_burst or base.create_burst,
             max_connections=entry.max_connections or base.max_connections,
+            max_snapshots=entry.max_snapshots
+            if entry.max_snapshots is not None
+            else base.max_snapshots,
+            max_snapshot_bytes=entry.max_snapshot_bytes or base.max_snapshot_bytes,
             # A plan can narrow the operator's ceiling, never widen it.
             max_resources=wanted.capped(ceiling),
         )
@@ -219,6 +229,10 @@ class TenantDirectory:
         if tenant_id == DEFAULT_TENANT_ID:
             return self._api_key_hash is not None and key_id == DEFAULT_TENANT_ID
         return any(t == tenant_id and k == key_id for _, t, k in self._keys)
+
+    def exists(self, tenant_id: str) -> bool:
+        """Whether the tenant is (still) known: its snapshots are removed once it is not."""
+        return self.by_id(tenant_id) is not None
 
     def by_id(self, tenant_id: str) -> Tenant | None:
         """The tenant as it is now; None once it was removed from the file."""

@@ -224,9 +224,31 @@ def rest_blueprint(services: Services) -> Blueprint:
         lookup(sandbox_id, tenant)
         try:
             template = await manager.snapshot(sandbox_id, tenant)
+        except QuotaExceeded as exc:
+            raise ApiError.from_quota(exc) from None
         except DockerError as exc:
             raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
         return {"sandboxId": sandbox_id, "template": template}
+
+    @bp.get("/snapshots")
+    async def list_snapshots() -> Any:
+        """The caller's snapshots: `template` (to create from), source sandbox, age, bytes."""
+        tenant = services.tenant_from_key(request)
+        try:
+            return {"snapshots": await manager.snapshots(tenant)}
+        except DockerError as exc:
+            raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+
+    @bp.delete("/snapshots/<template>")
+    async def delete_snapshot(template: str) -> Any:
+        tenant = services.tenant_from_key(request)
+        try:
+            await manager.delete_snapshot(tenant, template)
+        except SandboxNotFound:
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no snapshot {template!r}") from None
+        except DockerError as exc:
+            raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+        return {"success": True, "template": template}
 
     @bp.post("/sandbox/<sandbox_id>/kill-all")
     async def kill_all(sandbox_id: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
@@ -246,6 +247,36 @@ class DockerRuntime:
 
         image_id: str = await self._call(_commit)
         return image_id
+
+    async def writable_size(self, container_id: str) -> int:
+        """Bytes in the container's writable layer (what a commit of it would add)."""
+
+        def _size() -> int:
+            found = self._client.api.containers(all=True, filters={"id": container_id}, size=True)
+            return int(found[0].get("SizeRw") or 0) if found else 0
+
+        size: int = await self._call(_size)
+        return size
+
+    async def images_labelled(self, label: str) -> list[dict[str, Any]]:
+        """Images carrying `label` (`name` or `name=value`), as Docker lists them."""
+
+        def _list() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = self._client.api.images(filters={"label": label})
+            return found
+
+        images: list[dict[str, Any]] = await self._call(_list)
+        return images
+
+    async def remove_image(self, name: str) -> None:
+        """Untag and remove an image (layers a child image or a container uses stay until they
+        go); an image already gone is not an error."""
+
+        def _remove() -> None:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                self._client.api.remove_image(name, force=True)
+
+        await self._call(_remove)
 
     async def image_labels(self, name: str) -> dict[str, str] | None:
         """An image's labels, or None when there is no such image."""
