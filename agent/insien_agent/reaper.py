@@ -2,9 +2,9 @@
 
 A fork bomb outgrows any one process group (its members fork while the group is signalled) and
 fills the pids limit, after which nothing new can start. The agent runs as root, so it can stop
-and kill the user's processes one by one through /proc without forking: first SIGSTOP every one
-until a pass finds none still running (stopped processes cannot fork), then SIGKILL them all.
-The spawner helper is one of them; the agent starts a new one with the next command.
+and kill the user's processes one by one through /proc without forking (it could not: the pids
+limit is full). The spawner helper is one of them; the agent starts a new one with the next
+command.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import signal
 import time
 
 KILL_SECONDS = 10.0
+QUIET_PASSES = 5
+QUIET_SECONDS = 0.05
 
 
 def user_pids(uid: int) -> dict[int, str]:
@@ -60,21 +62,24 @@ def _signal_all(pids: dict[int, str], signum: int) -> None:
 
 
 async def kill_user_processes(uid: int) -> int:
-    """Stop, then kill, every process of `uid`; returns how many were killed."""
+    """Kill every process of `uid`, pass after pass, until several passes in a row find none
+    alive (or the time is up); returns how many were killed.
+
+    Each pass stops what it found before killing it: a stopped process cannot fork, so a bomb
+    cannot replace what one pass kills faster than the next pass finds it."""
     deadline = time.monotonic() + KILL_SECONDS
     killed: set[int] = set()
-    while time.monotonic() < deadline:
-        pids = user_pids(uid)
-        running = {pid: state for pid, state in pids.items() if state not in ("T", "t", "Z")}
-        if not running:
-            break
-        _signal_all(running, signal.SIGSTOP)
+    quiet = 0
+    while time.monotonic() < deadline and quiet < QUIET_PASSES:
+        alive = {pid: state for pid, state in user_pids(uid).items() if state != "Z"}
+        if not alive:
+            # Found nothing: look again a few times, a moment apart, before believing it.
+            quiet += 1
+            await asyncio.sleep(QUIET_SECONDS)
+            continue
+        quiet = 0
+        _signal_all(alive, signal.SIGSTOP)
+        _signal_all(alive, signal.SIGKILL)
+        killed.update(alive)
         await asyncio.sleep(0)
-    while time.monotonic() < deadline:
-        pids = {pid: state for pid, state in user_pids(uid).items() if state != "Z"}
-        if not pids:
-            break
-        _signal_all(pids, signal.SIGKILL)
-        killed.update(pids)
-        await asyncio.sleep(0.02)
     return len(killed)

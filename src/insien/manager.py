@@ -500,20 +500,23 @@ class SandboxManager:
             network=isolation.network,
             python=isolation.python,
         )
+        # The slot counts as "starting" until the sandbox is in the pool (or gone): counted
+        # neither ready nor starting for a moment, it would make the refill start another.
         try:
-            sandbox = await self._launch(owner="", options=options, pool_key=profile.key)
-        except (DockerError, SandboxStartError) as exc:
-            log.warning("warm pool %s: %s", profile.template, exc)
-            await trio.sleep(POOL_RETRY_DELAY)  # keeps this slot "starting": no busy retry
-            return
+            try:
+                sandbox = await self._launch(owner="", options=options, pool_key=profile.key)
+            except (DockerError, SandboxStartError) as exc:
+                log.warning("warm pool %s: %s", profile.template, exc)
+                await trio.sleep(POOL_RETRY_DELAY)  # keeps this slot "starting": no busy retry
+                return
+            # One command through every code path (spawn, pipes, the file cache of the image),
+            # so that the first one after the hand-over runs at full speed.
+            with trio.move_on_after(10):
+                await sandbox.link.call({"type": "exec", "cmd": "true"})
+            if not self._pool.add(profile, sandbox):
+                await self._discard(sandbox)
         finally:
             self._pool.starting(profile, -1)
-        # One command through every code path (spawn, pipes, the file cache of the image),
-        # so that the first one after the hand-over runs at full speed.
-        with trio.move_on_after(10):
-            await sandbox.link.call({"type": "exec", "cmd": "true"})
-        if not self._pool.add(profile, sandbox):
-            await self._discard(sandbox)
 
     async def _discard(self, sandbox: Sandbox) -> None:
         sandbox.end(EndReason.DESTROYED, "not needed in the pool")

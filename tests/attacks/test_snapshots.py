@@ -54,12 +54,11 @@ def setup(
 ) -> Iterator[Setup]:
     path = tmp_path_factory.mktemp("snapshots") / "tenants.toml"
     keys = {name: new_key() for name in PLANS}
-    path.write_text("")
-    process, server = start_server(
+    found = Setup(None, path, keys)  # type: ignore[arg-type]
+    found.write(tuple(PLANS))
+    process, found.server = start_server(
         {"INSIEN_TENANTS_FILE": str(path), "INSIEN_API_KEY": ""}, suffix="snapshots"
     )
-    found = Setup(server, path, keys)
-    found.write(tuple(PLANS))
     yield found
     assert stop_server(process) == 0
     for image in docker_client.images.list(name="insien-snapshot"):
