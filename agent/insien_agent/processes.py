@@ -305,6 +305,7 @@ class ManagedProcess:
             "pid": self.pid,
             "exitCode": self.exit_code,
             "signal": self.signal,
+            "timedOut": self.timed_out,
             "oom": self.oom,
             "durationMs": self.duration_ms,
         }

@@ -52,9 +52,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_image_build(args: argparse.Namespace) -> None:
+    tag = args.tag or Settings().agent_image
     client = _docker()
     try:
-        build_image(client, tag=args.tag, base=args.base, force=args.force, console=Console())
+        build_image(client, tag=tag, base=args.base, force=args.force, console=Console())
     except ImageBuildError as exc:
         raise SystemExit(f"insien: image build failed: {exc}") from None
     finally:
@@ -94,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
     image = commands.add_parser("image", help="sandbox images")
     image_commands = image.add_subparsers(dest="image_command", required=True)
     build = image_commands.add_parser("build", help="build the default sandbox image")
-    build.add_argument("--tag", default=Settings().agent_image, help="image name to build")
+    build.add_argument("--tag", help="image name to build (default: INSIEN_AGENT_IMAGE)")
     build.add_argument("--base", help="base image (default: debian:bookworm-slim or a bootstrap)")
     build.add_argument("--force", action="store_true", help="rebuild even when current")
     build.set_defaults(func=cmd_image_build)
@@ -113,11 +114,22 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def describe(exc: ValidationError) -> str:
+    """Every problem on one line: the variable (as the environment spells it) and why."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        name = where if where.isupper() else f"INSIEN_{where.upper()}"
+        problems.append(f"{name}: {error['msg']}")
+    return "; ".join(problems)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         args.func(args)
     except ValidationError as exc:
-        sys.exit(f"insien: invalid configuration:\n{exc}")
+        print(f"insien: invalid configuration: {describe(exc)}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

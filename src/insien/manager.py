@@ -58,6 +58,9 @@ SNAPSHOT_OWNER_LABEL = "insien.snapshot.owner"
 SNAPSHOT_SOURCE_LABEL = "insien.snapshot.source"
 SNAPSHOT_BASE_LABEL = "insien.snapshot.base"
 SNAPSHOT_BYTES_LABEL = "insien.snapshot.bytes"
+SNAPSHOT_INSTANCE_LABEL = "insien.snapshot.instance"
+"""Snapshots belong to a tenant of one Insien instance: servers sharing a Docker Engine never
+list, use or purge each other's."""
 SNAPSHOT_PURGE_INTERVAL = 5.0
 MAX_ENDED_KEPT = 1000
 
@@ -634,6 +637,7 @@ class SandboxManager:
             repository, tag = name.split(":")
             labels = {
                 SNAPSHOT_OWNER_LABEL: tenant.id,
+                SNAPSHOT_INSTANCE_LABEL: self._settings.instance,
                 SNAPSHOT_SOURCE_LABEL: sandbox.id,
                 SNAPSHOT_BYTES_LABEL: str(size),
                 # A snapshot is isolated like the operator's template it descends from.
@@ -650,6 +654,8 @@ class SandboxManager:
         found = []
         for image in images:
             labels = image.get("Labels") or {}
+            if labels.get(SNAPSHOT_INSTANCE_LABEL) != self._settings.instance:
+                continue
             for tag in image.get("RepoTags") or []:
                 if tag.startswith(f"{SNAPSHOT_REPOSITORY}:"):
                     found.append(
@@ -674,7 +680,9 @@ class SandboxManager:
     async def _purge_snapshots(self) -> None:
         """Snapshots of tenants that are gone from the tenants file go with them."""
         while True:
-            images = await self._runtime.images_labelled(SNAPSHOT_OWNER_LABEL)
+            images = await self._runtime.images_labelled(
+                f"{SNAPSHOT_INSTANCE_LABEL}={self._settings.instance}"
+            )
             for image in images:
                 owner = (image.get("Labels") or {}).get(SNAPSHOT_OWNER_LABEL, "")
                 if owner and not self._tenant_exists(owner):
@@ -709,6 +717,8 @@ class SandboxManager:
             return None
         labels = await self._runtime.image_labels(template)
         if labels is None or labels.get(SNAPSHOT_OWNER_LABEL) != tenant.id:
+            return None
+        if labels.get(SNAPSHOT_INSTANCE_LABEL) != self._settings.instance:
             return None
         base = labels.get(SNAPSHOT_BASE_LABEL, self._settings.agent_image)
         return self._settings.isolation(base)

@@ -1,7 +1,9 @@
 """`insien serve`: one trio nursery tree holding the sandbox manager and the HTTP server.
 
-SIGINT or SIGTERM starts a graceful shutdown: hypercorn stops accepting and lets requests
-finish (up to the graceful timeout), then the manager destroys this instance's sandboxes.
+SIGINT or SIGTERM (or the caller's `stop` event) starts a graceful shutdown: the manager lets
+go of its sandboxes without ending them (clients are told 1012, a restart recovers them; with
+INSIEN_SHUTDOWN_ENDS_SANDBOXES they end instead), and hypercorn stops accepting and lets
+requests finish, up to the graceful timeout.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ async def serve(
 ) -> None:
     """Run until `stop` is set or a signal arrives; reports the bound URLs through task_status."""
     auth = authenticator or make_authenticator(settings)
-    stop = stop or trio.Event()
+    stop = stop if stop is not None else trio.Event()
     runtime = await DockerRuntime.connect()
     try:
         if not await runtime.image_exists(settings.agent_image):
@@ -116,8 +118,15 @@ async def serve(
             )
             app = create_asgi(services)
             async with trio.open_nursery() as nursery:
+                # The signal watcher would otherwise outlive a stop set by the caller.
+                signals = trio.CancelScope()
                 if handle_signals:
-                    nursery.start_soon(_stop_on_signal, stop)
+
+                    async def watch_signals() -> None:
+                        with signals:
+                            await _stop_on_signal(stop)
+
+                    nursery.start_soon(watch_signals)
 
                 async def shutdown_trigger() -> None:
                     await stop.wait()
@@ -139,6 +148,7 @@ async def serve(
                     print(f"Insien listening on {bind}", file=sys.stderr, flush=True)
                 task_status.started(binds)
                 await stop.wait()
+                signals.cancel()
                 # hypercorn returns once its graceful shutdown is done; then stop the signal task.
     finally:
         runtime.close()

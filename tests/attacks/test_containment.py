@@ -64,10 +64,17 @@ async def run(ws: WebSocketConnection, script: str, timeout: float = 10) -> dict
 
 async def test_fork_bomb(server: Server) -> None:
     async def bomb(ws: WebSocketConnection) -> None:
-        # The shell returns at once and leaves the bomb running in its process group, held
-        # back only by the pids limit; one SIGKILL to the group ends it.
+        # The bomb fills the pids limit with sleepers in its process group and keeps trying
+        # for more (a `b | b &` bomb may also die out by itself, which proves nothing); one
+        # SIGKILL to the group ends it.
         spawned = await call(
-            ws, {"id": "b", "type": "spawn", "cmd": "sh", "args": ["-c", "b() { b | b & }; b"]}
+            ws,
+            {
+                "id": "b",
+                "type": "spawn",
+                "cmd": "sh",
+                "args": ["-c", "while :; do sleep 1000 & done"],
+            },
         )
         assert spawned["type"] == "spawnResponse"
         await trio.sleep(3)

@@ -81,7 +81,8 @@ def test_a_snapshot_of_a_pooled_sandbox_never_reaches_another_tenant(
                 template = str(snapshot.json()["template"])
                 for _ in range(2):
                     made = await alpha.post("/sandbox/create", json={"template": template})
-                    alpha_ids.append(made.raise_for_status().json()["sandboxId"])
+                    assert made.status_code == 200, made.text
+                    alpha_ids.append(made.json()["sandboxId"])
                 return template
 
         template = trio.run(alpha_plants_a_trojan)

@@ -146,6 +146,8 @@ class CommandHandle:
             exit_code=int(self._exit.get("exitCode", -1)),
             signal=self._exit.get("signal"),
             truncated=self._truncated,
+            timed_out=bool(self._exit.get("timedOut", False)),
+            oom=bool(self._exit.get("oom", False)),
             duration_ms=self._exit.get("durationMs"),
             pid=self.pid,
         )

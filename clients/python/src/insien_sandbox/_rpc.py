@@ -24,6 +24,8 @@ Message = dict[str, Any]
 
 FINAL_EXCEPT = frozenset({"output", "spawnResponse", "attachResponse"})
 STREAM_BUFFER = 256
+CANCEL_TIMEOUT = 5.0
+"""How long an abandoned request's `cancel` may take to send before the SDK gives up on it."""
 
 
 def is_final(message: Message) -> bool:
@@ -181,13 +183,36 @@ class RPCConnection:
         request_id = f"r{next(self._ids)}"
         send, receive = trio.open_memory_channel[Message](STREAM_BUFFER)
         self._waiters[request_id] = send
+        sent = False
         try:
             await self._send_text(json.dumps({**message, "id": request_id}))
+            sent = True
             async with receive:
                 yield receive
         finally:
-            self._waiters.pop(request_id, None)
+            # Still registered: no final answer came. The caller gave up (cancelled, timed
+            # out, or left the block), so the request is cancelled in the sandbox too: a
+            # foreground command is killed, a background one is only no longer followed.
+            unfinished = self._waiters.pop(request_id, None) is not None
             send.close()
+            if sent and unfinished:
+                await self._cancel_quietly(request_id)
+
+    async def _cancel_quietly(self, request_id: str) -> None:
+        """Ask the server to cancel a request, shielded and bounded: it runs while the caller
+        is being cancelled, and must neither block it for long nor raise."""
+        if self._closed_reason is not None or self._ws is None:
+            return
+        with (
+            trio.move_on_after(CANCEL_TIMEOUT, shield=True),
+            suppress(
+                SandboxClosedError,
+                ConnectionClosed,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+            ),
+        ):
+            await self.send({"type": "cancel", "target": request_id})
 
     async def call(self, message: Message) -> Message:
         """Send one request and wait for its final answer; an `error` answer raises RPCError."""

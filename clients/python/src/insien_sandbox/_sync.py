@@ -87,6 +87,11 @@ class CommandHandle:
         except StopAsyncIteration:
             raise StopIteration from None
 
+    @property
+    def exited(self) -> bool:
+        """Whether the process has exited (its `exit` event has arrived)."""
+        return self._handle.exited
+
     def wait(self) -> CommandResult:
         return self._loop.run(self._handle.wait)
 
@@ -178,10 +183,16 @@ class Commands:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
         replay: bool = True,
+        binary: bool = False,
     ) -> CommandHandle:
         handle = self._loop.run(
             partial(
-                self._commands.connect, pid, on_stdout=on_stdout, on_stderr=on_stderr, replay=replay
+                self._commands.connect,
+                pid,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                replay=replay,
+                binary=binary,
             )
         )
         return CommandHandle(self._loop, handle)
