@@ -65,7 +65,7 @@ async def test_kill_all_ends_a_fork_bomb_that_escaped_its_exec(server: Server) -
         await trio.sleep(3)
         killed = await call(ws, {"id": "k", "type": "killAll"}, timeout=30)
         assert killed["type"] == "killAllResponse", killed
-        assert killed["killed"] > 100
+        assert killed["killed"] > 20
         with trio.fail_after(30):
             while True:
                 ps = await call(ws, {"id": "ps", "type": "exec", "cmd": "ps", "args": ["-e"]})
@@ -76,17 +76,20 @@ async def test_kill_all_ends_a_fork_bomb_that_escaped_its_exec(server: Server) -
     await attack(server, escaped_bomb)
 
 
-async def test_a_timeout_that_cannot_empty_its_group_kills_every_user_process(
+async def test_a_timeout_ends_a_fork_storm_in_its_group_and_the_sandbox_serves_on(
     server: Server,
 ) -> None:
-    async def bomb_in_the_foreground(ws: WebSocketConnection) -> None:
-        reply = await run(ws, "b() { b | b & }; b; sleep 100", timeout=2)
+    async def storm_in_the_foreground(ws: WebSocketConnection) -> None:
+        # Busy loops started without end until the pids limit is full; the shell itself
+        # never finishes, so only the timeout ends it.
+        reply = await run(ws, "while :; do (while :; do :; done) & done", timeout=2)
         assert reply["timedOut"] is True
         with trio.fail_after(30):
-            while (await run(ws, "echo usable"))["stdout"] != "usable\n":  # noqa: ASYNC110
+            while (await run(ws, "echo usable")).get("stdout") != "usable\n":  # noqa: ASYNC110
                 await trio.sleep(0.5)
+        assert (await run(ws, "pgrep -u 1000 -c sh || true"))["stdout"].strip() in ("0", "1")
 
-    await attack(server, bomb_in_the_foreground)
+    await attack(server, storm_in_the_foreground)
 
 
 async def test_kill_all_over_rest_and_the_sdk(server: Server) -> None:

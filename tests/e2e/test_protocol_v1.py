@@ -190,6 +190,7 @@ async def test_a_process_outlives_its_client_and_another_client_attaches(server:
                 "pid": pid,
                 "exitCode": 7,
                 "signal": None,
+                "timedOut": False,
                 "oom": False,
                 "durationMs": messages[-1]["durationMs"],
             }
