@@ -16,7 +16,7 @@ from rich.console import Console
 from . import __version__
 from .config import Settings
 from .images import ImageBuildError, build_image
-from .tenants import hash_key, load_tenants_file, new_key
+from .tenancy.tenants import hash_key, load_tenants_file, new_key
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -21,12 +21,29 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .pool import Profile
-from .resources import Resources, parse_size
-from .runtime.docker import DEFAULT_CAPABILITIES, DEFAULT_PYTHON
-from .tenants import Plan
+from .tenancy.resources import Resources, parse_size
+from .tenancy.tenants import Plan
 
 MIB = 1024 * 1024
+DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
+"""What the agent (root inside the sandbox) keeps of Docker's default set; everything else,
+NET_RAW, MKNOD, SYS_CHROOT, SETFCAP, AUDIT_WRITE and NET_BIND_SERVICE among it, is dropped."""
+DEFAULT_PYTHON = "/usr/bin/python3"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A warm pool's profile: a template and its resources, and how many to keep ready."""
+
+    template: str
+    resources: Resources
+    size: int
+
+    @property
+    def key(self) -> str:
+        """A label value naming the profile: template and limits."""
+        r = self.resources
+        return f"{self.template}|{r.cpus:g}|{r.memory}|{r.pids}"
 
 
 def _env(name: str, *, seed: str | None = None) -> AliasChoices:

@@ -20,13 +20,14 @@ from hypercorn.config import Config as HypercornConfig
 
 from .api.context import Services
 from .app import create_asgi
-from .auth import Authenticator
-from .budget import TenantBudgets
 from .config import Settings
-from .manager import SandboxManager
-from .provenance import Sealer, load_key
-from .runtime.docker import DockerRuntime, ImageNotFound
-from .tenants import TenantDirectory
+from .link.budget import TenantBudgets
+from .runtime.base import ImageNotFound
+from .runtime.docker import DockerRuntime
+from .sandboxes.manager import SandboxManager
+from .sandboxes.provenance import Sealer, load_key
+from .tenancy.auth import Authenticator
+from .tenancy.tenants import TenantDirectory
 
 log = logging.getLogger("insien.server")
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trio
 
-from insien.tenants import hash_key, new_key
+from insien.tenancy.tenants import hash_key, new_key
 from tests.conftest import Server
 from tests.e2e.helpers import call, containers_of, websocket
 from tests.e2e.test_pool import wait_for_pool

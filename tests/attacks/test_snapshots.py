@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from insien.tenants import hash_key, new_key
+from insien.tenancy.tenants import hash_key, new_key
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.helpers import call, websocket
 

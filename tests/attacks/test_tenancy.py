@@ -26,7 +26,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from insien.tenants import hash_key, new_key
+from insien.tenancy.tenants import hash_key, new_key
 from insien_sandbox import AsyncSandbox, RateLimitError
 from tests.conftest import Server, rss_bytes, start_server, stop_server
 from tests.e2e.helpers import call, containers_of, websocket

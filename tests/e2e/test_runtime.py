@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import trio
 
 from insien._resources import agent_zipapp
+from insien.config import DEFAULT_CAPABILITIES, DEFAULT_PYTHON
 from insien.link import AgentLink
-from insien.runtime.docker import ContainerSpec, DockerRuntime
+from insien.runtime.base import LABEL_INSTANCE, LABEL_SANDBOX_ID, ContainerSpec
+from insien.runtime.docker import DockerRuntime
 from tests.conftest import IMAGE, instance_name
 
 
@@ -16,10 +16,9 @@ def spec(sandbox_id: str) -> ContainerSpec:
     return ContainerSpec(
         sandbox_id=sandbox_id,
         image=IMAGE,
-        owner="test",
-        instance=instance_name("runtime"),
-        created_at=datetime.now(UTC).isoformat(),
-        template=IMAGE,
+        labels={LABEL_SANDBOX_ID: sandbox_id, LABEL_INSTANCE: instance_name("runtime")},
+        python=DEFAULT_PYTHON,
+        capabilities=DEFAULT_CAPABILITIES,
     )
 
 

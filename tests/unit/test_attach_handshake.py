@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from insien.runtime.attach import AttachError, _handshake
+from insien.runtime.docker.attach import AttachError, _handshake
 
 UPGRADE = (
     b"HTTP/1.1 101 UPGRADED\r\n"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import jwt
 
-from insien.auth import TOKEN_AUDIENCE, Authenticator
-from insien.resources import Resources
-from insien.tenants import (
+from insien.tenancy.auth import TOKEN_AUDIENCE, Authenticator
+from insien.tenancy.resources import Resources
+from insien.tenancy.tenants import (
     RELOAD_CHECK_SECONDS,
     Plan,
     Tenant,

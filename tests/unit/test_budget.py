@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from insien.budget import ByteBudget, TenantBudgets
+from insien.link.budget import ByteBudget, TenantBudgets
 
 
 def test_a_connection_budget_stops_at_its_own_limit_and_at_its_tenants() -> None:

@@ -6,13 +6,8 @@ import struct
 
 import pytest
 
-from insien.runtime.frames import (
-    FrameDecoder,
-    FramingError,
-    LineAssembler,
-    OversizeLine,
-    StreamKind,
-)
+from insien.link.lines import LineAssembler, OversizeLine
+from insien.runtime.docker.frames import FrameDecoder, FramingError, StreamKind
 
 
 def frame(kind: int, payload: bytes) -> bytes:

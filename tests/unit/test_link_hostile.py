@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from insien.link import AgentLink
+from insien.runtime.docker.runtime import DockerChannel
 
 READY = b'{"type":"ready","protocol":1,"seq":1}\n'
 
@@ -42,7 +43,7 @@ class Feed(trio.abc.Stream):
 
 
 async def run_link(chunks: list[bytes], max_line: int = 4096) -> AgentLink:
-    link = AgentLink(Feed(chunks), name="hostile", max_line=max_line)
+    link = AgentLink(DockerChannel(Feed(chunks)), name="hostile", max_line=max_line)
     with trio.fail_after(10):
         await link.run()
     assert link.closed.is_set()
@@ -93,7 +94,8 @@ async def test_a_request_waiting_on_a_hostile_agent_gets_an_answer() -> None:
                 await gate.wait()
             return await super().receive_some(max_bytes)
 
-    link = AgentLink(Late([frame(1, READY), BOMB]), name="hostile", max_line=1 << 20)
+    channel = DockerChannel(Late([frame(1, READY), BOMB]))
+    link = AgentLink(channel, name="hostile", max_line=1 << 20)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(link.run)
         await link.ready.wait()

@@ -9,9 +9,9 @@ import pytest
 import trio
 
 from insien.protocol import ErrorCode
-from insien.quotas import ConnectionCounter, CreateRateLimiter, QuotaExceeded
-from insien.resources import Resources, format_size, parse_size
-from insien.tenants import (
+from insien.tenancy.quotas import ConnectionCounter, CreateRateLimiter, QuotaExceeded
+from insien.tenancy.resources import Resources, format_size, parse_size
+from insien.tenancy.tenants import (
     Plan,
     Tenant,
     TenantDirectory,

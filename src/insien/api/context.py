@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 
 from quart import Request, Websocket
 
-from ..auth import Authenticator
-from ..budget import MIB, TenantBudgets
 from ..config import Settings
-from ..manager import SandboxManager
+from ..link.budget import MIB, TenantBudgets
 from ..protocol import ErrorCode
-from ..quotas import ConnectionCounter
-from ..tenants import Tenant
+from ..sandboxes.manager import SandboxManager
+from ..tenancy.auth import Authenticator
+from ..tenancy.quotas import ConnectionCounter
+from ..tenancy.tenants import Tenant
 from .errors import ApiError
 
 

@@ -8,7 +8,7 @@ from quart import Quart, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from ..protocol import ErrorCode
-from ..quotas import QuotaExceeded
+from ..tenancy.quotas import QuotaExceeded
 
 
 class ApiError(Exception):

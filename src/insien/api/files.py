@@ -26,9 +26,9 @@ from hypercorn.typing import (
 )
 from quart import Blueprint, Response, request
 
-from ..manager import SandboxNotFound
+from ..link.transfer import TransferError, download, file_size, read_chunk, upload
 from ..protocol import ErrorCode
-from ..transfer import TransferError, download, file_size, read_chunk, upload
+from ..sandboxes.manager import SandboxNotFound
 from .context import Services
 from .errors import ApiError, error_code, status_for
 

@@ -18,13 +18,14 @@ from pydantic import (
 from quart import Blueprint, request
 
 from ..link import AgentGone
-from ..manager import SandboxNotFound, SandboxStartError
 from ..protocol import ErrorCode
-from ..quotas import QuotaExceeded
-from ..resources import Resources, parse_size
-from ..runtime.docker import DockerError, ImageNotFound
-from ..sandbox import Sandbox, SandboxOptions, State, iso_timestamp
-from ..tenants import Tenant
+from ..runtime.base import ImageNotFound, RuntimeFailure
+from ..sandboxes.manager import SandboxNotFound, SandboxStartError
+from ..sandboxes.sandbox import Sandbox, SandboxOptions, State, iso_timestamp
+from ..sandboxes.snapshots import SnapshotNotFound
+from ..tenancy.quotas import QuotaExceeded
+from ..tenancy.resources import Resources, parse_size
+from ..tenancy.tenants import Tenant
 from .context import Services
 from .errors import ApiError, error_code, status_for
 
@@ -122,7 +123,7 @@ def rest_blueprint(services: Services) -> Blueprint:
             raise ApiError(
                 400, ErrorCode.BAD_REQUEST, f"template {template!r} is not an image name"
             )
-        isolation = await manager.resolve_template(template, tenant)
+        isolation = await manager.snapshots.resolve(template, tenant)
         if isolation is None:
             raise ApiError(400, ErrorCode.BAD_REQUEST, f"template {template!r} is not allowed")
         if body.timeout is not None and body.timeout > settings.max_timeout:
@@ -163,7 +164,7 @@ def rest_blueprint(services: Services) -> Blueprint:
             raise ApiError.from_quota(exc) from None
         except ImageNotFound as exc:
             raise ApiError(503, ErrorCode.UNAVAILABLE, f"sandbox image missing: {exc}") from exc
-        except (DockerError, SandboxStartError) as exc:
+        except (RuntimeFailure, SandboxStartError) as exc:
             raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
         token = services.auth.issue_token(sandbox.id, tenant)
         return {
@@ -179,7 +180,7 @@ def rest_blueprint(services: Services) -> Blueprint:
             await manager.destroy(sandbox_id, tenant)
         except SandboxNotFound:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}") from None
-        except DockerError as exc:
+        except RuntimeFailure as exc:
             raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
         return {"success": True, "sandboxId": sandbox_id}
 
@@ -206,7 +207,7 @@ def rest_blueprint(services: Services) -> Blueprint:
         lookup(sandbox_id, tenant)
         try:
             return (await manager.pause(sandbox_id, tenant)).info()
-        except DockerError as exc:
+        except RuntimeFailure as exc:
             raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
 
     @bp.post("/sandbox/<sandbox_id>/resume")
@@ -215,7 +216,7 @@ def rest_blueprint(services: Services) -> Blueprint:
         lookup(sandbox_id, tenant)
         try:
             return (await manager.resume(sandbox_id, tenant)).info()
-        except DockerError as exc:
+        except RuntimeFailure as exc:
             raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
 
     @bp.post("/sandbox/<sandbox_id>/snapshot")
@@ -226,7 +227,7 @@ def rest_blueprint(services: Services) -> Blueprint:
             template = await manager.snapshot(sandbox_id, tenant)
         except QuotaExceeded as exc:
             raise ApiError.from_quota(exc) from None
-        except DockerError as exc:
+        except RuntimeFailure as exc:
             raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
         return {"sandboxId": sandbox_id, "template": template}
 
@@ -235,18 +236,18 @@ def rest_blueprint(services: Services) -> Blueprint:
         """The caller's snapshots: `template` (to create from), source sandbox, age, bytes."""
         tenant = services.tenant_from_key(request)
         try:
-            return {"snapshots": await manager.snapshots(tenant)}
-        except DockerError as exc:
+            return {"snapshots": await manager.snapshots.list(tenant)}
+        except RuntimeFailure as exc:
             raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
 
     @bp.delete("/snapshots/<template>")
     async def delete_snapshot(template: str) -> Any:
         tenant = services.tenant_from_key(request)
         try:
-            await manager.delete_snapshot(tenant, template)
-        except SandboxNotFound:
+            await manager.snapshots.delete(tenant, template)
+        except SnapshotNotFound:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no snapshot {template!r}") from None
-        except DockerError as exc:
+        except RuntimeFailure as exc:
             raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
         return {"success": True, "template": template}
 

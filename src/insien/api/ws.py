@@ -17,16 +17,9 @@ from typing import Any
 import trio
 from quart import Blueprint, websocket
 
-from ..budget import ByteBudget
-from ..link import (
-    AgentGone,
-    AgentLink,
-    PendingRequest,
-    Reply,
-    session_agent_id,
-    split_session_id,
-)
-from ..manager import SandboxNotFound
+from ..link import AgentGone, AgentLink, PendingRequest, Reply
+from ..link.budget import ByteBudget
+from ..link.sessions import resume, session_agent_id
 from ..protocol import (
     ErrorCode,
     Message,
@@ -35,8 +28,9 @@ from ..protocol import (
     is_final,
     parse_request,
 )
-from ..quotas import QuotaExceeded
-from ..sandbox import Sandbox
+from ..sandboxes.manager import SandboxNotFound
+from ..sandboxes.sandbox import Sandbox
+from ..tenancy.quotas import QuotaExceeded
 from .context import Services
 from .errors import error_response
 
@@ -153,17 +147,13 @@ class ClientSession:
         """Hand this connection what its session left behind: answers that arrived with nobody
         connected (a restart, a dropped connection), then a `resumed` event naming the requests
         still running, whose messages follow as they come."""
-        answers, running = self._link.take_session(session, self._budget)
-        for reply in answers:
-            _, client_id = split_session_id(str(reply.message["id"]))
-            await self._send.send((reply.for_client(client_id), 0))
-        in_flight = []
-        for agent_id, pending in running.items():
-            _, client_id = split_session_id(agent_id)
+        resumed = resume(self._link, session, self._budget)
+        for answer in resumed.answers:
+            await self._send.send((answer, 0))
+        for client_id, pending in resumed.running.items():
             self._in_flight[client_id] = InFlight("resumed", pending=pending)
-            in_flight.append(client_id)
-        await self._send.send(({"type": "resumed", "session": session, "inFlight": in_flight}, 0))
-        for client_id in in_flight:
+        await self._send.send((resumed.event, 0))
+        for client_id in resumed.running:
             nursery.start_soon(self._relay_adopted, client_id)
 
     async def _relay_adopted(self, client_id: Any) -> None:

@@ -1,1 +1,1 @@
-"""Everything that talks to the Docker Engine: container lifecycle and the attach stream."""
+"""Where sandboxes run: the `Runtime` protocol (`base`) and its implementations (`docker`)."""

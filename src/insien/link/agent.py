@@ -2,7 +2,8 @@
 
 The link gives every request its own id on the agent side, so any number of clients can share
 one agent without their ids colliding, and routes the agent's answers and events back to the
-request that caused them. One reader task and one writer task own the attach stream.
+request that caused them. One reader task and one writer task own the agent's channel (see
+`runtime.base.AgentChannel`: plain stdout and stderr, whatever the runtime's framing).
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Any, NamedTuple
+from typing import Any
 
 import trio
 
+from ..protocol import ErrorCode, Message, ProtocolError, error_message, is_final
+from ..runtime.base import AgentChannel, StreamCorrupt, StreamKind
 from .budget import ByteBudget
-from .protocol import ErrorCode, Message, ProtocolError, error_message, is_final
-from .runtime.frames import FrameDecoder, FramingError, LineAssembler, OversizeLine, StreamKind
+from .lines import LineAssembler, OversizeLine
+from .replies import Reply, encode, excerpt, split_seq
+from .sessions import SessionStore, is_session_id
 
 log = logging.getLogger("insien.link")
 
@@ -36,80 +39,19 @@ ACK_EVERY = 64
 ACK_BYTES = 1024 * 1024
 ACK_DELAY = 0.25
 """Acks go out after this many messages or bytes, or this long after the last message."""
-ORPHAN_BYTES = 16 * 1024 * 1024
-ORPHAN_COUNT = 1024
 STDERR_LINE_MAX = 16 * 1024
 STDERR_LINES_PER_SECOND = 50
 
 
-class Reply(NamedTuple):
-    """One message from the agent: parsed for routing, and the line as the agent wrote it.
+class _NoChannel:
+    """The channel of a link that never had one (`AgentLink.gone`)."""
 
-    `charge` is what it costs its request's byte budget, until its consumer releases it."""
-
-    message: Message
-    line: bytes
-    charge: int = 0
-
-    def for_client(self, client_id: Any) -> str:
-        """The message as JSON text carrying the client's id, without re-encoding it.
-
-        The agent always writes `{"id":<agent id>,` first; only that prefix is replaced.
-        """
-        line = self.line
-        agent_id = self.message.get("id")
-        if isinstance(agent_id, str):
-            prefix = _ID_PREFIX + json.dumps(agent_id).encode() + b","
-            if line.startswith(prefix):
-                head = json.dumps(client_id, ensure_ascii=False).encode()
-                return (_ID_PREFIX + head + line[len(prefix) - 1 :]).decode()
-        elif line.startswith(_ID_PREFIX):
-            end = line.find(b",", len(_ID_PREFIX))
-            if end > 0 and line[len(_ID_PREFIX) : end].isdigit():
-                head = json.dumps(client_id, ensure_ascii=False).encode()
-                return (_ID_PREFIX + head + line[end:]).decode()
-        return json.dumps({**self.message, "id": client_id}, ensure_ascii=False)
-
-
-_ID_PREFIX = b'{"id":'
-SESSION_MARK = ":"
-
-
-def session_agent_id(session: str, client_id: Any) -> str:
-    """The agent-side id of a session client's request: the session and the client's id, so
-    that a restarted server can route what the agent answered to the session's next connection.
-    """
-    return f"{session}{SESSION_MARK}{json.dumps(client_id, separators=(',', ':'))}"
-
-
-def split_session_id(agent_id: str) -> tuple[str, Any]:
-    session, _, client = agent_id.partition(SESSION_MARK)
-    return session, json.loads(client)
-
-
-_SEQ_FIELD = b',"seq":'
-
-
-def _split_seq(line: bytes, message: Message) -> tuple[bytes, int | None]:
-    """Take the agent's sequence number off a message: the agent appends it last."""
-    seq = message.pop("seq", None)
-    if not isinstance(seq, int):
-        return line, None
-    cut = line.rfind(_SEQ_FIELD)
-    return (line[:cut] + b"}" if cut > 0 else line), seq
-
-
-class _NoStream(trio.abc.Stream):
-    """The stream of a link that never had one (`AgentLink.gone`)."""
-
-    async def wait_send_all_might_not_block(self) -> None:
+    async def send_all(self, data: bytes) -> None:
         raise trio.ClosedResourceError("no agent")
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        raise trio.ClosedResourceError("no agent")
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return b""
+    async def receive(self) -> tuple[StreamKind, bytes] | None:
+        await trio.lowlevel.checkpoint()
+        return None
 
     async def aclose(self) -> None:
         return None
@@ -128,25 +70,20 @@ class AgentProtocolError(Exception):
     """
 
 
-EXCERPT_BYTES = 120
-
-
-def excerpt(data: bytes) -> str:
-    """A short, printable piece of hostile bytes for a log line or an end detail."""
-    shown = data[:EXCERPT_BYTES].decode("utf-8", errors="replace")
-    more = f"… ({len(data)} bytes)" if len(data) > EXCERPT_BYTES else ""
-    return repr(shown) + more
-
-
 class AgentLink:
     """Request multiplexing over an attached agent. Run `run()` in a nursery, then `request()`."""
 
     def __init__(
-        self, stream: trio.abc.Stream, *, name: str, max_line: int, resume_after: int | None = None
+        self,
+        channel: AgentChannel,
+        *,
+        name: str,
+        max_line: int,
+        resume_after: int | None = None,
     ) -> None:
         """With `resume_after`, the link joins an agent already running (the server restarted):
         it asks for every message numbered above it, and ignores the stream until they come."""
-        self._stream = stream
+        self._channel = channel
         self._name = name
         self.max_line = max_line
         self._resume_after = resume_after
@@ -162,9 +99,7 @@ class AgentLink:
         self._budgets: dict[int | str, ByteBudget] = {}
         # Session requests the agent still runs after a restart, and answers of session
         # requests nobody waits for any more: both wait for the session to connect again.
-        self._adopted: dict[str, PendingRequest] = {}
-        self._orphans: deque[Reply] = deque()
-        self._orphan_bytes = 0
+        self._sessions = SessionStore()
         self._ids = itertools.count(1)
         self.hello: Message | None = None
         self.resumed: Message | None = None
@@ -180,7 +115,7 @@ class AgentLink:
     @classmethod
     def gone(cls, *, name: str, reason: str) -> AgentLink:
         """A link that is closed from the start: the record of a sandbox found dead."""
-        link = cls(_NoStream(), name=name, max_line=0)
+        link = cls(_NoChannel(), name=name, max_line=0)
         link._close(reason)
         return link
 
@@ -196,14 +131,14 @@ class AgentLink:
                 nursery.start_soon(self._ack_when_quiet)
                 if self._resume_after is not None:
                     await self._outgoing_send.send(
-                        _encode({"id": RESUME_ID, "type": "resume", "after": self._resume_after})
+                        encode({"id": RESUME_ID, "type": "resume", "after": self._resume_after})
                     )
                 task_status.started()
                 await self._read_loop()
                 nursery.cancel_scope.cancel()
         except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
             self.close_reason = f"attach stream broke: {group.exceptions[0]}"
-        except* (FramingError, AgentProtocolError) as group:
+        except* (StreamCorrupt, AgentProtocolError) as group:
             self.protocol_error = True
             self.close_reason = f"agent protocol error: {group.exceptions[0]}"
             log.error("%s: %s", self._name, self.close_reason)
@@ -216,7 +151,7 @@ class AgentLink:
         finally:
             self._close(self.close_reason or "agent stream closed")
             with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self._stream)
+                await self._channel.aclose()
 
     def _close(self, reason: str) -> None:
         if self.closed.is_set():
@@ -228,7 +163,7 @@ class AgentLink:
             if not self.detached:
                 gone = error_message(request_id, ErrorCode.AGENT_GONE, reason)
                 with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    channel.send_nowait(Reply(gone, _encode(gone)))
+                    channel.send_nowait(Reply(gone, encode(gone)))
             channel.close()
         self._pending.clear()
         self._budgets.clear()
@@ -236,20 +171,19 @@ class AgentLink:
     async def _write_loop(self) -> None:
         async with self._outgoing_receive:
             async for line in self._outgoing_receive:
-                await self._stream.send_all(line)
+                await self._channel.send_all(line)
 
     async def _read_loop(self) -> None:
-        frames = FrameDecoder()
         stdout = LineAssembler(self.max_line)
         stderr = LineAssembler(STDERR_LINE_MAX)
-        while data := await self._stream.receive_some():
-            for kind, payload in frames.feed(bytes(data)):
-                if kind is StreamKind.STDERR:
-                    for line in stderr.feed(payload):
-                        self._log_agent_stderr(line)
-                    continue
-                for line in stdout.feed(payload):
-                    self._dispatch(line)
+        while (piece := await self._channel.receive()) is not None:
+            kind, data = piece
+            if kind is StreamKind.STDERR:
+                for line in stderr.feed(data):
+                    self._log_agent_stderr(line)
+                continue
+            for line in stdout.feed(data):
+                self._dispatch(line)
             self._unacked_bytes += len(data)
             if self.last_seq - self._acked >= ACK_EVERY or self._unacked_bytes >= ACK_BYTES:
                 self._acknowledge()
@@ -263,7 +197,7 @@ class AgentLink:
         if self.last_seq > self._acked and self.ready.is_set():
             with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                 self._outgoing_send.send_nowait(
-                    _encode({"id": next(self._ids), "type": "ack", "seq": self.last_seq})
+                    encode({"id": next(self._ids), "type": "ack", "seq": self.last_seq})
                 )
                 self._acked = self.last_seq
                 self._unacked_bytes = 0
@@ -308,7 +242,7 @@ class AgentLink:
             if message.get("type") == "resumeResponse" and message.get("id") == RESUME_ID:
                 self._resumed(message)
             return
-        line, seq = _split_seq(line, message)
+        line, seq = split_seq(line, message)
         if seq is not None:
             if seq <= self.last_seq:
                 return  # already seen before a restart
@@ -323,8 +257,8 @@ class AgentLink:
             return
         channel = self._pending.get(request_id)
         if channel is None:
-            if isinstance(request_id, str) and SESSION_MARK in request_id:
-                self._keep_orphan(Reply(message, line))
+            if is_session_id(request_id):
+                self._sessions.keep(Reply(message, line))
             return  # an answer for a request whose client has gone away
         terminal = is_final(message)
         budget = self._budgets.get(request_id)
@@ -340,7 +274,7 @@ class AgentLink:
                     ErrorCode.BUSY,
                     "too many bytes are waiting for this connection to read them",
                 )
-                reply = Reply(busy, _encode(busy))
+                reply = Reply(busy, encode(busy))
                 if not terminal:
                     self.send_internal_nowait({"type": "cancel", "target": request_id})
                 terminal = True
@@ -360,8 +294,8 @@ class AgentLink:
         self.resumed = marker
         self.hello = marker.get("hello") if isinstance(marker.get("hello"), dict) else {}
         for agent_id in marker.get("inFlight") or []:
-            if isinstance(agent_id, str) and SESSION_MARK in agent_id:
-                self._adopt(agent_id)
+            if is_session_id(agent_id):
+                self._adopt(str(agent_id))
         last_id = marker.get("lastId")
         if isinstance(last_id, int):
             self._ids = itertools.count(last_id + 1)  # never reuse an id the agent has seen
@@ -371,31 +305,18 @@ class AgentLink:
             )
         self.ready.set()
 
-    def _keep_orphan(self, reply: Reply) -> None:
-        self._orphans.append(reply)
-        self._orphan_bytes += len(reply.line)
-        while self._orphan_bytes > ORPHAN_BYTES or len(self._orphans) > ORPHAN_COUNT:
-            dropped = self._orphans.popleft()
-            self._orphan_bytes -= len(dropped.line)
-
     def _adopt(self, agent_id: str) -> None:
         send, receive = trio.open_memory_channel[Reply](EVENTS_PER_REQUEST)
         self._pending[agent_id] = send
-        self._adopted[agent_id] = PendingRequest(self, agent_id, receive)
+        self._sessions.adopt(agent_id, PendingRequest(self, agent_id, receive))
 
     def take_session(
         self, session: str, budget: ByteBudget | None = None
     ) -> tuple[list[Reply], dict[str, PendingRequest]]:
         """What a reconnecting session gets: answers kept for it, and its requests in flight
         (charged to `budget` from now on)."""
-        prefix = session + SESSION_MARK
-        mine = [r for r in self._orphans if str(r.message.get("id")).startswith(prefix)]
-        if mine:
-            self._orphans = deque(r for r in self._orphans if r not in mine)
-            self._orphan_bytes = sum(len(r.line) for r in self._orphans)
-        adopted = {k: v for k, v in self._adopted.items() if k.startswith(prefix)}
+        mine, adopted = self._sessions.take(session)
         for key in adopted:
-            del self._adopted[key]
             if budget is not None:
                 self._budgets[key] = budget
                 adopted[key].budget = budget
@@ -435,7 +356,7 @@ class AgentLink:
             raise ProtocolError(
                 message.get("id"), ErrorCode.BAD_REQUEST, "this id is already in flight"
             )
-        line = _encode({**message, "id": request_id})
+        line = encode({**message, "id": request_id})
         if len(line) > self.max_line:
             raise ProtocolError(
                 message.get("id"),
@@ -475,7 +396,7 @@ class AgentLink:
         if self.closed.is_set():
             return
         with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            await self._outgoing_send.send(_encode({**message, "id": next(self._ids)}))
+            await self._outgoing_send.send(encode({**message, "id": next(self._ids)}))
 
     def send_internal_nowait(self, message: Message) -> bool:
         """Queue an internal message now, ahead of anything sent later; False if the queue
@@ -483,7 +404,7 @@ class AgentLink:
         if self.closed.is_set():
             return False
         try:
-            self._outgoing_send.send_nowait(_encode({**message, "id": next(self._ids)}))
+            self._outgoing_send.send_nowait(encode({**message, "id": next(self._ids)}))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             return False
         return True
@@ -553,7 +474,3 @@ class PendingRequest:
 
     async def cancel(self) -> None:
         await self.link.cancel(self.agent_id)
-
-
-def _encode(message: Message) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"

@@ -16,8 +16,8 @@ from typing import Any
 
 import trio
 
-from .link import AgentLink
-from .protocol import ErrorCode, Message
+from ..protocol import ErrorCode, Message
+from .agent import AgentLink
 
 CHUNK_SIZE = 1024 * 1024
 IN_FLIGHT = 4

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .runtime.docker import (
+from ..runtime.base import (
     LABEL_CREATED_AT,
     LABEL_IDLE_TIMEOUT,
     LABEL_INSTANCE,

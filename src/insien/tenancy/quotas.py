@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .protocol import ErrorCode
+from ..protocol import ErrorCode
 from .tenants import Tenant
 
 

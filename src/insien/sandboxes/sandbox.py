@@ -9,8 +9,8 @@ from typing import Any
 
 import trio
 
-from .link import AgentLink
-from .resources import Resources
+from ..link import AgentLink
+from ..tenancy.resources import Resources
 
 
 class State(enum.StrEnum):

@@ -8,9 +8,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .config import Settings
-from .resources import Resources
-from .runtime.docker import (
+from ..config import Settings
+from ..runtime.base import (
     LABEL_CREATED_AT,
     LABEL_IDLE_TIMEOUT,
     LABEL_METADATA,
@@ -18,7 +17,10 @@ from .runtime.docker import (
     LABEL_SANDBOX_ID,
     LABEL_TEMPLATE,
     LABEL_TIMEOUT,
+    ContainerInfo,
 )
+from ..tenancy.resources import Resources
+from .provenance import Sealer
 from .sandbox import Sandbox, SandboxOptions
 
 
@@ -27,9 +29,8 @@ def parse_timestamp(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
-def record_from(labels: dict[str, str], info: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """A sandbox's record (all but its link) from its verified labels and its host config."""
-    host: dict[str, Any] = info["HostConfig"]
+def record_from(labels: dict[str, str], info: ContainerInfo, settings: Settings) -> dict[str, Any]:
+    """A sandbox's record (all but its link) from its verified labels and its limits."""
     created_at = parse_timestamp(labels[LABEL_CREATED_AT])
     timeout = float(labels[LABEL_TIMEOUT])
     idle = labels.get(LABEL_IDLE_TIMEOUT, "")
@@ -41,18 +42,18 @@ def record_from(labels: dict[str, str], info: dict[str, Any], settings: Settings
         timeout=timeout,
         idle_timeout=float(idle) if idle else None,
         resources=Resources(
-            (host.get("NanoCpus") or 0) / 1e9 or settings.cpus,
-            int(host.get("Memory") or settings.memory_limit),
-            int(host.get("PidsLimit") or settings.pids_limit),
+            info.cpus or settings.cpus,
+            info.memory or settings.memory_limit,
+            info.pids or settings.pids_limit,
         ),
-        runtime=host.get("Runtime"),
-        network=host.get("NetworkMode") or "none",
+        runtime=info.oci_runtime,
+        network=info.network or "none",
         metadata={str(k): str(v) for k, v in metadata.items()},
     )
     return {
         "id": labels[LABEL_SANDBOX_ID],
         "owner": labels[LABEL_OWNER],
-        "container_id": str(info["Id"]),
+        "container_id": info.id,
         "created_at": created_at,
         "options": options,
         "expires_at": created_at + timedelta(seconds=timeout),
@@ -86,3 +87,10 @@ def apply_notes(sandbox: Sandbox, notes: dict[str, Any]) -> None:
         changes["metadata"] = {str(k): str(v) for k, v in notes["metadata"].items()}
     if changes:
         sandbox.options = replace(sandbox.options, **changes)
+
+
+def notes_message(sealer: Sealer, sandbox: Sandbox, **notes: Any) -> dict[str, Any]:
+    """A `note` for the agent: every note the server relies on, sealed (the agent is not
+    trusted, so a restarted server believes only notes it can verify)."""
+    sandbox.notes.update(notes)
+    return {"type": "note", "notes": sealer.seal_notes(sandbox.id, sandbox.notes)}

@@ -1,4 +1,5 @@
-"""Container lifecycle through docker-py, each blocking call in a trio worker thread."""
+"""`Runtime` on the Docker Engine: docker-py in trio worker threads, and a native attach whose
+frames are decoded here, so the link sees plain stdout and stderr."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import contextlib
 import io
 import os
 import tarfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
@@ -17,75 +16,52 @@ import trio
 from docker.models.containers import Container
 from docker.types import LogConfig, Ulimit
 
-from .attach import AttachedStream, attach
-
-AGENT_DIR = "/opt/insien"
-AGENT_PATH = f"{AGENT_DIR}/agent.pyz"
-DEFAULT_PYTHON = "/usr/bin/python3"
-AGENT_ENVIRONMENT = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-"""The agent's process starts with this and the agent's own settings; the sandbox's `env`
-reaches user commands through the agent, never the container's environment."""
-
-DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
-"""What the agent (root inside the sandbox) keeps of Docker's default set; everything else,
-NET_RAW, MKNOD, SYS_CHROOT, SETFCAP, AUDIT_WRITE and NET_BIND_SERVICE among it, is dropped."""
-
-LABEL_PREFIX = "insien."
-LABEL_SANDBOX_ID = "insien.sandbox.id"
-LABEL_OWNER = "insien.owner"
-LABEL_INSTANCE = "insien.instance"
-LABEL_CREATED_AT = "insien.created-at"
-LABEL_TEMPLATE = "insien.template"
-LABEL_TIMEOUT = "insien.timeout"
-LABEL_IDLE_TIMEOUT = "insien.idle-timeout"
-LABEL_METADATA = "insien.metadata"
-LABEL_POOL = "insien.pool"
-LABEL_SEAL = "insien.seal"
+from ..base import (
+    AGENT_ENVIRONMENT,
+    AGENT_PATH,
+    LABEL_INSTANCE,
+    LABEL_PREFIX,
+    ContainerInfo,
+    ContainerSpec,
+    ImageInfo,
+    ImageNotFound,
+    RuntimeFailure,
+    StreamCorrupt,
+    StreamKind,
+)
+from .attach import attach
+from .frames import FrameDecoder, FramingError
+from .frames import StreamKind as DockerStream
 
 
-class DockerError(Exception):
-    """The Docker Engine refused an operation (bad image, daemon down, …)."""
+class DockerChannel:
+    """The agent's stdio over Docker's attach: stdin as written, stdout and stderr decoded from
+    Docker's 8-byte frame headers (the link never sees them)."""
 
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._decoder = FrameDecoder()
+        self._pieces: list[tuple[StreamKind, bytes]] = []
 
-class ImageNotFound(DockerError):
-    """The sandbox image is not present locally."""
+    async def send_all(self, data: bytes) -> None:
+        await self._stream.send_all(data)
 
+    async def receive(self) -> tuple[StreamKind, bytes] | None:
+        while not self._pieces:
+            data = await self._stream.receive_some()
+            if not data:
+                return None
+            try:
+                self._pieces = [
+                    (StreamKind.STDERR if kind is DockerStream.STDERR else StreamKind.STDOUT, piece)
+                    for kind, piece in self._decoder.feed(bytes(data))
+                ]
+            except FramingError as exc:
+                raise StreamCorrupt(str(exc)) from exc
+        return self._pieces.pop(0)
 
-@dataclass(frozen=True)
-class ContainerSpec:
-    """Everything needed to create one sandbox container."""
-
-    sandbox_id: str
-    image: str
-    owner: str
-    instance: str
-    created_at: str
-    template: str
-    workdir: str = "/home/user"
-    network_mode: str = "none"
-    runtime: str | None = None
-    mem_limit: int | None = None
-    nano_cpus: int | None = None
-    pids_limit: int | None = None
-    environment: Mapping[str, str] = field(default_factory=dict)
-    capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
-    tmp_size: str = "256m"
-    disk_limit: str | None = None
-    nofile: int = 4096
-    extra_labels: Mapping[str, str] = field(default_factory=dict)
-    """What a restarted server needs to rebuild the sandbox's record (lifetime, metadata)."""
-    python: str = DEFAULT_PYTHON
-    """The absolute path of the interpreter that runs the agent (never looked up in PATH)."""
-
-    def labels(self) -> dict[str, str]:
-        return {
-            **self.extra_labels,
-            LABEL_SANDBOX_ID: self.sandbox_id,
-            LABEL_OWNER: self.owner,
-            LABEL_INSTANCE: self.instance,
-            LABEL_CREATED_AT: self.created_at,
-            LABEL_TEMPLATE: self.template,
-        }
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self._stream)
 
 
 def _socket_path(base_url: str) -> str:
@@ -96,7 +72,7 @@ def _socket_path(base_url: str) -> str:
         if host.startswith("unix://"):
             return host.removeprefix("unix://")
         return "/var/run/docker.sock"
-    raise DockerError(f"Insien needs Docker over a unix socket; DOCKER_HOST is {base_url!r}")
+    raise RuntimeFailure(f"Insien needs Docker over a unix socket; DOCKER_HOST is {base_url!r}")
 
 
 def _tar_one_file(path: str, data: bytes, mode: int = 0o644) -> bytes:
@@ -132,7 +108,7 @@ class DockerRuntime:
         try:
             client = await trio.to_thread.run_sync(_connect)
         except docker.errors.DockerException as exc:
-            raise DockerError(f"cannot reach the Docker Engine: {exc}") from exc
+            raise RuntimeFailure(f"cannot reach the Docker Engine: {exc}") from exc
         return cls(client)
 
     async def _call(self, fn: Any, *args: Any) -> Any:
@@ -141,7 +117,7 @@ class DockerRuntime:
         except docker.errors.ImageNotFound as exc:
             raise ImageNotFound(str(exc.explanation or exc)) from exc
         except docker.errors.DockerException as exc:
-            raise DockerError(str(exc)) from exc
+            raise RuntimeFailure(str(exc)) from exc
 
     async def version(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._call(self._client.version)
@@ -159,7 +135,7 @@ class DockerRuntime:
                 # decide how the root agent starts (docker-init runs this, by absolute path).
                 entrypoint=[spec.python, "-I", "-S", AGENT_PATH],
                 command=[],
-                labels=spec.labels(),
+                labels=dict(spec.labels),
                 environment={**AGENT_ENVIRONMENT, **spec.environment},
                 working_dir=spec.workdir,
                 # The agent runs as root whatever the image's USER says, so that it can run user
@@ -198,8 +174,8 @@ class DockerRuntime:
         result: str = await self._call(_create)
         return result
 
-    async def attach(self, container_id: str) -> AttachedStream:
-        return await attach(self.socket_path, container_id)
+    async def attach(self, container_id: str) -> DockerChannel:
+        return DockerChannel(await attach(self.socket_path, container_id))
 
     async def start(self, container_id: str) -> None:
         await self._call(self._client.api.start, container_id)
@@ -258,14 +234,21 @@ class DockerRuntime:
         size: int = await self._call(_size)
         return size
 
-    async def images_labelled(self, label: str) -> list[dict[str, Any]]:
-        """Images carrying `label` (`name` or `name=value`), as Docker lists them."""
+    async def images_labelled(self, label: str) -> list[ImageInfo]:
+        """Images carrying `label` (`name` or `name=value`)."""
 
-        def _list() -> list[dict[str, Any]]:
+        def _list() -> list[ImageInfo]:
             found: list[dict[str, Any]] = self._client.api.images(filters={"label": label})
-            return found
+            return [
+                ImageInfo(
+                    tags=tuple(image.get("RepoTags") or ()),
+                    labels=dict(image.get("Labels") or {}),
+                    created=float(image.get("Created") or 0),
+                )
+                for image in found
+            ]
 
-        images: list[dict[str, Any]] = await self._call(_list)
+        images: list[ImageInfo] = await self._call(_list)
         return images
 
     async def remove_image(self, name: str) -> None:
@@ -291,7 +274,7 @@ class DockerRuntime:
         labels: dict[str, str] | None = await self._call(_labels)
         return labels
 
-    async def inspect(self, container_id: str) -> dict[str, Any] | None:
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
         def _inspect() -> dict[str, Any] | None:
             try:
                 info: dict[str, Any] = self._client.api.inspect_container(container_id)
@@ -299,19 +282,36 @@ class DockerRuntime:
                 return None
             return info
 
-        result: dict[str, Any] | None = await self._call(_inspect)
-        return result
+        found: dict[str, Any] | None = await self._call(_inspect)
+        if found is None:
+            return None
+        state = found.get("State") or {}
+        host = found.get("HostConfig") or {}
+        return ContainerInfo(
+            id=str(found["Id"]),
+            name=str(found.get("Name", "")).lstrip("/"),
+            labels=dict((found.get("Config") or {}).get("Labels") or {}),
+            running=bool(state.get("Running")),
+            paused=bool(state.get("Paused")),
+            oom_killed=bool(state.get("OOMKilled")),
+            gone=state.get("Status") in ("removing", "dead"),
+            cpus=(host.get("NanoCpus") or 0) / 1e9 or None,
+            memory=int(host["Memory"]) if host.get("Memory") else None,
+            pids=int(host["PidsLimit"]) if host.get("PidsLimit") else None,
+            oci_runtime=host.get("Runtime"),
+            network=host.get("NetworkMode"),
+        )
 
-    async def list_sandboxes(self, instance: str) -> list[dict[str, Any]]:
-        """Containers (any state) that this Insien instance labelled as its sandboxes."""
+    async def list_sandboxes(self, instance: str) -> list[str]:
+        """Ids of the containers (any state) this Insien instance labelled as its sandboxes."""
 
-        def _list() -> list[dict[str, Any]]:
+        def _list() -> list[str]:
             found: list[dict[str, Any]] = self._client.api.containers(
                 all=True, filters={"label": [f"{LABEL_INSTANCE}={instance}"]}
             )
-            return found
+            return [str(container["Id"]) for container in found]
 
-        result: list[dict[str, Any]] = await self._call(_list)
+        result: list[str] = await self._call(_list)
         return result
 
     async def image_exists(self, name: str) -> bool:

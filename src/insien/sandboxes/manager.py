@@ -1,0 +1,317 @@
+"""The sandbox registry and lifecycle: create (cold or from the warm pool), find, keep alive,
+pause, and end, with a reaper for lifetimes and idle time.
+
+The manager owns one nursery: every sandbox's link runs there in its own cancel scope, beside
+the reaper, the pool's refill and the snapshot purge. Ended sandboxes stay queryable for a
+retention period. The runtime is the source of truth for what exists: at start-up the
+registry is rebuilt from it (`recovery`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import trio
+
+from ..config import Settings
+from ..protocol import ErrorCode
+from ..runtime.base import Runtime, RuntimeFailure
+from ..tenancy.quotas import CreateRateLimiter, QuotaExceeded
+from ..tenancy.tenants import Tenant
+from .launcher import Launcher, SandboxStartError
+from .pool import WarmPool
+from .provenance import Sealer
+from .records import notes_message
+from .recovery import RecoveryReport, recover
+from .sandbox import EndReason, Sandbox, SandboxOptions, State
+from .snapshots import Snapshots
+
+log = logging.getLogger("insien.manager")
+
+REAP_INTERVAL = 0.5
+MAX_ENDED_KEPT = 1000
+
+__all__ = ["SandboxManager", "SandboxNotFound", "SandboxStartError"]
+
+
+class SandboxNotFound(Exception):
+    """No such sandbox for this caller (absent, ended, or owned by someone else)."""
+
+
+class SandboxManager:
+    """Creates, finds and ends sandboxes. Use `async with SandboxManager.open(...)`."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        settings: Settings,
+        nursery: trio.Nursery,
+        sealer: Sealer,
+        tenant_exists: Callable[[str], bool] = lambda _: True,
+    ) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.sealer = sealer
+        self._nursery = nursery
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._ended: OrderedDict[str, Sandbox] = OrderedDict()
+        self._creating: dict[str, int] = {}  # tenant id -> creates under way
+        self._create_rate = CreateRateLimiter()
+        self.launcher = Launcher(runtime, settings, sealer, self.start_link)
+        self.pool = WarmPool(
+            settings.pool_profiles(),
+            runtime=runtime,
+            settings=settings,
+            sealer=sealer,
+            launcher=self.launcher,
+            discard=self.discard,
+        )
+        self.snapshots = Snapshots(runtime, settings, tenant_exists)
+        self.recovery = RecoveryReport()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        runtime: Runtime,
+        settings: Settings,
+        sealer: Sealer,
+        tenant_exists: Callable[[str], bool] = lambda _: True,
+    ) -> AsyncIterator[SandboxManager]:
+        async with trio.open_nursery() as nursery:
+            manager = cls(runtime, settings, nursery, sealer, tenant_exists)
+            manager.recovery = await recover(manager)
+            nursery.start_soon(manager._reap)
+            nursery.start_soon(manager.snapshots.purge_forever)
+            nursery.start_soon(manager.pool.keep_filled)
+            try:
+                yield manager
+            finally:
+                manager.pool.close()  # nothing starts once shutdown has begun
+                with trio.CancelScope(shield=True):
+                    if settings.shutdown_ends_sandboxes:
+                        await manager.end_all(EndReason.SHUTDOWN)
+                    else:
+                        manager.detach_all()
+                nursery.cancel_scope.cancel()
+
+    def detach_all(self) -> None:
+        """Let go of every sandbox without ending any: the next start recovers them."""
+        self.pool.close()
+        for sandbox in [*self._sandboxes.values(), *self.pool.members()]:
+            sandbox.link.detach()
+            sandbox.scope.cancel()
+
+    # -- the registry, as recovery and the fronts use it ----------------------------------------
+
+    def register(self, sandbox: Sandbox) -> None:
+        self._sandboxes[sandbox.id] = sandbox
+
+    def remember_ended(self, sandbox: Sandbox) -> None:
+        self._ended[sandbox.id] = sandbox
+
+    async def start_link(self, sandbox: Sandbox) -> None:
+        """Run the sandbox's link in the manager's nursery; returns once it runs."""
+        await self._nursery.start(self._keep_link, sandbox)
+
+    def get(self, sandbox_id: str, tenant: Tenant, *, include_ended: bool = False) -> Sandbox:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None and include_ended:
+            sandbox = self._ended.get(sandbox_id)
+        # Someone else's sandbox looks exactly like one that does not exist.
+        if sandbox is None or sandbox.owner != tenant.id:
+            raise SandboxNotFound(sandbox_id)
+        return sandbox
+
+    def list(self, tenant: Tenant, *, include_ended: bool = True) -> list[Sandbox]:
+        found = [s for s in self._sandboxes.values() if s.owner == tenant.id]
+        if include_ended:
+            found += [s for s in self._ended.values() if s.owner == tenant.id]
+        return sorted(found, key=lambda s: (s.created_at, s.id))
+
+    def pool_ready(self) -> int:
+        """Sandboxes ready in the warm pools, all profiles together."""
+        return sum(self.pool.counts().values())
+
+    # -- create -----------------------------------------------------------------------------
+
+    def _live_count(self, tenant_id: str) -> int:
+        running = sum(1 for s in self._sandboxes.values() if s.owner == tenant_id)
+        return running + self._creating.get(tenant_id, 0)
+
+    def _admit(self, tenant: Tenant) -> None:
+        """Check the tenant's quota and rate, synchronously: a burst cannot slip past."""
+        cap = tenant.plan.max_sandboxes
+        if cap is not None and self._live_count(tenant.id) >= cap:
+            now = datetime.now(UTC)
+            soonest = min(
+                (
+                    (s.expires_at - now).total_seconds()
+                    for s in self._sandboxes.values()
+                    if s.owner == tenant.id
+                ),
+                default=1.0,
+            )
+            raise QuotaExceeded(
+                ErrorCode.QUOTA_EXCEEDED,
+                f"at most {cap} live sandboxes; destroy one or wait for one to end",
+                min(max(soonest, 1.0), 60.0),
+            )
+        self._create_rate.take(tenant)
+
+    async def create(self, tenant: Tenant, options: SandboxOptions) -> Sandbox:
+        self._admit(tenant)
+        self._creating[tenant.id] = self._creating.get(tenant.id, 0) + 1
+        try:
+            return await self._create(tenant, options)
+        finally:
+            left = self._creating[tenant.id] - 1
+            if left:
+                self._creating[tenant.id] = left
+            else:
+                del self._creating[tenant.id]
+
+    async def _create(self, tenant: Tenant, options: SandboxOptions) -> Sandbox:
+        profile = self.pool.profile_for(options.template, options.resources)
+        pooled = self.pool.take(profile) if profile is not None else None
+        if pooled is not None:
+            self.register(pooled)
+            try:
+                return await self.pool.hand_over(pooled, tenant, options, self._nursery)
+            except RuntimeFailure as exc:
+                log.warning("could not claim pooled sandbox %s: %s", pooled.id, exc)
+                self._sandboxes.pop(pooled.id, None)
+                await self.discard(pooled)
+        sandbox = await self.launcher.launch(owner=tenant.id, options=options)
+        sandbox.state = State.RUNNING
+        sandbox.touch()
+        self.register(sandbox)
+        log.info("created sandbox %s (container %s)", sandbox.id, sandbox.container_id[:12])
+        return sandbox
+
+    # -- each sandbox's link --------------------------------------------------------------------
+
+    async def _keep_link(self, sandbox: Sandbox, *, task_status: trio.TaskStatus[None]) -> None:
+        with sandbox.scope:
+            await sandbox.link.run(task_status=task_status)
+        if sandbox.scope.cancelled_caught or sandbox.state is State.ENDED:
+            return
+        if sandbox.link.protocol_error:
+            reason = EndReason.AGENT_PROTOCOL_ERROR
+        else:
+            reason = await self._why_it_ended(sandbox)
+        log.warning("sandbox %s ended: %s (%s)", sandbox.id, reason, sandbox.link.close_reason)
+        await self.finish(sandbox, reason, sandbox.link.close_reason)
+
+    async def _why_it_ended(self, sandbox: Sandbox) -> EndReason:
+        """The agent's stream ended by itself: ask the runtime what became of the container."""
+        oom = False
+        with trio.move_on_after(2):
+            while True:
+                info = await self.runtime.inspect(sandbox.container_id)
+                if info is None or info.gone:
+                    return EndReason.CONTAINER_GONE
+                oom = info.oom_killed
+                if not info.running:
+                    break
+                await trio.sleep(0.1)  # the stream closed a moment before the runtime noticed
+        return EndReason.OOM if oom else EndReason.AGENT_EXITED
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    def keepalive(self, sandbox_id: str, tenant: Tenant, timeout: float | None) -> Sandbox:
+        """Extend a sandbox's life: `timeout` seconds from now (default: its own timeout)."""
+        sandbox = self.get(sandbox_id, tenant)
+        seconds = min(timeout or sandbox.options.timeout, self.settings.max_timeout)
+        sandbox.extend(seconds)
+        sandbox.touch()
+        self._nursery.start_soon(self._note_expiry, sandbox)
+        return sandbox
+
+    async def _note_expiry(self, sandbox: Sandbox) -> None:
+        """Keep the expiry with the agent: labels are fixed, and keepalive moves it."""
+        note = notes_message(self.sealer, sandbox, expiresAt=sandbox.expires_at.timestamp())
+        await sandbox.link.send_internal(note)
+
+    async def _reap(self) -> None:
+        while True:
+            await trio.sleep(REAP_INTERVAL)
+            now = datetime.now(UTC)
+            for sandbox in list(self._sandboxes.values()):
+                if sandbox.state not in (State.RUNNING, State.PAUSED):
+                    continue
+                if now >= sandbox.expires_at:
+                    self._nursery.start_soon(self.finish, sandbox, EndReason.EXPIRED, "")
+                elif (
+                    sandbox.state is State.RUNNING  # a paused sandbox never goes idle
+                    and sandbox.options.idle_timeout is not None
+                    and sandbox.idle_seconds() >= sandbox.options.idle_timeout
+                ):
+                    self._nursery.start_soon(self.finish, sandbox, EndReason.IDLE, "")
+            self._forget_old(now)
+
+    def _forget_old(self, now: datetime) -> None:
+        horizon = now - timedelta(seconds=self.settings.ended_retention)
+        while self._ended:
+            oldest = next(iter(self._ended.values()))
+            if len(self._ended) <= MAX_ENDED_KEPT and (oldest.ended_at or now) > horizon:
+                break
+            self._ended.popitem(last=False)
+
+    async def pause(self, sandbox_id: str, tenant: Tenant) -> Sandbox:
+        """Freeze every process in the sandbox: no CPU, no idle expiry (its lifetime still runs)."""
+        sandbox = self.get(sandbox_id, tenant)
+        if sandbox.state is State.RUNNING:
+            await self.runtime.pause(sandbox.container_id)
+            sandbox.state = State.PAUSED
+        return sandbox
+
+    async def resume(self, sandbox_id: str, tenant: Tenant) -> Sandbox:
+        sandbox = self.get(sandbox_id, tenant)
+        if sandbox.state is State.PAUSED:
+            await self.runtime.unpause(sandbox.container_id)
+            sandbox.state = State.RUNNING
+        sandbox.touch()
+        return sandbox
+
+    async def snapshot(self, sandbox_id: str, tenant: Tenant) -> str:
+        """Commit the sandbox's filesystem as a template only its owner can create from."""
+        sandbox = self.get(sandbox_id, tenant)
+        template = await self.snapshots.take(sandbox, tenant)
+        sandbox.touch()
+        return template
+
+    # -- end --------------------------------------------------------------------------------
+
+    async def destroy(self, sandbox_id: str, tenant: Tenant) -> None:
+        await self.finish(self.get(sandbox_id, tenant), EndReason.DESTROYED, "")
+
+    async def finish(self, sandbox: Sandbox, reason: EndReason, detail: str) -> None:
+        """End a sandbox once: record why, stop its link, remove its container."""
+        if not sandbox.end(reason, detail):
+            return
+        self._sandboxes.pop(sandbox.id, None)
+        if sandbox.owner:  # a pooled sandbox that died never belonged to anyone
+            self._ended[sandbox.id] = sandbox
+        sandbox.scope.cancel()
+        with trio.CancelScope(shield=True):
+            await self.runtime.remove(sandbox.container_id)
+        log.info("sandbox %s ended: %s", sandbox.id, reason)
+
+    async def discard(self, sandbox: Sandbox) -> None:
+        """Remove a sandbox that belongs to nobody (a pool member not needed any more)."""
+        sandbox.end(EndReason.DESTROYED, "not needed in the pool")
+        sandbox.scope.cancel()
+        with trio.CancelScope(shield=True):
+            await self.runtime.remove(sandbox.container_id)
+
+    async def end_all(self, reason: EndReason) -> None:
+        async with trio.open_nursery() as nursery:
+            for sandbox in list(self._sandboxes.values()):
+                nursery.start_soon(self.finish, sandbox, reason, "")
+            for pooled in self.pool.members():
+                nursery.start_soon(self.discard, pooled)

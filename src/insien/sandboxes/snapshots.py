@@ -1,0 +1,154 @@
+"""Snapshots: a sandbox's filesystem saved as a template only its owner may create from.
+
+A snapshot is an image with labels naming its owner, the Insien instance it belongs to, the
+sandbox it came from, the bytes its own layer adds, and the operator's template it descends
+from (whose isolation it keeps). Plans bound how many a tenant keeps and how many bytes they
+add; a tenant that is removed from the tenants file loses its snapshots too.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from ..config import Isolation, Settings
+from ..protocol import ErrorCode
+from ..runtime.base import Runtime, RuntimeFailure
+from ..tenancy.quotas import QuotaExceeded
+from ..tenancy.tenants import Tenant
+from .sandbox import Sandbox, iso_timestamp
+
+log = logging.getLogger("insien.snapshots")
+
+SNAPSHOT_REPOSITORY = "insien-snapshot"
+SNAPSHOT_OWNER_LABEL = "insien.snapshot.owner"
+SNAPSHOT_SOURCE_LABEL = "insien.snapshot.source"
+SNAPSHOT_BASE_LABEL = "insien.snapshot.base"
+SNAPSHOT_BYTES_LABEL = "insien.snapshot.bytes"
+SNAPSHOT_INSTANCE_LABEL = "insien.snapshot.instance"
+"""Snapshots belong to a tenant of one Insien instance: servers sharing a Docker Engine never
+list, use or purge each other's."""
+PURGE_INTERVAL = 5.0
+
+
+class SnapshotNotFound(Exception):
+    """No such snapshot for this tenant (absent, or someone else's)."""
+
+
+class Snapshots:
+    """Taking, listing, deleting and resolving snapshot templates."""
+
+    def __init__(
+        self, runtime: Runtime, settings: Settings, tenant_exists: Callable[[str], bool]
+    ) -> None:
+        self._runtime = runtime
+        self._settings = settings
+        self._tenant_exists = tenant_exists
+        self._lock = trio.Lock()  # a burst of snapshots cannot slip past the quota
+
+    async def take(self, sandbox: Sandbox, tenant: Tenant) -> str:
+        """Commit the sandbox's filesystem, within the tenant's plan; returns the template."""
+        async with self._lock:
+            kept = await self.list(tenant)
+            plan = tenant.plan
+            if plan.max_snapshots is not None and len(kept) >= plan.max_snapshots:
+                raise QuotaExceeded(
+                    ErrorCode.QUOTA_EXCEEDED,
+                    f"at most {plan.max_snapshots} snapshots; delete one (DELETE /snapshots/…)",
+                    60.0,
+                )
+            size = await self._runtime.writable_size(sandbox.container_id)
+            used = sum(int(snap["bytes"]) for snap in kept)
+            if plan.max_snapshot_bytes is not None and used + size > plan.max_snapshot_bytes:
+                raise QuotaExceeded(
+                    ErrorCode.QUOTA_EXCEEDED,
+                    f"snapshots may hold {plan.max_snapshot_bytes} bytes; {used} are used and "
+                    f"this one would add {size}",
+                    60.0,
+                )
+            name = f"{SNAPSHOT_REPOSITORY}:{secrets.token_hex(8)}"
+            repository, tag = name.split(":")
+            labels = {
+                SNAPSHOT_OWNER_LABEL: tenant.id,
+                SNAPSHOT_INSTANCE_LABEL: self._settings.instance,
+                SNAPSHOT_SOURCE_LABEL: sandbox.id,
+                SNAPSHOT_BYTES_LABEL: str(size),
+                # A snapshot is isolated like the operator's template it descends from.
+                SNAPSHOT_BASE_LABEL: await self._base_template(sandbox.options.template),
+            }
+            await self._runtime.commit(sandbox.container_id, repository, tag, labels)
+        log.info("snapshot %s of sandbox %s (%d bytes)", name, sandbox.id, size)
+        return name
+
+    async def list(self, tenant: Tenant) -> list[dict[str, Any]]:
+        """The tenant's snapshot templates, oldest first."""
+        images = await self._runtime.images_labelled(f"{SNAPSHOT_OWNER_LABEL}={tenant.id}")
+        found = []
+        for image in images:
+            if image.labels.get(SNAPSHOT_INSTANCE_LABEL) != self._settings.instance:
+                continue
+            for tag in image.tags:
+                if tag.startswith(f"{SNAPSHOT_REPOSITORY}:"):
+                    found.append(
+                        {
+                            "template": tag,
+                            "sandboxId": image.labels.get(SNAPSHOT_SOURCE_LABEL),
+                            "createdAt": iso_timestamp(datetime.fromtimestamp(image.created, UTC)),
+                            "bytes": int(image.labels.get(SNAPSHOT_BYTES_LABEL) or 0),
+                        }
+                    )
+        return sorted(found, key=lambda snap: (snap["createdAt"], snap["template"]))
+
+    async def delete(self, tenant: Tenant, template: str) -> None:
+        """Remove one of the tenant's snapshots; anyone else's looks like none."""
+        if template not in {snap["template"] for snap in await self.list(tenant)}:
+            raise SnapshotNotFound(template)
+        await self._runtime.remove_image(template)
+        log.info("snapshot %s deleted by %s", template, tenant.id)
+
+    async def purge_forever(self) -> None:
+        """Snapshots of tenants that are gone from the tenants file go with them."""
+        while True:
+            try:
+                await self._purge()
+            except RuntimeFailure as exc:
+                log.warning("snapshot purge: %s", exc)
+            await trio.sleep(PURGE_INTERVAL)
+
+    async def _purge(self) -> None:
+        images = await self._runtime.images_labelled(
+            f"{SNAPSHOT_INSTANCE_LABEL}={self._settings.instance}"
+        )
+        for image in images:
+            owner = image.labels.get(SNAPSHOT_OWNER_LABEL, "")
+            if owner and not self._tenant_exists(owner):
+                for tag in image.tags:
+                    if tag.startswith(f"{SNAPSHOT_REPOSITORY}:"):
+                        log.info("removing snapshot %s: tenant %s is gone", tag, owner)
+                        await self._runtime.remove_image(tag)
+
+    async def _base_template(self, template: str) -> str:
+        if template.startswith(f"{SNAPSHOT_REPOSITORY}:"):
+            labels = await self._runtime.image_labels(template) or {}
+            return labels.get(SNAPSHOT_BASE_LABEL, self._settings.agent_image)
+        return template
+
+    async def resolve(self, template: str, tenant: Tenant) -> Isolation | None:
+        """How sandboxes of a template this tenant may use run; None if it may not: the
+        operator's images, or a snapshot this tenant made here (isolated like its base)."""
+        if template in self._settings.allowed_templates:
+            return self._settings.isolation(template)
+        if not template.startswith(f"{SNAPSHOT_REPOSITORY}:"):
+            return None
+        labels = await self._runtime.image_labels(template)
+        if labels is None or labels.get(SNAPSHOT_OWNER_LABEL) != tenant.id:
+            return None
+        if labels.get(SNAPSHOT_INSTANCE_LABEL) != self._settings.instance:
+            return None
+        base = labels.get(SNAPSHOT_BASE_LABEL, self._settings.agent_image)
+        return self._settings.isolation(base)

@@ -1,0 +1,76 @@
+"""The layers stay apart (issue 10): fronts translate, the core decides, the link carries, the
+runtime hosts. Checked on the source's imports, so a shortcut fails here, not in review."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parents[2] / "src" / "insien"
+
+
+def imports_of(path: Path) -> set[str]:
+    """Absolute module names a file imports (relative imports resolved)."""
+    package = ".".join(path.relative_to(SOURCE.parent).with_suffix("").parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def files(*parts: str) -> list[Path]:
+    target = SOURCE.joinpath(*parts)
+    return sorted(target.rglob("*.py")) if target.is_dir() else [target]
+
+
+def offending(paths: list[Path], forbidden: tuple[str, ...]) -> list[str]:
+    return [
+        f"{path.relative_to(SOURCE)} imports {name}"
+        for path in paths
+        for name in sorted(imports_of(path))
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("layer", "forbidden"),
+    [
+        # the core knows no HTTP and no Docker
+        (("sandboxes",), ("docker", "insien.runtime.docker", "quart", "hypercorn", "insien.api")),
+        # the link carries bytes: no Docker frames, no HTTP, no core
+        (("link",), ("docker", "insien.runtime.docker", "quart", "insien.api", "insien.sandboxes")),
+        # tenancy sits below the core
+        (("tenancy",), ("docker", "insien.runtime", "insien.sandboxes", "insien.api", "quart")),
+        # settings import no runtime
+        (("config.py",), ("docker", "insien.runtime", "insien.sandboxes", "insien.link")),
+        # the runtime knows nothing above it
+        (("runtime",), ("insien.sandboxes", "insien.link", "insien.api", "insien.tenancy")),
+    ],
+    ids=lambda value: "/".join(value) if isinstance(value, tuple) and "." not in value[0] else "",
+)
+def test_a_layer_imports_nothing_it_must_not(
+    layer: tuple[str, ...], forbidden: tuple[str, ...]
+) -> None:
+    assert offending(files(*layer), forbidden) == []
+
+
+def test_only_the_docker_runtime_imports_docker_py() -> None:
+    outside = [p for p in files() if "runtime/docker" not in p.as_posix()]
+    allowed = {"images.py", "cli.py", "server.py"}  # image builds and wiring
+    problems = [
+        line
+        for line in offending(outside, ("docker",))
+        if line.split(" imports ")[0] not in allowed
+    ]
+    assert problems == []
