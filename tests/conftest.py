@@ -32,6 +32,16 @@ def start_server(
     return launch(instance_name(suffix), extra_env)
 
 
+DOCKER_SUITES = ("e2e", "attacks")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e and tests/attacks drives real containers: mark it `docker`."""
+    for item in items:
+        if any(part in DOCKER_SUITES for part in item.path.parts):
+            item.add_marker(pytest.mark.docker)
+
+
 def _our_containers(client: docker.DockerClient) -> list[str]:
     found = client.api.containers(all=True, filters={"label": ["insien.instance"]})
     return [c["Id"] for c in found if c["Labels"].get("insien.instance", "").startswith(RUN_PREFIX)]

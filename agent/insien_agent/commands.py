@@ -14,7 +14,8 @@ from typing import Any
 from . import fields
 from .context import Request
 from .errors import BAD_REQUEST, BUSY, CANCELLED, NOT_FOUND, AgentError, from_os_error
-from .processes import ManagedProcess, PtySize, resize, signal_number
+from .launch import PtySize
+from .processes import ManagedProcess, resize, signal_number
 from .reaper import kill_user_processes
 from .settings import user_environment
 from .spawner import HelperUnresponsive

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
-import pty
 import signal
-import struct
-import termios
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -24,11 +20,11 @@ from typing import Any
 
 from .errors import BAD_REQUEST, NOT_FOUND, AgentError
 from .identity import Identity
+from .launch import PtySize, set_winsize, start_process
 from .oom import oom_kills
 from .output import CHUNK_SIZE, Collected, Encoder, OutputLog, Subscriber
 from .reaper import group_states, kill_user_processes
 from .spawner import SpawnedProcess, Spawner
-from .wire import widen_pipe
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -49,16 +45,6 @@ class KillHooks:
 
     kill_everything: Callable[[], Awaitable[object]]
     exit_unreported: Callable[[], None]
-
-
-@dataclass(frozen=True)
-class PtySize:
-    cols: int
-    rows: int
-
-
-def _set_winsize(fd: int, size: PtySize) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.rows, size.cols, 0, 0))
 
 
 def signal_number(value: object) -> int:
@@ -365,50 +351,16 @@ class ProcessTable:
         stdin: bool,
         pty_size: PtySize | None = None,
     ) -> ManagedProcess:
-        master_fd: int | None = None
-        proc: asyncio.subprocess.Process | SpawnedProcess
-        as_user = self._identity.spawn_options()
-        if pty_size is not None:
-            master_fd, slave_fd = pty.openpty()
-            _set_winsize(slave_fd, pty_size)
-            if self._identity.uid is not None:
-                # Programs that reopen /dev/tty (password prompts, editors) need to own it.
-                os.fchown(slave_fd, self._identity.uid, -1)
-            env = {**env, "TERM": env.get("TERM", "xterm-256color")}
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    cmd,
-                    *args,
-                    stdin=slave_fd,
-                    stdout=slave_fd,
-                    stderr=slave_fd,
-                    cwd=cwd,
-                    env=env,
-                    start_new_session=True,
-                    preexec_fn=_take_controlling_terminal,
-                    **as_user,
-                )
-            except BaseException:
-                os.close(master_fd)
-                raise
-            finally:
-                os.close(slave_fd)
-        elif self._spawner is not None:
-            proc = await self._spawner.spawn(cmd, args, cwd=cwd, env=env, stdin=stdin)
-        else:
-            proc = await asyncio.create_subprocess_exec(
-                cmd,
-                *args,
-                stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                **as_user,
-            )
-        _widen_output_pipes(proc)
-        _prefer_for_oom_kill(proc.pid)
+        proc, master_fd = await start_process(
+            self._identity,
+            self._spawner,
+            cmd,
+            args,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            pty_size=pty_size,
+        )
         process = ManagedProcess(
             proc,
             cmd=cmd,
@@ -450,29 +402,9 @@ class ProcessTable:
             process.kill_group()
 
 
-def _widen_output_pipes(proc: asyncio.subprocess.Process | SpawnedProcess) -> None:
-    """Best effort: a command that already exited may have had its pipes closed by now."""
-    for reader in (proc.stdout, proc.stderr):
-        transport = getattr(reader, "_transport", None)
-        with contextlib.suppress(AttributeError, ValueError, OSError):
-            widen_pipe(transport.get_extra_info("pipe").fileno())  # type: ignore[union-attr]
-
-
-def _prefer_for_oom_kill(pid: int) -> None:
-    """Past the memory limit, the kernel should kill user code, not the agent: raise the
-    command's OOM score (its children inherit it). Best effort: it may have exited already."""
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/oom_score_adj", "w") as adj:
-        adj.write("500")
-
-
-def _take_controlling_terminal() -> None:
-    # Runs in the child between fork and exec: make the pty (fd 0) the session's terminal.
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
 def resize(process: ManagedProcess, size: PtySize) -> None:
     if process.master_fd is None:
         raise AgentError(BAD_REQUEST, f"process {process.pid} has no terminal")
     if not process.running:
         raise AgentError(NOT_FOUND, f"process {process.pid} has exited")
-    _set_winsize(process.master_fd, size)
+    set_winsize(process.master_fd, size)

@@ -65,6 +65,21 @@ def widen_pipe(fd: int) -> None:
         fcntl.fcntl(fd, set_size, PIPE_SIZE)
 
 
+def pipe_fileno(reader: asyncio.StreamReader) -> int | None:
+    """The file descriptor under a pipe's StreamReader, or None if it has none (any more).
+
+    asyncio keeps it in the reader's private `_transport`: this is the one place that reads it,
+    and tests/unit/test_agent_wire.py fails if a Python release stops providing it."""
+    transport = getattr(reader, "_transport", None)
+    if transport is None:
+        return None
+    pipe = transport.get_extra_info("pipe")
+    try:
+        return int(pipe.fileno()) if pipe is not None else None
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """One message as one line. ASCII-escaped: in the CPython 3.11 that Debian ships, encoding
     with ensure_ascii=False is about 4x slower, and output streaming spends its time here."""

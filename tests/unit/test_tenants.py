@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from insien.protocol import ErrorCode
 from insien.tenancy.quotas import ConnectionCounter, CreateRateLimiter, QuotaExceeded
 from insien.tenancy.resources import Resources, format_size, parse_size
 from insien.tenancy.tenants import (
+    RELOAD_CHECK_SECONDS,
     Plan,
     Tenant,
     TenantDirectory,
@@ -44,12 +46,25 @@ keys = [{{ id = "b1", sha256 = "{hash_key(key_b)}", revoked = {str(revoke_b).low
 """
 
 
-def make_directory(path: Path | None, api_key: str | None = "seed-key") -> TenantDirectory:
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_directory(
+    path: Path | None, api_key: str | None = "seed-key", clock: Clock | None = None
+) -> TenantDirectory:
     return TenantDirectory(
         api_key=api_key,
         default_plan=Plan(max_connections=7, max_resources=OPERATOR_MAX),
         operator_max=OPERATOR_MAX,
         path=path,
+        clock=clock or Clock(),
     )
 
 
@@ -78,14 +93,18 @@ def test_revoking_and_removing_take_effect_without_restart(tmp_path: Path) -> No
     key_a, key_b = new_key(), new_key()
     path = tmp_path / "tenants.toml"
     write(path, tenants_toml(key_a, key_b))
-    directory = make_directory(path)
+    clock = Clock()
+    directory = make_directory(path, clock=clock)
     assert directory.for_key(key_b) is not None
     write(path, tenants_toml(key_a, key_b, revoke_b=True))
-    directory._checked_at = 0  # skip the once-a-second throttle
+    # The file is looked at once per RELOAD_CHECK_SECONDS, and then without fail.
+    clock.now += RELOAD_CHECK_SECONDS / 2
+    assert directory.for_key(key_b) is not None
+    clock.now += RELOAD_CHECK_SECONDS
     assert directory.for_key(key_b) is None
     assert directory.by_id("beta") is not None  # the tenant stays; only the key went
     write(path, "[tenants.alpha]\n")
-    directory._checked_at = 0
+    clock.now += RELOAD_CHECK_SECONDS
     assert directory.by_id("beta") is None
     assert directory.for_key(key_a) is None
 
@@ -94,9 +113,10 @@ def test_a_broken_file_keeps_the_previous_tenants(tmp_path: Path) -> None:
     key_a, key_b = new_key(), new_key()
     path = tmp_path / "tenants.toml"
     write(path, tenants_toml(key_a, key_b))
-    directory = make_directory(path)
+    clock = Clock()
+    directory = make_directory(path, clock=clock)
     write(path, "[tenants.alpha\nbroken")
-    directory._checked_at = 0
+    clock.now += RELOAD_CHECK_SECONDS
     assert directory.for_key(key_a) is not None
 
 
@@ -145,7 +165,9 @@ def test_resources_within_a_ceiling() -> None:
     assert "at most 1g" in problems[1]
 
 
-async def test_create_rate_bucket_allows_a_burst_then_the_rate() -> None:
+async def test_create_rate_bucket_allows_a_burst_then_the_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     limiter = CreateRateLimiter()
     tenant = Tenant("t", Plan(create_rate=60, create_burst=3))  # one a second
     for _ in range(3):
@@ -154,7 +176,10 @@ async def test_create_rate_bucket_allows_a_burst_then_the_rate() -> None:
         limiter.take(tenant)
     assert refused.value.code is ErrorCode.RATE_LIMITED
     assert refused.value.retry_after == 1
-    await trio.sleep(1.05)
+    await trio.sleep(0.9)
+    with pytest.raises(QuotaExceeded):
+        limiter.take(tenant)  # not yet: a second per create
+    await trio.sleep(0.15)
     limiter.take(tenant)
     limiter.take(Tenant("unlimited"))  # no rate in the plan: never limited
 

@@ -29,6 +29,7 @@ import os
 import secrets
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
@@ -131,8 +132,16 @@ class TenantDirectory:
     """Resolves API keys and tenant ids to tenants with their plans."""
 
     def __init__(
-        self, *, api_key: str | None, default_plan: Plan, operator_max: Resources, path: Path | None
+        self,
+        *,
+        api_key: str | None,
+        default_plan: Plan,
+        operator_max: Resources,
+        path: Path | None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` paces the re-reads of the file (tests pass their own)."""
+        self._clock = clock
         self._api_key_hash = hash_key(api_key) if api_key else None
         self._default_plan = default_plan
         self._operator_max = operator_max
@@ -141,7 +150,7 @@ class TenantDirectory:
         # (sha256 digest, tenant id, key id), revoked keys left out
         self._keys: list[tuple[bytes, str, str]] = []
         self._loaded_stamp: tuple[int, int] | None = None
-        self._checked_at = 0.0
+        self._checked_at = -RELOAD_CHECK_SECONDS
         if path is not None:
             self._apply(load_tenants_file(path), self._stamp())
 
@@ -189,7 +198,7 @@ class TenantDirectory:
     def _refresh(self) -> None:
         if self._path is None:
             return
-        now = time.monotonic()
+        now = self._clock()
         if now - self._checked_at < RELOAD_CHECK_SECONDS:
             return
         self._checked_at = now

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import builtins
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
 
 import httpx
 import trio
-from trio_websocket import HandshakeError, WebSocketConnection, open_websocket_url
 
 from ._commands import Commands, Pty
 from ._config import resolve
-from ._errors import ConnectError, InsienError, NotFoundError, api_error
+from ._errors import InsienError
 from ._files import Files
-from ._rpc import RPCConnection
+from ._session import REST_TIMEOUT, Session, rest_request
 from ._types import CommandResult, SandboxInfo
-
-MAX_MESSAGE_SIZE = 64 * 1024 * 1024
-RECEIVE_BUFFER = 256 * 1024
-MESSAGE_QUEUE = 16
-REST_TIMEOUT = 60.0
 
 
 class AsyncSandbox:
@@ -49,10 +43,8 @@ class AsyncSandbox:
         does not destroy it on exit). The other options apply when it makes one: `timeout` is
         its lifetime and `idle_timeout` how long it may go unused, both in seconds;
         `resources` its limits, e.g. `{"cpu": 0.5, "memory": "512m", "pids": 256}`."""
-        self._api_key, self.base_url = resolve(api_key, base_url)
-        self.sandbox_id: str | None = sandbox_id
-        self._owned = sandbox_id is None
-        self._options: dict[str, Any] = {
+        key, url = resolve(api_key, base_url)
+        options: dict[str, Any] = {
             k: v
             for k, v in {
                 "template": template,
@@ -64,33 +56,31 @@ class AsyncSandbox:
             }.items()
             if v is not None
         }
-        self.agent_url: str | None = None
-        if sandbox_id is not None:
-            ws_base = self.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-            self.agent_url = f"{ws_base}/agent/{sandbox_id}"
+        self._session = Session(key, url, options, sandbox_id)
         self._stack: AsyncExitStack | None = None
-        self._nursery: trio.Nursery | None = None
-        self._http: httpx.AsyncClient | None = None
-        self._rpc: RPCConnection | None = None
-        self._ws_scope: trio.CancelScope | None = None
-        self._lock = trio.Lock()
-        self._destroyed = False
-        self.commands = Commands(self)
-        self.files = Files(self)
-        self.pty = Pty(self)
+        self.commands = Commands(self._session)
+        self.files = Files(self._session)
+        self.pty = Pty(self._session, self.commands)
+
+    @property
+    def sandbox_id(self) -> str | None:
+        """The sandbox's id; None until it is created (on first use, or by `create()`)."""
+        return self._session.sandbox_id
+
+    @property
+    def agent_url(self) -> str | None:
+        """The sandbox's WebSocket URL, with a token, once it exists."""
+        return self._session.agent_url
+
+    @property
+    def base_url(self) -> str:
+        return self._session.base_url
 
     async def __aenter__(self) -> AsyncSandbox:
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
-            self._http = await stack.enter_async_context(
-                httpx.AsyncClient(
-                    base_url=self.base_url,
-                    headers={"X-API-Key": self._api_key},
-                    timeout=REST_TIMEOUT,
-                )
-            )
-            self._nursery = await stack.enter_async_context(trio.open_nursery())
+            await self._session.open(stack)
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -105,14 +95,15 @@ class AsyncSandbox:
     ) -> None:
         try:
             with trio.CancelScope(shield=True):
-                if self.sandbox_id is not None and self._owned and not self._destroyed:
+                session = self._session
+                if session.sandbox_id is not None and session.owned and not session.destroyed:
                     try:
                         await self.destroy()
                     except InsienError:
                         if exc is None:
                             raise
         finally:
-            self._close_connection()
+            self._session.close_connection()
             stack, self._stack = self._stack, None
             if stack is not None:
                 try:
@@ -128,9 +119,7 @@ class AsyncSandbox:
     async def _request(
         self, method: str, path: str, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        if self._http is None:
-            raise InsienError("use AsyncSandbox inside `async with`")
-        return await _request(self._http, self.base_url, method, path, body)
+        return await self._session.request(method, path, body)
 
     @classmethod
     def connect(
@@ -159,7 +148,7 @@ class AsyncSandbox:
             base_url=url, headers={"X-API-Key": key}, timeout=REST_TIMEOUT
         ) as client:
             while True:
-                page = await _request(client, url, "GET", "/sandboxes", None, params=params)
+                page = await rest_request(client, url, "GET", "/sandboxes", params=params)
                 found += [SandboxInfo.from_wire(raw) for raw in page["sandboxes"]]
                 if not page.get("nextCursor"):
                     return found
@@ -204,69 +193,11 @@ class AsyncSandbox:
             await self._request("POST", f"/sandbox/{self.sandbox_id}/keepalive")
         )
 
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            raise InsienError("use AsyncSandbox inside `async with`")
-        return self._http
-
-    def _nursery_or_raise(self) -> trio.Nursery:
-        if self._nursery is None:
-            raise InsienError("use AsyncSandbox inside `async with`")
-        return self._nursery
-
-    async def _connection(self) -> RPCConnection:
-        """The sandbox's WebSocket, creating the sandbox first if this is the first use."""
-        async with self._lock:
-            if self._destroyed:
-                raise InsienError("this sandbox has been destroyed")
-            if self._rpc is None:
-                if self.sandbox_id is None:
-                    await self.create()
-                assert self._nursery is not None
-                assert self.agent_url is not None
-                self._rpc = await self._nursery.start(self._hold_connection, self.agent_url)
-            return self._rpc
-
-    async def _hold_connection(
-        self, url: str, *, task_status: trio.TaskStatus[RPCConnection]
-    ) -> None:
-        def connect(session: str) -> AbstractAsyncContextManager[WebSocketConnection]:
-            separator = "&" if "?" in url else "?"
-            return open_websocket_url(
-                f"{url}{separator}session={session}",
-                # After a server restart the token may not verify (a new JWT secret); the
-                # key always does.
-                extra_headers=[(b"X-API-Key", self._api_key.encode())],
-                max_message_size=MAX_MESSAGE_SIZE,
-                # trio-websocket reads 4 KiB at a time by default: far too little for
-                # output events of up to 256 KiB.
-                receive_buffer_size=RECEIVE_BUFFER,
-                message_queue_size=MESSAGE_QUEUE,
-            )
-
-        with trio.CancelScope() as scope:
-            self._ws_scope = scope
-            try:
-                await RPCConnection(connect).run(task_status=task_status)
-            except HandshakeError as exc:
-                raise ConnectError(f"WebSocket to the sandbox refused: {exc}") from exc
-            except OSError as exc:
-                raise ConnectError(f"cannot reach the sandbox WebSocket: {exc}") from exc
-
-    def _close_connection(self) -> None:
-        if self._ws_scope is not None:
-            self._ws_scope.cancel()
-        self._rpc = None
-
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def create(self) -> str:
         """Create the sandbox now (otherwise the first call does). Returns its id."""
-        if self.sandbox_id is None:
-            body = await self._request("POST", "/sandbox/create", self._options or None)
-            self.sandbox_id = str(body["sandboxId"])
-            self.agent_url = str(body["agentUrl"])
-        return self.sandbox_id
+        return await self._session.create()
 
     async def status(self) -> dict[str, Any]:
         """The seed's status: `{"sandboxId", "connected", "createdAt"}`."""
@@ -275,18 +206,11 @@ class AsyncSandbox:
 
     async def destroy(self) -> None:
         """Destroy the sandbox and its container. Calling it twice is harmless."""
-        if self.sandbox_id is None or self._destroyed:
-            self._destroyed = True
-            return
-        self._destroyed = True
-        self._close_connection()
-        # A sandbox already destroyed elsewhere is the outcome the caller asked for.
-        with suppress(NotFoundError):
-            await self._request("POST", f"/sandbox/{self.sandbox_id}/destroy")
+        await self._session.destroy()
 
     async def ping(self) -> float:
         """Round-trip an RPC to the agent; returns the agent's clock."""
-        reply = await (await self._connection()).call({"type": "ping"})
+        reply = await (await self._session.connection()).call({"type": "ping"})
         return float(reply["time"])
 
     # -- the seed's operations, kept as thin aliases ------------------------------------------
@@ -313,35 +237,3 @@ class AsyncSandbox:
     async def get_file_bytes(self, path: str) -> bytes:
         """A file's exact bytes."""
         return await self.files.read(path, format="bytes")
-
-
-async def _request(
-    client: httpx.AsyncClient,
-    base_url: str,
-    method: str,
-    path: str,
-    body: dict[str, Any] | None,
-    *,
-    params: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    try:
-        response = await client.request(method, path, json=body, params=params)
-    except httpx.TransportError as exc:
-        raise ConnectError(f"cannot reach Insien at {base_url}: {exc}") from exc
-    try:
-        answer: Any = response.json()
-    except ValueError:
-        answer = {}
-    if response.is_error:
-        code = answer.get("code", "HTTP_ERROR") if isinstance(answer, dict) else "HTTP_ERROR"
-        message = answer.get("message", response.text) if isinstance(answer, dict) else ""
-        retry_after = response.headers.get("Retry-After", "")
-        raise api_error(
-            response.status_code,
-            str(code),
-            str(message),
-            retry_after=float(retry_after) if retry_after.isdigit() else None,
-        )
-    if not isinstance(answer, dict):
-        raise InsienError(f"unexpected response from {path}: {response.text[:200]}")
-    return answer

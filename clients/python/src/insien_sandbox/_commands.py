@@ -14,7 +14,7 @@ from ._rpc import Message, check
 from ._types import CommandResult, OutputChunk, ProcessInfo, Stream
 
 if TYPE_CHECKING:
-    from ._async import AsyncSandbox
+    from ._session import Session
 
 OutputCallback = Callable[[Any], Awaitable[None] | None]
 MAX_KEPT_OUTPUT = 16 * 1024 * 1024
@@ -63,13 +63,14 @@ class CommandHandle:
 
     def __init__(
         self,
-        sandbox: AsyncSandbox,
+        commands: Commands,
         *,
         binary: bool,
         on_stdout: OutputCallback | None,
         on_stderr: OutputCallback | None,
     ) -> None:
-        self._sandbox = sandbox
+        self._commands = commands
+        self._session = commands.session
         self._binary = binary
         self._on = {"stdout": on_stdout, "stderr": on_stderr}
         self.pid = 0
@@ -82,7 +83,7 @@ class CommandHandle:
         self.dropped_chunks = 0
 
     async def _follow(self, message: Message, *, task_status: trio.TaskStatus[None]) -> None:
-        connection = await self._sandbox._connection()
+        connection = await self._session.connection()
         started = False
         try:
             async with connection.stream(message) as replies:
@@ -153,14 +154,14 @@ class CommandHandle:
         )
 
     async def kill(self, signal: str | int = "SIGKILL") -> None:
-        await self._sandbox.commands.kill(self.pid, signal)
+        await self._commands.kill(self.pid, signal)
 
     async def send_stdin(self, data: str | bytes, *, eof: bool = False) -> None:
-        await self._sandbox.commands.send_stdin(self.pid, data, eof=eof)
+        await self._commands.send_stdin(self.pid, data, eof=eof)
 
     async def disconnect(self) -> None:
         """Stop following the process (it keeps running); `wait()` then raises."""
-        connection = await self._sandbox._connection()
+        connection = await self._session.connection()
         await connection.call({"type": "detach", "pid": self.pid})
         await self._done.wait()
 
@@ -168,8 +169,9 @@ class CommandHandle:
 class Commands:
     """Run commands in the sandbox: `await sandbox.commands.run("ls -la")`."""
 
-    def __init__(self, sandbox: AsyncSandbox) -> None:
-        self._sandbox = sandbox
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._session = session
 
     @overload
     async def run(
@@ -240,7 +242,7 @@ class Commands:
     async def _exec(
         self, message: Message, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
     ) -> CommandResult:
-        connection = await self._sandbox._connection()
+        connection = await self._session.connection()
         streaming = on_stdout is not None or on_stderr is not None
         request = {"type": "exec", **message, "stream": streaming}
         async with connection.stream(request) as replies:
@@ -261,12 +263,12 @@ class Commands:
         pty: dict[str, int] | None,
     ) -> CommandHandle:
         handle = CommandHandle(
-            self._sandbox, binary=pty is not None, on_stdout=on_stdout, on_stderr=on_stderr
+            self, binary=pty is not None, on_stdout=on_stdout, on_stderr=on_stderr
         )
         request: Message = {"type": "spawn", **message}
         if pty is not None:
             request.update(pty=pty, encoding="base64")
-        await self._sandbox._nursery_or_raise().start(handle._follow, request)
+        await self._session.nursery().start(handle._follow, request)
         return handle
 
     async def connect(
@@ -279,29 +281,27 @@ class Commands:
         binary: bool = False,
     ) -> CommandHandle:
         """Follow a process started earlier, by anyone: replays its buffered output first."""
-        handle = CommandHandle(
-            self._sandbox, binary=binary, on_stdout=on_stdout, on_stderr=on_stderr
-        )
+        handle = CommandHandle(self, binary=binary, on_stdout=on_stdout, on_stderr=on_stderr)
         request: Message = {"type": "attach", "pid": pid, "replay": replay}
         if binary:
             request["encoding"] = "base64"
-        await self._sandbox._nursery_or_raise().start(handle._follow, request)
+        await self._session.nursery().start(handle._follow, request)
         return handle
 
     async def list(self) -> list[ProcessInfo]:
         """Running processes, and the background ones that exited recently."""
-        reply = await (await self._sandbox._connection()).call({"type": "processes"})
+        reply = await (await self._session.connection()).call({"type": "processes"})
         return [ProcessInfo.from_wire(p) for p in reply["processes"]]
 
     async def kill_all(self) -> int:
         """Kill every process of the sandbox user, whatever started it: the way back from a
         fork bomb. Returns how many processes were killed."""
-        reply = await (await self._sandbox._connection()).call({"type": "killAll"})
+        reply = await (await self._session.connection()).call({"type": "killAll"})
         return int(reply["killed"])
 
     async def kill(self, pid: int, signal: str | int = "SIGKILL") -> bool:
         """Send a signal to the process's whole group; False if it had already exited."""
-        reply = await (await self._sandbox._connection()).call(
+        reply = await (await self._session.connection()).call(
             {"type": "signal", "pid": pid, "signal": signal}
         )
         return bool(reply.get("delivered"))
@@ -312,14 +312,15 @@ class Commands:
             message.update(data=base64.b64encode(data).decode(), encoding="base64")
         else:
             message["data"] = data
-        await (await self._sandbox._connection()).call(message)
+        await (await self._session.connection()).call(message)
 
 
 class Pty:
     """Interactive terminals: `await sandbox.pty.create(on_data=...)` runs a shell on a PTY."""
 
-    def __init__(self, sandbox: AsyncSandbox) -> None:
-        self._sandbox = sandbox
+    def __init__(self, session: Session, commands: Commands) -> None:
+        self._session = session
+        self._commands = commands
 
     async def create(
         self,
@@ -338,17 +339,15 @@ class Pty:
             message["cwd"] = cwd
         if env is not None:
             message["env"] = env
-        return await self._sandbox.commands._spawn(
-            message, on_data, None, pty={"cols": cols, "rows": rows}
-        )
+        return await self._commands._spawn(message, on_data, None, pty={"cols": cols, "rows": rows})
 
     async def resize(self, pid: int, *, cols: int, rows: int) -> None:
-        await (await self._sandbox._connection()).call(
+        await (await self._session.connection()).call(
             {"type": "resize", "pid": pid, "cols": cols, "rows": rows}
         )
 
     async def send_input(self, pid: int, data: str | bytes) -> None:
-        await self._sandbox.commands.send_stdin(pid, data)
+        await self._commands.send_stdin(pid, data)
 
     async def kill(self, pid: int) -> bool:
-        return await self._sandbox.commands.kill(pid)
+        return await self._commands.kill(pid)

@@ -13,6 +13,8 @@ InsienError
 
 from __future__ import annotations
 
+import httpx
+
 
 class InsienError(Exception):
     """Base class of every error the SDK raises deliberately."""
@@ -75,3 +77,21 @@ def api_error(
         503: UnavailableError,
     }.get(status, APIError)
     return kind(status, code, message, retry_after=retry_after)
+
+
+def error_from_response(response: httpx.Response) -> APIError:
+    """The typed error an error answer of the REST API stands for: its status, code, message
+    and `Retry-After`. The one place the SDK maps REST errors."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {"message": response.text[:500]}
+    retry_after = response.headers.get("Retry-After", "")
+    return api_error(
+        response.status_code,
+        str(body.get("code", "HTTP_ERROR")),
+        str(body.get("message", "")),
+        retry_after=float(retry_after) if retry_after.isdigit() else None,
+    )

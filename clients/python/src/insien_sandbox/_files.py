@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, overload
 import httpx
 import trio
 
-from ._errors import ConnectError, api_error
+from ._errors import ConnectError, error_from_response
 from ._rpc import Message
 from ._types import EntryInfo
 
 if TYPE_CHECKING:
-    from ._async import AsyncSandbox
+    from ._session import Session
 
 UPLOAD_CHUNK = 1024 * 1024
 Source = bytes | str | os.PathLike[str] | BinaryIO | AsyncIterable[bytes]
@@ -24,11 +24,11 @@ Source = bytes | str | os.PathLike[str] | BinaryIO | AsyncIterable[bytes]
 class Files:
     """Read, write and manage files. Relative paths start in the sandbox's home folder."""
 
-    def __init__(self, sandbox: AsyncSandbox) -> None:
-        self._sandbox = sandbox
+    def __init__(self, session: Session) -> None:
+        self._session = session
 
     async def _call(self, message: Message) -> Message:
-        return await (await self._sandbox._connection()).call(message)
+        return await (await self._session.connection()).call(message)
 
     async def write(
         self, path: str, data: str | bytes, *, mode: int | None = None, append: bool = False
@@ -102,7 +102,7 @@ class Files:
     async def upload(self, path: str, source: Source) -> int:
         """Stream bytes, a local file (path or open binary file) or an async iterable into
         `path`, without holding it in memory. Returns the number of bytes written."""
-        sandbox_id = await self._sandbox.create()
+        sandbox_id = await self._session.create()
         response = await self._send(
             "PUT", f"/sandbox/{sandbox_id}/files", path, content=_chunks(source)
         )
@@ -118,15 +118,15 @@ class Files:
         self, path: str, destination: str | os.PathLike[str] | None = None
     ) -> bytes | None:
         """A file's bytes, or streamed into a local file when `destination` is given."""
-        sandbox_id = await self._sandbox.create()
-        client = self._sandbox._client()
+        sandbox_id = await self._session.create()
+        client = self._session.client()
         try:
             async with client.stream(
                 "GET", f"/sandbox/{sandbox_id}/files", params={"path": path}
             ) as response:
                 if response.is_error:
                     await response.aread()
-                    raise _error(response)
+                    raise error_from_response(response)
                 if destination is None:
                     return b"".join([chunk async for chunk in response.aiter_bytes()])
                 async with await trio.open_file(destination, "wb") as out:
@@ -138,24 +138,14 @@ class Files:
 
     async def _send(self, method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = await self._sandbox._client().request(
+            response = await self._session.client().request(
                 method, url, params={"path": path}, **kwargs
             )
         except httpx.TransportError as exc:
             raise ConnectError(f"transfer of {path} failed: {exc}") from exc
         if response.is_error:
-            raise _error(response)
+            raise error_from_response(response)
         return response
-
-
-def _error(response: httpx.Response) -> Exception:
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    return api_error(
-        response.status_code, str(body.get("code", "HTTP_ERROR")), str(body.get("message", ""))
-    )
 
 
 async def _chunks(source: Source) -> AsyncIterator[bytes]:

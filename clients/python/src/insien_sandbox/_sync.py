@@ -370,6 +370,11 @@ class Sandbox:
         return self._async.sandbox_id
 
     @property
+    def agent_url(self) -> str | None:
+        """The sandbox's WebSocket URL, with a token, once it exists."""
+        return self._async.agent_url
+
+    @property
     def base_url(self) -> str:
         return self._async.base_url
 
