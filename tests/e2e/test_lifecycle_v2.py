@@ -89,22 +89,32 @@ async def test_lifetime_expiry_and_keepalive(
 async def test_idle_expiry_and_what_counts_as_activity(
     server: Server, docker_client: docker.DockerClient
 ) -> None:
+    """Margins prove each point both ways: the reaper looks twice a second, so a sandbox idle
+    for 4 s has ended by 4.5 s; every check below sits at least a second from that edge."""
     async with http(server) as client:
-        created = (await client.post("/sandbox/create", json={"idleTimeout": 3})).json()
+        created = (await client.post("/sandbox/create", json={"idleTimeout": 4})).json()
         sandbox_id = created["sandboxId"]
         # a connected client keeps it alive however long it stays quiet
         async with websocket(created["agentUrl"]) as ws:
-            await trio.sleep(4)
+            await trio.sleep(5.5)
             assert (await call(ws, {"id": 1, "type": "ping"}))["type"] == "pong"
-        assert (await client.get(f"/sandboxes/{sandbox_id}")).json()["state"] == "running"
-        # using it through the API counts as activity too (looking at it does not)
-        await trio.sleep(1.5)
+        # using it through the API counts as activity: without the upload at 3 s it would
+        # have ended by 4.5 s; with it, it is still running at 6 s
+        await trio.sleep(3)
         url = f"/sandbox/{sandbox_id}/files"
         assert (await client.put(url, params={"path": "f"}, content=b"x")).status_code == 200
-        await trio.sleep(1.5)
+        used_at = trio.current_time()
+        await trio.sleep(3)
         assert (await client.get(f"/sandboxes/{sandbox_id}")).json()["state"] == "running"
-    info = await wait_for_state(server, sandbox_id, "ended", within=8)
+        # looking at it does not count: polled four times a second, it still ends on time
+        with trio.fail_after(8):
+            info = (await client.get(f"/sandboxes/{sandbox_id}")).json()
+            while info["state"] != "ended":
+                await trio.sleep(0.25)
+                info = (await client.get(f"/sandboxes/{sandbox_id}")).json()
+        idle_for = trio.current_time() - used_at
     assert info["endReason"] == "idle"
+    assert 3.9 <= idle_for <= 5.5, idle_for
     await wait_until_removed(docker_client, sandbox_id)
 
 
