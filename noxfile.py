@@ -31,9 +31,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the server, the agent and the SDK."""
-    session.install("mypy>=2.4,<3", "types-docker", *SERVER, *SDK)
-    session.run("mypy", "src", "agent", "clients/python/src")
+    """mypy --strict on the server, the agent, the SDK, the tests and the benchmarks."""
+    session.install("mypy>=2.4,<3", "types-docker", "matplotlib>=3.8", *SERVER, *SDK)
+    session.run("mypy", "src", "agent", "clients/python/src", "tests", "bench")
 
 
 @nox.session(python=PYTHON)

@@ -171,7 +171,7 @@ async def throughput(
 
         def one(container_id: str) -> None:
             start = time.perf_counter()
-            client.api.exec_start(client.api.exec_create(container_id, ["true"]))
+            client.api.exec_start(client.api.exec_create(container_id, ["true"])["Id"])
             docker_latencies.append(_ms(start))
 
         async def docker_worker(container_id: str) -> None:

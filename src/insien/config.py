@@ -1,7 +1,7 @@
 """Settings from the environment and an optional `.env`, validated once at start-up.
 
-Every setting reads `INSIEN_<NAME>`; the seed's names (`PORT`, `API_KEY`, `JWT_SECRET`,
-`AGENT_IMAGE`) are accepted too, so a seed `.env` keeps working.
+Every setting reads `INSIEN_<NAME>` (`env_prefix`); the seed's names (`PORT`, `API_KEY`,
+`JWT_SECRET`, `AGENT_IMAGE`) are accepted too, so a seed `.env` keeps working.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ class Profile:
         return f"{self.template}|{r.cpus:g}|{r.memory}|{r.pids}"
 
 
-def _env(name: str, *, seed: str | None = None) -> AliasChoices:
-    names = [f"INSIEN_{name}"] + ([seed] if seed else [])
-    return AliasChoices(*names)
+def _seed(name: str, seed: str) -> AliasChoices:
+    """`INSIEN_<name>`, or the seed's own name for it (a seed `.env` keeps working)."""
+    return AliasChoices(f"INSIEN_{name}", seed)
 
 
 class TemplateSettings(BaseModel):
@@ -87,113 +87,86 @@ class Settings(BaseSettings):
     """The server's configuration; see the table in README.md."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+        env_prefix="INSIEN_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
     )
 
-    host: str = Field("127.0.0.1", validation_alias=_env("HOST"))
-    port: int = Field(3000, ge=0, le=65535, validation_alias=_env("PORT", seed="PORT"))
-    api_key: SecretStr | None = Field(None, validation_alias=_env("API_KEY", seed="API_KEY"))
-    jwt_secret: SecretStr | None = Field(
-        None, validation_alias=_env("JWT_SECRET", seed="JWT_SECRET")
-    )
+    host: str = Field("127.0.0.1")
+    port: int = Field(3000, ge=0, le=65535, validation_alias=_seed("PORT", "PORT"))
+    api_key: SecretStr | None = Field(None, validation_alias=_seed("API_KEY", "API_KEY"))
+    jwt_secret: SecretStr | None = Field(None, validation_alias=_seed("JWT_SECRET", "JWT_SECRET"))
     agent_image: str = Field(
-        "insien-sandbox:latest", validation_alias=_env("AGENT_IMAGE", seed="AGENT_IMAGE")
+        "insien-sandbox:latest", validation_alias=_seed("AGENT_IMAGE", "AGENT_IMAGE")
     )
-    public_url: str | None = Field(None, validation_alias=_env("PUBLIC_URL"))
-    agent_python: str = Field(
-        DEFAULT_PYTHON, pattern=r"^/[A-Za-z0-9_./+-]+$", validation_alias=_env("AGENT_PYTHON")
-    )
+    public_url: str | None = Field(None)
+    agent_python: str = Field(DEFAULT_PYTHON, pattern=r"^/[A-Za-z0-9_./+-]+$")
     """The absolute path of python3 in sandbox images; the agent never runs through PATH."""
-    secret_key: SecretStr | None = Field(None, validation_alias=_env("SECRET_KEY"))
+    secret_key: SecretStr | None = Field(None)
     """Seals what the server writes on containers; default: a key kept in the state folder."""
     state_dir: Path = Field(
         default_factory=lambda: Path.home() / ".local" / "state" / "insien",
-        validation_alias=_env("STATE_DIR"),
     )
-    instance: str = Field(
-        "default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", validation_alias=_env("INSTANCE")
-    )
-    token_ttl: float = Field(900.0, gt=0, validation_alias=_env("TOKEN_TTL"))
-    max_message_bytes: int = Field(
-        32 * MIB, ge=64 * 1024, validation_alias=_env("MAX_MESSAGE_BYTES")
-    )
-    max_output_bytes: int = Field(4 * MIB, gt=0, validation_alias=_env("MAX_OUTPUT_BYTES"))
-    max_read_bytes: int = Field(16 * MIB, gt=0, validation_alias=_env("MAX_READ_BYTES"))
-    max_upload_bytes: int = Field(1024 * MIB, gt=0, validation_alias=_env("MAX_UPLOAD_BYTES"))
-    max_requests_per_connection: int = Field(
-        256, gt=0, validation_alias=_env("MAX_REQUESTS_PER_CONNECTION")
-    )
-    connection_buffer_bytes: int = Field(
-        64 * MIB, ge=MIB, validation_alias=_env("CONNECTION_BUFFER_BYTES")
-    )
+    instance: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    token_ttl: float = Field(900.0, gt=0)
+    max_message_bytes: int = Field(32 * MIB, ge=64 * 1024)
+    max_output_bytes: int = Field(4 * MIB, gt=0)
+    max_read_bytes: int = Field(16 * MIB, gt=0)
+    max_upload_bytes: int = Field(1024 * MIB, gt=0)
+    max_requests_per_connection: int = Field(256, gt=0)
+    connection_buffer_bytes: int = Field(64 * MIB, ge=MIB)
     """Bytes of answers held for one WebSocket that has not read them; past it, BUSY."""
-    tenant_buffer_bytes: int = Field(
-        256 * MIB, ge=MIB, validation_alias=_env("TENANT_BUFFER_BYTES")
-    )
+    tenant_buffer_bytes: int = Field(256 * MIB, ge=MIB)
     """The same, for all of a tenant's WebSockets together."""
-    default_timeout: float = Field(3600.0, gt=0, validation_alias=_env("DEFAULT_TIMEOUT"))
-    max_timeout: float = Field(86400.0, gt=0, validation_alias=_env("MAX_TIMEOUT"))
-    default_idle_timeout: float | None = Field(
-        600.0, gt=0, validation_alias=_env("DEFAULT_IDLE_TIMEOUT")
-    )
-    ended_retention: float = Field(3600.0, ge=0, validation_alias=_env("ENDED_RETENTION"))
-    templates: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, validation_alias=_env("TEMPLATES")
-    )
-    ready_timeout: float = Field(30.0, gt=0, validation_alias=_env("READY_TIMEOUT"))
-    network_mode: str = Field("none", validation_alias=_env("NETWORK_MODE"))
-    runtime: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_.-]+$", validation_alias=_env("RUNTIME")
-    )
-    template_settings: dict[str, TemplateSettings] = Field(
-        default_factory=dict, validation_alias=_env("TEMPLATE_SETTINGS")
-    )
-    memory_limit: int = Field(1 << 30, gt=0, validation_alias=_env("MEMORY_LIMIT"))
-    cpus: float = Field(1.0, gt=0, validation_alias=_env("CPUS"))
-    pids_limit: int = Field(512, gt=0, validation_alias=_env("PIDS_LIMIT"))
-    max_memory: int = Field(4 << 30, gt=0, validation_alias=_env("MAX_MEMORY"))
-    max_cpus: float = Field(2.0, gt=0, validation_alias=_env("MAX_CPUS"))
-    max_pids: int = Field(4096, gt=0, validation_alias=_env("MAX_PIDS"))
-    tenants_file: Path | None = Field(None, validation_alias=_env("TENANTS_FILE"))
-    max_sandboxes: int | None = Field(None, ge=0, validation_alias=_env("MAX_SANDBOXES"))
-    create_rate: float | None = Field(None, gt=0, validation_alias=_env("CREATE_RATE"))
-    create_burst: int = Field(10, ge=1, validation_alias=_env("CREATE_BURST"))
-    max_connections: int | None = Field(256, ge=1, validation_alias=_env("MAX_CONNECTIONS"))
-    max_snapshots: int | None = Field(20, ge=0, validation_alias=_env("MAX_SNAPSHOTS"))
+    default_timeout: float = Field(3600.0, gt=0)
+    max_timeout: float = Field(86400.0, gt=0)
+    default_idle_timeout: float | None = Field(600.0, gt=0)
+    ended_retention: float = Field(3600.0, ge=0)
+    templates: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    ready_timeout: float = Field(30.0, gt=0)
+    network_mode: str = Field("none")
+    runtime: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    template_settings: dict[str, TemplateSettings] = Field(default_factory=dict)
+    memory_limit: int = Field(1 << 30, gt=0)
+    cpus: float = Field(1.0, gt=0)
+    pids_limit: int = Field(512, gt=0)
+    max_memory: int = Field(4 << 30, gt=0)
+    max_cpus: float = Field(2.0, gt=0)
+    max_pids: int = Field(4096, gt=0)
+    tenants_file: Path | None = Field(None)
+    max_sandboxes: int | None = Field(None, ge=0)
+    create_rate: float | None = Field(None, gt=0)
+    create_burst: int = Field(10, ge=1)
+    max_connections: int | None = Field(256, ge=1)
+    max_snapshots: int | None = Field(20, ge=0)
     """Snapshot templates a tenant may keep at once (the default plan)."""
-    max_snapshot_bytes: int | None = Field(
-        20 << 30, ge=0, validation_alias=_env("MAX_SNAPSHOT_BYTES")
-    )
+    max_snapshot_bytes: int | None = Field(20 << 30, ge=0)
     """What a tenant's snapshots may add to the disk together (their own layers)."""
-    header_timeout: float = Field(10.0, gt=0, validation_alias=_env("HEADER_TIMEOUT"))
-    body_timeout: float = Field(30.0, gt=0, validation_alias=_env("BODY_TIMEOUT"))
+    header_timeout: float = Field(10.0, gt=0)
+    body_timeout: float = Field(30.0, gt=0)
     capabilities: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_CAPABILITIES),
-        validation_alias=_env("CAPABILITIES"),
     )
     sandbox_user: str = Field(
         "1000",
         pattern=r"^([0-9]+(:[0-9]+)?|[a-z_][a-z0-9_-]*)$",
-        validation_alias=_env("SANDBOX_USER"),
     )
     """Who user code runs as inside sandboxes: `uid[:gid]` or a name from the image; never root."""
-    disk_limit: str | None = Field(
-        None, pattern=r"^[0-9]+[kmgt]?$", validation_alias=_env("DISK_LIMIT")
-    )
+    disk_limit: str | None = Field(None, pattern=r"^[0-9]+[kmgt]?$")
     """Size of each sandbox's writable layer (Docker's `--storage-opt size`): needs overlay2 on
     xfs with project quotas, or btrfs; Docker refuses the create anywhere else."""
-    tmp_size: str = Field("256m", pattern=r"^[0-9]+[kmg]?$", validation_alias=_env("TMP_SIZE"))
-    nofile: int = Field(4096, ge=64, validation_alias=_env("NOFILE"))
-    pool_size: int = Field(2, ge=0, le=1000, validation_alias=_env("POOL_SIZE"))
+    tmp_size: str = Field("256m", pattern=r"^[0-9]+[kmg]?$")
+    nofile: int = Field(4096, ge=64)
+    pool_size: int = Field(2, ge=0, le=1000)
     """Ready sandboxes of the default template and resources, for creates to take at once."""
-    pools: list[PoolSettings] = Field(default_factory=list, validation_alias=_env("POOLS"))
+    pools: list[PoolSettings] = Field(default_factory=list)
     """More warm pools, as JSON: `[{"template": "img:tag", "size": 2, "memory": "512m"}]`."""
-    shutdown_ends_sandboxes: bool = Field(False, validation_alias=_env("SHUTDOWN_ENDS_SANDBOXES"))
+    shutdown_ends_sandboxes: bool = Field(False)
     """On SIGTERM, end every sandbox instead of leaving them for the next start to recover."""
-    graceful_timeout: float = Field(5.0, ge=0, validation_alias=_env("GRACEFUL_TIMEOUT"))
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", validation_alias=_env("LOG_LEVEL")
-    )
+    graceful_timeout: float = Field(5.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
 
     @field_validator("api_key", "jwt_secret", "secret_key", mode="before")
     @classmethod

@@ -124,9 +124,10 @@ async def test_a_protocol_break_ends_only_its_own_sandbox(
     await exec_ok(hostile_server, hostile)  # it passes for an agent until it is asked
     async with websocket(hostile["agentUrl"]) as ws:
         await ws.send_message(json.dumps({"id": 7, "type": "exec", "cmd": kind}))
-        seen = await until_closed(ws)
-        assert seen.reason.code == 1001
-        assert "agent protocol error" in str(seen.reason.reason)
+        seen = (await until_closed(ws)).reason
+        assert seen is not None
+        assert seen.code == 1001
+        assert "agent protocol error" in str(seen.reason)
     assert await ended_with(hostile_server, hostile["sandboxId"]) == "agent_protocol_error"
     # the server and the neighbour carry on
     await exec_ok(hostile_server, neighbour)

@@ -135,7 +135,7 @@ def test_a_snapshot_of_a_pooled_sandbox_never_reaches_another_tenant(
         assert restartable.stop() == 0
         for image in docker_client.images.list(name="insien-snapshot"):
             if image.labels.get("insien.snapshot.source") in alpha_ids:
-                docker_client.images.remove(image.id, force=True)
+                docker_client.images.remove(str(image.id), force=True)
 
 
 def agent_environment(client: docker.DockerClient, container_id: str) -> dict[str, str]:

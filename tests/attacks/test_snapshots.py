@@ -63,7 +63,7 @@ def setup(
     assert stop_server(process) == 0
     for image in docker_client.images.list(name="insien-snapshot"):
         if image.labels.get("insien.snapshot.owner") in PLANS:
-            docker_client.images.remove(image.id, force=True)
+            docker_client.images.remove(str(image.id), force=True)
 
 
 async def new_sandbox(client: httpx.AsyncClient, fill_mib: int = 0) -> str:

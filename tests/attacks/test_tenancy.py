@@ -201,7 +201,7 @@ async def close_code(ws: WebSocketConnection) -> int | None:
             try:
                 await ws.get_message()
             except ConnectionClosed as closed:
-                return closed.reason.code
+                return closed.reason.code if closed.reason is not None else None
 
 
 async def test_revoking_a_key_closes_its_websockets_and_voids_its_tokens(

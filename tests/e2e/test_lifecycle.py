@@ -59,8 +59,9 @@ async def test_destroy_removes_the_container(
             }
             with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
                 await ws.get_message()
-            assert closed.value.reason.code == 1001
-            assert closed.value.reason.reason == "sandbox destroyed"
+            reason = closed.value.reason
+            assert reason is not None
+            assert (reason.code, reason.reason) == (1001, "sandbox destroyed")
         assert containers_of(docker_client, created["sandboxId"]) == []
 
 

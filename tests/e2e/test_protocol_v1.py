@@ -324,14 +324,13 @@ async def test_special_files_never_hang(server: Server) -> None:
     async with sandbox(server) as created, websocket(created["agentUrl"]) as ws:
         await call(ws, {"id": 0, "type": "exec", "cmd": "mkfifo", "args": ["/tmp/fifo"]})
         with trio.fail_after(10):
-            for i, message in enumerate(
-                [
-                    {"type": "read", "path": "/dev/zero"},
-                    {"type": "read", "path": "/tmp/fifo"},
-                    {"type": "write", "path": "/tmp/fifo", "content": "x"},
-                    {"type": "read", "path": "/dev/urandom", "length": 10},
-                ]
-            ):
+            special: list[dict[str, Any]] = [
+                {"type": "read", "path": "/dev/zero"},
+                {"type": "read", "path": "/tmp/fifo"},
+                {"type": "write", "path": "/tmp/fifo", "content": "x"},
+                {"type": "read", "path": "/dev/urandom", "length": 10},
+            ]
+            for i, message in enumerate(special):
                 reply = await call(ws, {"id": i, **message})
                 assert reply["type"] == "error", reply
             # /proc files read like any other, but the agent's own are not to be had (issue 18)

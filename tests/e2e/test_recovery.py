@@ -193,6 +193,7 @@ def test_sigterm_keeps_sandboxes_running_for_the_next_start(
                 with trio.fail_after(20), pytest.raises(ConnectionClosed) as closed:
                     await ws.get_message()
             assert codes == [0]
+            assert closed.value.reason is not None
             return created["sandboxId"], spawned["pid"], closed.value.reason.code
 
     sandbox_id, pid, close_code = trio.run(before)

@@ -25,7 +25,8 @@ def container_exists(client: docker.DockerClient, sandbox_id: str) -> bool:
 
 async def test_async_sdk_seed_flow(server: Server, docker_client: docker.DockerClient) -> None:
     async with AsyncSandbox(api_key=server.api_key, base_url=server.url) as sandbox:
-        assert sandbox.sandbox_id is None  # created on first use, as in the seed
+        before = sandbox.sandbox_id
+        assert before is None  # created on first use, as in the seed
         await sandbox.write_file("hello.js", "console.log('Hello!');")
         assert sandbox.sandbox_id is not None
         result = await sandbox.run_command("node", ["hello.js"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import trio
+from trio_websocket import WebSocketConnection
 
 from tests.conftest import Server
 from tests.e2e.helpers import call, http, receive, sandbox, websocket
@@ -118,13 +119,13 @@ async def test_two_clients_with_the_same_ids_each_get_their_own_answer(server: S
         ):
             results: dict[str, list[dict[str, object]]] = {}
 
-            async def client(name: str, ws: object) -> None:
+            async def client(name: str, ws: WebSocketConnection) -> None:
                 replies = []
                 for i in range(10):
                     replies.append(
                         await call(
                             ws, {"id": i, "type": "exec", "cmd": "echo", "args": [f"{name}-{i}"]}
-                        )  # type: ignore[arg-type]
+                        )
                     )
                 results[name] = replies
 

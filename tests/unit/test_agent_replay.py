@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from tests.agent_process import AgentProcess, run_agent
 
@@ -41,7 +42,7 @@ async def test_a_full_buffer_drops_the_oldest_and_says_how_many(tmp_path: Path) 
         await ping_many(agent, 200)  # about 60 bytes each: far more than 4096 bytes
         await agent.send({"id": "r", "type": "resume", "after": 0})
         marker = await agent.receive_line()
-        kept = []
+        kept: list[dict[str, Any]] = []
         while len(kept) < marker["seq"] - marker["lost"]:
             kept.append(await agent.receive_line())
         assert marker["lost"] > 100

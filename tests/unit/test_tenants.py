@@ -154,7 +154,7 @@ def test_sizes_are_binary_like_dockers() -> None:
     assert format_size(1000) == "1000"
     for bad in ("", "1.5g", "-1", "12 parsecs", True):
         with pytest.raises(ValueError, match="size"):
-            parse_size(bad)  # type: ignore[arg-type]
+            parse_size(bad)
 
 
 def test_resources_within_a_ceiling() -> None:
