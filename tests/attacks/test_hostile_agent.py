@@ -19,7 +19,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from tests.conftest import IMAGE, Server, start_server, stop_server
 from tests.e2e.helpers import call, containers_of, http, websocket
-from tests.e2e.test_recovery import Restartable
+from tests.e2e.test_recovery import Restartable, sandbox_info
 
 HOSTILE_IMAGE = "insien-hostile-agent:test"
 HOSTILE_PYTHON = "/opt/hostile/python3"
@@ -83,17 +83,9 @@ async def create(server: Server, template: str | None = None) -> dict[str, Any]:
         return created
 
 
-async def info(server: Server, sandbox_id: str) -> dict[str, Any]:
-    async with http(server) as client:
-        response = await client.get(f"/sandboxes/{sandbox_id}")
-        assert response.status_code == 200, response.text
-        found: dict[str, Any] = response.json()
-        return found
-
-
 async def ended_with(server: Server, sandbox_id: str, timeout: float = 15) -> str:
     with trio.fail_after(timeout):
-        while (found := await info(server, sandbox_id))["state"] != "ended":  # noqa: ASYNC110
+        while (found := await sandbox_info(server, sandbox_id))["state"] != "ended":  # noqa: ASYNC110
             await trio.sleep(0.1)
     return str(found["endReason"])
 
@@ -155,7 +147,7 @@ async def test_unknown_ids_and_floods_are_dropped_and_the_sandbox_serves_on(
         reply = await call(ws, {"id": 1, "type": "exec", "cmd": "flood"}, timeout=60)
         assert reply["stdout"] == "after the flood\n"
         assert (await call(ws, {"id": 2, "type": "exec", "cmd": "ok"}))["stdout"] == "ok\n"
-    assert (await info(hostile_server, hostile["sandboxId"]))["state"] == "running"
+    assert (await sandbox_info(hostile_server, hostile["sandboxId"]))["state"] == "running"
 
 
 def test_a_hostile_container_during_recovery_is_ended_and_the_rest_recover(

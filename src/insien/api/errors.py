@@ -1,4 +1,8 @@
-"""JSON error responses: every failure a client sees is `{"code", "message"}` with a status."""
+"""JSON error responses: every failure a client sees is `{"code", "message"}` with a status.
+
+This is the one place where the core's exceptions become HTTP answers (`api_error_for`): a
+sandbox that is absent or someone else's is the same 404 on every route and on the WebSocket.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,12 @@ from typing import Any
 from quart import Quart, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from ..link.transfer import TransferError
 from ..protocol import ErrorCode
+from ..runtime.base import ImageNotFound, RuntimeFailure
+from ..sandboxes.launcher import SandboxStartError
+from ..sandboxes.manager import SandboxNotFound
+from ..sandboxes.snapshots import SnapshotNotFound
 from ..tenancy.quotas import QuotaExceeded
 
 
@@ -78,10 +87,52 @@ _HTTP_CODES: dict[int, ErrorCode] = {
 }
 
 
+CORE_ERRORS = (
+    SandboxNotFound,
+    SnapshotNotFound,
+    QuotaExceeded,
+    ImageNotFound,
+    RuntimeFailure,
+    SandboxStartError,
+    TransferError,
+)
+"""What the core and the link raise that a client hears about; see `api_error_for`."""
+
+
+def api_error_for(exc: Exception) -> ApiError:
+    """The HTTP answer for an exception of the core or the link."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, SandboxNotFound):
+        return ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {exc.args[0]!r}")
+    if isinstance(exc, SnapshotNotFound):
+        return ApiError(404, ErrorCode.NOT_FOUND, f"no snapshot {exc.args[0]!r}")
+    if isinstance(exc, QuotaExceeded):
+        return ApiError.from_quota(exc)
+    if isinstance(exc, ImageNotFound):
+        return ApiError(503, ErrorCode.UNAVAILABLE, f"sandbox image missing: {exc}")
+    if isinstance(exc, (RuntimeFailure, SandboxStartError)):
+        return ApiError(503, ErrorCode.UNAVAILABLE, str(exc))
+    if isinstance(exc, TransferError):
+        return ApiError(status_for(exc.code), error_code(exc.code), exc.message)
+    return ApiError(500, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+def answer_for(exc: Exception) -> Response:
+    error = api_error_for(exc)
+    return error_response(error.status, error.code, error.message, retry_after=error.retry_after)
+
+
 def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(ApiError)
     async def _api_error(exc: ApiError) -> Any:
-        return error_response(exc.status, exc.code, exc.message, retry_after=exc.retry_after)
+        return answer_for(exc)
+
+    for kind in CORE_ERRORS:
+
+        @app.errorhandler(kind)
+        async def _core_error(exc: Exception) -> Any:
+            return answer_for(exc)
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Any:

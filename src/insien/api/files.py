@@ -28,9 +28,8 @@ from quart import Blueprint, Response, request
 
 from ..link.transfer import TransferError, download, file_size, read_chunk, upload
 from ..protocol import ErrorCode
-from ..sandboxes.manager import SandboxNotFound
 from .context import Services
-from .errors import ApiError, error_code, status_for
+from .errors import CORE_ERRORS, ApiError, api_error_for
 
 UPLOAD_PATH = re.compile(r"^/sandbox/(?P<id>[^/]+)/files$")
 DISCARD_LIMIT = 16 * 1024 * 1024
@@ -51,19 +50,14 @@ def files_blueprint(services: Services) -> Blueprint:
     async def download_file(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
         path = _required_path(request.args.get("path"))
-        try:
-            sandbox = services.manager.get(sandbox_id, tenant)
-            sandbox.touch()
-            link = sandbox.link
-            size = await file_size(link, path)
-            # The first chunk is read before the status line: an error that can be known
-            # (permission, a file that cannot be read) is a proper error answer, not a 200
-            # followed by a cut body.
-            first = await read_chunk(link, path, 0)
-        except SandboxNotFound:
-            raise ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}") from None
-        except TransferError as exc:
-            raise ApiError(status_for(exc.code), error_code(exc.code), exc.message) from None
+        sandbox = services.manager.get(sandbox_id, tenant)
+        sandbox.touch()
+        link = sandbox.link
+        size = await file_size(link, path)
+        # The first chunk is read before the status line: an error that can be known
+        # (permission, a file that cannot be read) is a proper error answer, not a 200
+        # followed by a cut body.
+        first = await read_chunk(link, path, 0)
 
         async def body() -> AsyncIterator[bytes]:
             async for chunk in download(link, path, first):
@@ -97,7 +91,8 @@ class UploadMiddleware:
         try:
             status, body = 200, await self._upload(match.group("id"), scope, receive)
             close = False
-        except ApiError as exc:
+        except (ApiError, *CORE_ERRORS) as raised:
+            exc = api_error_for(raised)
             status, body = exc.status, {"code": str(exc.code), "message": exc.message}
             # The client may still be sending the body it is refused for; read a bounded
             # amount of it so it gets to see the answer, else close the connection after it.
@@ -120,12 +115,9 @@ class UploadMiddleware:
             raise _DeclaredTooLarge(
                 413, ErrorCode.TOO_LARGE, f"upload exceeds the {limit} byte limit"
             )
-        try:
-            sandbox = services.manager.get(sandbox_id, tenant)
-            sandbox.touch()
-            link = sandbox.link
-        except SandboxNotFound:
-            raise ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}") from None
+        sandbox = services.manager.get(sandbox_id, tenant)
+        sandbox.touch()
+        link = sandbox.link
 
         async def body() -> AsyncIterator[bytes]:
             while True:
@@ -137,10 +129,7 @@ class UploadMiddleware:
                 if not message.get("more_body", False):
                     return
 
-        try:
-            written = await upload(link, path, body(), limit)
-        except TransferError as exc:
-            raise ApiError(status_for(exc.code), error_code(exc.code), exc.message) from None
+        written = await upload(link, path, body(), limit)
         return {"success": True, "path": path, "bytes": written}
 
 

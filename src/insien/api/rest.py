@@ -19,11 +19,7 @@ from quart import Blueprint, request
 
 from ..link import AgentGone
 from ..protocol import ErrorCode
-from ..runtime.base import ImageNotFound, RuntimeFailure
-from ..sandboxes.manager import SandboxNotFound, SandboxStartError
 from ..sandboxes.sandbox import Sandbox, SandboxOptions, State, iso_timestamp
-from ..sandboxes.snapshots import SnapshotNotFound
-from ..tenancy.quotas import QuotaExceeded
 from ..tenancy.resources import Resources, parse_size
 from ..tenancy.tenants import Tenant
 from .context import Services
@@ -88,10 +84,7 @@ def rest_blueprint(services: Services) -> Blueprint:
     def lookup(sandbox_id: str, tenant: Tenant, *, include_ended: bool = False) -> Sandbox:
         # Looking at a sandbox (status, info, list) is not activity: a dashboard polling it
         # must not keep it alive. Using it is: RPC, a connected client, files, keepalive.
-        try:
-            return manager.get(sandbox_id, tenant, include_ended=include_ended)
-        except SandboxNotFound:
-            raise ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}") from None
+        return manager.get(sandbox_id, tenant, include_ended=include_ended)
 
     def resources(asked: ResourcesRequest | None, tenant: Tenant) -> Resources:
         ceiling = tenant.plan.max_resources or settings.max_resources
@@ -158,14 +151,7 @@ def rest_blueprint(services: Services) -> Blueprint:
     async def create_sandbox() -> Any:
         tenant = services.tenant_from_key(request)
         chosen = await options(await _body(CreateRequest), tenant)
-        try:
-            sandbox = await manager.create(tenant, chosen)
-        except QuotaExceeded as exc:
-            raise ApiError.from_quota(exc) from None
-        except ImageNotFound as exc:
-            raise ApiError(503, ErrorCode.UNAVAILABLE, f"sandbox image missing: {exc}") from exc
-        except (RuntimeFailure, SandboxStartError) as exc:
-            raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+        sandbox = await manager.create(tenant, chosen)
         token = services.auth.issue_token(sandbox.id, tenant)
         return {
             "sandboxId": sandbox.id,
@@ -175,13 +161,7 @@ def rest_blueprint(services: Services) -> Blueprint:
     @bp.post("/sandbox/<sandbox_id>/destroy")
     async def destroy_sandbox(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
-        lookup(sandbox_id, tenant)
-        try:
-            await manager.destroy(sandbox_id, tenant)
-        except SandboxNotFound:
-            raise ApiError(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}") from None
-        except RuntimeFailure as exc:
-            raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+        await manager.destroy(sandbox_id, tenant)
         return {"success": True, "sandboxId": sandbox_id}
 
     @bp.get("/sandbox/<sandbox_id>/status")
@@ -204,51 +184,29 @@ def rest_blueprint(services: Services) -> Blueprint:
     @bp.post("/sandbox/<sandbox_id>/pause")
     async def pause(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
-        lookup(sandbox_id, tenant)
-        try:
-            return (await manager.pause(sandbox_id, tenant)).info()
-        except RuntimeFailure as exc:
-            raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+        return (await manager.pause(sandbox_id, tenant)).info()
 
     @bp.post("/sandbox/<sandbox_id>/resume")
     async def resume(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
-        lookup(sandbox_id, tenant)
-        try:
-            return (await manager.resume(sandbox_id, tenant)).info()
-        except RuntimeFailure as exc:
-            raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+        return (await manager.resume(sandbox_id, tenant)).info()
 
     @bp.post("/sandbox/<sandbox_id>/snapshot")
     async def snapshot(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
-        lookup(sandbox_id, tenant)
-        try:
-            template = await manager.snapshot(sandbox_id, tenant)
-        except QuotaExceeded as exc:
-            raise ApiError.from_quota(exc) from None
-        except RuntimeFailure as exc:
-            raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+        template = await manager.snapshot(sandbox_id, tenant)
         return {"sandboxId": sandbox_id, "template": template}
 
     @bp.get("/snapshots")
     async def list_snapshots() -> Any:
         """The caller's snapshots: `template` (to create from), source sandbox, age, bytes."""
         tenant = services.tenant_from_key(request)
-        try:
-            return {"snapshots": await manager.snapshots.list(tenant)}
-        except RuntimeFailure as exc:
-            raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+        return {"snapshots": await manager.snapshots.list(tenant)}
 
     @bp.delete("/snapshots/<template>")
     async def delete_snapshot(template: str) -> Any:
         tenant = services.tenant_from_key(request)
-        try:
-            await manager.snapshots.delete(tenant, template)
-        except SnapshotNotFound:
-            raise ApiError(404, ErrorCode.NOT_FOUND, f"no snapshot {template!r}") from None
-        except RuntimeFailure as exc:
-            raise ApiError(503, ErrorCode.UNAVAILABLE, str(exc)) from exc
+        await manager.snapshots.delete(tenant, template)
         return {"success": True, "template": template}
 
     @bp.post("/sandbox/<sandbox_id>/kill-all")

@@ -32,7 +32,7 @@ from ..sandboxes.manager import SandboxNotFound
 from ..sandboxes.sandbox import Sandbox
 from ..tenancy.quotas import QuotaExceeded
 from .context import Services
-from .errors import error_response
+from .errors import answer_for, error_response
 
 log = logging.getLogger("insien.ws")
 
@@ -60,8 +60,8 @@ def ws_blueprint(services: Services) -> Blueprint:
             )
         try:
             sandbox = services.manager.get(sandbox_id, tenant)
-        except SandboxNotFound:
-            return error_response(404, ErrorCode.NOT_FOUND, f"no sandbox {sandbox_id!r}")
+        except SandboxNotFound as exc:
+            return answer_for(exc)
         session = websocket.args.get("session")
         if session is not None and not SESSION_PATTERN.fullmatch(session):
             return error_response(
@@ -70,7 +70,7 @@ def ws_blueprint(services: Services) -> Blueprint:
         try:
             services.connections.acquire(tenant)
         except QuotaExceeded as exc:
-            return error_response(429, exc.code, exc.message, retry_after=exc.retry_after)
+            return answer_for(exc)
         try:
             await websocket.accept()
             sandbox.clients += 1
