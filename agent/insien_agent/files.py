@@ -8,6 +8,9 @@ open file checked with `_guard`, which refuses anything of the agent's own.
 Blocking filesystem calls run in worker threads so a slow disk never stalls the agent, and those
 threads act as the sandbox user (see `identity`), so permissions and planted symlinks are judged
 exactly as they would be for user code.
+
+Long because it holds one handler per file request; the checks they share (`_guard`,
+`_open_checked`) are at the top.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ A ManagedProcess owns its child, pumps the child's pipes (or pseudo-terminal) in
 and wakes its subscribers through one asyncio.Condition. Processes outlive the requests and the
 clients that started them; the table keeps the most recent exited ones for `processes` and
 `attach`.
+
+Longer than most modules: a process's output pumping, its subscribers and its killing share
+one condition and one log. Starting processes lives in `launch`, killing every user process
+in `reaper`.
 """
 
 from __future__ import annotations

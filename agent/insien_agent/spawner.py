@@ -10,6 +10,9 @@ The helper runs as the user, so user code can kill or trace it. It can then lie 
 the user's own commands: the agent believes a pid only if the process belongs to the user and
 is the helper's child, acts on exits only for pids it knows, and starts a new helper when the
 old one dies. Terminals still go the slow way (their child must take a controlling terminal).
+
+Long because it holds both ends of one small protocol, the helper's and the agent's, which
+change together.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ The link gives every request its own id on the agent side, so any number of clie
 one agent without their ids colliding, and routes the agent's answers and events back to the
 request that caused them. One reader task and one writer task own the agent's channel (see
 `runtime.base.AgentChannel`: plain stdout and stderr, whatever the runtime's framing).
+
+Longer than most modules on purpose: the reader, the writer, the routing of answers and the
+request API share the link's state (pending requests, credit, sequence numbers); the parts
+with a life of their own are apart (`replies`, `sessions`, `budget`, `lines`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""`sandbox.commands` and `sandbox.pty`: foreground commands, background handles, terminals."""
+"""`sandbox.commands` and `sandbox.pty`: foreground commands, background handles, terminals.
+
+A little long: commands, background handles and terminals share the spawn path.
+"""
 
 from __future__ import annotations
 

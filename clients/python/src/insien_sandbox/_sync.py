@@ -1,4 +1,8 @@
-"""Sandbox: the blocking SDK. An AsyncSandbox runs on a trio loop in a helper thread."""
+"""Sandbox: the blocking SDK. An AsyncSandbox runs on a trio loop in a helper thread.
+
+Long because it mirrors every public method of the async SDK, one thin wrapper each
+(tests/unit/test_sdk_parity.py keeps the two in step); splitting it would scatter the mirror.
+"""
 
 from __future__ import annotations
 
