@@ -6,6 +6,8 @@ import io
 import zipfile
 from pathlib import Path
 
+from . import __version__
+
 _PACKAGE = Path(__file__).resolve().parent
 _BUNDLED = _PACKAGE / "_bundled"
 _REPO_ROOT = _PACKAGE.parent.parent
@@ -33,5 +35,6 @@ def agent_zipapp() -> bytes:
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(source.glob("*.py")):
             archive.write(path, f"insien_agent/{path.name}")
+        archive.writestr("insien_agent/_version.py", f"__version__ = {__version__!r}\n")
         archive.writestr("__main__.py", "from insien_agent.__main__ import main\n\nmain()\n")
     return buffer.getvalue()

@@ -131,3 +131,34 @@ def test_claimed_and_pooled_sandboxes_survive_a_restart(
             assert [s["sandboxId"] for s in listed["sandboxes"]] == [claimed]
 
     trio.run(after)
+
+
+def test_a_stop_right_after_a_claim_starts_nothing_and_leaves_the_pool_its_size(
+    pooled: Restartable, docker_client: docker.DockerClient
+) -> None:
+    """Issue 10: the pool was seen starting two extra containers while the server was shutting
+    down after a claim. Nothing starts once shutdown begins, and the next start fills the pool
+    to exactly its size."""
+    server = pooled.start()
+    instance = server.instance
+
+    async def claim_then_stop() -> str:
+        await wait_for_pool(server, 2)
+        async with http(server) as client:
+            created = (await client.post("/sandbox/create")).json()
+        return str(created["sandboxId"])
+
+    claimed = trio.run(claim_then_stop)
+    assert pooled.stop() == 0  # at once: the refill waits half a second before it starts
+    members = pool_members(docker_client, instance)
+    assert len(members) <= 2, members
+    assert all(c["State"] == "running" for c in members), "a container was left half-made"
+    server = pooled.start()
+
+    async def after() -> None:
+        await wait_for_pool(server, 2)
+        await trio.sleep(2)  # and it stays at its size
+        assert len(pool_members(docker_client, instance)) == 2
+        assert (await sandbox_info(server, claimed))["state"] == "running"
+
+    trio.run(after)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import trio
 
+import insien
 from insien._resources import agent_zipapp
 from insien.config import DEFAULT_CAPABILITIES, DEFAULT_PYTHON
 from insien.link import AgentLink
@@ -34,6 +35,7 @@ async def test_attach_before_start_sees_the_hello_and_reattach_works(docker_clie
                 await link.ready.wait()
             assert link.hello is not None
             assert link.hello["protocol"] == 1
+            assert link.hello["version"] == insien.__version__
             reply = await link.call({"type": "write", "path": "kept.txt", "content": "still here"})
             assert reply["type"] == "writeResponse"
             nursery.cancel_scope.cancel()

@@ -134,3 +134,20 @@ async def test_errors_leave_async_with_unwrapped() -> None:
     with pytest.raises(insien_sandbox.ConnectError):
         async with insien_sandbox.AsyncSandbox(api_key="k", base_url="http://127.0.0.1:9") as box:
             await box.create()  # nothing listens on port 9
+
+
+def test_one_version_everywhere() -> None:
+    """The version is written once (src/insien/__init__.py): the SDK's distribution and the
+    agent's zip application carry the same."""
+    import io
+    import zipfile
+    from importlib.metadata import version
+
+    from insien._resources import agent_zipapp
+
+    assert version("insien") == insien.__version__
+    assert insien_sandbox.__version__ == insien.__version__
+    archive = zipfile.ZipFile(io.BytesIO(agent_zipapp()))
+    assert archive.read("insien_agent/_version.py").decode() == (
+        f"__version__ = {insien.__version__!r}\n"
+    )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
 from ._async import AsyncSandbox as AsyncSandbox
 from ._commands import CommandHandle as AsyncCommandHandle
 from ._errors import APIError as APIError
@@ -21,7 +24,10 @@ from ._types import OutputChunk as OutputChunk
 from ._types import ProcessInfo as ProcessInfo
 from ._types import SandboxInfo as SandboxInfo
 
-__version__ = "0.1.0"
+try:
+    __version__ = _distribution_version("insien-sandbox")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0.0.0+source"
 
 __all__ = [
     "APIError",
