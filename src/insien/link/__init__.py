@@ -7,7 +7,7 @@ from __future__ import annotations
 from .agent import AgentGone as AgentGone
 from .agent import AgentLink as AgentLink
 from .agent import AgentProtocolError as AgentProtocolError
-from .agent import PendingRequest as PendingRequest
+from .pending import PendingRequest as PendingRequest
 from .replies import Reply as Reply
 
 __all__ = ["AgentGone", "AgentLink", "AgentProtocolError", "PendingRequest", "Reply"]

@@ -6,8 +6,9 @@ request that caused them. One reader task and one writer task own the agent's ch
 `runtime.base.AgentChannel`: plain stdout and stderr, whatever the runtime's framing).
 
 Longer than most modules on purpose: the reader, the writer, the routing of answers and the
-request API share the link's state (pending requests, credit, sequence numbers); the parts
-with a life of their own are apart (`replies`, `sessions`, `budget`, `lines`).
+request API share the link's state (pending requests, sequence numbers, acks). The parts with
+a life of their own are apart: one request's messages and credit (`pending`), the byte
+contract (`replies`), sessions, budgets and line reassembly.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..protocol import ErrorCode, Message, ProtocolError, error_message, is_fina
 from ..runtime.base import AgentChannel, StreamCorrupt, StreamKind
 from .budget import ByteBudget
 from .lines import LineAssembler, OversizeLine
+from .pending import PendingRequest
 from .replies import Reply, encode, excerpt, split_seq
 from .sessions import SessionStore, is_session_id
 
@@ -35,8 +37,6 @@ OUTGOING_QUEUE = 8
 EVENTS_PER_REQUEST = 64
 """Messages buffered for one request. The agent sends at most its window of output events
 (8) before the link grants more, so a well-behaved agent never fills this."""
-CREDIT_BATCH = 4
-"""Output events consumed before the link grants the agent that much more credit."""
 CANCEL_TIMEOUT = 5.0
 RESUME_ID = "insien-resume"
 ACK_EVERY = 64
@@ -428,53 +428,3 @@ class AgentLink:
         return error_message(
             request_id, ErrorCode.BUSY, "the request fell too far behind the agent's output"
         )
-
-
-class PendingRequest:
-    """The messages of one request in flight, granting the agent credit as they are consumed."""
-
-    def __init__(
-        self,
-        link: AgentLink,
-        agent_id: int | str,
-        channel: trio.MemoryReceiveChannel[Reply],
-        budget: ByteBudget | None = None,
-    ) -> None:
-        self.link = link
-        self.agent_id = agent_id
-        self.budget = budget
-        self._channel = channel
-        self._consumed = 0
-
-    def release(self, reply: Reply) -> None:
-        """The consumer is done with a reply's bytes (sent them, or dropped them)."""
-        if self.budget is not None:
-            self.budget.release(reply.charge)
-
-    def drain(self) -> None:
-        """Drop the replies nobody will take, releasing what they were charged."""
-        while True:
-            try:
-                self.release(self._channel.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return
-
-    def __aiter__(self) -> PendingRequest:
-        return self
-
-    async def __anext__(self) -> Reply:
-        try:
-            reply = await self._channel.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise StopAsyncIteration from None
-        if reply.message.get("type") == "output":
-            self._consumed += 1
-            if self._consumed >= CREDIT_BATCH:
-                granted, self._consumed = self._consumed, 0
-                await self.link.send_internal(
-                    {"type": "credit", "target": self.agent_id, "n": granted}
-                )
-        return reply
-
-    async def cancel(self) -> None:
-        await self.link.cancel(self.agent_id)

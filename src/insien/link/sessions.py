@@ -18,8 +18,9 @@ from ..protocol import Message
 from .replies import Reply
 
 if TYPE_CHECKING:
-    from .agent import AgentLink, PendingRequest
+    from .agent import AgentLink
     from .budget import ByteBudget
+    from .pending import PendingRequest
 
 SESSION_MARK = ":"
 ORPHAN_BYTES = 16 * 1024 * 1024
