@@ -16,7 +16,7 @@ from .context import Request
 from .errors import BAD_REQUEST, BUSY, CANCELLED, NOT_FOUND, AgentError, from_os_error
 from .launch import PtySize
 from .processes import ManagedProcess, resize, signal_number
-from .reaper import kill_user_processes
+from .reaper import kill_user_processes, user_pids
 from .settings import user_environment
 from .spawner import HelperUnresponsive
 
@@ -256,10 +256,19 @@ async def handle_processes(req: Request) -> Message:
     return {"type": "processesResponse", "processes": [p.describe() for p in req.table.all()]}
 
 
+KILL_ALL_ROUNDS = 3
+"""A bomb that regrew from a process born in the last instant gets another round."""
+
+
 async def handle_kill_all(req: Request) -> Message:
     """Kill every process of the sandbox user, whatever started it (a fork bomb's way back)."""
     uid = req.identity.uid
     if uid is None:
         raise AgentError(BAD_REQUEST, "user code runs as the agent itself here: nothing to kill")
-    killed = await kill_user_processes(uid)
+    killed = 0
+    for _ in range(KILL_ALL_ROUNDS):
+        killed += await kill_user_processes(uid)
+        await asyncio.sleep(0.2)
+        if not any(state not in ("Z", "X") for state in user_pids(uid).values()):
+            break  # and still nothing a moment later
     return {"type": "killAllResponse", "killed": killed}

@@ -2,8 +2,8 @@
 
 A fork bomb outgrows any one process group (its members fork while the group is signalled) and
 fills the pids limit, after which nothing new can start. The agent runs as root, so it can stop
-and kill the user's processes one by one through /proc without forking (it could not: the pids
-limit is full). The spawner helper is one of them; the agent starts a new one with the next
+and kill the user's processes through /proc without forking (it could not: the pids limit is
+full). The spawner helper is one of them; the agent starts a new one with the next
 command.
 """
 
@@ -16,8 +16,7 @@ import signal
 import time
 
 KILL_SECONDS = 10.0
-QUIET_PASSES = 5
-QUIET_SECONDS = 0.05
+QUIET_SECONDS = 0.5
 
 
 def user_pids(uid: int) -> dict[int, str]:
@@ -62,24 +61,33 @@ def _signal_all(pids: dict[int, str], signum: int) -> None:
 
 
 async def kill_user_processes(uid: int) -> int:
-    """Kill every process of `uid`, pass after pass, until several passes in a row find none
-    alive (or the time is up); returns how many were killed.
+    """Kill every process of `uid`; returns how many were killed.
 
-    Each pass stops what it found before killing it: a stopped process cannot fork, so a bomb
-    cannot replace what one pass kills faster than the next pass finds it."""
+    Each round first freezes: SIGSTOP to every running process of the user, again and again
+    until none runs (a stopped process cannot fork, so nothing new is born while the round
+    looks). Then SIGKILL to all of them at once. Killing some may orphan a process group,
+    and the kernel then wakes its stopped members (SIGCONT) for a moment: the next round
+    catches whatever they forked. Rounds go on until nothing of the user has been seen alive
+    for QUIET_SECONDS, or KILL_SECONDS have passed."""
     deadline = time.monotonic() + KILL_SECONDS
     killed: set[int] = set()
-    quiet = 0
-    while time.monotonic() < deadline and quiet < QUIET_PASSES:
-        alive = {pid: state for pid, state in user_pids(uid).items() if state != "Z"}
-        if not alive:
-            # Found nothing: look again a few times, a moment apart, before believing it.
-            quiet += 1
-            await asyncio.sleep(QUIET_SECONDS)
+    quiet_since: float | None = None
+    while (now := time.monotonic()) < deadline:
+        while time.monotonic() < deadline:
+            running = {pid: s for pid, s in user_pids(uid).items() if s not in ("T", "t", "Z", "X")}
+            if not running:
+                break
+            _signal_all(running, signal.SIGSTOP)
+            await asyncio.sleep(0)
+        frozen = {pid: s for pid, s in user_pids(uid).items() if s not in ("Z", "X")}
+        if not frozen:
+            quiet_since = now if quiet_since is None else quiet_since
+            if now - quiet_since >= QUIET_SECONDS:
+                break
+            await asyncio.sleep(0.05)
             continue
-        quiet = 0
-        _signal_all(alive, signal.SIGSTOP)
-        _signal_all(alive, signal.SIGKILL)
-        killed.update(alive)
-        await asyncio.sleep(0)
+        quiet_since = None
+        _signal_all(frozen, signal.SIGKILL)
+        killed.update(frozen)
+        await asyncio.sleep(0.01)
     return len(killed)
