@@ -54,7 +54,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
         client.ping()
     except docker.errors.DockerException as exc:
         pytest.fail(f"these tests need a running Docker Engine: {exc}")
-    from insien.images import build_image
+    from insien.runtime.docker.images import build_image
 
     build_image(client, tag=IMAGE)
     yield client

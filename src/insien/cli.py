@@ -7,15 +7,13 @@ import logging
 import sys
 from pathlib import Path
 
-import docker
-import docker.errors
 import trio
 from pydantic import ValidationError
 from rich.console import Console
 
 from . import __version__
 from .config import Settings
-from .images import ImageBuildError, build_image
+from .runtime.docker.images import DockerClient, ImageBuildError, build_image, connect_client
 from .tenancy.tenants import hash_key, load_tenants_file, new_key
 
 
@@ -24,13 +22,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def _docker() -> docker.DockerClient:
+def _docker() -> DockerClient:
     try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as exc:
-        raise SystemExit(f"insien: cannot reach the Docker Engine: {exc}") from None
-    return client
+        return connect_client()
+    except ImageBuildError as exc:
+        raise SystemExit(f"insien: {exc}") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -14,7 +14,9 @@ import docker
 import docker.errors
 from rich.console import Console
 
-from ._resources import images_dir
+from ..._resources import images_dir
+
+DockerClient = docker.DockerClient
 
 DEFAULT_TAG = "insien-sandbox:latest"
 DEFAULT_BASE = "debian:bookworm-slim"
@@ -136,3 +138,14 @@ def build_image(
                 status.update(f"building {tag}: {line}")
     console.print(f"[green]Built {tag}.[/]")
     return True
+
+
+def connect_client() -> docker.DockerClient:
+    """A docker-py client for the command line's image builds; ImageBuildError if the Docker
+    Engine cannot be reached."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise ImageBuildError(f"cannot reach the Docker Engine: {exc}") from None
+    return client
