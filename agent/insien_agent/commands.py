@@ -116,6 +116,7 @@ async def handle_exec(req: Request) -> Message:
         encoding=encoding,
         window=settings.window,
         collect_limit=settings.max_output,
+        binary=req.channel is not None,
     )
     req.subscriptions.by_request[req.id] = (process, subscriber)
     try:
@@ -167,6 +168,7 @@ async def _stream_until_exit(
         encoding=fields.encoding(req.msg),
         window=req.settings.window,
         replay=replay,
+        binary=req.channel is not None,
     )
     req.subscriptions.by_request[req.id] = (process, subscriber)
     try:

@@ -8,7 +8,7 @@ from typing import Any
 
 from .gate import ByteGate
 from .identity import FileWorkers, Identity
-from .output import Subscriber
+from .output import OutFrame, Subscriber
 from .processes import ManagedProcess, ProcessTable
 from .settings import AgentSettings
 from .wire import Outbox
@@ -40,7 +40,15 @@ class Request:
     """Bytes of file content read and not yet written out, across all requests."""
     after_answer: list[Callable[[], None]] = field(default_factory=list)
     """Run once the request's final message is written (releases what the answer needed)."""
+    channel: int | None = None
+    """The request's binary channel: its bulk bytes go as frames on it, not in JSON."""
+    payload: bytes | None = None
+    """The bytes of the data frame a `write` on a channel came with."""
 
-    async def emit(self, event: Message) -> None:
-        """Send a message that belongs to this request (it carries the request's id)."""
-        await self.outbox.send(event)
+    async def emit(self, event: Message | OutFrame) -> None:
+        """Send a message or frame that belongs to this request."""
+        if isinstance(event, OutFrame):
+            assert self.channel is not None
+            await self.outbox.send_frame(self.id, self.channel, event.kind, event.data)
+        else:
+            await self.outbox.send(event)

@@ -22,12 +22,13 @@ from . import PROTOCOL_VERSION, __version__, commands, files
 from .context import READ_GATE_BYTES, Request, Subscriptions
 from .errors import BAD_REQUEST, CANCELLED, INTERNAL, TOO_LARGE, UNKNOWN_TYPE, AgentError
 from .fields import required_int
+from .frames import DATA, MAX_FRAME, InFrame, OversizeFrame, StreamSplitter
 from .gate import ByteGate
 from .identity import FileWorkers, Identity, IdentityError, assume, parse_identity
 from .processes import ProcessTable
 from .settings import AgentSettings
 from .spawner import Spawner
-from .wire import LineSplitter, Outbox, open_stdout, widen_pipe
+from .wire import Outbox, open_stdout, widen_pipe
 
 Message = dict[str, Any]
 Handler = Callable[[Request], Awaitable[Message]]
@@ -81,6 +82,10 @@ class Agent:
         """The sandbox's own variables (create's `env`), for user commands only: the agent's
         process never sees them, so nothing a tenant chooses can change how it runs."""
         self._last_int_id = 0
+        self._channels: dict[Any, int] = {}
+        """The channel of each request in flight that has one (a resume reports them)."""
+        self._inbound: InFrame | None = None
+        """The data frame the server sent just before the `write` it belongs to."""
 
     async def check_identity(self) -> None:
         """Fail at start, not at the first file request, if file threads cannot be the user."""
@@ -114,6 +119,32 @@ class Agent:
         await self._outbox.send(
             {"id": request_id, "type": "error", "code": code, "message": message}
         )
+
+    async def receive(self, unit: bytes | InFrame | OversizeFrame | None) -> None:
+        """One unit of stdin: a request line or a frame; never raises for bad input."""
+        if isinstance(unit, OversizeFrame):
+            self._inbound = None
+            await self.error(None, TOO_LARGE, f"a frame of {unit.size} bytes, over {MAX_FRAME}")
+        elif isinstance(unit, InFrame):
+            if self._inbound is not None:
+                log.warning("a data frame on channel %d was never claimed", self._inbound.channel)
+            self._inbound = unit
+        else:
+            await self.receive_line(unit)
+
+    def _claim_payload(self, msg: Message) -> tuple[int | None, bytes | None]:
+        """The request's channel, and for a `write` on one, the frame sent just before it."""
+        channel = msg.get("channel")
+        if channel is None:
+            return None, None
+        if not isinstance(channel, int) or isinstance(channel, bool) or channel < 0:
+            raise AgentError(BAD_REQUEST, "field 'channel' must be a non-negative integer")
+        if msg.get("type") != "write":
+            return channel, None
+        frame, self._inbound = self._inbound, None
+        if frame is None or frame.channel != channel or frame.kind != DATA:
+            raise AgentError(BAD_REQUEST, f"no data frame came for channel {channel}")
+        return channel, frame.data
 
     async def receive_line(self, line: bytes | None) -> None:
         """Parse one request line and start its handler; never raises for bad input."""
@@ -174,6 +205,11 @@ class Agent:
         if request_id is not None and request_id in self._tasks:
             await self.error(request_id, BAD_REQUEST, f"id {request_id!r} is already in flight")
             return
+        try:
+            channel, payload = self._claim_payload(msg)
+        except AgentError as exc:
+            await self.error(request_id, exc.code, exc.message)
+            return
         request = Request(
             request_id,
             msg,
@@ -185,14 +221,19 @@ class Agent:
             self._files,
             self._environment,
             self._reads,
+            channel=channel,
+            payload=payload,
         )
         task = asyncio.create_task(self._run(handler, request))
         key: Any = request_id if request_id is not None else object()  # id-less: not cancellable
         self._tasks[key] = task
+        if channel is not None:
+            self._channels[key] = channel
         task.add_done_callback(lambda done: self._finished(key, request_id, done))
 
     def _finished(self, key: Any, request_id: Any, task: asyncio.Task[None]) -> None:
         self._tasks.pop(key, None)
+        self._channels.pop(key, None)
         if task.cancelled():
             # Cancelled before its handler ever ran, so nothing answered it yet.
             answer = asyncio.ensure_future(
@@ -231,6 +272,7 @@ class Agent:
             "inFlight": [key for key in self._tasks if _valid_id(key) and key is not None],
             "lastId": self._last_int_id,
             "hello": self._hello_message(),
+            "channels": {channel: key for key, channel in self._channels.items()},
         }
 
     async def _credit(self, msg: Message) -> None:
@@ -300,11 +342,11 @@ async def serve(settings: AgentSettings) -> None:
     await agent.check_identity()
     agent.prestart_spawner()
     await agent.hello()
-    splitter = LineSplitter(settings.max_line)
+    splitter = StreamSplitter(settings.max_line)
     while chunk := await reader.read(256 * 1024):
-        for line in splitter.feed(chunk):
+        for unit in splitter.feed(chunk):
             try:
-                await agent.receive_line(line)
+                await agent.receive(unit)
             except Exception as exc:  # a bug on odd input must not end the agent
                 log.exception("request line failed")
                 await agent.error(None, INTERNAL, f"{type(exc).__name__}: {exc}")

@@ -22,7 +22,7 @@ import shutil
 import stat
 from typing import Any
 
-from . import fields
+from . import fields, frames
 from .context import Request
 from .errors import (
     BAD_ENCODING,
@@ -246,7 +246,7 @@ async def _fs(req: Request, path: str, fn: Any, *args: Any) -> Any:
 async def handle_write(req: Request) -> Message:
     msg = req.msg
     path = fields.required_str(msg, "path")
-    data = _decode_content(msg)
+    data = req.payload if req.payload is not None else _decode_content(msg)
     append = fields.optional_bool(msg, "append", False)
     offset = fields.optional_int(msg, "offset", None)
     if append and offset is not None:
@@ -280,6 +280,12 @@ async def handle_read(req: Request) -> Message:
     taken = await req.reads.acquire(min(expected, req.settings.max_read))
     req.after_answer.append(lambda: req.reads.release(taken))
     data, size = await _fs(req, path, _read, full, offset, length, req.settings.max_read)
+    if req.channel is not None:
+        # Raw, as frames on the request's channel; the answer says how many bytes they held.
+        await req.outbox.send_frame(req.id, req.channel, frames.DATA, data)
+        response: Message = {"type": "readResponse", "path": path, "bytes": len(data)}
+        response.update(offset=offset, size=size, eof=offset + len(data) >= size)
+        return response
     if encoding == "base64":
         content = base64.b64encode(data).decode("ascii")
     else:
@@ -289,7 +295,7 @@ async def handle_read(req: Request) -> Message:
             raise AgentError(
                 BAD_ENCODING, f"{path} is not valid UTF-8; read it with encoding 'base64'"
             ) from exc
-    response: Message = {"type": "readResponse", "content": content, "path": path}
+    response = {"type": "readResponse", "content": content, "path": path}
     if encoding != "utf-8":
         response["encoding"] = encoding
     if offset or length is not None:

@@ -18,7 +18,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from . import frames
+
 CHUNK_SIZE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class OutFrame:
+    """Output for a request with a binary channel: sent as a frame, not an `output` event."""
+
+    kind: int
+    data: bytes
+
+
+Event = dict[str, Any] | OutFrame
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,8 @@ class Subscriber:
     collected: Collected | None = None
     dropped: int = 0
     closed: bool = False
+    binary: bool = False
+    """Output goes as frames on the request's channel (raw bytes, no encoding)."""
 
     def grant(self, n: int) -> None:
         self.credit += n
@@ -133,7 +148,7 @@ class Subscriber:
             return False
         return not self.stream or self.credit > 0
 
-    def take(self, log: OutputLog, pid: int, emit: Callable[[dict[str, Any]], None]) -> None:
+    def take(self, log: OutputLog, pid: int, emit: Callable[[Event], None]) -> None:
         """Move the cursor forward as far as credit allows, emitting `output` events."""
         if self.cursor < log.start:
             self.dropped += log.start - self.cursor
@@ -143,7 +158,12 @@ class Subscriber:
                 return
             if self.collected is not None:
                 self.collected.add(chunk.stream, chunk.data)
-            if self.stream:
+            if self.stream and self.binary:
+                if self.dropped:
+                    emit(self._dropped_event(pid, chunk.stream))
+                emit(OutFrame(frames.KINDS[chunk.stream], chunk.data))
+                self.credit -= 1
+            elif self.stream:
                 text = self.encoder.encode(chunk.stream, chunk.data)
                 if text or self.dropped:
                     event: dict[str, Any] = {
@@ -160,9 +180,22 @@ class Subscriber:
                     self.credit -= 1
             self.cursor = chunk.end
 
-    def flush(self, pid: int, emit: Callable[[dict[str, Any]], None]) -> None:
+    def _dropped_event(self, pid: int, stream: str) -> dict[str, Any]:
+        """Before a frame: how many bytes this subscriber missed (frames carry no count)."""
+        event = {
+            "id": self.request_id,
+            "type": "output",
+            "pid": pid,
+            "stream": stream,
+            "data": "",
+            "dropped": self.dropped,
+        }
+        self.dropped = 0
+        return event
+
+    def flush(self, pid: int, emit: Callable[[Event], None]) -> None:
         """At exit, the rest of any character the decoders were holding."""
-        if not self.stream:
+        if not self.stream or self.binary:
             return
         for name in ("stdout", "stderr"):
             rest = self.encoder.flush(name)

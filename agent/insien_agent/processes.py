@@ -26,11 +26,11 @@ from .errors import BAD_REQUEST, NOT_FOUND, AgentError
 from .identity import Identity
 from .launch import PtySize, set_winsize, start_process
 from .oom import oom_kills
-from .output import CHUNK_SIZE, Collected, Encoder, OutputLog, Subscriber
+from .output import CHUNK_SIZE, Collected, Encoder, Event, OutputLog, Subscriber
 from .reaper import group_states, kill_user_processes
 from .spawner import SpawnedProcess, Spawner
 
-Emit = Callable[[dict[str, Any]], Awaitable[None]]
+Emit = Callable[[Event], Awaitable[None]]
 
 EXIT_DRAIN_SECONDS = 1.0
 """After a command exits, how long its pipes may stay open (held by something it left behind)."""
@@ -235,6 +235,7 @@ class ManagedProcess:
         window: int,
         collect_limit: int | None = None,
         replay: bool = True,
+        binary: bool = False,
     ) -> Subscriber:
         subscriber = Subscriber(
             request_id=request_id,
@@ -244,6 +245,7 @@ class ManagedProcess:
             encoder=Encoder(encoding),
             credit=window,
             collected=Collected(collect_limit) if collect_limit is not None else None,
+            binary=binary,
         )
         self.subscribers.append(subscriber)
         return subscriber
@@ -271,7 +273,7 @@ class ManagedProcess:
             return self.finished.is_set()
 
         while True:
-            events: list[dict[str, Any]] = []
+            events: list[Event] = []
             async with self.cond:
                 await self.cond.wait_for(can_progress)
                 if subscriber.closed:
@@ -282,7 +284,7 @@ class ManagedProcess:
             for event in events:
                 await emit(event)
             if done:
-                tail: list[dict[str, Any]] = []
+                tail: list[Event] = []
                 subscriber.flush(self.pid, tail.append)
                 for event in tail:
                     await emit(event)

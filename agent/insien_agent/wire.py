@@ -8,51 +8,9 @@ import fcntl
 import json
 import os
 from collections import deque
-from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-
-class LineSplitter:
-    """Splits a byte stream into lines without ever holding more than `max_line` bytes.
-
-    A line longer than the limit is dropped (its bytes are discarded up to the next newline)
-    and reported once as `None`, so the caller can answer with an error and carry on.
-    """
-
-    def __init__(self, max_line: int) -> None:
-        self._max_line = max_line
-        self._buffer = bytearray()
-        self._discarding = False
-
-    def feed(self, data: bytes) -> Iterator[bytes | None]:
-        start = 0
-        while True:
-            newline = data.find(b"\n", start)
-            if newline < 0:
-                break
-            piece = data[start:newline]
-            start = newline + 1
-            if self._discarding:
-                self._discarding = False
-                continue
-            if len(self._buffer) + len(piece) > self._max_line:
-                self._buffer.clear()
-                yield None
-                continue
-            self._buffer += piece
-            line = bytes(self._buffer)
-            self._buffer.clear()
-            yield line
-        rest = data[start:]
-        if self._discarding:
-            return
-        if len(self._buffer) + len(rest) > self._max_line:
-            self._buffer.clear()
-            self._discarding = True
-            yield None
-            return
-        self._buffer += rest
-
+from . import frames
 
 PIPE_SIZE = 1024 * 1024
 
@@ -125,14 +83,31 @@ SEQ_ROOM = 32
 """Bytes kept free under the line limit for the `,"seq":n` every message gets."""
 
 
+class Sent(NamedTuple):
+    """One numbered unit written to stdout and kept for replay: a line, or a frame (its header
+    and payload apart, so a payload is never copied to be kept)."""
+
+    seq: int
+    head: bytes
+    payload: bytes = b""
+    channel: int | None = None
+    owner: Any = None
+    """For a frame: the request its channel belongs to, for a resume to report."""
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + len(self.payload)
+
+
 class Outbox:
     """The one path to stdout: every message is written whole, in order, with back-pressure.
 
-    Each message gets a sequence number (appended as its last field, `"seq":n`) and stays in a
-    replay buffer until the orchestrator acknowledges it. Nobody may be reading the container's
-    stdout (the orchestrator restarting); a new orchestrator asks to `resume` after the last
-    message it has, and gets the rest again. The buffer is bounded in bytes: past the bound the
-    oldest messages go, and `resume` reports how many were lost.
+    Each line and frame gets a sequence number (a line carries it as its last field,
+    `"seq":n`; a frame in its header) and stays in a replay buffer until the orchestrator
+    acknowledges it. Nobody may be reading the container's stdout (the orchestrator
+    restarting); a new orchestrator asks to `resume` after the last unit it has, and gets the
+    rest again. The buffer is bounded in bytes: past the bound the oldest units go, and
+    `resume` reports how many were lost.
     """
 
     def __init__(self, writer: Sink, max_line: int, replay_bytes: int | None = None) -> None:
@@ -141,7 +116,7 @@ class Outbox:
         # At least one message of the largest size must fit, or a resume could return nothing.
         self._replay_bytes = max(replay_bytes or 0, max_line)
         self._seq = 0
-        self._ring: deque[tuple[int, bytes]] = deque()
+        self._ring: deque[Sent] = deque()
         self._ring_size = 0
         self._lost_through = 0  # the newest sequence number evicted before it was acknowledged
         self._lock = asyncio.Lock()
@@ -171,28 +146,45 @@ class Outbox:
             await self._writer.drain()
             self._seq += 1
             line = b'%s,"seq":%d}\n' % (line[:-2], self._seq)
-            self._remember(self._seq, line)
+            self._remember(Sent(self._seq, line))
             self._writer.write(line)
 
-    def _remember(self, seq: int, line: bytes) -> None:
-        self._ring.append((seq, line))
-        self._ring_size += len(line)
+    async def send_frame(self, owner: Any, channel: int, kind: int, data: bytes) -> None:
+        """Bytes for the request `owner` on its channel, as one or more frames."""
+        for start in range(0, max(len(data), 1), frames.MAX_FRAME):
+            payload = data[start : start + frames.MAX_FRAME]
+            async with self._lock:
+                await self._writer.drain()
+                self._seq += 1
+                head = frames.header(self._seq, channel, kind, len(payload))
+                self._remember(Sent(self._seq, head, payload, channel, owner))
+                self._writer.write(head)
+                self._writer.write(payload)
+
+    def _remember(self, sent: Sent) -> None:
+        self._ring.append(sent)
+        self._ring_size += sent.size
         while self._ring_size > self._replay_bytes and len(self._ring) > 1:
-            evicted, old = self._ring.popleft()
-            self._ring_size -= len(old)
-            self._lost_through = evicted
+            old = self._ring.popleft()
+            self._ring_size -= old.size
+            self._lost_through = old.seq
 
     def ack(self, seq: int) -> None:
         """The orchestrator has everything up to `seq`: forget it."""
-        while self._ring and self._ring[0][0] <= seq:
-            _, line = self._ring.popleft()
-            self._ring_size -= len(line)
+        while self._ring and self._ring[0].seq <= seq:
+            self._ring_size -= self._ring.popleft().size
+
+    def channels(self) -> dict[int, Any]:
+        """The owners of the channels that frames kept for replay belong to."""
+        return {sent.channel: sent.owner for sent in self._ring if sent.channel is not None}
 
     async def resume(self, request_id: Any, after: int, extra: dict[str, Any]) -> None:
-        """Write a `resumeResponse` marker, then every kept message numbered above `after`.
+        """Write a `resumeResponse` marker, then every kept unit numbered above `after`.
 
         All of it is written in one go, so nothing else lands between the marker and the
-        replay: the orchestrator can drop whatever it read before the marker.
+        replay: the orchestrator can drop whatever it read before the marker. `channels` in
+        the marker names the request of every channel the replay and the requests still
+        running use, so the new orchestrator can route their frames.
         """
         async with self._lock:
             self._resume(request_id, after, extra)
@@ -201,6 +193,7 @@ class Outbox:
     def _resume(self, request_id: Any, after: int, extra: dict[str, Any]) -> None:
         self.ack(after)
         lost = max(0, self._lost_through - after)
+        owners = {**self.channels(), **extra.pop("channels", {})}
         self._writer.write(
             encode(
                 {
@@ -209,9 +202,12 @@ class Outbox:
                     "after": after,
                     "seq": self._seq,
                     "lost": lost,
+                    "channels": [[channel, owner] for channel, owner in owners.items()],
                     **extra,
                 }
             )
         )
-        for _, line in self._ring:
-            self._writer.write(line)
+        for sent in self._ring:
+            self._writer.write(sent.head)
+            if sent.payload:
+                self._writer.write(sent.payload)

@@ -74,6 +74,8 @@ class PtySize(BaseModel):
 
 
 class _CommandRequest(_Request):
+    binary: StrictBool = False
+    """Output as binary WebSocket messages (raw bytes) instead of `output` events."""
     cmd: NonEmpty
     args: list[StrictStr] = []
     cwd: StrictStr | None = None
@@ -96,6 +98,7 @@ class SpawnRequest(_CommandRequest):
 class AttachRequest(_Request):
     type: Literal["attach"]
     pid: Pid
+    binary: StrictBool = False
     encoding: Encoding = "utf-8"
     replay: StrictBool = True
 
@@ -149,6 +152,8 @@ class WriteRequest(_Request):
 class ReadRequest(_Request):
     type: Literal["read"]
     path: NonEmpty
+    binary: StrictBool = False
+    """The content as one binary WebSocket message before the answer, not in it."""
     encoding: Encoding = "utf-8"
     offset: Annotated[StrictInt, Field(ge=0)] = 0
     length: Annotated[StrictInt, Field(ge=0)] | None = None
@@ -226,7 +231,7 @@ REQUESTS: dict[str, type[_Request]] = {
 REQUEST_TYPES = frozenset(REQUESTS)
 
 # Messages that come before a request's final one; every other type ends the request.
-EVENT_TYPES = frozenset({"output", "spawnResponse", "attachResponse"})
+EVENT_TYPES = frozenset({"output", "data", "spawnResponse", "attachResponse"})
 
 
 def is_final(message: Message) -> bool:
@@ -262,6 +267,10 @@ def parse_request(raw: object) -> Message:
     kind = raw.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(request_id, ErrorCode.BAD_REQUEST, "field 'type' must be a string")
+    if "channel" in raw:
+        raise ProtocolError(
+            request_id, ErrorCode.BAD_REQUEST, "field 'channel' is the server's, not a client's"
+        )
     if kind not in REQUEST_TYPES:
         raise ProtocolError(request_id, ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
     try:

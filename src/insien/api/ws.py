@@ -126,8 +126,11 @@ class ClientSession:
         self._budget = budget
         self._authorised = authorised
         self._revoked = False
-        # (message, bytes charged to the budget): the writer releases them once sent.
-        self._send, self._outgoing = trio.open_memory_channel[tuple[Message | str, int]](SEND_QUEUE)
+        # (message, bytes charged to the budget): the writer releases them once sent. Bytes
+        # go as a binary message: a frame's description line and its raw bytes.
+        self._send, self._outgoing = trio.open_memory_channel[tuple[Message | str | bytes, int]](
+            SEND_QUEUE
+        )
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -177,7 +180,7 @@ class ClientSession:
     async def _write_loop(self, nursery: trio.Nursery) -> None:
         try:
             async for message, charge in self._outgoing:
-                if not isinstance(message, str):
+                if isinstance(message, dict):
                     message = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
                 try:
                     await websocket.send(message)
@@ -301,20 +304,22 @@ class ClientSession:
             if reply.message.get("type") == "spawnResponse":
                 in_flight.pid = reply.message.get("pid")
             try:
-                text = reply.for_client(client_id)
+                outgoing = reply.to_client(client_id)
             except BaseException:
                 pending.release(reply)
                 raise
-            await self._send_charged(text, reply.charge, pending)
+            await self._send_charged(outgoing, reply.charge, pending)
             if is_final(reply.message):
                 return
         if not self._link.detached:  # a detached request carries on in the sandbox
             await self._send.send((self._link.missing_reply(client_id), 0))
 
-    async def _send_charged(self, text: str, charge: int, pending: PendingRequest) -> None:
+    async def _send_charged(
+        self, outgoing: str | bytes, charge: int, pending: PendingRequest
+    ) -> None:
         """Queue a reply for the writer, which releases its charge once it is sent."""
         try:
-            await self._send.send((text, charge))
+            await self._send.send((outgoing, charge))
         except BaseException:
             pending.release(Reply({}, b"", charge))
             raise
@@ -323,8 +328,11 @@ class ClientSession:
         client_id = message["id"]
         in_flight = self._in_flight[client_id]
         agent_id = None if self._session is None else session_agent_id(self._session, client_id)
+        binary = bool(message.pop("binary", False))
         try:
-            async with self._link.request(message, agent_id, self._budget) as pending:
+            async with self._link.request(
+                message, agent_id, self._budget, binary=binary
+            ) as pending:
                 in_flight.pending = pending
                 await self._relay(client_id, in_flight, pending)
         except AgentGone as exc:

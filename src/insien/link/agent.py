@@ -25,6 +25,7 @@ import trio
 from ..protocol import ErrorCode, Message, ProtocolError, error_message, is_final
 from ..runtime.base import AgentChannel, StreamCorrupt, StreamKind
 from .budget import ByteBudget
+from .frames import STREAM_NAMES, Frame, FrameKind, FramingError, UnitAssembler, encode_frame
 from .lines import LineAssembler, OversizeLine
 from .pending import PendingRequest
 from .replies import Reply, encode, excerpt, split_seq
@@ -100,6 +101,11 @@ class AgentLink:
             OUTGOING_QUEUE
         )
         self._pending: dict[int | str, trio.MemorySendChannel[Reply]] = {}
+        # Binary channels: which request each belongs to, and each request's channel. A
+        # channel lives until its request's final message, so frames replayed after a
+        # restart still find their (adopted or orphaned session) request.
+        self._channels: dict[int, int | str] = {}
+        self._channel_of: dict[int | str, int] = {}
         self._budgets: dict[int | str, ByteBudget] = {}
         # Session requests the agent still runs after a restart, and answers of session
         # requests nobody waits for any more: both wait for the session to connect again.
@@ -142,7 +148,7 @@ class AgentLink:
                 nursery.cancel_scope.cancel()
         except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
             self.close_reason = f"attach stream broke: {group.exceptions[0]}"
-        except* (StreamCorrupt, AgentProtocolError) as group:
+        except* (StreamCorrupt, AgentProtocolError, FramingError) as group:
             self.protocol_error = True
             self.close_reason = f"agent protocol error: {group.exceptions[0]}"
             log.error("%s: %s", self._name, self.close_reason)
@@ -171,6 +177,8 @@ class AgentLink:
             channel.close()
         self._pending.clear()
         self._budgets.clear()
+        self._channels.clear()
+        self._channel_of.clear()
 
     async def _write_loop(self) -> None:
         async with self._outgoing_receive:
@@ -178,7 +186,7 @@ class AgentLink:
                 await self._channel.send_all(line)
 
     async def _read_loop(self) -> None:
-        stdout = LineAssembler(self.max_line)
+        stdout = UnitAssembler(self.max_line)
         stderr = LineAssembler(STDERR_LINE_MAX)
         while (piece := await self._channel.receive()) is not None:
             kind, data = piece
@@ -186,8 +194,11 @@ class AgentLink:
                 for line in stderr.feed(data):
                     self._log_agent_stderr(line)
                 continue
-            for line in stdout.feed(data):
-                self._dispatch(line)
+            for unit in stdout.feed(data):
+                if isinstance(unit, Frame):
+                    self._dispatch_frame(unit)
+                else:
+                    self._dispatch(unit)
             self._unacked_bytes += len(data)
             if self.last_seq - self._acked >= ACK_EVERY or self._unacked_bytes >= ACK_BYTES:
                 self._acknowledge()
@@ -259,17 +270,40 @@ class AgentLink:
         if not isinstance(request_id, (int, str)) or isinstance(request_id, bool):
             log.warning("%s: agent reported %.300s", self._name, message)
             return
+        self._route(request_id, Reply(message, line))
+
+    def _dispatch_frame(self, frame: Frame) -> None:
+        if frame.seq == 0:
+            raise AgentProtocolError("a frame without a sequence number")
+        if self._resume_after is not None and not self.ready.is_set():
+            return  # rejoining: replayed after the marker
+        if frame.seq <= self.last_seq:
+            return  # already seen before a restart
+        self.last_seq = frame.seq
+        request_id = self._channels.get(frame.channel)
+        if request_id is None:
+            return  # its request ended (cancelled, its client gone): nobody wants its bytes
+        if frame.kind is FrameKind.DATA:
+            message: Message = {"id": request_id, "type": "data"}
+        else:
+            message = {"id": request_id, "type": "output", "stream": STREAM_NAMES[frame.kind]}
+        self._route(request_id, Reply(message, b"", data=frame.data))
+
+    def _route(self, request_id: int | str, reply: Reply) -> None:
+        """Hand one message or frame to the request it answers, within its byte budget."""
+        message = reply.message
         channel = self._pending.get(request_id)
+        terminal = is_final(message)
+        if terminal:
+            self._forget_channel(request_id)
         if channel is None:
             if is_session_id(request_id):
-                self._sessions.keep(Reply(message, line))
+                self._sessions.keep(reply)
             return  # an answer for a request whose client has gone away
-        terminal = is_final(message)
         budget = self._budgets.get(request_id)
-        reply = Reply(message, line)
         if budget is not None:
-            if budget.try_take(len(line)):
-                reply = Reply(message, line, len(line))
+            if budget.try_take(reply.size):
+                reply = reply._replace(charge=reply.size)
             else:
                 # Its client holds too many bytes it has not read: answer BUSY instead of
                 # holding more, and stop the request in the agent.
@@ -294,12 +328,26 @@ class AgentLink:
             self._budgets.pop(request_id, None)
             channel.close()
 
+    def _forget_channel(self, request_id: int | str) -> None:
+        channel = self._channel_of.pop(request_id, None)
+        if channel is not None:
+            self._channels.pop(channel, None)
+
     def _resumed(self, marker: Message) -> None:
         self.resumed = marker
         self.hello = marker.get("hello") if isinstance(marker.get("hello"), dict) else {}
         for agent_id in marker.get("inFlight") or []:
             if is_session_id(agent_id):
                 self._adopt(str(agent_id))
+        for pair in marker.get("channels") or []:
+            if (
+                isinstance(pair, list)
+                and len(pair) == 2
+                and isinstance(pair[0], int)
+                and isinstance(pair[1], (int, str))
+            ):
+                self._channels[pair[0]] = pair[1]
+                self._channel_of[pair[1]] = pair[0]
         last_id = marker.get("lastId")
         if isinstance(last_id, int):
             self._ids = itertools.count(last_id + 1)  # never reuse an id the agent has seen
@@ -345,13 +393,23 @@ class AgentLink:
 
     @asynccontextmanager
     async def request(
-        self, message: Message, agent_id: str | None = None, budget: ByteBudget | None = None
+        self,
+        message: Message,
+        agent_id: str | None = None,
+        budget: ByteBudget | None = None,
+        *,
+        binary: bool = False,
+        payload: bytes | None = None,
     ) -> AsyncIterator[PendingRequest]:
         """Send one request; yields a PendingRequest to iterate over what the agent answers.
 
         Iteration ends after the final message (a response or an error). Leaving the block
         before that tells the agent to cancel the request: a foreground command is killed, a
         background process is only no longer followed.
+
+        `binary` opens a channel for the request: its output or file content comes as frames
+        (Replies with `data`). `payload` goes to the agent as a data frame on that channel just
+        before the request (a `write` with no `content`).
         """
         if self.closed.is_set():
             raise AgentGone(self.close_reason)
@@ -360,13 +418,25 @@ class AgentLink:
             raise ProtocolError(
                 message.get("id"), ErrorCode.BAD_REQUEST, "this id is already in flight"
             )
-        line = encode({**message, "id": request_id})
+        outgoing = {k: v for k, v in message.items() if k != "channel"}
+        outgoing["id"] = request_id
+        channel: int | None = None
+        if binary or payload is not None:
+            channel = next(self._ids)  # never reused, across restarts too (see `lastId`)
+            outgoing["channel"] = channel
+        line = encode(outgoing)
         if len(line) > self.max_line:
             raise ProtocolError(
                 message.get("id"),
                 ErrorCode.TOO_LARGE,
                 f"message of {len(line)} bytes exceeds the {self.max_line} byte limit",
             )
+        if payload is not None:
+            assert channel is not None
+            line = encode_frame(channel, FrameKind.DATA, payload) + line
+        if channel is not None:
+            self._channels[channel] = request_id
+            self._channel_of[request_id] = channel
         send, receive = trio.open_memory_channel[Reply](EVENTS_PER_REQUEST)
         self._pending[request_id] = send
         if budget is not None:
@@ -384,6 +454,8 @@ class AgentLink:
                 receive.close()
         finally:
             pending.drain()
+            if not is_session_id(request_id):
+                self._forget_channel(request_id)
             if self._pending.get(request_id) is send:
                 del self._pending[request_id]
                 self._budgets.pop(request_id, None)

@@ -18,15 +18,30 @@ from ..protocol import Message
 class Reply(NamedTuple):
     """One message from the agent: parsed for routing, and the line as the agent wrote it.
 
-    `charge` is what it costs its request's byte budget, until its consumer releases it."""
+    `charge` is what it costs its request's byte budget, until its consumer releases it.
+    A frame from the agent is a Reply too: `message` then describes it (`id`, `type` "output"
+    with its `stream`, or "data" for file content), `line` is empty and `data` holds its bytes.
+    """
 
     message: Message
     line: bytes
     charge: int = 0
+    data: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.line) + len(self.data or b"")
+
+    def to_client(self, client_id: Any) -> str | bytes:
+        """What a WebSocket client gets: JSON text, or for a frame one binary message, the
+        frame's description as a JSON line and then its raw bytes (docs/protocol.md)."""
+        if self.data is None:
+            return self.for_client(client_id)
+        head = {**self.message, "id": client_id}
+        return json.dumps(head, separators=(",", ":")).encode() + b"\n" + self.data
 
     def for_client(self, client_id: Any) -> str:
         """The message as JSON text carrying the client's id, without re-encoding it.
-
         The agent always writes `{"id":<agent id>,` first; only that prefix is replaced.
         """
         line = self.line

@@ -55,10 +55,10 @@ class SessionStore:
 
     def keep(self, reply: Reply) -> None:
         self._orphans.append(reply)
-        self._orphan_bytes += len(reply.line)
+        self._orphan_bytes += reply.size
         while self._orphan_bytes > ORPHAN_BYTES or len(self._orphans) > ORPHAN_COUNT:
             dropped = self._orphans.popleft()
-            self._orphan_bytes -= len(dropped.line)
+            self._orphan_bytes -= dropped.size
 
     def adopt(self, agent_id: str, pending: PendingRequest) -> None:
         self._adopted[agent_id] = pending
@@ -68,7 +68,7 @@ class SessionStore:
         mine = [r for r in self._orphans if str(r.message.get("id")).startswith(prefix)]
         if mine:
             self._orphans = deque(r for r in self._orphans if r not in mine)
-            self._orphan_bytes = sum(len(r.line) for r in self._orphans)
+            self._orphan_bytes = sum(r.size for r in self._orphans)
         adopted = {k: v for k, v in self._adopted.items() if k.startswith(prefix)}
         for key in adopted:
             del self._adopted[key]
@@ -80,7 +80,7 @@ class Resumed:
     """What a reconnecting session is handed: answers to send at once (with the client's ids
     restored), the requests still running by client id, and the `resumed` event to send."""
 
-    answers: list[str]
+    answers: list[str | bytes]
     running: dict[Any, PendingRequest]
     event: Message
 
@@ -88,7 +88,7 @@ class Resumed:
 def resume(link: AgentLink, session: str, budget: ByteBudget | None) -> Resumed:
     """Take what `link` kept for `session`; running requests are charged to `budget` now."""
     kept, adopted = link.take_session(session, budget)
-    answers = [reply.for_client(split_session_id(str(reply.message["id"]))[1]) for reply in kept]
+    answers = [reply.to_client(split_session_id(str(reply.message["id"]))[1]) for reply in kept]
     running = {split_session_id(agent_id)[1]: pending for agent_id, pending in adopted.items()}
     event = {"type": "resumed", "session": session, "inFlight": list(running)}
     return Resumed(answers, running, event)

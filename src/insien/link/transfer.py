@@ -3,24 +3,31 @@
 Uploads go to a temporary name beside the target as positional `write` requests, a few in
 flight at once, and are renamed into place at the end, so a failed upload never leaves a
 half-written file under the real name. Downloads are `read` requests with `offset` and
-`length`, one at a time. Either way the agent's answers set the pace, and neither side ever
-holds more than a few chunks of a file.
+`length`, a few chunks ahead of the consumer. Either way the agent's answers set the pace, and
+neither side ever holds more than a few chunks of a file. File content travels as raw binary
+frames on each request's channel, never as base64.
 """
 
 from __future__ import annotations
 
-import base64
 import secrets
+from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from contextlib import AsyncExitStack
 
 import trio
 
 from ..protocol import ErrorCode, Message
 from .agent import AgentLink
+from .frames import MAX_FRAME
+from .pending import PendingRequest
 
-CHUNK_SIZE = 1024 * 1024
+WRITE_CHUNK = MAX_FRAME
+"""Bytes per `write`: one data frame."""
+READ_CHUNK = 2 * MAX_FRAME
+"""Bytes per `read`: the agent answers with several frames."""
 IN_FLIGHT = 4
+READ_AHEAD = 3
 
 
 class TransferError(Exception):
@@ -32,8 +39,14 @@ class TransferError(Exception):
         self.message = message
 
 
-async def _call(link: AgentLink, message: Message) -> Message:
-    reply = await link.call(message)
+async def _call(link: AgentLink, message: Message, payload: bytes | None = None) -> Message:
+    if payload is None:
+        reply = await link.call(message)
+    else:
+        async with link.request(message, payload=payload) as pending:
+            reply = link.missing_reply(None)
+            async for answer in pending:
+                reply = answer.message
     if reply.get("type") == "error":
         raise TransferError(str(reply.get("code")), str(reply.get("message")))
     return reply
@@ -49,16 +62,11 @@ async def upload(link: AgentLink, path: str, body: AsyncIterator[bytes], limit: 
     total = 0
     created = False
 
-    async def write(data: bytes | bytearray, offset: int) -> None:
-        message: Message = {
-            "type": "write",
-            "path": temporary,
-            "content": base64.b64encode(data).decode("ascii"),
-            "encoding": "base64",
-        }
+    async def write(data: bytes, offset: int) -> None:
+        message: Message = {"type": "write", "path": temporary}
         if offset:
             message["offset"] = offset
-        await _call(link, message)
+        await _call(link, message, payload=data)
 
     try:
         slots = trio.Semaphore(IN_FLIGHT)
@@ -90,9 +98,9 @@ async def upload(link: AgentLink, path: str, body: AsyncIterator[bytes], limit: 
                         ErrorCode.TOO_LARGE, f"upload exceeds the {limit} byte limit"
                     )
                 buffer += piece
-                while len(buffer) >= CHUNK_SIZE:
-                    await flush(bytes(buffer[:CHUNK_SIZE]))
-                    del buffer[:CHUNK_SIZE]
+                while len(buffer) >= WRITE_CHUNK:
+                    await flush(bytes(buffer[:WRITE_CHUNK]))
+                    del buffer[:WRITE_CHUNK]
             if buffer or not created:
                 await flush(bytes(buffer))
         await _call(link, {"type": "rename", "path": temporary, "newPath": path})
@@ -119,33 +127,95 @@ async def file_size(link: AgentLink, path: str) -> int:
     return int(entry["size"])
 
 
+def _read_message(path: str, offset: int) -> Message:
+    return {"type": "read", "path": path, "offset": offset, "length": READ_CHUNK}
+
+
+async def _collect(pending: PendingRequest) -> tuple[bytes, bool]:
+    """The bytes of one binary `read` (its data frames), and whether it reached the end."""
+    pieces: list[bytes] = []
+    reply: Message = pending.link.missing_reply(None)
+    async for answer in pending:
+        pending.release(answer)
+        if answer.data is not None:
+            pieces.append(answer.data)
+        else:
+            reply = answer.message
+    if reply.get("type") == "error":
+        raise TransferError(str(reply.get("code")), str(reply.get("message")))
+    data = b"".join(pieces)
+    if len(data) != reply.get("bytes"):
+        raise TransferError(ErrorCode.INTERNAL, "the agent's frames did not add up to its answer")
+    return data, bool(reply.get("eof", True)) or not data
+
+
 async def read_chunk(link: AgentLink, path: str, offset: int) -> tuple[bytes, bool]:
     """One chunk of the file at `offset`, and whether it was the last."""
-    reply: dict[str, Any] = await _call(
-        link,
-        {
-            "type": "read",
-            "path": path,
-            "offset": offset,
-            "length": CHUNK_SIZE,
-            "encoding": "base64",
-        },
-    )
-    data = base64.b64decode(reply["content"])
-    return data, bool(reply.get("eof", True)) or not data
+    async with link.request(_read_message(path, offset), binary=True) as pending:
+        return await _collect(pending)
+
+
+class _ReadAhead:
+    """Reads of the next chunks, asked for before they are needed, so the agent's disk reads
+    and the link overlap with sending the chunk before. At most READ_AHEAD are open; each is a
+    `link.request` entered and left by hand, because the download is an async generator and
+    must not hold a nursery across its yields."""
+
+    def __init__(self, link: AgentLink, path: str, offset: int) -> None:
+        self._link = link
+        self._path = path
+        self._next = offset
+        self._open: deque[tuple[AsyncExitStack, PendingRequest]] = deque()
+
+    async def fill(self) -> None:
+        while len(self._open) < READ_AHEAD:
+            stack = AsyncExitStack()
+            message = _read_message(self._path, self._next)
+            pending = await stack.enter_async_context(self._link.request(message, binary=True))
+            self._open.append((stack, pending))
+            self._next += READ_CHUNK
+
+    async def take(self) -> tuple[bytes, bool]:
+        stack, pending = self._open.popleft()
+        async with stack:
+            return await _collect(pending)
+
+    async def restart(self, offset: int) -> None:
+        """The file was shorter than a chunk where it should not be: ask again from here."""
+        await self.close()
+        self._next = offset
+
+    async def close(self) -> None:
+        """Leave every open read (those not answered are cancelled in the agent)."""
+        while self._open:
+            stack, _ = self._open.popleft()
+            await stack.aclose()
 
 
 async def download(
     link: AgentLink, path: str, first: tuple[bytes, bool] | None = None
 ) -> AsyncIterator[bytes]:
-    """The file's bytes, chunk by chunk, read at the pace the consumer takes them. `first` is
-    the first chunk when the caller has read it already (to report errors before a status)."""
-    offset = 0
-    while True:
-        data, last = first if first is not None else await read_chunk(link, path, offset)
-        first = None
-        if data:
-            yield data
-        offset += len(data)
-        if last:
-            return
+    """The file's bytes, chunk by chunk, read at the pace the consumer takes them (READ_AHEAD
+    chunks ahead of it). `first` is the first chunk when the caller has read it already (to
+    report errors before a status)."""
+    data, last = first if first is not None else await read_chunk(link, path, 0)
+    offset = len(data)
+    if data:
+        yield data
+    if last:
+        return
+    ahead = _ReadAhead(link, path, offset)
+    try:
+        while True:
+            await ahead.fill()
+            data, last = await ahead.take()
+            offset += len(data)
+            if data:
+                yield data
+            if last:
+                return
+            if len(data) != READ_CHUNK:
+                await ahead.restart(offset)
+    finally:
+        with trio.CancelScope(shield=True):
+            await ahead.close()

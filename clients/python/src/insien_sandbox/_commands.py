@@ -6,6 +6,7 @@ A little long: commands, background handles and terminals share the spawn path.
 from __future__ import annotations
 
 import base64
+import codecs
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -22,6 +23,19 @@ if TYPE_CHECKING:
 OutputCallback = Callable[[Any], Awaitable[None] | None]
 MAX_KEPT_OUTPUT = 16 * 1024 * 1024
 ITERATION_BUFFER = 1024
+
+
+class _Text:
+    """Output bytes as text, never splitting a character across chunks."""
+
+    def __init__(self) -> None:
+        self._decoders = {
+            name: codecs.getincrementaldecoder("utf-8")(errors="replace")
+            for name in ("stdout", "stderr")
+        }
+
+    def decode(self, stream: str, data: bytes, *, final: bool = False) -> str:
+        return str(self._decoders[stream].decode(data, final))
 
 
 async def _notify(callback: OutputCallback | None, data: Any) -> None:
@@ -84,6 +98,7 @@ class CommandHandle:
         self._done = trio.Event()
         self._chunks_send, self._chunks = trio.open_memory_channel[OutputChunk](ITERATION_BUFFER)
         self.dropped_chunks = 0
+        self._text = _Text()
 
     async def _follow(self, message: Message, *, task_status: trio.TaskStatus[None]) -> None:
         connection = await self._session.connection()
@@ -99,6 +114,7 @@ class CommandHandle:
                     elif kind == "output":
                         await self._output(reply)
                     elif kind in ("exit", "detached"):
+                        await self._flush_text()
                         self._exit = reply
                         return
                     else:
@@ -116,8 +132,27 @@ class CommandHandle:
     async def _output(self, reply: Message) -> None:
         stream: Stream = "stderr" if reply.get("stream") == "stderr" else "stdout"
         raw = reply.get("data", "")
-        data: str | bytes = base64.b64decode(raw) if self._binary else raw
-        as_bytes = data if isinstance(data, bytes) else data.encode()
+        data: str | bytes
+        if isinstance(raw, bytes):  # a binary frame: raw bytes
+            as_bytes = raw
+            data = raw if self._binary else self._text.decode(stream, raw)
+        else:  # an `output` event (a server without binary frames, or a `dropped` count)
+            data = base64.b64decode(raw) if self._binary else raw
+            as_bytes = data if isinstance(data, bytes) else data.encode()
+        await self._deliver(stream, data, as_bytes, int(reply.get("dropped", 0)))
+
+    async def _flush_text(self) -> None:
+        """The rest of a character split at the very end of the output."""
+        if self._binary:
+            return
+        for stream in ("stdout", "stderr"):
+            rest = self._text.decode(stream, b"", final=True)
+            if rest:
+                await self._deliver(stream, rest, b"", 0)
+
+    async def _deliver(
+        self, stream: Stream, data: str | bytes, as_bytes: bytes, dropped: int
+    ) -> None:
         kept = self._kept[stream]
         room = MAX_KEPT_OUTPUT - len(kept)
         if len(as_bytes) > room:
@@ -125,7 +160,7 @@ class CommandHandle:
         kept += as_bytes[: max(room, 0)]
         await _notify(self._on[stream], data)
         try:
-            self._chunks_send.send_nowait(OutputChunk(stream, data, int(reply.get("dropped", 0))))
+            self._chunks_send.send_nowait(OutputChunk(stream, data, dropped))
         except trio.WouldBlock:
             self.dropped_chunks += 1  # nobody is iterating; the kept output still has it
 
@@ -248,12 +283,24 @@ class Commands:
         connection = await self._session.connection()
         streaming = on_stdout is not None or on_stderr is not None
         request = {"type": "exec", **message, "stream": streaming}
+        if streaming:
+            request["binary"] = True  # output as raw binary messages (docs/protocol.md)
+        text = _Text()
+        callbacks = {"stdout": on_stdout, "stderr": on_stderr}
         async with connection.stream(request) as replies:
             async for reply in replies:
                 if reply.get("type") == "output":
-                    callback = on_stderr if reply.get("stream") == "stderr" else on_stdout
-                    await _notify(callback, reply.get("data", ""))
+                    stream = "stderr" if reply.get("stream") == "stderr" else "stdout"
+                    data = reply.get("data", "")
+                    if isinstance(data, bytes):
+                        data = text.decode(stream, data)
+                    if data:
+                        await _notify(callbacks[stream], data)
                     continue
+                for stream, callback in callbacks.items():
+                    rest = text.decode(stream, b"", final=True)
+                    if rest:
+                        await _notify(callback, rest)
                 return _result(check(reply))
         raise SandboxClosedError("the connection ended before the command did")
 
@@ -268,7 +315,7 @@ class Commands:
         handle = CommandHandle(
             self, binary=pty is not None, on_stdout=on_stdout, on_stderr=on_stderr
         )
-        request: Message = {"type": "spawn", **message}
+        request: Message = {"type": "spawn", **message, "binary": True}
         if pty is not None:
             request.update(pty=pty, encoding="base64")
         await self._session.nursery().start(handle._follow, request)
@@ -285,7 +332,7 @@ class Commands:
     ) -> CommandHandle:
         """Follow a process started earlier, by anyone: replays its buffered output first."""
         handle = CommandHandle(self, binary=binary, on_stdout=on_stdout, on_stderr=on_stderr)
-        request: Message = {"type": "attach", "pid": pid, "replay": replay}
+        request: Message = {"type": "attach", "pid": pid, "replay": replay, "binary": True}
         if binary:
             request["encoding"] = "base64"
         await self._session.nursery().start(handle._follow, request)

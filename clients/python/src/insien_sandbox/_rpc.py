@@ -22,7 +22,7 @@ from ._errors import RPCError, SandboxClosedError
 Message = dict[str, Any]
 
 
-FINAL_EXCEPT = frozenset({"output", "spawnResponse", "attachResponse"})
+FINAL_EXCEPT = frozenset({"output", "data", "spawnResponse", "attachResponse"})
 STREAM_BUFFER = 256
 CANCEL_TIMEOUT = 5.0
 """How long an abandoned request's `cancel` may take to send before the SDK gives up on it."""
@@ -112,8 +112,8 @@ class RPCConnection:
         """Route messages until the connection closes; returns its close code."""
         try:
             while True:
-                message = json.loads(await ws.get_message())
-                if not isinstance(message, dict):
+                message = parse_message(await ws.get_message())
+                if message is None:
                     continue
                 if message.get("type") == "resumed" and "id" not in message:
                     self._resumed(message)
@@ -227,6 +227,21 @@ class RPCConnection:
         request_id = f"r{next(self._ids)}"
         await self._send_text(json.dumps({**message, "id": request_id}))
         return request_id
+
+
+def parse_message(raw: str | bytes) -> Message | None:
+    """One message from the server. A binary message is a frame: a JSON line describing it
+    (`id`, `type`, `stream`), then its raw bytes, which become the message's `data`."""
+    if isinstance(raw, bytes):
+        head, newline, data = raw.partition(b"\n")
+        if not newline:
+            return None
+        message = json.loads(head)
+        if isinstance(message, dict):
+            message["data"] = data
+    else:
+        message = json.loads(raw)
+    return message if isinstance(message, dict) else None
 
 
 def check(reply: Message) -> Message:
