@@ -7,9 +7,9 @@ import logging
 import sys
 
 from .dispatch import serve
-from .identity import IdentityError
+from .identity import IdentityError, parse_identity
 from .settings import AgentSettings
-from .spawner import SPAWNER_FLAG, helper_main
+from .spawner import SPAWNER_FLAG, fork_helper, helper_main
 
 
 def main() -> None:
@@ -21,7 +21,10 @@ def main() -> None:
         stream=sys.stderr, level=logging.INFO, format="insien-agent %(levelname)s %(message)s"
     )
     try:
-        asyncio.run(serve(AgentSettings.from_environ()))
+        settings = AgentSettings.from_environ()
+        # Before asyncio or any thread exists: the only safe moment to fork.
+        helper = fork_helper(parse_identity(settings.user, settings.workdir))
+        asyncio.run(serve(settings, helper))
     except IdentityError as exc:
         logging.getLogger("insien_agent").error("refusing to start: %s", exc)
         sys.exit(3)

@@ -27,7 +27,7 @@ from .gate import ByteGate
 from .identity import FileWorkers, Identity, IdentityError, assume, parse_identity
 from .processes import ProcessTable
 from .settings import AgentSettings
-from .spawner import Spawner
+from .spawner import ForkedHelper, Spawner
 from .wire import Outbox, open_stdout, widen_pipe
 
 Message = dict[str, Any]
@@ -65,13 +65,19 @@ def _valid_id(value: object) -> bool:
 class Agent:
     """Owns the request tasks; each answers exactly once, success or error."""
 
-    def __init__(self, outbox: Outbox, settings: AgentSettings, identity: Identity) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        settings: AgentSettings,
+        identity: Identity,
+        helper: ForkedHelper | None = None,
+    ) -> None:
         self._outbox = outbox
         self._settings = settings
         self._identity = identity
         self._files = FileWorkers(identity)
         # Commands as the user start through a helper that can vfork (see spawner.py).
-        self._spawner = Spawner(identity, sys.argv[0]) if identity.switches else None
+        self._spawner = Spawner(identity, sys.argv[0], helper) if identity.switches else None
         self._table = ProcessTable(identity, self._spawner)
         self._subscriptions = Subscriptions()
         self._tasks: dict[Any, asyncio.Task[None]] = {}
@@ -329,7 +335,8 @@ class Agent:
             self._spawner.close()
 
 
-async def serve(settings: AgentSettings) -> None:
+async def serve(settings: AgentSettings, helper: ForkedHelper | None = None) -> None:
+    """Run the agent on stdio; `helper` is the spawner helper forked before the event loop."""
     loop = asyncio.get_running_loop()
     identity = parse_identity(settings.user, settings.workdir)
     assume(identity, settings.workdir)
@@ -338,7 +345,7 @@ async def serve(settings: AgentSettings) -> None:
     reader = asyncio.StreamReader(limit=1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
     outbox = Outbox(await open_stdout(), settings.max_line, settings.replay_bytes)
-    agent = Agent(outbox, settings, identity)
+    agent = Agent(outbox, settings, identity, helper)
     await agent.check_identity()
     agent.prestart_spawner()
     await agent.hello()

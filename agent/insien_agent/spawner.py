@@ -70,8 +70,19 @@ class HelperUnresponsive(Exception):
 # -- the helper process (runs as the user) ------------------------------------------------------
 
 
+HELPER_NAME = "insien-spawner"
+"""The helper's process name (`comm`), as `ps` and `pgrep -x` show it."""
+
+
+def _name_helper() -> None:
+    """Call while still allowed: once its ids change, a process's /proc entries are root's."""
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write(HELPER_NAME)
+
+
 def helper_main(fd: int) -> None:
     """Spawn what the agent asks, report pids and exits; ends when the agent closes the socket."""
+    _name_helper()
     sock = socket.socket(fileno=fd)
     children: dict[int, subprocess.Popen[bytes]] = {}
     state = threading.Condition()
@@ -163,15 +174,67 @@ class SpawnedProcess:
         return self.returncode
 
 
+class ForkedHelper:
+    """The first helper, forked from the agent before its event loop or any thread existed:
+    no interpreter to start (a fresh one costs the first command about 70 ms) and its memory
+    shared with the agent's until either writes to it. Later helpers are started afresh."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = UNKNOWN_EXIT
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def fork_helper(identity: Identity) -> ForkedHelper | None:
+    """Fork the helper now, as the user; call it before any thread or event loop exists.
+
+    None when the agent runs commands as itself (no helper is needed then)."""
+    if not identity.switches or identity.uid is None or identity.gid is None:
+        return None
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:  # the helper: nothing of the agent's stdio or privileges may stay with it
+        try:
+            ours.close()
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            keep = theirs.fileno()
+            os.closerange(3, keep)
+            os.closerange(keep + 1, 65536)
+            _name_helper()
+            os.setgroups([])
+            os.setgid(identity.gid)
+            os.setuid(identity.uid)
+            helper_main(keep)
+        finally:
+            os._exit(UNKNOWN_EXIT)
+    theirs.close()
+    return ForkedHelper(pid, ours)
+
+
 class Spawner:
     """The agent's end of the helper: one spawn at a time, exits routed to their processes."""
 
-    def __init__(self, identity: Identity, entry: str) -> None:
+    def __init__(self, identity: Identity, entry: str, forked: ForkedHelper | None = None) -> None:
         self._identity = identity
         self._entry = entry
+        self._forked = forked
         self._lock = asyncio.Lock()
         self._sock: socket.socket | None = None
-        self._helper: subprocess.Popen[bytes] | None = None
+        self._helper: subprocess.Popen[bytes] | ForkedHelper | None = None
         self._reply: asyncio.Future[dict[str, Any]] | None = None
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -185,6 +248,12 @@ class Spawner:
             self._start_helper()
 
     def _start_helper(self) -> None:
+        if self._forked is not None:
+            forked, self._forked = self._forked, None
+            if forked.poll() is None:
+                self._adopt(forked, forked.sock)
+                return
+            forked.sock.close()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._helper = subprocess.Popen(
             [sys.executable, "-I", "-S", self._entry, SPAWNER_FLAG, str(theirs.fileno())],
@@ -196,9 +265,13 @@ class Spawner:
             **self._identity.spawn_options(),
         )
         theirs.close()
-        ours.setblocking(False)
-        self._sock = ours
-        self._reader = asyncio.get_running_loop().create_task(self._read(ours))
+        self._adopt(self._helper, ours)
+
+    def _adopt(self, helper: subprocess.Popen[bytes] | ForkedHelper, sock: socket.socket) -> None:
+        self._helper = helper
+        sock.setblocking(False)
+        self._sock = sock
+        self._reader = asyncio.get_running_loop().create_task(self._read(sock))
 
     async def _read(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -237,6 +310,12 @@ class Spawner:
         if self._sock is sock:
             self._sock = None
         sock.close()
+        if isinstance(self._helper, ForkedHelper):  # the agent's own child: reap it
+            forked = self._helper
+            for _ in range(50):
+                if forked.poll() is not None:
+                    break
+                await asyncio.sleep(0.1)
         if self._reply is not None and not self._reply.done():
             self._reply.set_exception(OSError("the spawner helper went away"))
         for pid, future in self._exits.items():

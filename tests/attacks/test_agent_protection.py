@@ -151,7 +151,7 @@ async def test_killing_the_spawner_helper_only_costs_a_new_one(server: Server) -
     async with sandbox(server) as created, websocket(created["agentUrl"]) as ws:
         spawned = await call(ws, {"id": 1, "type": "spawn", "cmd": "sleep", "args": ["1"]})
         assert spawned["type"] == "spawnResponse"
-        killed = await run(ws, "pkill -9 -f -- '--spawner' ; echo killed")
+        killed = await run(ws, "pkill -9 -x insien-spawner ; echo killed")
         # this command came from the helper it killed, so its answer may be lost with it
         assert killed["type"] in ("execResponse", "error"), killed
         with trio.fail_after(10):
@@ -159,5 +159,5 @@ async def test_killing_the_spawner_helper_only_costs_a_new_one(server: Server) -
                 message = json_message(await ws.get_message())
                 if message.get("id") == 1 and message["type"] == "exit":
                     break
-        again = await run(ws, "echo fresh; ps -eo args | grep -c '^/usr/bin/python3 .*--spawner'")
+        again = await run(ws, "echo fresh; pgrep -c -x insien-spawner")
         assert again["stdout"] == "fresh\n1\n"  # exactly one helper again

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,11 @@ def test_a_hostile_container_during_recovery_is_ended_and_the_rest_recover(
         trio.run(after)
         assert "2 recovered" in server.log(), server.log()
         assert "1 refused" in server.log(), server.log()
+        # Its container goes right after it ended (removal runs after the end is recorded).
+        for _ in range(100):
+            if not containers_of(docker_client, hostile["sandboxId"]):
+                break
+            time.sleep(0.1)
         assert not containers_of(docker_client, hostile["sandboxId"])
         assert restartable.stop() == 0
     finally:

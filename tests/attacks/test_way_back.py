@@ -16,7 +16,7 @@ from tests.attacks.test_containment import attack, run
 from tests.conftest import Server
 from tests.e2e.helpers import call, containers_of, receive, sandbox, websocket
 
-HELPER = "$(pgrep -u 1000 -f '[-]-spawner')"
+HELPER = "$(pgrep -u 1000 -x insien-spawner)"
 
 
 async def test_a_helper_stopped_under_a_running_command_cannot_stall_its_timeout(

@@ -36,7 +36,10 @@ async def test_container_is_labelled_and_configured(
         assert host["Memory"]
         config = info["Config"]
         assert (config["OpenStdin"], config["StdinOnce"], config["Tty"]) == (True, False, False)
-        assert info["Mounts"] == []
+        # Only the agent's read-only volume: no host path, no Docker socket.
+        assert [(m["Type"], m["Destination"], m["RW"]) for m in info["Mounts"]] == [
+            ("volume", "/opt/insien", False)
+        ]
 
 
 async def test_destroy_removes_the_container(

@@ -151,3 +151,36 @@ def test_one_version_everywhere() -> None:
     assert archive.read("insien_agent/_version.py").decode() == (
         f"__version__ = {insien.__version__!r}\n"
     )
+
+
+def test_the_agent_zip_is_reproducible_and_carries_bytecode() -> None:
+    """Same sources, same bytes (the agent volume is named after their digest), and bytecode
+    beside every module so a sandbox does not compile the agent at each start."""
+    import importlib.util
+    import io
+    import subprocess
+    import sys
+    import zipfile
+
+    from insien._resources import agent_zipapp
+
+    here = agent_zipapp()
+    elsewhere = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from insien._resources import agent_zipapp as z;"
+            " sys.stdout.buffer.write(z())",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert here == elsewhere
+    archive = zipfile.ZipFile(io.BytesIO(here))
+    names = set(archive.namelist())
+    modules = {n for n in names if n.startswith("insien_agent/") and n.endswith(".py")}
+    assert modules
+    assert {m + "c" for m in modules} <= names
+    pyc = archive.read("insien_agent/dispatch.pyc")
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER
+    assert int.from_bytes(pyc[4:8], "little") == 0b01  # hash-based, unchecked

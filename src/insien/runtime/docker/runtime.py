@@ -4,9 +4,7 @@ frames are decoded here, so the link sees plain stdout and stderr."""
 from __future__ import annotations
 
 import contextlib
-import io
 import os
-import tarfile
 from typing import Any
 from urllib.parse import urlparse
 
@@ -29,6 +27,7 @@ from ..base import (
     StreamCorrupt,
     StreamKind,
 )
+from . import agent_volume
 from .attach import attach
 from .frames import FrameDecoder, FramingError
 from .frames import StreamKind as DockerStream
@@ -75,28 +74,15 @@ def _socket_path(base_url: str) -> str:
     raise RuntimeFailure(f"Insien needs Docker over a unix socket; DOCKER_HOST is {base_url!r}")
 
 
-def _tar_one_file(path: str, data: bytes, mode: int = 0o644) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        parts = path.strip("/").split("/")
-        for depth in range(1, len(parts)):
-            info = tarfile.TarInfo("/".join(parts[:depth]))
-            info.type = tarfile.DIRTYPE
-            info.mode = 0o755
-            tar.addfile(info)
-        info = tarfile.TarInfo("/".join(parts))
-        info.size = len(data)
-        info.mode = mode
-        tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 class DockerRuntime:
     """The only place that calls docker-py; every call runs in a worker thread."""
 
     def __init__(self, client: docker.DockerClient) -> None:
         self._client = client
         self.socket_path = _socket_path(client.api.base_url)
+        self._agent_zip: bytes | None = None
+        self._agent_volume = ""
+        self._agent_lock = trio.Lock()
 
     @classmethod
     async def connect(cls) -> DockerRuntime:
@@ -123,11 +109,23 @@ class DockerRuntime:
         result: dict[str, Any] = await self._call(self._client.version)
         return result
 
+    async def _volume_for(self, agent_zip: bytes, image: str) -> str:
+        """The read-only volume that carries this agent into sandboxes (made once)."""
+        async with self._agent_lock:
+            if self._agent_zip is not agent_zip:
+                self._agent_volume = await self._call(
+                    agent_volume.ensure, self._client, image, agent_zip
+                )
+                self._agent_zip = agent_zip
+            return self._agent_volume
+
     async def create(self, spec: ContainerSpec, agent_zip: bytes) -> str:
-        """Create the container and copy the agent into it; returns the container id."""
-        archive = _tar_one_file(AGENT_PATH, agent_zip)
+        """Create the container, with the agent mounted read-only; returns the container id."""
+        volume = await self._volume_for(agent_zip, spec.image)
 
         def _create() -> str:
+            if not agent_volume.exists(self._client, volume):
+                agent_volume.ensure(self._client, spec.image, agent_zip)
             container: Container = self._client.containers.create(
                 spec.image,
                 # The image's entrypoint, command, environment, working directory and user
@@ -163,12 +161,8 @@ class DockerRuntime:
                 memswap_limit=spec.mem_limit,  # no swap on top of the memory limit
                 nano_cpus=spec.nano_cpus,
                 pids_limit=spec.pids_limit,
+                mounts=[agent_volume.agent_mount(volume)],
             )
-            try:
-                container.put_archive("/", archive)
-            except BaseException:
-                container.remove(force=True)
-                raise
             return str(container.id)
 
         result: str = await self._call(_create)
