@@ -63,6 +63,7 @@ def start_server(
         "INSIEN_SHUTDOWN_ENDS_SANDBOXES": "true",
         # No warm pool unless a test asks: most tests look at freshly made containers.
         "INSIEN_POOL_SIZE": "0",
+        "INSIEN_POOL_MAX": "0",  # and a fixed size when a test asks for one
         "INSIEN_STATE_DIR": STATE_DIR,
         **(extra_env or {}),
     }

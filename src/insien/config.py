@@ -38,6 +38,13 @@ class Profile:
     template: str
     resources: Resources
     size: int
+    max_size: int = 0
+    """The most ready sandboxes the pool grows to when creates come faster (never below
+    `size`; see WarmPool for the policy)."""
+
+    @property
+    def ceiling(self) -> int:
+        return max(self.size, self.max_size)
 
     @property
     def key(self) -> str:
@@ -78,6 +85,8 @@ class PoolSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     template: str | None = None
     size: int = Field(ge=0, le=1000)
+    max: int | None = Field(None, ge=0, le=1000)
+    """The most this pool grows to under demand (default INSIEN_POOL_MAX)."""
     cpu: float | None = Field(None, gt=0)
     memory: int | str | None = None
     pids: int | None = Field(None, gt=0)
@@ -161,6 +170,14 @@ class Settings(BaseSettings):
     nofile: int = Field(4096, ge=64)
     pool_size: int = Field(2, ge=0, le=1000)
     """Ready sandboxes of the default template and resources, for creates to take at once."""
+    pool_max: int = Field(16, ge=0, le=1000)
+    """The most ready sandboxes a pool grows to when creates come faster than `pool_size`
+    covers (0 or anything below the size: a fixed size)."""
+    pool_demand_window: float = Field(60.0, gt=0)
+    """Seconds a burst of creates is remembered when sizing pools (see WarmPool)."""
+    pool_memory_fraction: float = Field(0.25, gt=0, le=1)
+    """Pools never grow past this share of the host's available memory (counting each ready
+    sandbox at 32 MiB, what an idle one costs)."""
     pools: list[PoolSettings] = Field(default_factory=list)
     """More warm pools, as JSON: `[{"template": "img:tag", "size": 2, "memory": "512m"}]`."""
     shutdown_ends_sandboxes: bool = Field(False)
@@ -205,7 +222,9 @@ class Settings(BaseSettings):
 
     def pool_profiles(self) -> list[Profile]:
         """Every warm pool's profile; templates must be allowed, resources within the maximum."""
-        profiles = [Profile(self.agent_image, self.default_resources, self.pool_size)]
+        profiles = [
+            Profile(self.agent_image, self.default_resources, self.pool_size, self.pool_max)
+        ]
         for pool in self.pools:
             default = self.default_resources
             resources = Resources(
@@ -213,7 +232,9 @@ class Settings(BaseSettings):
                 parse_size(pool.memory) if pool.memory is not None else default.memory,
                 pool.pids or default.pids,
             )
-            profiles.append(Profile(pool.template or self.agent_image, resources, pool.size))
+            ceiling = self.pool_max if pool.max is None else pool.max
+            template = pool.template or self.agent_image
+            profiles.append(Profile(template, resources, pool.size, ceiling))
         merged: dict[str, Profile] = {}
         for profile in profiles:
             if profile.template not in self.allowed_templates:

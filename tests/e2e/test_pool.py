@@ -3,7 +3,7 @@ and claimed and pooled sandboxes both survive a restart with their owners."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import docker
@@ -162,3 +162,57 @@ def test_a_stop_right_after_a_claim_starts_nothing_and_leaves_the_pool_its_size(
         assert (await sandbox_info(server, claimed))["state"] == "running"
 
     trio.run(after)
+
+
+async def pool_ready(server: Server) -> int:
+    async with http(server) as client:
+        ready: int = (await client.get("/health")).json()["pool"]
+        return ready
+
+
+async def wait_until(server: Server, done: Callable[[int], bool], seconds: float = 60) -> None:
+    with trio.fail_after(seconds):
+        while not done(await pool_ready(server)):  # noqa: ASYNC110 (polling the server)
+            await trio.sleep(0.2)
+
+
+def test_the_pool_grows_for_a_burst_and_shrinks_back_when_it_is_over(
+    docker_client: docker.DockerClient,
+) -> None:
+    """Issue 11: a burst larger than the pool all succeeds (the rest start cold, at once), the
+    pool grows to the burst's size for the next one, and shrinks back once the burst is
+    forgotten (a six-second window here, a minute by default)."""
+    one = Restartable("pool-grows")
+    server = one.start(
+        INSIEN_POOL_SIZE="1",
+        INSIEN_POOL_MAX="5",
+        INSIEN_POOL_DEMAND_WINDOW="6",
+        INSIEN_SHUTDOWN_ENDS_SANDBOXES="true",
+    )
+    try:
+
+        async def burst() -> None:
+            await wait_until(server, lambda ready: ready >= 1)
+            created: list[dict[str, Any]] = []
+
+            async def create_and_run() -> None:
+                async with http(server) as client:
+                    response = await client.post("/sandbox/create")
+                    assert response.status_code == 200, response.text
+                    made = response.json()
+                async with websocket(made["agentUrl"]) as ws:
+                    reply = await call(ws, {"id": 1, "type": "exec", "cmd": "true"})
+                    assert reply["exitCode"] == 0
+                created.append(made)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(create_and_run)
+            assert len(created) == 5
+            await wait_until(server, lambda ready: ready >= 5)  # ready for the next burst
+            await wait_until(server, lambda ready: ready <= 1)  # the window passed
+            assert len(pool_members(docker_client, server.instance)) <= 2  # one more leaving
+
+        trio.run(burst)
+    finally:
+        assert one.stop() == 0

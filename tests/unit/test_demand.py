@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from insien.sandboxes.demand import BUCKET_SECONDS, WINDOW_SECONDS, Demand
+from insien.sandboxes.demand import BUCKETS, WINDOW_SECONDS, Demand
+
+BUCKET_SECONDS = WINDOW_SECONDS / BUCKETS
 
 
 class Clock:
@@ -38,3 +40,13 @@ def test_a_steady_trickle_counts_per_bucket_not_in_total() -> None:
         demand.record()
         clock.now += 1.0
     assert demand.peak() == int(BUCKET_SECONDS)
+
+
+def test_a_shorter_window_forgets_sooner() -> None:
+    clock = Clock()
+    demand = Demand(clock, window=6.0)
+    for _ in range(5):
+        demand.record()
+    assert demand.peak() == 5
+    clock.now += 6.5
+    assert demand.peak() == 0

@@ -3,15 +3,26 @@
 One pool per profile (a template and its resources). A pooled sandbox is a running container
 whose agent has said it is ready; it has no owner, counts against no tenant, and never expires.
 A create whose template and resources match a profile takes one (`take`, then `hand_over`) and
-the pool refills in the background (`keep_filled`), never above its size, and never once the
-server has begun to shut down. On hand-over the server renames the container to carry its
-owner under the server's seal, since labels cannot change and nothing inside a container can
-rename it; a restarted server reads the owner back from the name (see `provenance`).
+the pool refills in the background (`keep_filled`), never once the server has begun to shut
+down.
+
+**Size.** A pool sizes itself by demand: its target is the most creates that came within
+a sixth of the last minute (`demand`; INSIEN_POOL_DEMAND_WINDOW sets the minute), never below
+the operator's `size` and never above its `max_size`, nor past INSIEN_POOL_MEMORY_FRACTION of
+the host's available memory. A burst grows the pool to meet the next one; a quiet window
+shrinks it back, one sandbox per check. Refills run FILL_CONCURRENCY at a time, so a refill
+never takes every CPU from the sandboxes that are running; creates the pool cannot serve start
+cold, all at once.
+
+On hand-over the server renames the container to carry its owner under the server's seal,
+since labels cannot change and nothing inside a container can rename it; a restarted server
+reads the owner back from the name (see `provenance`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +32,7 @@ from ..config import Profile, Settings
 from ..runtime.base import Runtime, RuntimeFailure
 from ..tenancy.resources import Resources
 from ..tenancy.tenants import Tenant
+from .demand import Demand
 from .launcher import Launcher, SandboxStartError
 from .provenance import Sealer
 from .records import claim_notes, notes_message
@@ -33,6 +45,21 @@ RETRY_DELAY = 5.0
 REFILL_DELAY = 0.5
 """Starting a container takes a CPU for a quarter second: the sandbox just handed over gets its
 first commands before the pool competes with it."""
+FILL_CONCURRENCY = max(2, os.cpu_count() or 2)
+POOLED_SANDBOX_BYTES = 32 * 1024 * 1024
+"""What an idle ready sandbox costs the host (agent, helper, shim), for the memory bound."""
+
+
+def available_memory() -> int | None:
+    """The host's available memory (MemAvailable), or None where /proc/meminfo does not say."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 class WarmPool:
@@ -51,6 +78,12 @@ class WarmPool:
         self.profiles = {profile.key: profile for profile in profiles}
         self._ready: dict[str, list[Sandbox]] = {key: [] for key in self.profiles}
         self._filling: dict[str, int] = dict.fromkeys(self.profiles, 0)
+        self._demand = {
+            key: Demand(trio.current_time, settings.pool_demand_window) for key in self.profiles
+        }
+        self._fill_slots = trio.CapacityLimiter(FILL_CONCURRENCY)
+        self.memory = available_memory
+        """Where the pool learns the host's available memory (replaceable in tests)."""
         self.changed = trio.Event()
         self.closed = False
         """Set when the server begins to shut down: nothing starts after that."""
@@ -68,6 +101,7 @@ class WarmPool:
 
     def take(self, profile: Profile) -> Sandbox | None:
         """A ready sandbox of this profile, now no longer in the pool; None if there is none."""
+        self._demand[profile.key].record()
         ready = self._ready[profile.key]
         while ready:
             sandbox = ready.pop(0)
@@ -80,16 +114,33 @@ class WarmPool:
     def add(self, profile: Profile, sandbox: Sandbox) -> bool:
         """Put a ready sandbox in; False (the caller removes it) if the pool is already full."""
         ready = self._ready[profile.key]
-        if len(ready) >= profile.size:
+        if len(ready) >= self.target(profile):
             return False
         ready.append(sandbox)
         return True
 
+    def target(self, profile: Profile) -> int:
+        """How many ready sandboxes this pool aims for now (see the module's docstring)."""
+        wanted = min(max(profile.size, self._demand[profile.key].peak()), profile.ceiling)
+        available = self.memory()
+        if available is not None and wanted > profile.size:
+            held = len(self._ready[profile.key]) + self._filling[profile.key]
+            room = int(available * self._settings.pool_memory_fraction) // POOLED_SANDBOX_BYTES
+            wanted = max(profile.size, min(wanted, held + room))
+        return wanted
+
     def shortfall(self, profile: Profile) -> int:
-        """How many more to start now so that ready + starting reaches the size."""
+        """How many more to start now so that ready + starting reaches the target."""
         ready = [s for s in self._ready[profile.key] if not s.link.closed.is_set()]
         self._ready[profile.key] = ready
-        return max(0, profile.size - len(ready) - self._filling[profile.key])
+        return max(0, self.target(profile) - len(ready) - self._filling[profile.key])
+
+    def surplus(self, profile: Profile) -> Sandbox | None:
+        """A ready sandbox beyond the target (demand fell), taken out to be removed."""
+        ready = self._ready[profile.key]
+        if len(ready) > self.target(profile):
+            return ready.pop(0)
+        return None
 
     def starting(self, profile: Profile, delta: int) -> None:
         self._filling[profile.key] += delta
@@ -99,6 +150,9 @@ class WarmPool:
 
     def counts(self) -> dict[str, int]:
         return {key: len(ready) for key, ready in self._ready.items()}
+
+    def targets(self) -> dict[str, int]:
+        return {key: self.target(profile) for key, profile in self.profiles.items()}
 
     def _wake(self) -> None:
         self.changed.set()
@@ -120,6 +174,9 @@ class WarmPool:
                     for _ in range(0 if self.closed else self.shortfall(profile)):
                         self.starting(profile, +1)
                         fills.start_soon(self._fill_one, profile)
+                    extra = None if self.closed else self.surplus(profile)
+                    if extra is not None:
+                        fills.start_soon(self._discard, extra)
                 with trio.move_on_after(CHECK_INTERVAL):
                     await changed.wait()
 
@@ -138,9 +195,10 @@ class WarmPool:
         # neither ready nor starting for a moment, it would make the refill start another.
         try:
             try:
-                sandbox = await self._launcher.launch(
-                    owner="", options=options, pool_key=profile.key
-                )
+                async with self._fill_slots:
+                    sandbox = await self._launcher.launch(
+                        owner="", options=options, pool_key=profile.key
+                    )
             except (RuntimeFailure, SandboxStartError) as exc:
                 log.warning("warm pool %s: %s", profile.template, exc)
                 await trio.sleep(RETRY_DELAY)  # keeps this slot "starting": no busy retry
