@@ -32,7 +32,8 @@ SIZES = {
     ),
     "output_streaming": ({"size": 64 * scenarios.MIB}, {"size": 1024 * scenarios.MIB}),
     "files": ({"size": 16 * scenarios.MIB}, {"size": 100 * scenarios.MIB}),
-    "scale": ({"limit": 10, "seconds": 60}, {"limit": 200, "seconds": 600}),
+    "burst": ({"n": 6}, {"n": 30}),
+    "scale": ({"limit": 10, "seconds": 60}, {"limit": 500, "seconds": 900}),
 }
 
 
@@ -74,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     client = docker.from_env()
     build_image(client, tag=IMAGE)
     process, server = start_server(
-        f"bench-{secrets.token_hex(3)}", {"INSIEN_POOL_SIZE": str(scenarios.POOL_SIZE)}
+        f"bench-{secrets.token_hex(3)}",
+        {
+            "INSIEN_POOL_SIZE": str(scenarios.POOL_SIZE),
+            "INSIEN_POOL_MAX": str(scenarios.POOL_MAX),
+            "INSIEN_MAX_SANDBOXES": "none",
+        },
     )
     try:
         context = scenarios.Context(server=server, docker=client, image=IMAGE)

@@ -24,7 +24,11 @@ MIB = 1024 * 1024
 
 
 POOL_SIZE = 2
-"""The warm pool the benchmark server keeps (INSIEN_POOL_SIZE)."""
+"""The warm pool the benchmark server keeps (INSIEN_POOL_SIZE); it grows with demand up to
+POOL_MAX, as a default server's does."""
+POOL_MAX = 16
+COLD: dict[str, float | int | str] = {"pids": 513}
+"""Resources no warm pool has: a create with them is a cold start."""
 
 
 @dataclass(frozen=True)
@@ -34,18 +38,34 @@ class Context:
     image: str
 
     def sandbox(
-        self, sandbox_id: str | None = None, env: dict[str, str] | None = None
+        self, sandbox_id: str | None = None, resources: dict[str, float | int | str] | None = None
     ) -> AsyncSandbox:
         return AsyncSandbox(
-            api_key=self.server.api_key, base_url=self.server.url, sandbox_id=sandbox_id, env=env
+            api_key=self.server.api_key,
+            base_url=self.server.url,
+            sandbox_id=sandbox_id,
+            resources=resources,
         )
 
-    async def wait_for_pool(self, size: int) -> None:
-        """Until the server's warm pool holds `size` ready sandboxes."""
+    async def pool(self) -> int:
+        """How many ready sandboxes the server's warm pool holds."""
         async with httpx.AsyncClient(base_url=self.server.url) as client:
-            with trio.fail_after(120):
-                while (await client.get("/health")).json().get("pool") != size:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
+            ready: int = (await client.get("/health")).json().get("pool", 0)
+            return ready
+
+    async def settle_pool(self, seconds: float = 150) -> None:
+        """Until the warm pool is back at its size (past demand forgotten) and not refilling:
+        nothing from an earlier scenario competes for the CPU or serves creates."""
+        with trio.move_on_after(seconds):
+            while await self.pool() != POOL_SIZE:  # noqa: ASYNC110
+                await trio.sleep(0.5)
+        await trio.sleep(1)
+
+    async def wait_for_pool(self, size: int, seconds: float = 120) -> None:
+        """Until the server's warm pool holds at least `size` ready sandboxes."""
+        with trio.fail_after(seconds):
+            while await self.pool() < size:  # noqa: ASYNC110
+                await trio.sleep(0.05)
 
     def baseline_container(self) -> Any:
         """A long-running container of the same image for the docker-py baselines."""
@@ -68,6 +88,7 @@ async def command_round_trip(ctx: Context, n: int, n_docker: int) -> dict[str, A
     async with ctx.sandbox() as sandbox:
         for _ in range(20):
             await sandbox.run_command("true")
+        await ctx.settle_pool()  # the pool's refill after this create is over
         for _ in range(n):
             start = time.perf_counter()
             await sandbox.run_command("true")
@@ -96,12 +117,17 @@ async def command_round_trip(ctx: Context, n: int, n_docker: int) -> dict[str, A
     }
 
 
+def _docker_run(image: str) -> list[str]:
+    """`docker run --rm image true` as a user types it (no network, as Insien's sandboxes)."""
+    return ["docker", "run", "--rm", "--network", "none", image, "true"]
+
+
 async def time_to_first_command(ctx: Context, n: int) -> dict[str, Any]:
     insien: list[float] = []
     for _ in range(n):
         await ctx.wait_for_pool(POOL_SIZE)  # no pool refill competing for the CPU
-        # A create with `env` cannot be served by the pool: this is the cold path.
-        async with ctx.sandbox(env={"BENCH": "cold"}) as sandbox:
+        # Resources no pool has: this is the cold path.
+        async with ctx.sandbox(resources=COLD) as sandbox:
             start = time.perf_counter()
             await sandbox.run_command("true")  # creates the sandbox on first use
             insien.append(_ms(start))
@@ -114,7 +140,11 @@ async def time_to_first_command(ctx: Context, n: int) -> dict[str, Any]:
             warm.append(_ms(start))
     containers_run: list[float] = []
     create_start: list[float] = []
+    docker_run: list[float] = []
     for _ in range(n):
+        start = time.perf_counter()
+        await trio.run_process(_docker_run(ctx.image))
+        docker_run.append(_ms(start))
         start = time.perf_counter()
         ctx.docker.containers.run(ctx.image, ["true"], remove=True, network_mode="none")
         containers_run.append(_ms(start))
@@ -127,6 +157,7 @@ async def time_to_first_command(ctx: Context, n: int) -> dict[str, Any]:
         container.remove(force=True)
     return {
         "insien_cold": summarize(insien),
+        "docker_run_rm": summarize(docker_run),
         "docker_containers_run": summarize(containers_run),
         "docker_create_start": summarize(create_start),
         "insien_warm_pool": summarize(warm),
@@ -134,6 +165,7 @@ async def time_to_first_command(ctx: Context, n: int) -> dict[str, Any]:
             "insien_cold": insien,
             "insien_warm_pool": warm,
             "docker_containers_run": containers_run,
+            "docker_run_rm": docker_run,
         },
     }
 
@@ -198,6 +230,16 @@ async def throughput(
     }
 
 
+def _read_all(command: list[str]) -> int:
+    """Run `command` and read its stdout from a pipe as it comes; returns the byte count."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE) as process:
+        assert process.stdout is not None
+        total = 0
+        while chunk := process.stdout.read(1024 * 1024):
+            total += len(chunk)
+    return total
+
+
 async def output_streaming(ctx: Context, size: int) -> dict[str, Any]:
     blob = "/home/user/blob.txt"  # /tmp is a size-limited tmpfs
     make = f"head -c {size * 3 // 4} /dev/urandom | base64 -w 0 > {blob}"
@@ -228,16 +270,18 @@ async def output_streaming(ctx: Context, size: int) -> dict[str, Any]:
     try:
         container.exec_run(["sh", "-c", f"mkdir -p /home/user && {make}"])
         start = time.perf_counter()
-        command = ["docker", "exec", container.id, "cat", blob]
-        subprocess.run(command, stdout=subprocess.DEVNULL, check=True)  # noqa: ASYNC221
+        docker_received = await trio.to_thread.run_sync(
+            _read_all, ["docker", "exec", container.id, "cat", blob]
+        )
         docker_elapsed = time.perf_counter() - start
+        assert docker_received == received, (docker_received, received)
     finally:
         container.remove(force=True)
     return {
         "bytes": received,
         "insien_mb_s": received / MIB / elapsed,
         "insien_rss_growth_mib": (peak - before) / MIB,
-        "docker_exec_cat_mb_s": size / MIB / docker_elapsed,
+        "docker_exec_cat_mb_s": docker_received / MIB / docker_elapsed,
     }
 
 
@@ -292,16 +336,82 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def burst(ctx: Context, n: int) -> dict[str, Any]:
+    """`n` creates at once, each followed by its first command: first with the pool at its
+    size (most start cold, all at once), then again once the pool has grown from that burst."""
+
+    async def one_burst() -> list[float]:
+        latencies: list[float] = []
+        async with AsyncExitStack() as stack:
+            boxes = [await stack.enter_async_context(ctx.sandbox()) for _ in range(n)]
+
+            async def first_command(box: AsyncSandbox) -> None:
+                start = time.perf_counter()
+                result = await box.run_command("true")  # creates the sandbox on first use
+                assert result.exit_code == 0
+                latencies.append(_ms(start))
+
+            async with trio.open_nursery() as nursery:
+                for box in boxes:
+                    nursery.start_soon(first_command, box)
+        return latencies
+
+    await ctx.settle_pool()
+    pool_before = await ctx.pool()
+    first = await one_burst()
+    with trio.move_on_after(120):
+        await ctx.wait_for_pool(min(n, POOL_MAX))
+    pool_grown = await ctx.pool()
+    second = await one_burst()
+
+    docker: list[float] = []
+
+    async def docker_run() -> None:
+        start = time.perf_counter()
+        await trio.run_process(_docker_run(ctx.image))
+        docker.append(_ms(start))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(docker_run)
+    return {
+        "n": n,
+        "pool_before": pool_before,
+        "pool_grown": pool_grown,
+        "insien_first": summarize(first),
+        "insien_next": summarize(second),
+        "docker_run_rm": summarize(docker),
+        "succeeded": len(first) + len(second),
+        "samples": {"insien_first": first, "insien_next": second, "docker_run_rm": docker},
+    }
+
+
+MIN_FREE = 2 * 1024 * MIB
+"""The scale run stops early when the host has less than this available."""
+
+
 async def scale(ctx: Context, limit: int, seconds: float) -> dict[str, Any]:
+    pool_before = await ctx.pool()
     available_before = _mem_available()
     deadline = time.monotonic() + seconds
+    stopped = ""
     async with AsyncExitStack() as stack:
         count = 0
-        while count < limit and time.monotonic() < deadline:
+        while count < limit:
+            if time.monotonic() > deadline:
+                stopped = f"time limit of {seconds:g}s reached"
+                break
+            if _mem_available() < MIN_FREE:
+                stopped = f"host memory below {MIN_FREE // MIB} MiB available"
+                break
             box = await stack.enter_async_context(ctx.sandbox())
             await box.create()
             count += 1
+        if stopped:
+            print(f"scale: stopped at {count} sandboxes: {stopped}", flush=True)
         await trio.sleep(5)  # let the start-up settle before measuring idle
+        # Sandboxes the pool grew by meanwhile are in the host's memory too.
+        held = count + max(0, await ctx.pool() - pool_before)
         used = available_before - _mem_available()
         cpu_before = _cpu_seconds(ctx.server.pid)
         await trio.sleep(10)
@@ -309,7 +419,8 @@ async def scale(ctx: Context, limit: int, seconds: float) -> dict[str, Any]:
         rss = rss_bytes(ctx.server.pid)
     return {
         "sandboxes": count,
-        "host_memory_per_sandbox_mib": used / max(count, 1) / MIB,
+        "stopped": stopped,
+        "host_memory_per_sandbox_mib": used / max(held, 1) / MIB,
         "orchestrator_rss_mib": rss / MIB,
         "orchestrator_idle_cpu_percent": idle_cpu,
     }

@@ -18,6 +18,7 @@ def summarize(values_ms: list[float]) -> dict[str, Any]:
     return {
         "n": len(values_ms),
         "median_ms": statistics.median(values_ms),
+        "p95_ms": percentile(values_ms, 95),
         "p99_ms": percentile(values_ms, 99),
         "mean_ms": statistics.fmean(values_ms),
         "min_ms": min(values_ms),
