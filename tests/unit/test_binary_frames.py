@@ -340,3 +340,42 @@ async def test_a_frame_without_a_sequence_number_is_a_protocol_error() -> None:
             await link.closed.wait()
     assert link.protocol_error
     assert "sequence" in link.close_reason
+
+
+async def test_a_channel_closed_mid_transfer_drops_its_late_frames_and_leaks_nothing() -> None:
+    stream = Scripted()
+    link = AgentLink(DockerChannel(stream), name="t", max_line=1 << 20)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link.run)
+        await stream.to_link.send(b'{"type":"ready","seq":1}\n')
+        await link.ready.wait()
+        got_first = trio.Event()
+        leave = trio.Event()
+
+        async def ask() -> None:
+            async with link.request({"type": "read", "path": "f"}, binary=True) as pending:
+                async for _ in pending:
+                    got_first.set()
+                    await leave.wait()
+                    return  # the client went away mid-transfer
+
+        nursery.start_soon(ask)
+        await stream.got_request.wait()
+        request = sent_request(stream)
+        channel = request["channel"]
+        assert link.open_channels == 1
+        await stream.to_link.send(agent_frame(2, channel, FrameKind.DATA, b"first"))
+        await got_first.wait()
+        leave.set()
+        await stream.got_request.wait()  # the cancel the link sends for it
+        assert json.loads(bytes(stream.sent).splitlines()[-1])["type"] == "cancel"
+        assert link.open_channels == 0
+        # The agent's frames in flight still arrive, then its answer: dropped, link alive.
+        await stream.to_link.send(
+            agent_frame(3, channel, FrameKind.DATA, b"late" * 1000)
+            + b'{"id":%d,"type":"error","code":"CANCELLED","message":"x","seq":4}\n' % request["id"]
+        )
+        await trio.sleep(0.05)
+        assert not link.closed.is_set()
+        stream.to_link.close()
+    assert not link.protocol_error

@@ -130,6 +130,11 @@ class AgentLink:
         return link
 
     @property
+    def open_channels(self) -> int:
+        """Binary channels whose requests have not ended (a leak shows here)."""
+        return len(self._channels)
+
+    @property
     def connected(self) -> bool:
         return self.ready.is_set() and not self.closed.is_set()
 
