@@ -199,7 +199,8 @@ def markdown(results: dict[str, Any]) -> str:
     stream = results.get("output_streaming")
     if stream:
         lines.append(
-            f"| stdout streaming, {stream['bytes'] / 2**20:.0f} MiB "
+            f"| stdout streaming, {stream['bytes'] / 2**20:.0f} MiB, median of "
+            f"{stream.get('runs', 1)} "
             f"| {stream['insien_mb_s']:.0f} MB/s, "
             f"server RSS +{stream['insien_rss_growth_mib']:.1f} MiB "
             f"| docker exec cat {stream['docker_exec_cat_mb_s']:.0f} MB/s "
@@ -208,12 +209,13 @@ def markdown(results: dict[str, Any]) -> str:
     files = results.get("files")
     if files:
         lines.append(
-            f"| upload {files['bytes'] / 2**20:.0f} MiB | {files['insien_upload_mb_s']:.0f} MB/s "
+            f"| upload {files['bytes'] / 2**20:.0f} MiB, median of {files.get('runs', 1)} "
+            f"| {files['insien_upload_mb_s']:.0f} MB/s "
             f"| put_archive {files['docker_put_archive_mb_s']:.0f} MB/s "
             f"| {_ratio(files['insien_upload_mb_s'], files['docker_put_archive_mb_s'])} |"
         )
         lines.append(
-            f"| download {files['bytes'] / 2**20:.0f} MiB "
+            f"| download {files['bytes'] / 2**20:.0f} MiB, median of {files.get('runs', 1)} "
             f"| {files['insien_download_mb_s']:.0f} MB/s "
             f"| get_archive {files['docker_get_archive_mb_s']:.0f} MB/s "
             f"| {_ratio(files['insien_download_mb_s'], files['docker_get_archive_mb_s'])} |"
