@@ -59,6 +59,11 @@ async def test_a_stopped_helper_fails_the_next_spawn_clearly_then_is_replaced(
         assert again.get("stdout") == "again\n", again
 
 
+async def process_count(ws: WebSocketConnection) -> int:
+    listing = await call(ws, {"id": "ls", "type": "list", "path": "/proc"})
+    return sum(entry["name"].isdigit() for entry in listing.get("entries", []))
+
+
 async def test_kill_all_ends_a_fork_bomb_that_escaped_its_exec(server: Server) -> None:
     async def escaped_bomb(ws: WebSocketConnection) -> None:
         # setsid: the bombs leave the exec's process group and session; the exec returns.
@@ -66,7 +71,11 @@ async def test_kill_all_ends_a_fork_bomb_that_escaped_its_exec(server: Server) -
         for bomb in ("while :; do sleep 1000 & done", "b() { b | b & }; b"):
             started = await run(ws, f"setsid sh -c '{bomb}' >/dev/null 2>&1 &")
             assert started["exitCode"] == 0, started
-        await trio.sleep(3)
+        # Until the bombs have grown (counted through the file API, which needs no process):
+        # a slow machine may take longer than a fast one to fork fifty.
+        with trio.fail_after(30):
+            while await process_count(ws) < 50:  # noqa: ASYNC110 (polling the sandbox)
+                await trio.sleep(0.2)
         killed = await call(ws, {"id": "k", "type": "killAll"}, timeout=30)
         assert killed["type"] == "killAllResponse", killed
         assert killed["killed"] > 20
