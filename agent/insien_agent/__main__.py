@@ -7,9 +7,9 @@ import logging
 import sys
 
 from .dispatch import serve
+from .helper import SPAWNER_FLAG, fork_helper, helper_main
 from .identity import IdentityError, parse_identity
 from .settings import AgentSettings
-from .spawner import SPAWNER_FLAG, fork_helper, helper_main
 
 
 def main() -> None:

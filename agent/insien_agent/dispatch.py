@@ -24,10 +24,11 @@ from .errors import BAD_REQUEST, CANCELLED, INTERNAL, TOO_LARGE, UNKNOWN_TYPE, A
 from .fields import required_int
 from .frames import DATA, MAX_FRAME, InFrame, OversizeFrame, StreamSplitter
 from .gate import ByteGate
+from .helper import ForkedHelper
 from .identity import FileWorkers, Identity, IdentityError, assume, parse_identity
 from .processes import ProcessTable
 from .settings import AgentSettings
-from .spawner import ForkedHelper, Spawner
+from .spawner import Spawner
 from .wire import Outbox, open_stdout, widen_pipe
 
 Message = dict[str, Any]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -29,19 +31,7 @@ from insien.runtime.docker.runtime import DockerChannel
 from insien_agent import frames as agent_frames
 from insien_agent.frames import InFrame, OversizeFrame, StreamSplitter
 from insien_agent.wire import Outbox
-
-
-class Capture:
-    """An Outbox sink that keeps what is written."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def drain(self) -> None:
-        return None
+from tests.unit.test_byte_contract import Capture
 
 
 def agent_output(steps: list[tuple[str, Any]], replay_bytes: int | None = None) -> bytes:
@@ -234,6 +224,18 @@ class Scripted(trio.abc.Stream):
         return None
 
 
+@asynccontextmanager
+async def ready_link() -> AsyncIterator[tuple[Scripted, AgentLink, trio.Nursery]]:
+    """A link running on a Scripted stream whose agent has said hello."""
+    stream = Scripted()
+    link = AgentLink(DockerChannel(stream), name="t", max_line=1 << 20)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link.run)
+        await stream.to_link.send(b'{"type":"ready","seq":1}\n')
+        await link.ready.wait()
+        yield stream, link, nursery
+
+
 def sent_request(stream: Scripted) -> dict[str, Any]:
     line = bytes(stream.sent).rstrip(b"\n").rsplit(b"\n", 1)[-1]
     request: dict[str, Any] = json.loads(line)
@@ -247,14 +249,9 @@ def agent_frame(seq: int, channel: int, kind: int, data: bytes) -> bytes:
 
 
 async def test_frames_reach_the_request_that_opened_the_channel() -> None:
-    stream = Scripted()
-    link = AgentLink(DockerChannel(stream), name="t", max_line=1 << 20)
     got: list[tuple[str, bytes | None]] = []
     done = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(link.run)
-        await stream.to_link.send(b'{"type":"ready","seq":1}\n')
-        await link.ready.wait()
+    async with ready_link() as (stream, link, nursery):
 
         async def ask() -> None:
             async with link.request({"type": "read", "path": "f"}, binary=True) as pending:
@@ -284,12 +281,7 @@ async def test_frames_reach_the_request_that_opened_the_channel() -> None:
 
 
 async def test_a_payload_goes_as_a_data_frame_just_before_its_request() -> None:
-    stream = Scripted()
-    link = AgentLink(DockerChannel(stream), name="t", max_line=1 << 20)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(link.run)
-        await stream.to_link.send(b'{"type":"ready","seq":1}\n')
-        await link.ready.wait()
+    async with ready_link() as (stream, link, nursery):
 
         async def write() -> None:
             message = {"type": "write", "path": "f", "channel": 999}  # a client's channel: dropped
@@ -309,13 +301,8 @@ async def test_a_payload_goes_as_a_data_frame_just_before_its_request() -> None:
 
 
 async def test_a_stream_that_ends_mid_frame_fails_the_waiting_request() -> None:
-    stream = Scripted()
-    link = AgentLink(DockerChannel(stream), name="t", max_line=1 << 20)
     answers: list[dict[str, Any]] = []
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(link.run)
-        await stream.to_link.send(b'{"type":"ready","seq":1}\n')
-        await link.ready.wait()
+    async with ready_link() as (stream, link, nursery):
 
         async def ask() -> None:
             async with link.request({"type": "read", "path": "f"}, binary=True) as pending:
@@ -331,11 +318,8 @@ async def test_a_stream_that_ends_mid_frame_fails_the_waiting_request() -> None:
 
 
 async def test_a_frame_without_a_sequence_number_is_a_protocol_error() -> None:
-    stream = Scripted()
-    link = AgentLink(DockerChannel(stream), name="t", max_line=1 << 20)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(link.run)
-        await stream.to_link.send(b'{"type":"ready","seq":1}\n' + b"\x00" * 64 + b"\n")
+    async with ready_link() as (stream, link, _):
+        await stream.to_link.send(b"\x00" * 64 + b"\n")
         with trio.fail_after(5):
             await link.closed.wait()
     assert link.protocol_error
@@ -343,12 +327,7 @@ async def test_a_frame_without_a_sequence_number_is_a_protocol_error() -> None:
 
 
 async def test_a_channel_closed_mid_transfer_drops_its_late_frames_and_leaks_nothing() -> None:
-    stream = Scripted()
-    link = AgentLink(DockerChannel(stream), name="t", max_line=1 << 20)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(link.run)
-        await stream.to_link.send(b'{"type":"ready","seq":1}\n')
-        await link.ready.wait()
+    async with ready_link() as (stream, link, nursery):
         got_first = trio.Event()
         leave = trio.Event()
 

@@ -5,10 +5,12 @@ one agent without their ids colliding, and routes the agent's answers and events
 request that caused them. One reader task and one writer task own the agent's channel (see
 `runtime.base.AgentChannel`: plain stdout and stderr, whatever the runtime's framing).
 
-Longer than most modules on purpose: the reader, the writer, the routing of answers and the
-request API share the link's state (pending requests, sequence numbers, acks). The parts with
-a life of their own are apart: one request's messages and credit (`pending`), the byte
-contract (`replies`), sessions, budgets and line reassembly.
+Longer than most modules on purpose (about 470 lines): the reader, the writer, the routing of
+answers and frames and the request API share the link's state (pending requests, sequence
+numbers, acks); cutting them apart would pass that state around. The parts with a life of their
+own are apart: one request's messages and credit (`pending`), the byte contract (`replies`),
+sessions, budgets, binary channels (`channels`), line and frame reassembly (`lines`,
+`frames`) and the agent's stderr (`stderr`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import trio
 from ..protocol import ErrorCode, Message, ProtocolError, error_message, is_final
 from ..runtime.base import AgentChannel, StreamCorrupt, StreamKind
 from .budget import ByteBudget
+from .channels import ChannelTable
 from .frames import STREAM_NAMES, Frame, FrameKind, FramingError, UnitAssembler, encode_frame
 from .lines import LineAssembler, OversizeLine
 from .pending import PendingRequest
 from .replies import Reply, encode, excerpt, split_seq
 from .sessions import SessionStore, is_session_id
+from .stderr import STDERR_LINE_MAX, AgentStderr
 
 log = logging.getLogger("insien.link")
 
@@ -44,8 +48,6 @@ ACK_EVERY = 64
 ACK_BYTES = 1024 * 1024
 ACK_DELAY = 0.25
 """Acks go out after this many messages or bytes, or this long after the last message."""
-STDERR_LINE_MAX = 16 * 1024
-STDERR_LINES_PER_SECOND = 50
 
 
 class _NoChannel:
@@ -104,8 +106,7 @@ class AgentLink:
         # Binary channels: which request each belongs to, and each request's channel. A
         # channel lives until its request's final message, so frames replayed after a
         # restart still find their (adopted or orphaned session) request.
-        self._channels: dict[int, int | str] = {}
-        self._channel_of: dict[int | str, int] = {}
+        self._channels = ChannelTable()
         self._budgets: dict[int | str, ByteBudget] = {}
         # Session requests the agent still runs after a restart, and answers of session
         # requests nobody waits for any more: both wait for the session to connect again.
@@ -117,10 +118,8 @@ class AgentLink:
         self.closed = trio.Event()
         self.close_reason = ""
         self.protocol_error = False
-        self._stderr_window_start = -1e9
-        self._stderr_lines = 0
-        self._stderr_dropped = 0
         """True when the link closed because the agent broke the protocol."""
+        self._stderr = AgentStderr(log, name)
 
     @classmethod
     def gone(cls, *, name: str, reason: str) -> AgentLink:
@@ -183,7 +182,6 @@ class AgentLink:
         self._pending.clear()
         self._budgets.clear()
         self._channels.clear()
-        self._channel_of.clear()
 
     async def _write_loop(self) -> None:
         async with self._outgoing_receive:
@@ -197,7 +195,7 @@ class AgentLink:
             kind, data = piece
             if kind is StreamKind.STDERR:
                 for line in stderr.feed(data):
-                    self._log_agent_stderr(line)
+                    self._stderr.line(line)
                 continue
             for unit in stdout.feed(data):
                 if isinstance(unit, Frame):
@@ -229,21 +227,6 @@ class AgentLink:
             await trio.sleep(ACK_DELAY)
             self._unacked = trio.Event()
             self._acknowledge()
-
-    def _log_agent_stderr(self, line: bytes | OversizeLine) -> None:
-        # The agent's stderr is container output too: a flood must not flood the server's log.
-        now = trio.current_time()
-        if now - self._stderr_window_start >= 1.0:
-            if self._stderr_dropped:
-                log.info("%s agent: <%d lines not logged>", self._name, self._stderr_dropped)
-            self._stderr_window_start, self._stderr_lines, self._stderr_dropped = now, 0, 0
-        self._stderr_lines += 1
-        if self._stderr_lines > STDERR_LINES_PER_SECOND:
-            self._stderr_dropped += 1
-        elif isinstance(line, OversizeLine):
-            log.info("%s agent: <%d byte line dropped>", self._name, line.size)
-        else:
-            log.info("%s agent: %s", self._name, line[:2048].decode(errors="replace"))
 
     def _dispatch(self, line: bytes | OversizeLine) -> None:
         if isinstance(line, OversizeLine):
@@ -285,7 +268,7 @@ class AgentLink:
         if frame.seq <= self.last_seq:
             return  # already seen before a restart
         self.last_seq = frame.seq
-        request_id = self._channels.get(frame.channel)
+        request_id = self._channels.owner(frame.channel)
         if request_id is None:
             return  # its request ended (cancelled, its client gone): nobody wants its bytes
         if frame.kind is FrameKind.DATA:
@@ -300,7 +283,7 @@ class AgentLink:
         channel = self._pending.get(request_id)
         terminal = is_final(message)
         if terminal:
-            self._forget_channel(request_id)
+            self._channels.forget(request_id)
         if channel is None:
             if is_session_id(request_id):
                 self._sessions.keep(reply)
@@ -333,26 +316,13 @@ class AgentLink:
             self._budgets.pop(request_id, None)
             channel.close()
 
-    def _forget_channel(self, request_id: int | str) -> None:
-        channel = self._channel_of.pop(request_id, None)
-        if channel is not None:
-            self._channels.pop(channel, None)
-
     def _resumed(self, marker: Message) -> None:
         self.resumed = marker
         self.hello = marker.get("hello") if isinstance(marker.get("hello"), dict) else {}
         for agent_id in marker.get("inFlight") or []:
             if is_session_id(agent_id):
                 self._adopt(str(agent_id))
-        for pair in marker.get("channels") or []:
-            if (
-                isinstance(pair, list)
-                and len(pair) == 2
-                and isinstance(pair[0], int)
-                and isinstance(pair[1], (int, str))
-            ):
-                self._channels[pair[0]] = pair[1]
-                self._channel_of[pair[1]] = pair[0]
+        self._channels.adopt(marker.get("channels"))
         last_id = marker.get("lastId")
         if isinstance(last_id, int):
             self._ids = itertools.count(last_id + 1)  # never reuse an id the agent has seen
@@ -440,8 +410,7 @@ class AgentLink:
             assert channel is not None
             line = encode_frame(channel, FrameKind.DATA, payload) + line
         if channel is not None:
-            self._channels[channel] = request_id
-            self._channel_of[request_id] = channel
+            self._channels.bind(channel, request_id)
         send, receive = trio.open_memory_channel[Reply](EVENTS_PER_REQUEST)
         self._pending[request_id] = send
         if budget is not None:
@@ -460,7 +429,7 @@ class AgentLink:
         finally:
             pending.drain()
             if not is_session_id(request_id):
-                self._forget_channel(request_id)
+                self._channels.forget(request_id)
             if self._pending.get(request_id) is send:
                 del self._pending[request_id]
                 self._budgets.pop(request_id, None)

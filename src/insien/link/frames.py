@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .lines import OversizeLine
+from .lines import LineAssembler, OversizeLine
 
 MARK = 0
 HEADER = struct.Struct(">BQIBI")
@@ -59,9 +59,7 @@ class UnitAssembler:
     """
 
     def __init__(self, max_line: int) -> None:
-        self.max_line = max_line
-        self._partial = bytearray()
-        self._dropped: int | None = None  # bytes skipped of the current over-long line
+        self._lines = LineAssembler(max_line)
         self._in_line = False
         self._header = bytearray()
         self._in_header = False
@@ -91,26 +89,12 @@ class UnitAssembler:
                 self._in_line = True
                 newline = data.find(b"\n", at)
                 if newline < 0:
-                    self._add(data[at:])
+                    self._lines.add(data[at:])
                     return
-                self._add(data[at:newline])
+                self._lines.add(data[at:newline])
                 at = newline + 1
                 self._in_line = False
-                if self._dropped is not None:
-                    yield OversizeLine(self._dropped)
-                    self._dropped = None
-                else:
-                    yield bytes(self._partial)
-                    self._partial.clear()
-
-    def _add(self, piece: bytes) -> None:
-        if self._dropped is not None:
-            self._dropped += len(piece)
-        elif len(self._partial) + len(piece) > self.max_line:
-            self._dropped = len(self._partial) + len(piece)
-            self._partial.clear()
-        else:
-            self._partial += piece
+                yield self._lines.end_line()
 
     def _start_frame(self) -> bool:
         """Read a complete header; True if the frame is empty and so already complete."""
@@ -137,4 +121,4 @@ class UnitAssembler:
     @property
     def pending(self) -> int:
         """Bytes of an unfinished line or frame currently held."""
-        return len(self._partial) + sum(len(p) for p in self._payload)
+        return self._lines.pending + sum(len(p) for p in self._payload)

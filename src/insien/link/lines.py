@@ -31,26 +31,29 @@ class LineAssembler:
     def feed(self, data: bytes) -> Iterator[bytes | OversizeLine]:
         start = 0
         while (end := data.find(b"\n", start)) >= 0:
-            piece = data[start:end]
+            self.add(data[start:end])
             start = end + 1
-            if self._dropped is not None:
-                yield OversizeLine(self._dropped + len(piece))
-                self._dropped = None
-            elif len(self._partial) + len(piece) > self.max_line:
-                yield OversizeLine(len(self._partial) + len(piece))
-                self._partial.clear()
-            else:
-                self._partial += piece
-                yield bytes(self._partial)
-                self._partial.clear()
-        rest = data[start:]
+            yield self.end_line()
+        self.add(data[start:])
+
+    def add(self, piece: bytes) -> None:
+        """More of the current line (no newline in `piece`)."""
         if self._dropped is not None:
-            self._dropped += len(rest)
-        elif len(self._partial) + len(rest) > self.max_line:
-            self._dropped = len(self._partial) + len(rest)
+            self._dropped += len(piece)
+        elif len(self._partial) + len(piece) > self.max_line:
+            self._dropped = len(self._partial) + len(piece)
             self._partial.clear()
         else:
-            self._partial += rest
+            self._partial += piece
+
+    def end_line(self) -> bytes | OversizeLine:
+        """The current line is complete (its newline came): the line, or what stood for it."""
+        if self._dropped is not None:
+            dropped, self._dropped = self._dropped, None
+            return OversizeLine(dropped)
+        line = bytes(self._partial)
+        self._partial.clear()
+        return line
 
     @property
     def pending(self) -> int:

@@ -82,8 +82,6 @@ class WarmPool:
             key: Demand(trio.current_time, settings.pool_demand_window) for key in self.profiles
         }
         self._fill_slots = trio.CapacityLimiter(FILL_CONCURRENCY)
-        self.memory = available_memory
-        """Where the pool learns the host's available memory (replaceable in tests)."""
         self.changed = trio.Event()
         self.closed = False
         """Set when the server begins to shut down: nothing starts after that."""
@@ -122,8 +120,10 @@ class WarmPool:
     def target(self, profile: Profile) -> int:
         """How many ready sandboxes this pool aims for now (see the module's docstring)."""
         wanted = min(max(profile.size, self._demand[profile.key].peak()), profile.ceiling)
-        available = self.memory()
-        if available is not None and wanted > profile.size:
+        if wanted <= profile.size:
+            return wanted  # the operator's size holds whatever the memory (read only if needed)
+        available = available_memory()
+        if available is not None:
             held = len(self._ready[profile.key]) + self._filling[profile.key]
             room = int(available * self._settings.pool_memory_fraction) // POOLED_SANDBOX_BYTES
             wanted = max(profile.size, min(wanted, held + room))
