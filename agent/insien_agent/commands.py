@@ -184,6 +184,7 @@ async def _stream_until_exit(
                     "dropped": subscriber.cursor if replay else 0,
                     "cmd": process.cmd,
                     "args": process.args,
+                    "pty": process.master_fd is not None,
                 }
             )
         await process.follow(subscriber, req.emit)

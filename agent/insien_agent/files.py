@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import grp
 import os
+import pwd
 import shutil
 import stat
 from typing import Any
@@ -167,6 +170,23 @@ _TYPES = {
 }
 
 
+@functools.lru_cache(maxsize=256)
+def _user_name(uid: int) -> str:
+    """The account name of a uid, or the number when the image has no such account."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+@functools.lru_cache(maxsize=256)
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
 def _entry(path: str, name: str, info: os.stat_result, link: str | None = None) -> Message:
     entry: Message = {
         "name": name,
@@ -175,6 +195,8 @@ def _entry(path: str, name: str, info: os.stat_result, link: str | None = None) 
         "size": info.st_size,
         "mode": stat.S_IMODE(info.st_mode),
         "mtime": info.st_mtime,
+        "owner": _user_name(info.st_uid),
+        "group": _group_name(info.st_gid),
     }
     if stat.S_ISLNK(info.st_mode):
         entry["target"] = link

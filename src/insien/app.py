@@ -5,11 +5,13 @@ from __future__ import annotations
 from quart_trio import QuartTrio
 
 from .api.context import Services
+from .api.e2b import E2BRouter, EnvdFront, MetricsSampler, control_blueprint
 from .api.errors import install_error_handlers
 from .api.files import UploadMiddleware, files_blueprint
 from .api.limits import BodyDeadline
 from .api.rest import rest_blueprint
 from .api.ws import ws_blueprint
+from .tenancy.resources import parse_size
 
 MAX_REST_BODY = 1024 * 1024
 
@@ -23,11 +25,16 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(rest_blueprint(services))
     app.register_blueprint(ws_blueprint(services))
     app.register_blueprint(files_blueprint(services))
+    disk_total = parse_size(services.settings.disk_limit) if services.settings.disk_limit else 0
+    sampler = MetricsSampler(services.manager.runtime, disk_total)
+    app.register_blueprint(control_blueprint(services, sampler))
     return app
 
 
 def create_asgi(services: Services) -> BodyDeadline:
-    """The app as served: uploads stream through their own handler, the rest through Quart,
-    and no request body may stall longer than the body timeout."""
+    """The app as served: requests for a sandbox's envd go to the E2B front, uploads stream
+    through their own handler, the rest through Quart, and no request body may stall longer
+    than the body timeout."""
     app = UploadMiddleware(create_app(services), services)
-    return BodyDeadline(app, services.settings.body_timeout)
+    routed = E2BRouter(app, EnvdFront(services), services.settings.domain)
+    return BodyDeadline(routed, services.settings.body_timeout)

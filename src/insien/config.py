@@ -184,6 +184,11 @@ class Settings(BaseSettings):
     """On SIGTERM, end every sandbox instead of leaving them for the next start to recover."""
     graceful_timeout: float = Field(5.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    e2b_templates: dict[str, str] = Field(default_factory=dict)
+    """E2B template names and the images they create, as JSON: `{"my-tpl": "img:tag"}`
+    (`base` is always the default image)."""
+    domain: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+    """With it, `<port>-<sandboxId>.<domain>` reaches a sandbox's envd (E2B_DOMAIN's routing)."""
 
     @field_validator("api_key", "jwt_secret", "secret_key", mode="before")
     @classmethod

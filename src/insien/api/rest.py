@@ -3,48 +3,20 @@ resource routes (`/sandboxes`) that describe sandboxes in full."""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictFloat,
-    StrictInt,
-    StrictStr,
-    ValidationError,
-)
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from quart import Blueprint, request
 
 from ..link import AgentGone
 from ..protocol import ErrorCode
 from ..sandboxes.sandbox import Sandbox, SandboxOptions, State, iso_timestamp
-from ..tenancy.resources import Resources, parse_size
 from ..tenancy.tenants import Tenant
 from .context import Services
+from .creating import Label, ResourcesRequest, Seconds, sandbox_options
 from .errors import ApiError, error_code, status_for
 
-Seconds = Annotated[StrictInt | StrictFloat, Field(gt=0)]
-Label = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 MAX_PAGE = 200
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-IMAGE_REFERENCE = re.compile(
-    rf"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*(?::[0-9]{{1,5}})?/)?"  # registry host[:port]/
-    rf"{_COMPONENT}(?:/{_COMPONENT})*"  # path
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"  # :tag
-    r"(?:@sha256:[0-9a-f]{64})?"  # @digest
-)
-"""Docker's image reference grammar, strictly: nothing else may reach an API path."""
-
-
-class ResourcesRequest(BaseModel):
-    """Limits a create may ask for, each within the tenant's plan and the operator's maximum."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    cpu: Annotated[StrictInt | StrictFloat, Field(gt=0, le=1024)] | None = None
-    memory: Annotated[StrictInt, Field(ge=32 * 1024 * 1024)] | StrictStr | None = None
-    pids: Annotated[StrictInt, Field(ge=16, le=1 << 22)] | None = None
 
 
 class CreateRequest(BaseModel):
@@ -79,67 +51,22 @@ async def _body(model: type[BaseModel]) -> Any:
 def rest_blueprint(services: Services) -> Blueprint:
     bp = Blueprint("rest", __name__)
     manager = services.manager
-    settings = services.settings
 
     def lookup(sandbox_id: str, tenant: Tenant, *, include_ended: bool = False) -> Sandbox:
         # Looking at a sandbox (status, info, list) is not activity: a dashboard polling it
         # must not keep it alive. Using it is: RPC, a connected client, files, keepalive.
         return manager.get(sandbox_id, tenant, include_ended=include_ended)
 
-    def resources(asked: ResourcesRequest | None, tenant: Tenant) -> Resources:
-        ceiling = tenant.plan.max_resources or settings.max_resources
-        default = settings.default_resources.capped(ceiling)
-        if asked is None:
-            return default
-        memory = default.memory
-        if asked.memory is not None:
-            try:
-                memory = parse_size(asked.memory)
-            except ValueError as exc:
-                raise ApiError(400, ErrorCode.BAD_REQUEST, f"resources.memory: {exc}") from None
-            if memory < 32 * 1024 * 1024:
-                raise ApiError(400, ErrorCode.BAD_REQUEST, "resources.memory is at least 32m")
-        chosen = Resources(
-            float(asked.cpu) if asked.cpu is not None else default.cpus,
-            memory,
-            asked.pids if asked.pids is not None else default.pids,
-        )
-        problems = chosen.within(ceiling)
-        if problems:
-            raise ApiError(400, ErrorCode.BAD_REQUEST, "; ".join(problems))
-        return chosen
-
     async def options(body: CreateRequest, tenant: Tenant) -> SandboxOptions:
-        template = body.template or settings.agent_image
-        if not IMAGE_REFERENCE.fullmatch(template):
-            # Checked before any Docker call: an image name is part of Docker API paths.
-            raise ApiError(
-                400, ErrorCode.BAD_REQUEST, f"template {template!r} is not an image name"
-            )
-        isolation = await manager.snapshots.resolve(template, tenant)
-        if isolation is None:
-            raise ApiError(400, ErrorCode.BAD_REQUEST, f"template {template!r} is not allowed")
-        if body.timeout is not None and body.timeout > settings.max_timeout:
-            raise ApiError(
-                400, ErrorCode.BAD_REQUEST, f"timeout is at most {settings.max_timeout:g} seconds"
-            )
-        if body.idleTimeout is not None and body.idleTimeout > settings.max_timeout:
-            raise ApiError(
-                400, ErrorCode.BAD_REQUEST, f"idleTimeout is at most {settings.max_timeout:g}"
-            )
-        reserved = [name for name in body.env if name.startswith("INSIEN_")]
-        if reserved:
-            raise ApiError(400, ErrorCode.BAD_REQUEST, f"env names {reserved} are reserved")
-        return SandboxOptions(
-            template=template,
-            resources=resources(body.resources, tenant),
-            runtime=isolation.runtime,
-            network=isolation.network,
-            python=isolation.python,
-            timeout=float(body.timeout or settings.default_timeout),
-            idle_timeout=float(body.idleTimeout or 0) or settings.default_idle_timeout,
-            metadata=dict(body.metadata),
-            env=dict(body.env),
+        return await sandbox_options(
+            services,
+            tenant,
+            template=body.template,
+            lifetime=body.timeout,
+            idle_timeout=body.idleTimeout,
+            metadata=body.metadata,
+            env=body.env,
+            resources=body.resources,
         )
 
     @bp.get("/health")

@@ -119,7 +119,7 @@ class AgentLink:
         self.close_reason = ""
         self.protocol_error = False
         """True when the link closed because the agent broke the protocol."""
-        self._stderr = AgentStderr(log, name)
+        self.stderr = AgentStderr(log, name)
 
     @classmethod
     def gone(cls, *, name: str, reason: str) -> AgentLink:
@@ -195,7 +195,7 @@ class AgentLink:
             kind, data = piece
             if kind is StreamKind.STDERR:
                 for line in stderr.feed(data):
-                    self._stderr.line(line)
+                    self.stderr.line(line)
                 continue
             for unit in stdout.feed(data):
                 if isinstance(unit, Frame):

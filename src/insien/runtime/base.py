@@ -93,6 +93,20 @@ class ContainerInfo:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """One reading of a container's cgroup counters."""
+
+    cpu_seconds: float
+    """CPU time used since the container started."""
+    cpus: float
+    """CPUs the container may use (its limit, else the host's)."""
+    memory_used: int
+    memory_limit: int
+    memory_cache: int
+    pids: int
+
+
+@dataclass(frozen=True)
 class ImageInfo:
     tags: tuple[str, ...]
     labels: Mapping[str, str]
@@ -150,6 +164,10 @@ class Runtime(Protocol):
         ...
 
     async def writable_size(self, container_id: str) -> int: ...
+
+    async def usage(self, container_id: str) -> Usage | None:
+        """CPU, memory and pids of a running container from its cgroup (None: not running)."""
+        ...
 
     async def image_labels(self, name: str) -> dict[str, str] | None: ...
 

@@ -23,7 +23,8 @@ class Authenticator:
     def tenant_for_key(self, key: str | None) -> Tenant | None:
         return self._tenants.for_key(key)
 
-    def issue_token(self, sandbox_id: str, tenant: Tenant) -> str:
+    def issue_token(self, sandbox_id: str, tenant: Tenant, *, ttl: float | None = None) -> str:
+        """A token for one sandbox, valid for `ttl` seconds (default: the configured TTL)."""
         now = int(time.time())
         claims = {
             "sub": sandbox_id,
@@ -31,7 +32,7 @@ class Authenticator:
             "kid": tenant.key_id,
             "aud": TOKEN_AUDIENCE,
             "iat": now,
-            "exp": now + int(self._token_ttl),
+            "exp": now + int(ttl if ttl is not None else self._token_ttl),
         }
         return jwt.encode(claims, self._secret, algorithm="HS256")
 

@@ -26,6 +26,7 @@ from ..base import (
     RuntimeFailure,
     StreamCorrupt,
     StreamKind,
+    Usage,
 )
 from . import agent_volume
 from .attach import attach
@@ -227,6 +228,34 @@ class DockerRuntime:
 
         size: int = await self._call(_size)
         return size
+
+    async def usage(self, container_id: str) -> Usage | None:
+        """One cgroup reading through Docker's stats (`one_shot`: no second sample waited for)."""
+
+        def _stats() -> dict[str, Any] | None:
+            try:
+                stats: dict[str, Any] = self._client.api.stats(
+                    container_id, stream=False, one_shot=True
+                )
+            except docker.errors.NotFound:
+                return None
+            return stats
+
+        stats = await self._call(_stats)
+        if not stats or not stats.get("pids_stats"):
+            return None  # stopped: Docker answers with zeroes
+        cpu = stats.get("cpu_stats") or {}
+        memory = stats.get("memory_stats") or {}
+        details = memory.get("stats") or {}
+        cache = int(details.get("inactive_file", details.get("cache", 0)) or 0)
+        return Usage(
+            cpu_seconds=int((cpu.get("cpu_usage") or {}).get("total_usage", 0)) / 1e9,
+            cpus=float(cpu.get("online_cpus") or os.cpu_count() or 1),
+            memory_used=max(0, int(memory.get("usage", 0)) - cache),
+            memory_limit=int(memory.get("limit", 0)),
+            memory_cache=cache,
+            pids=int((stats.get("pids_stats") or {}).get("current", 0)),
+        )
 
     async def images_labelled(self, label: str) -> list[ImageInfo]:
         """Images carrying `label` (`name` or `name=value`)."""

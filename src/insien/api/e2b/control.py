@@ -1,0 +1,297 @@
+"""The control plane of the E2B front (`E2B_API_URL=http://<host>:<port>/e2b`): E2B's REST
+routes for sandboxes, translated to the same core calls Insien's own routes make, with E2B's
+bodies and error shape (`{"code": <status>, "message"}`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from quart import Blueprint, Response, request
+
+from ...protocol import ErrorCode
+from ...sandboxes.sandbox import Sandbox, State, iso_timestamp
+from ...tenancy.tenants import Tenant
+from ..context import Services
+from ..creating import sandbox_options
+from ..errors import CORE_ERRORS, ApiError, api_error_for
+from .metrics import MetricsSampler
+
+ENVD_VERSION = "0.6.1"
+"""The envd version the SDKs are told: its features (stdin, close-stdin, octet-stream uploads)
+are served; file metadata (0.6.2) and the newer watch options are not."""
+DEFAULT_TIMEOUT = 300
+CLIENT_ID = "insien"
+MAX_PAGE = 1000
+MIB = 1024 * 1024
+M = TypeVar("M", bound=BaseModel)
+
+
+class NewSandbox(BaseModel):
+    """E2B's create body (v1 and v2). What Insien cannot honour is refused when asked for."""
+
+    model_config = ConfigDict(extra="ignore")
+    templateID: str = Field("base", min_length=1, max_length=512)
+    timeout: int = Field(DEFAULT_TIMEOUT, ge=1)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
+    envVars: dict[str, str] = Field(default_factory=dict, max_length=256)
+    autoPause: bool = False
+    secure: bool = True
+    allow_internet_access: bool | None = None
+    mcp: dict[str, Any] | None = None
+    volumeMounts: list[Any] | None = None
+
+
+class TimeoutBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    timeout: int = Field(ge=0)
+
+
+class ConnectBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    timeout: int | None = Field(None, ge=0)
+
+
+class RefreshBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    duration: int | None = Field(None, ge=0)
+
+
+def e2b_error(status: int, message: str, retry_after: int | None = None) -> Response:
+    response = Response(
+        json.dumps({"code": status, "message": message}), status=status, mimetype="application/json"
+    )
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+async def _body(model: type[M]) -> M:
+    raw = await request.get_data()
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ApiError(400, ErrorCode.BAD_REQUEST, f"{where}: {first['msg']}") from None
+
+
+def _metadata_filter(raw: str | None) -> dict[str, str]:
+    """`metadata=k%3Dv%26k2%3Dv2`: the SDKs urlencode the filter, with keys and values quoted."""
+    if not raw:
+        return {}
+    return {unquote(k): unquote(v) for k, v in parse_qsl(raw, keep_blank_values=True)}
+
+
+def control_blueprint(services: Services, sampler: MetricsSampler) -> Blueprint:
+    bp = Blueprint("e2b", __name__, url_prefix="/e2b")
+    manager = services.manager
+    settings = services.settings
+
+    @bp.errorhandler(ApiError)
+    async def _api_error(exc: ApiError) -> Response:
+        return e2b_error(exc.status, exc.message, exc.retry_after)
+
+    for kind in CORE_ERRORS:
+
+        @bp.errorhandler(kind)
+        async def _core_error(exc: Exception) -> Response:
+            error = api_error_for(exc)
+            return e2b_error(error.status, error.message, error.retry_after)
+
+    def tenant() -> Tenant:
+        found = services.auth.tenant_for_key(request.headers.get("X-API-Key"))
+        if found is None:
+            raise ApiError(401, ErrorCode.UNAUTHORIZED, "Invalid API key")
+        return found
+
+    def template_image(name: str) -> str:
+        if name == "base":
+            return settings.agent_image
+        aliased = settings.e2b_templates.get(name)
+        if aliased is not None:
+            return aliased
+        if name.startswith("code-interpreter"):
+            raise ApiError(
+                400,
+                ErrorCode.BAD_REQUEST,
+                f"template {name!r} is not available: this server has no code interpreter"
+                " image (map it with INSIEN_E2B_TEMPLATES)",
+            )
+        return name
+
+    def template_name(sandbox: Sandbox) -> str:
+        image = sandbox.options.template
+        if image == settings.agent_image:
+            return "base"
+        for alias, target in settings.e2b_templates.items():
+            if target == image:
+                return alias
+        return image
+
+    def access_token(sandbox: Sandbox, owner: Tenant) -> str:
+        # envd calls use this token for as long as the sandbox may live, not the short
+        # lifetime of an agentUrl token.
+        remaining = max(1.0, (sandbox.expires_at - sandbox.created_at).total_seconds())
+        return services.auth.issue_token(sandbox.id, owner, ttl=remaining + 3600)
+
+    def created(sandbox: Sandbox, owner: Tenant) -> dict[str, Any]:
+        return {
+            "templateID": template_name(sandbox),
+            "sandboxID": sandbox.id,
+            "clientID": CLIENT_ID,
+            "envdVersion": ENVD_VERSION,
+            "envdAccessToken": access_token(sandbox, owner),
+            "domain": None,
+        }
+
+    def listed(sandbox: Sandbox) -> dict[str, Any]:
+        resources = sandbox.options.resources
+        return {
+            "templateID": template_name(sandbox),
+            "sandboxID": sandbox.id,
+            "clientID": CLIENT_ID,
+            "startedAt": iso_timestamp(sandbox.created_at),
+            "endAt": iso_timestamp(sandbox.expires_at),
+            "cpuCount": max(1, math.ceil(resources.cpus)),
+            "memoryMB": resources.memory // MIB,
+            "diskSizeMB": 0,
+            "state": "paused" if sandbox.state is State.PAUSED else "running",
+            "envdVersion": ENVD_VERSION,
+            "metadata": dict(sandbox.options.metadata),
+        }
+
+    async def create() -> tuple[dict[str, Any], int]:
+        owner = tenant()
+        body = await _body(NewSandbox)
+        if body.mcp:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "MCP gateways are not supported by Insien")
+        if body.volumeMounts:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "volumes are not supported by Insien")
+        options = await sandbox_options(
+            services,
+            owner,
+            template=template_image(body.templateID),
+            lifetime=float(body.timeout),
+            idle_timeout=None,
+            metadata=body.metadata,
+            env=body.envVars,
+            no_idle_timeout=True,
+        )
+        sandbox = await manager.create(owner, options)
+        return created(sandbox, owner), 201
+
+    bp.add_url_rule("/sandboxes", "create", create, methods=["POST"])
+    bp.add_url_rule("/v2/sandboxes", "create_v2", create, methods=["POST"])
+
+    async def list_sandboxes() -> Response:
+        owner = tenant()
+        args = request.args
+        wanted = _metadata_filter(args.get("metadata"))
+        states = {s for s in args.get("state", "running,paused").split(",") if s}
+        unknown = states - {"running", "paused"}
+        if unknown:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, f"unknown state {sorted(unknown)}")
+        try:
+            limit = min(int(args.get("limit", "100")), MAX_PAGE)
+            start = int(args.get("nextToken", "0") or "0")
+        except ValueError:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "limit and nextToken are integers") from None
+        if limit < 1 or start < 0:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "limit must be >= 1, nextToken >= 0")
+        found = [
+            s
+            for s in manager.list(owner, include_ended=False)
+            if listed(s)["state"] in states
+            and all(s.options.metadata.get(k) == v for k, v in wanted.items())
+        ]
+        page = found[start : start + limit]
+        response = Response(
+            json.dumps([listed(s) for s in page]), status=200, mimetype="application/json"
+        )
+        if start + limit < len(found):
+            response.headers["x-next-token"] = str(start + limit)
+        return response
+
+    bp.add_url_rule("/sandboxes", "list", list_sandboxes, methods=["GET"])
+    bp.add_url_rule("/v2/sandboxes", "list_v2", list_sandboxes, methods=["GET"])
+
+    @bp.get("/sandboxes/<sandbox_id>")
+    async def detail(sandbox_id: str) -> dict[str, Any]:
+        sandbox = manager.get(sandbox_id, tenant())
+        return {**listed(sandbox), "envdAccessToken": None, "domain": None}
+
+    @bp.delete("/sandboxes/<sandbox_id>")
+    async def kill(sandbox_id: str) -> tuple[str, int]:
+        await manager.destroy(sandbox_id, tenant())
+        return "", 204
+
+    @bp.post("/sandboxes/<sandbox_id>/timeout")
+    async def set_timeout(sandbox_id: str) -> tuple[str, int]:
+        body = await _body(TimeoutBody)
+        manager.keepalive(sandbox_id, tenant(), float(max(body.timeout, 1)))
+        return "", 204
+
+    @bp.post("/sandboxes/<sandbox_id>/refreshes")
+    async def refresh(sandbox_id: str) -> tuple[str, int]:
+        body = await _body(RefreshBody)
+        manager.keepalive(sandbox_id, tenant(), float(body.duration) if body.duration else None)
+        return "", 204
+
+    @bp.post("/sandboxes/<sandbox_id>/pause")
+    async def pause(sandbox_id: str) -> Any:
+        owner = tenant()
+        if manager.get(sandbox_id, owner).state is State.PAUSED:
+            return e2b_error(409, f"sandbox {sandbox_id} is already paused")
+        await manager.pause(sandbox_id, owner)
+        return "", 204
+
+    async def connect(sandbox_id: str) -> tuple[dict[str, Any], int]:
+        owner = tenant()
+        body = await _body(ConnectBody)
+        sandbox = manager.get(sandbox_id, owner)
+        status = 200
+        if sandbox.state is State.PAUSED:
+            await manager.resume(sandbox_id, owner)
+            status = 201
+        if body.timeout:
+            manager.keepalive(sandbox_id, owner, float(body.timeout))
+        return created(sandbox, owner), status
+
+    bp.add_url_rule("/sandboxes/<sandbox_id>/connect", "connect", connect, methods=["POST"])
+    bp.add_url_rule("/v2/sandboxes/<sandbox_id>/connect", "connect_v2", connect, methods=["POST"])
+    bp.add_url_rule("/sandboxes/<sandbox_id>/resume", "resume", connect, methods=["POST"])
+
+    @bp.get("/sandboxes/<sandbox_id>/metrics")
+    async def metrics(sandbox_id: str) -> Response:
+        sandbox = manager.get(sandbox_id, tenant())
+        sample = await sampler.sample(sandbox)
+        return Response(json.dumps([sample]), status=200, mimetype="application/json")
+
+    async def logs(sandbox_id: str) -> dict[str, Any]:
+        sandbox = manager.get(sandbox_id, tenant(), include_ended=True)
+        lines = sandbox.link.stderr.recent()
+        return {
+            "logs": [{"timestamp": at, "line": line} for at, line in lines],
+            "logEntries": [
+                {"timestamp": at, "message": line, "level": "info", "fields": {}}
+                for at, line in lines
+            ],
+        }
+
+    bp.add_url_rule("/sandboxes/<sandbox_id>/logs", "logs", logs, methods=["GET"])
+    bp.add_url_rule("/v2/sandboxes/<sandbox_id>/logs", "logs_v2", logs, methods=["GET"])
+
+    @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def unsupported(rest: str) -> Response:
+        tenant()
+        return e2b_error(
+            501,
+            f"{request.method} /{rest} is not supported by Insien's E2B front"
+            " (see docs/e2b.md for what is)",
+        )
+
+    return bp

@@ -1,0 +1,220 @@
+"""The sandbox side of the E2B front: what E2B's SDKs send to envd (port 49983) reaches the
+sandbox's agent through Insien's link, with no server inside the sandbox.
+
+A request is authenticated by the sandbox's access token (`X-Access-Token`, returned by the
+create) or an API key, must name a sandbox of that tenant, and then is one of: `GET /health`,
+`/files`, or a Connect method of `process.Process` / `filesystem.Filesystem`. A stream gets
+one writer task that also sends envd's keepalives, and ends when the client goes away.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+
+import trio
+
+from ...link import AgentGone
+from ...sandboxes.manager import SandboxNotFound
+from ...sandboxes.sandbox import Sandbox, State
+from ...tenancy.tenants import Tenant
+from ..context import Services
+from . import connect
+from .calls import EnvdCall, Method
+from .connect import Code, ConnectError
+from .exchange import BodyTooLarge, ClientGone, Exchange
+from .files import FilesError, serve_files
+from .filesystem import METHODS as FILESYSTEM_METHODS
+from .process import METHODS as PROCESS_METHODS
+
+log = logging.getLogger(__name__)
+
+ENVD_PORT = 49983
+INTERPRETER_PORT = 49999
+SANDBOX_USER = "user"
+STREAM_QUEUE = 8
+"""Messages a stream's handler may be ahead of its writer (each at most ~1.4 MiB)."""
+DEFAULT_KEEPALIVE = 50.0
+MIN_KEEPALIVE = 1.0
+
+METHODS: dict[str, Method] = {**PROCESS_METHODS, **FILESYSTEM_METHODS}
+
+
+class Refused(Exception):
+    """An answer before any method runs: the status, the Connect code, the message."""
+
+    def __init__(self, status: int, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _user(header: str | None) -> str | None:
+    """The user named by envd's `Authorization: Basic <user:>` header, if any."""
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise Refused(400, Code.INVALID_ARGUMENT, "malformed Authorization header") from None
+    return decoded.split(":", 1)[0] or None
+
+
+class EnvdFront:
+    """Serves envd's API for every sandbox, addressed by sandbox id and port."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def serve(self, exchange: Exchange, sandbox_id: str, port: int) -> None:
+        rpc = exchange.path.startswith(("/process.Process/", "/filesystem.Filesystem/"))
+        try:
+            sandbox, tenant = self._admit(exchange, sandbox_id, port)
+            if exchange.path == "/health":
+                await exchange.discard_body()
+                await exchange.respond(204, b"", "text/plain")
+            elif exchange.path == "/files":
+                await serve_files(exchange, sandbox, self.services.settings.max_upload_bytes)
+            elif rpc:
+                await self._rpc(exchange, sandbox, tenant)
+            else:
+                raise Refused(404, Code.NOT_FOUND, f"envd has no route {exchange.path}")
+        except Refused as exc:
+            await self._refuse(exchange, rpc, exc.status, exc.code, exc.message)
+        except FilesError as exc:
+            await self._refuse(exchange, False, exc.status, Code.UNKNOWN, exc.message)
+        except ConnectError as exc:  # a unary call's failure
+            await self._refuse(exchange, True, connect.HTTP_STATUS[exc.code], exc.code, exc.message)
+
+    def _admit(self, exchange: Exchange, sandbox_id: str, port: int) -> tuple[Sandbox, Tenant]:
+        auth = self.services.auth
+        tenant = auth.tenant_for_token(exchange.headers.get("x-access-token"), sandbox_id)
+        if tenant is None:
+            tenant = auth.tenant_for_key(exchange.headers.get("x-api-key"))
+        if tenant is None:
+            raise Refused(401, Code.UNAUTHENTICATED, "a valid X-Access-Token is required")
+        try:
+            sandbox = self.services.manager.get(sandbox_id, tenant)
+        except SandboxNotFound:
+            raise Refused(
+                502, Code.UNAVAILABLE, f"The sandbox {sandbox_id} was not found"
+            ) from None
+        if port == INTERPRETER_PORT:
+            raise Refused(
+                502,
+                Code.UNAVAILABLE,
+                f"port {port} is not open: this sandbox has no code interpreter",
+            )
+        if port != ENVD_PORT:
+            raise Refused(
+                502, Code.UNAVAILABLE, f"port {port} is not open: Insien does not forward ports yet"
+            )
+        if sandbox.state is State.PAUSED:
+            raise Refused(
+                502, Code.UNAVAILABLE, f"the sandbox {sandbox_id} is paused: connect to resume it"
+            )
+        user = _user(exchange.headers.get("authorization"))
+        if user is not None and user != SANDBOX_USER:
+            raise Refused(
+                403,
+                Code.PERMISSION_DENIED,
+                f"user {user!r} is not available: commands and files run as {SANDBOX_USER!r}"
+                " (uid 1000), never as root",
+            )
+        sandbox.touch()
+        return sandbox, tenant
+
+    async def _refuse(
+        self, exchange: Exchange, rpc: bool, status: int, code: Code, message: str
+    ) -> None:
+        if exchange.started:
+            return  # the status line is out; the cut body is all the client will see
+        whole = await exchange.discard_body()
+        headers = [] if whole else [("connection", "close")]
+        if rpc:
+            await exchange.respond_json(status, {"code": str(code), "message": message}, headers)
+        else:
+            await exchange.respond_json(status, {"code": status, "message": message}, headers)
+
+    async def _rpc(self, exchange: Exchange, sandbox: Sandbox, tenant: Tenant) -> None:
+        method = METHODS.get(exchange.path)
+        if method is None:
+            raise Refused(404, Code.UNIMPLEMENTED, f"no method {exchange.path}")
+        if exchange.method != "POST":
+            raise Refused(405, Code.UNIMPLEMENTED, "Connect calls are POST requests")
+        content_type = exchange.headers.get("content-type", "")
+        deadline = connect.timeout_seconds(exchange.headers.get("connect-timeout-ms"))
+        try:
+            body = await exchange.read_body(connect.MAX_REQUEST_BYTES)
+        except BodyTooLarge as exc:
+            raise Refused(413, Code.RESOURCE_EXHAUSTED, str(exc)) from None
+        except ClientGone:
+            return
+        if method.stream is not None:
+            if not connect.is_stream_type(content_type):
+                raise Refused(415, Code.INVALID_ARGUMENT, f"expected {connect.STREAM_TYPE}")
+            message = connect.parse_stream_request(body)
+            call = EnvdCall(sandbox, tenant, message, deadline or None)
+            await self._stream(exchange, call, method)
+            return
+        assert method.unary is not None
+        if not connect.is_unary_type(content_type):
+            raise Refused(415, Code.INVALID_ARGUMENT, f"expected {connect.UNARY_TYPE}")
+        call = EnvdCall(sandbox, tenant, connect.parse_unary(body), deadline or None)
+        with trio.move_on_after(deadline or float("inf")) as scope:
+            result = await method.unary(call)
+        if scope.cancelled_caught:
+            raise ConnectError(Code.DEADLINE_EXCEEDED, "the call's deadline passed")
+        await exchange.respond_json(200, result)
+
+    async def _stream(self, exchange: Exchange, call: EnvdCall, method: Method) -> None:
+        assert method.stream is not None
+        handler = method.stream
+        interval = DEFAULT_KEEPALIVE
+        asked = exchange.headers.get("keepalive-ping-interval", "")
+        if asked.isdigit():
+            interval = max(MIN_KEEPALIVE, float(asked))
+        send, receive = trio.open_memory_channel[bytes](STREAM_QUEUE)
+
+        async def emit(message: dict[str, object]) -> None:
+            await send.send(connect.envelope(message))
+
+        async def produce() -> None:
+            error: ConnectError | None = None
+            async with send:
+                try:
+                    with trio.move_on_after(call.deadline or float("inf")) as scope:
+                        await handler(call, emit)
+                    if scope.cancelled_caught:
+                        error = ConnectError(Code.DEADLINE_EXCEEDED, "the call's deadline passed")
+                except ConnectError as exc:
+                    error = exc
+                except AgentGone as exc:
+                    error = call.gone(exc)
+                except Exception as exc:
+                    log.exception("envd stream %s failed", exchange.path)
+                    error = ConnectError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+                await send.send(connect.end_stream(error))
+
+        async def watch_client(scope: trio.CancelScope) -> None:
+            await exchange.wait_disconnect()
+            scope.cancel()  # closing the stream stops following, not the command
+
+        await exchange.start(200, connect.STREAM_TYPE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_client, nursery.cancel_scope)
+            nursery.start_soon(produce)
+            async with receive:
+                while True:
+                    with trio.move_on_after(interval) as idle:
+                        try:
+                            data = await receive.receive()
+                        except trio.EndOfChannel:
+                            break
+                    if idle.cancelled_caught:
+                        data = connect.envelope(method.keepalive or {})
+                    await exchange.write(data)
+            await exchange.write(b"", more=False)
+            nursery.cancel_scope.cancel()

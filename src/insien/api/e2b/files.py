@@ -1,0 +1,206 @@
+"""envd's plain-HTTP `/files`: `GET` streams one file out, `POST` writes one file
+(`application/octet-stream`, gzip allowed) or several (`multipart/form-data`, each part's
+filename is its path). Bytes go through `link.transfer` as binary frames: a temporary name
+renamed into place, so a cut upload never leaves a partial file under the real name."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
+
+from ...link.transfer import TransferError, download, file_size, read_chunk, upload
+from ...protocol import ErrorCode
+from ...sandboxes.sandbox import Sandbox
+from .exchange import ClientGone, Exchange
+
+INFLATE_STEP = 1024 * 1024
+
+
+class FilesError(Exception):
+    """An answer of the `/files` route other than success: status and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+_STATUS: dict[str, int] = {
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.PERMISSION_DENIED: 403,
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.IS_A_DIRECTORY: 400,
+    ErrorCode.NOT_A_DIRECTORY: 400,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.BAD_ENCODING: 400,
+    ErrorCode.CANCELLED: 400,
+    ErrorCode.AGENT_GONE: 502,
+}
+
+
+def files_error(exc: TransferError) -> FilesError:
+    return FilesError(_STATUS.get(exc.code, 500), exc.message)
+
+
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1] or path
+
+
+async def serve_files(exchange: Exchange, sandbox: Sandbox, limit: int) -> None:
+    if exchange.method == "GET":
+        await _download(exchange, sandbox)
+    elif exchange.method == "POST":
+        written = await _upload(exchange, sandbox, limit)
+        await exchange.respond_json(200, written)
+    else:
+        raise FilesError(405, f"{exchange.method} is not allowed on /files")
+
+
+async def _download(exchange: Exchange, sandbox: Sandbox) -> None:
+    path = exchange.query.get("path")
+    if not path:
+        raise FilesError(400, "query parameter 'path' is required")
+    link = sandbox.link
+    try:
+        size = await file_size(link, path)
+        first = await read_chunk(link, path, 0)  # errors answer before the status line
+    except TransferError as exc:
+        raise files_error(exc) from None
+    await exchange.start(
+        200,
+        "application/octet-stream",
+        [
+            ("content-disposition", f'attachment; filename="{_name(path)}"'),
+            ("x-insien-file-size", str(size)),
+        ],
+    )
+    # A failure past this point can only cut the body short: the client sees a body that
+    # ends without its final chunk (chunked encoding), never a short file presented whole.
+    async for chunk in download(link, path, first):
+        await exchange.write(chunk)
+    await exchange.write(b"", more=False)
+
+
+async def _inflate(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    """A gzip body, decompressed in bounded steps (a small bomb cannot grow past `limit`)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    total = 0
+    try:
+        async for chunk in chunks:
+            data = chunk
+            while data:
+                out = inflater.decompress(data, INFLATE_STEP)
+                data = inflater.unconsumed_tail
+                total += len(out)
+                if total > limit:
+                    raise FilesError(413, f"upload exceeds the {limit} byte limit")
+                if out:
+                    yield out
+        rest = inflater.flush()
+    except zlib.error as exc:
+        raise FilesError(400, f"the body is not valid gzip: {exc}") from None
+    if rest:
+        yield rest
+
+
+async def _upload(exchange: Exchange, sandbox: Sandbox, limit: int) -> list[dict[str, Any]]:
+    content_type = exchange.headers.get("content-type", "")
+    declared = exchange.headers.get("content-length", "")
+    if (
+        declared.isdigit()
+        and int(declared) > limit
+        and "gzip" not in exchange.headers.get("content-encoding", "")
+    ):
+        raise FilesError(413, f"upload exceeds the {limit} byte limit")
+    try:
+        if content_type.startswith("multipart/form-data"):
+            return await _upload_parts(exchange, sandbox, limit, content_type)
+        path = exchange.query.get("path")
+        if not path:
+            raise FilesError(400, "query parameter 'path' is required")
+        body = exchange.chunks()
+        if exchange.headers.get("content-encoding", "").strip().lower() == "gzip":
+            body = _inflate(body, limit)
+        await upload(sandbox.link, path, body, limit)
+        return [{"name": _name(path), "type": "file", "path": path}]
+    except TransferError as exc:
+        raise files_error(exc) from None
+    except ClientGone as exc:
+        raise FilesError(400, str(exc)) from None
+
+
+def _boundary(content_type: str) -> bytes:
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "boundary" and value:
+            return value.strip('"').encode("latin-1")
+    raise FilesError(400, "multipart/form-data without a boundary")
+
+
+class _Parts:
+    """Drives werkzeug's sans-IO multipart decoder from the request body, one part at a
+    time: `next_file` finds the next file part, `data` yields its bytes as they arrive."""
+
+    def __init__(self, exchange: Exchange, content_type: str, limit: int) -> None:
+        self._decoder = MultipartDecoder(_boundary(content_type), max_form_memory_size=limit)
+        self._body = exchange.chunks()
+        self._fed_all = False
+
+    async def _event(self) -> Any:
+        while True:
+            event = self._decoder.next_event()
+            if not isinstance(event, NeedData):
+                return event
+            if self._fed_all:
+                raise FilesError(400, "the multipart body ended early")
+            chunk = await anext(self._body, None)
+            if chunk is None:
+                self._fed_all = True
+                self._decoder.receive_data(None)
+            else:
+                self._decoder.receive_data(chunk)
+
+    async def next_file(self) -> str | None:
+        """The filename of the next file part (other fields are skipped), None at the end."""
+        while True:
+            event = await self._event()
+            if isinstance(event, Epilogue):
+                return None
+            if isinstance(event, File):
+                return event.filename or ""
+            if isinstance(event, Field):
+                while True:  # a plain field's data is not a file: drop it
+                    data = await self._event()
+                    if not isinstance(data, Data) or not data.more_data:
+                        break
+
+    async def data(self) -> AsyncIterator[bytes]:
+        while True:
+            event = await self._event()
+            if not isinstance(event, Data):
+                raise FilesError(400, "malformed multipart body")
+            if event.data:
+                yield bytes(event.data)
+            if not event.more_data:
+                return
+
+
+async def _upload_parts(
+    exchange: Exchange, sandbox: Sandbox, limit: int, content_type: str
+) -> list[dict[str, Any]]:
+    parts = _Parts(exchange, content_type, limit)
+    single = exchange.query.get("path")
+    written: list[dict[str, Any]] = []
+    total = 0
+    while (filename := await parts.next_file()) is not None:
+        path = single if single and not written else filename
+        if not path:
+            raise FilesError(400, "a multipart file part needs its path as filename")
+        total += await upload(sandbox.link, path, parts.data(), limit - total)
+        written.append({"name": _name(path), "type": "file", "path": path})
+    if not written:
+        raise FilesError(400, "the multipart body has no file")
+    return written

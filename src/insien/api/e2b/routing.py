@@ -1,0 +1,68 @@
+"""Which E2B requests are for a sandbox: under `/e2b`, those that carry `E2b-Sandbox-Id` (and
+`E2b-Sandbox-Port`) go to envd's side, the rest to the control plane routes; with
+`INSIEN_DOMAIN` set, a request for host `<port>-<sandboxId>.<domain>` is for that sandbox
+whatever its path (E2B_DOMAIN's routing, behind wildcard DNS)."""
+
+from __future__ import annotations
+
+import re
+
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+
+from .envd import ENVD_PORT, EnvdFront
+from .exchange import Exchange
+
+PREFIX = "/e2b"
+SANDBOX_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def _host_route(host: str, domain: str) -> tuple[str, int] | None:
+    """`49983-abc123.sandboxes.example.com` -> ("abc123", 49983) under that domain."""
+    host = host.lower()
+    suffix = "." + domain.lower()
+    if not host.endswith(suffix):
+        return None
+    label = host[: -len(suffix)]
+    port, dash, sandbox_id = label.partition("-")
+    if not dash or not port.isdigit() or not SANDBOX_ID.fullmatch(sandbox_id):
+        return None
+    return sandbox_id, int(port)
+
+
+class E2BRouter:
+    """ASGI middleware in front of the app: sandbox-bound E2B requests to `EnvdFront`."""
+
+    def __init__(self, app: ASGIFramework, envd: EnvdFront, domain: str | None) -> None:
+        self.app = app
+        self.envd = envd
+        self.domain = domain
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        exchange: Exchange | None = None
+        target: tuple[str, int] | None = None
+        if self.domain is not None:
+            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+            target = _host_route(host, self.domain)
+            if target is not None:
+                exchange = Exchange(scope, receive, send)
+        if target is None and (path == PREFIX or path.startswith(PREFIX + "/")):
+            headers = {k.lower(): v for k, v in scope["headers"]}
+            sandbox_id = headers.get(b"e2b-sandbox-id")
+            if sandbox_id is not None:
+                port = headers.get(b"e2b-sandbox-port", str(ENVD_PORT).encode())
+                target = (
+                    sandbox_id.decode("latin-1"),
+                    int(port) if port.isdigit() else -1,
+                )
+                exchange = Exchange(scope, receive, send)
+                exchange.path = path[len(PREFIX) :] or "/"
+        if exchange is None or target is None:
+            await self.app(scope, receive, send)
+            return
+        await self.envd.serve(exchange, *target)
