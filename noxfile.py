@@ -11,12 +11,14 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 PYTHON = "3.11"
 SERVER = ["-e", ".[test]"]
 SDK = ["-e", "./clients/python"]
+E2B = ["e2b==2.63.0"]
+"""The stock E2B SDK the E2B front is tested against (README: "Using E2B's SDKs")."""
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole suite against a real Docker Engine (builds the sandbox image if needed)."""
-    session.install(*SERVER, *SDK)
+    session.install(*SERVER, *SDK, *E2B)
     session.run("insien", "image", "build")
     session.run("pytest", *session.posargs)
 
@@ -32,7 +34,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the server, the agent, the SDK, the tests and the benchmarks."""
-    session.install("mypy>=2.4,<3", "types-docker", "matplotlib>=3.8", *SERVER, *SDK)
+    session.install("mypy>=2.4,<3", "types-docker", "matplotlib>=3.8", *SERVER, *SDK, *E2B)
     session.run("mypy", "src", "agent", "clients/python/src", "tests", "bench")
 
 
@@ -46,7 +48,7 @@ def image(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks against baselines measured in the same run (`-- --quick` for a smoke run)."""
-    session.install(*SERVER, *SDK, "matplotlib>=3.8")
+    session.install(*SERVER, *SDK, *E2B, "matplotlib>=3.8")
     session.run("python", "-m", "bench.run", *session.posargs)
 
 

@@ -1,0 +1,311 @@
+"""The stock `e2b` Python SDK (pinned in noxfile.py), used exactly as its users do: three
+environment variables point it at Insien, and nothing else changes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from e2b import (
+    AsyncSandbox,
+    AuthenticationException,
+    CommandExitException,
+    FileType,
+    InvalidArgumentException,
+    NotFoundException,
+    Sandbox,
+    SandboxQuery,
+    TimeoutException,
+)
+from e2b.connection_config import ConnectionConfig
+from e2b.sandbox.commands.command_handle import PtySize
+
+from tests.conftest import Server, start_server, stop_server
+
+pytestmark = pytest.mark.docker
+
+
+def _point_at(monkeypatch: pytest.MonkeyPatch, server: Server, key: str | None = None) -> None:
+    monkeypatch.setenv("E2B_API_URL", f"{server.url}/e2b")
+    monkeypatch.setenv("E2B_SANDBOX_URL", f"{server.url}/e2b")
+    monkeypatch.setenv("E2B_API_KEY", key or server.api_key)
+
+
+@pytest.fixture
+def e2b_env(server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
+    _point_at(monkeypatch, server)
+    return server
+
+
+@pytest.fixture
+def sbx(e2b_env: Server) -> Iterator[Sandbox]:
+    sandbox = Sandbox.create(metadata={"suite": "e2b-python"}, envs={"GLOBAL_VAR": "g"})
+    try:
+        yield sandbox
+    finally:
+        sandbox.kill()
+
+
+def test_commands_foreground(sbx: Sandbox) -> None:
+    out: list[str] = []
+    err: list[str] = []
+    result = sbx.commands.run(
+        "echo $GLOBAL_VAR $LOCAL; pwd; echo oops >&2; whoami",
+        envs={"LOCAL": "l"},
+        cwd="/tmp",
+        on_stdout=out.append,
+        on_stderr=err.append,
+    )
+    assert result.exit_code == 0
+    assert result.stdout == "g l\n/tmp\nuser\n"
+    assert result.stderr == "oops\n"
+    assert "".join(out) == result.stdout
+    assert "".join(err) == result.stderr
+
+    with pytest.raises(CommandExitException) as failed:
+        sbx.commands.run("echo partial; exit 7")
+    assert failed.value.exit_code == 7
+    assert failed.value.stdout == "partial\n"
+
+    # No stdin unless asked for: a reader of stdin sees its end at once, as with envd.
+    assert sbx.commands.run("cat; echo done", timeout=10).stdout == "done\n"
+
+
+def test_commands_timeout_kills_the_command(sbx: Sandbox) -> None:
+    started = time.monotonic()
+    with pytest.raises(TimeoutException):
+        sbx.commands.run("sleep 30", timeout=1)
+    assert time.monotonic() - started < 15
+    deadline = time.monotonic() + 10
+    while any("sleep 30" in " ".join(p.args) for p in sbx.commands.list()):
+        assert time.monotonic() < deadline, "the timed-out command still runs"
+        time.sleep(0.1)
+
+
+def test_background_stdin_list_kill_connect(sbx: Sandbox) -> None:
+    echo = sbx.commands.run("cat", background=True, stdin=True)
+    sbx.commands.send_stdin(echo.pid, "through stdin\n")
+    sbx.commands.close_stdin(echo.pid)
+    assert echo.wait().stdout == "through stdin\n"
+
+    sleeper = sbx.commands.run("sleep 300", background=True)
+    listed = {p.pid: p for p in sbx.commands.list()}
+    assert sleeper.pid in listed
+    assert listed[sleeper.pid].cmd == "/bin/bash"
+
+    # Leaving a stream stops following the command, not the command.
+    sleeper.disconnect()
+    time.sleep(0.3)
+    assert sleeper.pid in {p.pid for p in sbx.commands.list()}
+
+    ticker = sbx.commands.run(
+        "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.3; done", background=True
+    )
+    followed = sbx.commands.connect(ticker.pid)
+    assert "tick 6" in followed.wait().stdout
+
+    watcher = sbx.commands.connect(sleeper.pid)
+    assert sbx.commands.kill(sleeper.pid) is True
+    with pytest.raises(CommandExitException) as killed:
+        watcher.wait()
+    assert killed.value.exit_code == -1  # envd's code for a signalled command
+    assert sbx.commands.kill(999_999) is False
+
+
+def test_root_is_refused(sbx: Sandbox) -> None:
+    with pytest.raises(Exception, match="never as root"):
+        sbx.commands.run("id -u", user="root")
+    assert sbx.commands.run("id -u", user="user").stdout == "1000\n"
+
+
+def test_pty(sbx: Sandbox) -> None:
+    seen = bytearray()
+    terminal = sbx.pty.create(PtySize(rows=24, cols=80))
+    sbx.pty.resize(terminal.pid, PtySize(rows=40, cols=100))
+    sbx.pty.send_stdin(terminal.pid, b"stty size; echo PTY-$((40+2))\n")
+    sbx.pty.send_stdin(terminal.pid, b"exit\n")
+    result = terminal.wait(on_pty=lambda data: seen.extend(data))
+    assert result.exit_code == 0
+    assert b"40 100" in seen
+    assert b"PTY-42" in seen
+
+    sleeping = sbx.pty.create(PtySize(rows=24, cols=80))
+    assert sbx.pty.kill(sleeping.pid) is True
+
+
+def test_files(sbx: Sandbox) -> None:
+    info = sbx.files.write("/home/user/dir/hello.txt", "hello\n")
+    assert info.path == "/home/user/dir/hello.txt"
+    assert info.type == FileType.FILE
+    assert sbx.files.read("/home/user/dir/hello.txt") == "hello\n"
+    blob = bytes(range(256)) * 1000
+    sbx.files.write("relative.bin", blob)
+    assert bytes(sbx.files.read("/home/user/relative.bin", format="bytes")) == blob
+    assert b"".join(sbx.files.read("relative.bin", format="stream")) == blob
+
+    written = sbx.files.write_files(
+        [{"path": "/tmp/many/a.txt", "data": "A"}, {"path": "/tmp/many/b.txt", "data": b"B"}]
+    )
+    assert [w.path for w in written] == ["/tmp/many/a.txt", "/tmp/many/b.txt"]
+    assert sbx.commands.run("cat /tmp/many/a.txt /tmp/many/b.txt").stdout == "AB"
+
+    assert sbx.files.make_dir("/home/user/dir/sub/deeper") is True
+    assert sbx.files.make_dir("/home/user/dir/sub/deeper") is False
+    shallow = {e.name for e in sbx.files.list("/home/user/dir")}
+    assert shallow == {"hello.txt", "sub"}
+    deep = {e.path for e in sbx.files.list("/home/user/dir", depth=3)}
+    assert "/home/user/dir/sub/deeper" in deep
+
+    entry = sbx.files.get_info("/home/user/dir/hello.txt")
+    assert (entry.size, entry.owner, entry.permissions) == (6, "user", "-rw-r--r--")
+    assert sbx.files.get_info("/home/user/dir").type == FileType.DIR
+
+    moved = sbx.files.rename("/home/user/dir/hello.txt", "/home/user/dir/moved.txt")
+    assert moved.path == "/home/user/dir/moved.txt"
+    assert sbx.files.exists("/home/user/dir/moved.txt")
+    assert not sbx.files.exists("/home/user/dir/hello.txt")
+    sbx.files.remove("/home/user/dir")
+    assert not sbx.files.exists("/home/user/dir")
+
+    with pytest.raises(NotFoundException):
+        sbx.files.read("/home/user/missing.txt")
+
+
+def test_files_refuse_escapes(sbx: Sandbox) -> None:
+    sbx.commands.run("ln -s /root /home/user/rootlink && ln -s /etc/shadow /home/user/shadow")
+    with pytest.raises(Exception, match=r"(?i)permission|denied|not a regular file"):
+        sbx.files.read("/home/user/shadow")
+    with pytest.raises(Exception, match=r"(?i)permission|denied"):
+        sbx.files.write("/home/user/rootlink/planted", "x")
+    with pytest.raises(Exception, match=r"(?i)permission|denied"):
+        sbx.files.list("/home/user/rootlink")
+
+
+def test_lifecycle(e2b_env: Server) -> None:
+    first = Sandbox.create(metadata={"suite": "e2b-life", "n": "1"}, timeout=120)
+    second = Sandbox.create(metadata={"suite": "e2b-life", "n": "2"}, timeout=120)
+    try:
+        assert first.is_running()
+        info = first.get_info()
+        assert info.metadata == {"suite": "e2b-life", "n": "1"}
+        assert info.template_id == "base"
+        before = info.end_at
+
+        first.set_timeout(600)
+        assert first.get_info().end_at > before
+
+        query = SandboxQuery(metadata={"suite": "e2b-life"})
+        pages = Sandbox.list(query=query, limit=1)
+        seen: list[str] = []
+        while pages.has_next:
+            seen += [s.sandbox_id for s in pages.next_items()]
+        assert sorted(seen) == sorted([first.sandbox_id, second.sandbox_id])
+        only = Sandbox.list(query=SandboxQuery(metadata={"n": "2"})).next_items()
+        assert [s.sandbox_id for s in only] == [second.sandbox_id]
+
+        again = Sandbox.connect(first.sandbox_id)
+        assert again.commands.run("echo again").stdout == "again\n"
+
+        metrics = first.get_metrics()
+        assert metrics
+        assert metrics[0].mem_used > 0
+        assert metrics[0].cpu_count >= 1
+
+        first.pause()
+        assert Sandbox.get_info(first.sandbox_id).state.value == "paused"
+        resumed = Sandbox.connect(first.sandbox_id)
+        assert resumed.commands.run("echo resumed").stdout == "resumed\n"
+    finally:
+        first.kill()
+        second.kill()
+    assert not first.is_running()
+    with pytest.raises(NotFoundException):
+        Sandbox.connect(first.sandbox_id)
+
+
+def test_bad_key_and_unknown_template(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    _point_at(monkeypatch, server, key="not-a-key")
+    with pytest.raises(AuthenticationException):
+        Sandbox.create()
+    _point_at(monkeypatch, server)
+    with pytest.raises(Exception, match="code interpreter"):
+        Sandbox.create(template="code-interpreter-v1")
+    with pytest.raises(Exception, match=r"not allowed|not an image"):
+        Sandbox.create(template="Not An Image!")
+
+
+def test_access_tokens_open_one_sandbox_only(e2b_env: Server) -> None:
+    mine = Sandbox.create()
+    other = Sandbox.create()
+    try:
+        with pytest.raises(InvalidArgumentException):
+            mine.files.list("/home/user", depth=0)
+        for token in ("forged", other._envd_access_token):
+            config = ConnectionConfig(
+                extra_sandbox_headers={
+                    "E2b-Sandbox-Id": mine.sandbox_id,
+                    "E2b-Sandbox-Port": str(ConnectionConfig.envd_port),
+                    "X-Access-Token": str(token),
+                }
+            )
+            stolen = Sandbox(
+                sandbox_id=mine.sandbox_id,
+                envd_version=mine._envd_version,
+                envd_access_token=str(token),
+                sandbox_domain=None,
+                connection_config=config,
+                traffic_access_token=None,
+            )
+            with pytest.raises(AuthenticationException):
+                stolen.commands.run("true")
+            with pytest.raises(AuthenticationException):
+                stolen.files.read("/etc/hostname")
+    finally:
+        mine.kill()
+        other.kill()
+
+
+def test_huge_upload_is_refused() -> None:
+    process, server = start_server(
+        {"INSIEN_MAX_UPLOAD_BYTES": str(1024 * 1024), "INSIEN_POOL_SIZE": "0"}, "e2b-limits"
+    )
+    try:
+        mp = pytest.MonkeyPatch()
+        _point_at(mp, server)
+        try:
+            sandbox = Sandbox.create()
+            try:
+                with pytest.raises(Exception, match="limit"):
+                    sandbox.files.write("/tmp/big.bin", b"x" * (2 * 1024 * 1024))
+                assert not sandbox.files.exists("/tmp/big.bin")
+                sandbox.files.write("/tmp/small.bin", b"x" * 1000)
+                assert sandbox.files.get_info("/tmp/small.bin").size == 1000
+            finally:
+                sandbox.kill()
+        finally:
+            mp.undo()
+    finally:
+        assert stop_server(process) == 0
+
+
+def test_async_sdk_under_asyncio(e2b_env: Server) -> None:
+    async def main() -> tuple[str, str, list[str]]:
+        sandbox = await AsyncSandbox.create()
+        try:
+            chunks: list[str] = []
+            result = await sandbox.commands.run(
+                "for i in 1 2 3; do echo $i; done", on_stdout=chunks.append
+            )
+            await sandbox.files.write("/tmp/async.txt", "async ok")
+            content = await sandbox.files.read("/tmp/async.txt")
+            handles = await asyncio.gather(*(sandbox.commands.run(f"echo {n}") for n in range(5)))
+            return result.stdout, content, [h.stdout for h in handles]
+        finally:
+            await sandbox.kill()
+
+    stdout, content, parallel = asyncio.run(main())
+    assert stdout == "1\n2\n3\n"
+    assert content == "async ok"
+    assert parallel == [f"{n}\n" for n in range(5)]
