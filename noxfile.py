@@ -19,6 +19,8 @@ E2B = ["e2b==2.63.0"]
 def tests(session: nox.Session) -> None:
     """The whole suite against a real Docker Engine (builds the sandbox image if needed)."""
     session.install(*SERVER, *SDK, *E2B)
+    # The stock e2b npm package for the JavaScript suite, at the version package-lock.json pins.
+    session.run("npm", "ci", "--no-audit", "--no-fund", "--prefix", "tests/e2b_js", external=True)
     session.run("insien", "image", "build")
     session.run("pytest", *session.posargs)
 

@@ -8,7 +8,7 @@ be buffered whole. This is the little that takes.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from contextlib import suppress
 from typing import Any
 from urllib.parse import parse_qsl
@@ -48,7 +48,7 @@ class Exchange:
         self.disconnected = False
         self.started = False
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The request body as it arrives (each chunk once)."""
         while not self.body_done:
             event = await self._receive()

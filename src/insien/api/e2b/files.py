@@ -6,7 +6,8 @@ renamed into place, so a cut upload never leaves a partial file under the real n
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
@@ -84,21 +85,22 @@ async def _download(exchange: Exchange, sandbox: Sandbox) -> None:
     await exchange.write(b"", more=False)
 
 
-async def _inflate(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+async def _inflate(chunks: AsyncGenerator[bytes, None], limit: int) -> AsyncIterator[bytes]:
     """A gzip body, decompressed in bounded steps (a small bomb cannot grow past `limit`)."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     total = 0
     try:
-        async for chunk in chunks:
-            data = chunk
-            while data:
-                out = inflater.decompress(data, INFLATE_STEP)
-                data = inflater.unconsumed_tail
-                total += len(out)
-                if total > limit:
-                    raise FilesError(413, f"upload exceeds the {limit} byte limit")
-                if out:
-                    yield out
+        async with aclosing(chunks) as source:
+            async for chunk in source:
+                data = chunk
+                while data:
+                    out = inflater.decompress(data, INFLATE_STEP)
+                    data = inflater.unconsumed_tail
+                    total += len(out)
+                    if total > limit:
+                        raise FilesError(413, f"upload exceeds the {limit} byte limit")
+                    if out:
+                        yield out
         rest = inflater.flush()
     except zlib.error as exc:
         raise FilesError(400, f"the body is not valid gzip: {exc}") from None
@@ -121,9 +123,11 @@ async def _upload(exchange: Exchange, sandbox: Sandbox, limit: int) -> list[dict
         path = exchange.query.get("path")
         if not path:
             raise FilesError(400, "query parameter 'path' is required")
-        body = exchange.chunks()
+        body: AsyncIterator[bytes]
         if exchange.headers.get("content-encoding", "").strip().lower() == "gzip":
-            body = _inflate(body, limit)
+            body = _inflate(exchange.chunks(), limit)
+        else:
+            body = exchange.chunks()
         await upload(sandbox.link, path, body, limit)
         return [{"name": _name(path), "type": "file", "path": path}]
     except TransferError as exc:
