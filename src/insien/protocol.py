@@ -251,9 +251,11 @@ class ProtocolError(Exception):
         return error_message(self.request_id, self.code, self.message)
 
 
-def _describe(exc: ValidationError) -> str:
+def describe(exc: ValidationError, *, skip: int = 0) -> str:
+    """The first problem pydantic found, as `where: what` (`skip` drops leading path parts,
+    e.g. the tagged union's type name)."""
     first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"][1:]) or "message"
+    where = ".".join(str(part) for part in first["loc"][skip:]) or "message"
     return f"field {where!r}: {first['msg']}"
 
 
@@ -276,5 +278,5 @@ def parse_request(raw: object) -> Message:
     try:
         request = REQUESTS[kind].model_validate(raw)
     except ValidationError as exc:
-        raise ProtocolError(request_id, ErrorCode.BAD_REQUEST, _describe(exc)) from None
+        raise ProtocolError(request_id, ErrorCode.BAD_REQUEST, describe(exc, skip=1)) from None
     return request.model_dump(mode="json", exclude_unset=True)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from quart import Blueprint, request
 
 from ..link import AgentGone
 from ..protocol import ErrorCode
 from ..sandboxes.sandbox import Sandbox, SandboxOptions, State, iso_timestamp
 from ..tenancy.tenants import Tenant
+from .bodies import json_body
 from .context import Services
 from .creating import Label, ResourcesRequest, Seconds, sandbox_options
 from .errors import ApiError, error_code, status_for
@@ -34,18 +35,6 @@ class CreateRequest(BaseModel):
 class KeepaliveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     timeout: Seconds | None = None
-
-
-async def _body(model: type[BaseModel]) -> Any:
-    raw = await request.get_data()
-    if not raw.strip():
-        return model()
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ApiError(400, ErrorCode.BAD_REQUEST, f"{where}: {first['msg']}") from None
 
 
 def rest_blueprint(services: Services) -> Blueprint:
@@ -77,7 +66,7 @@ def rest_blueprint(services: Services) -> Blueprint:
     @bp.post("/sandbox/create")
     async def create_sandbox() -> Any:
         tenant = services.tenant_from_key(request)
-        chosen = await options(await _body(CreateRequest), tenant)
+        chosen = await options(await json_body(CreateRequest), tenant)
         sandbox = await manager.create(tenant, chosen)
         token = services.auth.issue_token(sandbox.id, tenant)
         return {
@@ -104,7 +93,7 @@ def rest_blueprint(services: Services) -> Blueprint:
     @bp.post("/sandbox/<sandbox_id>/keepalive")
     async def keepalive(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
-        body = await _body(KeepaliveRequest)
+        body = await json_body(KeepaliveRequest)
         lookup(sandbox_id, tenant)
         return manager.keepalive(sandbox_id, tenant, body.timeout).info()
 

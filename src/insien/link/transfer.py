@@ -219,3 +219,12 @@ async def download(
     finally:
         with trio.CancelScope(shield=True):
             await ahead.close()
+
+
+async def open_download(link: AgentLink, path: str) -> tuple[int, AsyncIterator[bytes]]:
+    """A file's size and its bytes. What can be known before the first byte (a missing file,
+    permission, not a regular file) raises TransferError here, so a caller can still answer
+    with a proper error instead of a success status followed by a cut body."""
+    size = await file_size(link, path)
+    first = await read_chunk(link, path, 0)
+    return size, download(link, path, first)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ...link import AgentGone
-from ...protocol import ErrorCode, Message, ProtocolError
+from ...protocol import ErrorCode, Message, ProtocolError, describe
 from ...sandboxes.sandbox import Sandbox, State
 from ...tenancy.tenants import Tenant
 from .connect import Code, ConnectError
@@ -53,9 +53,7 @@ class EnvdCall:
         try:
             return model.model_validate(self.message)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "request"
-            raise ConnectError(Code.INVALID_ARGUMENT, f"{where}: {first['msg']}") from None
+            raise ConnectError(Code.INVALID_ARGUMENT, describe(exc)) from None
 
     def gone(self, exc: AgentGone) -> ConnectError:
         """The error for a call whose sandbox went away under it."""

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, Response, request
 
 from ...protocol import ErrorCode
 from ...sandboxes.sandbox import Sandbox, State, iso_timestamp
 from ...tenancy.tenants import Tenant
+from ..bodies import json_body
 from ..context import Services
 from ..creating import sandbox_options
 from ..errors import CORE_ERRORS, ApiError, api_error_for
@@ -27,7 +29,6 @@ DEFAULT_TIMEOUT = 300
 CLIENT_ID = "insien"
 MAX_PAGE = 1000
 MIB = 1024 * 1024
-M = TypeVar("M", bound=BaseModel)
 
 
 class NewSandbox(BaseModel):
@@ -67,16 +68,6 @@ def e2b_error(status: int, message: str, retry_after: int | None = None) -> Resp
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
     return response
-
-
-async def _body(model: type[M]) -> M:
-    raw = await request.get_data()
-    try:
-        return model.model_validate_json(raw or b"{}")
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ApiError(400, ErrorCode.BAD_REQUEST, f"{where}: {first['msg']}") from None
 
 
 def _metadata_filter(raw: str | None) -> dict[str, str]:
@@ -135,8 +126,8 @@ def control_blueprint(services: Services, sampler: MetricsSampler) -> Blueprint:
     def access_token(sandbox: Sandbox, owner: Tenant) -> str:
         # envd calls use this token for as long as the sandbox may live, not the short
         # lifetime of an agentUrl token.
-        remaining = max(1.0, (sandbox.expires_at - sandbox.created_at).total_seconds())
-        return services.auth.issue_token(sandbox.id, owner, ttl=remaining + 3600)
+        remaining = (sandbox.expires_at - datetime.now(UTC)).total_seconds()
+        return services.auth.issue_token(sandbox.id, owner, ttl=max(remaining, 0) + 3600)
 
     def created(sandbox: Sandbox, owner: Tenant) -> dict[str, Any]:
         return {
@@ -147,6 +138,9 @@ def control_blueprint(services: Services, sampler: MetricsSampler) -> Blueprint:
             "envdAccessToken": access_token(sandbox, owner),
             "domain": None,
         }
+
+    def state(sandbox: Sandbox) -> str:
+        return "paused" if sandbox.state is State.PAUSED else "running"
 
     def listed(sandbox: Sandbox) -> dict[str, Any]:
         resources = sandbox.options.resources
@@ -159,14 +153,14 @@ def control_blueprint(services: Services, sampler: MetricsSampler) -> Blueprint:
             "cpuCount": max(1, math.ceil(resources.cpus)),
             "memoryMB": resources.memory // MIB,
             "diskSizeMB": 0,
-            "state": "paused" if sandbox.state is State.PAUSED else "running",
+            "state": state(sandbox),
             "envdVersion": ENVD_VERSION,
             "metadata": dict(sandbox.options.metadata),
         }
 
     async def create() -> tuple[dict[str, Any], int]:
         owner = tenant()
-        body = await _body(NewSandbox)
+        body = await json_body(NewSandbox)
         if body.mcp:
             raise ApiError(400, ErrorCode.BAD_REQUEST, "MCP gateways are not supported by Insien")
         if body.volumeMounts:
@@ -205,7 +199,7 @@ def control_blueprint(services: Services, sampler: MetricsSampler) -> Blueprint:
         found = [
             s
             for s in manager.list(owner, include_ended=False)
-            if listed(s)["state"] in states
+            if state(s) in states
             and all(s.options.metadata.get(k) == v for k, v in wanted.items())
         ]
         page = found[start : start + limit]
@@ -231,13 +225,13 @@ def control_blueprint(services: Services, sampler: MetricsSampler) -> Blueprint:
 
     @bp.post("/sandboxes/<sandbox_id>/timeout")
     async def set_timeout(sandbox_id: str) -> tuple[str, int]:
-        body = await _body(TimeoutBody)
+        body = await json_body(TimeoutBody)
         manager.keepalive(sandbox_id, tenant(), float(max(body.timeout, 1)))
         return "", 204
 
     @bp.post("/sandboxes/<sandbox_id>/refreshes")
     async def refresh(sandbox_id: str) -> tuple[str, int]:
-        body = await _body(RefreshBody)
+        body = await json_body(RefreshBody)
         manager.keepalive(sandbox_id, tenant(), float(body.duration) if body.duration else None)
         return "", 204
 
@@ -251,7 +245,7 @@ def control_blueprint(services: Services, sampler: MetricsSampler) -> Blueprint:
 
     async def connect(sandbox_id: str) -> tuple[dict[str, Any], int]:
         owner = tenant()
-        body = await _body(ConnectBody)
+        body = await json_body(ConnectBody)
         sandbox = manager.get(sandbox_id, owner)
         status = 200
         if sandbox.state is State.PAUSED:

@@ -20,10 +20,10 @@ from ...sandboxes.manager import SandboxNotFound
 from ...sandboxes.sandbox import Sandbox, State
 from ...tenancy.tenants import Tenant
 from ..context import Services
+from ..exchange import BodyTooLarge, ClientGone, Exchange
 from . import connect
 from .calls import EnvdCall, Method
 from .connect import Code, ConnectError
-from .exchange import BodyTooLarge, ClientGone, Exchange
 from .files import FilesError, serve_files
 from .filesystem import METHODS as FILESYSTEM_METHODS
 from .process import METHODS as PROCESS_METHODS

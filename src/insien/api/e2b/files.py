@@ -12,10 +12,10 @@ from typing import Any
 
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
-from ...link.transfer import TransferError, download, file_size, read_chunk, upload
+from ...link.transfer import TransferError, open_download, upload
 from ...protocol import ErrorCode
 from ...sandboxes.sandbox import Sandbox
-from .exchange import ClientGone, Exchange
+from ..exchange import ClientGone, Exchange
 
 INFLATE_STEP = 1024 * 1024
 
@@ -64,10 +64,8 @@ async def _download(exchange: Exchange, sandbox: Sandbox) -> None:
     path = exchange.query.get("path")
     if not path:
         raise FilesError(400, "query parameter 'path' is required")
-    link = sandbox.link
     try:
-        size = await file_size(link, path)
-        first = await read_chunk(link, path, 0)  # errors answer before the status line
+        size, body = await open_download(sandbox.link, path)
     except TransferError as exc:
         raise files_error(exc) from None
     await exchange.start(
@@ -80,7 +78,7 @@ async def _download(exchange: Exchange, sandbox: Sandbox) -> None:
     )
     # A failure past this point can only cut the body short: the client sees a body that
     # ends without its final chunk (chunked encoding), never a short file presented whole.
-    async for chunk in download(link, path, first):
+    async for chunk in body:
         await exchange.write(chunk)
     await exchange.write(b"", more=False)
 

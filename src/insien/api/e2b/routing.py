@@ -9,8 +9,8 @@ import re
 
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
+from ..exchange import Exchange
 from .envd import ENVD_PORT, EnvdFront
-from .exchange import Exchange
 
 PREFIX = "/e2b"
 SANDBOX_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")

@@ -1,8 +1,9 @@
-"""One HTTP request and its answer at the ASGI level, for the envd side of the E2B front.
+"""One HTTP request and its answer at the ASGI level, for what is served beside Quart.
 
-envd's streams and uploads are served as raw ASGI, not Quart routes: a stream needs its own
-writer task and a watch on the client's disconnect inside one nursery, and an upload must not
-be buffered whole. This is the little that takes.
+Uploads (`PUT /sandbox/<id>/files`, E2B's `/files`) and envd's streams are raw ASGI, not Quart
+routes: an upload must not be buffered whole (each `receive()` is one bounded piece, and
+hypercorn stops reading the socket until it is taken), and a stream needs its own writer task
+and a watch on the client's disconnect inside one nursery. This is the little that takes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from urllib.parse import parse_qsl
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
 
-DISCARD_LIMIT = 1024 * 1024
+DISCARD_LIMIT = 16 * 1024 * 1024
 DISCARD_SECONDS = 5.0
 
 
