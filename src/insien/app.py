@@ -5,13 +5,12 @@ from __future__ import annotations
 from quart_trio import QuartTrio
 
 from .api.context import Services
-from .api.e2b import E2BRouter, EnvdFront, MetricsSampler, control_blueprint
+from .api.e2b import E2BRouter, EnvdFront, control_blueprint
 from .api.errors import install_error_handlers
 from .api.files import UploadMiddleware, files_blueprint
 from .api.limits import BodyDeadline
 from .api.rest import rest_blueprint
 from .api.ws import ws_blueprint
-from .tenancy.resources import parse_size
 
 MAX_REST_BODY = 1024 * 1024
 
@@ -25,9 +24,7 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(rest_blueprint(services))
     app.register_blueprint(ws_blueprint(services))
     app.register_blueprint(files_blueprint(services))
-    disk_total = parse_size(services.settings.disk_limit) if services.settings.disk_limit else 0
-    sampler = MetricsSampler(services.manager.runtime, disk_total)
-    app.register_blueprint(control_blueprint(services, sampler))
+    app.register_blueprint(control_blueprint(services))
     return app
 
 

@@ -150,3 +150,19 @@ def test_blocking_namespaces(server: Server) -> None:
         terminal = sandbox.pty.create()
         sandbox.pty.send_input(terminal.pid, "exit 9\n")
         assert terminal.wait().exit_code == 9
+
+
+def test_metrics_from_the_cgroup(server: Server) -> None:
+    with Sandbox(api_key=server.api_key, base_url=server.url) as sandbox:
+        idle = sandbox.metrics()
+        assert idle.memory_bytes > 0
+        assert idle.memory_limit == 1 << 30
+        assert idle.pids >= 2  # the agent and its spawner at least
+        sandbox.commands.run("sleep 2", background=True)
+        # a megabyte written to the writable layer, and a process that spins for a second
+        sandbox.commands.run("head -c 1048576 /dev/urandom > /home/user/blob")
+        sandbox.commands.run("timeout 1 sh -c 'while :; do :; done'")
+        busy = sandbox.metrics()
+        assert busy.disk_bytes >= 1 << 20
+        assert busy.pids > idle.pids
+        assert busy.cpu_percent > 20

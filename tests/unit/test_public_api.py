@@ -30,6 +30,7 @@ def test_sdk_public_names() -> None:
         "Sandbox",
         "SandboxClosedError",
         "SandboxInfo",
+        "SandboxMetrics",
         "UnavailableError",
         "__version__",
     ]

@@ -145,6 +145,13 @@ def rest_blueprint(services: Services) -> Blueprint:
         tenant = services.tenant_from_key(request)
         return lookup(sandbox_id, tenant, include_ended=True).info()
 
+    @bp.get("/sandboxes/<sandbox_id>/metrics")
+    async def sandbox_metrics(sandbox_id: str) -> Any:
+        """CPU, memory, disk and pids now (see sandboxes/usage.py); reading is not activity."""
+        tenant = services.tenant_from_key(request)
+        reading = await manager.usage.read(lookup(sandbox_id, tenant))
+        return {"sandboxId": sandbox_id, **reading.info()}
+
     @bp.get("/sandboxes")
     async def list_sandboxes() -> Any:
         tenant = services.tenant_from_key(request)

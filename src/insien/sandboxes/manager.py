@@ -21,6 +21,7 @@ from ..config import Settings
 from ..protocol import ErrorCode
 from ..runtime.base import Runtime, RuntimeFailure
 from ..tenancy.quotas import CreateRateLimiter, QuotaExceeded
+from ..tenancy.resources import parse_size
 from ..tenancy.tenants import Tenant
 from .launcher import Launcher, SandboxStartError
 from .pool import WarmPool
@@ -29,6 +30,7 @@ from .records import notes_message
 from .recovery import RecoveryReport, recover
 from .sandbox import EndReason, Sandbox, SandboxOptions, State
 from .snapshots import Snapshots
+from .usage import UsageSampler
 
 log = logging.getLogger("insien.manager")
 
@@ -72,6 +74,8 @@ class SandboxManager:
         )
         self.snapshots = Snapshots(runtime, settings, tenant_exists)
         self.recovery = RecoveryReport()
+        disk_limit = parse_size(settings.disk_limit) if settings.disk_limit else 0
+        self.usage = UsageSampler(runtime, disk_limit)
 
     @classmethod
     @asynccontextmanager
@@ -295,6 +299,7 @@ class SandboxManager:
         if not sandbox.end(reason, detail):
             return
         self._sandboxes.pop(sandbox.id, None)
+        self.usage.forget(sandbox.id)
         if sandbox.owner:  # a pooled sandbox that died never belonged to anyone
             self._ended[sandbox.id] = sandbox
         sandbox.scope.cancel()

@@ -23,6 +23,7 @@ from ._types import EntryInfo as EntryInfo
 from ._types import OutputChunk as OutputChunk
 from ._types import ProcessInfo as ProcessInfo
 from ._types import SandboxInfo as SandboxInfo
+from ._types import SandboxMetrics as SandboxMetrics
 
 try:
     __version__ = _distribution_version("insien-sandbox")
@@ -47,6 +48,7 @@ __all__ = [
     "Sandbox",
     "SandboxClosedError",
     "SandboxInfo",
+    "SandboxMetrics",
     "UnavailableError",
     "__version__",
 ]

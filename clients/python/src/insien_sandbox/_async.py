@@ -15,7 +15,7 @@ from ._config import resolve
 from ._errors import InsienError
 from ._files import Files
 from ._session import REST_TIMEOUT, Session, rest_request
-from ._types import CommandResult, SandboxInfo
+from ._types import CommandResult, SandboxInfo, SandboxMetrics
 
 
 class AsyncSandbox:
@@ -158,6 +158,12 @@ class AsyncSandbox:
         """State, lifetime, metadata and clients of this sandbox."""
         await self.create()
         return SandboxInfo.from_wire(await self._request("GET", f"/sandboxes/{self.sandbox_id}"))
+
+    async def metrics(self) -> SandboxMetrics:
+        """CPU, memory, disk and processes of the sandbox now (reading it is not activity)."""
+        await self.create()
+        raw = await self._request("GET", f"/sandboxes/{self.sandbox_id}/metrics")
+        return SandboxMetrics.from_wire(raw)
 
     async def set_timeout(self, seconds: float) -> SandboxInfo:
         """Let the sandbox live `seconds` from now (within the operator's maximum)."""

@@ -22,7 +22,14 @@ from ._commands import Commands as AsyncCommands
 from ._commands import OutputCallback
 from ._commands import Pty as AsyncPty
 from ._files import Files as AsyncFiles
-from ._types import CommandResult, EntryInfo, OutputChunk, ProcessInfo, SandboxInfo
+from ._types import (
+    CommandResult,
+    EntryInfo,
+    OutputChunk,
+    ProcessInfo,
+    SandboxInfo,
+    SandboxMetrics,
+)
 
 T = TypeVar("T")
 
@@ -422,6 +429,9 @@ class Sandbox:
 
     def info(self) -> SandboxInfo:
         return self._loop.run(self._async.info)
+
+    def metrics(self) -> SandboxMetrics:
+        return self._loop.run(self._async.metrics)
 
     def set_timeout(self, seconds: float) -> SandboxInfo:
         return self._loop.run(self._async.set_timeout, seconds)

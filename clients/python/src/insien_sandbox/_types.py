@@ -126,3 +126,33 @@ class SandboxInfo:
             end_reason=raw.get("endReason"),
             ended_at=raw.get("endedAt"),
         )
+
+
+@dataclass(frozen=True)
+class SandboxMetrics:
+    """What a sandbox uses now (`GET /sandboxes/<id>/metrics`): CPU percent of its limit since
+    the previous reading, memory without page cache, its writable layer on disk, processes."""
+
+    timestamp: str
+    cpu_count: int
+    cpu_percent: float
+    memory_bytes: int
+    memory_limit: int
+    memory_cache: int
+    disk_bytes: int
+    disk_limit: int
+    pids: int
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> SandboxMetrics:
+        return cls(
+            timestamp=str(raw["timestamp"]),
+            cpu_count=int(raw["cpuCount"]),
+            cpu_percent=float(raw["cpuPercent"]),
+            memory_bytes=int(raw["memoryBytes"]),
+            memory_limit=int(raw["memoryLimit"]),
+            memory_cache=int(raw["memoryCache"]),
+            disk_bytes=int(raw["diskBytes"]),
+            disk_limit=int(raw["diskLimit"]),
+            pids=int(raw["pids"]),
+        )

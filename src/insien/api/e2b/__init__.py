@@ -6,7 +6,6 @@ through the same agent link as every other front."""
 
 from .control import control_blueprint as control_blueprint
 from .envd import EnvdFront as EnvdFront
-from .metrics import MetricsSampler as MetricsSampler
 from .routing import E2BRouter as E2BRouter
 
-__all__ = ["E2BRouter", "EnvdFront", "MetricsSampler", "control_blueprint"]
+__all__ = ["E2BRouter", "EnvdFront", "control_blueprint"]

@@ -20,7 +20,6 @@ from ..bodies import json_body
 from ..context import Services
 from ..creating import sandbox_options
 from ..errors import CORE_ERRORS, ApiError, api_error_for
-from .metrics import MetricsSampler
 
 ENVD_VERSION = "0.6.1"
 """The envd version the SDKs are told: its features (stdin, close-stdin, octet-stream uploads)
@@ -77,7 +76,7 @@ def _metadata_filter(raw: str | None) -> dict[str, str]:
     return {unquote(k): unquote(v) for k, v in parse_qsl(raw, keep_blank_values=True)}
 
 
-def control_blueprint(services: Services, sampler: MetricsSampler) -> Blueprint:
+def control_blueprint(services: Services) -> Blueprint:
     bp = Blueprint("e2b", __name__, url_prefix="/e2b")
     manager = services.manager
     settings = services.settings
@@ -199,8 +198,7 @@ def control_blueprint(services: Services, sampler: MetricsSampler) -> Blueprint:
         found = [
             s
             for s in manager.list(owner, include_ended=False)
-            if state(s) in states
-            and all(s.options.metadata.get(k) == v for k, v in wanted.items())
+            if state(s) in states and all(s.options.metadata.get(k) == v for k, v in wanted.items())
         ]
         page = found[start : start + limit]
         response = Response(
@@ -261,9 +259,19 @@ def control_blueprint(services: Services, sampler: MetricsSampler) -> Blueprint:
 
     @bp.get("/sandboxes/<sandbox_id>/metrics")
     async def metrics(sandbox_id: str) -> Response:
-        sandbox = manager.get(sandbox_id, tenant())
-        sample = await sampler.sample(sandbox)
-        return Response(json.dumps([sample]), status=200, mimetype="application/json")
+        reading = await manager.usage.read(manager.get(sandbox_id, tenant()))
+        metric = {
+            "timestamp": datetime.fromtimestamp(reading.at, UTC).isoformat().replace("+00:00", "Z"),
+            "timestampUnix": int(reading.at),
+            "cpuCount": reading.cpu_count,
+            "cpuUsedPct": reading.cpu_percent,
+            "memUsed": reading.memory_bytes,
+            "memTotal": reading.memory_limit,
+            "memCache": reading.memory_cache,
+            "diskUsed": reading.disk_bytes,
+            "diskTotal": reading.disk_limit,
+        }
+        return Response(json.dumps([metric]), status=200, mimetype="application/json")
 
     async def logs(sandbox_id: str) -> dict[str, Any]:
         sandbox = manager.get(sandbox_id, tenant(), include_ended=True)
