@@ -69,6 +69,10 @@ def requests(*, local_paths: bool = False) -> st.SearchStrategy[dict[str, Any]]:
     return st.one_of(*[of(kind) for kind in kinds], st.builds(lambda t: {"type": t}, hostile))
 
 
+STARTED_TYPES = ("spawnResponse", "attachResponse", "watchStarted")
+"""A request's first event when it follows something until cancelled: the fuzzers cancel it."""
+
+
 def is_final(message: dict[str, Any]) -> bool:
     return message.get("type") not in EVENT_TYPES
 
@@ -80,6 +84,8 @@ def check_answer(kind: object, final: dict[str, Any]) -> None:
         assert isinstance(final.get("message"), str), final
     elif kind in ("spawn", "attach"):
         assert final.get("type") in ("exit", "detached"), final
+    elif kind == "watch":
+        assert final.get("type") == "watchEnded", final
     elif kind == "ping":
         assert final.get("type") == "pong", final
     else:

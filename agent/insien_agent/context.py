@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .gate import ByteGate
 from .identity import FileWorkers, Identity
@@ -17,11 +17,19 @@ Message = dict[str, Any]
 READ_GATE_BYTES = 48 * 1024 * 1024
 
 
+class Credited(Protocol):
+    """A streaming request that sends only as far as the server's credit allows."""
+
+    def grant(self, n: int) -> None: ...
+
+
 @dataclass
 class Subscriptions:
     """Streaming requests by id, so `credit` and `cancel` can find them."""
 
     by_request: dict[Any, tuple[ManagedProcess, Subscriber]] = field(default_factory=dict)
+    watchers: dict[Any, Credited] = field(default_factory=dict)
+    """`watch` requests, whose event batches are credited like output events."""
 
 
 @dataclass

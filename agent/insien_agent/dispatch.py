@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
-from . import PROTOCOL_VERSION, __version__, commands, files
+from . import PROTOCOL_VERSION, __version__, commands, files, watch
 from .context import READ_GATE_BYTES, Request, Subscriptions
 from .errors import BAD_REQUEST, CANCELLED, INTERNAL, TOO_LARGE, UNKNOWN_TYPE, AgentError
 from .fields import required_int
@@ -53,6 +53,7 @@ HANDLERS: dict[str, Handler] = {
     "mkdir": files.handle_mkdir,
     "remove": files.handle_remove,
     "rename": files.handle_rename,
+    "watch": watch.handle_watch,
 }
 BUILTIN = ("ack", "cancel", "credit", "env", "note", "ping", "resume")
 MAX_NOTES_BYTES = 64 * 1024
@@ -284,10 +285,14 @@ class Agent:
 
     async def _credit(self, msg: Message) -> None:
         n = required_int(msg, "n", minimum=1)
-        found = self._subscriptions.by_request.get(msg.get("target"))
+        target = msg.get("target")
+        found = self._subscriptions.by_request.get(target)
         if found is not None:
             process, subscriber = found
             await process.grant(subscriber, n)
+        watcher = self._subscriptions.watchers.get(target)
+        if watcher is not None:
+            watcher.grant(n)
 
     def _cancel(self, msg: Message) -> Message:
         target = msg.get("target")

@@ -194,6 +194,14 @@ class RenameRequest(_Request):
     newPath: NonEmpty
 
 
+class WatchRequest(_Request):
+    """Filesystem events under a directory until cancelled (or the directory goes)."""
+
+    type: Literal["watch"]
+    path: NonEmpty = "."
+    recursive: StrictBool = False
+
+
 class CancelRequest(_Request):
     type: Literal["cancel"]
     target: RequestId
@@ -221,6 +229,7 @@ _MODELS: tuple[type[_Request], ...] = (
     MkdirRequest,
     RemoveRequest,
     RenameRequest,
+    WatchRequest,
     CancelRequest,
     PingRequest,
 )
@@ -231,7 +240,11 @@ REQUESTS: dict[str, type[_Request]] = {
 REQUEST_TYPES = frozenset(REQUESTS)
 
 # Messages that come before a request's final one; every other type ends the request.
-EVENT_TYPES = frozenset({"output", "data", "spawnResponse", "attachResponse"})
+EVENT_TYPES = frozenset(
+    {"output", "data", "spawnResponse", "attachResponse", "watchStarted", "fsEvents"}
+)
+CREDITED_TYPES = frozenset({"output", "fsEvents"})
+"""Events the agent sends only as far as the server's credit allows (see Flow control)."""
 
 
 def is_final(message: Message) -> bool:

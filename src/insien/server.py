@@ -119,6 +119,7 @@ async def serve(
             )
             app = create_asgi(services)
             async with trio.open_nursery() as nursery:
+                await nursery.start(services.background.run)
                 # The signal watcher would otherwise outlive a stop set by the caller.
                 signals = trio.CancelScope()
                 if handle_signals:
@@ -150,6 +151,7 @@ async def serve(
                 task_status.started(binds)
                 await stop.wait()
                 signals.cancel()
+                services.background.close()
                 # hypercorn returns once its graceful shutdown is done; then stop the signal task.
     finally:
         runtime.close()

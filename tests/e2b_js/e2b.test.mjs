@@ -91,6 +91,34 @@ test('files: write, read, list, info, make_dir, rename, remove', async () => {
   await assert.rejects(sbx.files.read('/home/user/nothing-here'), NotFoundError)
 })
 
+test('watchDir streams filesystem events', async () => {
+  await sbx.files.makeDir('/home/user/jswatch')
+  const seen = []
+  let resolveSeen
+  const arrived = new Promise((resolve) => {
+    resolveSeen = resolve
+  })
+  const handle = await sbx.files.watchDir(
+    '/home/user/jswatch',
+    (event) => {
+      seen.push(`${event.type}:${event.name}`)
+      if (seen.includes('remove:x.txt')) resolveSeen()
+    },
+    { recursive: true },
+  )
+  await sbx.commands.run('cd /home/user/jswatch && echo 1 > x.txt && rm x.txt')
+  let timer
+  await Promise.race([
+    arrived,
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`only saw ${seen}`)), 15000)
+    }),
+  ]).finally(() => clearTimeout(timer))
+  await handle.stop()
+  assert.ok(seen.includes('create:x.txt'))
+  assert.ok(seen.includes('write:x.txt'))
+})
+
 test('lifecycle: info, timeout, list, connect, metrics, kill', async () => {
   const other = await Sandbox.create({ metadata: { suite: 'e2b-js-life' }, timeoutMs: 120_000 })
   try {

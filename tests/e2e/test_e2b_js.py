@@ -36,4 +36,4 @@ def test_stock_e2b_js_sdk(server: Server) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    assert "pass 5" in done.stdout, done.stdout[-3000:]
+    assert "pass 6" in done.stdout, done.stdout[-3000:]

@@ -12,6 +12,8 @@ from e2b import (
     AsyncSandbox,
     AuthenticationException,
     CommandExitException,
+    FilesystemEvent,
+    FilesystemEventType,
     FileType,
     InvalidArgumentException,
     NotFoundException,
@@ -309,3 +311,47 @@ def test_async_sdk_under_asyncio(e2b_env: Server) -> None:
     assert stdout == "1\n2\n3\n"
     assert content == "async ok"
     assert parallel == [f"{n}\n" for n in range(5)]
+
+
+def test_watch_dir_polled_and_streamed(sbx: Sandbox) -> None:
+    sbx.files.make_dir("/home/user/watched/sub")
+    handle = sbx.files.watch_dir("/home/user/watched", recursive=True)
+    sbx.files.write("/home/user/watched/a.txt", "a")
+    sbx.files.write("/home/user/watched/sub/b.txt", "b")
+    sbx.commands.run("chmod 600 /home/user/watched/a.txt && rm /home/user/watched/a.txt")
+    wanted = {
+        ("a.txt", FilesystemEventType.CREATE),
+        ("a.txt", FilesystemEventType.CHMOD),
+        ("a.txt", FilesystemEventType.REMOVE),
+        ("sub/b.txt", FilesystemEventType.CREATE),
+    }
+    seen: set[tuple[str, FilesystemEventType]] = set()
+    deadline = time.monotonic() + 15
+    while not wanted <= seen:
+        assert time.monotonic() < deadline, f"saw only {seen}"
+        seen |= {(e.name, e.type) for e in handle.get_new_events()}
+        time.sleep(0.1)
+    handle.stop()
+    with pytest.raises(Exception, match=r"not found|stopped"):
+        handle.get_new_events()
+
+    async def streamed() -> set[tuple[str, FilesystemEventType]]:
+        sandbox = await AsyncSandbox.connect(sbx.sandbox_id)
+        got: set[tuple[str, FilesystemEventType]] = set()
+        done = asyncio.Event()
+
+        def on_event(event: FilesystemEvent) -> None:
+            got.add((event.name, event.type))
+            if ("c.txt", FilesystemEventType.CREATE) in got:
+                done.set()
+
+        watching = await sandbox.files.watch_dir("/home/user/watched", on_event=on_event)
+        # an upload lands under a temporary name renamed into place: `c.txt` is created whole
+        await sandbox.files.write("/home/user/watched/c.txt", "c")
+        await asyncio.wait_for(done.wait(), 15)
+        await watching.stop()  # type: ignore[no-untyped-call]
+        return got
+
+    assert ("c.txt", FilesystemEventType.CREATE) in asyncio.run(streamed())
+    with pytest.raises(NotFoundException):
+        sbx.files.watch_dir("/home/user/no-such-dir")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import Server
 from tests.e2e.helpers import Inbox, websocket
-from tests.fuzzing import check_answer, hostile, is_final, requests
+from tests.fuzzing import STARTED_TYPES, check_answer, hostile, is_final, requests
 
 SETTINGS = settings(
     max_examples=80,
@@ -40,7 +40,7 @@ async def final_answer(inbox: Inbox, request_id: str) -> dict[str, Any]:
         message = await inbox.next(request_id, timeout=20)
         if is_final(message):
             return message
-        if message.get("type") in ("spawnResponse", "attachResponse"):
+        if message.get("type") in STARTED_TYPES:
             await inbox.send({"id": f"{request_id}-c", "type": "cancel", "target": request_id})
             await inbox.next(f"{request_id}-c", timeout=20)
 

@@ -166,3 +166,45 @@ def test_metrics_from_the_cgroup(server: Server) -> None:
         assert busy.disk_bytes >= 1 << 20
         assert busy.pids > idle.pids
         assert busy.cpu_percent > 20
+
+
+async def test_files_watch(server: Server) -> None:
+    async with AsyncSandbox(api_key=server.api_key, base_url=server.url) as sandbox:
+        await sandbox.files.mkdir("watched/sub")
+        flat = await sandbox.files.watch("watched")
+        deep = await sandbox.files.watch("watched", recursive=True)
+        await sandbox.commands.run(
+            "cd watched && echo x > a && chmod 600 a && mv a b && echo y > sub/c && rm b"
+        )
+        wanted = {("a", "create"), ("a", "write"), ("a", "chmod"), ("a", "rename")}
+        wanted |= {("b", "create"), ("b", "remove")}
+        seen: set[tuple[str, str]] = set()
+        with trio.fail_after(15):
+            async for event in flat:
+                seen.add((event.name, event.op))
+                if wanted <= seen:
+                    break
+        deep_seen: set[tuple[str, str]] = set()
+        with trio.fail_after(15):
+            async for event in deep:
+                deep_seen.add((event.name, event.op))
+                if ("sub/c", "create") in deep_seen:
+                    break
+        await flat.stop()
+        await deep.stop()
+        assert not any(name.startswith("sub/") for name, _ in seen)
+        with pytest.raises(RPCError) as missing:
+            await sandbox.files.watch("no-such-dir")
+        assert missing.value.code == "NOT_FOUND"
+
+
+def test_files_watch_blocking_until_the_directory_goes(server: Server) -> None:
+    with Sandbox(api_key=server.api_key, base_url=server.url) as sandbox:
+        sandbox.files.mkdir("/tmp/w")
+        handle = sandbox.files.watch("/tmp/w")
+        sandbox.files.write("/tmp/w/f", "x")
+        sandbox.commands.run("rm -r /tmp/w")
+        names = {(event.name, event.op) for event in handle}  # ends when /tmp/w is gone
+        assert {("f", "create"), ("f", "remove")} <= names
+        assert handle.ended == "the watched directory was removed"
+        assert handle.dropped == 0

@@ -13,7 +13,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 
 from tests.agent_process import AgentProcess, run_agent
-from tests.fuzzing import check_answer, is_final, requests
+from tests.fuzzing import STARTED_TYPES, check_answer, is_final, requests
 
 
 async def final_answer(agent: AgentProcess, request_id: str) -> dict[str, Any]:
@@ -23,7 +23,7 @@ async def final_answer(agent: AgentProcess, request_id: str) -> dict[str, Any]:
             continue  # an answer to a cancel, or a late event
         if is_final(message):
             return message
-        if message.get("type") in ("spawnResponse", "attachResponse"):
+        if message.get("type") in STARTED_TYPES:
             await agent.send({"id": "cancel", "type": "cancel", "target": request_id})
 
 

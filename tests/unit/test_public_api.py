@@ -16,11 +16,13 @@ def test_sdk_public_names() -> None:
         "APIError",
         "AsyncCommandHandle",
         "AsyncSandbox",
+        "AsyncWatchHandle",
         "AuthenticationError",
         "CommandHandle",
         "CommandResult",
         "ConnectError",
         "EntryInfo",
+        "FilesystemEvent",
         "InsienError",
         "NotFoundError",
         "OutputChunk",
@@ -32,6 +34,7 @@ def test_sdk_public_names() -> None:
         "SandboxInfo",
         "SandboxMetrics",
         "UnavailableError",
+        "WatchHandle",
         "__version__",
     ]
     for name in insien_sandbox.__all__:

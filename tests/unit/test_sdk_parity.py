@@ -8,7 +8,7 @@ import inspect
 
 import pytest
 
-from insien_sandbox import _async, _commands, _files, _sync
+from insien_sandbox import _async, _commands, _files, _sync, _watch
 
 PAIRS = [
     (_async.AsyncSandbox, _sync.Sandbox),
@@ -16,6 +16,7 @@ PAIRS = [
     (_commands.CommandHandle, _sync.CommandHandle),
     (_commands.Pty, _sync.Pty),
     (_files.Files, _sync.Files),
+    (_watch.WatchHandle, _sync.WatchHandle),
 ]
 # Async-only by nature: the async context protocol, iteration, and trio plumbing.
 ASYNC_ONLY = {"__aenter__", "__aexit__", "__aiter__", "__anext__"}

@@ -13,6 +13,7 @@ from ..sandboxes.manager import SandboxManager
 from ..tenancy.auth import Authenticator
 from ..tenancy.quotas import ConnectionCounter
 from ..tenancy.tenants import Tenant
+from .background import Background
 from .errors import ApiError
 
 
@@ -24,6 +25,8 @@ class Services:
     connections: ConnectionCounter = field(default_factory=ConnectionCounter)
     budgets: TenantBudgets = field(default_factory=lambda: TenantBudgets(256 * MIB))
     """Bytes held for clients that have not read them yet, per tenant (see budget.py)."""
+    background: Background = field(default_factory=Background)
+    """Tasks that outlive their request; the server runs it (see background.py)."""
 
     def tenant_from_key(self, request: Request | Websocket) -> Tenant:
         tenant = self.auth.tenant_for_key(request.headers.get("X-API-Key"))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..protocol import CREDITED_TYPES
 from .budget import ByteBudget
 from .replies import Reply
 
@@ -54,7 +55,7 @@ class PendingRequest:
             reply = await self._channel.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise StopAsyncIteration from None
-        if reply.message.get("type") == "output":
+        if reply.message.get("type") in CREDITED_TYPES:
             self._consumed += 1
             if self._consumed >= CREDIT_BATCH:
                 granted, self._consumed = self._consumed, 0

@@ -18,12 +18,15 @@ from ._errors import SandboxClosedError as SandboxClosedError
 from ._errors import UnavailableError as UnavailableError
 from ._sync import CommandHandle as CommandHandle
 from ._sync import Sandbox as Sandbox
+from ._sync import WatchHandle as WatchHandle
 from ._types import CommandResult as CommandResult
 from ._types import EntryInfo as EntryInfo
+from ._types import FilesystemEvent as FilesystemEvent
 from ._types import OutputChunk as OutputChunk
 from ._types import ProcessInfo as ProcessInfo
 from ._types import SandboxInfo as SandboxInfo
 from ._types import SandboxMetrics as SandboxMetrics
+from ._watch import WatchHandle as AsyncWatchHandle
 
 try:
     __version__ = _distribution_version("insien-sandbox")
@@ -34,11 +37,13 @@ __all__ = [
     "APIError",
     "AsyncCommandHandle",
     "AsyncSandbox",
+    "AsyncWatchHandle",
     "AuthenticationError",
     "CommandHandle",
     "CommandResult",
     "ConnectError",
     "EntryInfo",
+    "FilesystemEvent",
     "InsienError",
     "NotFoundError",
     "OutputChunk",
@@ -50,5 +55,6 @@ __all__ = [
     "SandboxInfo",
     "SandboxMetrics",
     "UnavailableError",
+    "WatchHandle",
     "__version__",
 ]

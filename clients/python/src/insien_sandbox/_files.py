@@ -13,6 +13,7 @@ import trio
 from ._errors import ConnectError, error_from_response
 from ._rpc import Message
 from ._types import EntryInfo
+from ._watch import WatchHandle
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -26,6 +27,13 @@ class Files:
 
     def __init__(self, session: Session) -> None:
         self._session = session
+
+    async def watch(self, path: str = ".", *, recursive: bool = False) -> WatchHandle:
+        """Start watching a directory; returns once it is watched, so every change made after
+        this call is seen. Iterate the handle for its events; `stop()` ends it."""
+        handle = WatchHandle(self._session, {"type": "watch", "path": path, "recursive": recursive})
+        await self._session.nursery().start(handle._follow)
+        return handle
 
     async def _call(self, message: Message) -> Message:
         return await (await self._session.connection()).call(message)

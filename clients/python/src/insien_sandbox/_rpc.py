@@ -22,7 +22,9 @@ from ._errors import RPCError, SandboxClosedError
 Message = dict[str, Any]
 
 
-FINAL_EXCEPT = frozenset({"output", "data", "spawnResponse", "attachResponse"})
+FINAL_EXCEPT = frozenset(
+    {"output", "data", "spawnResponse", "attachResponse", "watchStarted", "fsEvents"}
+)
 STREAM_BUFFER = 256
 CANCEL_TIMEOUT = 5.0
 """How long an abandoned request's `cancel` may take to send before the SDK gives up on it."""

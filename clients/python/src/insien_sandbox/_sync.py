@@ -25,11 +25,13 @@ from ._files import Files as AsyncFiles
 from ._types import (
     CommandResult,
     EntryInfo,
+    FilesystemEvent,
     OutputChunk,
     ProcessInfo,
     SandboxInfo,
     SandboxMetrics,
 )
+from ._watch import WatchHandle as AsyncWatchHandle
 
 T = TypeVar("T")
 
@@ -222,6 +224,35 @@ class Commands:
         self._loop.run(partial(self._commands.send_stdin, pid, data, eof=eof))
 
 
+class WatchHandle:
+    """Blocking view of a running watch; iterate it for its `FilesystemEvent`s."""
+
+    def __init__(self, loop: _LoopThread, handle: AsyncWatchHandle) -> None:
+        self._loop = loop
+        self._handle = handle
+        self._events = handle.__aiter__()
+
+    @property
+    def dropped(self) -> int:
+        return self._handle.dropped
+
+    @property
+    def ended(self) -> str | None:
+        return self._handle.ended
+
+    def __iter__(self) -> Iterator[FilesystemEvent]:
+        return self
+
+    def __next__(self) -> FilesystemEvent:
+        try:
+            return self._loop.run(self._events.__anext__)
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def stop(self) -> None:
+        self._loop.run(self._handle.stop)
+
+
 class Files:
     """Blocking `sandbox.files`."""
 
@@ -282,6 +313,10 @@ class Files:
 
     def rename(self, path: str, new_path: str) -> None:
         self._loop.run(self._files.rename, path, new_path)
+
+    def watch(self, path: str = ".", *, recursive: bool = False) -> WatchHandle:
+        handle = self._loop.run(partial(self._files.watch, path, recursive=recursive))
+        return WatchHandle(self._loop, handle)
 
     def upload(self, path: str, source: bytes | str | os.PathLike[str] | BinaryIO) -> int:
         return self._loop.run(self._files.upload, path, source)

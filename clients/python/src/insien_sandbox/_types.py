@@ -156,3 +156,16 @@ class SandboxMetrics:
             disk_limit=int(raw["diskLimit"]),
             pids=int(raw["pids"]),
         )
+
+
+@dataclass(frozen=True)
+class FilesystemEvent:
+    """One change under a watched directory: `name` relative to it, `op` one of `create`,
+    `write`, `remove`, `rename` (moved away; the new name gets a `create`) or `chmod`."""
+
+    name: str
+    op: str
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> FilesystemEvent:
+        return cls(name=str(raw["name"]), op=str(raw["op"]))

@@ -22,8 +22,8 @@ from ..creating import sandbox_options
 from ..errors import CORE_ERRORS, ApiError, api_error_for
 
 ENVD_VERSION = "0.6.1"
-"""The envd version the SDKs are told: its features (stdin, close-stdin, octet-stream uploads)
-are served; file metadata (0.6.2) and the newer watch options are not."""
+"""The envd version the SDKs are told: its features (stdin, close-stdin, octet-stream uploads,
+recursive watches) are served; file metadata (0.6.2) and the newer watch options are not."""
 DEFAULT_TIMEOUT = 300
 CLIENT_ID = "insien"
 MAX_PAGE = 1000

@@ -27,6 +27,8 @@ from .connect import Code, ConnectError
 from .files import FilesError, serve_files
 from .filesystem import METHODS as FILESYSTEM_METHODS
 from .process import METHODS as PROCESS_METHODS
+from .watchers import PolledWatches
+from .watchers import methods as watcher_methods
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,6 @@ STREAM_QUEUE = 8
 """Messages a stream's handler may be ahead of its writer (each at most ~1.4 MiB)."""
 DEFAULT_KEEPALIVE = 50.0
 MIN_KEEPALIVE = 1.0
-
-METHODS: dict[str, Method] = {**PROCESS_METHODS, **FILESYSTEM_METHODS}
 
 
 class Refused(Exception):
@@ -67,6 +67,12 @@ class EnvdFront:
 
     def __init__(self, services: Services) -> None:
         self.services = services
+        self.watches = PolledWatches(services.background)
+        self.methods: dict[str, Method] = {
+            **PROCESS_METHODS,
+            **FILESYSTEM_METHODS,
+            **watcher_methods(self.watches),
+        }
 
     async def serve(self, exchange: Exchange, sandbox_id: str, port: int) -> None:
         rpc = exchange.path.startswith(("/process.Process/", "/filesystem.Filesystem/"))
@@ -139,7 +145,7 @@ class EnvdFront:
             await exchange.respond_json(status, {"code": status, "message": message}, headers)
 
     async def _rpc(self, exchange: Exchange, sandbox: Sandbox, tenant: Tenant) -> None:
-        method = METHODS.get(exchange.path)
+        method = self.methods.get(exchange.path)
         if method is None:
             raise Refused(404, Code.UNIMPLEMENTED, f"no method {exchange.path}")
         if exchange.method != "POST":

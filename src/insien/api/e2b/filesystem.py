@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...protocol import Message
-from .calls import Emit, EnvdCall, Method
+from .calls import EnvdCall, Method
 from .connect import Code, ConnectError
 
 
@@ -111,25 +111,10 @@ async def list_dir(call: EnvdCall) -> dict[str, Any]:
     return {"entries": [entry_info(entry) for entry in reply.get("entries", [])]}
 
 
-WATCH_UNAVAILABLE = "watching directories is not available in this Insien version"
-
-
-async def not_yet(call: EnvdCall) -> dict[str, Any]:
-    raise ConnectError(Code.UNIMPLEMENTED, WATCH_UNAVAILABLE)
-
-
-async def watch_not_yet(call: EnvdCall, emit: Emit) -> None:
-    raise ConnectError(Code.UNIMPLEMENTED, WATCH_UNAVAILABLE)
-
-
 METHODS: dict[str, Method] = {
     "/filesystem.Filesystem/Stat": Method(unary=stat_path),
     "/filesystem.Filesystem/MakeDir": Method(unary=make_dir),
     "/filesystem.Filesystem/Move": Method(unary=move),
     "/filesystem.Filesystem/Remove": Method(unary=remove),
     "/filesystem.Filesystem/ListDir": Method(unary=list_dir),
-    "/filesystem.Filesystem/WatchDir": Method(stream=watch_not_yet, keepalive={"keepalive": {}}),
-    "/filesystem.Filesystem/CreateWatcher": Method(unary=not_yet),
-    "/filesystem.Filesystem/GetWatcherEvents": Method(unary=not_yet),
-    "/filesystem.Filesystem/RemoveWatcher": Method(unary=not_yet),
 }
