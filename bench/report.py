@@ -186,6 +186,14 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| docker run --rm x{burst['n']} at once {dock['median_ms']:.0f} / "
                 f"{dock['p95_ms']:.0f} ms | {_ratio(dock['median_ms'], ins['median_ms'])} faster |"
             )
+    e2b = results.get("e2b_first_command")
+    if e2b:
+        through, own = e2b["e2b_sdk"], e2b["insien_sdk"]
+        lines.append(
+            f"| create + first command through the stock e2b SDK p50 (n={through['n']}) "
+            f"| {through['median_ms']:.0f} ms | Insien's SDK {own['median_ms']:.0f} ms "
+            f"| {_ratio(through['median_ms'], own['median_ms'])} of it |"
+        )
     tp = results.get("throughput")
     if tp:
         load = tp["load"]

@@ -33,6 +33,7 @@ SIZES = {
     "output_streaming": ({"size": 64 * scenarios.MIB}, {"size": 1024 * scenarios.MIB}),
     "files": ({"size": 16 * scenarios.MIB}, {"size": 100 * scenarios.MIB}),
     "burst": ({"n": 6}, {"n": 30}),
+    "e2b_first_command": ({"n": 3}, {"n": 10}),
     "scale": ({"limit": 10, "seconds": 60}, {"limit": 500, "seconds": 900}),
 }
 

@@ -450,3 +450,40 @@ async def scale(ctx: Context, limit: int, seconds: float) -> dict[str, Any]:
         "orchestrator_rss_mib": rss / MIB,
         "orchestrator_idle_cpu_percent": idle_cpu,
     }
+
+
+async def e2b_first_command(ctx: Context, n: int) -> dict[str, Any]:
+    """Create + first `commands.run` through the stock `e2b` Python SDK (its blocking API, in a
+    worker thread), beside the same through Insien's own SDK; both take the warm pool."""
+    from e2b import Sandbox as E2BSandbox  # the bench venv installs the pinned stock SDK
+
+    await ctx.settle_pool()
+    config = {
+        "api_url": f"{ctx.server.url}/e2b",
+        "sandbox_url": f"{ctx.server.url}/e2b",
+        "api_key": ctx.server.api_key,
+    }
+
+    def through_e2b() -> float:
+        start = time.perf_counter()
+        sandbox = E2BSandbox.create(**config)  # type: ignore[arg-type]
+        sandbox.commands.run("true")
+        elapsed = _ms(start)
+        sandbox.kill()
+        return elapsed
+
+    e2b: list[float] = []
+    own: list[float] = []
+    for _ in range(n):
+        await ctx.wait_for_pool(POOL_SIZE)
+        e2b.append(await trio.to_thread.run_sync(through_e2b))
+        await ctx.wait_for_pool(POOL_SIZE)
+        async with ctx.sandbox() as sandbox:
+            start = time.perf_counter()
+            await sandbox.commands.run("true")
+            own.append(_ms(start))
+    return {
+        "e2b_sdk": summarize(e2b),
+        "insien_sdk": summarize(own),
+        "samples": {"e2b_sdk": e2b, "insien_sdk": own},
+    }
