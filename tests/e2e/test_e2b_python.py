@@ -355,3 +355,19 @@ def test_watch_dir_polled_and_streamed(sbx: Sandbox) -> None:
     assert ("c.txt", FilesystemEventType.CREATE) in asyncio.run(streamed())
     with pytest.raises(NotFoundException):
         sbx.files.watch_dir("/home/user/no-such-dir")
+
+
+def test_stream_input_in_order(sbx: Sandbox) -> None:
+    reader = sbx.commands.run("cat", background=True, stdin=True)
+    sbx.commands.stream_input(reader.pid, (f"line {n}\n" for n in range(200)))
+    sbx.commands.close_stdin(reader.pid)
+    assert reader.wait().stdout == "".join(f"line {n}\n" for n in range(200))
+
+    seen = bytearray()
+    terminal = sbx.pty.create(PtySize(rows=24, cols=80))
+    sbx.pty.stream_input(terminal.pid, [b"echo STREAMED-$((6*7))\n", b"exit\n"])
+    terminal.wait(on_pty=lambda data: seen.extend(data))
+    assert b"STREAMED-42" in seen
+
+    with pytest.raises(NotFoundException):
+        sbx.commands.stream_input(999_999, ["lost"])

@@ -137,3 +137,22 @@ async def test_gzip_bodies_are_bounded() -> None:
             pass
     out = b"".join([c async for c in _inflate(body(gzip.compress(b"ok" * 10)), 100)])
     assert out == b"ok" * 10
+
+
+async def test_client_streams_are_read_envelope_by_envelope() -> None:
+    from insien.api.e2b.connect import MAX_REQUEST_BYTES, read_stream
+
+    body = envelope({"n": 1}) + envelope({"n": 2}) + end_stream() + envelope({"n": 3})
+
+    async def pieces(data: bytes, size: int) -> AsyncGenerator[bytes, None]:
+        for at in range(0, len(data), size):
+            yield data[at : at + size]
+
+    for size in (1, 3, 7, len(body)):
+        assert [m async for m in read_stream(pieces(body, size))] == [{"n": 1}, {"n": 2}]
+    with pytest.raises(ConnectError):
+        [m async for m in read_stream(pieces(envelope({"n": 1})[:-1], 4))]
+    huge = struct.pack(">BI", 0, MAX_REQUEST_BYTES + 1)
+    with pytest.raises(ConnectError) as refused:
+        [m async for m in read_stream(pieces(huge, 5))]
+    assert refused.value.code is Code.RESOURCE_EXHAUSTED

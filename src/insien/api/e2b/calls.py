@@ -4,7 +4,7 @@ errors the E2B SDKs map to their exceptions."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -84,12 +84,15 @@ def checked(reply: Message) -> Message:
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 Unary = Callable[[EnvdCall], Awaitable[dict[str, Any]]]
 Streaming = Callable[[EnvdCall, Emit], Awaitable[None]]
+ClientStreaming = Callable[[EnvdCall, AsyncIterator[dict[str, Any]]], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
 class Method:
-    """One envd method: unary (`unary`) or server-streaming (`stream`, with its keepalive)."""
+    """One envd method: unary (`unary`), server-streaming (`stream`, with its keepalive) or
+    client-streaming (`client_stream`: the request's messages in, one answer out)."""
 
     unary: Unary | None = None
     stream: Streaming | None = None
     keepalive: dict[str, Any] | None = None
+    client_stream: ClientStreaming | None = None

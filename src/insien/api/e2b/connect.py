@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 import json
 import struct
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 UNARY_TYPE = "application/json"
@@ -99,6 +101,37 @@ def parse_stream_request(body: bytes) -> dict[str, Any]:
     if flags & FLAG_END_STREAM or len(body) != ENVELOPE.size + length:
         raise ConnectError(Code.INVALID_ARGUMENT, "malformed request envelope")
     return _decode_object(body[ENVELOPE.size :])
+
+
+async def read_stream(
+    chunks: AsyncGenerator[bytes, None],
+) -> AsyncGenerator[dict[str, Any], None]:
+    """A client stream's messages, one envelope at a time as the body arrives (each at most
+    MAX_REQUEST_BYTES, so a client cannot make the server hold more)."""
+    async with aclosing(chunks) as body:
+        async for message in _envelopes(body):
+            yield message
+
+
+async def _envelopes(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= ENVELOPE.size:
+            flags, length = ENVELOPE.unpack_from(buffer)
+            if length > MAX_REQUEST_BYTES:
+                raise ConnectError(Code.RESOURCE_EXHAUSTED, "a stream message is too large")
+            if flags & FLAG_COMPRESSED:
+                raise ConnectError(Code.UNIMPLEMENTED, "compressed messages are not supported")
+            if len(buffer) < ENVELOPE.size + length:
+                break
+            data = bytes(buffer[ENVELOPE.size : ENVELOPE.size + length])
+            del buffer[: ENVELOPE.size + length]
+            if flags & FLAG_END_STREAM:
+                return
+            yield _decode_object(data)
+    if buffer:
+        raise ConnectError(Code.INVALID_ARGUMENT, "the request stream ended inside a message")
 
 
 def envelope(message: dict[str, Any]) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from contextlib import aclosing
 
 import trio
 
@@ -152,6 +153,11 @@ class EnvdFront:
             raise Refused(405, Code.UNIMPLEMENTED, "Connect calls are POST requests")
         content_type = exchange.headers.get("content-type", "")
         deadline = connect.timeout_seconds(exchange.headers.get("connect-timeout-ms"))
+        if method.client_stream is not None:
+            if not connect.is_stream_type(content_type):
+                raise Refused(415, Code.INVALID_ARGUMENT, f"expected {connect.STREAM_TYPE}")
+            await self._client_stream(exchange, EnvdCall(sandbox, tenant, {}, deadline), method)
+            return
         try:
             body = await exchange.read_body(connect.MAX_REQUEST_BYTES)
         except BodyTooLarge as exc:
@@ -174,6 +180,29 @@ class EnvdFront:
         if scope.cancelled_caught:
             raise ConnectError(Code.DEADLINE_EXCEEDED, "the call's deadline passed")
         await exchange.respond_json(200, result)
+
+    async def _client_stream(self, exchange: Exchange, call: EnvdCall, method: Method) -> None:
+        """The request's messages as they arrive, then one answer and the end of the stream."""
+        assert method.client_stream is not None
+        answer = b""
+        error: ConnectError | None = None
+        try:
+            with trio.move_on_after(call.deadline or float("inf")) as scope:
+                async with aclosing(connect.read_stream(exchange.chunks())) as messages:
+                    result = await method.client_stream(call, messages)
+                answer = connect.envelope(result)
+            if scope.cancelled_caught:
+                error = ConnectError(Code.DEADLINE_EXCEEDED, "the call's deadline passed")
+        except ConnectError as exc:
+            error = exc
+        except AgentGone as exc:
+            error = call.gone(exc)
+        except ClientGone:
+            return
+        if error is not None:
+            await exchange.discard_body()
+            answer = b""
+        await exchange.respond(200, answer + connect.end_stream(error), connect.STREAM_TYPE)
 
     async def _stream(self, exchange: Exchange, call: EnvdCall, method: Method) -> None:
         assert method.stream is not None

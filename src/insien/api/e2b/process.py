@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import signal
+from collections.abc import AsyncIterator
 from contextlib import suppress
 from typing import Any
 
@@ -230,10 +231,33 @@ async def update(call: EnvdCall) -> dict[str, Any]:
     return {}
 
 
-async def stream_input(call: EnvdCall) -> dict[str, Any]:
-    raise ConnectError(
-        Code.UNIMPLEMENTED, "StreamInput (client streaming) is not served; use SendInput"
-    )
+class StreamData(_Model):
+    input: ProcessInput
+
+
+class StreamInputEvent(_Model):
+    """One message of `StreamInput`: `start`, `data` or `keepalive` (ignored)."""
+
+    start: SelectorRequest | None = None
+    data: StreamData | None = None
+
+
+async def stream_input(call: EnvdCall, messages: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """`start` names the process, then each `data` goes to its stdin (or PTY) in order."""
+    pid: int | None = None
+    async for raw in messages:
+        event = EnvdCall(call.sandbox, call.tenant, raw, call.deadline).parse(StreamInputEvent)
+        if event.start is not None:
+            pid = pid_of(event.start.process)
+        elif event.data is not None:
+            if pid is None:
+                raise ConnectError(Code.INVALID_ARGUMENT, "data came before the stream's start")
+            given = event.data.input
+            data = decode_bytes((given.stdin if given.stdin is not None else given.pty) or "")
+            await call.agent(
+                {"type": "stdin", "pid": pid, "data": encode_bytes(data), "encoding": "base64"}
+            )
+    return {}
 
 
 KEEPALIVE: dict[str, Any] = {"event": {"keepalive": {}}}
@@ -245,5 +269,5 @@ METHODS: dict[str, Method] = {
     "/process.Process/CloseStdin": Method(unary=close_stdin),
     "/process.Process/SendSignal": Method(unary=send_signal),
     "/process.Process/Update": Method(unary=update),
-    "/process.Process/StreamInput": Method(unary=stream_input),
+    "/process.Process/StreamInput": Method(client_stream=stream_input),
 }
