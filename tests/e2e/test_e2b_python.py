@@ -371,3 +371,35 @@ def test_stream_input_in_order(sbx: Sandbox) -> None:
 
     with pytest.raises(NotFoundException):
         sbx.commands.stream_input(999_999, ["lost"])
+
+
+def test_snapshots_and_fork(sbx: Sandbox) -> None:
+    sbx.files.write("/home/user/state.txt", "before")
+    snapshot = sbx.create_snapshot()
+    assert snapshot.snapshot_id.startswith("insien-snapshot:")
+    listed = Sandbox.list_snapshots(sandbox_id=sbx.sandbox_id).next_items()
+    assert [s.snapshot_id for s in listed] == [snapshot.snapshot_id]
+
+    copy = Sandbox.create(template=snapshot.snapshot_id)
+    forks = sbx.fork(count=2)
+    try:
+        assert copy.files.read("/home/user/state.txt") == "before"
+        assert len(forks) == 2
+        for fork in forks:
+            assert isinstance(fork, Sandbox)
+            assert fork.sandbox_id != sbx.sandbox_id
+            assert fork.files.read("/home/user/state.txt") == "before"
+            assert fork.get_info().metadata == {"suite": "e2b-python"}
+        forks[0].files.write("/home/user/state.txt", "changed in one fork")
+        assert sbx.files.read("/home/user/state.txt") == "before"
+    finally:
+        copy.kill()
+        for fork in forks:
+            if isinstance(fork, Sandbox):
+                fork.kill()
+    # the fork kept its snapshot as the tenant's: both are there to delete
+    kept = Sandbox.list_snapshots(sandbox_id=sbx.sandbox_id).next_items()
+    assert len(kept) == 2
+    for snap in kept:
+        assert Sandbox.delete_snapshot(snap.snapshot_id) is True
+    assert Sandbox.list_snapshots(sandbox_id=sbx.sandbox_id).next_items() == []

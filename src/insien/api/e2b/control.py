@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+import trio
 from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, Response, request
 
@@ -27,6 +29,7 @@ recursive watches) are served; file metadata (0.6.2) and the newer watch options
 DEFAULT_TIMEOUT = 300
 CLIENT_ID = "insien"
 MAX_PAGE = 1000
+MAX_FORKS = 16
 MIB = 1024 * 1024
 
 
@@ -53,6 +56,12 @@ class TimeoutBody(BaseModel):
 class ConnectBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
     timeout: int | None = Field(None, ge=0)
+
+
+class ForkBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    timeout: int | None = Field(None, ge=1)
+    count: int = Field(1, ge=1, le=MAX_FORKS)
 
 
 class RefreshBody(BaseModel):
@@ -286,6 +295,61 @@ def control_blueprint(services: Services) -> Blueprint:
 
     bp.add_url_rule("/sandboxes/<sandbox_id>/logs", "logs", logs, methods=["GET"])
     bp.add_url_rule("/v2/sandboxes/<sandbox_id>/logs", "logs_v2", logs, methods=["GET"])
+
+    @bp.post("/sandboxes/<sandbox_id>/snapshots")
+    async def snapshot(sandbox_id: str) -> tuple[dict[str, Any], int]:
+        """A snapshot is an Insien snapshot template: create from it with its `snapshotID`."""
+        template = await manager.snapshot(sandbox_id, tenant())
+        return {"snapshotID": template, "names": [template]}, 201
+
+    @bp.get("/snapshots")
+    async def snapshots() -> Response:
+        owner = tenant()
+        source = request.args.get("sandboxID")
+        found = [
+            {"snapshotID": snap["template"], "names": [snap["template"]]}
+            for snap in await manager.snapshots.list(owner)
+            if source is None or snap["sandboxId"] == source
+        ]
+        return Response(json.dumps(found), status=200, mimetype="application/json")
+
+    @bp.delete("/templates/<path:template>")
+    async def delete_snapshot(template: str) -> tuple[str, int]:
+        await manager.snapshots.delete(tenant(), template)
+        return "", 204
+
+    @bp.post("/sandboxes/<sandbox_id>/fork")
+    async def fork(sandbox_id: str) -> tuple[Response, int]:
+        """Copies of a sandbox's files: a snapshot (kept, as the tenant's; delete it with
+        `DELETE /templates/<snapshotID>`), then `count` sandboxes from it, made at once."""
+        owner = tenant()
+        body = await json_body(ForkBody)
+        source = manager.get(sandbox_id, owner)
+        template = await manager.snapshot(sandbox_id, owner)
+        options = await sandbox_options(
+            services,
+            owner,
+            template=template,
+            lifetime=float(body.timeout or DEFAULT_TIMEOUT),
+            idle_timeout=None,
+            metadata=source.options.metadata,
+            env=source.options.env,
+            no_idle_timeout=True,
+        )
+        options = replace(options, resources=source.options.resources)
+        results: list[dict[str, Any]] = [{} for _ in range(body.count)]
+
+        async def one(index: int) -> None:
+            try:
+                results[index] = {"sandbox": created(await manager.create(owner, options), owner)}
+            except CORE_ERRORS as exc:
+                error = api_error_for(exc)
+                results[index] = {"error": {"code": error.status, "message": error.message}}
+
+        async with trio.open_nursery() as nursery:
+            for index in range(body.count):
+                nursery.start_soon(one, index)
+        return Response(json.dumps(results), mimetype="application/json"), 201
 
     @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def unsupported(rest: str) -> Response:
