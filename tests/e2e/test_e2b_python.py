@@ -403,3 +403,20 @@ def test_snapshots_and_fork(sbx: Sandbox) -> None:
     for snap in kept:
         assert Sandbox.delete_snapshot(snap.snapshot_id) is True
     assert Sandbox.list_snapshots(sandbox_id=sbx.sandbox_id).next_items() == []
+
+
+def test_git_helpers_run_as_commands(sbx: Sandbox) -> None:
+    sbx.git.init("/home/user/repo", initial_branch="main")
+    sbx.files.write("/home/user/repo/README.md", "hello\n")
+    assert sbx.git.status("/home/user/repo").has_changes
+    sbx.git.add("/home/user/repo")
+    sbx.git.commit(
+        "/home/user/repo", "first", author_name="Insien Test", author_email="test@insien.invalid"
+    )
+    status = sbx.git.status("/home/user/repo")
+    assert status.is_clean
+    assert status.current_branch == "main"
+    sbx.git.create_branch("/home/user/repo", "feature")
+    assert "feature" in sbx.git.branches("/home/user/repo").branches
+    log = sbx.commands.run("git -C /home/user/repo log --format=%an:%s").stdout
+    assert log == "Insien Test:first\n"
