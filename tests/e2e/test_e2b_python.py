@@ -390,7 +390,9 @@ def test_snapshots_and_fork(sbx: Sandbox) -> None:
             assert fork.sandbox_id != sbx.sandbox_id
             assert fork.files.read("/home/user/state.txt") == "before"
             assert fork.get_info().metadata == {"suite": "e2b-python"}
-        forks[0].files.write("/home/user/state.txt", "changed in one fork")
+        first = forks[0]
+        assert isinstance(first, Sandbox)
+        first.files.write("/home/user/state.txt", "changed in one fork")
         assert sbx.files.read("/home/user/state.txt") == "before"
     finally:
         copy.kill()
