@@ -405,3 +405,43 @@ async def test_the_sdk_passes_resources_and_raises_rate_limit_errors(tenants: Te
         assert limited.value.retry_after >= 1
     finally:
         await destroy_all(tenants, "gamma")
+
+
+def test_the_e2b_front_keeps_tenants_apart_and_within_quota(
+    tenants: Tenants, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from e2b import NotFoundException, RateLimitException
+    from e2b import Sandbox as E2BSandbox
+
+    def as_tenant(key_name: str) -> None:
+        monkeypatch.setenv("E2B_API_URL", f"{tenants.server.url}/e2b")
+        monkeypatch.setenv("E2B_SANDBOX_URL", f"{tenants.server.url}/e2b")
+        monkeypatch.setenv("E2B_API_KEY", tenants.keys[key_name])
+
+    as_tenant("alpha")
+    mine = E2BSandbox.create()
+    try:
+        as_tenant("beta")
+        with pytest.raises(NotFoundException):
+            E2BSandbox.get_info(mine.sandbox_id)
+        with pytest.raises(NotFoundException):
+            E2BSandbox.connect(mine.sandbox_id)
+        assert E2BSandbox.kill(mine.sandbox_id) is False
+        assert mine.sandbox_id not in {s.sandbox_id for s in E2BSandbox.list().next_items()}
+        # beta's own key on alpha's sandbox's envd: the same answer as no sandbox at all
+        envd = httpx.get(
+            f"{tenants.server.url}/e2b/health",
+            headers={"X-API-Key": tenants.keys["beta"], "E2b-Sandbox-Id": mine.sandbox_id},
+        )
+        assert envd.status_code == 502
+        assert "was not found" in envd.json()["message"]
+
+        as_tenant("alpha")  # a plan of three sandboxes
+        more = [E2BSandbox.create(retries=0) for _ in range(2)]
+        with pytest.raises(RateLimitException):
+            E2BSandbox.create(retries=0)
+        for sandbox in more:
+            sandbox.kill()
+    finally:
+        as_tenant("alpha")
+        mine.kill()
