@@ -4,9 +4,12 @@ environment variables point it at Insien, and nothing else changes."""
 from __future__ import annotations
 
 import asyncio
+import json
+import struct
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from e2b import (
     AsyncSandbox,
@@ -19,6 +22,7 @@ from e2b import (
     NotFoundException,
     Sandbox,
     SandboxQuery,
+    SandboxState,
     TimeoutException,
 )
 from e2b.connection_config import ConnectionConfig
@@ -217,6 +221,8 @@ def test_lifecycle(e2b_env: Server) -> None:
 
         first.pause()
         assert Sandbox.get_info(first.sandbox_id).state.value == "paused"
+        paused = SandboxQuery(metadata={"suite": "e2b-life"}, state=[SandboxState.PAUSED])
+        assert [s.sandbox_id for s in Sandbox.list(query=paused).next_items()] == [first.sandbox_id]
         resumed = Sandbox.connect(first.sandbox_id)
         assert resumed.commands.run("echo resumed").stdout == "resumed\n"
     finally:
@@ -422,3 +428,35 @@ def test_git_helpers_run_as_commands(sbx: Sandbox) -> None:
     assert "feature" in sbx.git.branches("/home/user/repo").branches
     log = sbx.commands.run("git -C /home/user/repo log --format=%an:%s").stdout
     assert log == "Insien Test:first\n"
+
+
+def test_an_abandoned_stream_stops_following_not_the_command(sbx: Sandbox) -> None:
+    """A client that closes `Start`'s HTTP response mid-stream: the command goes on, the server
+    lets go of the stream, and the sandbox serves on."""
+    headers = {
+        "E2b-Sandbox-Id": sbx.sandbox_id,
+        "X-Access-Token": str(sbx._envd_access_token),
+        "Content-Type": "application/connect+json",
+    }
+    body = json.dumps(
+        {"process": {"cmd": "/bin/bash", "args": ["-c", "echo begun; sleep 300"]}}
+    ).encode()
+    envelope = struct.pack(">BI", 0, len(body)) + body
+    url = f"{sbx.connection_config.api_url}/process.Process/Start"
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", url, headers=headers, content=envelope) as response,
+    ):
+        assert response.status_code == 200
+        received = b""
+        for chunk in response.iter_bytes():
+            received += chunk
+            if len(received) >= 5 and len(received) >= 5 + struct.unpack(">I", received[1:5])[0]:
+                break
+        length = struct.unpack(">I", received[1:5])[0]
+        pid = json.loads(received[5 : 5 + length])["event"]["start"]["pid"]
+    # the response is closed: the sleeper still runs, and can be found and killed
+    time.sleep(0.5)
+    assert pid in {p.pid for p in sbx.commands.list()}
+    assert sbx.commands.kill(pid) is True
+    assert sbx.commands.run("echo still serving").stdout == "still serving\n"
