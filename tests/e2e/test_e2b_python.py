@@ -460,3 +460,22 @@ def test_an_abandoned_stream_stops_following_not_the_command(sbx: Sandbox) -> No
     assert pid in {p.pid for p in sbx.commands.list()}
     assert sbx.commands.kill(pid) is True
     assert sbx.commands.run("echo still serving").stdout == "still serving\n"
+
+
+def test_logs_carry_the_agents_stderr(sbx: Sandbox, e2b_env: Server) -> None:
+    headers = {"X-API-Key": e2b_env.api_key}
+    with httpx.Client(base_url=e2b_env.url, headers=headers, timeout=30) as client:
+        # killing every process of the user takes the agent's command helper too: it says so
+        assert client.post(f"/sandbox/{sbx.sandbox_id}/kill-all").status_code == 200
+        assert sbx.commands.run("echo after").stdout == "after\n"
+        deadline = time.monotonic() + 10
+        while True:
+            logs = client.get(f"/e2b/v2/sandboxes/{sbx.sandbox_id}/logs").json()
+            if any("spawner helper" in entry["message"] for entry in logs["logEntries"]):
+                break
+            assert time.monotonic() < deadline, logs
+            time.sleep(0.2)
+        assert all(entry["timestamp"].endswith("Z") for entry in logs["logs"])
+        missing = client.get("/e2b/sandboxes/no-such-sandbox/logs")
+        assert missing.status_code == 404
+        assert missing.json()["code"] == 404
