@@ -4,10 +4,12 @@ errors the E2B SDKs map to their exceptions."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import trio
 from pydantic import BaseModel, ValidationError
 
 from ...link import AgentGone
@@ -54,6 +56,14 @@ class EnvdCall:
             return model.model_validate(self.message)
         except ValidationError as exc:
             raise ConnectError(Code.INVALID_ARGUMENT, describe(exc)) from None
+
+    @contextmanager
+    def within_deadline(self) -> Iterator[None]:
+        """Run the call's work within its `Connect-Timeout-Ms`; past it, DEADLINE_EXCEEDED."""
+        with trio.move_on_after(self.deadline or float("inf")) as scope:
+            yield
+        if scope.cancelled_caught:
+            raise ConnectError(Code.DEADLINE_EXCEEDED, "the call's deadline passed")
 
     def gone(self, exc: AgentGone) -> ConnectError:
         """The error for a call whose sandbox went away under it."""

@@ -152,7 +152,7 @@ class EnvdFront:
         if exchange.method != "POST":
             raise Refused(405, Code.UNIMPLEMENTED, "Connect calls are POST requests")
         content_type = exchange.headers.get("content-type", "")
-        deadline = connect.timeout_seconds(exchange.headers.get("connect-timeout-ms"))
+        deadline = connect.timeout_seconds(exchange.headers.get("connect-timeout-ms")) or None
         if method.client_stream is not None:
             if not connect.is_stream_type(content_type):
                 raise Refused(415, Code.INVALID_ARGUMENT, f"expected {connect.STREAM_TYPE}")
@@ -168,17 +168,15 @@ class EnvdFront:
             if not connect.is_stream_type(content_type):
                 raise Refused(415, Code.INVALID_ARGUMENT, f"expected {connect.STREAM_TYPE}")
             message = connect.parse_stream_request(body)
-            call = EnvdCall(sandbox, tenant, message, deadline or None)
+            call = EnvdCall(sandbox, tenant, message, deadline)
             await self._stream(exchange, call, method)
             return
         assert method.unary is not None
         if not connect.is_unary_type(content_type):
             raise Refused(415, Code.INVALID_ARGUMENT, f"expected {connect.UNARY_TYPE}")
-        call = EnvdCall(sandbox, tenant, connect.parse_unary(body), deadline or None)
-        with trio.move_on_after(deadline or float("inf")) as scope:
+        call = EnvdCall(sandbox, tenant, connect.parse_unary(body), deadline)
+        with call.within_deadline():
             result = await method.unary(call)
-        if scope.cancelled_caught:
-            raise ConnectError(Code.DEADLINE_EXCEEDED, "the call's deadline passed")
         await exchange.respond_json(200, result)
 
     async def _client_stream(self, exchange: Exchange, call: EnvdCall, method: Method) -> None:
@@ -187,12 +185,10 @@ class EnvdFront:
         answer = b""
         error: ConnectError | None = None
         try:
-            with trio.move_on_after(call.deadline or float("inf")) as scope:
+            with call.within_deadline():
                 async with aclosing(connect.read_stream(exchange.chunks())) as messages:
                     result = await method.client_stream(call, messages)
                 answer = connect.envelope(result)
-            if scope.cancelled_caught:
-                error = ConnectError(Code.DEADLINE_EXCEEDED, "the call's deadline passed")
         except ConnectError as exc:
             error = exc
         except AgentGone as exc:
@@ -220,10 +216,8 @@ class EnvdFront:
             error: ConnectError | None = None
             async with send:
                 try:
-                    with trio.move_on_after(call.deadline or float("inf")) as scope:
+                    with call.within_deadline():
                         await handler(call, emit)
-                    if scope.cancelled_caught:
-                        error = ConnectError(Code.DEADLINE_EXCEEDED, "the call's deadline passed")
                 except ConnectError as exc:
                     error = exc
                 except AgentGone as exc:
