@@ -479,3 +479,20 @@ def test_logs_carry_the_agents_stderr(sbx: Sandbox, e2b_env: Server) -> None:
         missing = client.get("/e2b/sandboxes/no-such-sandbox/logs")
         assert missing.status_code == 404
         assert missing.json()["code"] == 404
+
+
+def test_auto_pause_at_the_end_of_life(e2b_env: Server) -> None:
+    sandbox = Sandbox.create(timeout=2, lifecycle={"on_timeout": "pause"})
+    try:
+        sandbox.files.write("/home/user/kept.txt", "kept across the pause")
+        deadline = time.monotonic() + 20
+        while Sandbox.get_info(sandbox.sandbox_id).state != SandboxState.PAUSED:
+            assert time.monotonic() < deadline, "the sandbox did not pause at its timeout"
+            time.sleep(0.2)
+        resumed = Sandbox.connect(sandbox.sandbox_id, timeout=120)
+        assert resumed.files.read("/home/user/kept.txt") == "kept across the pause"
+        info = Sandbox.get_info(sandbox.sandbox_id)
+        assert info.state == SandboxState.RUNNING
+        assert (info.end_at - info.started_at).total_seconds() > 60
+    finally:
+        sandbox.kill()

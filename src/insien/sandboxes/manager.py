@@ -194,6 +194,10 @@ class SandboxManager:
         sandbox.state = State.RUNNING
         sandbox.touch()
         self.register(sandbox)
+        if options.on_expiry != "end":  # labels cannot say it: the agent keeps a sealed note
+            await sandbox.link.send_internal(
+                notes_message(self.sealer, sandbox, onExpiry=options.on_expiry)
+            )
         log.info("created sandbox %s (container %s)", sandbox.id, sandbox.container_id[:12])
         return sandbox
 
@@ -249,7 +253,10 @@ class SandboxManager:
                 if sandbox.state not in (State.RUNNING, State.PAUSED):
                     continue
                 if now >= sandbox.expires_at:
-                    self._nursery.start_soon(self.finish, sandbox, EndReason.EXPIRED, "")
+                    if sandbox.options.on_expiry == "pause" and sandbox.state is State.RUNNING:
+                        self._pause_expired(sandbox)
+                    else:
+                        self._nursery.start_soon(self.finish, sandbox, EndReason.EXPIRED, "")
                 elif (
                     sandbox.state is State.RUNNING  # a paused sandbox never goes idle
                     and sandbox.options.idle_timeout is not None
@@ -257,6 +264,20 @@ class SandboxManager:
                 ):
                     self._nursery.start_soon(self.finish, sandbox, EndReason.IDLE, "")
             self._forget_old(now)
+
+    def _pause_expired(self, sandbox: Sandbox) -> None:
+        """A sandbox that pauses at the end of its life: frozen now, ended if nobody resumes it
+        within INSIEN_MAX_TIMEOUT (a resume gives it its own timeout again)."""
+        sandbox.extend(self.settings.max_timeout)
+        self._nursery.start_soon(self._note_expiry, sandbox)
+
+        async def freeze() -> None:
+            try:
+                await self._freeze(sandbox)
+            except RuntimeFailure as exc:
+                log.warning("could not pause expired sandbox %s: %s", sandbox.id, exc)
+
+        self._nursery.start_soon(freeze)
 
     def _forget_old(self, now: datetime) -> None:
         horizon = now - timedelta(seconds=self.settings.ended_retention)
@@ -269,10 +290,13 @@ class SandboxManager:
     async def pause(self, sandbox_id: str, tenant: Tenant) -> Sandbox:
         """Freeze every process in the sandbox: no CPU, no idle expiry (its lifetime still runs)."""
         sandbox = self.get(sandbox_id, tenant)
+        await self._freeze(sandbox)
+        return sandbox
+
+    async def _freeze(self, sandbox: Sandbox) -> None:
         if sandbox.state is State.RUNNING:
             await self.runtime.pause(sandbox.container_id)
             sandbox.state = State.PAUSED
-        return sandbox
 
     async def resume(self, sandbox_id: str, tenant: Tenant) -> Sandbox:
         sandbox = self.get(sandbox_id, tenant)

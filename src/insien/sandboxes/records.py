@@ -69,6 +69,7 @@ def claim_notes(sandbox: Sandbox) -> dict[str, Any]:
         "timeout": options.timeout,
         "idleTimeout": options.idle_timeout,
         "metadata": options.metadata,
+        "onExpiry": options.on_expiry,
     }
 
 
@@ -83,6 +84,8 @@ def apply_notes(sandbox: Sandbox, notes: dict[str, Any]) -> None:
         changes["timeout"] = float(notes["timeout"])
     if "idleTimeout" in notes and isinstance(notes["idleTimeout"], (int, float, type(None))):
         changes["idle_timeout"] = notes["idleTimeout"]
+    if notes.get("onExpiry") in ("end", "pause"):
+        changes["on_expiry"] = notes["onExpiry"]
     if isinstance(notes.get("metadata"), dict):
         changes["metadata"] = {str(k): str(v) for k, v in notes["metadata"].items()}
     if changes:

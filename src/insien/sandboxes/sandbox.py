@@ -54,6 +54,9 @@ class SandboxOptions:
     env: dict[str, str] = field(default_factory=dict)
     python: str = "/usr/bin/python3"
     """The interpreter that runs the agent in this template's image (an absolute path)."""
+    on_expiry: str = "end"
+    """What the end of its lifetime does to a running sandbox: `end` it, or `pause` it (E2B's
+    autoPause) for up to INSIEN_MAX_TIMEOUT more, until someone resumes it."""
 
 
 @dataclass(eq=False)

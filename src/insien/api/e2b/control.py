@@ -183,6 +183,8 @@ def control_blueprint(services: Services) -> Blueprint:
             env=body.envVars,
             no_idle_timeout=True,
         )
+        if body.autoPause:
+            options = replace(options, on_expiry="pause")
         sandbox = await manager.create(owner, options)
         return created(sandbox, owner), 201
 
@@ -258,8 +260,9 @@ def control_blueprint(services: Services) -> Blueprint:
         if sandbox.state is State.PAUSED:
             await manager.resume(sandbox_id, owner)
             status = 201
-        if body.timeout:
-            manager.keepalive(sandbox_id, owner, float(body.timeout))
+        if body.timeout or status == 201:
+            # a resumed sandbox gets a lifetime again (its own timeout unless one is given)
+            manager.keepalive(sandbox_id, owner, float(body.timeout) if body.timeout else None)
         return created(sandbox, owner), status
 
     bp.add_url_rule("/sandboxes/<sandbox_id>/connect", "connect", connect, methods=["POST"])
