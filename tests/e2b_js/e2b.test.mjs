@@ -135,6 +135,25 @@ test('lifecycle: info, timeout, list, connect, metrics, kill', async () => {
     const metrics = await other.getMetrics()
     assert.ok(metrics.length >= 1)
     assert.ok(metrics[0].memUsed > 0)
+    await other.files.write('/home/user/kept.txt', 'kept')
+    assert.equal(await other.pause(), true)
+    assert.equal((await other.getInfo()).state, 'paused')
+    const resumed = await Sandbox.connect(other.sandboxId)
+    assert.equal(await resumed.files.read('/home/user/kept.txt'), 'kept')
+    const snapshot = await other.createSnapshot()
+    const fromSnapshot = await Sandbox.create(snapshot.snapshotId)
+    const [fork] = await other.fork()
+    try {
+      assert.equal(await fromSnapshot.files.read('/home/user/kept.txt'), 'kept')
+      assert.ok(fork instanceof Sandbox)
+      assert.equal(await fork.files.read('/home/user/kept.txt'), 'kept')
+    } finally {
+      await fromSnapshot.kill()
+      if (fork instanceof Sandbox) await fork.kill()
+      for (const snap of await Sandbox.listSnapshots({ sandboxId: other.sandboxId }).nextItems()) {
+        await Sandbox.deleteSnapshot(snap.snapshotId)
+      }
+    }
   } finally {
     await other.kill()
   }

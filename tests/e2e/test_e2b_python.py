@@ -138,7 +138,13 @@ def test_pty(sbx: Sandbox) -> None:
     assert b"PTY-42" in seen
 
     sleeping = sbx.pty.create(PtySize(rows=24, cols=80))
+    later = bytearray()
+    followed = sbx.pty.connect(sleeping.pid)
+    sbx.pty.send_stdin(sleeping.pid, b"echo AGAIN-$((1+1))\n")
     assert sbx.pty.kill(sleeping.pid) is True
+    with pytest.raises(CommandExitException):
+        followed.wait(on_pty=lambda data: later.extend(data))
+    assert b"AGAIN-2" in later
 
 
 def test_files(sbx: Sandbox) -> None:
@@ -201,6 +207,20 @@ def test_lifecycle(e2b_env: Server) -> None:
 
         first.set_timeout(600)
         assert first.get_info().end_at > before
+        # the older refresh route (no SDK of these versions calls it) extends the same way
+        with httpx.Client(base_url=e2b_env.url, headers={"X-API-Key": e2b_env.api_key}) as api:
+            refreshed = api.post(
+                f"/e2b/sandboxes/{first.sandbox_id}/refreshes", json={"duration": 900}
+            )
+            assert refreshed.status_code == 204
+            assert (first.get_info().end_at - first.get_info().started_at).total_seconds() > 800
+            unsupported = api.get("/e2b/volumes")
+            assert unsupported.status_code == 501
+            assert unsupported.json() == {
+                "code": 501,
+                "message": "GET /volumes is not supported by Insien's E2B front"
+                " (see docs/e2b.md for what is)",
+            }
 
         query = SandboxQuery(metadata={"suite": "e2b-life"})
         pages = Sandbox.list(query=query, limit=1)
