@@ -107,10 +107,10 @@ def test_background_stdin_list_kill_connect(sbx: Sandbox) -> None:
     assert sleeper.pid in {p.pid for p in sbx.commands.list()}
 
     ticker = sbx.commands.run(
-        "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.3; done", background=True
+        "for i in $(seq 12); do echo tick $i; sleep 0.3; done", background=True
     )
     followed = sbx.commands.connect(ticker.pid)
-    assert "tick 6" in followed.wait().stdout
+    assert "tick 12" in followed.wait().stdout
 
     watcher = sbx.commands.connect(sleeper.pid)
     assert sbx.commands.kill(sleeper.pid) is True
@@ -504,7 +504,7 @@ def test_logs_carry_the_agents_stderr(sbx: Sandbox, e2b_env: Server) -> None:
 
 
 def test_auto_pause_at_the_end_of_life(e2b_env: Server) -> None:
-    sandbox = Sandbox.create(timeout=2, lifecycle={"on_timeout": "pause"})
+    sandbox = Sandbox.create(timeout=5, lifecycle={"on_timeout": "pause"})
     try:
         sandbox.files.write("/home/user/kept.txt", "kept across the pause")
         deadline = time.monotonic() + 20
