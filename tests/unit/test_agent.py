@@ -190,7 +190,9 @@ async def test_reading_a_fifo_does_not_hang(tmp_path: Path) -> None:
 )
 @given(
     junk=st.one_of(
-        st.binary(max_size=200).map(lambda b: b.replace(b"\n", b" ")),
+        # A 0x00 at the start of a line opens a binary frame (docs/protocol.md), whose header
+        # only the server writes; hostile frames have their own tests (test_binary_frames.py).
+        st.binary(max_size=200).map(lambda b: b.replace(b"\n", b" ").lstrip(b"\x00")),
         st.recursive(
             st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
             lambda inner: (
