@@ -87,13 +87,21 @@ class SpawnedProcess:
     async def wait(self) -> int:
         """The exit code, as the helper reports it, or as the kernel shows a zombie that the
         helper does not reap (stopped or traced by user code): timeouts and exits must not
-        depend on the helper."""
+        depend on the helper.
+
+        Only a zombie still there a whole check later counts: one seen at the instant it
+        exited is reaped by the helper a moment after, with its real status. The kernel hides
+        a zombie's status from a reader without ptrace rights over it (the agent has none over
+        the user), so what /proc shows is a last resort, never a race winner."""
+        zombie_seen = False
         while not self._exited.done():
             await asyncio.wait({self._exited}, timeout=ZOMBIE_CHECK_SECONDS)
-            if not self._exited.done():
-                code = zombie_exit_code(self.pid)
-                if code is not None:
-                    self._exited.set_result(code)
+            if self._exited.done():
+                break
+            code = zombie_exit_code(self.pid)
+            if code is not None and zombie_seen:
+                self._exited.set_result(code)
+            zombie_seen = code is not None
         self.returncode = self._exited.result()
         return self.returncode
 
