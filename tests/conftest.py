@@ -35,11 +35,23 @@ def start_server(
 DOCKER_SUITES = ("e2e", "attacks")
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything under tests/e2e and tests/attacks drives real containers: mark it `docker`."""
+    """Everything under tests/e2e and tests/attacks drives real containers: mark it `docker`.
+
+    A test marked `anyio` runs once per backend (`anyio_backend`): pytest-trio's trio mode,
+    which claims every async test, lets go of it (this hook runs after pytest-trio's)."""
     for item in items:
         if any(part in DOCKER_SUITES for part in item.path.parts):
             item.add_marker(pytest.mark.docker)
+        if item.get_closest_marker("anyio") is not None:
+            item.own_markers[:] = [m for m in item.own_markers if m.name != "trio"]
+
+
+@pytest.fixture(scope="module", params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The SDK serves asyncio and trio users alike: its async tests run under both."""
+    return str(request.param)
 
 
 def _our_containers(client: docker.DockerClient) -> list[str]:

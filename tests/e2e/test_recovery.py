@@ -4,6 +4,7 @@ again, finds every sandbox, its files, its processes and what they produced mean
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import docker
 import pytest
 import trio
@@ -55,7 +57,7 @@ class Restartable:
 
 @pytest.fixture
 def restartable(request: pytest.FixtureRequest) -> Iterator[Restartable]:
-    one = Restartable(request.node.name[-40:].replace("_", "-"))
+    one = Restartable(re.sub(r"[^a-z0-9]+", "-", request.node.name[-40:]).strip("-"))
     yield one
     # Whatever the test did, end with a server that ends its sandboxes on the way out.
     if one.process is not None and one.process.poll() is None:
@@ -211,8 +213,9 @@ def test_sigterm_keeps_sandboxes_running_for_the_next_start(
     trio.run(after)
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_sdk_calls_in_flight_get_their_answers_across_a_restart(
-    restartable: Restartable,
+    restartable: Restartable, backend: str
 ) -> None:
     server = restartable.start()
 
@@ -227,16 +230,18 @@ def test_sdk_calls_in_flight_get_their_answers_across_a_restart(
                 result = await sandbox.commands.run("sh", ["-c", script])
                 results[name] = result.stdout
 
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as tasks:
                 # one finishes while the server is down, one after it is back
-                nursery.start_soon(run, "early", "sleep 1; echo early")
-                nursery.start_soon(run, "late", "sleep 4; echo late")
-                await trio.sleep(0.5)
-                await trio.to_thread.run_sync(restartable.kill)
-                await trio.sleep(1.5)
-                await trio.to_thread.run_sync(restartable.start)
+                tasks.start_soon(run, "early", "sleep 1; echo early")
+                tasks.start_soon(run, "late", "sleep 4; echo late")
+                await anyio.sleep(0.5)
+                await anyio.to_thread.run_sync(restartable.kill)
+                await anyio.sleep(1.5)
+                await anyio.to_thread.run_sync(restartable.start)
             # and the connection is back for new work
             results["after"] = (await sandbox.run_command("echo", ["after"])).stdout
         return results
 
-    assert trio.run(scenario) == {"early": "early\n", "late": "late\n", "after": "after\n"}
+    # the SDK reconnects and resumes alike under asyncio and trio
+    outcome = anyio.run(scenario, backend=backend)
+    assert outcome == {"early": "early\n", "late": "late\n", "after": "after\n"}

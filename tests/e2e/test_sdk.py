@@ -1,10 +1,13 @@
-"""The Python SDK end to end, blocking and trio flavours, against a real server and sandbox."""
+"""The Python SDK end to end, blocking and async (asyncio and trio), against a real server."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
+import anyio
 import docker
 import pytest
-import trio
 
 from insien_sandbox import (
     AsyncSandbox,
@@ -16,6 +19,8 @@ from insien_sandbox import (
 )
 from tests.conftest import Server
 from tests.e2e.helpers import http
+
+pytestmark = pytest.mark.anyio  # every async test: under asyncio and under trio
 
 
 def container_exists(client: docker.DockerClient, sandbox_id: str) -> bool:
@@ -51,7 +56,7 @@ async def test_async_sdk_concurrent_calls_and_errors(server: Server) -> None:
         async def run(i: int) -> None:
             results.append((await sandbox.run_command("echo", [str(i)])).stdout)
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for i in range(20):
                 nursery.start_soon(run, i)
         assert sorted(results) == sorted(f"{i}\n" for i in range(20))
@@ -122,3 +127,30 @@ def test_blocking_sdk_reads_key_and_url_from_the_environment(
         sandbox.destroy()
     finally:
         sandbox.close()
+
+
+def test_blocking_sdk_inside_a_running_loop_and_from_threads(server: Server) -> None:
+    """Jupyter calls the blocking SDK from a thread whose asyncio loop is running; services
+    call it from worker threads. Both work, because the SDK's loop is its own thread's."""
+
+    async def notebook_cell() -> list[str]:
+        with Sandbox(api_key=server.api_key, base_url=server.url) as sandbox:
+            said = sandbox.run_command("echo", ["from a cell"]).stdout
+            listed = Sandbox.list(server.api_key, server.url, state="running")
+            assert sandbox.sandbox_id in [info.sandbox_id for info in listed]
+        return [said]
+
+    assert asyncio.run(notebook_cell()) == ["from a cell\n"]
+
+    said: list[str] = []
+
+    def worker(n: int) -> None:
+        with Sandbox(api_key=server.api_key, base_url=server.url) as sandbox:
+            said.append(sandbox.commands.run(f"echo {n}").stdout)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(said) == ["0\n", "1\n", "2\n"]

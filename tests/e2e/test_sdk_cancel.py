@@ -3,10 +3,13 @@ result says why it ended (issue 10)."""
 
 from __future__ import annotations
 
-import trio
+import anyio
+import pytest
 
 from insien_sandbox import AsyncSandbox
 from tests.conftest import Server
+
+pytestmark = pytest.mark.anyio  # every async test: under asyncio and under trio
 
 
 async def no_sleepers_left(box: AsyncSandbox) -> bool:
@@ -15,12 +18,12 @@ async def no_sleepers_left(box: AsyncSandbox) -> bool:
 
 async def test_a_cancelled_run_kills_its_command(server: Server) -> None:
     async with AsyncSandbox(api_key=server.api_key, base_url=server.url) as box:
-        with trio.move_on_after(1.5) as waited:
+        with anyio.move_on_after(1.5) as waited:
             await box.commands.run("sleep 600")
         assert waited.cancelled_caught
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             while not await no_sleepers_left(box):  # noqa: ASYNC110
-                await trio.sleep(0.2)
+                await anyio.sleep(0.2)
         # the connection is still good for the next call
         assert (await box.commands.run("echo fine")).stdout == "fine\n"
 
@@ -28,12 +31,12 @@ async def test_a_cancelled_run_kills_its_command(server: Server) -> None:
 async def test_a_cancelled_run_with_streaming_callbacks_kills_its_command(server: Server) -> None:
     seen: list[str] = []
     async with AsyncSandbox(api_key=server.api_key, base_url=server.url) as box:
-        with trio.move_on_after(2):
+        with anyio.move_on_after(2):
             await box.commands.run("while :; do echo tick; sleep 0.2; done", on_stdout=seen.append)
         assert seen, "output streamed before the cancel"
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             while not await no_sleepers_left(box):  # noqa: ASYNC110
-                await trio.sleep(0.2)
+                await anyio.sleep(0.2)
 
 
 async def test_background_results_carry_timed_out_and_oom(server: Server) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 
 from insien_sandbox import AsyncSandbox, RPCError, Sandbox, SandboxClosedError
 from tests.conftest import Server
+
+pytestmark = pytest.mark.anyio  # every async test: under asyncio and under trio
 
 
 async def test_commands_run_shell_streaming_timeout_and_stdin(server: Server) -> None:
@@ -117,7 +119,7 @@ async def test_files_namespace(server: Server, tmp_path: Path) -> None:
 async def test_pty_namespace(server: Server) -> None:
     async with AsyncSandbox(api_key=server.api_key, base_url=server.url) as sandbox:
         screen = bytearray()
-        sized = trio.Event()
+        sized = anyio.Event()
 
         def on_data(data: bytes) -> None:
             screen.extend(data)
@@ -126,7 +128,7 @@ async def test_pty_namespace(server: Server) -> None:
 
         terminal = await sandbox.pty.create(cols=90, rows=20, on_data=on_data)
         await sandbox.pty.send_input(terminal.pid, "stty size\n")
-        with trio.fail_after(15):
+        with anyio.fail_after(15):
             await sized.wait()
         await sandbox.pty.resize(terminal.pid, cols=50, rows=10)
         await sandbox.pty.send_input(terminal.pid, "stty size; exit 5\n")
@@ -179,13 +181,13 @@ async def test_files_watch(server: Server) -> None:
         wanted = {("a", "create"), ("a", "write"), ("a", "chmod"), ("a", "rename")}
         wanted |= {("b", "create"), ("b", "remove")}
         seen: set[tuple[str, str]] = set()
-        with trio.fail_after(15):
+        with anyio.fail_after(15):
             async for event in flat:
                 seen.add((event.name, event.op))
                 if wanted <= seen:
                     break
         deep_seen: set[tuple[str, str]] = set()
-        with trio.fail_after(15):
+        with anyio.fail_after(15):
             async for event in deep:
                 deep_seen.add((event.name, event.op))
                 if ("sub/c", "create") in deep_seen:

@@ -1,4 +1,4 @@
-"""AsyncSandbox: the trio flavour of the SDK. The blocking Sandbox wraps this one."""
+"""AsyncSandbox: the async SDK, for asyncio and trio alike (anyio). `Sandbox` wraps it."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
 
+import anyio
 import httpx
-import trio
 
 from ._commands import Commands, Pty
 from ._config import resolve
@@ -94,7 +94,7 @@ class AsyncSandbox:
         tb: TracebackType | None,
     ) -> None:
         try:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 session = self._session
                 if session.sandbox_id is not None and session.owned and not session.destroyed:
                     try:
@@ -109,7 +109,7 @@ class AsyncSandbox:
                 try:
                     await stack.__aexit__(exc_type, exc, tb)
                 except BaseExceptionGroup as group:
-                    # The connection's nursery wraps whatever left the `async with` body; give
+                    # The connection's task group wraps whatever left the `async with` body; give
                     # the caller their own exception back when it is the only one.
                     if exc is None or group.exceptions != (exc,):
                         raise

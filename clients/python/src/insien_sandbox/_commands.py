@@ -11,8 +11,10 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-import trio
+import anyio
+from anyio.abc import TaskStatus
 
+from ._buffer import Buffer
 from ._errors import RPCError, SandboxClosedError
 from ._rpc import Message, check
 from ._types import CommandResult, OutputChunk, ProcessInfo, Stream
@@ -95,12 +97,14 @@ class CommandHandle:
         self._truncated = False
         self._exit: Message | None = None
         self._error: Exception | None = None
-        self._done = trio.Event()
-        self._chunks_send, self._chunks = trio.open_memory_channel[OutputChunk](ITERATION_BUFFER)
+        self._done = anyio.Event()
+        self._chunks = Buffer[OutputChunk](ITERATION_BUFFER)
         self.dropped_chunks = 0
         self._text = _Text()
 
-    async def _follow(self, message: Message, *, task_status: trio.TaskStatus[None]) -> None:
+    async def _follow(
+        self, message: Message, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         connection = await self._session.connection()
         started = False
         try:
@@ -127,7 +131,7 @@ class CommandHandle:
             self._error = exc
         finally:
             self._done.set()
-            self._chunks_send.close()
+            self._chunks.close()
 
     async def _output(self, reply: Message) -> None:
         stream: Stream = "stderr" if reply.get("stream") == "stderr" else "stdout"
@@ -159,13 +163,11 @@ class CommandHandle:
             self._truncated = True
         kept += as_bytes[: max(room, 0)]
         await _notify(self._on[stream], data)
-        try:
-            self._chunks_send.send_nowait(OutputChunk(stream, data, dropped))
-        except trio.WouldBlock:
+        if not self._chunks.put_nowait(OutputChunk(stream, data, dropped)):
             self.dropped_chunks += 1  # nobody is iterating; the kept output still has it
 
     def __aiter__(self) -> AsyncIterator[OutputChunk]:
-        return self._chunks.__aiter__()
+        return self._chunks
 
     @property
     def exited(self) -> bool:
@@ -318,7 +320,7 @@ class Commands:
         request: Message = {"type": "spawn", **message, "binary": True}
         if pty is not None:
             request.update(pty=pty, encoding="base64")
-        await self._session.nursery().start(handle._follow, request)
+        await self._session.tasks().start(handle._follow, request)
         return handle
 
     async def connect(
@@ -335,7 +337,7 @@ class Commands:
         request: Message = {"type": "attach", "pid": pid, "replay": replay, "binary": True}
         if binary:
             request["encoding"] = "base64"
-        await self._session.nursery().start(handle._follow, request)
+        await self._session.tasks().start(handle._follow, request)
         return handle
 
     async def list(self) -> list[ProcessInfo]:

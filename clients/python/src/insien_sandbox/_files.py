@@ -7,8 +7,8 @@ import os
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, overload
 
+import anyio
 import httpx
-import trio
 
 from ._errors import ConnectError, error_from_response
 from ._rpc import Message
@@ -32,7 +32,7 @@ class Files:
         """Start watching a directory; returns once it is watched, so every change made after
         this call is seen. Iterate the handle for its events; `stop()` ends it."""
         handle = WatchHandle(self._session, {"type": "watch", "path": path, "recursive": recursive})
-        await self._session.nursery().start(handle._follow)
+        await self._session.tasks().start(handle._follow)
         return handle
 
     async def _call(self, message: Message) -> Message:
@@ -137,7 +137,7 @@ class Files:
                     raise error_from_response(response)
                 if destination is None:
                     return b"".join([chunk async for chunk in response.aiter_bytes()])
-                async with await trio.open_file(destination, "wb") as out:
+                async with await anyio.open_file(destination, "wb") as out:
                     async for chunk in response.aiter_bytes():
                         await out.write(chunk)
                 return None
@@ -161,12 +161,12 @@ async def _chunks(source: Source) -> AsyncIterator[bytes]:
         for start in range(0, len(source), UPLOAD_CHUNK):
             yield source[start : start + UPLOAD_CHUNK]
     elif isinstance(source, (str, os.PathLike)):
-        async with await trio.open_file(source, "rb") as local:
+        async with await anyio.open_file(source, "rb") as local:
             while chunk := await local.read(UPLOAD_CHUNK):
                 yield chunk
     elif isinstance(source, AsyncIterable):
         async for chunk in source:
             yield chunk
     else:
-        while chunk := await trio.to_thread.run_sync(source.read, UPLOAD_CHUNK):
+        while chunk := await anyio.to_thread.run_sync(source.read, UPLOAD_CHUNK):
             yield chunk

@@ -9,12 +9,17 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
-import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
-    WebSocketConnection,
+import anyio
+import httpx
+import wsproto.events
+import wsproto.utilities
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from httpx_ws import (
+    AsyncWebSocketSession,
+    WebSocketDisconnect,
+    WebSocketNetworkError,
+    WebSocketUpgradeError,
 )
 
 from ._errors import RPCError, SandboxClosedError
@@ -34,7 +39,7 @@ def is_final(message: Message) -> bool:
     return message.get("type") not in FINAL_EXCEPT
 
 
-Connect = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
+Connect = Callable[[str], AbstractAsyncContextManager[AsyncWebSocketSession]]
 
 RECONNECT_WINDOW = 60.0
 """How long the SDK keeps trying to reach a sandbox whose server went away (a restart)."""
@@ -59,9 +64,9 @@ class RPCConnection:
     def __init__(self, connect: Connect) -> None:
         self._connect = connect
         self.session = secrets.token_urlsafe(12)
-        self._ws: WebSocketConnection | None = None
-        self._connected = trio.Event()
-        self._waiters: dict[str, trio.MemorySendChannel[Message]] = {}
+        self._ws: AsyncWebSocketSession | None = None
+        self._connected = anyio.Event()
+        self._waiters: dict[str, MemoryObjectSendStream[Message]] = {}
         self._awaiting_resume: set[str] = set()
         self._ids = itertools.count(1)
         self._closed_reason: str | None = None
@@ -70,7 +75,9 @@ class RPCConnection:
     def closed(self) -> bool:
         return self._closed_reason is not None
 
-    async def run(self, *, task_status: trio.TaskStatus[RPCConnection]) -> None:
+    async def run(
+        self, *, task_status: TaskStatus[RPCConnection] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Hold the connection (and reconnect) until it ends for good; then fail every waiter."""
         started = False
         lost_at: float | None = None
@@ -86,23 +93,23 @@ class RPCConnection:
                             started = True
                             task_status.started(self)
                         code = await self._read(ws)
-                except (OSError, HandshakeError, ConnectionClosed) as exc:
+                except (OSError, httpx.TransportError, WebSocketUpgradeError) as exc:
                     if not started:
                         raise
-                    if isinstance(exc, ConnectionRejected):  # the sandbox is gone, or the key
-                        self._closed_reason = f"cannot reconnect: {exc}"
+                    if isinstance(exc, WebSocketUpgradeError):  # the sandbox is gone, or the key
+                        self._closed_reason = f"cannot reconnect: HTTP {exc.response.status_code}"
                         return
                     code = 1006
                 self._ws = None
-                self._connected = trio.Event()
+                self._connected = anyio.Event()
                 self._awaiting_resume = set(self._waiters)
                 if code not in RECONNECT_CODES:
                     return
-                lost_at = lost_at or trio.current_time()
-                if trio.current_time() - lost_at > RECONNECT_WINDOW:
+                lost_at = lost_at or anyio.current_time()
+                if anyio.current_time() - lost_at > RECONNECT_WINDOW:
                     self._closed_reason = f"connection lost for over {RECONNECT_WINDOW:g}s"
                     return
-                await trio.sleep(0.25)
+                await anyio.sleep(0.25)
         finally:
             self._closed_reason = self._closed_reason or "connection closed"
             self._connected.set()  # wake senders so they see the connection is gone
@@ -110,11 +117,14 @@ class RPCConnection:
                 waiter.close()
             self._waiters.clear()
 
-    async def _read(self, ws: WebSocketConnection) -> int | None:
+    async def _read(self, ws: AsyncWebSocketSession) -> int | None:
         """Route messages until the connection closes; returns its close code."""
         try:
             while True:
-                message = parse_message(await ws.get_message())
+                event = await ws.receive()
+                if not isinstance(event, wsproto.events.Message):
+                    continue
+                message = parse_message(event.data)
                 if message is None:
                     continue
                 if message.get("type") == "resumed" and "id" not in message:
@@ -126,21 +136,20 @@ class RPCConnection:
                     continue
                 try:
                     await waiter.send(message)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     self._waiters.pop(key, None)
                     continue
                 if is_final(message):
                     self._waiters.pop(key, None)
                     waiter.close()
-        except ConnectionClosed as exc:
-            reason = exc.reason
-            if reason is None:
-                return None
-            detail = f"{reason.code}: {reason.reason}" if reason.reason else str(reason.code)
+        except WebSocketNetworkError:
+            return 1006
+        except WebSocketDisconnect as exc:
+            detail = f"{exc.code}: {exc.reason}" if exc.reason else str(exc.code)
             self._closed_reason = (
-                None if reason.code in RECONNECT_CODES else (f"connection closed ({detail})")
+                None if exc.code in RECONNECT_CODES else (f"connection closed ({detail})")
             )
-            return int(reason.code)
+            return int(exc.code)
 
     def _resumed(self, message: Message) -> None:
         """After a reconnect: what was waiting and is neither answered nor running is lost."""
@@ -154,7 +163,9 @@ class RPCConnection:
                     "code": "LOST",
                     "message": "the request was lost while the connection was down",
                 }
-                with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                with suppress(
+                    anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError
+                ):
                     waiter.send_nowait(lost)
                 waiter.close()
         self._awaiting_resume = set()
@@ -172,26 +183,26 @@ class RPCConnection:
                 await self._connected.wait()
                 continue
             try:
-                await ws.send_message(text)
+                await ws.send_text(text)
                 return
-            except ConnectionClosed:
-                await trio.sleep(0.05)  # the reader notices, and reconnects
+            except (WebSocketNetworkError, wsproto.utilities.LocalProtocolError):
+                await anyio.sleep(0.05)  # the reader notices, and reconnects
 
     @asynccontextmanager
-    async def stream(self, message: Message) -> AsyncIterator[trio.MemoryReceiveChannel[Message]]:
+    async def stream(self, message: Message) -> AsyncIterator[MemoryObjectReceiveStream[Message]]:
         """Send a request; yields the channel of every message answering it, final included."""
         if self._closed_reason is not None:
             raise self._closed_error()
         request_id = f"r{next(self._ids)}"
-        send, receive = trio.open_memory_channel[Message](STREAM_BUFFER)
+        send, receive = anyio.create_memory_object_stream[Message](STREAM_BUFFER)
         self._waiters[request_id] = send
         sent = False
         try:
             await self._send_text(json.dumps({**message, "id": request_id}))
             sent = True
-            async with receive:
-                yield receive
+            yield receive
         finally:
+            receive.close()
             # Still registered: no final answer came. The caller gave up (cancelled, timed
             # out, or left the block), so the request is cancelled in the sandbox too: a
             # foreground command is killed, a background one is only no longer followed.
@@ -206,12 +217,13 @@ class RPCConnection:
         if self._closed_reason is not None or self._ws is None:
             return
         with (
-            trio.move_on_after(CANCEL_TIMEOUT, shield=True),
+            anyio.move_on_after(CANCEL_TIMEOUT, shield=True),
             suppress(
                 SandboxClosedError,
-                ConnectionClosed,
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
+                WebSocketNetworkError,
+                wsproto.utilities.LocalProtocolError,
+                anyio.BrokenResourceError,
+                anyio.ClosedResourceError,
             ),
         ):
             await self.send({"type": "cancel", "target": request_id})

@@ -1,5 +1,5 @@
-"""What a sandbox's namespaces share: the REST client, the sandbox's nursery, the sandbox made
-on first use, and its RPC connection, opened lazily and held (and re-made) in that nursery.
+"""What a sandbox's namespaces share: the REST client, the sandbox's task group, the sandbox made
+on first use, and its RPC connection, opened lazily and held (and re-made) in that task group.
 
 `AsyncSandbox`, `Commands`, `Files` and `Pty` all work through one `Session`; none reaches into
 another's private parts.
@@ -7,20 +7,23 @@ another's private parts.
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, suppress
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
 
+import anyio
 import httpx
-import trio
-from trio_websocket import HandshakeError, WebSocketConnection, open_websocket_url
+from anyio.abc import TaskGroup, TaskStatus
+from httpx_ws import AsyncWebSocketSession, WebSocketUpgradeError, aconnect_ws
 
 from ._errors import ConnectError, InsienError, NotFoundError, error_from_response
 from ._rpc import RPCConnection
 
-MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 RECEIVE_BUFFER = 256 * 1024
-MESSAGE_QUEUE = 16
+"""Bytes read from the socket at a time: output events are up to 256 KiB."""
 REST_TIMEOUT = 60.0
+PING_INTERVAL = 20.0
+"""A connection that stops answering pings for this long is treated as lost (and re-made)."""
 
 
 def ws_base(base_url: str) -> str:
@@ -66,13 +69,17 @@ class Session:
         self.agent_url = f"{ws_base(base_url)}/agent/{sandbox_id}" if sandbox_id else None
         self.destroyed = False
         self._http: httpx.AsyncClient | None = None
-        self._nursery: trio.Nursery | None = None
+        self._tasks: TaskGroup | None = None
         self._rpc: RPCConnection | None = None
-        self._ws_scope: trio.CancelScope | None = None
-        self._lock = trio.Lock()
+        self._ws_scope: anyio.CancelScope | None = None
+        self._lock: anyio.Lock | None = None
 
     async def open(self, stack: AsyncExitStack) -> None:
-        """Enter the REST client and the nursery into the caller's exit stack."""
+        """Enter the REST client and the task group into the caller's exit stack.
+
+        Works under asyncio and trio alike (anyio); everything here belongs to the event loop
+        that opened it."""
+        self._lock = anyio.Lock()
         self._http = await stack.enter_async_context(
             httpx.AsyncClient(
                 base_url=self.base_url,
@@ -80,17 +87,18 @@ class Session:
                 timeout=REST_TIMEOUT,
             )
         )
-        self._nursery = await stack.enter_async_context(trio.open_nursery())
+        self._tasks = await stack.enter_async_context(anyio.create_task_group())
 
     def client(self) -> httpx.AsyncClient:
         if self._http is None:
             raise InsienError("use AsyncSandbox inside `async with`")
         return self._http
 
-    def nursery(self) -> trio.Nursery:
-        if self._nursery is None:
+    def tasks(self) -> TaskGroup:
+        """Where the sandbox's background tasks live (its connection, followed processes)."""
+        if self._tasks is None:
             raise InsienError("use AsyncSandbox inside `async with`")
-        return self._nursery
+        return self._tasks
 
     async def request(
         self, method: str, path: str, body: dict[str, Any] | None = None
@@ -107,39 +115,39 @@ class Session:
 
     async def connection(self) -> RPCConnection:
         """The sandbox's WebSocket, creating the sandbox first if this is the first use."""
+        if self._lock is None:
+            raise InsienError("use AsyncSandbox inside `async with`")
         async with self._lock:
             if self.destroyed:
                 raise InsienError("this sandbox has been destroyed")
             if self._rpc is None:
                 await self.create()
                 assert self.agent_url is not None
-                self._rpc = await self.nursery().start(self._hold_connection, self.agent_url)
+                self._rpc = await self.tasks().start(self._hold_connection, self.agent_url)
             return self._rpc
 
     async def _hold_connection(
-        self, url: str, *, task_status: trio.TaskStatus[RPCConnection]
+        self, url: str, *, task_status: TaskStatus[RPCConnection] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        def connect(session: str) -> AbstractAsyncContextManager[WebSocketConnection]:
+        @asynccontextmanager
+        async def connect(session: str) -> AsyncIterator[AsyncWebSocketSession]:
             separator = "&" if "?" in url else "?"
-            return open_websocket_url(
-                f"{url}{separator}session={session}",
-                # After a server restart the token may not verify (a new JWT secret); the
-                # key always does.
-                extra_headers=[(b"X-API-Key", self.api_key.encode())],
-                max_message_size=MAX_MESSAGE_SIZE,
-                # trio-websocket reads 4 KiB at a time by default: far too little for
-                # output events of up to 256 KiB.
-                receive_buffer_size=RECEIVE_BUFFER,
-                message_queue_size=MESSAGE_QUEUE,
-            )
+            # After a server restart the token may not verify (a new JWT secret); the key
+            # always does.
+            async with ws_session(
+                self.client(), f"{url}{separator}session={session}", self.api_key
+            ) as ws:
+                yield ws
 
-        with trio.CancelScope() as scope:
+        with anyio.CancelScope() as scope:
             self._ws_scope = scope
             try:
                 await RPCConnection(connect).run(task_status=task_status)
-            except HandshakeError as exc:
-                raise ConnectError(f"WebSocket to the sandbox refused: {exc}") from exc
-            except OSError as exc:
+            except WebSocketUpgradeError as exc:
+                raise ConnectError(
+                    f"WebSocket to the sandbox refused: HTTP {exc.response.status_code}"
+                ) from exc
+            except (OSError, httpx.TransportError) as exc:
                 raise ConnectError(f"cannot reach the sandbox WebSocket: {exc}") from exc
 
     def close_connection(self) -> None:
@@ -157,3 +165,28 @@ class Session:
         # A sandbox already destroyed elsewhere is the outcome the caller asked for.
         with suppress(NotFoundError):
             await self.request("POST", f"/sandbox/{self.sandbox_id}/destroy")
+
+
+@asynccontextmanager
+async def ws_session(
+    client: httpx.AsyncClient, url: str, api_key: str
+) -> AsyncIterator[AsyncWebSocketSession]:
+    """A WebSocket over the client's HTTP stack (httpx-ws: anyio, so asyncio or trio).
+
+    httpx-ws runs its reader in a task group, which wraps what leaves it in an exception
+    group; a lone error is handed on as itself so callers can catch it by type."""
+    try:
+        opening: AbstractAsyncContextManager[AsyncWebSocketSession] = aconnect_ws(
+            url.replace("wss://", "https://", 1).replace("ws://", "http://", 1),
+            client,
+            headers={"X-API-Key": api_key},
+            max_message_size_bytes=RECEIVE_BUFFER,
+            keepalive_ping_interval_seconds=PING_INTERVAL,
+            keepalive_ping_timeout_seconds=PING_INTERVAL,
+        )
+        async with opening as ws:
+            yield ws
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+            raise group.exceptions[0] from None
+        raise

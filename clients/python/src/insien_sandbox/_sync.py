@@ -1,4 +1,4 @@
-"""Sandbox: the blocking SDK. An AsyncSandbox runs on a trio loop in a helper thread.
+"""Sandbox: the blocking SDK. An AsyncSandbox runs on an event loop in a helper thread.
 
 Long because it mirrors every public method of the async SDK, one thin wrapper each
 (tests/unit/test_sdk_parity.py keeps the two in step); splitting it would scatter the mirror.
@@ -9,12 +9,15 @@ from __future__ import annotations
 import builtins
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from types import TracebackType
 from typing import Any, BinaryIO, Literal, TypeVar, overload
 
-import trio
+import anyio
+import anyio.from_thread
+from anyio.lowlevel import EventLoopToken, current_token
 
 from ._async import AsyncSandbox
 from ._commands import CommandHandle as AsyncCommandHandle
@@ -35,15 +38,29 @@ from ._watch import WatchHandle as AsyncWatchHandle
 
 T = TypeVar("T")
 
+LOOP_BACKEND = "asyncio"
+"""The helper thread's loop: the standard library's, so the blocking SDK needs no other."""
+
+
+def _run_in_own_thread(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a one-off coroutine on a fresh loop in a short-lived thread: the calling thread may
+    already run a loop (Jupyter), where starting another would fail."""
+    with ThreadPoolExecutor(1, thread_name_prefix="insien-sandbox") as pool:
+        return pool.submit(partial(anyio.run, fn, backend=LOOP_BACKEND)).result()
+
 
 class _LoopThread:
-    """A trio loop in a daemon thread that owns one AsyncSandbox for its whole life."""
+    """An event loop in a daemon thread that owns one AsyncSandbox for its whole life.
+
+    Being its own thread's loop, it works from any thread and beside a loop the caller already
+    runs (Jupyter, an asyncio service); a daemon, so a Sandbox never closed cannot hold the
+    interpreter open at exit."""
 
     def __init__(self, sandbox: AsyncSandbox) -> None:
         self._sandbox = sandbox
         self._ready = threading.Event()
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._stop: trio.Event | None = None
+        self._token: EventLoopToken | None = None
+        self._stop: anyio.Event | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="insien-sandbox", daemon=True)
         self._thread.start()
@@ -53,7 +70,7 @@ class _LoopThread:
 
     def _main(self) -> None:
         try:
-            trio.run(self._serve)
+            anyio.run(self._serve, backend=LOOP_BACKEND)
         except BaseException as exc:
             self._error = exc
         finally:
@@ -61,19 +78,23 @@ class _LoopThread:
 
     async def _serve(self) -> None:
         async with self._sandbox:
-            self._token = trio.lowlevel.current_trio_token()
-            self._stop = trio.Event()
+            self._token = current_token()
+            self._stop = anyio.Event()
             self._ready.set()
             await self._stop.wait()
 
     def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         if self._token is None or not self._thread.is_alive():
             raise RuntimeError("this Sandbox is closed")
-        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+        async def call() -> T:
+            return await fn(*args)
+
+        return anyio.from_thread.run(call, token=self._token)
 
     def close(self) -> None:
         if self._token is not None and self._stop is not None and self._thread.is_alive():
-            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            anyio.from_thread.run_sync(self._stop.set, token=self._token)
         self._thread.join()
         if self._error is not None:
             raise self._error
@@ -457,7 +478,7 @@ class Sandbox:
         async def fetch() -> builtins.list[SandboxInfo]:
             return await AsyncSandbox.list(api_key, base_url, state=state, metadata=metadata)
 
-        return trio.run(fetch)
+        return _run_in_own_thread(fetch)
 
     def create(self) -> str:
         return self._loop.run(self._async.create)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import trio
+import anyio
+from anyio.abc import TaskStatus
 
+from ._buffer import Buffer
 from ._errors import RPCError, SandboxClosedError
 from ._rpc import Message, check
 from ._types import FilesystemEvent
@@ -25,8 +27,8 @@ class WatchHandle:
     def __init__(self, session: Session, message: Message) -> None:
         self._session = session
         self._message = message
-        self._send, self._events = trio.open_memory_channel[FilesystemEvent](EVENT_BUFFER)
-        self._scope = trio.CancelScope()
+        self._events = Buffer[FilesystemEvent](EVENT_BUFFER)
+        self._scope = anyio.CancelScope()
         self._dropped = 0
         self._ended: str | None = None
         self._error: Exception | None = None
@@ -41,12 +43,12 @@ class WatchHandle:
         """Why the watch ended by itself (its directory was removed), or None."""
         return self._ended
 
-    async def _follow(self, *, task_status: trio.TaskStatus[None]) -> None:
+    async def _follow(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         connection = await self._session.connection()
         started = False
         with self._scope:
             try:
-                async with self._send, connection.stream(self._message) as replies:
+                async with connection.stream(self._message) as replies:
                     async for reply in replies:
                         kind = reply.get("type")
                         if kind == "watchStarted":
@@ -55,7 +57,7 @@ class WatchHandle:
                         elif kind == "fsEvents":
                             self._dropped += int(reply.get("dropped", 0))
                             for event in reply.get("events", []):
-                                await self._send.send(FilesystemEvent.from_wire(event))
+                                await self._events.put(FilesystemEvent.from_wire(event))
                         elif kind == "watchEnded":
                             self._ended = str(reply.get("reason") or "ended")
                             return
@@ -66,9 +68,11 @@ class WatchHandle:
                 if not started:
                     raise
                 self._error = exc
+            finally:
+                self._events.close()
 
     def __aiter__(self) -> AsyncIterator[FilesystemEvent]:
-        return self._events.__aiter__()
+        return self._events
 
     async def stop(self) -> None:
         """End the watch (the sandbox stops watching); iteration then ends."""
