@@ -21,8 +21,15 @@ def tests(session: nox.Session) -> None:
     session.install(*SERVER, *SDK, *E2B)
     # The stock e2b npm package for the JavaScript suite, at the version package-lock.json pins.
     session.run("npm", "ci", "--no-audit", "--no-fund", "--prefix", "tests/e2b_js", external=True)
+    js_sdk(session)
     session.run("insien", "image", "build")
     session.run("pytest", *session.posargs)
+
+
+def js_sdk(session: nox.Session) -> None:
+    """Build `@insien/sandbox` (clients/js): its pinned TypeScript compiles and type-checks it."""
+    session.run("npm", "ci", "--no-audit", "--no-fund", "--prefix", "clients/js", external=True)
+    session.run("npm", "run", "build", "--prefix", "clients/js", external=True)
 
 
 @nox.session(python=PYTHON)

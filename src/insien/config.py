@@ -105,6 +105,8 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1")
     port: int = Field(3000, ge=0, le=65535, validation_alias=_seed("PORT", "PORT"))
+    ws_port: int | None = Field(None, ge=1, le=65535, validation_alias=_seed("WS_PORT", "WS_PORT"))
+    """The seed's second port: WebSockets are served there too, and `agentUrl` points at it."""
     api_key: SecretStr | None = Field(None, validation_alias=_seed("API_KEY", "API_KEY"))
     jwt_secret: SecretStr | None = Field(None, validation_alias=_seed("JWT_SECRET", "JWT_SECRET"))
     agent_image: str = Field(

@@ -37,6 +37,9 @@ WEBSOCKET_PING_INTERVAL = 20.0
 def hypercorn_config(settings: Settings) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [f"{settings.host}:{settings.port}"]
+    if settings.ws_port is not None and settings.ws_port != settings.port:
+        # The seed served WebSockets on their own port; the same app answers on both.
+        config.bind.append(f"{settings.host}:{settings.ws_port}")
     config.graceful_timeout = settings.graceful_timeout
     config.websocket_max_message_size = settings.max_message_bytes
     config.websocket_ping_interval = WEBSOCKET_PING_INTERVAL

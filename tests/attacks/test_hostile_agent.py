@@ -20,7 +20,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from tests.conftest import IMAGE, Server, start_server, stop_server
 from tests.e2e.helpers import call, containers_of, http, websocket
-from tests.e2e.test_recovery import Restartable, sandbox_info
+from tests.e2e.restartable import Restartable
+from tests.e2e.test_recovery import sandbox_info
 
 HOSTILE_IMAGE = "insien-hostile-agent:test"
 HOSTILE_PYTHON = "/opt/hostile/python3"

@@ -21,8 +21,8 @@ import trio
 from insien.tenancy.tenants import hash_key, new_key
 from tests.conftest import Server
 from tests.e2e.helpers import call, containers_of, websocket
+from tests.e2e.restartable import Restartable
 from tests.e2e.test_pool import wait_for_pool
-from tests.e2e.test_recovery import Restartable
 
 
 def tenants_file(path: Path, keys: dict[str, str]) -> Path:

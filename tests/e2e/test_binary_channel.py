@@ -18,7 +18,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 from insien_sandbox import AsyncSandbox
 from tests.conftest import Server, rss_bytes
 from tests.e2e.helpers import call, http, sandbox, websocket
-from tests.e2e.test_recovery import Restartable, restartable  # noqa: F401 (a fixture)
+from tests.e2e.restartable import Restartable, restartable  # noqa: F401 (a fixture)
 
 MIB = 1024 * 1024
 

@@ -12,7 +12,8 @@ import trio
 
 from tests.conftest import Server
 from tests.e2e.helpers import call, containers_of, http, websocket
-from tests.e2e.test_recovery import Restartable, sandbox_info, ws_url
+from tests.e2e.restartable import Restartable
+from tests.e2e.test_recovery import sandbox_info, ws_url
 
 
 @pytest.fixture

@@ -4,11 +4,6 @@ again, finds every sandbox, its files, its processes and what they produced mean
 from __future__ import annotations
 
 import json
-import re
-import secrets
-import socket
-import subprocess
-from collections.abc import Iterator
 from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
@@ -20,50 +15,11 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from insien_sandbox import AsyncSandbox
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server
 from tests.e2e.helpers import call, containers_of, http, kill_agent, receive, websocket
+from tests.e2e.restartable import Restartable, restartable
 
-
-class Restartable:
-    """One server identity (instance, key, token secret) that can be started many times."""
-
-    def __init__(self, suffix: str) -> None:
-        self.suffix = suffix
-        with socket.socket() as probe:  # one port for every start, as clients expect
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        self.env = {
-            "INSIEN_PORT": str(port),
-            "INSIEN_API_KEY": secrets.token_urlsafe(24),
-            "INSIEN_JWT_SECRET": secrets.token_urlsafe(32),
-            "INSIEN_SHUTDOWN_ENDS_SANDBOXES": "false",
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-        self.server: Server | None = None
-
-    def start(self, **env: str) -> Server:
-        self.process, self.server = start_server({**self.env, **env}, suffix=self.suffix)
-        return self.server
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-
-    def stop(self) -> int:
-        assert self.process is not None
-        return stop_server(self.process)
-
-
-@pytest.fixture
-def restartable(request: pytest.FixtureRequest) -> Iterator[Restartable]:
-    one = Restartable(re.sub(r"[^a-z0-9]+", "-", request.node.name[-40:]).strip("-"))
-    yield one
-    # Whatever the test did, end with a server that ends its sandboxes on the way out.
-    if one.process is not None and one.process.poll() is None:
-        one.kill()
-    one.start(INSIEN_SHUTDOWN_ENDS_SANDBOXES="true")
-    assert one.stop() == 0
+__all__ = ["restartable"]  # the fixture, used by name
 
 
 def ws_url(server: Server, sandbox_id: str) -> str:

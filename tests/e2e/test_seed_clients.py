@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import socket
 
+import docker
 import trio
 from trio_websocket import WebSocketConnection
 
-from tests.conftest import Server
+from tests.conftest import Server, start_server, stop_server
 from tests.e2e.helpers import call, http, receive, sandbox, websocket
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -145,3 +147,20 @@ async def test_duplicate_id_in_flight_is_refused(server: Server) -> None:
         assert (first["id"], first["code"]) == ("same", "BAD_REQUEST")
         second = await receive(ws)
         assert (second["id"], second["type"]) == ("same", "execResponse")
+
+
+async def test_the_seeds_ws_port_serves_the_agent_url(docker_client: docker.DockerClient) -> None:
+    """With the seed's `WS_PORT`, WebSockets are served on that port too and `agentUrl` names
+    it; REST stays where it was."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        ws_port = probe.getsockname()[1]
+    process, server = start_server({"WS_PORT": str(ws_port)}, suffix="ws-port")
+    try:
+        async with sandbox(server) as created:
+            assert created["agentUrl"].startswith(f"ws://127.0.0.1:{ws_port}/agent/")
+            async with websocket(created["agentUrl"]) as ws:
+                run = await call(ws, {"id": "1", "type": "exec", "cmd": "echo", "args": ["ok"]})
+                assert run["stdout"] == "ok\n"
+    finally:
+        assert stop_server(process) == 0

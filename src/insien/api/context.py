@@ -37,7 +37,17 @@ class Services:
     def agent_url(self, request: Request, sandbox_id: str, token: str) -> str:
         if self.settings.public_url:
             base = self.settings.public_url.rstrip("/")
+        elif self.settings.ws_port is not None:
+            base = f"{request.scheme}://{with_port(request.host, self.settings.ws_port)}"
         else:
             base = f"{request.scheme}://{request.host}"
         base = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
         return f"{base}/agent/{sandbox_id}?token={token}"
+
+
+def with_port(host: str, port: int) -> str:
+    """`host[:port]` (an IPv6 literal in brackets included) with its port replaced."""
+    name, colon, tail = host.rpartition(":")
+    if colon and "]" not in tail and (not name.startswith("[") or name.endswith("]")):
+        host = name
+    return f"{host}:{port}"

@@ -1,0 +1,20 @@
+/** The browser entry: the platform's own `fetch` and `WebSocket`, no Node imports. */
+
+export { Sandbox, type SandboxOptions, type ConnectionOptions } from './sandbox.js';
+export { CommandHandle, Commands, Pty, type RunOptions, type PtyOptions, type OutputCallback, type BytesCallback } from './commands.js';
+export { Files, WatchHandle, type UploadSource } from './files.js';
+export {
+  InsienError,
+  APIError,
+  AuthenticationError,
+  NotFoundError,
+  RateLimitError,
+  UnavailableError,
+  ConnectError,
+  RPCError,
+  SandboxClosedError,
+  AbortError,
+} from './errors.js';
+export { useWebSocket, type SocketFactory, type SocketLike } from './transport.js';
+export { RECONNECT_WINDOW_MS } from './rpc.js';
+export type * from './types.js';

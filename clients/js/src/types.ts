@@ -1,0 +1,87 @@
+/** What the SDK returns, in the server's camelCase. */
+
+export type Stream = 'stdout' | 'stderr';
+
+/** What a finished command produced. `truncated`: the output passed the server's cap
+ * (streaming callbacks still saw all of it); `timedOut`: killed by its timeout; `oom`: killed
+ * for passing the sandbox's memory limit; `signal`: the signal that ended it, if one did. */
+export interface CommandResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+  signal: string | null;
+  truncated: boolean;
+  timedOut: boolean;
+  oom: boolean;
+  durationMs: number | null;
+  pid: number | null;
+}
+
+/** A piece of a running command's output: `data` is a string, or bytes for a PTY. */
+export interface OutputChunk {
+  stream: Stream;
+  data: string | Uint8Array;
+  dropped: number;
+}
+
+export interface ProcessInfo {
+  pid: number;
+  cmd: string;
+  args: string[];
+  running: boolean;
+  background: boolean;
+  pty: boolean;
+  exitCode: number | null;
+  signal: string | null;
+}
+
+export interface EntryInfo {
+  name: string;
+  path: string;
+  type: string;
+  size: number;
+  mode: number;
+  mtime: number;
+  target?: string | null;
+  owner?: string;
+  group?: string;
+}
+
+export interface SandboxInfo {
+  sandboxId: string;
+  state: 'creating' | 'running' | 'paused' | 'ended' | string;
+  template: string;
+  createdAt: string;
+  expiresAt: string;
+  timeout: number;
+  idleTimeout: number | null;
+  metadata: Record<string, string>;
+  resources: Record<string, unknown>;
+  clients: number;
+  connected: boolean;
+  endReason: string | null;
+  endedAt: string | null;
+}
+
+export interface SandboxMetrics {
+  timestamp: string;
+  cpuCount: number;
+  cpuPercent: number;
+  memoryBytes: number;
+  memoryLimit: number;
+  memoryCache: number;
+  diskBytes: number;
+  diskLimit: number;
+  pids: number;
+}
+
+/** One change under a watched directory: `name` relative to it. */
+export interface FilesystemEvent {
+  name: string;
+  op: 'create' | 'write' | 'remove' | 'rename' | 'chmod' | string;
+}
+
+/** Every call takes an AbortSignal: aborting rejects it and cancels the request in the sandbox. */
+export interface Abortable {
+  signal?: AbortSignal;
+}

@@ -1,0 +1,146 @@
+"""The JavaScript SDK (`clients/js`, `@insien/sandbox`) under node's test runner against a real
+server; the packed tarball installed in a fresh project running the seed's example; the
+example's Python twin; and the JS SDK resuming its calls across a server restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Server
+from tests.e2e.restartable import Restartable, restartable
+
+__all__ = ["restartable"]  # the fixture, used by name
+
+ROOT = Path(__file__).parent.parent.parent
+PACKAGE = ROOT / "clients" / "js"
+EXAMPLES = ROOT / "examples"
+
+
+def node() -> str:
+    found = shutil.which("node")
+    assert found is not None, "node is needed for the JavaScript suites (.ci/run installs it)"
+    if not (PACKAGE / "dist" / "index.js").is_file():
+        pytest.fail("clients/js is not built: `nox -s tests` runs `npm ci` and `npm run build`")
+    return found
+
+
+def client_env(server: Server) -> dict[str, str]:
+    return {**os.environ, "INSIEN_URL": server.url, "INSIEN_API_KEY": server.api_key}
+
+
+def test_js_sdk_suite(server: Server) -> None:
+    done = subprocess.run(
+        [node(), "--test", "--test-reporter=spec", "test/"],
+        cwd=PACKAGE,
+        env=client_env(server),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert "fail 0" in done.stdout, done.stdout[-3000:]
+    assert "pass 12" in done.stdout, done.stdout[-3000:]
+
+
+def test_seed_example_from_the_packed_tarball(server: Server, tmp_path: Path) -> None:
+    """`npm pack` makes an installable package: a fresh project installs it and runs the seed's
+    example, `import { Sandbox } from '@insien/sandbox'` and all."""
+    npm = shutil.which("npm")
+    assert npm is not None
+    node()
+    packed = subprocess.run(
+        [npm, "pack", "--json", "--pack-destination", str(tmp_path)],
+        cwd=PACKAGE,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    tarball = tmp_path / json.loads(packed.stdout)[0]["filename"]
+    files = {entry["path"] for entry in json.loads(packed.stdout)[0]["files"]}
+    assert {"dist/index.js", "dist/index.d.ts", "dist/browser.js", "package.json"} <= files
+    assert not any(path.startswith(("src/", "test/", "node_modules/")) for path in files)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "package.json").write_text('{"name": "try-insien", "type": "module"}')
+    subprocess.run(
+        [npm, "install", "--prefer-offline", "--no-audit", "--no-fund", str(tarball)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    shutil.copy(EXAMPLES / "js" / "index.js", project / "index.js")
+    ran = subprocess.run(
+        [node(), "index.js"],
+        cwd=project,
+        env=client_env(server),  # the example names only the key; the URL is the SDK's default
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    lines = ran.stdout.splitlines()
+    assert lines[0].startswith("v"), ran.stdout  # node --version, inside the sandbox
+    assert "console.log('Hello!');" in lines
+    assert any(line.endswith(" hello.js") for line in lines), ran.stdout
+
+
+def test_python_twin_of_the_seed_example(server: Server) -> None:
+    ran = subprocess.run(
+        [sys.executable, str(EXAMPLES / "python" / "hello.py")],
+        env=client_env(server),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    lines = ran.stdout.splitlines()
+    assert lines[0].startswith("v"), ran.stdout
+    assert "console.log('Hello!');" in lines
+    assert any(line.endswith(" hello.js") for line in lines), ran.stdout
+
+
+def test_js_sdk_calls_in_flight_get_their_answers_across_a_restart(
+    restartable: Restartable,
+) -> None:
+    server = restartable.start()
+    env = {
+        **os.environ,
+        "INSIEN_URL": server.url,
+        "INSIEN_API_KEY": restartable.env["INSIEN_API_KEY"],
+    }
+    driver = subprocess.Popen(
+        [node(), str(ROOT / "tests" / "js_sdk" / "resume.mjs")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert driver.stdout is not None
+        assert driver.stdout.readline().strip() == "RUNNING"
+        time.sleep(0.5)
+        restartable.kill()
+        time.sleep(1.5)
+        restartable.start()
+        out, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1]) == {
+        "early": "early\n",
+        "late": "late\n",
+        "after": "after\n",
+    }
