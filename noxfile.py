@@ -10,7 +10,7 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 
 PYTHON = "3.11"
 SERVER = ["-e", ".[test]"]
-SDK = ["-e", "./clients/python"]
+SDK = ["-e", "./clients/python[cli,mcp]"]
 E2B = ["e2b==2.63.0"]
 """The stock E2B SDK the E2B front is tested against (README: "Using E2B's SDKs")."""
 

@@ -1,42 +1,94 @@
-"""The `insien` command: `serve`, `image build`, `key new`, `tenants check`."""
+"""The `insien` command: `serve`, `image build`, `key new`, `tenants check`, and, from the
+SDK's CLI, `sandbox …` and `mcp` (installed with `insien-sandbox[cli,mcp]`)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import trio
-from pydantic import ValidationError
-from rich.console import Console
+import click
 
 from . import __version__
-from .config import Settings
-from .runtime.docker.images import DockerClient, ImageBuildError, build_image, connect_client
-from .tenancy.tenants import hash_key, load_tenants_file, new_key
 
+# The server's modules load inside the commands that need them: `insien sandbox …` is a client
+# and should start as fast as one.
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    return Settings(**overrides)
+    from .config import Settings
+    from .runtime.docker.images import DockerClient
+
+CLIENT_COMMANDS = {
+    "sandbox": "create, inspect, enter and end sandboxes on a server",
+    "mcp": "an MCP server whose tools make and use sandboxes",
+}
 
 
 def _docker() -> DockerClient:
+    from .runtime.docker.images import ImageBuildError, connect_client
+
     try:
         return connect_client()
     except ImageBuildError as exc:
         raise SystemExit(f"insien: {exc}") from None
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
-    from .server import serve
+class Insien(click.Group):
+    """The top-level group; `sandbox` and `mcp` come from the SDK's CLI when it is installed."""
 
-    settings = _settings(args)
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *CLIENT_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in CLIENT_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        try:
+            from insien_sandbox import cli as client_cli
+        except ImportError:
+            return _missing_client(cmd_name)
+        command: click.Command = getattr(client_cli, cmd_name)
+        return command
+
+
+def _missing_client(name: str) -> click.Command:
+    @click.command(
+        name=name, help=CLIENT_COMMANDS[name], context_settings={"ignore_unknown_options": True}
+    )
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def missing(args: tuple[str, ...]) -> None:
+        raise click.ClickException(
+            f"`insien {name}` needs the SDK's CLI: pip install './clients/python[cli,mcp]'"
+        )
+
+    return missing
+
+
+@click.group(cls=Insien, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="insien", message="%(prog)s %(version)s")
+def main() -> None:
+    """Self-hosted code sandboxes."""
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (INSIEN_HOST).")
+@click.option("--port", type=int, help="Port to listen on (INSIEN_PORT / PORT).")
+@click.option("--no-build", is_flag=True, help="Fail instead of building a missing image.")
+def serve(host: str | None, port: int | None, no_build: bool) -> None:
+    """Run the REST + WebSocket service."""
+    import trio
+
+    from .config import Settings
+    from .runtime.docker.images import ImageBuildError, build_image
+    from .server import serve as run_server
+
+    overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    settings = _load(lambda: Settings(**overrides))
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not args.no_build:
+    if not no_build:
         client = _docker()
         try:
             build_image(client, tag=settings.agent_image)
@@ -44,70 +96,85 @@ def cmd_serve(args: argparse.Namespace) -> None:
             raise SystemExit(f"insien: cannot build {settings.agent_image}: {exc}") from None
         finally:
             client.close()
-    trio.run(serve, settings)
+    try:
+        trio.run(run_server, settings)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
-def cmd_image_build(args: argparse.Namespace) -> None:
-    tag = args.tag or Settings().agent_image
+@main.group()
+def image() -> None:
+    """Sandbox images."""
+
+
+@image.command()
+@click.option("--tag", help="Image name to build (default: INSIEN_AGENT_IMAGE).")
+@click.option("--base", help="Base image (default: debian:bookworm-slim or a bootstrap).")
+@click.option("--force", is_flag=True, help="Rebuild even when current.")
+def build(tag: str | None, base: str | None, force: bool) -> None:
+    """Build the default sandbox image."""
+    from rich.console import Console
+
+    from .config import Settings
+    from .runtime.docker.images import ImageBuildError, build_image
+
+    tag = tag or _load(Settings).agent_image
     client = _docker()
     try:
-        build_image(client, tag=tag, base=args.base, force=args.force, console=Console())
+        build_image(client, tag=tag, base=base, force=force, console=Console())
     except ImageBuildError as exc:
         raise SystemExit(f"insien: image build failed: {exc}") from None
     finally:
         client.close()
 
 
-def cmd_key_new(args: argparse.Namespace) -> None:
-    key = new_key()
-    print(f"key (give it to the tenant; it is not stored anywhere): {key}")
+@main.group()
+def key() -> None:
+    """API keys for the tenants file."""
+
+
+@key.command()
+@click.option("--id", "key_id", default="key-1", show_default=True, help="The key's name.")
+def new(key_id: str) -> None:
+    """Make a key and print its tenants-file entry."""
+    from .tenancy.tenants import hash_key, new_key
+
+    made = new_key()
+    print(f"key (give it to the tenant; it is not stored anywhere): {made}")
     print("for the tenants file:")
-    print(f'  {{ id = "{args.id}", sha256 = "{hash_key(key)}" }}')
+    print(f'  {{ id = "{key_id}", sha256 = "{hash_key(made)}" }}')
 
 
-def cmd_tenants_check(args: argparse.Namespace) -> None:
+@main.group()
+def tenants() -> None:
+    """The tenants file."""
+
+
+@tenants.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def check(path: Path) -> None:
+    """Validate a tenants file."""
+    from .tenancy.tenants import load_tenants_file
+
     try:
-        parsed = load_tenants_file(args.path)
+        parsed = load_tenants_file(path)
     except ValueError as exc:
         raise SystemExit(f"insien: {exc}") from None
     for tenant_id, entry in parsed.tenants.items():
-        live = sum(not key.revoked for key in entry.keys)
+        live = sum(not k.revoked for k in entry.keys)
         print(f"{tenant_id}: {live} key(s) in use, {len(entry.keys) - live} revoked")
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="insien", description="Self-hosted code sandboxes.")
-    top.add_argument("--version", action="version", version=f"insien {__version__}")
-    commands = top.add_subparsers(dest="command", required=True)
+def _load(make: Any) -> Settings:
+    """Settings from the environment; a bad variable is one line and exit code 2."""
+    from pydantic import ValidationError
 
-    serve = commands.add_parser("serve", help="run the REST + WebSocket service")
-    serve.add_argument("--host", help="address to listen on (INSIEN_HOST)")
-    serve.add_argument("--port", type=int, help="port to listen on (INSIEN_PORT / PORT)")
-    serve.add_argument(
-        "--no-build", action="store_true", help="fail instead of building a missing image"
-    )
-    serve.set_defaults(func=cmd_serve)
-
-    image = commands.add_parser("image", help="sandbox images")
-    image_commands = image.add_subparsers(dest="image_command", required=True)
-    build = image_commands.add_parser("build", help="build the default sandbox image")
-    build.add_argument("--tag", help="image name to build (default: INSIEN_AGENT_IMAGE)")
-    build.add_argument("--base", help="base image (default: debian:bookworm-slim or a bootstrap)")
-    build.add_argument("--force", action="store_true", help="rebuild even when current")
-    build.set_defaults(func=cmd_image_build)
-
-    key = commands.add_parser("key", help="API keys for the tenants file")
-    key_commands = key.add_subparsers(dest="key_command", required=True)
-    new = key_commands.add_parser("new", help="make a key and print its tenants-file entry")
-    new.add_argument("--id", default="key-1", help="the key's name in the tenants file")
-    new.set_defaults(func=cmd_key_new)
-
-    tenants = commands.add_parser("tenants", help="the tenants file")
-    tenants_commands = tenants.add_subparsers(dest="tenants_command", required=True)
-    check = tenants_commands.add_parser("check", help="validate a tenants file")
-    check.add_argument("path", type=Path)
-    check.set_defaults(func=cmd_tenants_check)
-    return top
+    try:
+        settings: Settings = make()
+    except ValidationError as exc:
+        print(f"insien: invalid configuration: {describe(exc)}", file=sys.stderr)
+        sys.exit(2)
+    return settings
 
 
 def describe(exc: ValidationError) -> str:
@@ -118,14 +185,3 @@ def describe(exc: ValidationError) -> str:
         name = where if where.isupper() else f"INSIEN_{where.upper()}"
         problems.append(f"{name}: {error['msg']}")
     return "; ".join(problems)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    try:
-        args.func(args)
-    except ValidationError as exc:
-        print(f"insien: invalid configuration: {describe(exc)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)

@@ -24,6 +24,7 @@ def test_sdk_public_names() -> None:
         "EntryInfo",
         "FilesystemEvent",
         "InsienError",
+        "LogLine",
         "NotFoundError",
         "OutputChunk",
         "ProcessInfo",
@@ -121,7 +122,8 @@ def test_server_public_names() -> None:
 def test_sdk_needs_no_server_dependencies() -> None:
     code = (
         "import sys, insien_sandbox; "
-        "bad = {'quart', 'quart_trio', 'hypercorn', 'docker', 'insien'} & set(sys.modules); "
+        "bad = {'quart', 'quart_trio', 'hypercorn', 'docker', 'insien', 'trio_websocket'}"
+        " & set(sys.modules); "
         "print(sorted(bad))"
     )
     result = subprocess.run(

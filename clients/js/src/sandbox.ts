@@ -133,6 +133,11 @@ export class Sandbox {
     return this.rest<SandboxMetrics>('GET', '/sandboxes/:id/metrics', options);
   }
 
+  /** The agent's own log: its last 200 stderr lines (kept after the sandbox ends). */
+  async logs(options: Abortable = {}): Promise<Array<{ timestamp: string; line: string }>> {
+    return (await this.rest<{ logs: Array<{ timestamp: string; line: string }> }>('GET', '/sandboxes/:id/logs', options)).logs;
+  }
+
   /** Let the sandbox live `seconds` from now (within the operator's maximum). */
   async setTimeout(seconds: number, options: Abortable = {}): Promise<SandboxInfo> {
     return infoOf(await this.rest<SandboxInfo>('POST', '/sandbox/:id/keepalive', options, { timeout: seconds }));

@@ -73,6 +73,7 @@ describe('one sandbox, every method', () => {
     assert.equal((await sandbox.pause()).state, 'paused');
     assert.equal((await sandbox.resume()).state, 'running');
     assert.ok((await sandbox.ping()) > 0);
+    assert.ok(Array.isArray(await sandbox.logs()));
   });
 
   test('commands.run: shell lines, args, cwd, envs, stdin, timeout and streaming callbacks', async () => {

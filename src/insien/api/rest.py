@@ -152,6 +152,13 @@ def rest_blueprint(services: Services) -> Blueprint:
         reading = await manager.usage.read(lookup(sandbox_id, tenant))
         return {"sandboxId": sandbox_id, **reading.info()}
 
+    @bp.get("/sandboxes/<sandbox_id>/logs")
+    async def sandbox_logs(sandbox_id: str) -> Any:
+        """The agent's own log: its last 200 stderr lines (ended sandboxes too)."""
+        tenant = services.tenant_from_key(request)
+        lines = lookup(sandbox_id, tenant, include_ended=True).link.stderr.recent()
+        return {"sandboxId": sandbox_id, "logs": [{"timestamp": t, "line": x} for t, x in lines]}
+
     @bp.get("/sandboxes")
     async def list_sandboxes() -> Any:
         tenant = services.tenant_from_key(request)

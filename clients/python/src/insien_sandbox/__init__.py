@@ -22,6 +22,7 @@ from ._sync import WatchHandle as WatchHandle
 from ._types import CommandResult as CommandResult
 from ._types import EntryInfo as EntryInfo
 from ._types import FilesystemEvent as FilesystemEvent
+from ._types import LogLine as LogLine
 from ._types import OutputChunk as OutputChunk
 from ._types import ProcessInfo as ProcessInfo
 from ._types import SandboxInfo as SandboxInfo
@@ -45,6 +46,7 @@ __all__ = [
     "EntryInfo",
     "FilesystemEvent",
     "InsienError",
+    "LogLine",
     "NotFoundError",
     "OutputChunk",
     "ProcessInfo",

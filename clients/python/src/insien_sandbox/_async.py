@@ -15,7 +15,7 @@ from ._config import resolve
 from ._errors import InsienError
 from ._files import Files
 from ._session import REST_TIMEOUT, Session, rest_request
-from ._types import CommandResult, SandboxInfo, SandboxMetrics
+from ._types import CommandResult, LogLine, SandboxInfo, SandboxMetrics
 
 
 class AsyncSandbox:
@@ -165,6 +165,12 @@ class AsyncSandbox:
         raw = await self._request("GET", f"/sandboxes/{self.sandbox_id}/metrics")
         return SandboxMetrics.from_wire(raw)
 
+    async def logs(self) -> builtins.list[LogLine]:
+        """The agent's own log: its last 200 stderr lines (kept after the sandbox ends)."""
+        await self.create()
+        raw = await self._request("GET", f"/sandboxes/{self.sandbox_id}/logs")
+        return [LogLine(str(entry["timestamp"]), str(entry["line"])) for entry in raw["logs"]]
+
     async def set_timeout(self, seconds: float) -> SandboxInfo:
         """Let the sandbox live `seconds` from now (within the operator's maximum)."""
         await self.create()
@@ -200,6 +206,11 @@ class AsyncSandbox:
         )
 
     # -- lifecycle ----------------------------------------------------------------------------
+
+    def keep(self) -> None:
+        """Leave the sandbox running when this object closes: it then ends by its own timeout,
+        or by `destroy()` from anywhere (`insien sandbox create` does this)."""
+        self._session.owned = False
 
     async def create(self) -> str:
         """Create the sandbox now (otherwise the first call does). Returns its id."""

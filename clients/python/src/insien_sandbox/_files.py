@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, overload
 
 import anyio
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 UPLOAD_CHUNK = 1024 * 1024
 Source = bytes | str | os.PathLike[str] | BinaryIO | AsyncIterable[bytes]
+Progress = Callable[[int], object]
+"""Called with the bytes moved so far (a progress bar's `update`, say)."""
 
 
 class Files:
@@ -107,25 +109,41 @@ class Files:
     async def rename(self, path: str, new_path: str) -> None:
         await self._call({"type": "rename", "path": path, "newPath": new_path})
 
-    async def upload(self, path: str, source: Source) -> int:
+    async def upload(
+        self, path: str, source: Source, *, on_progress: Progress | None = None
+    ) -> int:
         """Stream bytes, a local file (path or open binary file) or an async iterable into
-        `path`, without holding it in memory. Returns the number of bytes written."""
+        `path`, without holding it in memory. Returns the number of bytes written.
+        `on_progress(n)` is called with the bytes sent so far, after each chunk."""
         sandbox_id = await self._session.create()
         response = await self._send(
-            "PUT", f"/sandbox/{sandbox_id}/files", path, content=_chunks(source)
+            "PUT", f"/sandbox/{sandbox_id}/files", path, content=_counted(source, on_progress)
         )
         return int(response.json()["bytes"])
 
     @overload
-    async def download(self, path: str, destination: None = None) -> bytes: ...
+    async def download(
+        self, path: str, destination: None = None, *, on_progress: Progress | None = None
+    ) -> bytes: ...
 
     @overload
-    async def download(self, path: str, destination: str | os.PathLike[str]) -> None: ...
+    async def download(
+        self,
+        path: str,
+        destination: str | os.PathLike[str],
+        *,
+        on_progress: Progress | None = None,
+    ) -> None: ...
 
     async def download(
-        self, path: str, destination: str | os.PathLike[str] | None = None
+        self,
+        path: str,
+        destination: str | os.PathLike[str] | None = None,
+        *,
+        on_progress: Progress | None = None,
     ) -> bytes | None:
-        """A file's bytes, or streamed into a local file when `destination` is given."""
+        """A file's bytes, or streamed into a local file when `destination` is given.
+        `on_progress(n)` is called with the bytes received so far, after each chunk."""
         sandbox_id = await self._session.create()
         client = self._session.client()
         try:
@@ -135,10 +153,11 @@ class Files:
                 if response.is_error:
                     await response.aread()
                     raise error_from_response(response)
+                chunks = _counted(response.aiter_bytes(), on_progress)
                 if destination is None:
-                    return b"".join([chunk async for chunk in response.aiter_bytes()])
+                    return b"".join([chunk async for chunk in chunks])
                 async with await anyio.open_file(destination, "wb") as out:
-                    async for chunk in response.aiter_bytes():
+                    async for chunk in chunks:
                         await out.write(chunk)
                 return None
         except httpx.TransportError as exc:
@@ -154,6 +173,15 @@ class Files:
         if response.is_error:
             raise error_from_response(response)
         return response
+
+
+async def _counted(source: Source, on_progress: Progress | None) -> AsyncIterator[bytes]:
+    done = 0
+    async for chunk in _chunks(source):
+        yield chunk
+        done += len(chunk)
+        if on_progress is not None:
+            on_progress(done)
 
 
 async def _chunks(source: Source) -> AsyncIterator[bytes]:

@@ -25,10 +25,12 @@ from ._commands import Commands as AsyncCommands
 from ._commands import OutputCallback
 from ._commands import Pty as AsyncPty
 from ._files import Files as AsyncFiles
+from ._files import Progress
 from ._types import (
     CommandResult,
     EntryInfo,
     FilesystemEvent,
+    LogLine,
     OutputChunk,
     ProcessInfo,
     SandboxInfo,
@@ -339,15 +341,26 @@ class Files:
         handle = self._loop.run(partial(self._files.watch, path, recursive=recursive))
         return WatchHandle(self._loop, handle)
 
-    def upload(self, path: str, source: bytes | str | os.PathLike[str] | BinaryIO) -> int:
-        return self._loop.run(self._files.upload, path, source)
+    def upload(
+        self,
+        path: str,
+        source: bytes | str | os.PathLike[str] | BinaryIO,
+        *,
+        on_progress: Progress | None = None,
+    ) -> int:
+        """Stream bytes or a local file into `path`; `on_progress(n)` runs on the SDK's thread."""
+        return self._loop.run(partial(self._files.upload, path, source, on_progress=on_progress))
 
     def download(
-        self, path: str, destination: str | os.PathLike[str] | None = None
+        self,
+        path: str,
+        destination: str | os.PathLike[str] | None = None,
+        *,
+        on_progress: Progress | None = None,
     ) -> bytes | None:
         if destination is None:
-            return self._loop.run(self._files.download, path)
-        self._loop.run(self._files.download, path, destination)
+            return self._loop.run(partial(self._files.download, path, on_progress=on_progress))
+        self._loop.run(partial(self._files.download, path, destination, on_progress=on_progress))
         return None
 
 
@@ -480,6 +493,10 @@ class Sandbox:
 
         return _run_in_own_thread(fetch)
 
+    def keep(self) -> None:
+        """Leave the sandbox running when this object closes (see AsyncSandbox.keep)."""
+        self._async.keep()
+
     def create(self) -> str:
         return self._loop.run(self._async.create)
 
@@ -488,6 +505,9 @@ class Sandbox:
 
     def metrics(self) -> SandboxMetrics:
         return self._loop.run(self._async.metrics)
+
+    def logs(self) -> builtins.list[LogLine]:
+        return self._loop.run(self._async.logs)
 
     def set_timeout(self, seconds: float) -> SandboxInfo:
         return self._loop.run(self._async.set_timeout, seconds)

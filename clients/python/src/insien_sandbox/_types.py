@@ -159,6 +159,14 @@ class SandboxMetrics:
 
 
 @dataclass(frozen=True)
+class LogLine:
+    """A line the sandbox's agent logged (`sandbox.logs()`), with its ISO time."""
+
+    timestamp: str
+    line: str
+
+
+@dataclass(frozen=True)
 class FilesystemEvent:
     """One change under a watched directory: `name` relative to it, `op` one of `create`,
     `write`, `remove`, `rename` (moved away; the new name gets a `create`) or `chmod`."""

@@ -1,0 +1,14 @@
+"""`insien sandbox …` and `insien mcp`: a terminal and an MCP server for Insien sandboxes.
+
+Needs the SDK's `cli` extra (click and rich; `mcp` for the MCP server). The server's `insien`
+command mounts these; with only the SDK installed, `insien-client` offers the same commands.
+"""
+
+from __future__ import annotations
+
+from ._app import client as client
+from ._app import main as main
+from ._app import sandbox as sandbox
+from ._mcp_command import mcp as mcp
+
+__all__ = ["client", "main", "mcp", "sandbox"]

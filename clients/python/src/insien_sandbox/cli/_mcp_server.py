@@ -1,0 +1,290 @@
+"""The MCP server (`insien mcp`): sandbox tools for AI agents, on the official `mcp` package.
+
+Tools answer with structured results; a failure is a tool error whose message says what went
+wrong and what to do next (an agent reads it). Sandboxes an MCP session creates are its own:
+`list_sandboxes` shows them, and they are destroyed when the session ends (stdio: the process;
+streamable HTTP: the server's stop) unless created with `keep=true`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field
+
+from .. import __version__
+from .._async import AsyncSandbox
+from .._errors import (
+    APIError,
+    AuthenticationError,
+    ConnectError,
+    InsienError,
+    NotFoundError,
+    RateLimitError,
+    RPCError,
+    SandboxClosedError,
+)
+
+DEFAULT_IDLE_TIMEOUT = 1800.0
+"""Sandboxes made over MCP end after this long unused, so an abandoned session leaks nothing."""
+MAX_TEXT = 256 * 1024
+"""Characters of output or file content handed to the model per answer (the rest is cut)."""
+
+
+@dataclass
+class Held:
+    """A sandbox this server has open, held by its own task until `done` is set: destroyed
+    then unless kept or not made here."""
+
+    box: AsyncSandbox
+    owned: bool
+    session: str
+    done: anyio.Event
+
+
+@dataclass
+class Registry:
+    """The server's open sandboxes, by id. Each is held open by a task in the lifespan's task
+    group (an AsyncSandbox is entered and left in one task; tool calls come from many)."""
+
+    api_key: str | None
+    base_url: str | None
+    tasks: TaskGroup
+    held: dict[str, Held] = field(default_factory=dict)
+
+    async def _open(self, box: AsyncSandbox) -> anyio.Event:
+        done = anyio.Event()
+
+        async def hold(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            async with box:
+                task_status.started()
+                await done.wait()
+
+        await self.tasks.start(hold)
+        return done
+
+    async def create(self, session: str, options: dict[str, Any], keep: bool) -> AsyncSandbox:
+        box = AsyncSandbox(api_key=self.api_key, base_url=self.base_url, **options)
+        if keep:
+            box.keep()
+        done = await self._open(box)
+        try:
+            sandbox_id = await box.create()
+        except BaseException:
+            done.set()
+            raise
+        self.held[sandbox_id] = Held(box, owned=not keep, session=session, done=done)
+        return box
+
+    async def get(self, sandbox_id: str, session: str) -> AsyncSandbox:
+        held = self.held.get(sandbox_id)
+        if held is None:
+            box = AsyncSandbox.connect(sandbox_id, api_key=self.api_key, base_url=self.base_url)
+            done = await self._open(box)
+            try:
+                await box.info()  # a clear NotFound now rather than on first use
+            except BaseException:
+                done.set()
+                raise
+            held = self.held[sandbox_id] = Held(box, owned=False, session=session, done=done)
+        return held.box
+
+    def release(self, sandbox_id: str) -> None:
+        held = self.held.pop(sandbox_id, None)
+        if held is not None:
+            held.done.set()
+
+    def release_all(self) -> None:
+        for sandbox_id in list(self.held):
+            self.release(sandbox_id)
+
+
+def _session(ctx: Context) -> str:
+    """Which MCP session a call belongs to: the streamable-HTTP session id, or the one stdio
+    session this process serves."""
+    headers = ctx.headers or {}
+    return str(headers.get("mcp-session-id") or "stdio")
+
+
+def _registry(ctx: Context) -> Registry:
+    registry = ctx.request_context.lifespan_context
+    assert isinstance(registry, Registry)
+    return registry
+
+
+def _tool_error(exc: InsienError, sandbox_id: str | None = None) -> ToolError:
+    """An SDK error as a message an agent can act on."""
+    if isinstance(exc, NotFoundError):
+        return ToolError(
+            f"sandbox {sandbox_id} does not exist or has ended; make one with create_sandbox"
+        )
+    if isinstance(exc, AuthenticationError):
+        return ToolError("the Insien API key was refused; the server's operator must fix it")
+    if isinstance(exc, RateLimitError):
+        wait = f" retry in {exc.retry_after:g}s" if exc.retry_after else " retry later"
+        return ToolError(f"over the sandbox quota ({exc.message});{wait} or destroy a sandbox")
+    if isinstance(exc, APIError):
+        return ToolError(f"Insien refused ({exc.status} {exc.code}): {exc.message}")
+    if isinstance(exc, RPCError):
+        return ToolError(f"{exc.code}: {exc.message}")
+    if isinstance(exc, SandboxClosedError):
+        return ToolError(f"the sandbox's connection ended ({exc}); it may have been destroyed")
+    if isinstance(exc, ConnectError):
+        return ToolError(f"cannot reach the Insien server: {exc}")
+    return ToolError(str(exc))
+
+
+def _cut(text: str) -> tuple[str, bool]:
+    return (text[:MAX_TEXT], True) if len(text) > MAX_TEXT else (text, False)
+
+
+def build_server(api_key: str | None, base_url: str | None) -> MCPServer[Registry]:
+    """The MCP server with its tools, for the Insien server at `base_url`."""
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[Registry]) -> AsyncIterator[Registry]:
+        async with anyio.create_task_group() as tasks:
+            registry = Registry(api_key, base_url, tasks)
+            try:
+                yield registry
+            finally:
+                registry.release_all()  # each holder leaves its sandbox: destroyed if ours
+
+    server: MCPServer[Registry] = MCPServer(
+        name="insien",
+        version=__version__,
+        instructions=(
+            "Insien runs code in isolated Linux sandboxes. create_sandbox first, then "
+            "run_command, write_file, read_file and list_files with its sandbox_id; "
+            "destroy_sandbox when done (this session's sandboxes are destroyed when it ends)."
+        ),
+        lifespan=lifespan,
+    )
+
+    @server.tool()
+    async def create_sandbox(
+        ctx: Context,
+        template: Annotated[
+            str | None, Field(description="Image or template; default: the server's")
+        ] = None,
+        timeout_seconds: Annotated[
+            float | None, Field(gt=0, description="Lifetime; default: the server's")
+        ] = None,
+        metadata: Annotated[
+            dict[str, str] | None, Field(description="Labels to find it by")
+        ] = None,
+        keep: Annotated[bool, Field(description="Keep it after this MCP session ends")] = False,
+    ) -> dict[str, Any]:
+        """Create a new isolated Linux sandbox (Debian, python3, node); returns its sandbox_id."""
+        options: dict[str, Any] = {"template": template, "timeout": timeout_seconds}
+        options["metadata"] = metadata
+        options["idle_timeout"] = DEFAULT_IDLE_TIMEOUT
+        try:
+            box = await _registry(ctx).create(_session(ctx), options, keep)
+            info = await box.info()
+        except InsienError as exc:
+            raise _tool_error(exc) from exc
+        return {"sandbox_id": info.sandbox_id, "state": info.state, "expires_at": info.expires_at}
+
+    @server.tool()
+    async def run_command(
+        ctx: Context,
+        sandbox_id: str,
+        command: Annotated[
+            str, Field(min_length=1, description="A shell command line (/bin/sh -c)")
+        ],
+        cwd: Annotated[
+            str | None, Field(description="Working folder; default: the home folder")
+        ] = None,
+        timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60,
+        env: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Run a shell command in the sandbox and wait for it; returns stdout, stderr and the
+        exit code (timed_out is true if it was killed by the timeout)."""
+        try:
+            box = await _registry(ctx).get(sandbox_id, _session(ctx))
+            result = await box.commands.run(command, cwd=cwd, env=env, timeout=timeout_seconds)
+        except InsienError as exc:
+            raise _tool_error(exc, sandbox_id) from exc
+        stdout, cut_out = _cut(result.stdout)
+        stderr, cut_err = _cut(result.stderr)
+        return {
+            "exit_code": result.exit_code,
+            "stdout": stdout,
+            "stderr": stderr,
+            "timed_out": result.timed_out,
+            "truncated": result.truncated or cut_out or cut_err,
+        }
+
+    @server.tool()
+    async def write_file(ctx: Context, sandbox_id: str, path: str, content: str) -> dict[str, Any]:
+        """Write a text file in the sandbox (parent folders are made); relative paths start in
+        the home folder."""
+        try:
+            box = await _registry(ctx).get(sandbox_id, _session(ctx))
+            await box.files.write(path, content)
+        except InsienError as exc:
+            raise _tool_error(exc, sandbox_id) from exc
+        return {"path": path, "bytes": len(content.encode())}
+
+    @server.tool()
+    async def read_file(ctx: Context, sandbox_id: str, path: str) -> dict[str, Any]:
+        """Read a text file from the sandbox."""
+        try:
+            box = await _registry(ctx).get(sandbox_id, _session(ctx))
+            content = await box.files.read(path)
+        except InsienError as exc:
+            raise _tool_error(exc, sandbox_id) from exc
+        text, cut = _cut(content)
+        return {"path": path, "content": text, "truncated": cut}
+
+    @server.tool()
+    async def list_files(
+        ctx: Context,
+        sandbox_id: str,
+        path: str = ".",
+        depth: Annotated[int, Field(ge=1, le=10)] = 1,
+    ) -> dict[str, Any]:
+        """List a folder in the sandbox (depth > 1 goes into subfolders)."""
+        try:
+            box = await _registry(ctx).get(sandbox_id, _session(ctx))
+            entries = await box.files.list(path, depth=depth)
+        except InsienError as exc:
+            raise _tool_error(exc, sandbox_id) from exc
+        return {
+            "path": path,
+            "entries": [
+                {"name": e.name, "path": e.path, "type": e.type, "size": e.size} for e in entries
+            ],
+        }
+
+    @server.tool()
+    async def list_sandboxes(ctx: Context) -> dict[str, Any]:
+        """The sandboxes this MCP session created and still holds (not the kept ones)."""
+        registry = _registry(ctx)
+        mine = [
+            sandbox_id
+            for sandbox_id, held in registry.held.items()
+            if held.session == _session(ctx) and held.owned
+        ]
+        return {"sandbox_ids": mine}
+
+    @server.tool()
+    async def destroy_sandbox(ctx: Context, sandbox_id: str) -> dict[str, Any]:
+        """Destroy a sandbox and everything in it."""
+        try:
+            box = await _registry(ctx).get(sandbox_id, _session(ctx))
+            await box.destroy()
+        except InsienError as exc:
+            raise _tool_error(exc, sandbox_id) from exc
+        _registry(ctx).release(sandbox_id)
+        return {"destroyed": sandbox_id}
+
+    return server

@@ -1,0 +1,108 @@
+"""`insien mcp` driven by the official `mcp` client over stdio: the tools, their schemas, the
+errors an agent gets, and cleanup of the session's sandboxes when it ends."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.types import CallToolResult, TextContent
+
+from tests.conftest import Server
+
+pytestmark = pytest.mark.anyio
+
+INSIEN = str(Path(sys.executable).parent / "insien")
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"  # the mcp client's home; the SDK itself is tested under both
+
+
+def params(server: Server) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=INSIEN,
+        args=["mcp", "--url", server.url],
+        env={"INSIEN_API_KEY": server.api_key, "PATH": "/usr/bin:/bin"},
+    )
+
+
+async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
+    result = await client.call_tool(tool, arguments)
+    assert not result.is_error, result.content
+    assert isinstance(result.structured_content, dict)
+    return result.structured_content
+
+
+def text_of(result: CallToolResult) -> str:
+    return " ".join(part.text for part in result.content if isinstance(part, TextContent))
+
+
+async def state_of(server: Server, sandbox_id: str) -> str:
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+        response = await client.get(f"/sandboxes/{sandbox_id}")
+    return str(response.json()["state"])
+
+
+async def test_tools_over_stdio(server: Server) -> None:
+    async with Client(params(server)) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        assert {
+            "create_sandbox",
+            "run_command",
+            "write_file",
+            "read_file",
+            "list_files",
+            "list_sandboxes",
+            "destroy_sandbox",
+        } <= set(tools)
+        schema = tools["run_command"].input_schema
+        assert set(schema["required"]) == {"sandbox_id", "command"}
+        assert schema["properties"]["timeout_seconds"]["maximum"] == 3600
+
+        made = await call(client, "create_sandbox", metadata={"via": "mcp"})
+        sandbox_id = made["sandbox_id"]
+        assert made["state"] == "running"
+        kept = (await call(client, "create_sandbox", keep=True))["sandbox_id"]
+        assert (await call(client, "list_sandboxes"))["sandbox_ids"] == [sandbox_id]
+
+        wrote = await call(
+            client, "write_file", sandbox_id=sandbox_id, path="a/b.py", content="print(6 * 7)"
+        )
+        assert wrote == {"path": "a/b.py", "bytes": 12}
+        ran = await call(
+            client, "run_command", sandbox_id=sandbox_id, command="python3 b.py", cwd="a"
+        )
+        assert (ran["stdout"], ran["exit_code"], ran["timed_out"]) == ("42\n", 0, False)
+        slow = await call(
+            client, "run_command", sandbox_id=sandbox_id, command="sleep 30", timeout_seconds=1
+        )
+        assert slow["timed_out"] is True
+        read = await call(client, "read_file", sandbox_id=sandbox_id, path="a/b.py")
+        assert read["content"] == "print(6 * 7)"
+        listed = await call(client, "list_files", sandbox_id=sandbox_id, path="a")
+        assert [(e["name"], e["type"]) for e in listed["entries"]] == [("b.py", "file")]
+
+        # errors an agent can act on
+        missing = await client.call_tool("read_file", {"sandbox_id": sandbox_id, "path": "nope"})
+        assert missing.is_error
+        assert "NOT_FOUND" in text_of(missing)
+        unknown = await client.call_tool("run_command", {"sandbox_id": "gone", "command": "true"})
+        assert unknown.is_error
+        assert "create_sandbox" in text_of(unknown)
+        invalid = await client.call_tool("run_command", {"sandbox_id": sandbox_id, "command": ""})
+        assert invalid.is_error
+
+        other = (await call(client, "create_sandbox"))["sandbox_id"]
+        assert (await call(client, "destroy_sandbox", sandbox_id=other)) == {"destroyed": other}
+        assert await state_of(server, other) == "ended"
+    # the session ended: what it made is destroyed, except the one it asked to keep
+    assert await state_of(server, sandbox_id) == "ended"
+    assert await state_of(server, kept) == "running"
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+        assert (await client.post(f"/sandbox/{kept}/destroy")).status_code == 200
