@@ -43,7 +43,9 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the server, the agent, the SDK, the tests and the benchmarks."""
-    session.install("mypy>=2.4,<3", "types-docker", "matplotlib>=3.8", *SERVER, *SDK, *E2B)
+    session.install(
+        "mypy>=2.4,<3", "types-docker", "types-jsonschema", "matplotlib>=3.8", *SERVER, *SDK, *E2B
+    )
     session.run("mypy", "src", "agent", "clients/python/src", "tests", "bench")
 
 

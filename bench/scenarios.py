@@ -37,6 +37,8 @@ class Context:
     server: Server
     docker: docker.DockerClient
     image: str
+    pool_size: int = POOL_SIZE
+    """The warm pool the server keeps (the test of the harness runs one without a pool)."""
 
     def sandbox(
         self, sandbox_id: str | None = None, resources: dict[str, float | int | str] | None = None
@@ -58,7 +60,7 @@ class Context:
         """Until the warm pool is back at its size (past demand forgotten) and not refilling:
         nothing from an earlier scenario competes for the CPU or serves creates."""
         with trio.move_on_after(seconds):
-            while await self.pool() != POOL_SIZE:  # noqa: ASYNC110
+            while await self.pool() != self.pool_size:  # noqa: ASYNC110
                 await trio.sleep(0.5)
         await trio.sleep(1)
 

@@ -9,6 +9,7 @@ from .api.e2b import E2BRouter, EnvdFront, control_blueprint
 from .api.errors import install_error_handlers
 from .api.files import UploadMiddleware, files_blueprint
 from .api.limits import BodyDeadline
+from .api.openapi import docs_blueprint
 from .api.rest import rest_blueprint
 from .api.ws import ws_blueprint
 
@@ -25,6 +26,7 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(ws_blueprint(services))
     app.register_blueprint(files_blueprint(services))
     app.register_blueprint(control_blueprint(services))
+    app.register_blueprint(docs_blueprint())
     return app
 
 

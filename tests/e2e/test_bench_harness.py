@@ -16,7 +16,7 @@ from tests.conftest import IMAGE, Server
 async def test_round_trip_scenario_and_report(
     server: Server, docker_client: docker.DockerClient, tmp_path: Path
 ) -> None:
-    context = scenarios.Context(server=server, docker=docker_client, image=IMAGE)
+    context = scenarios.Context(server=server, docker=docker_client, image=IMAGE, pool_size=0)
     result = await scenarios.command_round_trip(context, n=20, n_docker=3)
     for name in ("insien", "docker_exec_run", "host_subprocess"):
         summary = result[name]

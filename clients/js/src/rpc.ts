@@ -16,6 +16,8 @@ const RECONNECT_CODES = new Set([1006, 1011, 1012, 1013]);
 /** How long the SDK keeps trying to reach a sandbox whose server went away (a restart). */
 export const RECONNECT_WINDOW_MS = 60_000;
 const RECONNECT_PAUSE_MS = 250;
+/** While calls wait, the connection is pinged this often; no answer as long counts as lost. */
+export const PING_INTERVAL_MS = 20_000;
 
 export function isFinal(message: Message): boolean {
   return !NOT_FINAL.has(String(message.type));
@@ -74,11 +76,31 @@ export class RPCConnection {
   private closedReason: string | undefined;
   private ready: Promise<void> = Promise.resolve();
   private lostAt: number | undefined;
+  private readonly pinger: ReturnType<typeof setInterval>;
 
   constructor(
     private readonly url: string,
     private readonly headers: Record<string, string>,
-  ) {}
+  ) {
+    this.pinger = setInterval(() => this.checkAlive(), PING_INTERVAL_MS);
+    (this.pinger as { unref?: () => void }).unref?.(); // never keeps Node running
+  }
+
+  /** A connection that stops answering (a network gone silent, no close) is treated as lost,
+   * so waiting calls reconnect, or fail after the window, instead of hanging. */
+  private checkAlive(): void {
+    const socket = this.socket;
+    if (socket === undefined || this.waiters.size === 0 || this.closedReason !== undefined) return;
+    const timer = setTimeout(() => {
+      if (this.socket !== socket) return;
+      this.lost(socket, 1006, 'no answer to a ping');
+      socket.close();
+    }, PING_INTERVAL_MS);
+    this.request({ type: 'ping' }).then(
+      () => clearTimeout(timer),
+      () => clearTimeout(timer),
+    );
+  }
 
   get closed(): boolean {
     return this.closedReason !== undefined;
@@ -185,6 +207,7 @@ export class RPCConnection {
   }
 
   private fail(reason: string): void {
+    clearInterval(this.pinger);
     this.closedReason ??= reason;
     for (const waiter of this.waiters.values()) waiter.reject(new SandboxClosedError(this.closedReason));
     this.waiters.clear();

@@ -31,7 +31,7 @@ class ResourcesRequest(BaseModel):
     """Limits a create may ask for, each within the tenant's plan and the operator's maximum."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    cpu: Annotated[StrictInt | StrictFloat, Field(gt=0, le=1024)] | None = None
+    cpu: Annotated[StrictFloat, Field(gt=0, le=1024)] | None = None
     memory: Annotated[StrictInt, Field(ge=32 * 1024 * 1024)] | StrictStr | None = None
     pids: Annotated[StrictInt, Field(ge=16, le=1 << 22)] | None = None
 
@@ -115,5 +115,6 @@ async def sandbox_options(
     )
 
 
-Seconds = Annotated[StrictInt | StrictFloat, Field(gt=0)]
+# A strict float takes JSON integers too (never strings or booleans).
+Seconds = Annotated[StrictFloat, Field(gt=0)]
 Label = Annotated[StrictStr, Field(min_length=1, max_length=256)]

@@ -21,6 +21,8 @@ from ..protocol import ErrorCode
 from .context import Services
 from .errors import CORE_ERRORS, ApiError, api_error_for
 from .exchange import ClientGone, Exchange
+from .openapi import operation
+from .schemas import FileQuery, Uploaded
 
 UPLOAD_PATH = re.compile(r"^/sandbox/(?P<id>[^/]+)/files$")
 ASGIApp = Any
@@ -36,6 +38,13 @@ def files_blueprint(services: Services) -> Blueprint:
     bp = Blueprint("files", __name__)
 
     @bp.get("/sandbox/<sandbox_id>/files")
+    @operation(
+        summary="Download a file (raw bytes streamed out, no base64)",
+        query=FileQuery,
+        answer="bytes",
+        errors=(400, 404, 413, 503),
+        tag="files",
+    )
     async def download_file(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
         path = _required_path(request.args.get("path"))
@@ -104,4 +113,4 @@ class UploadMiddleware:
                 ) from None
 
         written = await upload(sandbox.link, path, body(), limit)
-        return {"success": True, "path": path, "bytes": written}
+        return Uploaded(success=True, path=path, bytes=written).model_dump(mode="json")

@@ -3,38 +3,38 @@ resource routes (`/sandboxes`) that describe sandboxes in full."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import ValidationError
 from quart import Blueprint, request
 
 from ..link import AgentGone
-from ..protocol import ErrorCode
-from ..sandboxes.sandbox import Sandbox, SandboxOptions, State, iso_timestamp
+from ..protocol import ErrorCode, describe
+from ..sandboxes.sandbox import Sandbox, SandboxOptions, iso_timestamp
 from ..tenancy.tenants import Tenant
 from .bodies import json_body
 from .context import Services
-from .creating import Label, ResourcesRequest, Seconds, sandbox_options
+from .creating import sandbox_options
 from .errors import ApiError, error_code, status_for
-
-MAX_PAGE = 200
-
-
-class CreateRequest(BaseModel):
-    """The body of `POST /sandbox/create`; every field is optional, unknown ones refused."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    template: StrictStr | None = None
-    timeout: Seconds | None = None
-    idleTimeout: Seconds | None = None
-    metadata: Annotated[dict[Label, StrictStr], Field(max_length=64)] = {}
-    env: Annotated[dict[Label, StrictStr], Field(max_length=256)] = {}
-    resources: ResourcesRequest | None = None
-
-
-class KeepaliveRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    timeout: Seconds | None = None
+from .openapi import operation
+from .schemas import (
+    MAX_PAGE,
+    Created,
+    CreateRequest,
+    Destroyed,
+    Health,
+    KeepaliveRequest,
+    Killed,
+    ListQuery,
+    Logs,
+    Metrics,
+    SandboxInfo,
+    SandboxPage,
+    SeedStatus,
+    SnapshotDeleted,
+    SnapshotList,
+    SnapshotMade,
+)
 
 
 def rest_blueprint(services: Services) -> Blueprint:
@@ -58,74 +58,109 @@ def rest_blueprint(services: Services) -> Blueprint:
             resources=body.resources,
         )
 
+    def info_of(sandbox: Sandbox) -> dict[str, Any]:
+        return SandboxInfo.model_validate(sandbox.info()).model_dump(mode="json")
+
     @bp.get("/health")
+    @operation(summary="Is the service up", answer=Health, auth=False, tag="meta")
     async def health() -> Any:
         # No key needed, so nothing about any tenant: only how many pooled sandboxes are ready.
-        return {"status": "ok", "pool": manager.pool_ready()}
+        return Health(status="ok", pool=manager.pool_ready()).model_dump(mode="json")
 
     @bp.post("/sandbox/create")
+    @operation(
+        summary="Create a sandbox (the seed's route)",
+        body=CreateRequest,
+        answer=Created,
+        errors=(400, 429, 503),
+    )
     async def create_sandbox() -> Any:
         tenant = services.tenant_from_key(request)
         chosen = await options(await json_body(CreateRequest), tenant)
         sandbox = await manager.create(tenant, chosen)
         token = services.auth.issue_token(sandbox.id, tenant)
-        return {
-            "sandboxId": sandbox.id,
-            "agentUrl": services.agent_url(request, sandbox.id, token),
-        }
+        made = Created(
+            sandboxId=sandbox.id, agentUrl=services.agent_url(request, sandbox.id, token)
+        )
+        return made.model_dump(mode="json")
 
     @bp.post("/sandbox/<sandbox_id>/destroy")
+    @operation(summary="Destroy a sandbox and its container", answer=Destroyed, errors=(404,))
     async def destroy_sandbox(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
         await manager.destroy(sandbox_id, tenant)
-        return {"success": True, "sandboxId": sandbox_id}
+        return Destroyed(success=True, sandboxId=sandbox_id).model_dump(mode="json")
 
     @bp.get("/sandbox/<sandbox_id>/status")
+    @operation(summary="The seed's status of a sandbox", answer=SeedStatus, errors=(404,))
     async def sandbox_status(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
         sandbox = lookup(sandbox_id, tenant, include_ended=True)
-        return {
-            "sandboxId": sandbox.id,
-            "connected": sandbox.connected,
-            "createdAt": iso_timestamp(sandbox.created_at),
-        }
+        status = SeedStatus(
+            sandboxId=sandbox.id,
+            connected=sandbox.connected,
+            createdAt=iso_timestamp(sandbox.created_at),
+        )
+        return status.model_dump(mode="json")
 
     @bp.post("/sandbox/<sandbox_id>/keepalive")
+    @operation(
+        summary="Extend a sandbox's life from now (by `timeout`, or its own)",
+        body=KeepaliveRequest,
+        answer=SandboxInfo,
+        errors=(400, 404),
+    )
     async def keepalive(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
         body = await json_body(KeepaliveRequest)
         lookup(sandbox_id, tenant)
-        return manager.keepalive(sandbox_id, tenant, body.timeout).info()
+        return info_of(manager.keepalive(sandbox_id, tenant, body.timeout))
 
     @bp.post("/sandbox/<sandbox_id>/pause")
+    @operation(summary="Freeze a sandbox", answer=SandboxInfo, errors=(404, 503))
     async def pause(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
-        return (await manager.pause(sandbox_id, tenant)).info()
+        return info_of(await manager.pause(sandbox_id, tenant))
 
     @bp.post("/sandbox/<sandbox_id>/resume")
+    @operation(summary="Unfreeze a sandbox", answer=SandboxInfo, errors=(404, 503))
     async def resume(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
-        return (await manager.resume(sandbox_id, tenant)).info()
+        return info_of(await manager.resume(sandbox_id, tenant))
 
     @bp.post("/sandbox/<sandbox_id>/snapshot")
+    @operation(
+        summary="Save a sandbox's files as a template",
+        answer=SnapshotMade,
+        errors=(404, 429, 503),
+        tag="snapshots",
+    )
     async def snapshot(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
         template = await manager.snapshot(sandbox_id, tenant)
-        return {"sandboxId": sandbox_id, "template": template}
+        return SnapshotMade(sandboxId=sandbox_id, template=template).model_dump(mode="json")
 
     @bp.get("/snapshots")
+    @operation(summary="Your snapshots", answer=SnapshotList, tag="snapshots")
     async def list_snapshots() -> Any:
         """The caller's snapshots: `template` (to create from), source sandbox, age, bytes."""
         tenant = services.tenant_from_key(request)
-        return {"snapshots": await manager.snapshots.list(tenant)}
+        found = SnapshotList.model_validate({"snapshots": await manager.snapshots.list(tenant)})
+        return found.model_dump(mode="json")
 
     @bp.delete("/snapshots/<template>")
+    @operation(summary="Delete a snapshot", answer=SnapshotDeleted, errors=(404,), tag="snapshots")
     async def delete_snapshot(template: str) -> Any:
         tenant = services.tenant_from_key(request)
         await manager.snapshots.delete(tenant, template)
-        return {"success": True, "template": template}
+        return SnapshotDeleted(success=True, template=template).model_dump(mode="json")
 
     @bp.post("/sandbox/<sandbox_id>/kill-all")
+    @operation(
+        summary="Kill every process of the sandbox user (the way back from a fork bomb)",
+        answer=Killed,
+        errors=(404, 503),
+    )
     async def kill_all(sandbox_id: str) -> Any:
         """Kill every process of the sandbox user: the way back from a fork bomb."""
         tenant = services.tenant_from_key(request)
@@ -138,55 +173,65 @@ def rest_blueprint(services: Services) -> Blueprint:
         if reply.get("type") == "error":
             code = error_code(reply.get("code"))
             raise ApiError(status_for(code), code, str(reply.get("message")))
-        return {"sandboxId": sandbox_id, "killed": reply.get("killed", 0)}
+        return Killed(sandboxId=sandbox_id, killed=int(reply.get("killed", 0))).model_dump()
 
     @bp.get("/sandboxes/<sandbox_id>")
+    @operation(summary="Everything about a sandbox", answer=SandboxInfo, errors=(404,))
     async def sandbox_info(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
-        return lookup(sandbox_id, tenant, include_ended=True).info()
+        return info_of(lookup(sandbox_id, tenant, include_ended=True))
 
     @bp.get("/sandboxes/<sandbox_id>/metrics")
+    @operation(summary="What a sandbox uses now", answer=Metrics, errors=(404, 503))
     async def sandbox_metrics(sandbox_id: str) -> Any:
         """CPU, memory, disk and pids now (see sandboxes/usage.py); reading is not activity."""
         tenant = services.tenant_from_key(request)
         reading = await manager.usage.read(lookup(sandbox_id, tenant))
-        return {"sandboxId": sandbox_id, **reading.info()}
+        return Metrics(sandboxId=sandbox_id, **reading.info()).model_dump(mode="json")
 
     @bp.get("/sandboxes/<sandbox_id>/logs")
+    @operation(summary="A sandbox agent's own log", answer=Logs, errors=(404,))
     async def sandbox_logs(sandbox_id: str) -> Any:
         """The agent's own log: its last 200 stderr lines (ended sandboxes too)."""
         tenant = services.tenant_from_key(request)
         lines = lookup(sandbox_id, tenant, include_ended=True).link.stderr.recent()
-        return {"sandboxId": sandbox_id, "logs": [{"timestamp": t, "line": x} for t, x in lines]}
+        logs = Logs.model_validate(
+            {"sandboxId": sandbox_id, "logs": [{"timestamp": t, "line": x} for t, x in lines]}
+        )
+        return logs.model_dump(mode="json")
 
     @bp.get("/sandboxes")
+    @operation(
+        summary="Your sandboxes, recently ended ones too, a page at a time",
+        description="`metadata.<name>=<value>` keeps those with that label (repeat for more).",
+        query=ListQuery,
+        answer=SandboxPage,
+        errors=(400,),
+    )
     async def list_sandboxes() -> Any:
         tenant = services.tenant_from_key(request)
-        args = request.args
-        state = args.get("state")
-        if state is not None and state not in {s.value for s in State}:
-            raise ApiError(400, ErrorCode.BAD_REQUEST, f"unknown state {state!r}")
         try:
-            limit = min(int(args.get("limit", "50")), MAX_PAGE)
-            start = int(args.get("cursor", "0"))
-        except ValueError:
-            raise ApiError(400, ErrorCode.BAD_REQUEST, "limit and cursor are integers") from None
-        if limit < 1 or start < 0:
-            raise ApiError(400, ErrorCode.BAD_REQUEST, "limit must be >= 1 and cursor >= 0")
+            query = ListQuery.model_validate(request.args.to_dict())
+        except ValidationError as exc:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, describe(exc)) from None
+        limit, start = min(query.limit, MAX_PAGE), query.cursor
         wanted = {
-            k.removeprefix("metadata."): v for k, v in args.items() if k.startswith("metadata.")
+            k.removeprefix("metadata."): v
+            for k, v in request.args.items()
+            if k.startswith("metadata.")
         }
         found = [
             s
             for s in manager.list(tenant)
-            if (state is None or s.state == state)
+            if (query.state is None or s.state == query.state)
             and all(s.options.metadata.get(k) == v for k, v in wanted.items())
         ]
         page = found[start : start + limit]
         following = start + limit if start + limit < len(found) else None
-        return {
-            "sandboxes": [s.info() for s in page],
-            "nextCursor": str(following) if following is not None else None,
-        }
+        answer = SandboxPage(
+            sandboxes=[SandboxInfo.model_validate(s.info()) for s in page],
+            nextCursor=str(following) if following is not None else None,
+        )
+        return answer.model_dump(mode="json")
 
     return bp

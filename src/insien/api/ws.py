@@ -33,6 +33,7 @@ from ..sandboxes.sandbox import Sandbox
 from ..tenancy.quotas import QuotaExceeded
 from .context import Services
 from .errors import answer_for, error_response
+from .openapi import operation
 
 log = logging.getLogger("insien.ws")
 
@@ -49,6 +50,17 @@ def ws_blueprint(services: Services) -> Blueprint:
     bp = Blueprint("ws", __name__)
 
     @bp.websocket("/agent/<sandbox_id>")
+    @operation(
+        summary="The sandbox's RPC WebSocket (agentUrl)",
+        description=(
+            "Authenticated by the `token` of `agentUrl` or `X-API-Key`; `session` (8 to 64 of "
+            "A-Z a-z 0-9 _ -) resumes a session after a reconnect. The messages are "
+            "docs/protocol.md."
+        ),
+        answer="websocket",
+        errors=(400, 404, 429),
+        tag="rpc",
+    )
     async def agent_socket(sandbox_id: str) -> Any:
         auth = services.auth
         tenant = auth.tenant_for_token(websocket.args.get("token"), sandbox_id)

@@ -1,0 +1,179 @@
+"""The REST API's bodies and answers as pydantic models: the routes validate what they receive
+and build what they answer with these, and `GET /openapi.json` is generated from them.
+
+Answers forbid extra fields, so the document is the whole truth about each answer (the OpenAPI
+test validates live answers against it). Field names are the wire's own camelCase.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from ..protocol import ErrorCode
+from ..sandboxes.sandbox import State
+from .creating import Label, ResourcesRequest, Seconds
+
+# -- what clients send ------------------------------------------------------------------------
+
+
+class CreateRequest(BaseModel):
+    """The body of `POST /sandbox/create`; every field is optional, unknown ones refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    template: StrictStr | None = Field(None, description="An image the operator allows.")
+    timeout: Seconds | None = Field(None, description="Lifetime in seconds.")
+    idleTimeout: Seconds | None = Field(None, description="Seconds it may go unused.")
+    metadata: Annotated[dict[Label, StrictStr], Field(max_length=64)] = {}
+    env: Annotated[dict[Label, StrictStr], Field(max_length=256)] = {}
+    resources: ResourcesRequest | None = None
+
+
+class KeepaliveRequest(BaseModel):
+    """The body of `POST /sandbox/<id>/keepalive`: a new lifetime from now, or its own."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    timeout: Seconds | None = None
+
+
+MAX_PAGE = 200
+
+
+class ListQuery(BaseModel):
+    """The query of `GET /sandboxes`; `metadata.<name>=<value>` filters by a label too."""
+
+    model_config = ConfigDict(extra="allow")
+    state: State | None = None
+    limit: Annotated[int, Field(ge=1, description=f"At most {MAX_PAGE} are given.")] = 50
+    cursor: Annotated[int, Field(ge=0, description="`nextCursor` of the page before.")] = 0
+
+
+class FileQuery(BaseModel):
+    """The query of the file routes."""
+
+    path: Annotated[str, Field(min_length=1, description="Relative to the home folder.")]
+
+
+# -- what the server answers ------------------------------------------------------------------
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(Answer):
+    """Every failure: a code clients can branch on, and a message people can read. A 429
+    carries `Retry-After` (seconds)."""
+
+    code: ErrorCode
+    message: str
+
+
+class Health(Answer):
+    status: Literal["ok"]
+    pool: int = Field(description="Sandboxes ready in the warm pools.")
+
+
+class Created(Answer):
+    sandboxId: str
+    agentUrl: str = Field(description="The sandbox's WebSocket, with a short-lived token.")
+
+
+class Destroyed(Answer):
+    success: Literal[True]
+    sandboxId: str
+
+
+class SeedStatus(Answer):
+    sandboxId: str
+    connected: bool
+    createdAt: str
+
+
+class ResourcesInfo(Answer):
+    cpu: float
+    memory: int = Field(description="Bytes.")
+    pids: int
+
+
+class SandboxInfo(Answer):
+    """Everything the service knows about a sandbox."""
+
+    sandboxId: str
+    state: State
+    template: str
+    createdAt: str
+    expiresAt: str
+    timeout: float
+    idleTimeout: float | None
+    metadata: dict[str, str]
+    resources: ResourcesInfo
+    clients: int = Field(description="WebSockets connected now.")
+    connected: bool
+    endReason: str | None
+    endedAt: str | None
+
+
+class SandboxPage(Answer):
+    sandboxes: list[SandboxInfo]
+    nextCursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
+class Metrics(Answer):
+    """What a sandbox uses now (its cgroup); reading it is not activity."""
+
+    sandboxId: str
+    timestamp: str
+    cpuCount: int
+    cpuPercent: float
+    memoryBytes: int
+    memoryLimit: int
+    memoryCache: int
+    diskBytes: int
+    diskLimit: int
+    pids: int
+
+
+class LogLine(Answer):
+    timestamp: str
+    line: str
+
+
+class Logs(Answer):
+    """The agent's own log: its last 200 stderr lines."""
+
+    sandboxId: str
+    logs: list[LogLine]
+
+
+class SnapshotMade(Answer):
+    sandboxId: str
+    template: str = Field(description="Create from it with `template`.")
+
+
+class SnapshotInfo(Answer):
+    template: str
+    sandboxId: str | None
+    createdAt: str
+    bytes: int
+
+
+class SnapshotList(Answer):
+    snapshots: list[SnapshotInfo]
+
+
+class SnapshotDeleted(Answer):
+    success: Literal[True]
+    template: str
+
+
+class Killed(Answer):
+    sandboxId: str
+    killed: int = Field(description="Processes killed.")
+
+
+class Uploaded(Answer):
+    success: Literal[True]
+    path: str
+    bytes: int
