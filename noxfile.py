@@ -21,6 +21,10 @@ def tests(session: nox.Session) -> None:
     session.install(*SERVER, *SDK, *E2B)
     # The stock e2b npm package for the JavaScript suite, at the version package-lock.json pins.
     session.run("npm", "ci", "--no-audit", "--no-fund", "--prefix", "tests/e2b_js", external=True)
+    # playwright-core, which drives Debian's Chromium through the JS SDK's browser page.
+    session.run(
+        "npm", "ci", "--no-audit", "--no-fund", "--prefix", "tests/js_browser", external=True
+    )
     js_sdk(session)
     session.run("insien", "image", "build")
     session.run("pytest", *session.posargs)

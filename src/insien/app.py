@@ -5,6 +5,7 @@ from __future__ import annotations
 from quart_trio import QuartTrio
 
 from .api.context import Services
+from .api.cors import CorsMiddleware
 from .api.e2b import E2BRouter, EnvdFront, control_blueprint
 from .api.errors import install_error_handlers
 from .api.files import UploadMiddleware, files_blueprint
@@ -30,10 +31,12 @@ def create_app(services: Services) -> QuartTrio:
     return app
 
 
-def create_asgi(services: Services) -> BodyDeadline:
+def create_asgi(services: Services) -> CorsMiddleware:
     """The app as served: requests for a sandbox's envd go to the E2B front, uploads stream
-    through their own handler, the rest through Quart, and no request body may stall longer
-    than the body timeout."""
+    through their own handler, the rest through Quart, no request body may stall longer than
+    the body timeout, and the allowed web origins get CORS headers."""
     app = UploadMiddleware(create_app(services), services)
     routed = E2BRouter(app, EnvdFront(services), services.settings.domain)
-    return BodyDeadline(routed, services.settings.body_timeout)
+    return CorsMiddleware(
+        BodyDeadline(routed, services.settings.body_timeout), services.settings.cors_origins
+    )

@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     default_idle_timeout: float | None = Field(600.0, gt=0)
     ended_retention: float = Field(3600.0, ge=0)
     templates: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Web origins whose pages may call the API (`https://app.example.com`, or `*`)."""
     ready_timeout: float = Field(30.0, gt=0)
     network_mode: str = Field("none")
     runtime: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -274,7 +276,7 @@ class Settings(BaseSettings):
             max_resources=self.max_resources,
         )
 
-    @field_validator("templates", "capabilities", mode="before")
+    @field_validator("templates", "capabilities", "cors_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         """`INSIEN_TEMPLATES=img:1,img:2` as well as a JSON list."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, start_server, stop_server
 from tests.e2e.restartable import Restartable, restartable
 
 __all__ = ["restartable"]  # the fixture, used by name
@@ -144,3 +144,48 @@ def test_js_sdk_calls_in_flight_get_their_answers_across_a_restart(
         "late": "late\n",
         "after": "after\n",
     }
+
+
+def driven(server: Server, script: str, key: str | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "INSIEN_URL": server.url, "INSIEN_API_KEY": key or server.api_key}
+    return subprocess.Popen(
+        [node(), str(ROOT / "tests" / "js_sdk" / script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_js_sdk_fails_clearly_once_the_reconnect_window_has_passed(
+    restartable: Restartable,
+) -> None:
+    server = restartable.start()
+    driver = driven(server, "lost.mjs", restartable.env["INSIEN_API_KEY"])
+    try:
+        assert driver.stdout is not None
+        assert driver.stdout.readline().strip() == "RUNNING"
+        restartable.kill()  # and it does not come back
+        out, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    outcome = json.loads(out.strip().splitlines()[-1])
+    assert outcome["error"] == "SandboxClosedError", (outcome, err[-2000:])
+    assert "connection lost for over 2s" in outcome["message"]
+    assert 2000 <= outcome["ms"] < 30000
+
+
+def test_js_sdk_rate_limit_error_carries_code_and_retry_after() -> None:
+    process, server = start_server({"INSIEN_MAX_SANDBOXES": "1"}, suffix="js-limits")
+    try:
+        driver = driven(server, "limits.mjs")
+        out, err = driver.communicate(timeout=120)
+        assert driver.returncode == 0, err[-3000:]
+    finally:
+        assert stop_server(process) == 0
+    outcome = json.loads(out.strip().splitlines()[-1])
+    assert outcome["rateLimit"] is True, outcome
+    assert (outcome["status"], outcome["code"]) == (429, "QUOTA_EXCEEDED")
+    assert outcome["detail"]
+    assert outcome["retryAfter"] >= 1

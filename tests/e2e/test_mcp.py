@@ -3,10 +3,13 @@ errors an agent gets, and cleanup of the session's sandboxes when it ends."""
 
 from __future__ import annotations
 
+import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from mcp import Client, StdioServerParameters
@@ -106,3 +109,33 @@ async def test_tools_over_stdio(server: Server) -> None:
     assert await state_of(server, kept) == "running"
     async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
         assert (await client.post(f"/sandbox/{kept}/destroy")).status_code == 200
+
+
+async def test_streamable_http_transport(server: Server) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = await anyio.open_process(
+        [INSIEN, "mcp", "--http", "--port", str(port), "--url", server.url],
+        env={"INSIEN_API_KEY": server.api_key, "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        with anyio.fail_after(30):
+            while True:  # until it listens
+                try:
+                    await (await anyio.connect_tcp("127.0.0.1", port)).aclose()
+                    break
+                except OSError:
+                    await anyio.sleep(0.1)
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            made = await call(client, "create_sandbox")
+            sandbox_id = made["sandbox_id"]
+            ran = await call(client, "run_command", sandbox_id=sandbox_id, command="echo over-http")
+            assert ran["stdout"] == "over-http\n"
+            assert (await call(client, "list_sandboxes"))["sandbox_ids"] == [sandbox_id]
+    finally:
+        process.send_signal(signal.SIGTERM)  # a graceful stop ends what its sessions made
+        with anyio.fail_after(30):
+            await process.wait()
+        await process.aclose()
+    assert await state_of(server, sandbox_id) == "ended"

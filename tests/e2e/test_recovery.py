@@ -14,7 +14,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from insien_sandbox import AsyncSandbox
+from insien_sandbox import AsyncSandbox, SandboxClosedError
 from tests.conftest import Server
 from tests.e2e.helpers import call, containers_of, http, kill_agent, receive, websocket
 from tests.e2e.restartable import Restartable, restartable
@@ -201,3 +201,40 @@ def test_sdk_calls_in_flight_get_their_answers_across_a_restart(
     # the SDK reconnects and resumes alike under asyncio and trio
     outcome = anyio.run(scenario, backend=backend)
     assert outcome == {"early": "early\n", "late": "late\n", "after": "after\n"}
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_sdk_calls_fail_clearly_once_the_reconnect_window_has_passed(
+    restartable: Restartable, backend: str
+) -> None:
+    """A server that does not come back: the call waiting on it fails with a typed error after
+    the reconnect window, not a hang."""
+    server = restartable.start()
+
+    async def scenario() -> tuple[str, float]:
+        async with AsyncSandbox(
+            api_key=restartable.env["INSIEN_API_KEY"], base_url=server.url, reconnect_window=2
+        ) as sandbox:
+            sandbox.keep()  # the server will be gone; the fixture's last start ends it
+            assert (await sandbox.run_command("true")).ok
+            failed: list[BaseException] = []
+
+            async def run() -> None:
+                try:
+                    await sandbox.commands.run("sleep 60")
+                except SandboxClosedError as exc:
+                    failed.append(exc)
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(run)
+                await anyio.sleep(0.5)
+                await anyio.to_thread.run_sync(restartable.kill)
+                started = anyio.current_time()
+                with anyio.fail_after(30):
+                    while not failed:  # noqa: ASYNC110 (waiting on the other task)
+                        await anyio.sleep(0.1)
+            return str(failed[0]), anyio.current_time() - started
+
+    message, waited = anyio.run(scenario, backend=backend)
+    assert "connection lost for over 2s" in message
+    assert 2 <= waited < 20

@@ -81,6 +81,7 @@ export class RPCConnection {
   constructor(
     private readonly url: string,
     private readonly headers: Record<string, string>,
+    private readonly reconnectWindowMs: number = RECONNECT_WINDOW_MS,
   ) {
     this.pinger = setInterval(() => this.checkAlive(), PING_INTERVAL_MS);
     (this.pinger as { unref?: () => void }).unref?.(); // never keeps Node running
@@ -185,8 +186,8 @@ export class RPCConnection {
 
   private async reconnect(): Promise<void> {
     while (this.closedReason === undefined) {
-      if (Date.now() - (this.lostAt ?? Date.now()) > RECONNECT_WINDOW_MS) {
-        this.fail(`connection lost for over ${RECONNECT_WINDOW_MS / 1000}s`);
+      if (Date.now() - (this.lostAt ?? Date.now()) > this.reconnectWindowMs) {
+        this.fail(`connection lost for over ${this.reconnectWindowMs / 1000}s`);
         return;
       }
       await new Promise((resolve) => setTimeout(resolve, RECONNECT_PAUSE_MS));

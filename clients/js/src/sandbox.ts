@@ -9,11 +9,7 @@ import type { Abortable, CommandResult, SandboxInfo, SandboxMetrics } from './ty
 
 const DEFAULT_URL = 'http://localhost:3000';
 
-export interface SandboxOptions {
-  /** Defaults to `INSIEN_API_KEY` (in Node). */
-  apiKey?: string;
-  /** Defaults to `INSIEN_URL` (in Node), then http://localhost:3000. */
-  baseUrl?: string;
+export interface SandboxOptions extends ConnectionOptions {
   template?: string;
   /** Lifetime in seconds. */
   timeout?: number;
@@ -25,9 +21,14 @@ export interface SandboxOptions {
   resources?: Record<string, number | string>;
 }
 
+/** Where the server is: `apiKey` defaults to `INSIEN_API_KEY` and `baseUrl` to `INSIEN_URL`
+ * (in Node), then http://localhost:3000. */
 export interface ConnectionOptions {
   apiKey?: string;
   baseUrl?: string;
+  /** How long a lost connection is retried (a server restart) before waiting calls fail
+   * with SandboxClosedError; default 60 000. */
+  reconnectWindowMs?: number;
 }
 
 function environment(name: string): string | undefined {
@@ -63,7 +64,7 @@ export class Sandbox {
     for (const name of ['template', 'timeout', 'idleTimeout', 'metadata', 'env', 'resources'] as const) {
       if (options[name] !== undefined) made[name] = options[name];
     }
-    this.session = new Session(apiKey, baseUrl, made, options.sandboxId);
+    this.session = new Session(apiKey, baseUrl, made, options.sandboxId, options.reconnectWindowMs);
     this.commands = new Commands(this.session);
     this.files = new Files(this.session);
     this.pty = new Pty(this.commands);

@@ -20,6 +20,7 @@ export class Session {
     baseUrl: string,
     private readonly options: Record<string, unknown>,
     sandboxId: string | undefined,
+    private readonly reconnectWindowMs: number | undefined,
   ) {
     this.rest = new RestClient(baseUrl, apiKey);
     this.sandboxId = sandboxId;
@@ -56,7 +57,7 @@ export class Session {
       await this.create(signal);
       // After a server restart the token may not verify (a new JWT secret); the key always
       // does, where the platform lets a WebSocket send headers (not in browsers).
-      const rpc = new RPCConnection(this.agentUrl as string, { 'X-API-Key': this.rest.apiKey });
+      const rpc = new RPCConnection(this.agentUrl as string, { 'X-API-Key': this.rest.apiKey }, this.reconnectWindowMs);
       await rpc.open();
       this.rpc = rpc;
       return rpc;

@@ -14,6 +14,7 @@ from ._commands import Commands, Pty
 from ._config import resolve
 from ._errors import InsienError
 from ._files import Files
+from ._rpc import RECONNECT_WINDOW
 from ._session import REST_TIMEOUT, Session, rest_request
 from ._types import CommandResult, LogLine, SandboxInfo, SandboxMetrics
 
@@ -38,11 +39,14 @@ class AsyncSandbox:
         metadata: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
         resources: dict[str, float | int | str] | None = None,
+        reconnect_window: float = RECONNECT_WINDOW,
     ) -> None:
         """With `sandbox_id`, this object uses an existing sandbox instead of making one (and
         does not destroy it on exit). The other options apply when it makes one: `timeout` is
         its lifetime and `idle_timeout` how long it may go unused, both in seconds;
-        `resources` its limits, e.g. `{"cpu": 0.5, "memory": "512m", "pids": 256}`."""
+        `resources` its limits, e.g. `{"cpu": 0.5, "memory": "512m", "pids": 256}`.
+        `reconnect_window`: how long a lost connection is retried (a server restart) before
+        waiting calls fail with SandboxClosedError."""
         key, url = resolve(api_key, base_url)
         options: dict[str, Any] = {
             k: v
@@ -56,7 +60,7 @@ class AsyncSandbox:
             }.items()
             if v is not None
         }
-        self._session = Session(key, url, options, sandbox_id)
+        self._session = Session(key, url, options, sandbox_id, reconnect_window)
         self._stack: AsyncExitStack | None = None
         self.commands = Commands(self._session)
         self.files = Files(self._session)

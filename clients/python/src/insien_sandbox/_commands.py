@@ -124,7 +124,7 @@ class CommandHandle:
                     else:
                         check(reply)
                         return
-            self._error = SandboxClosedError("the connection ended before the process did")
+            self._error = connection.closed_error("the connection ended before the process did")
         except (RPCError, SandboxClosedError) as exc:
             if not started:
                 raise
@@ -304,7 +304,7 @@ class Commands:
                     if rest:
                         await _notify(callback, rest)
                 return _result(check(reply))
-        raise SandboxClosedError("the connection ended before the command did")
+        raise connection.closed_error("the connection ended before the command did")
 
     async def _spawn(
         self,

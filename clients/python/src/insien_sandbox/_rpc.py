@@ -61,8 +61,9 @@ class RPCConnection:
     other request that was waiting has been lost and fails with `LOST`.
     """
 
-    def __init__(self, connect: Connect) -> None:
+    def __init__(self, connect: Connect, reconnect_window: float = RECONNECT_WINDOW) -> None:
         self._connect = connect
+        self._reconnect_window = reconnect_window
         self.session = secrets.token_urlsafe(12)
         self._ws: AsyncWebSocketSession | None = None
         self._connected = anyio.Event()
@@ -106,8 +107,8 @@ class RPCConnection:
                 if code not in RECONNECT_CODES:
                     return
                 lost_at = lost_at or anyio.current_time()
-                if anyio.current_time() - lost_at > RECONNECT_WINDOW:
-                    self._closed_reason = f"connection lost for over {RECONNECT_WINDOW:g}s"
+                if anyio.current_time() - lost_at > self._reconnect_window:
+                    self._closed_reason = f"connection lost for over {self._reconnect_window:g}s"
                     return
                 await anyio.sleep(0.25)
         finally:
@@ -170,14 +171,16 @@ class RPCConnection:
                 waiter.close()
         self._awaiting_resume = set()
 
-    def _closed_error(self) -> SandboxClosedError:
-        return SandboxClosedError(self._closed_reason or "connection closed")
+    def closed_error(self, doing: str | None = None) -> SandboxClosedError:
+        """Why the connection ended, as the error a waiting call raises."""
+        reason = self._closed_reason or "connection closed"
+        return SandboxClosedError(f"{doing}: {reason}" if doing else reason)
 
     async def _send_text(self, text: str) -> None:
         """Send on the current connection, waiting out a reconnect."""
         while True:
             if self._closed_reason is not None:
-                raise self._closed_error()
+                raise self.closed_error()
             ws = self._ws
             if ws is None:
                 await self._connected.wait()
@@ -192,7 +195,7 @@ class RPCConnection:
     async def stream(self, message: Message) -> AsyncIterator[MemoryObjectReceiveStream[Message]]:
         """Send a request; yields the channel of every message answering it, final included."""
         if self._closed_reason is not None:
-            raise self._closed_error()
+            raise self.closed_error()
         request_id = f"r{next(self._ids)}"
         send, receive = anyio.create_memory_object_stream[Message](STREAM_BUFFER)
         self._waiters[request_id] = send
@@ -234,7 +237,7 @@ class RPCConnection:
             async for reply in replies:
                 if is_final(reply):
                     return check(reply)
-        raise self._closed_error()
+        raise self.closed_error()
 
     async def send(self, message: Message) -> str:
         """Send without waiting for the answer (used for `cancel`); returns the id used."""

@@ -59,9 +59,15 @@ class Session:
     """One sandbox as seen from this client (see the module's docstring)."""
 
     def __init__(
-        self, api_key: str, base_url: str, options: dict[str, Any], sandbox_id: str | None
+        self,
+        api_key: str,
+        base_url: str,
+        options: dict[str, Any],
+        sandbox_id: str | None,
+        reconnect_window: float,
     ) -> None:
         self.api_key = api_key
+        self.reconnect_window = reconnect_window
         self.base_url = base_url
         self.options = options
         self.sandbox_id = sandbox_id
@@ -142,7 +148,8 @@ class Session:
         with anyio.CancelScope() as scope:
             self._ws_scope = scope
             try:
-                await RPCConnection(connect).run(task_status=task_status)
+                rpc = RPCConnection(connect, self.reconnect_window)
+                await rpc.run(task_status=task_status)
             except WebSocketUpgradeError as exc:
                 raise ConnectError(
                     f"WebSocket to the sandbox refused: HTTP {exc.response.status_code}"

@@ -26,6 +26,7 @@ from ._commands import OutputCallback
 from ._commands import Pty as AsyncPty
 from ._files import Files as AsyncFiles
 from ._files import Progress
+from ._rpc import RECONNECT_WINDOW
 from ._types import (
     CommandResult,
     EntryInfo,
@@ -426,6 +427,7 @@ class Sandbox:
         metadata: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
         resources: dict[str, float | int | str] | None = None,
+        reconnect_window: float = RECONNECT_WINDOW,
     ) -> None:
         """See AsyncSandbox: with `sandbox_id` an existing sandbox is used (and not destroyed
         on close); otherwise one is made on first use with these options."""
@@ -439,6 +441,7 @@ class Sandbox:
             metadata=metadata,
             env=env,
             resources=resources,
+            reconnect_window=reconnect_window,
         )
         self._loop = _LoopThread(self._async)
         self.commands = Commands(self._loop, self._async.commands)

@@ -1,0 +1,91 @@
+"""`@insien/sandbox`'s browser entry in a real browser (Debian's headless Chromium, driven by
+playwright-core from tests/js_browser): a page served from another origin uses a server that
+lists that origin in INSIEN_CORS_ORIGINS, over fetch and the browser's own WebSocket. A server
+that does not list it is refused by the browser, and the SDK says so with a ConnectError."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.conftest import Server, start_server, stop_server
+
+ROOT = Path(__file__).parent.parent.parent
+SUITE = ROOT / "tests" / "js_browser"
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def page_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A static web server with the test page and the SDK's built files: another origin."""
+    if not (ROOT / "clients" / "js" / "dist" / "browser.js").is_file():
+        pytest.fail("clients/js is not built: `nox -s tests` builds it")
+    site = tmp_path_factory.mktemp("site")
+    shutil.copy(SUITE / "page.html", site / "page.html")
+    shutil.copytree(ROOT / "clients" / "js" / "dist", site / "dist")
+    handler = functools.partial(QuietHandler, directory=str(site))
+    web = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=web.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{web.server_address[1]}"
+    web.shutdown()
+    web.server_close()
+
+
+def in_browser(origin: str, server: Server) -> dict[str, Any]:
+    node = shutil.which("node")
+    chromium = shutil.which("chromium")
+    assert node is not None
+    assert chromium is not None, "Debian's chromium is needed (.ci/run installs it)"
+    if not (SUITE / "node_modules" / "playwright-core").is_dir():
+        pytest.fail("tests/js_browser has no node_modules: `nox -s tests` runs `npm ci` there")
+    url = f"{origin}/page.html?{urlencode({'url': server.url, 'key': server.api_key})}"
+    done = subprocess.run(
+        [node, "run.mjs", url],
+        cwd=SUITE,
+        env={"PATH": "/usr/bin:/bin", "CHROMIUM": chromium, "HOME": "/tmp"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_the_browser_entry_works_from_an_allowed_origin(page_origin: str) -> None:
+    process, server = start_server({"INSIEN_CORS_ORIGINS": page_origin}, suffix="browser")
+    try:
+        result = in_browser(page_origin, server)
+    finally:
+        assert stop_server(process) == 0
+    assert result.get("error") is None, result
+    assert result["seed"] == ["Hello from a browser!\n", 0]
+    assert result["file"] == "console.log('Hello from a browser!');"
+    assert result["streamed"] == "a\nb\n"
+    assert result["uploaded"] == 4
+    assert result["downloaded"] == [1, 2, 3, 250]
+    assert result["info"] == "running"
+    assert result["wrongKey"] == "UNAUTHORIZED"
+    assert result["pageErrors"] == []
+
+
+def test_an_origin_the_server_does_not_allow_is_refused(page_origin: str, server: Server) -> None:
+    result = in_browser(page_origin, server)  # the session's server allows no web origin
+    assert result["connect"] is True, result
+    assert result["error"].startswith("ConnectError"), result
