@@ -30,6 +30,8 @@ class Subscriptions:
     by_request: dict[Any, tuple[ManagedProcess, Subscriber]] = field(default_factory=dict)
     watchers: dict[Any, Credited] = field(default_factory=dict)
     """`watch` requests, whose event batches are credited like output events."""
+    tunnels: dict[Any, Any] = field(default_factory=dict)
+    """Open `tunnel`s by request id (`tunnel.Tunnel`): credit, and `tunnelSend` finds them."""
 
 
 @dataclass

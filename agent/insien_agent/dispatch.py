@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
-from . import PROTOCOL_VERSION, __version__, commands, files, watch
+from . import PROTOCOL_VERSION, __version__, commands, files, tunnel, watch
 from .context import READ_GATE_BYTES, Request, Subscriptions
 from .errors import BAD_REQUEST, CANCELLED, INTERNAL, TOO_LARGE, UNKNOWN_TYPE, AgentError
 from .fields import required_int
@@ -54,6 +54,8 @@ HANDLERS: dict[str, Handler] = {
     "remove": files.handle_remove,
     "rename": files.handle_rename,
     "watch": watch.handle_watch,
+    "tunnel": tunnel.handle_tunnel,
+    "tunnelSend": tunnel.handle_tunnel_send,
 }
 BUILTIN = ("ack", "cancel", "credit", "env", "note", "ping", "resume")
 MAX_NOTES_BYTES = 64 * 1024
@@ -141,13 +143,14 @@ class Agent:
             await self.receive_line(unit)
 
     def _claim_payload(self, msg: Message) -> tuple[int | None, bytes | None]:
-        """The request's channel, and for a `write` on one, the frame sent just before it."""
+        """The request's channel, and for a `write` or `tunnelSend` on one, the frame sent just
+        before it."""
         channel = msg.get("channel")
         if channel is None:
             return None, None
         if not isinstance(channel, int) or isinstance(channel, bool) or channel < 0:
             raise AgentError(BAD_REQUEST, "field 'channel' must be a non-negative integer")
-        if msg.get("type") != "write":
+        if msg.get("type") not in ("write", "tunnelSend"):
             return channel, None
         frame, self._inbound = self._inbound, None
         if frame is None or frame.channel != channel or frame.kind != DATA:
@@ -293,6 +296,9 @@ class Agent:
         watcher = self._subscriptions.watchers.get(target)
         if watcher is not None:
             watcher.grant(n)
+        opened = self._subscriptions.tunnels.get(target)
+        if opened is not None:
+            opened.grant(n)
 
     def _cancel(self, msg: Message) -> Message:
         target = msg.get("target")

@@ -11,6 +11,7 @@ from .api.errors import install_error_handlers
 from .api.files import UploadMiddleware, files_blueprint
 from .api.limits import BodyDeadline
 from .api.openapi import docs_blueprint
+from .api.ports import ports_blueprint
 from .api.rest import rest_blueprint
 from .api.ws import ws_blueprint
 
@@ -28,6 +29,7 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(files_blueprint(services))
     app.register_blueprint(control_blueprint(services))
     app.register_blueprint(docs_blueprint())
+    app.register_blueprint(ports_blueprint(services))
     return app
 
 

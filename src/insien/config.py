@@ -127,6 +127,8 @@ class Settings(BaseSettings):
     max_read_bytes: int = Field(16 * MIB, gt=0)
     max_upload_bytes: int = Field(1024 * MIB, gt=0)
     max_requests_per_connection: int = Field(256, gt=0)
+    max_tunnels: int = Field(256, gt=0)
+    """TCP connections into one sandbox's ports open at once (`/sandbox/<id>/ports/…`)."""
     connection_buffer_bytes: int = Field(64 * MIB, ge=MIB)
     """Bytes of answers held for one WebSocket that has not read them; past it, BUSY."""
     tenant_buffer_bytes: int = Field(256 * MIB, ge=MIB)

@@ -44,6 +44,7 @@ class ErrorCode(enum.StrEnum):
     UNAVAILABLE = "UNAVAILABLE"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     RATE_LIMITED = "RATE_LIMITED"
+    CONNECTION_REFUSED = "CONNECTION_REFUSED"
 
 
 RequestId = StrictStr | StrictInt
@@ -241,7 +242,15 @@ REQUEST_TYPES = frozenset(REQUESTS)
 
 # Messages that come before a request's final one; every other type ends the request.
 EVENT_TYPES = frozenset(
-    {"output", "data", "spawnResponse", "attachResponse", "watchStarted", "fsEvents"}
+    {
+        "output",
+        "data",
+        "spawnResponse",
+        "attachResponse",
+        "watchStarted",
+        "fsEvents",
+        "tunnelOpened",
+    }
 )
 CREDITED_TYPES = frozenset({"output", "fsEvents"})
 """Events the agent sends only as far as the server's credit allows (see Flow control)."""

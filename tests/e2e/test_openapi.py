@@ -78,6 +78,14 @@ async def test_live_answers_match_the_document(server: Server) -> None:
         template = check(await client.post(f"/sandbox/{sandbox_id}/snapshot")).json()["template"]
         check(await client.get("/snapshots"))
         check(await client.delete(f"/snapshots/{template}"))
+        upgrade = {
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        }
+        # a port nobody listens on refuses the WebSocket handshake with a documented error
+        check(await client.get(f"/sandbox/{sandbox_id}/ports/7999/tcp", headers=upgrade))
         check(await client.post(f"/sandbox/{sandbox_id}/destroy"))
 
         # error answers, in the documented shape and statuses

@@ -5,6 +5,7 @@ tests/e2e/test_openapi.py)."""
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,7 +29,7 @@ def test_every_route_is_in_the_document() -> None:
     for rule in made.url_map.iter_rules():
         if rule.rule.startswith(NOT_DOCUMENTED_PREFIXES) or rule.endpoint == "static":
             continue
-        path = rule.rule.replace("<", "{").replace(">", "}")
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         methods = {"get"} if rule.websocket else {m.lower() for m in rule.methods or ()}
         for method in methods - {"head", "options"}:
             assert method in built["paths"].get(path, {}), f"{method.upper()} {path} is missing"

@@ -8,7 +8,7 @@ import inspect
 
 import pytest
 
-from insien_sandbox import _async, _commands, _files, _sync, _watch
+from insien_sandbox import _async, _commands, _files, _ports, _sync, _watch
 
 PAIRS = [
     (_async.AsyncSandbox, _sync.Sandbox),
@@ -17,6 +17,8 @@ PAIRS = [
     (_commands.Pty, _sync.Pty),
     (_files.Files, _sync.Files),
     (_watch.WatchHandle, _sync.WatchHandle),
+    (_ports.Ports, _sync.Ports),
+    (_ports.Forward, _sync.Forward),
 ]
 # Async-only by nature: the async context protocol, iteration, and trio plumbing.
 ASYNC_ONLY = {"__aenter__", "__aexit__", "__aiter__", "__anext__"}

@@ -63,6 +63,7 @@ _STATUS_OF_CODE: dict[str, int] = {
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.AGENT_GONE: 503,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.CONNECTION_REFUSED: 502,
 }
 
 

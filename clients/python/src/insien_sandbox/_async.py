@@ -14,6 +14,7 @@ from ._commands import Commands, Pty
 from ._config import resolve
 from ._errors import InsienError
 from ._files import Files
+from ._ports import Ports
 from ._rpc import RECONNECT_WINDOW
 from ._session import REST_TIMEOUT, Session, rest_request
 from ._types import CommandResult, LogLine, SandboxInfo, SandboxMetrics
@@ -65,6 +66,7 @@ class AsyncSandbox:
         self.commands = Commands(self._session)
         self.files = Files(self._session)
         self.pty = Pty(self._session, self.commands)
+        self.ports = Ports(self._session)
 
     @property
     def sandbox_id(self) -> str | None:

@@ -26,6 +26,8 @@ from ._commands import OutputCallback
 from ._commands import Pty as AsyncPty
 from ._files import Files as AsyncFiles
 from ._files import Progress
+from ._ports import Forward as AsyncForward
+from ._ports import Ports as AsyncPorts
 from ._rpc import RECONNECT_WINDOW
 from ._types import (
     CommandResult,
@@ -365,6 +367,54 @@ class Files:
         return None
 
 
+class Forward:
+    """Blocking view of a port forward (`with sandbox.ports.forward(8000) as f: f.url`)."""
+
+    def __init__(self, loop: _LoopThread, forward: AsyncForward) -> None:
+        self._loop = loop
+        self._forward = forward
+
+    @property
+    def url(self) -> str:
+        return self._forward.url
+
+    @property
+    def local_port(self) -> int:
+        return self._forward.local_port
+
+    def open(self) -> Forward:
+        self._loop.run(self._forward.open)
+        return self
+
+    def close(self) -> None:
+        self._loop.run(self._forward.close)
+
+    def __enter__(self) -> Forward:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Ports:
+    """Blocking `sandbox.ports`."""
+
+    def __init__(self, loop: _LoopThread, ports: AsyncPorts) -> None:
+        self._loop = loop
+        self._ports = ports
+
+    def forward(self, port: int, *, local_port: int = 0, local_host: str = "127.0.0.1") -> Forward:
+        """See AsyncSandbox.ports.forward; the listener runs on the SDK's helper thread."""
+        return Forward(
+            self._loop, self._ports.forward(port, local_port=local_port, local_host=local_host)
+        )
+
+
 class Pty:
     """Blocking `sandbox.pty`."""
 
@@ -447,6 +497,7 @@ class Sandbox:
         self.commands = Commands(self._loop, self._async.commands)
         self.files = Files(self._loop, self._async.files)
         self.pty = Pty(self._loop, self._async.pty)
+        self.ports = Ports(self._loop, self._async.ports)
 
     @property
     def sandbox_id(self) -> str | None:

@@ -1,4 +1,4 @@
-"""`insien sandbox create|list|info|exec|shell|cp|logs|kill`, over the async SDK.
+"""`insien sandbox create|list|info|exec|shell|cp|logs|forward|kill`, over the async SDK.
 
 Every command talks to a server (`--url`, `--api-key`, or INSIEN_URL and INSIEN_API_KEY),
 prints tables for people and `--json` for scripts, and turns the SDK's typed errors into one
@@ -316,6 +316,34 @@ def logs(target: Target, sandbox_id: str, pid: int | None, follow: bool) -> None
                 activity[0] = anyio.Event()
             if not handle.exited:
                 await handle.disconnect()
+
+    run(work)
+
+
+@sandbox.command()
+@click.argument("sandbox_id")
+@click.argument("ports", metavar="[LOCAL:]PORT")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Local address.")
+@click.pass_obj
+def forward(target: Target, sandbox_id: str, ports: str, address: str) -> None:
+    """Forward a local port to a port a program in the sandbox listens on (like kubectl
+    port-forward); runs until Ctrl-C. `8000` uses the same port here, `0:8000` any free one."""
+    local, colon, remote = ports.rpartition(":")
+    try:
+        remote_port = int(remote)
+        local_port = int(local) if colon else remote_port
+    except ValueError:
+        raise click.BadParameter(f"{ports!r} is not [LOCAL:]PORT", param_hint="PORT") from None
+
+    async def work() -> None:
+        async with target.open(sandbox_id) as box:
+            await box.info()  # a clear 404 now rather than on the first connection
+            forwarding = box.ports.forward(remote_port, local_port=local_port, local_host=address)
+            async with forwarding:
+                print(f"forwarding {forwarding.url} -> {sandbox_id}:{remote_port}", flush=True)
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        break
 
     run(work)
 

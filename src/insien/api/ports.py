@@ -1,0 +1,100 @@
+"""Ports of a sandbox reached from outside, through its agent (no network in the sandbox).
+
+`GET /sandbox/<id>/ports/<port>/tcp` (a WebSocket) carries one TCP connection to `port`
+inside the sandbox as binary messages, both ways: what `insien sandbox forward` and the SDKs'
+`ports.forward` build a local listener on. A port nobody listens on refuses the handshake
+with 502 `CONNECTION_REFUSED` at once; past INSIEN_MAX_TUNNELS open connections into one
+sandbox, 429 `BUSY`. An open tunnel counts as activity for the idle clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from quart import Blueprint, websocket
+
+from ..link import AgentGone
+from ..link.tunnel import TunnelRefused, open_tunnel
+from ..protocol import ErrorCode
+from .context import Services
+from .errors import ApiError, answer_for, error_response, status_for
+from .openapi import operation
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+IDLE_TIMEOUT = 300.0
+"""A tunnel with no byte either way for this long is closed (by the agent, too)."""
+
+
+def ports_blueprint(services: Services) -> Blueprint:
+    bp = Blueprint("ports", __name__)
+    open_tunnels: dict[str, int] = {}
+
+    @bp.websocket("/sandbox/<sandbox_id>/ports/<int:port>/tcp")
+    @operation(
+        summary="A TCP connection to a port inside the sandbox, as a WebSocket",
+        description=(
+            "Binary messages both ways carry the connection's bytes; either side closing "
+            "closes it. A port nobody listens on refuses the handshake with 502."
+        ),
+        answer="websocket",
+        errors=(400, 404, 429, 502, 503),
+        tag="ports",
+    )
+    async def tcp_tunnel(sandbox_id: str, port: int) -> Any:
+        try:
+            tenant = services.tenant_from_key(websocket)
+            if not 1 <= port <= 65535:
+                raise ApiError(400, ErrorCode.BAD_REQUEST, "a port is 1 to 65535")
+            sandbox = services.manager.get(sandbox_id, tenant)
+        except Exception as exc:
+            return answer_for(exc)
+        sandbox.touch()
+        if open_tunnels.get(sandbox.id, 0) >= services.settings.max_tunnels:
+            limit = services.settings.max_tunnels
+            return error_response(
+                429, ErrorCode.BUSY, f"{limit} connections into this sandbox are open already"
+            )
+        open_tunnels[sandbox.id] = open_tunnels.get(sandbox.id, 0) + 1
+        try:
+            async with open_tunnel(sandbox.link, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
+                await websocket.accept()
+                reason = "closed"
+
+                async def to_sandbox(done: trio.CancelScope) -> None:
+                    nonlocal reason
+                    while True:
+                        data = await websocket.receive()
+                        try:
+                            await tunnel.send(data.encode() if isinstance(data, str) else data)
+                        except TunnelRefused as exc:  # the program closed its end
+                            reason = exc.message
+                            done.cancel()
+                            return
+                        sandbox.touch()
+
+                async def from_sandbox(done: trio.CancelScope) -> None:
+                    nonlocal reason
+                    while (chunk := await tunnel.receive()) is not None:
+                        await websocket.send(chunk)
+                        sandbox.touch()
+                    reason = tunnel.closed_reason or "closed"
+                    done.cancel()  # the program closed the connection
+
+                async with trio.open_nursery() as both:
+                    both.start_soon(to_sandbox, both.cancel_scope)
+                    both.start_soon(from_sandbox, both.cancel_scope)
+                await websocket.close(CLOSE_NORMAL, reason[:120])
+        except TunnelRefused as exc:
+            status = status_for(exc.code)
+            return error_response(status if status != 500 else 502, exc.code, exc.message)
+        except AgentGone as exc:
+            await websocket.close(CLOSE_GOING_AWAY, str(exc)[:120])
+        finally:
+            left = open_tunnels.pop(sandbox.id) - 1
+            if left:
+                open_tunnels[sandbox.id] = left
+        return None
+
+    return bp
