@@ -102,8 +102,11 @@ def _decode_content(msg: Message) -> bytes:
 def _write(
     path: str, data: bytes, *, append: bool, mode: int | None, offset: int | None = None
 ) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK
+    continuing = bool(offset)  # a positional write continues a file; it never makes one
+    if not continuing:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    # (A late write of a cancelled upload must not bring back the part file it removed.)
+    flags = os.O_WRONLY | os.O_NONBLOCK | (0 if continuing else os.O_CREAT)
     if append:
         flags |= os.O_APPEND
     elif offset is None:

@@ -12,6 +12,7 @@ from .api.files import UploadMiddleware, files_blueprint
 from .api.limits import BodyDeadline
 from .api.openapi import docs_blueprint
 from .api.ports import ports_blueprint
+from .api.preview import PreviewProxy
 from .api.rest import rest_blueprint
 from .api.ws import ws_blueprint
 
@@ -34,11 +35,12 @@ def create_app(services: Services) -> QuartTrio:
 
 
 def create_asgi(services: Services) -> CorsMiddleware:
-    """The app as served: requests for a sandbox's envd go to the E2B front, uploads stream
-    through their own handler, the rest through Quart, no request body may stall longer than
-    the body timeout, and the allowed web origins get CORS headers."""
-    app = UploadMiddleware(create_app(services), services)
-    routed = E2BRouter(app, EnvdFront(services), services.settings.domain)
+    """The app as served: requests for a sandbox's envd go to the E2B front, HTTP for a
+    sandbox's port to the program listening on it, uploads stream through their own handler,
+    the rest through Quart; no request body may stall longer than the body timeout, and the
+    allowed web origins get CORS headers."""
+    preview = PreviewProxy(UploadMiddleware(create_app(services), services), services)
+    routed = E2BRouter(preview, EnvdFront(services), services.settings.domain, preview)
     return CorsMiddleware(
         BodyDeadline(routed, services.settings.body_timeout), services.settings.cors_origins
     )

@@ -18,6 +18,7 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
+from ._hypercorn import contain_connection_errors
 from .api.context import Services
 from .app import create_asgi
 from .config import Settings
@@ -140,6 +141,7 @@ async def serve(
                         # (1012) and nothing in flight is cancelled in the sandboxes.
                         manager.detach_all()
 
+                contain_connection_errors()  # see _hypercorn.py: one bad connection, not all
                 binds = await nursery.start(
                     partial(
                         hypercorn.trio.serve,

@@ -1,10 +1,14 @@
 """`<port>-<sandboxId>.<INSIEN_DOMAIN>` hosts reach a sandbox's envd whatever the path, as
-E2B's SDKs address sandboxes when `E2B_SANDBOX_URL` is unset (behind wildcard DNS)."""
+E2B's SDKs address sandboxes when `E2B_SANDBOX_URL` is unset (behind wildcard DNS), and any
+other port is HTTP to the program listening on it (issue 14's host form)."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
+from insien_sandbox import Sandbox
 from tests.conftest import start_server, stop_server
 
 DOMAIN = "sandboxes.test"
@@ -47,7 +51,24 @@ def test_host_routing_reaches_the_sandbox() -> None:
             port = {**envd, "Host": f"8080-{sandbox_id}.{DOMAIN}"}
             refused = client.get("/health", headers=port)
             assert refused.status_code == 502
-            assert "port 8080 is not open" in refused.json()["message"]
+            assert "nothing listens on port 8080" in refused.json()["message"]
+
+            # other ports are HTTP to the program listening on them, by host or E2B's headers
+            with Sandbox.connect(sandbox_id, server.api_key, server.url) as box:
+                box.files.write("site/page.html", "<p>by host</p>")
+                box.commands.run("python3 -m http.server 8080", background=True, cwd="site")
+                probe = "import socket; socket.create_connection(('127.0.0.1', 8080), timeout=1)"
+                for _ in range(100):
+                    if box.commands.run("python3", ["-c", probe]).exit_code == 0:
+                        break
+                    time.sleep(0.1)
+            assert client.get("/page.html", headers=port).text == "<p>by host</p>"
+            by_key = {"Host": f"8080-{sandbox_id}.{DOMAIN}", **server.headers}
+            assert client.get("/page.html", headers=by_key).text == "<p>by host</p>"
+            e2b = {"E2b-Sandbox-Id": sandbox_id, "E2b-Sandbox-Port": "8080", **server.headers}
+            assert client.get("/e2b/page.html", headers=e2b).text == "<p>by host</p>"
+            anonymous = {"Host": f"8080-{sandbox_id}.{DOMAIN}"}
+            assert client.get("/page.html", headers=anonymous).status_code == 401
 
             assert (
                 client.delete(f"/e2b/sandboxes/{sandbox_id}", headers=server.headers).status_code

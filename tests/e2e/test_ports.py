@@ -6,6 +6,7 @@ Docker's network `none` throughout."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 from httpx_ws import AsyncWebSocketSession, WebSocketUpgradeError, aconnect_ws
 
 from insien_sandbox import AsyncSandbox, Sandbox
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, rss_bytes, start_server, stop_server
 
 pytestmark = pytest.mark.anyio
 
@@ -99,7 +100,7 @@ async def test_bytes_both_ways_over_many_connections(server: Server) -> None:
         await listening(box, 7000)
         async with box.ports.forward(7000) as forward:
             received: dict[int, bytes] = {}
-            sent = {n: os.urandom(512 * 1024 + n) for n in range(12)}
+            sent = {n: os.urandom(64 * 1024 + n) for n in range(100)}  # 100 at once
             big = os.urandom(24 * 1024 * 1024)
 
             async def one(n: int, payload: bytes) -> None:
@@ -120,8 +121,8 @@ async def test_bytes_both_ways_over_many_connections(server: Server) -> None:
                 async with anyio.create_task_group() as tasks:
                     for n, payload in sent.items():
                         tasks.start_soon(one, n, payload)
-                    tasks.start_soon(one, 99, big)
-        assert received.pop(99) == big
+                    tasks.start_soon(one, -1, big)
+        assert received.pop(-1) == big
         assert received == sent
 
 
@@ -223,3 +224,122 @@ async def test_connections_into_one_sandbox_are_limited() -> None:
                             await anyio.sleep(0.1)
     finally:
         assert stop_server(process) == 0
+
+
+APP = """
+import hashlib, http.server, json
+
+BIG = bytes(range(256)) * (8 * 1024 * 4)  # 8 MiB
+
+class App(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def answer(self, body, kind="application/json"):
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/big":
+            return self.answer(BIG, "application/octet-stream")
+        seen = {"path": self.path, "prefix": self.headers.get("X-Forwarded-Prefix"),
+                "cookie": self.headers.get("Cookie"), "key": self.headers.get("X-API-Key")}
+        self.answer(json.dumps(seen).encode())
+
+    def do_POST(self):
+        size = int(self.headers.get("Content-Length") or 0)
+        digest, left = hashlib.sha256(), size
+        while left:
+            chunk = self.rfile.read(min(left, 65536))
+            digest.update(chunk)
+            left -= len(chunk)
+        self.answer(json.dumps({"bytes": size, "sha256": digest.hexdigest()}).encode())
+
+http.server.ThreadingHTTPServer(("127.0.0.1", 8080), App).serve_forever()
+"""
+
+
+async def test_http_to_a_port_by_path(server: Server) -> None:
+    async with AsyncSandbox(api_key=server.api_key, base_url=server.url) as box:
+        await box.files.write("app.py", APP)
+        await box.commands.run("python3 app.py", background=True)
+        await listening(box, 8080)
+        base = f"{server.url}/sandbox/{box.sandbox_id}/ports/8080"
+        async with httpx.AsyncClient(headers=key(server), timeout=60) as client:
+            page = await client.get(f"{base}/deep/page?a=1&b=two", headers={"Cookie": "x=y"})
+            seen = page.json()
+            assert seen == {
+                "path": "/deep/page?a=1&b=two",
+                "prefix": f"/sandbox/{box.sandbox_id}/ports/8080",
+                "cookie": "x=y",
+                "key": None,  # the key is Insien's, never the app's
+            }
+            big = await client.get(f"{base}/big")
+            assert big.content == bytes(range(256)) * (8 * 1024 * 4)
+            body = os.urandom(10 * 1024 * 1024)
+            posted = (await client.post(f"{base}/upload", content=body)).json()
+            assert posted == {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+            closed = await client.get(f"{server.url}/sandbox/{box.sandbox_id}/ports/8081/")
+            assert closed.status_code == 502
+            assert closed.json()["code"] == "CONNECTION_REFUSED"
+        async with httpx.AsyncClient() as anonymous:
+            assert (await anonymous.get(f"{base}/")).status_code == 401
+
+
+async def test_a_preview_url_works_without_a_key_and_keeps_a_cookie(server: Server) -> None:
+    async with AsyncSandbox(api_key=server.api_key, base_url=server.url) as box:
+        await box.files.write("app.py", APP)
+        await box.commands.run("python3 app.py", background=True)
+        await listening(box, 8080)
+        url = await box.ports.url(8080, expires=60)
+        assert "insien_token=" in url
+        async with httpx.AsyncClient() as browser:  # no key: only what the URL gives
+            first = await browser.get(url)
+            assert first.status_code == 200
+            assert first.json()["path"] == "/"  # the token is not passed on
+            assert "insien_port" in first.headers["set-cookie"]
+            followed = await browser.get(url.split("?")[0] + "next?x=1")  # the cookie alone
+            assert followed.json() == {**followed.json(), "path": "/next?x=1", "cookie": None}
+            other_port = url.replace("/ports/8080/", "/ports/8081/")
+            assert (await browser.get(other_port)).status_code == 401
+        short = await box.ports.url(8080, expires=1)
+        await anyio.sleep(2.5)
+        async with httpx.AsyncClient() as late:
+            assert (await late.get(short)).status_code == 401
+
+
+FLOOD = """
+import socket
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", 7100))
+listener.listen(8)
+block = b"x" * 65536
+while True:
+    connection, _ = listener.accept()
+    try:
+        while True:
+            connection.sendall(block)
+    except OSError:
+        connection.close()
+"""
+
+
+async def test_a_client_that_never_reads_does_not_grow_the_server(server: Server) -> None:
+    """A program writing without end into a tunnel whose client reads nothing: the agent stops
+    reading the socket once its credit is spent, so nothing piles up in the server."""
+    async with AsyncSandbox(api_key=server.api_key, base_url=server.url) as box:
+        await box.files.write("flood.py", FLOOD)
+        await box.commands.run("python3 flood.py", background=True)
+        await listening(box, 7100)
+        url = f"{server.url}/sandbox/{box.sandbox_id}/ports/7100/tcp"
+        before = rss_bytes(server.pid)
+        async with httpx.AsyncClient() as client, connected(client, url, server) as stalled:
+            assert len(await stalled.receive_bytes()) > 0  # bytes flow, then nobody reads
+            await anyio.sleep(4)
+            grown = rss_bytes(server.pid) - before
+            assert grown < 48 * 1024 * 1024, f"the server grew by {grown} bytes"
+        # and the sandbox serves on
+        assert (await box.commands.run("echo fine")).stdout == "fine\n"

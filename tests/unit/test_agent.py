@@ -221,3 +221,17 @@ def test_arbitrary_input_never_crashes_the_agent(tmp_path: Path, junk: bytes) ->
                     )
 
     trio.run(scenario)
+
+
+async def test_a_positional_write_continues_a_file_and_never_makes_one(tmp_path: Path) -> None:
+    """A late chunk of a cancelled upload must not bring back the part file it removed."""
+    async with run_agent(tmp_path) as agent:
+        late = {"id": "w1", "type": "write", "path": "part/file", "content": "x", "offset": 5}
+        await agent.send(late)
+        assert (await agent.receive())["code"] == "NOT_FOUND"
+        assert not (tmp_path / "part").exists()
+        await agent.send({"id": "w2", "type": "write", "path": "f", "content": "ab", "offset": 0})
+        assert (await agent.receive())["type"] == "writeResponse"
+        await agent.send({"id": "w3", "type": "write", "path": "f", "content": "cd", "offset": 2})
+        assert (await agent.receive())["type"] == "writeResponse"
+        assert (tmp_path / "f").read_text() == "abcd"

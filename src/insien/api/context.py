@@ -8,6 +8,7 @@ from quart import Request, Websocket
 
 from ..config import Settings
 from ..link.budget import MIB, TenantBudgets
+from ..link.tunnel import TunnelCounter
 from ..protocol import ErrorCode
 from ..sandboxes.manager import SandboxManager
 from ..tenancy.auth import Authenticator
@@ -27,12 +28,20 @@ class Services:
     """Bytes held for clients that have not read them yet, per tenant (see budget.py)."""
     background: Background = field(default_factory=Background)
     """Tasks that outlive their request; the server runs it (see background.py)."""
+    tunnels: TunnelCounter = field(default_factory=TunnelCounter)
+    """Connections open into each sandbox's ports (INSIEN_MAX_TUNNELS)."""
 
     def tenant_from_key(self, request: Request | Websocket) -> Tenant:
         tenant = self.auth.tenant_for_key(request.headers.get("X-API-Key"))
         if tenant is None:
             raise ApiError(401, ErrorCode.UNAUTHORIZED, "missing or invalid X-API-Key header")
         return tenant
+
+    def public_base(self, request: Request) -> str:
+        """Where clients reach this server: INSIEN_PUBLIC_URL, or what the request used."""
+        if self.settings.public_url:
+            return self.settings.public_url.rstrip("/")
+        return f"{request.scheme}://{request.host}"
 
     def agent_url(self, request: Request, sandbox_id: str, token: str) -> str:
         if self.settings.public_url:

@@ -98,6 +98,11 @@ class Exchange:
         raw += [(k.lower().encode(), v.encode("latin-1")) for k, v in headers]
         await self._send({"type": "http.response.start", "status": status, "headers": raw})
 
+    async def start_raw(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Start an answer with exactly these headers (a proxied app's own)."""
+        self.started = True
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
     async def write(self, data: bytes, *, more: bool = True) -> None:
         await self._send({"type": "http.response.body", "body": data, "more_body": more})
 

@@ -44,7 +44,7 @@ class Operation:
     """What the document says about one route."""
 
     summary: str
-    answer: type[BaseModel] | Literal["bytes", "websocket", "html", "openapi"]
+    answer: type[BaseModel] | Literal["bytes", "websocket", "html", "openapi", "proxied"]
     body: type[BaseModel] | Literal["bytes"] | None = None
     query: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
@@ -76,9 +76,28 @@ OUTSIDE_QUART: list[tuple[str, str, Operation]] = [
             errors=(400, 404, 413, 429, 503),
             tag="files",
         ),
-    )
+    ),
+    *(
+        (
+            method,
+            "/sandbox/{sandbox_id}/ports/{port}/{path}",
+            Operation(
+                summary="HTTP to the program listening on `port` in the sandbox (any method)",
+                description=(
+                    "Proxied as it is, bodies streamed both ways; `path` may be empty or "
+                    "nested. Authorised by `X-API-Key`, or a preview token as `?insien_token=` "
+                    "(then kept in the `insien_port` cookie) or that cookie. A port nobody "
+                    "listens on answers 502 `CONNECTION_REFUSED`. The answer is the app's own."
+                ),
+                answer="proxied",
+                errors=(400, 404, 429, 502),
+                tag="ports",
+            ),
+        )
+        for method in ("get", "post", "put", "delete")
+    ),
 ]
-"""Routes served by ASGI handlers in front of Quart (see files.py)."""
+"""Routes served by ASGI handlers in front of Quart (see files.py and preview.py)."""
 
 
 class UndocumentedRoute(RuntimeError):
@@ -157,6 +176,8 @@ def _answers(op: Operation) -> dict[str, Any]:
                 "content": {"application/octet-stream": {"schema": {}}},
             }
         }
+    elif op.answer == "proxied":
+        answers = {"default": {"description": "Whatever the program in the sandbox answers."}}
     elif op.answer == "html":
         answers = {"200": {"description": "A page.", "content": {"text/html": {"schema": {}}}}}
     elif op.answer == "openapi":

@@ -9,17 +9,21 @@ sandbox, 429 `BUSY`. An open tunnel counts as activity for the idle clock.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import trio
-from quart import Blueprint, websocket
+from quart import Blueprint, request, websocket
 
 from ..link import AgentGone
 from ..link.tunnel import TunnelRefused, open_tunnel
 from ..protocol import ErrorCode
+from ..sandboxes.sandbox import iso_timestamp
+from .bodies import json_body
 from .context import Services
 from .errors import ApiError, answer_for, error_response, status_for
 from .openapi import operation
+from .schemas import PreviewUrl, PreviewUrlRequest
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -27,9 +31,14 @@ IDLE_TIMEOUT = 300.0
 """A tunnel with no byte either way for this long is closed (by the agent, too)."""
 
 
+def too_many_tunnels(services: Services) -> ApiError:
+    limit = services.settings.max_tunnels
+    message = f"{limit} connections into this sandbox are open already"
+    return ApiError(429, ErrorCode.BUSY, message, retry_after=1)
+
+
 def ports_blueprint(services: Services) -> Blueprint:
     bp = Blueprint("ports", __name__)
-    open_tunnels: dict[str, int] = {}
 
     @bp.websocket("/sandbox/<sandbox_id>/ports/<int:port>/tcp")
     @operation(
@@ -51,12 +60,8 @@ def ports_blueprint(services: Services) -> Blueprint:
         except Exception as exc:
             return answer_for(exc)
         sandbox.touch()
-        if open_tunnels.get(sandbox.id, 0) >= services.settings.max_tunnels:
-            limit = services.settings.max_tunnels
-            return error_response(
-                429, ErrorCode.BUSY, f"{limit} connections into this sandbox are open already"
-            )
-        open_tunnels[sandbox.id] = open_tunnels.get(sandbox.id, 0) + 1
+        if not services.tunnels.try_take(sandbox.id, services.settings.max_tunnels):
+            return answer_for(too_many_tunnels(services))
         try:
             async with open_tunnel(sandbox.link, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
                 await websocket.accept()
@@ -92,9 +97,31 @@ def ports_blueprint(services: Services) -> Blueprint:
         except AgentGone as exc:
             await websocket.close(CLOSE_GOING_AWAY, str(exc)[:120])
         finally:
-            left = open_tunnels.pop(sandbox.id) - 1
-            if left:
-                open_tunnels[sandbox.id] = left
+            services.tunnels.release(sandbox.id)
         return None
+
+    @bp.post("/sandboxes/<sandbox_id>/ports/<int:port>/url")
+    @operation(
+        summary="A preview URL for a port: HTTP without a key, until it expires",
+        body=PreviewUrlRequest,
+        answer=PreviewUrl,
+        errors=(400, 404),
+        tag="ports",
+    )
+    async def preview_url(sandbox_id: str, port: int) -> Any:
+        tenant = services.tenant_from_key(request)
+        if not 1 <= port <= 65535:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "a port is 1 to 65535")
+        body = await json_body(PreviewUrlRequest)
+        sandbox = services.manager.get(sandbox_id, tenant)
+        token = services.auth.issue_port_token(sandbox.id, port, tenant, body.expires)
+        base = services.public_base(request)
+        expires = datetime.now(UTC) + timedelta(seconds=body.expires)
+        made = PreviewUrl(
+            url=f"{base}/sandbox/{sandbox.id}/ports/{port}/?insien_token={token}",
+            token=token,
+            expiresAt=iso_timestamp(expires),
+        )
+        return made.model_dump(mode="json")
 
     return bp

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictStr
 
 from ..protocol import ErrorCode
 from ..sandboxes.sandbox import State
@@ -53,6 +53,15 @@ class FileQuery(BaseModel):
     """The query of the file routes."""
 
     path: Annotated[str, Field(min_length=1, description="Relative to the home folder.")]
+
+
+class PreviewUrlRequest(BaseModel):
+    """The body of `POST /sandboxes/<id>/ports/<port>/url`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    expires: Annotated[StrictFloat, Field(gt=0, le=7 * 86400)] = Field(
+        3600.0, description="Seconds the URL works for (at most a week)."
+    )
 
 
 # -- what the server answers ------------------------------------------------------------------
@@ -171,6 +180,14 @@ class SnapshotDeleted(Answer):
 class Killed(Answer):
     sandboxId: str
     killed: int = Field(description="Processes killed.")
+
+
+class PreviewUrl(Answer):
+    """A URL that opens one port of one sandbox over HTTP without a key, until it expires."""
+
+    url: str
+    token: str = Field(description="Also accepted as the `insien_port` cookie.")
+    expiresAt: str
 
 
 class Uploaded(Answer):

@@ -20,6 +20,24 @@ from .pending import PendingRequest
 DEFAULT_IDLE = 300
 
 
+class TunnelCounter:
+    """Tunnels open per sandbox, so one sandbox's ports cannot take every connection."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, int] = {}
+
+    def try_take(self, sandbox_id: str, limit: int) -> bool:
+        if self._open.get(sandbox_id, 0) >= limit:
+            return False
+        self._open[sandbox_id] = self._open.get(sandbox_id, 0) + 1
+        return True
+
+    def release(self, sandbox_id: str) -> None:
+        left = self._open.pop(sandbox_id, 1) - 1
+        if left > 0:
+            self._open[sandbox_id] = left
+
+
 class TunnelRefused(Exception):
     """The agent could not open the tunnel (`code`: CONNECTION_REFUSED when nothing listens)."""
 

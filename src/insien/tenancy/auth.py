@@ -1,4 +1,5 @@
-"""API keys and the short-lived, per-sandbox tokens carried in `agentUrl`."""
+"""API keys, the short-lived per-sandbox tokens carried in `agentUrl`, and the tokens of
+preview URLs (one port of one sandbox)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import jwt
 from .tenants import Tenant, TenantDirectory
 
 TOKEN_AUDIENCE = "insien:agent"
+PORT_AUDIENCE = "insien:port"
+"""Tokens in preview URLs open one port of one sandbox over HTTP, nothing else."""
 
 
 class Authenticator:
@@ -55,6 +58,43 @@ class Authenticator:
         # A token is worth no more than the key it was issued under: a revoked key, or a
         # tenant removed from the tenants file, loses its tokens too.
         if not isinstance(claims.get("kid"), str):
+            return None
+        if not self._tenants.key_valid(claims["ten"], claims["kid"]):
+            return None
+        tenant = self._tenants.by_id(claims["ten"])
+        return replace(tenant, key_id=claims["kid"]) if tenant is not None else None
+
+    def issue_port_token(self, sandbox_id: str, port: int, tenant: Tenant, ttl: float) -> str:
+        """A token for a preview URL: HTTP to `port` of this sandbox, for `ttl` seconds."""
+        now = int(time.time())
+        claims = {
+            "sub": sandbox_id,
+            "port": port,
+            "ten": tenant.id,
+            "kid": tenant.key_id,
+            "aud": PORT_AUDIENCE,
+            "iat": now,
+            "exp": now + int(ttl),
+        }
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def tenant_for_port_token(self, token: str | None, sandbox_id: str, port: int) -> Tenant | None:
+        """The token's tenant if it is valid, unexpired, and for this sandbox and port."""
+        if not token:
+            return None
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                audience=PORT_AUDIENCE,
+                options={"require": ["sub", "port", "ten", "kid", "exp"]},
+            )
+        except jwt.PyJWTError:
+            return None
+        if claims.get("sub") != sandbox_id or claims.get("port") != port:
+            return None
+        if not isinstance(claims.get("ten"), str) or not isinstance(claims.get("kid"), str):
             return None
         if not self._tenants.key_valid(claims["ten"], claims["kid"]):
             return None

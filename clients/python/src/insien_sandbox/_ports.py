@@ -12,11 +12,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anyio
+import httpx
 import wsproto.events
 from anyio.abc import SocketAttribute, SocketStream
 from httpx_ws import WebSocketDisconnect, WebSocketNetworkError, WebSocketUpgradeError
 
-from ._session import ws_base, ws_session
+from ._session import REST_TIMEOUT, ws_base, ws_session
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -49,22 +50,25 @@ class Forward:
         )
         self.local_port = int(listener.extra(SocketAttribute.local_port))
         scope = self._scope = anyio.CancelScope()
+        # Its own HTTP client: every forwarded connection is a WebSocket of its own, which
+        # must not wait for (or take) the sandbox's REST and RPC connections' pool.
+        client = httpx.AsyncClient(timeout=REST_TIMEOUT, limits=httpx.Limits(max_connections=None))
 
         async def serve() -> None:
             try:
                 with scope:
-                    async with listener:
-                        await listener.serve(lambda stream: self._bridge(stream, target))
+                    async with client, listener:
+                        await listener.serve(lambda stream: self._bridge(client, stream, target))
             finally:
                 self._stopped.set()
 
         self._session.tasks().start_soon(serve)
         return self
 
-    async def _bridge(self, local: SocketStream, target: str) -> None:
+    async def _bridge(self, client: httpx.AsyncClient, local: SocketStream, target: str) -> None:
         async with local:
             try:
-                opening = ws_session(self._session.client(), target, self._session.api_key)
+                opening = ws_session(client, target, self._session.api_key)
                 async with opening as ws, anyio.create_task_group() as both:
 
                     async def outwards() -> None:
@@ -114,6 +118,15 @@ class Ports:
 
     def __init__(self, session: Session) -> None:
         self._session = session
+
+    async def url(self, port: int, *, expires: float = 3600) -> str:
+        """A preview URL for `port`: HTTP to it without a key (a browser follows the app's
+        links with the cookie the first request sets), for `expires` seconds."""
+        sandbox_id = await self._session.create()
+        reply = await self._session.request(
+            "POST", f"/sandboxes/{sandbox_id}/ports/{port}/url", {"expires": float(expires)}
+        )
+        return str(reply["url"])
 
     def forward(self, port: int, *, local_port: int = 0, local_host: str = "127.0.0.1") -> Forward:
         """A listener on `local_host:local_port` (0: any free port) whose every connection

@@ -408,6 +408,10 @@ class Ports:
         self._loop = loop
         self._ports = ports
 
+    def url(self, port: int, *, expires: float = 3600) -> str:
+        """See AsyncSandbox.ports.url."""
+        return self._loop.run(partial(self._ports.url, port, expires=expires))
+
     def forward(self, port: int, *, local_port: int = 0, local_host: str = "127.0.0.1") -> Forward:
         """See AsyncSandbox.ports.forward; the listener runs on the SDK's helper thread."""
         return Forward(

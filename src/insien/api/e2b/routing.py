@@ -1,7 +1,8 @@
 """Which E2B requests are for a sandbox: under `/e2b`, those that carry `E2b-Sandbox-Id` (and
 `E2b-Sandbox-Port`) go to envd's side, the rest to the control plane routes; with
 `INSIEN_DOMAIN` set, a request for host `<port>-<sandboxId>.<domain>` is for that sandbox
-whatever its path (E2B_DOMAIN's routing, behind wildcard DNS)."""
+whatever its path (E2B_DOMAIN's routing, behind wildcard DNS). Ports other than envd's (and
+the code interpreter's) are HTTP to the program listening on them (`preview.py`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import re
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
 from ..exchange import Exchange
-from .envd import ENVD_PORT, EnvdFront
+from ..preview import PreviewProxy
+from .envd import ENVD_PORT, INTERPRETER_PORT, EnvdFront
 
 PREFIX = "/e2b"
 SANDBOX_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -32,10 +34,13 @@ def _host_route(host: str, domain: str) -> tuple[str, int] | None:
 class E2BRouter:
     """ASGI middleware in front of the app: sandbox-bound E2B requests to `EnvdFront`."""
 
-    def __init__(self, app: ASGIFramework, envd: EnvdFront, domain: str | None) -> None:
+    def __init__(
+        self, app: ASGIFramework, envd: EnvdFront, domain: str | None, ports: PreviewProxy
+    ) -> None:
         self.app = app
         self.envd = envd
         self.domain = domain
+        self.ports = ports
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -65,4 +70,8 @@ class E2BRouter:
         if exchange is None or target is None:
             await self.app(scope, receive, send)
             return
-        await self.envd.serve(exchange, *target)
+        wanted, number = target
+        if number in (ENVD_PORT, INTERPRETER_PORT) or not 1 <= number <= 65535:
+            await self.envd.serve(exchange, wanted, number)
+        else:  # any other port: HTTP to the program listening on it
+            await self.ports.serve(exchange, wanted, number, exchange.path, "")

@@ -1,0 +1,240 @@
+"""Preview URLs, path form: `ANY /sandbox/<id>/ports/<port>/<path…>` is proxied to the program
+listening on `port` inside the sandbox, over one tunnel through its agent per request (the
+sandbox keeps no network). Served as raw ASGI beside Quart, so bodies stream both ways
+unbuffered; the request is written and the answer read with h11.
+
+Who may: the owner's `X-API-Key`, or a preview token (`POST /sandboxes/<id>/ports/<port>/url`)
+given as `?insien_token=` (then kept in a cookie scoped to the port's path, so a browser can
+follow the app's links) or that cookie. The app is told where it is mounted
+(`X-Forwarded-Prefix`, `-Host`, `-Proto`). A port nobody listens on answers 502 at once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlencode
+
+import h11
+import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+
+from ..link.tunnel import Tunnel, TunnelRefused, open_tunnel
+from ..protocol import ErrorCode
+from ..sandboxes.sandbox import Sandbox
+from ..tenancy.tenants import Tenant
+from .context import Services
+from .errors import CORE_ERRORS, ApiError, api_error_for, status_for
+from .exchange import ClientGone, Exchange
+from .ports import IDLE_TIMEOUT, too_many_tunnels
+
+PREVIEW_PATH = re.compile(r"^/sandbox/(?P<id>[^/]+)/ports/(?P<port>[0-9]{1,5})(?P<rest>/.*)?$")
+TOKEN_PARAM = "insien_token"
+COOKIE = "insien_port"
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "x-api-key",
+        "x-access-token",
+        "host",
+    }
+)
+"""Headers that belong to one hop (or to Insien), never passed on."""
+
+
+class PreviewProxy:
+    """ASGI middleware: HTTP requests for a sandbox's port go to it; the rest to the app."""
+
+    def __init__(self, app: Any, services: Services) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        match = PREVIEW_PATH.match(scope["path"]) if scope["type"] == "http" else None
+        if match is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sandbox_id, port = match.group("id"), int(match.group("port"))
+        prefix = f"/sandbox/{sandbox_id}/ports/{port}"
+        exchange = Exchange(scope, receive, send)
+        await self.serve(exchange, sandbox_id, port, match.group("rest") or "/", prefix)
+
+    async def serve(
+        self, exchange: Exchange, sandbox_id: str, port: int, path: str, prefix: str
+    ) -> None:
+        """Proxy one request to `path` on `port` of the sandbox, or answer why not. `prefix`
+        is where the app is mounted as the client sees it ("" for a host of its own)."""
+        try:
+            await self._proxy(exchange, sandbox_id, port, path, prefix)
+        except (ApiError, TunnelRefused, *CORE_ERRORS) as raised:
+            if exchange.started:
+                return  # the answer had begun: ending it short is all that is left to do
+            error = _error_for(raised)
+            await exchange.discard_body()
+            headers = [("retry-after", str(error.retry_after))] if error.retry_after else []
+            await exchange.respond_json(
+                error.status, {"code": str(error.code), "message": error.message}, headers
+            )
+        except ClientGone:
+            return
+
+    def _who(self, exchange: Exchange, sandbox_id: str, port: int) -> tuple[Tenant, str | None]:
+        """The caller's tenant, and a token to keep in a cookie (one came in the query)."""
+        auth = self.services.auth
+        tenant = auth.tenant_for_key(exchange.headers.get("x-api-key"))
+        if tenant is None:  # the E2B SDKs' header: the sandbox's own token
+            tenant = auth.tenant_for_token(exchange.headers.get("x-access-token"), sandbox_id)
+        if tenant is not None:
+            return tenant, None
+        token = exchange.query.get(TOKEN_PARAM)
+        tenant = auth.tenant_for_port_token(token, sandbox_id, port)
+        if tenant is not None:
+            return tenant, token
+        tenant = auth.tenant_for_port_token(_cookie(exchange, COOKIE), sandbox_id, port)
+        if tenant is not None:
+            return tenant, None
+        raise ApiError(
+            401, ErrorCode.UNAUTHORIZED, "an X-API-Key header or a valid preview token is required"
+        )
+
+    async def _proxy(
+        self, exchange: Exchange, sandbox_id: str, port: int, path: str, prefix: str
+    ) -> None:
+        if not 1 <= port <= 65535:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "a port is 1 to 65535")
+        tenant, new_token = self._who(exchange, sandbox_id, port)
+        services = self.services
+        sandbox = services.manager.get(sandbox_id, tenant)
+        sandbox.touch()
+        if not services.tunnels.try_take(sandbox.id, services.settings.max_tunnels):
+            raise too_many_tunnels(services)
+        try:
+            async with open_tunnel(sandbox.link, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
+                cookie = None
+                if new_token is not None:
+                    cookie = f"{COOKIE}={new_token}; Path={prefix}/; HttpOnly; SameSite=Lax"
+                await _relay(exchange, sandbox, tunnel, path, prefix, cookie)
+        finally:
+            services.tunnels.release(sandbox.id)
+
+
+def _error_for(raised: Exception) -> ApiError:
+    if isinstance(raised, TunnelRefused):
+        known = raised.code in {str(code) for code in ErrorCode}
+        code = ErrorCode(raised.code) if known else ErrorCode.INTERNAL
+        status = status_for(code)
+        return ApiError(status if status != 500 else 502, code, raised.message)
+    return api_error_for(raised)
+
+
+def _cookie(exchange: Exchange, name: str) -> str | None:
+    for part in exchange.headers.get("cookie", "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None
+
+
+def _request_headers(exchange: Exchange, prefix: str) -> list[tuple[bytes, bytes]]:
+    scope = exchange.scope
+    headers: list[tuple[bytes, bytes]] = []
+    for name, value in scope["headers"]:
+        lowered = name.lower()
+        if lowered.decode("latin-1") in HOP_BY_HOP:
+            continue
+        if lowered == b"cookie":  # the preview cookie is Insien's, not the app's
+            kept = [
+                c for c in value.split(b";") if not c.strip().startswith(COOKIE.encode() + b"=")
+            ]
+            if not kept:
+                continue
+            value = b";".join(kept).strip()
+        headers.append((name, value))
+    host = exchange.headers.get("host", "localhost")
+    headers += [
+        (b"host", host.encode("latin-1")),
+        (b"x-forwarded-host", host.encode("latin-1")),
+        (b"x-forwarded-proto", scope.get("scheme", "http").encode()),
+        (b"x-forwarded-prefix", prefix.encode()),
+        (b"connection", b"close"),
+    ]
+    if "content-length" not in exchange.headers and "transfer-encoding" in exchange.headers:
+        headers.append((b"transfer-encoding", b"chunked"))
+    return headers
+
+
+async def _relay(
+    exchange: Exchange,
+    sandbox: Sandbox,
+    tunnel: Tunnel,
+    path: str,
+    prefix: str,
+    cookie: str | None,
+) -> None:
+    """One request to the app and its answer back, both bodies streamed."""
+    query = {k: v for k, v in exchange.query.items() if k != TOKEN_PARAM}
+    target = path + (f"?{urlencode(query)}" if query else "")
+    client = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method=exchange.method, target=target, headers=_request_headers(exchange, prefix)
+    )
+    await tunnel.send(client.send(request) or b"")
+
+    async def upload() -> None:
+        async for chunk in exchange.chunks():
+            await tunnel.send(client.send(h11.Data(data=chunk)) or b"")
+            sandbox.touch()
+        await tunnel.send(client.send(h11.EndOfMessage()) or b"")
+
+    try:
+        async with trio.open_nursery() as both:
+            both.start_soon(upload)
+            try:
+                await _answer(exchange, sandbox, tunnel, client, cookie)
+            except h11.RemoteProtocolError as exc:
+                raise TunnelRefused(
+                    ErrorCode.CONNECTION_REFUSED, f"the app's answer is not HTTP: {exc}"
+                ) from None
+            # The whole answer is sent: what is left of the request body is not wanted.
+            both.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+            raise group.exceptions[0] from None
+        raise
+
+
+async def _answer(
+    exchange: Exchange, sandbox: Sandbox, tunnel: Tunnel, client: h11.Connection, cookie: str | None
+) -> None:
+    while True:
+        event = client.next_event()
+        if event is h11.NEED_DATA:
+            data = await tunnel.receive()
+            client.receive_data(data or b"")
+            continue
+        if isinstance(event, h11.InformationalResponse):
+            continue
+        if isinstance(event, h11.Response):
+            headers = [
+                (name.lower(), value)
+                for name, value in event.headers
+                if name.lower().decode("latin-1") not in HOP_BY_HOP - {"host"}
+            ]
+            if cookie is not None:
+                headers.append((b"set-cookie", cookie.encode("latin-1")))
+            await exchange.start_raw(event.status_code, headers)
+        elif isinstance(event, h11.Data):
+            await exchange.write(bytes(event.data))
+            sandbox.touch()
+        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            await exchange.write(b"", more=False)
+            return
