@@ -63,6 +63,7 @@ async def test_tools_over_stdio(server: Server) -> None:
             "list_files",
             "list_sandboxes",
             "destroy_sandbox",
+            "get_preview_url",
         } <= set(tools)
         schema = tools["run_command"].input_schema
         assert set(schema["required"]) == {"sandbox_id", "command"}
@@ -100,6 +101,24 @@ async def test_tools_over_stdio(server: Server) -> None:
         assert "create_sandbox" in text_of(unknown)
         invalid = await client.call_tool("run_command", {"sandbox_id": sandbox_id, "command": ""})
         assert invalid.is_error
+
+        # a web app in the sandbox, opened through a preview URL without any key
+        await call(
+            client,
+            "run_command",
+            sandbox_id=sandbox_id,
+            command="python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &",
+            cwd="a",
+        )
+        preview = await call(client, "get_preview_url", sandbox_id=sandbox_id, port=8000)
+        async with httpx.AsyncClient() as browser:
+            with anyio.fail_after(20):
+                while True:
+                    page = await browser.get(preview["url"])
+                    if page.status_code == 200:
+                        break
+                    await anyio.sleep(0.2)
+        assert "b.py" in page.text
 
         other = (await call(client, "create_sandbox"))["sandbox_id"]
         assert (await call(client, "destroy_sandbox", sandbox_id=other)) == {"destroyed": other}

@@ -163,7 +163,8 @@ def build_server(api_key: str | None, base_url: str | None) -> MCPServer[Registr
         instructions=(
             "Insien runs code in isolated Linux sandboxes. create_sandbox first, then "
             "run_command, write_file, read_file and list_files with its sandbox_id; "
-            "destroy_sandbox when done (this session's sandboxes are destroyed when it ends)."
+            "get_preview_url shows a web app running in it; destroy_sandbox when done (this "
+            "session's sandboxes are destroyed when it ends)."
         ),
         lifespan=lifespan,
     )
@@ -264,6 +265,22 @@ def build_server(api_key: str | None, base_url: str | None) -> MCPServer[Registr
                 {"name": e.name, "path": e.path, "type": e.type, "size": e.size} for e in entries
             ],
         }
+
+    @server.tool()
+    async def get_preview_url(
+        ctx: Context,
+        sandbox_id: str,
+        port: Annotated[int, Field(ge=1, le=65535, description="Where the app listens")],
+        expires_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = 3600,
+    ) -> dict[str, Any]:
+        """A URL that opens the web app listening on `port` in the sandbox (on 127.0.0.1 or
+        0.0.0.0), for a person or a browser, without a key, until it expires."""
+        try:
+            box = await _registry(ctx).get(sandbox_id, _session(ctx))
+            url = await box.ports.url(port, expires=expires_seconds)
+        except InsienError as exc:
+            raise _tool_error(exc, sandbox_id) from exc
+        return {"url": url, "port": port, "expires_seconds": expires_seconds}
 
     @server.tool()
     async def list_sandboxes(ctx: Context) -> dict[str, Any]:
