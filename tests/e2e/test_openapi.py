@@ -85,8 +85,10 @@ async def test_live_answers_match_the_document(server: Server) -> None:
             "Sec-WebSocket-Version": "13",
             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
         }
-        # a port nobody listens on refuses the WebSocket handshake with a documented error
-        check(await client.get(f"/sandbox/{sandbox_id}/ports/7999/tcp", headers=upgrade))
+        # a port nobody listens on refuses the WebSocket handshake with a documented error; a
+        # connection of its own, since the server closes a refused handshake's connection
+        async with http(server) as handshake:
+            check(await handshake.get(f"/sandbox/{sandbox_id}/ports/7999/tcp", headers=upgrade))
         # HTTP to a port: the app's own answers are not the document's; Insien's refusals are
         for method in ("GET", "POST", "PUT", "DELETE"):
             check(await client.request(method, f"/sandbox/{sandbox_id}/ports/7999/x/y"))
