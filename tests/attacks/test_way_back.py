@@ -76,7 +76,8 @@ async def test_kill_all_ends_a_fork_bomb_that_escaped_its_exec(server: Server) -
         with trio.fail_after(30):
             while await process_count(ws) < 50:  # noqa: ASYNC110 (polling the sandbox)
                 await trio.sleep(0.2)
-        killed = await call(ws, {"id": "k", "type": "killAll"}, timeout=30)
+        # Passes until nothing of the user is left for a while: slow on a loaded 2-core CI.
+        killed = await call(ws, {"id": "k", "type": "killAll"}, timeout=90)
         assert killed["type"] == "killAllResponse", killed
         assert killed["killed"] > 20
         with trio.fail_after(30):
