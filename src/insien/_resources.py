@@ -44,7 +44,10 @@ def _compiled(source: str, name: str) -> bytes:
     data = bytearray(importlib.util.MAGIC_NUMBER)
     data += (0b01).to_bytes(4, "little")  # hash-based, not checked against the source
     data += source_hash
-    data += marshal.dumps(code)
+    # Version 2: no back-references. Newer versions mark an object for reuse when something
+    # else in *this* process holds it too (its refcount), so the same sources gave other bytes
+    # in a busier process, and the agent volume another name.
+    data += marshal.dumps(code, 2)
     return bytes(data)
 
 

@@ -25,6 +25,8 @@ def test_sdk_public_names() -> None:
         "FilesystemEvent",
         "InsienError",
         "LogLine",
+        "NetworkInfo",
+        "NetworkPolicy",
         "NotFoundError",
         "OutputChunk",
         "ProcessInfo",
@@ -100,7 +102,9 @@ def test_namespaces() -> None:
     }
     pty = {"create", "resize", "send_input", "kill"}
     handle = {"wait", "kill", "send_stdin", "disconnect"}
-    from insien_sandbox import _commands, _files, _sync
+    ports = {"url", "forward"}
+    network = {"get", "update"}
+    from insien_sandbox import _commands, _files, _network, _ports, _sync
 
     for cls, names in [
         (_commands.Commands, commands),
@@ -111,6 +115,10 @@ def test_namespaces() -> None:
         (_sync.Pty, pty),
         (_commands.CommandHandle, handle),
         (_sync.CommandHandle, handle),
+        (_ports.Ports, ports),
+        (_sync.Ports, ports),
+        (_network.Network, network),
+        (_sync.Network, network),
     ]:
         assert names <= {n for n in vars(cls) if not n.startswith("_")}, cls
 
@@ -162,13 +170,14 @@ def test_one_version_everywhere() -> None:
 def test_the_agent_zip_is_reproducible_and_carries_bytecode() -> None:
     """Same sources, same bytes (the agent volume is named after their digest), and bytecode
     beside every module so a sandbox does not compile the agent at each start."""
+    import ast
     import importlib.util
     import io
     import subprocess
     import sys
     import zipfile
 
-    from insien._resources import agent_zipapp
+    from insien._resources import agent_package_dir, agent_zipapp
 
     here = agent_zipapp()
     elsewhere = subprocess.run(
@@ -182,6 +191,18 @@ def test_the_agent_zip_is_reproducible_and_carries_bytecode() -> None:
         check=True,
     ).stdout
     assert here == elsewhere
+    # A busy process holds the agent's names and strings elsewhere too; that must not change
+    # a byte (marshal's back-references follow reference counts).
+    held: list[str] = []
+    for path in agent_package_dir().glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                held.append(sys.intern(node.value))
+            elif isinstance(node, ast.Name):
+                held.append(sys.intern(node.id))
+            elif isinstance(node, ast.Attribute):
+                held.append(sys.intern(node.attr))
+    assert agent_zipapp() == here
     archive = zipfile.ZipFile(io.BytesIO(here))
     names = set(archive.namelist())
     modules = {n for n in names if n.startswith("insien_agent/") and n.endswith(".py")}
