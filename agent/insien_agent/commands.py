@@ -55,6 +55,7 @@ async def _start(req: Request, *, background: bool, stdin: bool) -> ManagedProce
     cwd = os.path.join(settings.workdir, fields.optional_str(msg, "cwd", settings.workdir))
     env = user_environment()
     env.update(req.environment)
+    env.update(req.egress.environment())
     env.update(req.identity.environment())
     env.update(fields.str_map(msg, "env"))
     pty_size = _pty_size(msg) if background else None

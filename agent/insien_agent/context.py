@@ -10,6 +10,7 @@ from .gate import ByteGate
 from .identity import FileWorkers, Identity
 from .output import OutFrame, Subscriber
 from .processes import ManagedProcess, ProcessTable
+from .proxy import EgressProxy
 from .settings import AgentSettings
 from .wire import Outbox
 
@@ -54,6 +55,8 @@ class Request:
     """The request's binary channel: its bulk bytes go as frames on it, not in JSON."""
     payload: bytes | None = None
     """The bytes of the data frame a `write` on a channel came with."""
+    egress: EgressProxy = field(default_factory=EgressProxy)
+    """The agent's egress proxy (one per agent), for `egress*` requests and commands' env."""
 
     async def emit(self, event: Message | OutFrame) -> None:
         """Send a message or frame that belongs to this request."""

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
-from . import PROTOCOL_VERSION, __version__, commands, files, tunnel, watch
+from . import PROTOCOL_VERSION, __version__, commands, egress, files, tunnel, watch
 from .context import READ_GATE_BYTES, Request, Subscriptions
 from .errors import BAD_REQUEST, CANCELLED, INTERNAL, TOO_LARGE, UNKNOWN_TYPE, AgentError
 from .fields import required_int
@@ -27,6 +27,7 @@ from .gate import ByteGate
 from .helper import ForkedHelper
 from .identity import FileWorkers, Identity, IdentityError, assume, parse_identity
 from .processes import ProcessTable
+from .proxy import EgressProxy
 from .settings import AgentSettings
 from .spawner import Spawner
 from .wire import Outbox, open_stdout, widen_pipe
@@ -56,6 +57,9 @@ HANDLERS: dict[str, Handler] = {
     "watch": watch.handle_watch,
     "tunnel": tunnel.handle_tunnel,
     "tunnelSend": tunnel.handle_tunnel_send,
+    "egressListen": egress.handle_egress_listen,
+    "egressOpen": egress.handle_egress_open,
+    "egressRefuse": egress.handle_egress_refuse,
 }
 BUILTIN = ("ack", "cancel", "credit", "env", "note", "ping", "resume")
 MAX_NOTES_BYTES = 64 * 1024
@@ -88,6 +92,7 @@ class Agent:
         self._answers: set[asyncio.Future[None]] = set()
         self._notes: dict[str, Any] = {}
         self._environment: dict[str, str] = {}
+        self._egress = EgressProxy()
         self._reads = ByteGate(READ_GATE_BYTES)
         """The sandbox's own variables (create's `env`), for user commands only: the agent's
         process never sees them, so nothing a tenant chooses can change how it runs."""
@@ -234,6 +239,7 @@ class Agent:
             self._reads,
             channel=channel,
             payload=payload,
+            egress=self._egress,
         )
         task = asyncio.create_task(self._run(handler, request))
         key: Any = request_id if request_id is not None else object()  # id-less: not cancellable

@@ -60,15 +60,31 @@ async def handle_tunnel(req: Request) -> Message:
     port = required_int(req.msg, "port", minimum=1)
     if port > 65535:
         raise AgentError(BAD_REQUEST, "field 'port' must be at most 65535")
-    idle = optional_int(req.msg, "idleTimeout", DEFAULT_IDLE, minimum=1)
-    assert idle is not None
     if req.channel is None:
         raise AgentError(BAD_REQUEST, "a tunnel needs a channel")
     reader, writer = await _connect(port)
+    return await carry(req, reader, writer, {"port": port})
+
+
+async def carry(
+    req: Request,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    about: Message,
+    first: bytes = b"",
+) -> Message:
+    """Carry a connection on the request's channel until either side ends it: `tunnelOpened`,
+    then its bytes (`first` before what the socket gives), then `tunnelClosed` with a reason.
+    Also how the egress proxy hands a connection to the server (egress.py)."""
+    idle = optional_int(req.msg, "idleTimeout", DEFAULT_IDLE, minimum=1)
+    assert idle is not None
     tunnel = Tunnel(writer, credit=req.settings.window)
     req.subscriptions.tunnels[req.id] = tunnel
     try:
-        await req.outbox.send({"id": req.id, "type": "tunnelOpened", "port": port})
+        await req.outbox.send({"id": req.id, "type": "tunnelOpened", **about})
+        if first:
+            tunnel.credit -= 1
+            await req.emit(OutFrame(STDOUT, first))
         while True:
             try:
                 while tunnel.credit <= 0:
@@ -78,9 +94,11 @@ async def handle_tunnel(req: Request) -> Message:
             except asyncio.TimeoutError:  # noqa: UP041 (older Pythons in sandbox images)
                 if time.monotonic() - tunnel.used < idle:
                     continue  # the other direction was busy
-                return {"type": "tunnelClosed", "port": port, "reason": "idle"}
+                return {"type": "tunnelClosed", **about, "reason": "idle"}
+            except OSError:
+                return {"type": "tunnelClosed", **about, "reason": "reset"}
             if not data:
-                return {"type": "tunnelClosed", "port": port, "reason": "closed"}
+                return {"type": "tunnelClosed", **about, "reason": "closed"}
             tunnel.used = time.monotonic()
             tunnel.credit -= 1
             await req.emit(OutFrame(STDOUT, data))

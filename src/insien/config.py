@@ -6,6 +6,7 @@ Every setting reads `INSIEN_<NAME>` (`env_prefix`); the seed's names (`PORT`, `A
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -21,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .egress import Ceiling, parse_rules
 from .tenancy.resources import Resources, parse_size
 from .tenancy.tenants import Plan
 
@@ -195,6 +197,14 @@ class Settings(BaseSettings):
     (`base` is always the default image)."""
     domain: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
     """With it, `<port>-<sandboxId>.<domain>` reaches a sandbox's envd (E2B_DOMAIN's routing)."""
+    egress_allow: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["public"])
+    """The ceiling on every sandbox's ways out (docs/security.md): rules as in `allowOut`;
+    addresses that are not public need an explicit address or network rule here."""
+    egress_deny: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Refused for every sandbox, whatever its own policy allows."""
+    egress_hosts: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    """Names the server resolves itself for egress before asking DNS, `name=address,…`
+    (an internal mirror, or an upstream on this machine in tests)."""
 
     @field_validator("api_key", "jwt_secret", "secret_key", mode="before")
     @classmethod
@@ -278,7 +288,32 @@ class Settings(BaseSettings):
             max_resources=self.max_resources,
         )
 
-    @field_validator("templates", "capabilities", "cors_origins", mode="before")
+    @field_validator("egress_allow", "egress_deny")
+    @classmethod
+    def _egress_rules(cls, value: list[str]) -> list[str]:
+        parse_rules(value)  # a bad rule stops the start, with the entry named
+        return value
+
+    @field_validator("egress_hosts", mode="before")
+    @classmethod
+    def _host_map(cls, value: object) -> object:
+        """`name=address,name2=address2` as well as a JSON object; addresses are checked."""
+        if isinstance(value, str) and not value.strip().startswith("{"):
+            pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("INSIEN_EGRESS_HOSTS is name=address,...")
+            value = {name.strip(): address.strip() for name, address in pairs}
+        if isinstance(value, dict):
+            for address in value.values():
+                ipaddress.ip_address(str(address))
+        return value
+
+    def egress_ceiling(self) -> Ceiling:
+        return Ceiling(parse_rules(self.egress_allow), parse_rules(self.egress_deny))
+
+    @field_validator(
+        "templates", "capabilities", "cors_origins", "egress_allow", "egress_deny", mode="before"
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         """`INSIEN_TEMPLATES=img:1,img:2` as well as a JSON list."""

@@ -250,6 +250,8 @@ EVENT_TYPES = frozenset(
         "watchStarted",
         "fsEvents",
         "tunnelOpened",
+        "egressListening",
+        "egressConnect",
     }
 )
 CREDITED_TYPES = frozenset({"output", "fsEvents"})

@@ -19,7 +19,9 @@ def test_host_routing_reaches_the_sandbox() -> None:
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             created = client.post(
-                "/e2b/sandboxes", headers=server.headers, json={"templateID": "base"}
+                "/e2b/sandboxes",
+                headers=server.headers,
+                json={"templateID": "base", "network": {"allowPublicTraffic": False}},
             ).json()
             sandbox_id, token = created["sandboxID"], created["envdAccessToken"]
             envd = {"Host": f"49983-{sandbox_id}.{DOMAIN}", "X-Access-Token": token}
@@ -69,6 +71,19 @@ def test_host_routing_reaches_the_sandbox() -> None:
             assert client.get("/e2b/page.html", headers=e2b).text == "<p>by host</p>"
             anonymous = {"Host": f"8080-{sandbox_id}.{DOMAIN}"}
             assert client.get("/page.html", headers=anonymous).status_code == 401
+            traffic = {**anonymous, "E2b-Traffic-Access-Token": created["trafficAccessToken"]}
+            assert client.get("/page.html", headers=traffic).text == "<p>by host</p>"
+            # allowPublicTraffic (E2B's default, here switched on live): no key, no token
+            public = client.put(
+                f"/sandbox/{sandbox_id}/network",
+                headers=server.headers,
+                json={"allowPublicTraffic": True},
+            )
+            assert public.json()["allowPublicTraffic"] is True
+            assert client.get("/page.html", headers=anonymous).text == "<p>by host</p>"
+            by_path = f"/sandbox/{sandbox_id}/ports/8080/page.html"
+            assert client.get(by_path).text == "<p>by host</p>"
+            assert client.get("/health", headers={"Host": envd["Host"]}).status_code == 401
 
             assert (
                 client.delete(f"/e2b/sandboxes/{sandbox_id}", headers=server.headers).status_code

@@ -67,6 +67,10 @@ async def test_live_answers_match_the_document(server: Server) -> None:
         check(await client.post(f"/sandbox/{sandbox_id}/keepalive", json={"timeout": 300}))
         check(await client.get(f"/sandboxes/{sandbox_id}/metrics"))
         check(await client.get(f"/sandboxes/{sandbox_id}/logs"))
+        check(await client.get(f"/sandboxes/{sandbox_id}/network"))
+        policy = {"allowOut": ["example.org:443"], "allowPublicTraffic": False}
+        check(await client.put(f"/sandbox/{sandbox_id}/network", json=policy))
+        check(await client.put(f"/sandbox/{sandbox_id}/network", json={"allowOut": ["a b"]}))
         up = await client.put(
             f"/sandbox/{sandbox_id}/files", params={"path": "a.txt"}, content=b"hello"
         )

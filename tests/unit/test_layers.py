@@ -50,6 +50,19 @@ def offending(paths: list[Path], forbidden: tuple[str, ...]) -> list[str]:
         (("sandboxes",), ("docker", "insien.runtime.docker", "quart", "hypercorn", "insien.api")),
         # the link carries bytes: no Docker frames, no HTTP, no core
         (("link",), ("docker", "insien.runtime.docker", "quart", "insien.api", "insien.sandboxes")),
+        # egress policy is pure logic below the core
+        (
+            ("egress",),
+            (
+                "docker",
+                "insien.runtime",
+                "insien.sandboxes",
+                "insien.api",
+                "insien.link",
+                "quart",
+                "trio",
+            ),
+        ),
         # tenancy sits below the core
         (("tenancy",), ("docker", "insien.runtime", "insien.sandboxes", "insien.api", "quart")),
         # settings import no runtime

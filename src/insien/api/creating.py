@@ -10,6 +10,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
+from ..egress import NetworkPolicy, RuleError
 from ..protocol import ErrorCode
 from ..sandboxes.sandbox import SandboxOptions
 from ..tenancy.resources import Resources, parse_size
@@ -78,6 +79,7 @@ async def sandbox_options(
     env: dict[str, str],
     resources: ResourcesRequest | None = None,
     no_idle_timeout: bool = False,
+    network: NetworkPolicy | None = None,
 ) -> SandboxOptions:
     """Options for `manager.create`, or the 400 that says which choice is not allowed.
 
@@ -112,7 +114,18 @@ async def sandbox_options(
         idle_timeout=idle,
         metadata=dict(metadata),
         env=dict(env),
+        network_policy=network or NetworkPolicy(),
     )
+
+
+def network_policy(
+    allow_out: list[str], deny_out: list[str], allow_public_traffic: bool
+) -> NetworkPolicy:
+    """A sandbox's network policy from a request, or the 400 naming the rule that is wrong."""
+    try:
+        return NetworkPolicy.of(allow_out, deny_out, allow_public_traffic)
+    except RuleError as exc:
+        raise _bad(f"network: {exc}") from None
 
 
 # A strict float takes JSON integers too (never strings or booleans).

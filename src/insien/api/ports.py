@@ -53,10 +53,11 @@ def ports_blueprint(services: Services) -> Blueprint:
     )
     async def tcp_tunnel(sandbox_id: str, port: int) -> Any:
         try:
-            tenant = services.tenant_from_key(websocket)
             if not 1 <= port <= 65535:
                 raise ApiError(400, ErrorCode.BAD_REQUEST, "a port is 1 to 65535")
-            sandbox = services.manager.get(sandbox_id, tenant)
+            sandbox = services.manager.public(sandbox_id) or services.manager.get(
+                sandbox_id, services.tenant_from_key(websocket)
+            )
         except Exception as exc:
             return answer_for(exc)
         sandbox.touch()

@@ -43,6 +43,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
         "x-api-key",
         "x-access-token",
+        "e2b-traffic-access-token",
         "host",
     }
 )
@@ -91,8 +92,9 @@ class PreviewProxy:
         """The caller's tenant, and a token to keep in a cookie (one came in the query)."""
         auth = self.services.auth
         tenant = auth.tenant_for_key(exchange.headers.get("x-api-key"))
-        if tenant is None:  # the E2B SDKs' header: the sandbox's own token
-            tenant = auth.tenant_for_token(exchange.headers.get("x-access-token"), sandbox_id)
+        for header in ("x-access-token", "e2b-traffic-access-token"):  # E2B's: the sandbox's
+            if tenant is None:
+                tenant = auth.tenant_for_token(exchange.headers.get(header), sandbox_id)
         if tenant is not None:
             return tenant, None
         token = exchange.query.get(TOKEN_PARAM)
@@ -111,9 +113,12 @@ class PreviewProxy:
     ) -> None:
         if not 1 <= port <= 65535:
             raise ApiError(400, ErrorCode.BAD_REQUEST, "a port is 1 to 65535")
-        tenant, new_token = self._who(exchange, sandbox_id, port)
         services = self.services
-        sandbox = services.manager.get(sandbox_id, tenant)
+        new_token = None
+        sandbox = services.manager.public(sandbox_id)
+        if sandbox is None:
+            tenant, new_token = self._who(exchange, sandbox_id, port)
+            sandbox = services.manager.get(sandbox_id, tenant)
         sandbox.touch()
         if not services.tunnels.try_take(sandbox.id, services.settings.max_tunnels):
             raise too_many_tunnels(services)

@@ -8,13 +8,15 @@ from typing import Any
 from pydantic import ValidationError
 from quart import Blueprint, request
 
+from ..egress import NetworkPolicy
 from ..link import AgentGone
 from ..protocol import ErrorCode, describe
+from ..sandboxes.egress import EgressCounters
 from ..sandboxes.sandbox import Sandbox, SandboxOptions, iso_timestamp
 from ..tenancy.tenants import Tenant
 from .bodies import json_body
 from .context import Services
-from .creating import sandbox_options
+from .creating import network_policy, sandbox_options
 from .errors import ApiError, error_code, status_for
 from .openapi import operation
 from .schemas import (
@@ -28,6 +30,8 @@ from .schemas import (
     ListQuery,
     Logs,
     Metrics,
+    NetworkInfo,
+    NetworkRequest,
     SandboxInfo,
     SandboxPage,
     SeedStatus,
@@ -56,7 +60,20 @@ def rest_blueprint(services: Services) -> Blueprint:
             metadata=body.metadata,
             env=body.env,
             resources=body.resources,
+            network=policy_of(body.network) if body.network else None,
         )
+
+    def policy_of(body: NetworkRequest) -> NetworkPolicy:
+        return network_policy(body.allowOut, body.denyOut, body.allowPublicTraffic)
+
+    def network_of(sandbox: Sandbox) -> dict[str, Any]:
+        counters = manager.egress.counters_for(sandbox.id) if sandbox.connected else None
+        info = {
+            "sandboxId": sandbox.id,
+            **sandbox.options.network_policy.to_json(),
+            "egress": (counters or EgressCounters()).info(),
+        }
+        return NetworkInfo.model_validate(info).model_dump(mode="json")
 
     def info_of(sandbox: Sandbox) -> dict[str, Any]:
         return SandboxInfo.model_validate(sandbox.info()).model_dump(mode="json")
@@ -180,6 +197,26 @@ def rest_blueprint(services: Services) -> Blueprint:
     async def sandbox_info(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
         return info_of(lookup(sandbox_id, tenant, include_ended=True))
+
+    @bp.get("/sandboxes/<sandbox_id>/network")
+    @operation(
+        summary="A sandbox's network policy and egress counters", answer=NetworkInfo, errors=(404,)
+    )
+    async def sandbox_network(sandbox_id: str) -> Any:
+        tenant = services.tenant_from_key(request)
+        return network_of(lookup(sandbox_id, tenant))
+
+    @bp.put("/sandbox/<sandbox_id>/network")
+    @operation(
+        summary="Change a running sandbox's network policy (new connections follow it)",
+        body=NetworkRequest,
+        answer=NetworkInfo,
+        errors=(400, 404),
+    )
+    async def update_network(sandbox_id: str) -> Any:
+        tenant = services.tenant_from_key(request)
+        policy = policy_of(await json_body(NetworkRequest))
+        return network_of(await manager.update_network(sandbox_id, tenant, policy))
 
     @bp.get("/sandboxes/<sandbox_id>/metrics")
     @operation(summary="What a sandbox uses now", answer=Metrics, errors=(404, 503))

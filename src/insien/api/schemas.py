@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr
 
 from ..protocol import ErrorCode
 from ..sandboxes.sandbox import State
@@ -28,6 +28,27 @@ class CreateRequest(BaseModel):
     metadata: Annotated[dict[Label, StrictStr], Field(max_length=64)] = {}
     env: Annotated[dict[Label, StrictStr], Field(max_length=256)] = {}
     resources: ResourcesRequest | None = None
+    network: NetworkRequest | None = None
+
+
+Rule = Annotated[StrictStr, Field(min_length=1, max_length=300)]
+
+
+class NetworkRequest(BaseModel):
+    """A sandbox's network policy (E2B's names): where it may connect out, and who may reach
+    its ports. Rules: `example.org`, `*.example.com`, `10.0.0.0/8`, `2001:db8::1`, `public`,
+    `*`, each optionally with `:port`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    allowOut: Annotated[list[Rule], Field(max_length=256)] = Field(
+        default_factory=list, description="Where it may connect; empty: nowhere (no proxy)."
+    )
+    denyOut: Annotated[list[Rule], Field(max_length=256)] = Field(
+        default_factory=list, description="Where it may not, whatever allowOut says."
+    )
+    allowPublicTraffic: StrictBool = Field(
+        False, description="Its ports answer anyone, with no key or preview token."
+    )
 
 
 class KeepaliveRequest(BaseModel):
@@ -106,6 +127,26 @@ class ResourcesInfo(Answer):
     pids: int
 
 
+class NetworkPolicyInfo(Answer):
+    allowOut: list[str]
+    denyOut: list[str]
+    allowPublicTraffic: bool
+
+
+class EgressCountersInfo(Answer):
+    connections: int = Field(description="Connections out made for it.")
+    refused: int = Field(description="Connections out refused (by policy or limit).")
+    bytesOut: int
+    bytesIn: int
+
+
+class NetworkInfo(NetworkPolicyInfo):
+    """A sandbox's network policy and what its egress has done since this server started."""
+
+    sandboxId: str
+    egress: EgressCountersInfo
+
+
 class SandboxInfo(Answer):
     """Everything the service knows about a sandbox."""
 
@@ -118,6 +159,7 @@ class SandboxInfo(Answer):
     idleTimeout: float | None
     metadata: dict[str, str]
     resources: ResourcesInfo
+    network: NetworkPolicyInfo
     clients: int = Field(description="WebSockets connected now.")
     connected: bool
     endReason: str | None

@@ -94,7 +94,15 @@ async def open_tunnel(
     link: AgentLink, port: int, *, idle_timeout: float = DEFAULT_IDLE
 ) -> AsyncIterator[Tunnel]:
     """Connect to `port` inside the sandbox; leaving the block closes the connection."""
-    message: Message = {"type": "tunnel", "port": port, "idleTimeout": max(1, int(idle_timeout))}
+    message: Message = {"type": "tunnel", "port": port}
+    async with carried(link, message, idle_timeout) as tunnel:
+        yield tunnel
+
+
+@asynccontextmanager
+async def carried(link: AgentLink, message: Message, idle_timeout: float) -> AsyncIterator[Tunnel]:
+    """A request the agent answers by carrying a connection (`tunnel`, `egressOpen`)."""
+    message = {**message, "idleTimeout": max(1, int(idle_timeout))}
     async with link.request(message, binary=True) as pending:
         first = link.missing_reply(None)
         async for reply in pending:

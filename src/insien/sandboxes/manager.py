@@ -13,16 +13,19 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import trio
 
 from ..config import Settings
+from ..egress import NetworkPolicy
 from ..protocol import ErrorCode
 from ..runtime.base import Runtime, RuntimeFailure
 from ..tenancy.quotas import CreateRateLimiter, QuotaExceeded
 from ..tenancy.resources import parse_size
 from ..tenancy.tenants import Tenant
+from .egress import Egress
 from .launcher import Launcher, SandboxStartError
 from .pool import WarmPool
 from .provenance import Sealer
@@ -76,6 +79,7 @@ class SandboxManager:
         self.recovery = RecoveryReport()
         disk_limit = parse_size(settings.disk_limit) if settings.disk_limit else 0
         self.usage = UsageSampler(runtime, disk_limit)
+        self.egress = Egress(settings)
 
     @classmethod
     @asynccontextmanager
@@ -131,6 +135,13 @@ class SandboxManager:
             raise SandboxNotFound(sandbox_id)
         return sandbox
 
+    def public(self, sandbox_id: str) -> Sandbox | None:
+        """A sandbox whose ports answer anyone (`allowPublicTraffic`), else None."""
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None or not sandbox.owner:
+            return None
+        return sandbox if sandbox.options.network_policy.allow_public_traffic else None
+
     def list(self, tenant: Tenant, *, include_ended: bool = True) -> list[Sandbox]:
         found = [s for s in self._sandboxes.values() if s.owner == tenant.id]
         if include_ended:
@@ -185,7 +196,9 @@ class SandboxManager:
         if pooled is not None:
             self.register(pooled)
             try:
-                return await self.pool.hand_over(pooled, tenant, options, self._nursery)
+                claimed = await self.pool.hand_over(pooled, tenant, options, self._nursery)
+                await self.apply_network(claimed)
+                return claimed
             except RuntimeFailure as exc:
                 log.warning("could not claim pooled sandbox %s: %s", pooled.id, exc)
                 self._sandboxes.pop(pooled.id, None)
@@ -194,10 +207,15 @@ class SandboxManager:
         sandbox.state = State.RUNNING
         sandbox.touch()
         self.register(sandbox)
-        if options.on_expiry != "end":  # labels cannot say it: the agent keeps a sealed note
-            await sandbox.link.send_internal(
-                notes_message(self.sealer, sandbox, onExpiry=options.on_expiry)
-            )
+        # What labels cannot say, the agent keeps as a sealed note for a restarted server.
+        notes: dict[str, object] = {}
+        if options.on_expiry != "end":
+            notes["onExpiry"] = options.on_expiry
+        if options.network_policy != NetworkPolicy():
+            notes["network"] = options.network_policy.to_json()
+        if notes:
+            await sandbox.link.send_internal(notes_message(self.sealer, sandbox, **notes))
+        await self.apply_network(sandbox)
         log.info("created sandbox %s (container %s)", sandbox.id, sandbox.container_id[:12])
         return sandbox
 
@@ -228,6 +246,26 @@ class SandboxManager:
                     break
                 await trio.sleep(0.1)  # the stream closed a moment before the runtime noticed
         return EndReason.OOM if oom else EndReason.AGENT_EXITED
+
+    # -- network ----------------------------------------------------------------------------
+
+    async def apply_network(self, sandbox: Sandbox) -> None:
+        """Start or stop the sandbox's egress proxy to match its policy."""
+        await self.egress.apply(sandbox, self._nursery)
+
+    async def update_network(
+        self, sandbox_id: str, tenant: Tenant, policy: NetworkPolicy
+    ) -> Sandbox:
+        """Replace a running sandbox's policy: new connections are decided by it (open ones
+        stay), and a restarted server keeps it (a sealed note)."""
+        sandbox = self.get(sandbox_id, tenant)
+        sandbox.options = replace(sandbox.options, network_policy=policy)
+        note = notes_message(self.sealer, sandbox, network=policy.to_json())
+        await sandbox.link.send_internal(note)
+        if sandbox.state is State.RUNNING:  # a paused agent answers nothing: resume applies it
+            await self.apply_network(sandbox)
+        sandbox.touch()
+        return sandbox
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -303,6 +341,7 @@ class SandboxManager:
         if sandbox.state is State.PAUSED:
             await self.runtime.unpause(sandbox.container_id)
             sandbox.state = State.RUNNING
+            await self.apply_network(sandbox)
         sandbox.touch()
         return sandbox
 
@@ -324,6 +363,7 @@ class SandboxManager:
             return
         self._sandboxes.pop(sandbox.id, None)
         self.usage.forget(sandbox.id)
+        self.egress.stop(sandbox.id)
         if sandbox.owner:  # a pooled sandbox that died never belonged to anyone
             self._ended[sandbox.id] = sandbox
         sandbox.scope.cancel()

@@ -4,11 +4,13 @@ config, and the notes the server left with its agent (labels cannot change after
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..config import Settings
+from ..egress import NetworkPolicy
 from ..runtime.base import (
     LABEL_CREATED_AT,
     LABEL_IDLE_TIMEOUT,
@@ -22,6 +24,8 @@ from ..runtime.base import (
 from ..tenancy.resources import Resources
 from .provenance import Sealer
 from .sandbox import Sandbox, SandboxOptions
+
+log = logging.getLogger("insien.records")
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -70,6 +74,7 @@ def claim_notes(sandbox: Sandbox) -> dict[str, Any]:
         "idleTimeout": options.idle_timeout,
         "metadata": options.metadata,
         "onExpiry": options.on_expiry,
+        "network": options.network_policy.to_json(),
     }
 
 
@@ -88,6 +93,11 @@ def apply_notes(sandbox: Sandbox, notes: dict[str, Any]) -> None:
         changes["on_expiry"] = notes["onExpiry"]
     if isinstance(notes.get("metadata"), dict):
         changes["metadata"] = {str(k): str(v) for k, v in notes["metadata"].items()}
+    if "network" in notes:
+        try:
+            changes["network_policy"] = NetworkPolicy.from_json(notes["network"])
+        except ValueError as exc:  # RuleError too: sealed, so only an older server's rules
+            log.error("sandbox %s: its network note is not usable: %s", sandbox.id, exc)
     if changes:
         sandbox.options = replace(sandbox.options, **changes)
 

@@ -147,6 +147,7 @@ async def _recover_one(manager: SandboxManager, container_id: str) -> str:
         detail = "its lifetime passed while the server was down"
         await manager.finish(sandbox, EndReason.EXPIRED, detail)
         return "ended"
+    await manager.apply_network(sandbox)
     if info.paused:
         await runtime.pause(container_id)
         sandbox.state = State.PAUSED

@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from ..egress import NetworkPolicy
 from ..link import AgentLink
 from ..tenancy.resources import Resources
 
@@ -54,6 +55,8 @@ class SandboxOptions:
     env: dict[str, str] = field(default_factory=dict)
     python: str = "/usr/bin/python3"
     """The interpreter that runs the agent in this template's image (an absolute path)."""
+    network_policy: NetworkPolicy = field(default_factory=NetworkPolicy)
+    """Ways out (`allowOut`/`denyOut`) and whether its ports are public; changes live."""
     on_expiry: str = "end"
     """What the end of its lifetime does to a running sandbox: `end` it, or `pause` it (E2B's
     autoPause) for up to INSIEN_MAX_TIMEOUT more, until someone resumes it."""
@@ -126,6 +129,7 @@ class Sandbox:
             "idleTimeout": self.options.idle_timeout,
             "metadata": dict(self.options.metadata),
             "resources": self.options.resources.info(),
+            "network": self.options.network_policy.to_json(),
             "clients": self.clients,
             "connected": self.connected,
             "endReason": str(self.end_reason) if self.end_reason else None,

@@ -23,6 +23,8 @@ from ._types import CommandResult as CommandResult
 from ._types import EntryInfo as EntryInfo
 from ._types import FilesystemEvent as FilesystemEvent
 from ._types import LogLine as LogLine
+from ._types import NetworkInfo as NetworkInfo
+from ._types import NetworkPolicy as NetworkPolicy
 from ._types import OutputChunk as OutputChunk
 from ._types import ProcessInfo as ProcessInfo
 from ._types import SandboxInfo as SandboxInfo
@@ -47,6 +49,8 @@ __all__ = [
     "FilesystemEvent",
     "InsienError",
     "LogLine",
+    "NetworkInfo",
+    "NetworkPolicy",
     "NotFoundError",
     "OutputChunk",
     "ProcessInfo",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
@@ -14,6 +15,7 @@ from ._commands import Commands, Pty
 from ._config import resolve
 from ._errors import InsienError
 from ._files import Files
+from ._network import Network, network_body
 from ._ports import Ports
 from ._rpc import RECONNECT_WINDOW
 from ._session import REST_TIMEOUT, Session, rest_request
@@ -40,12 +42,17 @@ class AsyncSandbox:
         metadata: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
         resources: dict[str, float | int | str] | None = None,
+        allow_out: Sequence[str] | None = None,
+        deny_out: Sequence[str] | None = None,
+        allow_public_traffic: bool | None = None,
         reconnect_window: float = RECONNECT_WINDOW,
     ) -> None:
         """With `sandbox_id`, this object uses an existing sandbox instead of making one (and
         does not destroy it on exit). The other options apply when it makes one: `timeout` is
         its lifetime and `idle_timeout` how long it may go unused, both in seconds;
-        `resources` its limits, e.g. `{"cpu": 0.5, "memory": "512m", "pids": 256}`.
+        `resources` its limits, e.g. `{"cpu": 0.5, "memory": "512m", "pids": 256}`;
+        `allow_out`/`deny_out` where it may connect out (through the server's proxy: see
+        `network`) and `allow_public_traffic` whether its ports need no key.
         `reconnect_window`: how long a lost connection is retried (a server restart) before
         waiting calls fail with SandboxClosedError."""
         key, url = resolve(api_key, base_url)
@@ -58,6 +65,7 @@ class AsyncSandbox:
                 "metadata": metadata,
                 "env": env,
                 "resources": resources,
+                "network": network_body(allow_out, deny_out, allow_public_traffic) or None,
             }.items()
             if v is not None
         }
@@ -67,6 +75,7 @@ class AsyncSandbox:
         self.files = Files(self._session)
         self.pty = Pty(self._session, self.commands)
         self.ports = Ports(self._session)
+        self.network = Network(self._session)
 
     @property
     def sandbox_id(self) -> str | None:

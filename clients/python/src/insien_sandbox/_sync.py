@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 import os
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from types import TracebackType
@@ -26,6 +26,7 @@ from ._commands import OutputCallback
 from ._commands import Pty as AsyncPty
 from ._files import Files as AsyncFiles
 from ._files import Progress
+from ._network import Network as AsyncNetwork
 from ._ports import Forward as AsyncForward
 from ._ports import Ports as AsyncPorts
 from ._rpc import RECONNECT_WINDOW
@@ -34,6 +35,7 @@ from ._types import (
     EntryInfo,
     FilesystemEvent,
     LogLine,
+    NetworkInfo,
     OutputChunk,
     ProcessInfo,
     SandboxInfo,
@@ -419,6 +421,35 @@ class Ports:
         )
 
 
+class Network:
+    """Blocking `sandbox.network`."""
+
+    def __init__(self, loop: _LoopThread, network: AsyncNetwork) -> None:
+        self._loop = loop
+        self._network = network
+
+    def get(self) -> NetworkInfo:
+        """See AsyncSandbox.network.get."""
+        return self._loop.run(self._network.get)
+
+    def update(
+        self,
+        *,
+        allow_out: Sequence[str] = (),
+        deny_out: Sequence[str] = (),
+        allow_public_traffic: bool = False,
+    ) -> NetworkInfo:
+        """See AsyncSandbox.network.update."""
+        return self._loop.run(
+            partial(
+                self._network.update,
+                allow_out=allow_out,
+                deny_out=deny_out,
+                allow_public_traffic=allow_public_traffic,
+            )
+        )
+
+
 class Pty:
     """Blocking `sandbox.pty`."""
 
@@ -481,6 +512,9 @@ class Sandbox:
         metadata: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
         resources: dict[str, float | int | str] | None = None,
+        allow_out: Sequence[str] | None = None,
+        deny_out: Sequence[str] | None = None,
+        allow_public_traffic: bool | None = None,
         reconnect_window: float = RECONNECT_WINDOW,
     ) -> None:
         """See AsyncSandbox: with `sandbox_id` an existing sandbox is used (and not destroyed
@@ -495,6 +529,9 @@ class Sandbox:
             metadata=metadata,
             env=env,
             resources=resources,
+            allow_out=allow_out,
+            deny_out=deny_out,
+            allow_public_traffic=allow_public_traffic,
             reconnect_window=reconnect_window,
         )
         self._loop = _LoopThread(self._async)
@@ -502,6 +539,7 @@ class Sandbox:
         self.files = Files(self._loop, self._async.files)
         self.pty = Pty(self._loop, self._async.pty)
         self.ports = Ports(self._loop, self._async.ports)
+        self.network = Network(self._loop, self._async.network)
 
     @property
     def sandbox_id(self) -> str | None:

@@ -108,6 +108,7 @@ class SandboxInfo:
     connected: bool
     end_reason: str | None
     ended_at: str | None
+    network: NetworkPolicy | None = None
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> SandboxInfo:
@@ -125,6 +126,7 @@ class SandboxInfo:
             connected=bool(raw.get("connected")),
             end_reason=raw.get("endReason"),
             ended_at=raw.get("endedAt"),
+            network=NetworkPolicy.from_wire(raw["network"]) if raw.get("network") else None,
         )
 
 
@@ -177,3 +179,43 @@ class FilesystemEvent:
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> FilesystemEvent:
         return cls(name=str(raw["name"]), op=str(raw["op"]))
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """A sandbox's network policy: where it may connect out (`allow_out`, minus `deny_out`),
+    and whether its ports answer anyone (`allow_public_traffic`)."""
+
+    allow_out: list[str]
+    deny_out: list[str]
+    allow_public_traffic: bool
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> NetworkPolicy:
+        return cls(
+            allow_out=[str(rule) for rule in raw.get("allowOut") or []],
+            deny_out=[str(rule) for rule in raw.get("denyOut") or []],
+            allow_public_traffic=bool(raw.get("allowPublicTraffic")),
+        )
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """`sandbox.network.get()`: the policy, and what its egress did (since the server started)."""
+
+    policy: NetworkPolicy
+    connections: int
+    refused: int
+    bytes_out: int
+    bytes_in: int
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> NetworkInfo:
+        egress = raw.get("egress") or {}
+        return cls(
+            policy=NetworkPolicy.from_wire(raw),
+            connections=int(egress.get("connections", 0)),
+            refused=int(egress.get("refused", 0)),
+            bytes_out=int(egress.get("bytesOut", 0)),
+            bytes_in=int(egress.get("bytesIn", 0)),
+        )

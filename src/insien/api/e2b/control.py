@@ -15,12 +15,13 @@ import trio
 from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, Response, request
 
+from ...egress import NetworkPolicy
 from ...protocol import ErrorCode
 from ...sandboxes.sandbox import Sandbox, State, iso_timestamp
 from ...tenancy.tenants import Tenant
 from ..bodies import json_body
 from ..context import Services
-from ..creating import sandbox_options
+from ..creating import network_policy, sandbox_options
 from ..errors import CORE_ERRORS, ApiError, api_error_for
 
 ENVD_VERSION = "0.6.1"
@@ -31,6 +32,40 @@ CLIENT_ID = "insien"
 MAX_PAGE = 1000
 MAX_FORKS = 16
 MIB = 1024 * 1024
+
+
+class E2BNetwork(BaseModel):
+    """E2B's network options on create and in `PUT /sandboxes/{id}/network`."""
+
+    model_config = ConfigDict(extra="ignore")
+    allowOut: list[str] = Field(default_factory=list, max_length=256)
+    denyOut: list[str] = Field(default_factory=list, max_length=256)
+    allowPublicTraffic: bool | None = None
+    allowInternetAccess: bool | None = None
+    """Only in the update body (the create body has it at the top level)."""
+    rules: dict[str, Any] | None = None
+    egressProxy: dict[str, Any] | None = None
+
+
+ALL_TRAFFIC = ("0.0.0.0/0", "::/0")
+
+
+def e2b_policy(network: E2BNetwork | None, internet: bool | None) -> NetworkPolicy:
+    """E2B's network options as Insien's policy. E2B allows everything unless told not to,
+    and its `allowOut` entries are exceptions to `denyOut`: with internet off (or
+    `denyOut: ["0.0.0.0/0"]`) only `allowOut` is reachable; with it on, everything within the
+    operator's ceiling except `denyOut` (where Insien's deny wins over an allow)."""
+    network = network or E2BNetwork()
+    if network.rules or network.egressProxy:
+        raise ApiError(
+            400, ErrorCode.BAD_REQUEST, "network rules and egressProxy are not supported by Insien"
+        )
+    if internet is None:
+        internet = network.allowInternetAccess
+    blocked = internet is False or any(rule in ALL_TRAFFIC for rule in network.denyOut)
+    deny = [rule for rule in network.denyOut if rule not in ALL_TRAFFIC]
+    allow = network.allowOut if blocked else ["*"]
+    return network_policy(allow, deny, network.allowPublicTraffic is not False)
 
 
 class NewSandbox(BaseModel):
@@ -44,6 +79,7 @@ class NewSandbox(BaseModel):
     autoPause: bool = False
     secure: bool = True
     allow_internet_access: bool | None = None
+    network: E2BNetwork | None = None
     mcp: dict[str, Any] | None = None
     volumeMounts: list[Any] | None = None
 
@@ -144,6 +180,7 @@ def control_blueprint(services: Services) -> Blueprint:
             "clientID": CLIENT_ID,
             "envdVersion": ENVD_VERSION,
             "envdAccessToken": access_token(sandbox, owner),
+            "trafficAccessToken": access_token(sandbox, owner),
             "domain": None,
         }
 
@@ -182,6 +219,7 @@ def control_blueprint(services: Services) -> Blueprint:
             metadata=body.metadata,
             env=body.envVars,
             no_idle_timeout=True,
+            network=e2b_policy(body.network, body.allow_internet_access),
         )
         if body.autoPause:
             options = replace(options, on_expiry="pause")
@@ -230,6 +268,17 @@ def control_blueprint(services: Services) -> Blueprint:
     @bp.delete("/sandboxes/<sandbox_id>")
     async def kill(sandbox_id: str) -> tuple[str, int]:
         await manager.destroy(sandbox_id, tenant())
+        return "", 204
+
+    @bp.put("/sandboxes/<sandbox_id>/network")
+    async def update_network(sandbox_id: str) -> tuple[str, int]:
+        body = await json_body(E2BNetwork)
+        owner = tenant()
+        public = manager.get(sandbox_id, owner).options.network_policy.allow_public_traffic
+        policy = e2b_policy(body, None)
+        await manager.update_network(
+            sandbox_id, owner, replace(policy, allow_public_traffic=public)
+        )
         return "", 204
 
     @bp.post("/sandboxes/<sandbox_id>/timeout")
