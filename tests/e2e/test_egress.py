@@ -15,6 +15,7 @@ import pytest
 
 from insien_sandbox import Sandbox
 from tests.conftest import Server, start_server, stop_server
+from tests.e2e.restartable import Restartable, restartable  # noqa: F401 (a fixture)
 
 from .upstreams import (
     NPM_PACKAGE,
@@ -39,6 +40,12 @@ NAMES = {
     "outside.test": "127.0.0.4",
 }
 
+EGRESS = {
+    "INSIEN_EGRESS_ALLOW": "public,127.0.0.2,127.0.0.3/32",
+    "INSIEN_EGRESS_DENY": "blocked.test",
+    "INSIEN_EGRESS_HOSTS": ",".join(f"{n}={a}" for n, a in NAMES.items()),
+}
+
 
 @dataclass
 class World:
@@ -56,12 +63,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     roots = [tmp_path_factory.mktemp(name) for name in ("a", "b", "outside", "tls")]
-    env = {
-        "INSIEN_EGRESS_ALLOW": "public,127.0.0.2,127.0.0.3/32",
-        "INSIEN_EGRESS_DENY": "blocked.test",
-        "INSIEN_EGRESS_HOSTS": ",".join(f"{n}={a}" for n, a in NAMES.items()),
-        "INSIEN_POOL_SIZE": "1",
-    }
+    env = {**EGRESS, "INSIEN_POOL_SIZE": "1"}
     context, cert = tls_context(roots[3], "secure.test")
     with (
         upstream("127.0.0.2", roots[0]) as a,
@@ -262,3 +264,26 @@ def test_the_stock_e2b_sdk(world: World, monkeypatch: pytest.MonkeyPatch) -> Non
         assert "proxy" not in closed.commands.run("env").stdout.lower()
     finally:
         closed.kill()
+
+
+def test_a_policy_outlives_a_server_restart(
+    world: World,
+    restartable: Restartable,  # noqa: F811
+) -> None:
+    """Kept with the agent as a sealed note: a SIGKILLed server comes back enforcing it."""
+    server = restartable.start(**EGRESS)
+    created = httpx.post(
+        f"{server.url}/sandbox/create",
+        headers=server.headers,
+        json={"network": {"allowOut": ["allowed.test"], "denyOut": ["other.test"]}},
+    )
+    sandbox_id = created.json()["sandboxId"]
+    restartable.kill()
+    server = restartable.start(**EGRESS)
+    with Sandbox.connect(sandbox_id, server.api_key, server.url) as box:
+        code, out = curl(box, f"http://allowed.test:{world.a.port}/index.txt", "-f")
+        assert (code, out) == (0, "hello from upstream\n")
+        code, out = curl(box, f"http://other.test:{world.b.port}/index.txt", "-i")
+        assert "denyOut rule 'other.test'" in out
+        assert box.network.get().policy.deny_out == ["other.test"]
+        box.destroy()
