@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -343,3 +344,200 @@ async def test_a_client_that_never_reads_does_not_grow_the_server(server: Server
             assert grown < 48 * 1024 * 1024, f"the server grew by {grown} bytes"
         # and the sandbox serves on
         assert (await box.commands.run("echo fine")).stdout == "fine\n"
+
+
+WS_ECHO = r"""
+import base64, hashlib, socket, struct, sys, threading
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+def read_exact(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+def serve(conn):
+    with conn:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        lines = head.decode().split("\r\n")
+        pairs = (line.partition(":") for line in lines[1:] if line)
+        headers = {k.lower(): v.strip() for k, _, v in pairs}
+        digest = hashlib.sha1((headers["sec-websocket-key"] + GUID).encode()).digest()
+        accept = base64.b64encode(digest).decode()
+        extra = ""
+        if "sec-websocket-protocol" in headers:
+            chosen = headers["sec-websocket-protocol"].split(",")[0].strip()
+            extra = "Sec-WebSocket-Protocol: " + chosen + "\r\n"
+        conn.sendall((
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Accept: " + accept + "\r\n" + extra + "\r\n"
+        ).encode())
+        path = lines[0].split(" ")[1]
+        while True:
+            try:
+                b1, b2 = read_exact(conn, 2)
+            except EOFError:
+                return
+            opcode, length = b1 & 0x0F, b2 & 0x7F
+            if length == 126:
+                length = struct.unpack(">H", read_exact(conn, 2))[0]
+            elif length == 127:
+                length = struct.unpack(">Q", read_exact(conn, 8))[0]
+            mask = read_exact(conn, 4)
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(read_exact(conn, length)))
+            if opcode == 8:
+                conn.sendall(b"\x88\x02" + payload[:2])
+                return
+            if opcode in (1, 2):
+                if payload == b"path?":
+                    payload = path.encode()
+                header = bytes([0x80 | opcode])
+                if len(payload) < 126:
+                    header += bytes([len(payload)])
+                elif len(payload) < 65536:
+                    header += bytes([126]) + struct.pack(">H", len(payload))
+                else:
+                    header += bytes([127]) + struct.pack(">Q", len(payload))
+                conn.sendall(header + payload)
+
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("0.0.0.0", int(sys.argv[1])))
+listener.listen(64)
+while True:
+    connection, _ = listener.accept()
+    threading.Thread(target=serve, args=(connection,), daemon=True).start()
+"""
+
+BULK = """
+import hashlib, http.server
+
+class Bulk(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        left, digest = int(self.headers["Content-Length"]), hashlib.sha256()
+        while left:
+            chunk = self.rfile.read(min(left, 1 << 20))
+            digest.update(chunk)
+            left -= len(chunk)
+        body = digest.hexdigest().encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        size = int(self.path.strip("/"))
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        block = bytes(range(256)) * 4096
+        for start in range(0, size, len(block)):
+            self.wfile.write(block[: min(len(block), size - start)])
+
+http.server.ThreadingHTTPServer(("127.0.0.1", 8300), Bulk).serve_forever()
+"""
+MIB = 1024 * 1024
+
+
+async def test_a_hundred_mib_each_way_through_a_port(server: Server) -> None:
+    async with AsyncSandbox(api_key=server.api_key, base_url=server.url) as box:
+        await box.files.write("bulk.py", BULK)
+        await box.commands.run("python3 bulk.py", background=True)
+        await listening(box, 8300)
+        base = f"{server.url}/sandbox/{box.sandbox_id}/ports/8300"
+        size = 100 * MIB
+        sent = hashlib.sha256()
+
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(size // MIB):
+                chunk = os.urandom(MIB)
+                sent.update(chunk)
+                yield chunk
+
+        headers = {**key(server), "Content-Length": str(size)}
+        async with httpx.AsyncClient(timeout=120) as client:
+            up = await client.post(f"{base}/", content=body(), headers=headers)
+            assert up.text == sent.hexdigest()
+            got, length = hashlib.sha256(), 0
+            async with client.stream("GET", f"{base}/{size}", headers=key(server)) as down:
+                async for chunk in down.aiter_bytes():
+                    got.update(chunk)
+                    length += len(chunk)
+        block = bytes(range(256)) * 4096
+        assert length == size
+        assert got.hexdigest() == hashlib.sha256(block * (size // len(block))).hexdigest()
+
+
+async def test_websockets_in_every_form() -> None:
+    """A WebSocket server in the sandbox, reached by path, by host, by E2B's headers, through
+    a preview token, publicly, and over a TCP forward; refusals before the upgrade are HTTP."""
+    domain = "sandboxes.test"
+    process, server = start_server({"INSIEN_DOMAIN": domain, "INSIEN_POOL_SIZE": "0"}, "ws")
+    try:
+        async with AsyncSandbox(api_key=server.api_key, base_url=server.url) as box:
+            await box.files.write("ws.py", WS_ECHO)
+            await box.commands.run("python3 ws.py 8500", background=True)
+            await listening(box, 8500)
+            sid = box.sandbox_id
+            path_url = server.url.replace("http", "ws", 1) + f"/sandbox/{sid}/ports/8500"
+            host_url = server.url.replace("http", "ws", 1) + "/chat"
+            e2b_url = server.url.replace("http", "ws", 1) + "/e2b/chat"
+            async with httpx.AsyncClient() as client:
+
+                async def echo(url: str, headers: dict[str, str], expect_path: str) -> None:
+                    async with aconnect_ws(
+                        url, client, headers=headers, subprotocols=["chat.v1"]
+                    ) as ws:
+                        assert ws.subprotocol == "chat.v1"
+                        await ws.send_text("hello")
+                        assert await ws.receive_text() == "hello"
+                        await ws.send_bytes(b"\x00\xff" * 40000)  # a 16-bit length frame
+                        assert await ws.receive_bytes() == b"\x00\xff" * 40000
+                        await ws.send_text("path?")
+                        assert await ws.receive_text() == expect_path
+
+                await echo(f"{path_url}/chat?x=1", key(server), "/chat?x=1")
+                host = {"Host": f"8500-{sid}.{domain}", **key(server)}
+                await echo(host_url, host, "/chat")
+                e2b = {"E2b-Sandbox-Id": str(sid), "E2b-Sandbox-Port": "8500", **key(server)}
+                await echo(e2b_url, e2b, "/chat")
+                token = (await box.ports.url(8500, expires=60)).split("insien_token=")[1]
+                await echo(f"{path_url}/t?insien_token={token}", {}, "/t")
+
+                # refused before the upgrade: no key (a client without the cookie), a closed port
+                async with httpx.AsyncClient() as stranger:
+                    with pytest.raises(WebSocketUpgradeError) as refused:
+                        async with aconnect_ws(f"{path_url}/chat", stranger):
+                            pass
+                assert refused.value.response.status_code == 401
+                closed = path_url.replace("/ports/8500", "/ports/8599")
+                with pytest.raises(WebSocketUpgradeError) as refused:
+                    async with aconnect_ws(closed, client, headers=key(server)):
+                        pass
+                assert refused.value.response.status_code == 502
+
+                # public ports: no key at all
+                policy = {"allowPublicTraffic": True}
+                update = await client.put(
+                    f"{server.url}/sandbox/{sid}/network", json=policy, headers=key(server)
+                )
+                assert update.status_code == 200
+                await echo(f"{path_url}/open", {}, "/open")
+                await echo(host_url, {"Host": f"8500-{sid}.{domain}"}, "/chat")
+
+            # and as plain TCP: a forward carries the upgrade like any other bytes
+            async with box.ports.forward(8500) as forward, httpx.AsyncClient() as local:
+                url = forward.url.replace("http", "ws", 1) + "/fwd"
+                async with aconnect_ws(url, local) as ws:
+                    await ws.send_text("path?")
+                    assert await ws.receive_text() == "/fwd"
+    finally:
+        assert stop_server(process) == 0

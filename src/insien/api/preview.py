@@ -3,6 +3,9 @@ listening on `port` inside the sandbox, over one tunnel through its agent per re
 sandbox keeps no network). Served as raw ASGI beside Quart, so bodies stream both ways
 unbuffered; the request is written and the answer read with h11.
 
+WebSocket upgrades go through too (preview_ws.py), on every path but `/tcp` (the raw TCP
+WebSocket of ports.py; the host form reaches an app's `/tcp`).
+
 Who may: the owner's `X-API-Key`, or a preview token (`POST /sandboxes/<id>/ports/<port>/url`)
 given as `?insien_token=` (then kept in a cookie scoped to the port's path, so a browser can
 follow the app's links) or that cookie. The app is told where it is mounted
@@ -17,8 +20,10 @@ from urllib.parse import urlencode
 
 import h11
 import trio
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope, WebsocketScope
+from wsproto import ConnectionType, WSConnection
 
+from ..link import AgentGone
 from ..link.tunnel import Tunnel, TunnelRefused, open_tunnel
 from ..protocol import ErrorCode
 from ..sandboxes.sandbox import Sandbox
@@ -27,6 +32,7 @@ from .context import Services
 from .errors import CORE_ERRORS, ApiError, api_error_for, status_for
 from .exchange import ClientGone, Exchange
 from .ports import IDLE_TIMEOUT, too_many_tunnels
+from .preview_ws import WebSocketRequest, app_request, handshake, refuse, relay
 
 PREVIEW_PATH = re.compile(r"^/sandbox/(?P<id>[^/]+)/ports/(?P<port>[0-9]{1,5})(?P<rest>/.*)?$")
 TOKEN_PARAM = "insien_token"
@@ -60,14 +66,22 @@ class PreviewProxy:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        match = PREVIEW_PATH.match(scope["path"]) if scope["type"] == "http" else None
-        if match is None or scope["type"] != "http":
+        match = (
+            PREVIEW_PATH.match(scope["path"]) if scope["type"] in ("http", "websocket") else None
+        )
+        # `/tcp` itself is the raw TCP WebSocket (ports.py); every other path is the app's.
+        if match is None or (scope["type"] == "websocket" and match.group("rest") == "/tcp"):
             await self.app(scope, receive, send)
             return
         sandbox_id, port = match.group("id"), int(match.group("port"))
         prefix = f"/sandbox/{sandbox_id}/ports/{port}"
+        path = match.group("rest") or "/"
+        if scope["type"] == "websocket":
+            await self.serve_websocket(scope, receive, send, sandbox_id, port, path, prefix)
+            return
+        assert scope["type"] == "http"
         exchange = Exchange(scope, receive, send)
-        await self.serve(exchange, sandbox_id, port, match.group("rest") or "/", prefix)
+        await self.serve(exchange, sandbox_id, port, path, prefix)
 
     async def serve(
         self, exchange: Exchange, sandbox_id: str, port: int, path: str, prefix: str
@@ -88,45 +102,103 @@ class PreviewProxy:
         except ClientGone:
             return
 
-    def _who(self, exchange: Exchange, sandbox_id: str, port: int) -> tuple[Tenant, str | None]:
+    def _who(
+        self, headers: dict[str, str], query: dict[str, str], sandbox_id: str, port: int
+    ) -> tuple[Tenant, str | None]:
         """The caller's tenant, and a token to keep in a cookie (one came in the query)."""
         auth = self.services.auth
-        tenant = auth.tenant_for_key(exchange.headers.get("x-api-key"))
+        tenant = auth.tenant_for_key(headers.get("x-api-key"))
         for header in ("x-access-token", "e2b-traffic-access-token"):  # E2B's: the sandbox's
             if tenant is None:
-                tenant = auth.tenant_for_token(exchange.headers.get(header), sandbox_id)
+                tenant = auth.tenant_for_token(headers.get(header), sandbox_id)
         if tenant is not None:
             return tenant, None
-        token = exchange.query.get(TOKEN_PARAM)
+        token = query.get(TOKEN_PARAM)
         tenant = auth.tenant_for_port_token(token, sandbox_id, port)
         if tenant is not None:
             return tenant, token
-        tenant = auth.tenant_for_port_token(_cookie(exchange, COOKIE), sandbox_id, port)
+        tenant = auth.tenant_for_port_token(_cookie(headers, COOKIE), sandbox_id, port)
         if tenant is not None:
             return tenant, None
         raise ApiError(
             401, ErrorCode.UNAUTHORIZED, "an X-API-Key header or a valid preview token is required"
         )
 
+    def _sandbox_for(
+        self, headers: dict[str, str], query: dict[str, str], sandbox_id: str, port: int
+    ) -> tuple[Sandbox, str | None]:
+        """The sandbox whose port is asked for, if the caller may reach it, and a token to set
+        as the cookie. A sandbox with public ports needs nothing."""
+        if not 1 <= port <= 65535:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "a port is 1 to 65535")
+        sandbox = self.services.manager.public(sandbox_id)
+        if sandbox is not None:
+            return sandbox, None
+        tenant, new_token = self._who(headers, query, sandbox_id, port)
+        return self.services.manager.get(sandbox_id, tenant), new_token
+
+    def _cookie_for(self, token: str | None, prefix: str) -> str | None:
+        if token is None:
+            return None
+        return f"{COOKIE}={token}; Path={prefix}/; HttpOnly; SameSite=Lax"
+
+    async def serve_websocket(
+        self,
+        scope: WebsocketScope,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        sandbox_id: str,
+        port: int,
+        path: str,
+        prefix: str,
+    ) -> None:
+        """A WebSocket to `path` on `port` (preview_ws.py): the same access as HTTP."""
+        request = WebSocketRequest(scope)
+        if (await receive())["type"] != "websocket.connect":
+            return
+        services = self.services
+        try:
+            sandbox, new_token = self._sandbox_for(request.headers, request.query, sandbox_id, port)
+        except (ApiError, *CORE_ERRORS) as raised:
+            await refuse(send, scope, _error_for(raised))
+            return
+        sandbox.touch()
+        if not services.tunnels.try_take(sandbox.id, services.settings.max_tunnels):
+            await refuse(send, scope, too_many_tunnels(services))
+            return
+        accepted = False
+        try:
+            async with open_tunnel(sandbox.link, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
+                app = WSConnection(ConnectionType.CLIENT)
+                wanted = app_request(request, path, prefix, COOKIE, TOKEN_PARAM)
+                answer = await handshake(tunnel, app, wanted)
+                cookie = self._cookie_for(new_token, prefix)
+                await send(
+                    {
+                        "type": "websocket.accept",
+                        "subprotocol": answer.subprotocol,
+                        "headers": [(b"set-cookie", cookie.encode())] if cookie else [],
+                    }
+                )
+                accepted = True
+                await relay(tunnel, app, receive, send, sandbox.touch)
+        except (ApiError, TunnelRefused, AgentGone) as raised:
+            if not accepted:
+                await refuse(send, scope, _error_for(raised))
+        finally:
+            services.tunnels.release(sandbox.id)
+
     async def _proxy(
         self, exchange: Exchange, sandbox_id: str, port: int, path: str, prefix: str
     ) -> None:
-        if not 1 <= port <= 65535:
-            raise ApiError(400, ErrorCode.BAD_REQUEST, "a port is 1 to 65535")
         services = self.services
-        new_token = None
-        sandbox = services.manager.public(sandbox_id)
-        if sandbox is None:
-            tenant, new_token = self._who(exchange, sandbox_id, port)
-            sandbox = services.manager.get(sandbox_id, tenant)
+        sandbox, new_token = self._sandbox_for(exchange.headers, exchange.query, sandbox_id, port)
         sandbox.touch()
         if not services.tunnels.try_take(sandbox.id, services.settings.max_tunnels):
             raise too_many_tunnels(services)
         try:
             async with open_tunnel(sandbox.link, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
-                cookie = None
-                if new_token is not None:
-                    cookie = f"{COOKIE}={new_token}; Path={prefix}/; HttpOnly; SameSite=Lax"
+                cookie = self._cookie_for(new_token, prefix)
                 await _relay(exchange, sandbox, tunnel, path, prefix, cookie)
         finally:
             services.tunnels.release(sandbox.id)
@@ -141,8 +213,8 @@ def _error_for(raised: Exception) -> ApiError:
     return api_error_for(raised)
 
 
-def _cookie(exchange: Exchange, name: str) -> str | None:
-    for part in exchange.headers.get("cookie", "").split(";"):
+def _cookie(headers: dict[str, str], name: str) -> str | None:
+    for part in headers.get("cookie", "").split(";"):
         key, _, value = part.strip().partition("=")
         if key == name:
             return value

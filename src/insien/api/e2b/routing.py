@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import re
 
-from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    Scope,
+    WebsocketScope,
+)
 
 from ..exchange import Exchange
 from ..preview import PreviewProxy
@@ -45,6 +51,9 @@ class E2BRouter:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -75,3 +84,23 @@ class E2BRouter:
             await self.envd.serve(exchange, wanted, number)
         else:  # any other port: HTTP to the program listening on it
             await self.ports.serve(exchange, wanted, number, exchange.path, "")
+
+    async def _websocket(
+        self, scope: WebsocketScope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        """A WebSocket for a sandbox's port by host or by E2B's headers goes to the app on it;
+        envd has no WebSockets, so everything else is the app's (Insien's own routes)."""
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        target: tuple[str, int] | None = None
+        path = scope["path"]
+        if self.domain is not None:
+            target = _host_route(headers.get(b"host", b"").decode("latin-1"), self.domain)
+        if target is None and (path == PREFIX or path.startswith(PREFIX + "/")):
+            sandbox_id, port = headers.get(b"e2b-sandbox-id"), headers.get(b"e2b-sandbox-port")
+            if sandbox_id is not None and port is not None and port.isdigit():
+                target = (sandbox_id.decode("latin-1"), int(port))
+                path = path[len(PREFIX) :] or "/"
+        if target is None or target[1] in (ENVD_PORT, INTERPRETER_PORT):
+            await self.app(scope, receive, send)
+            return
+        await self.ports.serve_websocket(scope, receive, send, target[0], target[1], path, "")
