@@ -100,6 +100,32 @@ def targets(results: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
                 _ratio(files["insien_download_mb_s"], files["docker_get_archive_mb_s"]),
             )
         )
+    ports = results.get("ports")
+    if ports:
+        ins, dock = ports["insien"], ports["docker_proxy"]
+        out.append(
+            (
+                "port GET throughput >= 0.5x docker-proxy",
+                ins["mb_s"] >= 0.5 * dock["mb_s"],
+                _ratio(ins["mb_s"], dock["mb_s"]),
+            )
+        )
+        out.append(
+            (
+                "port 1 KiB request p50 <= 2x docker-proxy",
+                ins["small"]["median_ms"] <= 2 * dock["small"]["median_ms"],
+                f"{ins['small']['median_ms']:.2f} vs {dock['small']['median_ms']:.2f} ms",
+            )
+        )
+    egress = results.get("egress")
+    if egress:
+        out.append(
+            (
+                "egress download >= 0.5x Docker's bridge",
+                egress["insien_mb_s"] >= 0.5 * egress["bridge_mb_s"],
+                _ratio(egress["insien_mb_s"], egress["bridge_mb_s"]),
+            )
+        )
     scale = results.get("scale")
     if scale:
         many = scale["sandboxes"] >= 500
@@ -227,6 +253,30 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {files['insien_download_mb_s']:.0f} MB/s "
             f"| get_archive {files['docker_get_archive_mb_s']:.0f} MB/s "
             f"| {_ratio(files['insien_download_mb_s'], files['docker_get_archive_mb_s'])} |"
+        )
+    ports = results.get("ports")
+    if ports:
+        ins, dock = ports["insien"], ports["docker_proxy"]
+        lines.append(
+            f"| HTTP GET {ports['bytes'] / 2**20:.0f} MiB from a port, median of "
+            f"{ports.get('runs', 1)} | {ins['mb_s']:.0f} MB/s "
+            f"| `docker run -p` (docker-proxy) {dock['mb_s']:.0f} MB/s "
+            f"| {_ratio(ins['mb_s'], dock['mb_s'])} |"
+        )
+        lines.append(
+            f"| HTTP 1 KiB from a port, {ins['small']['n']} requests "
+            f"| p50 {ins['small']['median_ms']:.2f} ms, p99 {ins['small']['p99_ms']:.2f} ms "
+            f"| docker-proxy p50 {dock['small']['median_ms']:.2f} ms, "
+            f"p99 {dock['small']['p99_ms']:.2f} ms "
+            f"| {_ratio(ins['small']['median_ms'], dock['small']['median_ms'])} of it |"
+        )
+    egress = results.get("egress")
+    if egress:
+        lines.append(
+            f"| egress: curl of {egress['bytes'] / 2**20:.0f} MiB inside, median of "
+            f"{egress.get('runs', 1)} | {egress['insien_mb_s']:.0f} MB/s through the proxy "
+            f"| bridge network {egress['bridge_mb_s']:.0f} MB/s "
+            f"| {_ratio(egress['insien_mb_s'], egress['bridge_mb_s'])} |"
         )
     scale = results.get("scale")
     if scale:

@@ -34,6 +34,8 @@ SIZES = {
     "files": ({"size": 16 * scenarios.MIB}, {"size": 100 * scenarios.MIB}),
     "burst": ({"n": 6}, {"n": 30}),
     "e2b_first_command": ({"n": 3}, {"n": 10}),
+    "ports": ({"size": 16 * scenarios.MIB, "n": 100}, {"size": 100 * scenarios.MIB, "n": 500}),
+    "egress": ({"size": 16 * scenarios.MIB}, {"size": 100 * scenarios.MIB}),
     "scale": ({"limit": 10, "seconds": 60}, {"limit": 500, "seconds": 900}),
 }
 
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             "INSIEN_POOL_SIZE": str(scenarios.POOL_SIZE),
             "INSIEN_POOL_MAX": str(scenarios.POOL_MAX),
             "INSIEN_MAX_SANDBOXES": "none",
+            # The egress scenario's upstream is on the host's bridge address, not public.
+            "INSIEN_EGRESS_ALLOW": f"public,{scenarios.bridge_gateway(client)}",
         },
     )
     try:

@@ -489,3 +489,161 @@ async def e2b_first_command(ctx: Context, n: int) -> dict[str, Any]:
         "insien_sdk": summarize(own),
         "samples": {"e2b_sdk": e2b, "insien_sdk": own},
     }
+
+
+async def _get_timed(client: httpx.AsyncClient, url: str) -> tuple[float, int]:
+    """Seconds for one GET read to its end, and the bytes it brought."""
+    start = time.perf_counter()
+    size = 0
+    async with client.stream("GET", url) as response:
+        response.raise_for_status()
+        async for chunk in response.aiter_raw(1 << 20):
+            size += len(chunk)
+    return time.perf_counter() - start, size
+
+
+async def _port_numbers(client: httpx.AsyncClient, base: str, size: int, n: int) -> dict[str, Any]:
+    for _ in range(20):  # warm: connections, the app's threads
+        await client.get(f"{base}/1024")
+    latencies: list[float] = []
+    for _ in range(n):
+        start = time.perf_counter()
+        response = await client.get(f"{base}/1024")
+        latencies.append(_ms(start))
+        assert len(response.content) == 1024
+    rates: list[float] = []
+    for _ in range(RUNS):
+        seconds, got = await _get_timed(client, f"{base}/{size}")
+        assert got == size
+        rates.append(size / MIB / seconds)
+    return {"small": summarize(latencies), "mb_s": statistics.median(rates), "rates": rates}
+
+
+async def ports(ctx: Context, size: int, n: int) -> dict[str, Any]:
+    """HTTP to a server in a sandbox through Insien's port path (no network in the sandbox)
+    against the same server published with `docker run -p` (bridge and docker-proxy)."""
+    from tests.sandbox_apps import BULK
+
+    await ctx.settle_pool()
+    async with ctx.sandbox() as sandbox:
+        await sandbox.files.write("bulk.py", BULK)
+        await sandbox.commands.run("python3 bulk.py 8300", background=True)
+        probe = "import socket; socket.create_connection(('127.0.0.1', 8300), timeout=1)"
+        with trio.fail_after(30):
+            while (await sandbox.commands.run("python3", ["-c", probe])).exit_code:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        base = f"{ctx.server.url}/sandbox/{sandbox.sandbox_id}/ports/8300"
+        async with httpx.AsyncClient(headers=ctx.server.headers, timeout=120) as client:
+            insien = await _port_numbers(client, base, size, n)
+
+    # Published on loopback, any free port (docker-py's None), as `docker run -p 127.0.0.1::8300`.
+    container = ctx.docker.containers.run(  # type: ignore[call-overload]
+        ctx.image,
+        ["python3", "-c", BULK, "8300"],
+        detach=True,
+        init=True,
+        ports={"8300/tcp": ("127.0.0.1", None)},
+        labels={"insien.bench": "baseline"},
+    )
+    try:
+        container.reload()
+        published = container.ports["8300/tcp"][0]["HostPort"]
+        base = f"http://127.0.0.1:{published}"
+        async with httpx.AsyncClient(timeout=120) as client:
+            with trio.fail_after(30):
+                while True:
+                    try:
+                        await client.get(f"{base}/1")
+                        break
+                    except httpx.TransportError:
+                        await trio.sleep(0.1)
+            docker_proxy = await _port_numbers(client, base, size, n)
+    finally:
+        container.remove(force=True)
+    return {
+        "bytes": size,
+        "runs": RUNS,
+        "insien": insien,
+        "docker_proxy": docker_proxy,
+        "samples": {
+            "insien_mb_s": insien.pop("rates"),
+            "docker_proxy_mb_s": docker_proxy.pop("rates"),
+        },
+    }
+
+
+def egress_upstream(address: str, size: int) -> tuple[Any, int]:
+    """An HTTP server on the host, at `address`, serving `size` bytes at /blob (a thread)."""
+    import http.server
+    import threading
+
+    block = os.urandom(MIB)
+
+    class Blob(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            for start in range(0, size, MIB):
+                self.wfile.write(block[: min(MIB, size - start)])
+
+    server = http.server.ThreadingHTTPServer((address, 0), Blob)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, int(server.server_address[1])
+
+
+def bridge_gateway(client: docker.DockerClient) -> str:
+    """The host's address on Docker's default bridge: what a bridge container reaches the host
+    by (a container cannot reach the host's loopback), so both sides fetch from one server."""
+    bridge = client.networks.get("bridge")
+    return str(bridge.attrs["IPAM"]["Config"][0]["Gateway"])
+
+
+async def egress(ctx: Context, size: int) -> dict[str, Any]:
+    """A download through the sandbox's egress proxy (no interface: the server fetches) against
+    the same download from a container on Docker's bridge network. Both run curl inside."""
+    gateway = bridge_gateway(ctx.docker)
+    upstream, port = egress_upstream(gateway, size)
+    url = f"http://{gateway}:{port}/blob"
+    curl = f"curl -sS -o /dev/null -w '%{{speed_download}}' {url}"
+    try:
+        await ctx.settle_pool()
+        rates: list[float] = []
+        async with ctx.sandbox() as sandbox:
+            await sandbox.network.update(allow_out=[f"{gateway}:{port}"])
+            for _ in range(RUNS):
+                result = await sandbox.commands.run(curl, timeout=300)
+                assert result.exit_code == 0, result.stderr
+                rates.append(float(result.stdout) / MIB)
+        container = ctx.docker.containers.run(
+            ctx.image,
+            ["sleep", "infinity"],
+            detach=True,
+            init=True,
+            network_mode="bridge",
+            labels={"insien.bench": "baseline"},
+        )
+        bridge: list[float] = []
+        try:
+            for _ in range(RUNS):
+                done = await trio.to_thread.run_sync(container.exec_run, ["sh", "-c", curl])
+                assert isinstance(done.output, bytes)
+                assert done.exit_code == 0, done.output
+                bridge.append(float(done.output) / MIB)
+        finally:
+            container.remove(force=True)
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+    return {
+        "bytes": size,
+        "runs": RUNS,
+        "insien_mb_s": statistics.median(rates),
+        "bridge_mb_s": statistics.median(bridge),
+        "samples": {"insien_mb_s": rates, "bridge_mb_s": bridge},
+    }

@@ -4,8 +4,9 @@ outside; the sandbox itself needs no network interface for it).
 
 The socket's bytes go to the server as stdout frames, credited like command output, so a
 client that stops reading stops the socket being read. Bytes for the socket come as
-`tunnelSend` requests, each with one data frame, answered once written: the server waits for
-each answer before the next, so order is kept and the agent holds one frame per tunnel. A
+`tunnelSend` requests, each with one data frame, answered once written: the server keeps up to
+four unanswered; each is written before its handler first awaits, and handlers start in the
+order requests came, so order is kept and the agent holds at most four frames per tunnel. A
 tunnel nobody uses (no byte either way) for `idleTimeout` seconds is closed, so one left
 behind by a server that went away does not hold its socket for ever.
 """
@@ -25,7 +26,7 @@ from .frames import STDOUT
 from .output import OutFrame
 
 Message = dict[str, Any]
-READ_SIZE = 256 * 1024
+READ_SIZE = 512 * 1024
 DEFAULT_IDLE = 300
 HOSTS = ("127.0.0.1", "::1")
 """Where a port is looked for: programs listening on loopback or on every address."""

@@ -159,6 +159,11 @@ def test_live_policy_changes(world: World) -> None:
         assert "HTTP_PROXY" not in box.commands.run("env").stdout
         info = box.network.get()
         assert (info.connections, info.refused) == (1, 1)
+        metrics = box.metrics()
+        assert (metrics.egress_bytes_out, metrics.egress_bytes_in) == (
+            info.bytes_out,
+            info.bytes_in,
+        )
         assert info.bytes_in > 0
         assert info.bytes_out > 0
 

@@ -22,6 +22,7 @@ from httpx_ws import AsyncWebSocketSession, WebSocketUpgradeError, aconnect_ws
 
 from insien_sandbox import AsyncSandbox, Sandbox
 from tests.conftest import Server, rss_bytes, start_server, stop_server
+from tests.sandbox_apps import BULK, WS_ECHO
 
 pytestmark = pytest.mark.anyio
 
@@ -55,6 +56,18 @@ def connected(
 ) -> AbstractAsyncContextManager[AsyncWebSocketSession]:
     opening: AbstractAsyncContextManager[AsyncWebSocketSession] = aconnect_ws(
         url, client, headers=key(server)
+    )
+    return opening
+
+
+def ws_to(
+    url: str,
+    client: httpx.AsyncClient,
+    headers: dict[str, str] | None = None,
+    subprotocols: list[str] | None = None,
+) -> AbstractAsyncContextManager[AsyncWebSocketSession]:
+    opening: AbstractAsyncContextManager[AsyncWebSocketSession] = aconnect_ws(
+        url, client, headers=headers or {}, subprotocols=subprotocols
     )
     return opening
 
@@ -346,111 +359,13 @@ async def test_a_client_that_never_reads_does_not_grow_the_server(server: Server
         assert (await box.commands.run("echo fine")).stdout == "fine\n"
 
 
-WS_ECHO = r"""
-import base64, hashlib, socket, struct, sys, threading
-
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-def read_exact(conn, n):
-    data = b""
-    while len(data) < n:
-        chunk = conn.recv(n - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
-
-def serve(conn):
-    with conn:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += conn.recv(4096)
-        lines = head.decode().split("\r\n")
-        pairs = (line.partition(":") for line in lines[1:] if line)
-        headers = {k.lower(): v.strip() for k, _, v in pairs}
-        digest = hashlib.sha1((headers["sec-websocket-key"] + GUID).encode()).digest()
-        accept = base64.b64encode(digest).decode()
-        extra = ""
-        if "sec-websocket-protocol" in headers:
-            chosen = headers["sec-websocket-protocol"].split(",")[0].strip()
-            extra = "Sec-WebSocket-Protocol: " + chosen + "\r\n"
-        conn.sendall((
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Accept: " + accept + "\r\n" + extra + "\r\n"
-        ).encode())
-        path = lines[0].split(" ")[1]
-        while True:
-            try:
-                b1, b2 = read_exact(conn, 2)
-            except EOFError:
-                return
-            opcode, length = b1 & 0x0F, b2 & 0x7F
-            if length == 126:
-                length = struct.unpack(">H", read_exact(conn, 2))[0]
-            elif length == 127:
-                length = struct.unpack(">Q", read_exact(conn, 8))[0]
-            mask = read_exact(conn, 4)
-            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(read_exact(conn, length)))
-            if opcode == 8:
-                conn.sendall(b"\x88\x02" + payload[:2])
-                return
-            if opcode in (1, 2):
-                if payload == b"path?":
-                    payload = path.encode()
-                header = bytes([0x80 | opcode])
-                if len(payload) < 126:
-                    header += bytes([len(payload)])
-                elif len(payload) < 65536:
-                    header += bytes([126]) + struct.pack(">H", len(payload))
-                else:
-                    header += bytes([127]) + struct.pack(">Q", len(payload))
-                conn.sendall(header + payload)
-
-listener = socket.socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind(("0.0.0.0", int(sys.argv[1])))
-listener.listen(64)
-while True:
-    connection, _ = listener.accept()
-    threading.Thread(target=serve, args=(connection,), daemon=True).start()
-"""
-
-BULK = """
-import hashlib, http.server
-
-class Bulk(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self):
-        left, digest = int(self.headers["Content-Length"]), hashlib.sha256()
-        while left:
-            chunk = self.rfile.read(min(left, 1 << 20))
-            digest.update(chunk)
-            left -= len(chunk)
-        body = digest.hexdigest().encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        size = int(self.path.strip("/"))
-        self.send_response(200)
-        self.send_header("Content-Length", str(size))
-        self.end_headers()
-        block = bytes(range(256)) * 4096
-        for start in range(0, size, len(block)):
-            self.wfile.write(block[: min(len(block), size - start)])
-
-http.server.ThreadingHTTPServer(("127.0.0.1", 8300), Bulk).serve_forever()
-"""
 MIB = 1024 * 1024
 
 
 async def test_a_hundred_mib_each_way_through_a_port(server: Server) -> None:
     async with AsyncSandbox(api_key=server.api_key, base_url=server.url) as box:
         await box.files.write("bulk.py", BULK)
-        await box.commands.run("python3 bulk.py", background=True)
+        await box.commands.run("python3 bulk.py 8300", background=True)
         await listening(box, 8300)
         base = f"{server.url}/sandbox/{box.sandbox_id}/ports/8300"
         size = 100 * MIB
@@ -493,9 +408,7 @@ async def test_websockets_in_every_form() -> None:
             async with httpx.AsyncClient() as client:
 
                 async def echo(url: str, headers: dict[str, str], expect_path: str) -> None:
-                    async with aconnect_ws(
-                        url, client, headers=headers, subprotocols=["chat.v1"]
-                    ) as ws:
+                    async with ws_to(url, client, headers, ["chat.v1"]) as ws:
                         assert ws.subprotocol == "chat.v1"
                         await ws.send_text("hello")
                         assert await ws.receive_text() == "hello"
@@ -536,7 +449,7 @@ async def test_websockets_in_every_form() -> None:
             # and as plain TCP: a forward carries the upgrade like any other bytes
             async with box.ports.forward(8500) as forward, httpx.AsyncClient() as local:
                 url = forward.url.replace("http", "ws", 1) + "/fwd"
-                async with aconnect_ws(url, local) as ws:
+                async with ws_to(url, local) as ws:
                     await ws.send_text("path?")
                     assert await ws.receive_text() == "/fwd"
     finally:

@@ -224,7 +224,13 @@ def rest_blueprint(services: Services) -> Blueprint:
         """CPU, memory, disk and pids now (see sandboxes/usage.py); reading is not activity."""
         tenant = services.tenant_from_key(request)
         reading = await manager.usage.read(lookup(sandbox_id, tenant))
-        return Metrics(sandboxId=sandbox_id, **reading.info()).model_dump(mode="json")
+        egress = manager.egress.counters_for(sandbox_id)
+        return Metrics(
+            sandboxId=sandbox_id,
+            **reading.info(),
+            egressBytesOut=egress.bytes_out,
+            egressBytesIn=egress.bytes_in,
+        ).model_dump(mode="json")
 
     @bp.get("/sandboxes/<sandbox_id>/logs")
     @operation(summary="A sandbox agent's own log", answer=Logs, errors=(404,))

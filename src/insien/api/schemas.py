@@ -184,6 +184,8 @@ class Metrics(Answer):
     diskBytes: int
     diskLimit: int
     pids: int
+    egressBytesOut: int = Field(description="Sent out through its egress proxy (this server).")
+    egressBytesIn: int
 
 
 class LogLine(Answer):

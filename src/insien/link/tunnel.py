@@ -3,14 +3,17 @@ docs/protocol.md, "Tunnels"). The sandbox needs no network interface: the agent 
 its loopback and the bytes ride the agent link as binary frames.
 
 From the sandbox, bytes come as frames on the tunnel request's channel, credited like command
-output (the consumer's pace is the socket's). Towards it, `send` writes one frame at a time
-and waits for the agent's answer, so order is kept and at most one frame is in flight.
+output (the consumer's pace is the socket's). Towards it, `send` keeps up to four frames in
+flight, each answered once written (the agent writes them in the order they came).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import trio
 
 from ..protocol import Message
 from .agent import AgentLink
@@ -18,6 +21,10 @@ from .frames import MAX_FRAME
 from .pending import PendingRequest
 
 DEFAULT_IDLE = 300
+SEND_WINDOW = 4
+"""`tunnelSend` frames in flight per tunnel: one round trip through the agent per frame
+capped a download at 256 KiB per round trip; four keep the pipe full and bound what the
+agent holds per tunnel to 4 MiB."""
 
 
 class TunnelCounter:
@@ -54,6 +61,9 @@ class Tunnel:
         self._link = link
         self._pending = pending
         self.closed_reason: str | None = None
+        self._unanswered: deque[
+            tuple[AbstractAsyncContextManager[PendingRequest], PendingRequest]
+        ] = deque()
 
     async def receive(self) -> bytes | None:
         """The next bytes from the program in the sandbox; None once it closed (or the tunnel
@@ -72,21 +82,48 @@ class Tunnel:
         return None
 
     async def send(self, data: bytes, *, eof: bool = False) -> None:
-        """Write bytes to the program (in frames of at most 1 MiB, one at a time); `eof`
-        half-closes the connection after them."""
+        """Write bytes to the program (in frames of at most 1 MiB); `eof` half-closes the
+        connection after them. Up to SEND_WINDOW frames go before the oldest's answer is
+        awaited, so a failed write raises here on a later call (or from `flush`)."""
         message: Message = {"type": "tunnelSend", "tunnel": self._pending.agent_id}
         for start in range(0, len(data), MAX_FRAME):
-            await self._send_one(message, data[start : start + MAX_FRAME])
+            await self._push(message, data[start : start + MAX_FRAME])
         if eof:
-            await self._send_one({**message, "eof": True}, None)
+            await self._push({**message, "eof": True}, None)
 
-    async def _send_one(self, message: Message, payload: bytes | None) -> None:
-        async with self._link.request(message, payload=payload) as pending:
+    async def flush(self) -> None:
+        """Wait until every frame sent so far is written to the program's socket."""
+        while self._unanswered:
+            await self._settle_oldest()
+
+    async def _push(self, message: Message, payload: bytes | None) -> None:
+        while len(self._unanswered) >= SEND_WINDOW:
+            await self._settle_oldest()
+        # The agent writes each frame before its handler first waits, in the order the
+        # requests came (its tasks start in that order), so frames in flight stay in order.
+        opening = self._link.request(message, payload=payload)
+        self._unanswered.append((opening, await opening.__aenter__()))
+
+    async def _settle_oldest(self) -> None:
+        opening, pending = self._unanswered.popleft()
+        failure: TunnelRefused | None = None
+        try:
             async for reply in pending:
                 if reply.message.get("type") == "error":
-                    raise TunnelRefused(
+                    failure = TunnelRefused(
                         str(reply.message.get("code")), str(reply.message.get("message"))
                     )
+        finally:
+            await opening.__aexit__(None, None, None)
+        if failure is not None:
+            raise failure
+
+    async def aclose(self) -> None:
+        """Let go of the writes still unanswered (the tunnel is ending)."""
+        with trio.CancelScope(shield=True):
+            while self._unanswered:
+                opening, _ = self._unanswered.popleft()
+                await opening.__aexit__(None, None, None)
 
 
 @asynccontextmanager
@@ -110,4 +147,8 @@ async def carried(link: AgentLink, message: Message, idle_timeout: float) -> Asy
             break
         if first.get("type") != "tunnelOpened":
             raise TunnelRefused(str(first.get("code")), str(first.get("message")))
-        yield Tunnel(link, pending)
+        tunnel = Tunnel(link, pending)
+        try:
+            yield tunnel
+        finally:
+            await tunnel.aclose()

@@ -144,6 +144,9 @@ class SandboxMetrics:
     disk_bytes: int
     disk_limit: int
     pids: int
+    egress_bytes_out: int = 0
+    """Bytes the sandbox sent out through its egress proxy (counted by this server run)."""
+    egress_bytes_in: int = 0
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> SandboxMetrics:
@@ -157,6 +160,8 @@ class SandboxMetrics:
             disk_bytes=int(raw["diskBytes"]),
             disk_limit=int(raw["diskLimit"]),
             pids=int(raw["pids"]),
+            egress_bytes_out=int(raw.get("egressBytesOut", 0)),
+            egress_bytes_in=int(raw.get("egressBytesIn", 0)),
         )
 
 

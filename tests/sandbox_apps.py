@@ -1,0 +1,105 @@
+"""Programs that tests and benchmarks run inside sandboxes (standard library only, since the
+default image has nothing else): a WebSocket echo server and a bulk HTTP server."""
+
+from __future__ import annotations
+
+WS_ECHO = r"""
+import base64, hashlib, socket, struct, sys, threading
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+def read_exact(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+def serve(conn):
+    with conn:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        lines = head.decode().split("\r\n")
+        pairs = (line.partition(":") for line in lines[1:] if line)
+        headers = {k.lower(): v.strip() for k, _, v in pairs}
+        digest = hashlib.sha1((headers["sec-websocket-key"] + GUID).encode()).digest()
+        accept = base64.b64encode(digest).decode()
+        extra = ""
+        if "sec-websocket-protocol" in headers:
+            chosen = headers["sec-websocket-protocol"].split(",")[0].strip()
+            extra = "Sec-WebSocket-Protocol: " + chosen + "\r\n"
+        conn.sendall((
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Accept: " + accept + "\r\n" + extra + "\r\n"
+        ).encode())
+        path = lines[0].split(" ")[1]
+        while True:
+            try:
+                b1, b2 = read_exact(conn, 2)
+            except EOFError:
+                return
+            opcode, length = b1 & 0x0F, b2 & 0x7F
+            if length == 126:
+                length = struct.unpack(">H", read_exact(conn, 2))[0]
+            elif length == 127:
+                length = struct.unpack(">Q", read_exact(conn, 8))[0]
+            mask = read_exact(conn, 4)
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(read_exact(conn, length)))
+            if opcode == 8:
+                conn.sendall(b"\x88\x02" + payload[:2])
+                return
+            if opcode in (1, 2):
+                if payload == b"path?":
+                    payload = path.encode()
+                header = bytes([0x80 | opcode])
+                if len(payload) < 126:
+                    header += bytes([len(payload)])
+                elif len(payload) < 65536:
+                    header += bytes([126]) + struct.pack(">H", len(payload))
+                else:
+                    header += bytes([127]) + struct.pack(">Q", len(payload))
+                conn.sendall(header + payload)
+
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("0.0.0.0", int(sys.argv[1])))
+listener.listen(64)
+while True:
+    connection, _ = listener.accept()
+    threading.Thread(target=serve, args=(connection,), daemon=True).start()
+"""
+
+BULK = """
+import hashlib, http.server, sys
+
+class Bulk(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # keep-alive clients would wait out delayed ACKs (40 ms)
+    wbufsize = 1 << 16  # headers and a small body leave in one write
+
+    def do_POST(self):
+        left, digest = int(self.headers["Content-Length"]), hashlib.sha256()
+        while left:
+            chunk = self.rfile.read(min(left, 1 << 20))
+            digest.update(chunk)
+            left -= len(chunk)
+        body = digest.hexdigest().encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        size = int(self.path.strip("/"))
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        block = bytes(range(256)) * 4096
+        for start in range(0, size, len(block)):
+            self.wfile.write(block[: min(len(block), size - start)])
+
+http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Bulk).serve_forever()
+"""
