@@ -61,6 +61,8 @@ HANDLERS: dict[str, Handler] = {
     "egressOpen": egress.handle_egress_open,
     "egressRefuse": egress.handle_egress_refuse,
 }
+FEATURES = ("tunnelWithData",)
+"""What this agent does beyond its request types, for a server to check before relying on it."""
 BUILTIN = ("ack", "cancel", "credit", "env", "note", "ping", "resume")
 MAX_NOTES_BYTES = 64 * 1024
 MAX_ENV_BYTES = 1024 * 1024
@@ -127,6 +129,7 @@ class Agent:
             "pid": os.getpid(),
             "python": sys.version.split()[0],
             "types": sorted([*HANDLERS, *BUILTIN]),
+            "features": list(FEATURES),
             "uid": self._identity.uid if self._identity.switches else os.geteuid(),
         }
 
@@ -148,14 +151,15 @@ class Agent:
             await self.receive_line(unit)
 
     def _claim_payload(self, msg: Message) -> tuple[int | None, bytes | None]:
-        """The request's channel, and for a `write` or `tunnelSend` on one, the frame sent just
-        before it."""
+        """The request's channel, and for a `write`, a `tunnelSend` or a `tunnel` with
+        `withData` on one, the frame sent just before it."""
         channel = msg.get("channel")
         if channel is None:
             return None, None
         if not isinstance(channel, int) or isinstance(channel, bool) or channel < 0:
             raise AgentError(BAD_REQUEST, "field 'channel' must be a non-negative integer")
-        if msg.get("type") not in ("write", "tunnelSend"):
+        carries = msg.get("type") in ("write", "tunnelSend")
+        if not carries and not (msg.get("type") == "tunnel" and msg.get("withData") is True):
             return channel, None
         frame, self._inbound = self._inbound, None
         if frame is None or frame.channel != channel or frame.kind != DATA:

@@ -64,6 +64,8 @@ async def handle_tunnel(req: Request) -> Message:
     if req.channel is None:
         raise AgentError(BAD_REQUEST, "a tunnel needs a channel")
     reader, writer = await _connect(port)
+    if req.payload:  # `withData`: the first bytes came with the request (one round trip less)
+        writer.write(req.payload)
     return await carry(req, reader, writer, {"port": port})
 
 

@@ -197,9 +197,12 @@ class PreviewProxy:
         if not services.tunnels.try_take(sandbox.id, services.settings.max_tunnels):
             raise too_many_tunnels(services)
         try:
-            async with open_tunnel(sandbox.link, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
+            client = h11.Connection(h11.CLIENT)
+            head = client.send(_request(exchange, path, prefix)) or b""
+            opening = open_tunnel(sandbox.link, port, idle_timeout=IDLE_TIMEOUT, first=head)
+            async with opening as tunnel:
                 cookie = self._cookie_for(new_token, prefix)
-                await _relay(exchange, sandbox, tunnel, path, prefix, cookie)
+                await _relay(exchange, sandbox, tunnel, client, cookie)
         finally:
             services.tunnels.release(sandbox.id)
 
@@ -249,22 +252,24 @@ def _request_headers(exchange: Exchange, prefix: str) -> list[tuple[bytes, bytes
     return headers
 
 
+def _request(exchange: Exchange, path: str, prefix: str) -> h11.Request:
+    """The request the app gets: the client's, minus Insien's token, headers for one hop."""
+    query = {k: v for k, v in exchange.query.items() if k != TOKEN_PARAM}
+    target = path + (f"?{urlencode(query)}" if query else "")
+    return h11.Request(
+        method=exchange.method, target=target, headers=_request_headers(exchange, prefix)
+    )
+
+
 async def _relay(
     exchange: Exchange,
     sandbox: Sandbox,
     tunnel: Tunnel,
-    path: str,
-    prefix: str,
+    client: h11.Connection,
     cookie: str | None,
 ) -> None:
-    """One request to the app and its answer back, both bodies streamed."""
-    query = {k: v for k, v in exchange.query.items() if k != TOKEN_PARAM}
-    target = path + (f"?{urlencode(query)}" if query else "")
-    client = h11.Connection(h11.CLIENT)
-    request = h11.Request(
-        method=exchange.method, target=target, headers=_request_headers(exchange, prefix)
-    )
-    await tunnel.send(client.send(request) or b"")
+    """The request's body to the app (its head went with the tunnel) and the answer back,
+    both streamed."""
 
     async def upload() -> None:
         async for chunk in exchange.chunks():

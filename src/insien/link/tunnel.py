@@ -128,19 +128,28 @@ class Tunnel:
 
 @asynccontextmanager
 async def open_tunnel(
-    link: AgentLink, port: int, *, idle_timeout: float = DEFAULT_IDLE
+    link: AgentLink, port: int, *, idle_timeout: float = DEFAULT_IDLE, first: bytes = b""
 ) -> AsyncIterator[Tunnel]:
-    """Connect to `port` inside the sandbox; leaving the block closes the connection."""
+    """Connect to `port` inside the sandbox; leaving the block closes the connection. `first`
+    is written as soon as it connects (an HTTP request's head), with the open itself where
+    the agent can take it."""
     message: Message = {"type": "tunnel", "port": port}
-    async with carried(link, message, idle_timeout) as tunnel:
+    together = bool(first) and "tunnelWithData" in ((link.hello or {}).get("features") or [])
+    if together:
+        message["withData"] = True
+    async with carried(link, message, idle_timeout, first if together else None) as tunnel:
+        if first and not together:
+            await tunnel.send(first)
         yield tunnel
 
 
 @asynccontextmanager
-async def carried(link: AgentLink, message: Message, idle_timeout: float) -> AsyncIterator[Tunnel]:
+async def carried(
+    link: AgentLink, message: Message, idle_timeout: float, payload: bytes | None = None
+) -> AsyncIterator[Tunnel]:
     """A request the agent answers by carrying a connection (`tunnel`, `egressOpen`)."""
     message = {**message, "idleTimeout": max(1, int(idle_timeout))}
-    async with link.request(message, binary=True) as pending:
+    async with link.request(message, binary=True, payload=payload) as pending:
         first = link.missing_reply(None)
         async for reply in pending:
             first = reply.message
