@@ -3,9 +3,10 @@
 import { Commands, Pty, type OutputCallback } from './commands.js';
 import { InsienError } from './errors.js';
 import { Files } from './files.js';
+import { Network, Ports, type SandboxRest } from './network.js';
 import { Session } from './session.js';
 import { RestClient } from './transport.js';
-import type { Abortable, CommandResult, SandboxInfo, SandboxMetrics } from './types.js';
+import type { Abortable, CommandResult, NetworkPolicy, SandboxInfo, SandboxMetrics } from './types.js';
 
 const DEFAULT_URL = 'http://localhost:3000';
 
@@ -19,6 +20,8 @@ export interface SandboxOptions extends ConnectionOptions {
   env?: Record<string, string>;
   /** Limits, e.g. `{ cpu: 0.5, memory: '512m', pids: 256 }`. */
   resources?: Record<string, number | string>;
+  /** Ways out and public ports, e.g. `{ allowOut: ['registry.npmjs.org'] }`. */
+  network?: NetworkPolicy;
 }
 
 /** Where the server is: `apiKey` defaults to `INSIEN_API_KEY` and `baseUrl` to `INSIEN_URL`
@@ -56,18 +59,25 @@ export class Sandbox {
   readonly commands: Commands;
   readonly files: Files;
   readonly pty: Pty;
+  /** Ports programs in the sandbox listen on, from outside: `ports.url(8000)`. */
+  readonly ports: Ports;
+  /** The sandbox's ways out: `network.update({ allowOut: [...] })`. */
+  readonly network: Network;
   private readonly session: Session;
 
   constructor(options: SandboxOptions & { sandboxId?: string } = {}) {
     const { apiKey, baseUrl } = resolve(options);
     const made: Record<string, unknown> = {};
-    for (const name of ['template', 'timeout', 'idleTimeout', 'metadata', 'env', 'resources'] as const) {
+    for (const name of ['template', 'timeout', 'idleTimeout', 'metadata', 'env', 'resources', 'network'] as const) {
       if (options[name] !== undefined) made[name] = options[name];
     }
     this.session = new Session(apiKey, baseUrl, made, options.sandboxId, options.reconnectWindowMs);
     this.commands = new Commands(this.session);
     this.files = new Files(this.session);
     this.pty = new Pty(this.commands);
+    const rest: SandboxRest = (method, path, options, body) => this.rest(method, path, options, body);
+    this.ports = new Ports(rest);
+    this.network = new Network(rest);
   }
 
   /** A new sandbox, created now. */

@@ -61,6 +61,21 @@ export interface SandboxInfo {
   connected: boolean;
   endReason: string | null;
   endedAt: string | null;
+  network?: Required<NetworkPolicy>;
+}
+
+/** Where a sandbox may connect out (`allowOut` minus `denyOut`; rules like `example.org`,
+ * `*.example.com`, `10.0.0.0/8`, `public`, `*`, each with an optional `:port`), and whether
+ * its ports answer anyone. */
+export interface NetworkPolicy {
+  allowOut?: string[];
+  denyOut?: string[];
+  allowPublicTraffic?: boolean;
+}
+
+export interface NetworkInfo extends Required<NetworkPolicy> {
+  sandboxId: string;
+  egress: { connections: number; refused: number; bytesOut: number; bytesIn: number };
 }
 
 export interface SandboxMetrics {
@@ -73,6 +88,8 @@ export interface SandboxMetrics {
   diskBytes: number;
   diskLimit: number;
   pids: number;
+  egressBytesOut: number;
+  egressBytesIn: number;
 }
 
 /** One change under a watched directory: `name` relative to it. */

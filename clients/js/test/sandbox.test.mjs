@@ -222,6 +222,30 @@ describe('one sandbox, every method', () => {
   });
 });
 
+test('ports.url and network: a preview URL without a key, a policy set, read and changed', async () => {
+  const sandbox = await Sandbox.create({ apiKey, baseUrl, network: { allowOut: ['pypi.org:443'] } });
+  try {
+    assert.deepEqual((await sandbox.info()).network, { allowOut: ['pypi.org:443'], denyOut: [], allowPublicTraffic: false });
+    assert.match((await sandbox.commands.run('env')).stdout, /HTTPS_PROXY=http:\/\/127\.0\.0\.1:\d+/);
+    await sandbox.files.write('site/index.html', '<p>from the sandbox</p>');
+    await sandbox.commands.run('python3 -m http.server 8000', { cwd: 'site', background: true });
+    const probe = "import socket; socket.create_connection(('127.0.0.1', 8000), timeout=1)";
+    await until(async () => (await sandbox.commands.run('python3', { args: ['-c', probe] })).exitCode === 0, 'the server');
+    const url = await sandbox.ports.url(8000, { expires: 60 });
+    assert.match(url, /insien_token=/);
+    const page = await fetch(url); // no key: the URL is enough
+    assert.equal(await page.text(), '<p>from the sandbox</p>');
+    const changed = await sandbox.network.update({ allowPublicTraffic: true });
+    assert.deepEqual([changed.allowOut, changed.allowPublicTraffic], [[], true]);
+    assert.equal((await fetch(url.split('?')[0])).status, 200); // public now: no token either
+    assert.doesNotMatch((await sandbox.commands.run('env')).stdout, /PROXY/);
+    assert.deepEqual((await sandbox.network.get()).egress, { connections: 0, refused: 0, bytesOut: 0, bytesIn: 0 });
+    assert.equal((await sandbox.metrics()).egressBytesOut, 0);
+  } finally {
+    await sandbox.destroy();
+  }
+});
+
 test('errors are typed with the server code and message', async () => {
   const wrongKey = new Sandbox({ apiKey: 'not-a-key', baseUrl });
   await assert.rejects(wrongKey.create(), (error) => {
