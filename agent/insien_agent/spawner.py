@@ -228,8 +228,10 @@ class Spawner:
             if "pid" not in reply:
                 raise OSError(reply.get("errno") or 0, reply.get("message", "spawn failed"))
             pid = reply["pid"]
-            if not self._believable(pid):
-                raise OSError(0, f"the spawner reported a pid that is not its user's: {pid}")
+            doubt = self._doubt(pid)
+            if doubt is not None:
+                log.warning("refusing a spawn: %s", doubt)
+                raise OSError(0, f"the spawner reported a pid that is not its user's: {doubt}")
             exited = self._exits.setdefault(pid, loop.create_future())
             exited.add_done_callback(lambda _: self._exits.pop(pid, None))
             if pid in self._early_exits:
@@ -306,17 +308,27 @@ class Spawner:
 
     def _believable(self, pid: object) -> bool:
         """The pid is the helper's child and runs as the user (it may have exited already)."""
+        return self._doubt(pid) is None
+
+    def _doubt(self, pid: object) -> str | None:
+        """Why a pid the helper reported is not believed (None if it is), with what /proc
+        said: a refusal seen once under load is to be understood from its log line."""
         if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
-            return False
+            return f"not a process id: {pid!r}"
         helper = self._helper.pid if self._helper is not None else None
         try:
             with open(f"/proc/{pid}/status") as status:
                 fields = dict(line.split(":", 1) for line in status if ":" in line)
         except OSError:
-            return True  # gone already: nothing to signal, its exit still arrives
+            return None  # gone already: nothing to signal, its exit still arrives
+        parent = fields.get("PPid", "").strip()
         uids = fields.get("Uid", "").split()
-        return fields.get("PPid", "").strip() == str(helper) and all(
-            uid == str(self._identity.uid) for uid in uids
+        if parent == str(helper) and all(uid == str(self._identity.uid) for uid in uids):
+            return None
+        state = fields.get("State", "").strip()
+        return (
+            f"pid {pid}: parent {parent} (helper {helper}), uids {uids} (user"
+            f" {self._identity.uid}), state {state!r}"
         )
 
     def close(self) -> None:

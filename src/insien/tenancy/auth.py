@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Any
 
 import jwt
 
@@ -28,78 +29,65 @@ class Authenticator:
 
     def issue_token(self, sandbox_id: str, tenant: Tenant, *, ttl: float | None = None) -> str:
         """A token for one sandbox, valid for `ttl` seconds (default: the configured TTL)."""
-        now = int(time.time())
-        claims = {
-            "sub": sandbox_id,
-            "ten": tenant.id,
-            "kid": tenant.key_id,
-            "aud": TOKEN_AUDIENCE,
-            "iat": now,
-            "exp": now + int(ttl if ttl is not None else self._token_ttl),
-        }
-        return jwt.encode(claims, self._secret, algorithm="HS256")
+        lifetime = ttl if ttl is not None else self._token_ttl
+        return self._issue({"sub": sandbox_id}, TOKEN_AUDIENCE, tenant, lifetime)
 
     def tenant_for_token(self, token: str | None, sandbox_id: str) -> Tenant | None:
         """The token's tenant if it is valid, unexpired and issued for this very sandbox."""
-        if not token:
-            return None
-        try:
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=["HS256"],
-                audience=TOKEN_AUDIENCE,
-                options={"require": ["sub", "ten", "kid", "exp"]},
-            )
-        except jwt.PyJWTError:
-            return None
-        if claims.get("sub") != sandbox_id or not isinstance(claims.get("ten"), str):
-            return None
-        # A token is worth no more than the key it was issued under: a revoked key, or a
-        # tenant removed from the tenants file, loses its tokens too.
-        if not isinstance(claims.get("kid"), str):
-            return None
-        if not self._tenants.key_valid(claims["ten"], claims["kid"]):
-            return None
-        tenant = self._tenants.by_id(claims["ten"])
-        return replace(tenant, key_id=claims["kid"]) if tenant is not None else None
+        found = self._verified(token, TOKEN_AUDIENCE, sandbox_id)
+        return found[0] if found is not None else None
 
     def issue_port_token(self, sandbox_id: str, port: int, tenant: Tenant, ttl: float) -> str:
         """A token for a preview URL: HTTP to `port` of this sandbox, for `ttl` seconds."""
+        return self._issue({"sub": sandbox_id, "port": port}, PORT_AUDIENCE, tenant, ttl)
+
+    def tenant_for_port_token(self, token: str | None, sandbox_id: str, port: int) -> Tenant | None:
+        """The token's tenant if it is valid, unexpired, and for this sandbox and port."""
+        found = self._verified(token, PORT_AUDIENCE, sandbox_id, "port")
+        if found is None or found[1].get("port") != port:
+            return None
+        return found[0]
+
+    def _issue(self, claims: dict[str, Any], audience: str, tenant: Tenant, ttl: float) -> str:
         now = int(time.time())
         claims = {
-            "sub": sandbox_id,
-            "port": port,
+            **claims,
             "ten": tenant.id,
             "kid": tenant.key_id,
-            "aud": PORT_AUDIENCE,
+            "aud": audience,
             "iat": now,
             "exp": now + int(ttl),
         }
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
-    def tenant_for_port_token(self, token: str | None, sandbox_id: str, port: int) -> Tenant | None:
-        """The token's tenant if it is valid, unexpired, and for this sandbox and port."""
+    def _verified(
+        self, token: str | None, audience: str, sandbox_id: str, *required: str
+    ) -> tuple[Tenant, dict[str, Any]] | None:
+        """The tenant and claims of a valid, unexpired token of `audience` for this sandbox."""
         if not token:
             return None
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 self._secret,
                 algorithms=["HS256"],
-                audience=PORT_AUDIENCE,
-                options={"require": ["sub", "port", "ten", "kid", "exp"]},
+                audience=audience,
+                options={"require": ["sub", "ten", "kid", "exp", *required]},
             )
         except jwt.PyJWTError:
             return None
-        if claims.get("sub") != sandbox_id or claims.get("port") != port:
+        if claims.get("sub") != sandbox_id:
             return None
         if not isinstance(claims.get("ten"), str) or not isinstance(claims.get("kid"), str):
             return None
+        # A token is worth no more than the key it was issued under: a revoked key, or a
+        # tenant removed from the tenants file, loses its tokens too.
         if not self._tenants.key_valid(claims["ten"], claims["kid"]):
             return None
         tenant = self._tenants.by_id(claims["ten"])
-        return replace(tenant, key_id=claims["kid"]) if tenant is not None else None
+        if tenant is None:
+            return None
+        return replace(tenant, key_id=claims["kid"]), claims
 
     def tenant_exists(self, tenant_id: str) -> bool:
         return self._tenants.exists(tenant_id)

@@ -49,6 +49,11 @@ class Held:
     done: anyio.Event
 
 
+MAX_BORROWED = 32
+"""Sandboxes made elsewhere that the server keeps a connection to; past it, the least recently
+used one is let go (it goes on running; a later call connects again)."""
+
+
 @dataclass
 class Registry:
     """The server's open sandboxes, by id. Each is held open by a task in the lifespan's task
@@ -84,8 +89,10 @@ class Registry:
         return box
 
     async def get(self, sandbox_id: str, session: str) -> AsyncSandbox:
-        held = self.held.get(sandbox_id)
-        if held is None:
+        held = self.held.pop(sandbox_id, None)
+        if held is not None:
+            self.held[sandbox_id] = held  # the most recently used, last
+        else:
             box = AsyncSandbox.connect(sandbox_id, api_key=self.api_key, base_url=self.base_url)
             done = await self._open(box)
             try:
@@ -94,7 +101,14 @@ class Registry:
                 done.set()
                 raise
             held = self.held[sandbox_id] = Held(box, owned=False, session=session, done=done)
+            self.trim()
         return held.box
+
+    def trim(self) -> None:
+        """Let go of the least recently used borrowed sandboxes past MAX_BORROWED."""
+        borrowed = [sandbox_id for sandbox_id, held in self.held.items() if not held.owned]
+        for sandbox_id in borrowed[: max(0, len(borrowed) - MAX_BORROWED)]:
+            self.release(sandbox_id)
 
     def release(self, sandbox_id: str) -> None:
         held = self.held.pop(sandbox_id, None)
