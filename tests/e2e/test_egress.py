@@ -6,6 +6,7 @@ nothing else: the operator's ceiling here admits 127.0.0.2 and 127.0.0.3 only.""
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from insien_sandbox import Sandbox
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, rss_bytes, start_server, stop_server
 from tests.e2e.restartable import Restartable, restartable  # noqa: F401 (a fixture)
 
 from .upstreams import (
@@ -292,3 +293,56 @@ def test_a_policy_outlives_a_server_restart(
         assert "denyOut rule 'other.test'" in out
         assert box.network.get().policy.deny_out == ["other.test"]
         box.destroy()
+
+
+STALL = """
+import os, socket, sys, time
+proxy = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+held = []
+for _ in range(int(sys.argv[2])):
+    connection = socket.create_connection(("127.0.0.1", proxy))
+    connection.sendall(f"GET {sys.argv[1]} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n".encode())
+    assert connection.recv(1000)  # bytes flow, then nobody reads
+    held.append(connection)
+print("stalled", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_program_that_stops_reading_does_not_grow_the_server(world: World) -> None:
+    """An upstream sending without end to a program in the sandbox that reads nothing: the
+    agent's writes stop being answered, so the server stops reading the upstream."""
+    with world.sandbox(allow_out=["allowed.test"]) as box:
+        box.files.write("stall.py", STALL)
+        flood = f"http://allowed.test:{world.a.port}/flood"
+        handle = box.commands.run(f"python3 stall.py {flood} 1", background=True)
+        for _ in range(100):
+            if box.network.get().bytes_in > 0:
+                break
+            time.sleep(0.1)
+        assert box.network.get().connections == 1
+        before = rss_bytes(world.server.pid)
+        time.sleep(4)
+        grown = rss_bytes(world.server.pid) - before
+        assert grown < 48 * 1024 * 1024, f"the server grew by {grown} bytes"
+        assert box.network.get().bytes_in < 64 * 1024 * 1024
+        handle.kill()
+        assert box.commands.run("echo fine").stdout == "fine\n"
+
+
+def test_connections_out_are_limited_per_sandbox(world: World) -> None:
+    process, server = start_server({**EGRESS, "INSIEN_MAX_TUNNELS": "2"}, suffix="egress-limit")
+    try:
+        with Sandbox(api_key=server.api_key, base_url=server.url, allow_out=["*.test"]) as box:
+            box.files.write("stall.py", STALL)
+            flood = f"http://allowed.test:{world.a.port}/flood"
+            box.commands.run(f"python3 stall.py {flood} 2", background=True)
+            for _ in range(100):
+                if box.network.get().connections == 2:
+                    break
+                time.sleep(0.1)
+            _, out = curl(box, f"http://other.test:{world.b.port}/index.txt", "-i")
+            assert out.startswith("HTTP/1.1 503")
+            assert "INSIEN_MAX_TUNNELS" in out
+    finally:
+        assert stop_server(process) == 0

@@ -35,6 +35,16 @@ class Handler(SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.startswith("/git/"):
             self._git()
+        elif self.path == "/flood":  # without end, for clients that stop reading
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 40))
+            self.end_headers()
+            block = b"x" * 65536
+            try:
+                while True:
+                    self.wfile.write(block)
+            except OSError:
+                return
         elif self.path == f"/{NPM_PACKAGE}":  # npm's packument: JSON at the bare name
             body = (self.server.root / NPM_PACKAGE / "packument.json").read_bytes()
             self.send_response(200)
