@@ -103,3 +103,96 @@ class Bulk(http.server.BaseHTTPRequestHandler):
 
 http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Bulk).serve_forever()
 """
+
+PREVIEW_APP = r"""
+import base64, hashlib, socket, struct, sys, threading
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+PAGES = {
+    "/": ("text/html", open("index.html", "rb").read()),
+    "/next.txt": ("text/plain", b"followed with the cookie"),
+}
+
+def read_exact(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+def serve(conn):
+    with conn:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        lines = head.decode().split("\r\n")
+        path = lines[0].split(" ")[1].split("?")[0]
+        pairs = (line.partition(":") for line in lines[1:] if line)
+        headers = {k.lower(): v.strip() for k, _, v in pairs}
+        if "sec-websocket-key" not in headers:  # a page, then close
+            kind, body = PAGES.get(path, ("text/plain", b"not found"))
+            status = "200 OK" if path in PAGES else "404 Not Found"
+            conn.sendall((
+                f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode() + body)
+            return
+        digest = hashlib.sha1((headers["sec-websocket-key"] + GUID).encode()).digest()
+        conn.sendall((
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Accept: " + base64.b64encode(digest).decode() + "\r\n\r\n"
+        ).encode())
+        while True:
+            try:
+                b1, b2 = read_exact(conn, 2)
+            except EOFError:
+                return
+            opcode, length = b1 & 0x0F, b2 & 0x7F
+            if length == 126:
+                length = struct.unpack(">H", read_exact(conn, 2))[0]
+            mask = read_exact(conn, 4)
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(read_exact(conn, length)))
+            if opcode == 8:
+                conn.sendall(b"\x88\x02" + payload[:2])
+                return
+            reply = b"echo: " + payload
+            conn.sendall(bytes([0x81, len(reply)]) + reply)
+
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("0.0.0.0", int(sys.argv[1])))
+listener.listen(64)
+while True:
+    connection, _ = listener.accept()
+    threading.Thread(target=serve, args=(connection,), daemon=True).start()
+"""
+"""A page and a WebSocket on one port (a dev server with live reload, in miniature): `/` is
+index.html from the working folder, `/next.txt` a file it fetches, anything with an upgrade
+a WebSocket answering "echo: <message>"."""
+
+PREVIEW_PAGE = """<!doctype html>
+<title>preview</title>
+<script>
+(async () => {
+  const result = {};
+  try {
+    result.fetched = await (await fetch('next.txt')).text();
+    const socket = new WebSocket(new URL('ws', location.href).href.replace(/^http/, 'ws'));
+    result.echo = await new Promise((resolve, reject) => {
+      socket.onopen = () => socket.send('from the page');
+      socket.onmessage = (event) => resolve(event.data);
+      socket.onerror = () => reject(new Error('the WebSocket failed'));
+    });
+    socket.close();
+  } catch (error) {
+    result.error = String(error);
+  }
+  window.result = result;
+})();
+</script>
+"""

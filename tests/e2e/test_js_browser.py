@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,7 +19,9 @@ from urllib.parse import urlencode
 
 import pytest
 
+from insien_sandbox import Sandbox
 from tests.conftest import Server, start_server, stop_server
+from tests.sandbox_apps import PREVIEW_APP, PREVIEW_PAGE
 
 ROOT = Path(__file__).parent.parent.parent
 SUITE = ROOT / "tests" / "js_browser"
@@ -47,13 +50,17 @@ def page_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def in_browser(origin: str, server: Server) -> dict[str, Any]:
+    return open_page(f"{origin}/page.html?{urlencode({'url': server.url, 'key': server.api_key})}")
+
+
+def open_page(url: str) -> dict[str, Any]:
+    """Open `url` in headless Chromium and return what the page left in `window.result`."""
     node = shutil.which("node")
     chromium = shutil.which("chromium")
     assert node is not None
     assert chromium is not None, "Debian's chromium is needed (.ci/run installs it)"
     if not (SUITE / "node_modules" / "playwright-core").is_dir():
         pytest.fail("tests/js_browser has no node_modules: `nox -s tests` runs `npm ci` there")
-    url = f"{origin}/page.html?{urlencode({'url': server.url, 'key': server.api_key})}"
     done = subprocess.run(
         [node, "run.mjs", url],
         cwd=SUITE,
@@ -89,3 +96,24 @@ def test_an_origin_the_server_does_not_allow_is_refused(page_origin: str, server
     result = in_browser(page_origin, server)  # the session's server allows no web origin
     assert result["connect"] is True, result
     assert result["error"].startswith("ConnectError"), result
+
+
+def test_a_preview_url_in_a_real_browser(server: Server) -> None:
+    """Issue 14's browser flow: a preview URL opens an app in a sandbox with no key; the page's
+    own relative fetch and its WebSocket are let in by the cookie the first answer set."""
+    with Sandbox(api_key=server.api_key, base_url=server.url) as box:
+        box.files.write("app/index.html", PREVIEW_PAGE)
+        box.files.write("app/server.py", PREVIEW_APP)
+        box.commands.run("python3 server.py 8600", cwd="app", background=True)
+        probe = "import socket; socket.create_connection(('127.0.0.1', 8600), timeout=1)"
+        for _ in range(100):
+            if box.commands.run("python3", ["-c", probe]).exit_code == 0:
+                break
+            time.sleep(0.1)
+        url = box.ports.url(8600, expires=120)
+        result = open_page(url)
+    assert result == {
+        "fetched": "followed with the cookie",
+        "echo": "echo: from the page",
+        "pageErrors": [],
+    }
