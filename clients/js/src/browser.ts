@@ -3,7 +3,7 @@
 export { Sandbox, type SandboxOptions, type ConnectionOptions } from './sandbox.js';
 export { CommandHandle, Commands, Pty, type RunOptions, type PtyOptions, type OutputCallback, type BytesCallback } from './commands.js';
 export { Files, WatchHandle, type UploadSource } from './files.js';
-export { Network, Ports } from './network.js';
+export { Network, Ports, type Forward } from './network.js';
 export {
   InsienError,
   APIError,

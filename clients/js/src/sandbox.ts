@@ -76,7 +76,11 @@ export class Sandbox {
     this.files = new Files(this.session);
     this.pty = new Pty(this.commands);
     const rest: SandboxRest = (method, path, options, body) => this.rest(method, path, options, body);
-    this.ports = new Ports(rest);
+    this.ports = new Ports(rest, async (signal) => ({
+      baseUrl: this.session.rest.baseUrl,
+      apiKey: this.session.rest.apiKey,
+      sandboxId: await this.session.create(signal),
+    }));
     this.network = new Network(rest);
   }
 

@@ -222,7 +222,7 @@ describe('one sandbox, every method', () => {
   });
 });
 
-test('ports.url and network: a preview URL without a key, a policy set, read and changed', async () => {
+test('ports.url, ports.forward and network: a preview URL without a key, a local listener, a policy set, read and changed', async () => {
   const sandbox = await Sandbox.create({ apiKey, baseUrl, network: { allowOut: ['pypi.org:443'] } });
   try {
     assert.deepEqual((await sandbox.info()).network, { allowOut: ['pypi.org:443'], denyOut: [], allowPublicTraffic: false });
@@ -235,6 +235,14 @@ test('ports.url and network: a preview URL without a key, a policy set, read and
     assert.match(url, /insien_token=/);
     const page = await fetch(url); // no key: the URL is enough
     assert.equal(await page.text(), '<p>from the sandbox</p>');
+    const forward = await sandbox.ports.forward(8000); // a local listener, like kubectl port-forward
+    try {
+      const pages = await Promise.all([1, 2, 3].map(async () => (await fetch(`${forward.url}/index.html`)).text()));
+      assert.deepEqual(pages, Array(3).fill('<p>from the sandbox</p>'));
+    } finally {
+      await forward.close();
+    }
+    await assert.rejects(fetch(`${forward.url}/index.html`)); // closed
     const changed = await sandbox.network.update({ allowPublicTraffic: true });
     assert.deepEqual([changed.allowOut, changed.allowPublicTraffic], [[], true]);
     assert.equal((await fetch(url.split('?')[0])).status, 200); // public now: no token either
