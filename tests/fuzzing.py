@@ -13,6 +13,8 @@ from insien.protocol import EVENT_TYPES, REQUESTS, ErrorCode
 
 CLIENT_ONLY = {"cancel", "detach"}  # answered by the server, never sent to the agent
 HARMLESS_COMMANDS = ["true", "false", "echo", "printf", "ls", "pwd", "/no/such/command", ""]
+HARMLESS_CELLS = ["1 + 1", "print('x')", "", "x =", "raise ValueError('no')", "import sys"]
+"""Cells the fuzzers run (code is executed: no generated text, on a test machine as anyone)."""
 KNOWN_CODES = {str(code) for code in ErrorCode} | {"LOST"}
 
 hostile_text = st.one_of(
@@ -44,6 +46,8 @@ def field_values(name: str, *, local_paths: bool) -> st.SearchStrategy[Any]:
         return plausible | (hostile.filter(lambda v: not isinstance(v, str)))
     if name == "cmd":
         return st.sampled_from(HARMLESS_COMMANDS) | hostile.filter(lambda v: not isinstance(v, str))
+    if name == "code":
+        return st.sampled_from(HARMLESS_CELLS) | hostile.filter(lambda v: not isinstance(v, str))
     if name == "args":
         return st.lists(hostile_text, max_size=3) | hostile
     if name == "cwd" and local_paths:

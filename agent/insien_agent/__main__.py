@@ -6,13 +6,16 @@ import asyncio
 import logging
 import sys
 
-from .dispatch import serve
 from .helper import SPAWNER_FLAG, fork_helper, helper_main
 from .identity import IdentityError, parse_identity
+from .kernel import KERNEL_FLAG, kernel_main
 from .settings import AgentSettings
 
 
 def main() -> None:
+    if len(sys.argv) == 2 and sys.argv[1] == KERNEL_FLAG:
+        kernel_main()  # a code context, already running as the user (interpreter.py)
+        return
     if len(sys.argv) == 3 and sys.argv[1] == SPAWNER_FLAG:
         helper_main(int(sys.argv[2]))  # the spawner helper, already running as the user
         return
@@ -24,6 +27,8 @@ def main() -> None:
         settings = AgentSettings.from_environ()
         # Before asyncio or any thread exists: the only safe moment to fork.
         helper = fork_helper(parse_identity(settings.user, settings.workdir))
+        from .dispatch import serve  # not needed by the helper or a kernel
+
         asyncio.run(serve(settings, helper))
     except IdentityError as exc:
         logging.getLogger("insien_agent").error("refusing to start: %s", exc)

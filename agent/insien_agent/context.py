@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .gate import ByteGate
 from .identity import FileWorkers, Identity
@@ -13,6 +13,9 @@ from .processes import ManagedProcess, ProcessTable
 from .proxy import EgressProxy
 from .settings import AgentSettings
 from .wire import Outbox
+
+if TYPE_CHECKING:
+    from .interpreter import Contexts
 
 Message = dict[str, Any]
 READ_GATE_BYTES = 48 * 1024 * 1024
@@ -57,6 +60,8 @@ class Request:
     """The bytes of the data frame a `write` on a channel came with."""
     egress: EgressProxy = field(default_factory=EgressProxy)
     """The agent's egress proxy (one per agent), for `egress*` requests and commands' env."""
+    contexts: Contexts | None = None
+    """The agent's code contexts (`interpreter.Contexts`, one per agent)."""
 
     async def emit(self, event: Message | OutFrame) -> None:
         """Send a message or frame that belongs to this request."""

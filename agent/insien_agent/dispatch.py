@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
-from . import PROTOCOL_VERSION, __version__, commands, egress, files, tunnel, watch
+from . import PROTOCOL_VERSION, __version__, commands, egress, files, interpreter, tunnel, watch
 from .context import READ_GATE_BYTES, Request, Subscriptions
 from .errors import BAD_REQUEST, CANCELLED, INTERNAL, TOO_LARGE, UNKNOWN_TYPE, AgentError
 from .fields import required_int
@@ -60,6 +60,12 @@ HANDLERS: dict[str, Handler] = {
     "egressListen": egress.handle_egress_listen,
     "egressOpen": egress.handle_egress_open,
     "egressRefuse": egress.handle_egress_refuse,
+    "createContext": interpreter.handle_create_context,
+    "listContexts": interpreter.handle_list_contexts,
+    "restartContext": interpreter.handle_restart_context,
+    "removeContext": interpreter.handle_remove_context,
+    "interruptCode": interpreter.handle_interrupt,
+    "runCode": interpreter.handle_run_code,
 }
 FEATURES = ("tunnelWithData",)
 """What this agent does beyond its request types, for a server to check before relying on it."""
@@ -95,6 +101,7 @@ class Agent:
         self._notes: dict[str, Any] = {}
         self._environment: dict[str, str] = {}
         self._egress = EgressProxy()
+        self._contexts = interpreter.Contexts()
         self._reads = ByteGate(READ_GATE_BYTES)
         """The sandbox's own variables (create's `env`), for user commands only: the agent's
         process never sees them, so nothing a tenant chooses can change how it runs."""
@@ -244,6 +251,7 @@ class Agent:
             channel=channel,
             payload=payload,
             egress=self._egress,
+            contexts=self._contexts,
         )
         task = asyncio.create_task(self._run(handler, request))
         key: Any = request_id if request_id is not None else object()  # id-less: not cancellable

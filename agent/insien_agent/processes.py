@@ -337,6 +337,11 @@ class ProcessTable:
             else None
         )
 
+    @property
+    def spawner(self) -> Spawner | None:
+        """How user processes start (None: directly, when the agent is the user already)."""
+        return self._spawner
+
     async def _kill_every_user_process(self) -> None:
         assert self._identity.uid is not None
         await kill_user_processes(self._identity.uid)

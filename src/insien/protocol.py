@@ -45,6 +45,8 @@ class ErrorCode(enum.StrEnum):
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     RATE_LIMITED = "RATE_LIMITED"
     CONNECTION_REFUSED = "CONNECTION_REFUSED"
+    CONTEXT_DIED = "CONTEXT_DIED"
+    """A code context's process is gone (OOM, os._exit, killed): restart it."""
 
 
 RequestId = StrictStr | StrictInt
@@ -203,6 +205,48 @@ class WatchRequest(_Request):
     recursive: StrictBool = False
 
 
+Language = Literal["python"]
+ContextId = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+
+
+class RunCodeRequest(_Request):
+    """A cell in a code context (the language's default one unless `context` names one)."""
+
+    type: Literal["runCode"]
+    code: StrictStr
+    language: Language = "python"
+    context: ContextId | None = None
+    timeout: Annotated[StrictFloat, Field(gt=0)] | Annotated[StrictInt, Field(gt=0)] | None = None
+    envs: dict[StrictStr, StrictStr] | None = None
+
+
+class CreateContextRequest(_Request):
+    type: Literal["createContext"]
+    language: Language = "python"
+    cwd: StrictStr | None = None
+
+
+class ListContextsRequest(_Request):
+    type: Literal["listContexts"]
+
+
+class RestartContextRequest(_Request):
+    type: Literal["restartContext"]
+    context: ContextId
+
+
+class RemoveContextRequest(_Request):
+    type: Literal["removeContext"]
+    context: ContextId
+
+
+class InterruptCodeRequest(_Request):
+    """Ctrl-C for the cell running in a context (KeyboardInterrupt; the context stays)."""
+
+    type: Literal["interruptCode"]
+    context: ContextId
+
+
 class CancelRequest(_Request):
     type: Literal["cancel"]
     target: RequestId
@@ -231,6 +275,12 @@ _MODELS: tuple[type[_Request], ...] = (
     RemoveRequest,
     RenameRequest,
     WatchRequest,
+    RunCodeRequest,
+    CreateContextRequest,
+    ListContextsRequest,
+    RestartContextRequest,
+    RemoveContextRequest,
+    InterruptCodeRequest,
     CancelRequest,
     PingRequest,
 )
@@ -252,9 +302,11 @@ EVENT_TYPES = frozenset(
         "tunnelOpened",
         "egressListening",
         "egressConnect",
+        "codeOutput",
+        "codeResult",
     }
 )
-CREDITED_TYPES = frozenset({"output", "fsEvents"})
+CREDITED_TYPES = frozenset({"output", "fsEvents", "codeOutput", "codeResult"})
 """Events the agent sends only as far as the server's credit allows (see Flow control)."""
 
 

@@ -10,7 +10,7 @@ import { openSocket, type SocketLike } from './transport.js';
 export type Message = Record<string, unknown> & { type?: string; id?: string };
 
 /** Messages that answer a request without ending it. */
-const NOT_FINAL = new Set(['output', 'data', 'spawnResponse', 'attachResponse', 'watchStarted', 'fsEvents']);
+const NOT_FINAL = new Set(['output', 'data', 'spawnResponse', 'attachResponse', 'watchStarted', 'fsEvents', 'codeOutput', 'codeResult']);
 /** Close codes after which the sandbox may still be there: reconnect. */
 const RECONNECT_CODES = new Set([1006, 1011, 1012, 1013]);
 /** How long the SDK keeps trying to reach a sandbox whose server went away (a restart). */

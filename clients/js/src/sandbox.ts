@@ -1,5 +1,6 @@
 /** `Sandbox`: the seed's simple API (created on first use) and protocol v1's namespaces. */
 
+import { Code, type Execution, type RunCodeOptions } from './code.js';
 import { Commands, Pty, type OutputCallback } from './commands.js';
 import { InsienError } from './errors.js';
 import { Files } from './files.js';
@@ -63,6 +64,8 @@ export class Sandbox {
   readonly ports: Ports;
   /** The sandbox's ways out: `network.update({ allowOut: [...] })`. */
   readonly network: Network;
+  /** Code contexts (`sandbox.code.createContext()`, ...); cells run with `runCode`. */
+  readonly code: Code;
   private readonly session: Session;
 
   constructor(options: SandboxOptions & { sandboxId?: string } = {}) {
@@ -82,6 +85,7 @@ export class Sandbox {
       sandboxId: await this.session.create(signal),
     }));
     this.network = new Network(rest);
+    this.code = new Code(this.session);
   }
 
   /** A new sandbox, created now. */
@@ -180,6 +184,12 @@ export class Sandbox {
   /** The seed's status: `{ sandboxId, connected, createdAt }`. */
   status(options: Abortable = {}): Promise<{ sandboxId: string; connected: boolean; createdAt: string }> {
     return this.rest('GET', '/sandbox/:id/status', options);
+  }
+
+  /** Run a cell in a code context where variables and imports persist between calls (the
+   * default Python context unless `context`); output streams to the callbacks as it comes. */
+  runCode(code: string, options: RunCodeOptions = {}): Promise<Execution> {
+    return this.code.run(code, options);
   }
 
   /** Round-trip an RPC to the agent; resolves to the agent's clock. */

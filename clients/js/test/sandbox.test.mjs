@@ -254,6 +254,28 @@ test('ports.url, ports.forward and network: a preview URL without a key, a local
   }
 });
 
+test('runCode: state kept, streamed output, results, errors, contexts that share nothing', async () => {
+  const sandbox = await Sandbox.create({ apiKey, baseUrl });
+  try {
+    await sandbox.runCode('x = 41');
+    const streamed = [];
+    const execution = await sandbox.runCode("print('hi')\nx + 1", { onStdout: (text) => streamed.push(text) });
+    assert.deepEqual([execution.text, execution.error, execution.logs.stdout, streamed], ['42', null, ['hi\n'], ['hi\n']]);
+    const failed = await sandbox.runCode('1 / 0');
+    assert.equal(failed.error.name, 'ZeroDivisionError');
+    const mine = await sandbox.code.createContext();
+    assert.equal((await sandbox.runCode('x', { context: mine })).error.name, 'NameError');
+    assert.ok((await sandbox.code.listContexts()).some((context) => context.id === mine.id));
+    const slow = await sandbox.runCode('while True: pass', { timeout: 1 });
+    assert.deepEqual([slow.timedOut, slow.error.name], [true, 'KeyboardInterrupt']);
+    assert.equal((await sandbox.runCode('x')).text, '41'); // the context lived on
+    await sandbox.code.removeContext(mine);
+    await assert.rejects(sandbox.runCode('1', { context: mine }), (error) => error.code === 'NOT_FOUND');
+  } finally {
+    await sandbox.destroy();
+  }
+});
+
 test('errors are typed with the server code and message', async () => {
   const wrongKey = new Sandbox({ apiKey: 'not-a-key', baseUrl });
   await assert.rejects(wrongKey.create(), (error) => {

@@ -57,6 +57,7 @@ _STATUS_OF_CODE: dict[str, int] = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.ALREADY_EXISTS: 409,
     ErrorCode.NOT_EMPTY: 409,
+    ErrorCode.CONTEXT_DIED: 409,
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.BUSY: 429,
     ErrorCode.QUOTA_EXCEEDED: 429,

@@ -6,6 +6,10 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _distribution_version
 
 from ._async import AsyncSandbox as AsyncSandbox
+from ._code import CodeContext as CodeContext
+from ._code import Execution as Execution
+from ._code import ExecutionError as ExecutionError
+from ._code import Result as Result
 from ._commands import CommandHandle as AsyncCommandHandle
 from ._errors import APIError as APIError
 from ._errors import AuthenticationError as AuthenticationError
@@ -42,10 +46,13 @@ __all__ = [
     "AsyncSandbox",
     "AsyncWatchHandle",
     "AuthenticationError",
+    "CodeContext",
     "CommandHandle",
     "CommandResult",
     "ConnectError",
     "EntryInfo",
+    "Execution",
+    "ExecutionError",
     "FilesystemEvent",
     "InsienError",
     "LogLine",
@@ -56,6 +63,7 @@ __all__ = [
     "ProcessInfo",
     "RPCError",
     "RateLimitError",
+    "Result",
     "Sandbox",
     "SandboxClosedError",
     "SandboxInfo",

@@ -11,7 +11,8 @@ from typing import Any
 import anyio
 import httpx
 
-from ._commands import Commands, Pty
+from ._code import Code, CodeContext, Execution
+from ._commands import Commands, OutputCallback, Pty
 from ._config import resolve
 from ._errors import InsienError
 from ._files import Files
@@ -76,6 +77,7 @@ class AsyncSandbox:
         self.pty = Pty(self._session, self.commands)
         self.ports = Ports(self._session)
         self.network = Network(self._session)
+        self._code = Code(self._session)
 
     @property
     def sandbox_id(self) -> str | None:
@@ -173,6 +175,54 @@ class AsyncSandbox:
         """State, lifetime, metadata and clients of this sandbox."""
         await self.create()
         return SandboxInfo.from_wire(await self._request("GET", f"/sandboxes/{self.sandbox_id}"))
+
+    # -- code contexts (docs/protocol.md, "Code contexts") ------------------------------------
+
+    async def run_code(
+        self,
+        code: str,
+        *,
+        language: str = "python",
+        context: str | CodeContext | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        on_result: OutputCallback | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the sandbox interrupts the cell)
+        envs: dict[str, str] | None = None,
+    ) -> Execution:
+        """Run a cell in a code context (the language's default one unless `context`), where
+        variables and imports persist between calls. Output streams to the callbacks as it
+        comes; `timeout` interrupts the cell (KeyboardInterrupt) and keeps the context."""
+        return await self._code.run(
+            code,
+            language=language,
+            context=context,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            on_result=on_result,
+            timeout=timeout,
+            envs=envs,
+        )
+
+    async def create_code_context(
+        self, *, language: str = "python", cwd: str | None = None
+    ) -> CodeContext:
+        """A new context that shares nothing with the others."""
+        return await self._code.create_context(language=language, cwd=cwd)
+
+    async def list_code_contexts(self) -> builtins.list[CodeContext]:
+        return await self._code.list_contexts()
+
+    async def restart_code_context(self, context: str | CodeContext) -> CodeContext:
+        """Start a context again, empty (also how a context whose process died comes back)."""
+        return await self._code.restart_context(context)
+
+    async def remove_code_context(self, context: str | CodeContext) -> None:
+        await self._code.remove_context(context)
+
+    async def interrupt_code(self, context: str | CodeContext = "python") -> None:
+        """Ctrl-C for the cell running in `context` (default: Python's default context)."""
+        await self._code.interrupt(context)
 
     async def metrics(self) -> SandboxMetrics:
         """CPU, memory, disk and processes of the sandbox now (reading it is not activity)."""

@@ -28,7 +28,16 @@ Message = dict[str, Any]
 
 
 FINAL_EXCEPT = frozenset(
-    {"output", "data", "spawnResponse", "attachResponse", "watchStarted", "fsEvents"}
+    {
+        "output",
+        "data",
+        "spawnResponse",
+        "attachResponse",
+        "watchStarted",
+        "fsEvents",
+        "codeOutput",
+        "codeResult",
+    }
 )
 STREAM_BUFFER = 256
 CANCEL_TIMEOUT = 5.0

@@ -20,6 +20,7 @@ import anyio.from_thread
 from anyio.lowlevel import EventLoopToken, current_token
 
 from ._async import AsyncSandbox
+from ._code import CodeContext, Execution
 from ._commands import CommandHandle as AsyncCommandHandle
 from ._commands import Commands as AsyncCommands
 from ._commands import OutputCallback
@@ -598,6 +599,50 @@ class Sandbox:
 
     def info(self) -> SandboxInfo:
         return self._loop.run(self._async.info)
+
+    def run_code(
+        self,
+        code: str,
+        *,
+        language: str = "python",
+        context: str | CodeContext | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        on_result: OutputCallback | None = None,
+        timeout: float | None = None,
+        envs: dict[str, str] | None = None,
+    ) -> Execution:
+        """See AsyncSandbox.run_code; callbacks run on the SDK's helper thread."""
+        return self._loop.run(
+            partial(
+                self._async.run_code,
+                code,
+                language=language,
+                context=context,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                on_result=on_result,
+                timeout=timeout,
+                envs=envs,
+            )
+        )
+
+    def create_code_context(
+        self, *, language: str = "python", cwd: str | None = None
+    ) -> CodeContext:
+        return self._loop.run(partial(self._async.create_code_context, language=language, cwd=cwd))
+
+    def list_code_contexts(self) -> builtins.list[CodeContext]:
+        return self._loop.run(self._async.list_code_contexts)
+
+    def restart_code_context(self, context: str | CodeContext) -> CodeContext:
+        return self._loop.run(partial(self._async.restart_code_context, context))
+
+    def remove_code_context(self, context: str | CodeContext) -> None:
+        self._loop.run(partial(self._async.remove_code_context, context))
+
+    def interrupt_code(self, context: str | CodeContext = "python") -> None:
+        self._loop.run(partial(self._async.interrupt_code, context))
 
     def metrics(self) -> SandboxMetrics:
         return self._loop.run(self._async.metrics)

@@ -1,0 +1,147 @@
+"""Code contexts in a real sandbox through the server and the SDK (issue 15, first part):
+state kept between cells, streaming, results with their formats, errors, separate contexts,
+interrupts that keep the context, a cell that ignores them, a context that died, bounds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from insien_sandbox import CodeContext, Result, RPCError, Sandbox
+from tests.conftest import Server
+
+RICH = """
+class Table:
+    def _repr_html_(self):
+        return "<table><tr><td>1</td></tr></table>"
+    def _repr_markdown_(self):
+        return "| 1 |"
+    def _repr_png_(self):
+        return b"\\x89PNG fake"
+    def __repr__(self):
+        return "Table(1)"
+"""
+
+
+@pytest.fixture(scope="module")
+def box(server: Server) -> Iterator[Sandbox]:
+    sandbox = Sandbox(api_key=server.api_key, base_url=server.url)
+    yield sandbox
+    sandbox.destroy()
+
+
+def test_state_streaming_and_results(box: Sandbox) -> None:
+    seen: list[str] = []
+    first = box.run_code("import math\nx = 41\nprint('hi')\nx + 1", on_stdout=seen.append)
+    assert (first.text, first.error, first.logs.stdout) == ("42", None, ["hi\n"])
+    assert seen == ["hi\n"]
+    second = box.run_code("x = x + 1\nmath.sqrt(x * 2 - 3)")  # the same context: x and math kept
+    assert second.text == "9.0"
+    assert first.execution_count is not None
+    assert second.execution_count == first.execution_count + 1
+    streamed = box.run_code(
+        "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.3)"
+    )
+    assert "".join(streamed.logs.stdout) == "0\n1\n2\n"
+    assert len(streamed.logs.stdout) == 3  # three chunks, as they came
+
+
+def test_results_carry_every_format_and_display(box: Sandbox) -> None:
+    results: list[Result] = []
+    execution = box.run_code(RICH + "display(Table())\nTable()", on_result=results.append)
+    assert execution.error is None
+    shown, main = execution.results
+    assert results == execution.results
+    assert not shown.is_main_result
+    assert main.is_main_result
+    assert main.text == "Table(1)"
+    assert main.html == "<table><tr><td>1</td></tr></table>"
+    assert main.markdown == "| 1 |"
+    assert main.png == "iVBORyBmYWtl"  # base64 of the bytes
+    assert main.formats() == ["text", "html", "markdown", "png"]
+    assert box.run_code("x = 1").results == []  # a statement has no main result
+    assert box.run_code("None").results == []
+
+
+def test_errors_and_what_a_cell_writes_itself(box: Sandbox) -> None:
+    failed = box.run_code("def f():\n    return 1 / 0\nf()")
+    assert failed.error is not None
+    assert failed.error.name == "ZeroDivisionError"
+    assert "return 1 / 0" in failed.error.traceback
+    assert box.run_code("1 +").error.name == "SyntaxError"  # type: ignore[union-attr]
+    raw = box.run_code(
+        "import os, subprocess\nos.write(2, b'fd two\\n')\nsubprocess.run(['echo', 'child'])\n"
+    )
+    assert raw.logs.stderr == ["fd two\n"]
+    assert raw.logs.stdout == ["child\n"]
+    assert (
+        box.run_code("import os\nos.environ.get('ONLY_HERE')", envs={"ONLY_HERE": "yes"}).text
+        == "'yes'"
+    )
+    unset = box.run_code("import os\nos.environ.get('ONLY_HERE')")
+    assert (unset.error, unset.results) == (None, [])  # None is no result, as in a notebook
+
+
+def test_contexts_share_nothing(box: Sandbox) -> None:
+    mine = box.create_code_context()
+    assert isinstance(mine, CodeContext)
+    box.run_code("secret = 'mine'", context=mine)
+    assert box.run_code("secret", context=mine).text == "'mine'"
+    other = box.run_code("secret")  # the default context never saw it
+    assert other.error is not None
+    assert other.error.name == "NameError"
+    assert mine.id in {c.id for c in box.list_code_contexts()}
+    restarted = box.restart_code_context(mine)
+    assert box.run_code("secret", context=restarted).error.name == "NameError"  # type: ignore[union-attr]
+    box.remove_code_context(mine)
+    assert mine.id not in {c.id for c in box.list_code_contexts()}
+    with pytest.raises(RPCError) as gone:
+        box.run_code("1", context=mine)
+    assert gone.value.code == "NOT_FOUND"
+
+
+def test_a_timeout_interrupts_and_keeps_the_context(box: Sandbox) -> None:
+    box.run_code("kept = 'still here'")
+    started = time.monotonic()
+    execution = box.run_code("import time\nwhile True:\n    time.sleep(0.05)", timeout=1)
+    assert time.monotonic() - started < 10
+    assert execution.timed_out
+    assert execution.error is not None
+    assert execution.error.name == "KeyboardInterrupt"
+    assert not execution.restarted
+    assert box.run_code("kept").text == "'still here'"
+
+
+def test_a_cell_that_ignores_the_interrupt_restarts_its_context(box: Sandbox) -> None:
+    context = box.create_code_context()
+    box.run_code("value = 1", context=context)
+    stubborn = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"
+    execution = box.run_code(stubborn, context=context, timeout=1)
+    assert execution.timed_out
+    assert execution.restarted
+    after = box.run_code("value", context=context)  # running again, and empty
+    assert after.error is not None
+    assert after.error.name == "NameError"
+
+
+def test_a_context_that_died_is_reported_not_waited_on(box: Sandbox) -> None:
+    context = box.create_code_context()
+    with pytest.raises(RPCError) as died:
+        box.run_code("import os\nos._exit(3)", context=context)
+    assert died.value.code == "CONTEXT_DIED"
+    with pytest.raises(RPCError) as again:
+        box.run_code("1", context=context)
+    assert again.value.code == "CONTEXT_DIED"
+    assert "exited with code 3" in again.value.message
+    box.restart_code_context(context)
+    assert box.run_code("2 + 2", context=context).text == "4"
+
+
+def test_endless_output_is_truncated_and_stays_interruptible(box: Sandbox) -> None:
+    execution = box.run_code("while True:\n    print('x' * 1000)", timeout=3)
+    assert execution.truncated
+    assert execution.timed_out
+    assert sum(len(chunk) for chunk in execution.logs.stdout) <= 4 * 1024 * 1024
+    assert box.run_code("'alive'").text == "'alive'"

@@ -1,0 +1,61 @@
+"""Code contexts in the agent, run as a process of its own (the same kernel runs in sandboxes;
+tests/e2e/test_interpreter.py drives it through the server and the SDK)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.agent_process import AgentProcess, run_agent
+
+
+async def run(
+    agent: AgentProcess, request_id: int, **fields: Any
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    await agent.send({"id": request_id, "type": "runCode", **fields})
+    events: list[dict[str, Any]] = []
+    while True:
+        message = await agent.receive(timeout=30)
+        if message["type"] in ("codeOutput", "codeResult"):
+            events.append(message)
+        else:
+            return events, message
+
+
+async def test_cells_keep_state_stream_output_and_give_results(tmp_path: Path) -> None:
+    async with run_agent(tmp_path) as agent:
+        events, done = await run(agent, 1, code="x = 40\nprint('hello')\nx + 2")
+        assert done["type"] == "runCodeResponse", done
+        assert done["error"] is None
+        assert done["executionCount"] == 1
+        assert [e["text"] for e in events if e["type"] == "codeOutput"] == ["hello\n"]
+        results = [e["result"] for e in events if e["type"] == "codeResult"]
+        assert results == [{"text": "42", "isMainResult": True}]
+        events, done = await run(agent, 2, code="1 / 0")
+        assert done["error"]["name"] == "ZeroDivisionError"
+        assert "1 / 0" in done["error"]["traceback"]
+        events, done = await run(agent, 3, code="import os; os.write(2, b'raw\\n'); x")
+        assert [e["text"] for e in events if e["type"] == "codeOutput"] == ["raw\n"]
+        assert [e["result"]["text"] for e in events if e["type"] == "codeResult"] == ["40"]
+
+
+async def test_a_client_that_reads_nothing_stops_the_cell_not_the_agent(tmp_path: Path) -> None:
+    """Code events are credited like output: without credit the agent sends its window of 8
+    and no more (the cell blocks in its writes); past the timeout and its grace the rest is
+    dropped, so the interrupt ends the cell and the context lives on."""
+    async with run_agent(tmp_path) as agent:
+        flood = "while True:\n    print('x' * 1000)"
+        await agent.send({"id": 1, "type": "runCode", "code": flood, "timeout": 1})
+        kinds = []
+        while True:
+            message = await agent.receive(timeout=20)
+            kinds.append(message["type"])
+            if message["type"] != "codeOutput":
+                break
+        assert kinds.count("codeOutput") == 8
+        assert message["type"] == "runCodeResponse"
+        assert message["timedOut"] is True
+        assert message["truncated"] is True
+        assert message["error"]["name"] == "KeyboardInterrupt"
+        events, _ = await run(agent, 2, code="'alive'")
+        assert [e["result"]["text"] for e in events] == ["'alive'"]
