@@ -80,6 +80,8 @@ def test_errors_and_what_a_cell_writes_itself(box: Sandbox) -> None:
         box.run_code("import os\nos.environ.get('ONLY_HERE')", envs={"ONLY_HERE": "yes"}).text
         == "'yes'"
     )
+    who = box.run_code("import os\nos.getuid(), os.getcwd()")  # the sandbox user, at home
+    assert who.text == "(1000, '/home/user')"
     unset = box.run_code("import os\nos.environ.get('ONLY_HERE')")
     assert (unset.error, unset.results) == (None, [])  # None is no result, as in a notebook
 

@@ -64,6 +64,7 @@ async def test_tools_over_stdio(server: Server) -> None:
             "list_sandboxes",
             "destroy_sandbox",
             "get_preview_url",
+            "run_code",
         } <= set(tools)
         schema = tools["run_command"].input_schema
         assert set(schema["required"]) == {"sandbox_id", "command"}
@@ -87,6 +88,11 @@ async def test_tools_over_stdio(server: Server) -> None:
             client, "run_command", sandbox_id=sandbox_id, command="sleep 30", timeout_seconds=1
         )
         assert slow["timed_out"] is True
+        cell = await call(client, "run_code", sandbox_id=sandbox_id, code="x = 6\nx * 7")
+        assert (cell["text"], cell["error"]) == ("42", None)
+        kept_state = await call(client, "run_code", sandbox_id=sandbox_id, code="print(x)\nx / 0")
+        assert kept_state["stdout"] == "6\n"
+        assert kept_state["error"]["name"] == "ZeroDivisionError"
         read = await call(client, "read_file", sandbox_id=sandbox_id, path="a/b.py")
         assert read["content"] == "print(6 * 7)"
         listed = await call(client, "list_files", sandbox_id=sandbox_id, path="a")

@@ -239,6 +239,40 @@ def build_server(api_key: str | None, base_url: str | None) -> MCPServer[Registr
         }
 
     @server.tool()
+    async def run_code(
+        ctx: Context,
+        sandbox_id: str,
+        code: Annotated[str, Field(description="Python source, run like a notebook cell")],
+        context_id: Annotated[
+            str | None, Field(description="A context from an earlier call; default: the shared one")
+        ] = None,
+        timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60,
+    ) -> dict[str, Any]:
+        """Run Python in the sandbox like a notebook cell: variables, imports and functions
+        stay for the next call. Returns the last expression's value (`text`, plus `html` when
+        the object has one), stdout, stderr, and the error with its traceback if it raised."""
+        try:
+            box = await _registry(ctx).get(sandbox_id, _session(ctx))
+            execution = await box.run_code(code, context=context_id, timeout=timeout_seconds)
+        except InsienError as exc:
+            raise _tool_error(exc, sandbox_id) from exc
+        stdout, cut_out = _cut("".join(execution.logs.stdout))
+        stderr, cut_err = _cut("".join(execution.logs.stderr))
+        main = next((r for r in execution.results if r.is_main_result), None)
+        error = execution.error
+        return {
+            "text": main.text if main is not None else None,
+            "html": _cut(main.html)[0] if main is not None and main.html else None,
+            "stdout": stdout,
+            "stderr": stderr,
+            "error": None
+            if error is None
+            else {"name": error.name, "value": error.value, "traceback": _cut(error.traceback)[0]},
+            "timed_out": execution.timed_out,
+            "truncated": execution.truncated or cut_out or cut_err,
+        }
+
+    @server.tool()
     async def write_file(ctx: Context, sandbox_id: str, path: str, content: str) -> dict[str, Any]:
         """Write a text file in the sandbox (parent folders are made); relative paths start in
         the home folder."""
