@@ -79,6 +79,15 @@ def docker_client() -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture(scope="session")
+def interpreter_image(docker_client: docker.DockerClient) -> str:
+    """The code interpreter's image (matplotlib, numpy, pandas from Debian), built once."""
+    from insien.runtime.docker.images import INTERPRETER_TAG, build_interpreter_image
+
+    build_interpreter_image(docker_client, tag=INTERPRETER_TAG, default_tag=IMAGE)
+    return INTERPRETER_TAG
+
+
+@pytest.fixture(scope="session")
 def server(docker_client: docker.DockerClient) -> Iterator[Server]:
     process, info = start_server()
     yield info

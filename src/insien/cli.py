@@ -111,17 +111,33 @@ def image() -> None:
 @click.option("--tag", help="Image name to build (default: INSIEN_AGENT_IMAGE).")
 @click.option("--base", help="Base image (default: debian:bookworm-slim or a bootstrap).")
 @click.option("--force", is_flag=True, help="Rebuild even when current.")
-def build(tag: str | None, base: str | None, force: bool) -> None:
-    """Build the default sandbox image."""
+@click.option(
+    "--interpreter",
+    is_flag=True,
+    help="Build the code interpreter's image (INSIEN_INTERPRETER_IMAGE) on the default one.",
+)
+def build(tag: str | None, base: str | None, force: bool, interpreter: bool) -> None:
+    """Build the default sandbox image (or, with --interpreter, the code interpreter's)."""
     from rich.console import Console
 
     from .config import Settings
-    from .runtime.docker.images import ImageBuildError, build_image
+    from .runtime.docker.images import ImageBuildError, build_image, build_interpreter_image
 
-    tag = tag or _load(Settings).agent_image
+    settings = _load(Settings)
     client = _docker()
     try:
-        build_image(client, tag=tag, base=base, force=force, console=Console())
+        if interpreter:
+            build_interpreter_image(
+                client,
+                tag=tag or settings.interpreter_image,
+                default_tag=settings.agent_image,
+                force=force,
+                console=Console(),
+            )
+        else:
+            build_image(
+                client, tag=tag or settings.agent_image, base=base, force=force, console=Console()
+            )
     except ImageBuildError as exc:
         raise SystemExit(f"insien: image build failed: {exc}") from None
     finally:

@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     agent_image: str = Field(
         "insien-sandbox:latest", validation_alias=_seed("AGENT_IMAGE", "AGENT_IMAGE")
     )
+    interpreter_image: str = Field("insien-interpreter:latest")
+    """The code interpreter's template (`insien image build --interpreter`): allowed for
+    creates, and what E2B's `code-interpreter-v1` names."""
     public_url: str | None = Field(None)
     agent_python: str = Field(DEFAULT_PYTHON, pattern=r"^/[A-Za-z0-9_./+-]+$")
     """The absolute path of python3 in sandbox images; the agent never runs through PATH."""
@@ -324,7 +327,7 @@ class Settings(BaseSettings):
     @property
     def allowed_templates(self) -> list[str]:
         """Images a create may name: the default image and the operator's list."""
-        named = [*self.templates, *self.template_settings]
+        named = [self.interpreter_image, *self.templates, *self.template_settings]
         return [self.agent_image, *dict.fromkeys(t for t in named if t != self.agent_image)]
 
     def isolation(self, template: str) -> Isolation:

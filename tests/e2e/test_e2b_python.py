@@ -260,8 +260,6 @@ def test_bad_key_and_unknown_template(server: Server, monkeypatch: pytest.Monkey
     with pytest.raises(AuthenticationException):
         Sandbox.create()
     _point_at(monkeypatch, server)
-    with pytest.raises(Exception, match="code interpreter"):
-        Sandbox.create(template="code-interpreter-v1")
     with pytest.raises(Exception, match=r"not allowed|not an image"):
         Sandbox.create(template="Not An Image!")
 
@@ -516,5 +514,20 @@ def test_auto_pause_at_the_end_of_life(e2b_env: Server) -> None:
         info = Sandbox.get_info(sandbox.sandbox_id)
         assert info.state == SandboxState.RUNNING
         assert (info.end_at - info.started_at).total_seconds() > 60
+    finally:
+        sandbox.kill()
+
+
+def test_the_code_interpreter_template(
+    server: Server, monkeypatch: pytest.MonkeyPatch, interpreter_image: str
+) -> None:
+    """`code-interpreter-v1` (the E2B code interpreter SDK's default) is the interpreter image:
+    Debian's matplotlib, numpy and pandas are there."""
+    _point_at(monkeypatch, server)
+    sandbox = Sandbox.create(template="code-interpreter-v1")
+    try:
+        assert Sandbox.get_info(sandbox.sandbox_id).template_id == "code-interpreter-v1"
+        probe = sandbox.commands.run("python3 -c 'import matplotlib, numpy, pandas; print(1)'")
+        assert probe.stdout == "1\n"
     finally:
         sandbox.kill()

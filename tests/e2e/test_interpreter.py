@@ -4,6 +4,7 @@ interrupts that keep the context, a cell that ignores them, a context that died,
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 
@@ -147,3 +148,30 @@ def test_endless_output_is_truncated_and_stays_interruptible(box: Sandbox) -> No
     assert execution.timed_out
     assert sum(len(chunk) for chunk in execution.logs.stdout) <= 4 * 1024 * 1024
     assert box.run_code("'alive'").text == "'alive'"
+
+
+def test_charts_and_tables_on_the_interpreter_image(server: Server, interpreter_image: str) -> None:
+    """On the interpreter image (Debian's matplotlib, numpy, pandas): a figure shown with
+    plt.show() or left as the last expression comes back as PNG; a DataFrame as text and
+    HTML; nothing warns about a non-GUI backend."""
+    with Sandbox(api_key=server.api_key, base_url=server.url, template=interpreter_image) as box:
+        shown = box.run_code(
+            "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.show()"
+        )
+        assert shown.error is None
+        (figure,) = shown.results
+        assert base64.b64decode(figure.png or "")[:8] == b"\x89PNG\r\n\x1a\n"
+        assert shown.logs.stderr == []
+        last = box.run_code("fig, ax = plt.subplots()\nax.bar(['a', 'b'], [3, 5])\nfig")
+        pngs = [r for r in last.results if r.png]
+        assert pngs
+        assert any(r.is_main_result for r in pngs)
+        table = box.run_code(
+            "import numpy as np, pandas as pd\n"
+            "pd.DataFrame({'x': np.arange(3), 'y': ['a', 'b', 'c']})"
+        )
+        (frame,) = table.results
+        assert frame.is_main_result
+        assert "<table" in (frame.html or "")
+        assert frame.text is not None
+        assert "x" in frame.text

@@ -150,18 +150,27 @@ def control_blueprint(services: Services) -> Blueprint:
         if aliased is not None:
             return aliased
         if name.startswith("code-interpreter"):
+            return settings.interpreter_image  # `insien image build --interpreter`
+        return name
+
+    async def available(image: str, name: str) -> str:
+        """The interpreter's image, checked before a create names it: missing, it is the
+        operator's step to take, said plainly."""
+        if image == settings.interpreter_image and not await manager.runtime.image_exists(image):
             raise ApiError(
                 400,
                 ErrorCode.BAD_REQUEST,
-                f"template {name!r} is not available: this server has no code interpreter"
-                " image (map it with INSIEN_E2B_TEMPLATES)",
+                f"template {name!r} needs the code interpreter image {image}: build it with"
+                " `insien image build --interpreter`",
             )
-        return name
+        return image
 
     def template_name(sandbox: Sandbox) -> str:
         image = sandbox.options.template
         if image == settings.agent_image:
             return "base"
+        if image == settings.interpreter_image:
+            return "code-interpreter-v1"
         for alias, target in settings.e2b_templates.items():
             if target == image:
                 return alias
@@ -213,7 +222,7 @@ def control_blueprint(services: Services) -> Blueprint:
         options = await sandbox_options(
             services,
             owner,
-            template=template_image(body.templateID),
+            template=await available(template_image(body.templateID), body.templateID),
             lifetime=float(body.timeout),
             idle_timeout=None,
             metadata=body.metadata,

@@ -19,6 +19,7 @@ from ..._resources import images_dir
 DockerClient = docker.DockerClient
 
 DEFAULT_TAG = "insien-sandbox:latest"
+INTERPRETER_TAG = "insien-interpreter:latest"
 DEFAULT_BASE = "debian:bookworm-slim"
 BOOTSTRAP_BASE = "insien-base:bookworm"
 RECIPE_LABEL = "insien.recipe"
@@ -28,22 +29,27 @@ class ImageBuildError(Exception):
     """The sandbox image could not be built; the message says which step failed."""
 
 
-def recipe_digest(recipe: Path) -> str:
-    """A hash of every file in the recipe folder: the image is current when its label matches."""
+def recipe_digest(recipe: Path, base: str | None = None) -> str:
+    """A hash of every file in the recipe folder (and the base named, for an image built on
+    another of ours): the image is current when its label matches."""
     digest = hashlib.sha256()
+    if base is not None:
+        digest.update(base.encode() + b"\0")
     for path in sorted(p for p in recipe.rglob("*") if p.is_file()):
         digest.update(path.relative_to(recipe).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
-def image_is_current(client: docker.DockerClient, tag: str, recipe: Path) -> bool:
+def image_is_current(
+    client: docker.DockerClient, tag: str, recipe: Path, base: str | None = None
+) -> bool:
     try:
         image = client.images.get(tag)
     except docker.errors.ImageNotFound:
         return False
     labels: dict[str, str] = image.labels or {}
-    return labels.get(RECIPE_LABEL) == recipe_digest(recipe)
+    return labels.get(RECIPE_LABEL) == recipe_digest(recipe, base)
 
 
 def _have(client: docker.DockerClient, name: str) -> bool:
@@ -103,6 +109,22 @@ def bootstrap_base(client: docker.DockerClient, console: Console) -> None:
     console.print(f"[green]Made {BOOTSTRAP_BASE}.[/]")
 
 
+def build_interpreter_image(
+    client: docker.DockerClient,
+    *,
+    tag: str = INTERPRETER_TAG,
+    default_tag: str = DEFAULT_TAG,
+    force: bool = False,
+    console: Console | None = None,
+) -> bool:
+    """Build the code interpreter's image (on the default one, built first if needed)
+    unless it is current. Returns whether it built."""
+    build_image(client, tag=default_tag, console=console)
+    return build_image(
+        client, tag=tag, base=default_tag, force=force, console=console, recipe="interpreter"
+    )
+
+
 def build_image(
     client: docker.DockerClient,
     *,
@@ -110,20 +132,22 @@ def build_image(
     base: str | None = None,
     force: bool = False,
     console: Console | None = None,
+    recipe: str = "default",
 ) -> bool:
-    """Build the default sandbox image unless it is current. Returns whether it built."""
+    """Build a sandbox image from its recipe in `images/` unless it is current. Returns
+    whether it built."""
     console = console or Console(stderr=True)
-    recipe = images_dir() / "default"
-    if not force and image_is_current(client, tag, recipe):
+    folder = images_dir() / recipe
+    if not force and image_is_current(client, tag, folder, base):
         console.print(f"{tag} is up to date.")
         return False
     chosen_base = base or choose_base(client, console)
     console.print(f"[bold]Building {tag}[/] on {chosen_base} …")
     stream: Any = client.api.build(
-        path=str(recipe),
+        path=str(folder),
         tag=tag,
         buildargs={"BASE": chosen_base},
-        labels={RECIPE_LABEL: recipe_digest(recipe)},
+        labels={RECIPE_LABEL: recipe_digest(folder, base)},
         rm=True,
         forcerm=True,
         decode=True,
