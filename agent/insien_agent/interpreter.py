@@ -27,12 +27,14 @@ from typing import Any
 from .context import Request
 from .errors import BAD_REQUEST, NOT_FOUND, AgentError
 from .fields import optional_str, required_str, str_map
+from .js_kernel import JS_KERNEL
 from .kernel import KERNEL_FLAG
 from .launch import Started, start_process
 from .settings import user_environment
 
 Message = dict[str, Any]
-LANGUAGES = ("python",)
+LANGUAGES = ("python", "javascript")
+ALIASES = {"js": "javascript", "node": "javascript", "py": "python"}
 START_TIMEOUT = 30.0
 INTERRUPT_GRACE = 3.0
 MAX_LINE = 64 * 1024 * 1024
@@ -108,10 +110,12 @@ async def _collect_stderr(context: Context) -> None:
         del context.stderr[:-4096]
 
 
-def _kernel_arguments() -> list[str]:
+def _kernel_command(language: str) -> tuple[str, list[str]]:
+    if language == "javascript":
+        return "node", ["-e", JS_KERNEL]
     if os.path.basename(AGENT_PATH) == "__main__.py":  # run as a package (development, tests)
-        return ["-m", "insien_agent", KERNEL_FLAG]
-    return [AGENT_PATH, KERNEL_FLAG]
+        return sys.executable, ["-m", "insien_agent", KERNEL_FLAG]
+    return sys.executable, [AGENT_PATH, KERNEL_FLAG]
 
 
 class Credit:
@@ -146,16 +150,22 @@ class Contexts:
         env.update(req.egress.environment())
         env.update(req.identity.environment())
         env["PYTHONUNBUFFERED"] = "1"
-        proc, _ = await start_process(
-            req.identity,
-            req.table.spawner,
-            sys.executable,
-            _kernel_arguments(),
-            cwd=cwd,
-            env=env,
-            stdin=True,
-            pty_size=None,
-        )
+        cmd, args = _kernel_command(language)
+        try:
+            proc, _ = await start_process(
+                req.identity,
+                req.table.spawner,
+                cmd,
+                args,
+                cwd=cwd,
+                env=env,
+                stdin=True,
+                pty_size=None,
+            )
+        except FileNotFoundError:
+            raise AgentError(
+                BAD_REQUEST, f"{language} contexts need {cmd!r}, which this image does not have"
+            ) from None
         context = Context(
             context_id, language, cwd, proc, asyncio.get_running_loop().create_future()
         )
@@ -212,6 +222,7 @@ def _optional_context(msg: Message) -> str | None:
 
 def _language(msg: Message) -> str:
     language = optional_str(msg, "language", "python") or "python"
+    language = ALIASES.get(language, language)
     if language not in LANGUAGES:
         raise AgentError(BAD_REQUEST, f"language {language!r}: this agent runs {list(LANGUAGES)}")
     return language

@@ -205,7 +205,7 @@ class WatchRequest(_Request):
     recursive: StrictBool = False
 
 
-Language = Literal["python"]
+Language = Literal["python", "javascript", "js"]
 ContextId = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 
 

@@ -175,3 +175,20 @@ def test_charts_and_tables_on_the_interpreter_image(server: Server, interpreter_
         assert "<table" in (frame.html or "")
         assert frame.text is not None
         assert "x" in frame.text
+
+
+def test_javascript_cells(box: Sandbox) -> None:
+    """A Node context: top-level declarations kept, console output streamed, the last
+    expression's value, errors, and a timeout that interrupts and keeps the context."""
+    first = box.run_code("let total = 40; console.log('from node'); total + 2", language="js")
+    assert (first.text, first.error, first.logs.stdout) == ("42", None, ["from node\n"])
+    assert box.run_code("total += 1; ({ total })", language="javascript").text == "{ total: 41 }"
+    failed = box.run_code("undefinedThing()", language="js")
+    assert failed.error is not None
+    assert failed.error.name == "ReferenceError"
+    spun = box.run_code("while (true) {}", language="js", timeout=1)
+    assert spun.timed_out
+    assert spun.error is not None
+    assert spun.error.name == "KeyboardInterrupt"
+    assert box.run_code("total", language="js").text == "41"
+    assert box.run_code("total").error is not None  # Python's context is another one

@@ -50,7 +50,7 @@ export interface CodeContext {
 }
 
 export interface RunCodeOptions extends Abortable {
-  language?: 'python';
+  language?: 'python' | 'javascript' | 'js';
   context?: string | CodeContext;
   onStdout?: (text: string) => void | Promise<void>;
   onStderr?: (text: string) => void | Promise<void>;
@@ -110,7 +110,7 @@ export class Code {
     };
   }
 
-  async createContext(options: Abortable & { language?: 'python'; cwd?: string } = {}): Promise<CodeContext> {
+  async createContext(options: Abortable & { language?: 'python' | 'javascript' | 'js'; cwd?: string } = {}): Promise<CodeContext> {
     const message: Record<string, unknown> = { type: 'createContext', language: options.language ?? 'python' };
     if (options.cwd !== undefined) message.cwd = options.cwd;
     return (await (await this.session.connection(options.signal)).call(message, options)).context as CodeContext;
