@@ -11,8 +11,8 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 PYTHON = "3.11"
 SERVER = ["-e", ".[test]"]
 SDK = ["-e", "./clients/python[cli,mcp]"]
-E2B = ["e2b==2.63.0"]
-"""The stock E2B SDK the E2B front is tested against (README: "Using E2B's SDKs")."""
+E2B = ["e2b==2.63.0", "e2b-code-interpreter==2.11.5"]
+"""The stock E2B SDKs the E2B front is tested against (README: "Using E2B's SDKs")."""
 
 
 @nox.session(python=PYTHON)

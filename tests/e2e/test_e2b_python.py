@@ -531,3 +531,40 @@ def test_the_code_interpreter_template(
         assert probe.stdout == "1\n"
     finally:
         sandbox.kill()
+
+
+def test_the_stock_code_interpreter_sdk(
+    server: Server, monkeypatch: pytest.MonkeyPatch, interpreter_image: str
+) -> None:
+    """`e2b-code-interpreter` unchanged: run_code with streaming callbacks and state kept,
+    results with PNG charts, errors, contexts (create, list, restart, remove), JavaScript."""
+    from e2b_code_interpreter import Sandbox as CodeSandbox  # type: ignore[import-not-found,import-untyped,unused-ignore]  # no py.typed
+
+    _point_at(monkeypatch, server)
+    sandbox = CodeSandbox.create()  # its default template: code-interpreter-v1
+    try:
+        streamed: list[str] = []
+        first = sandbox.run_code(
+            "x = 41\nprint('hi')\nx + 1", on_stdout=lambda m: streamed.append(m.line)
+        )
+        assert first.text == "42"
+        assert first.logs.stdout == ["hi\n"]
+        assert streamed == ["hi\n"]
+        assert first.execution_count is not None
+        chart = sandbox.run_code(
+            "import matplotlib.pyplot as plt\nplt.plot([1, 2], [3, 4])\nplt.show()"
+        )
+        assert chart.results
+        assert chart.results[0].png
+        failed = sandbox.run_code("x / 0")
+        assert failed.error is not None
+        assert failed.error.name == "ZeroDivisionError"
+        context = sandbox.create_code_context()
+        assert sandbox.run_code("x", context=context).error is not None  # its own namespace
+        assert context.id in {c.id for c in sandbox.list_code_contexts()}
+        sandbox.restart_code_context(context)
+        sandbox.remove_code_context(context)
+        assert context.id not in {c.id for c in sandbox.list_code_contexts()}
+        assert sandbox.run_code("[1, 2].map(n => n * 2)", language="js").text == "[ 2, 4 ]"
+    finally:
+        sandbox.kill()

@@ -27,6 +27,7 @@ from .calls import EnvdCall, Method
 from .connect import Code, ConnectError
 from .files import FilesError, serve_files
 from .filesystem import METHODS as FILESYSTEM_METHODS
+from .interpreter import serve_interpreter
 from .process import METHODS as PROCESS_METHODS
 from .watchers import PolledWatches
 from .watchers import methods as watcher_methods
@@ -78,6 +79,9 @@ class EnvdFront:
     async def serve(self, exchange: Exchange, sandbox_id: str, port: int) -> None:
         rpc = exchange.path.startswith(("/process.Process/", "/filesystem.Filesystem/"))
         try:
+            if port == INTERPRETER_PORT:
+                await serve_interpreter(exchange, self._admit_interpreter(exchange, sandbox_id))
+                return
             sandbox, tenant = self._admit(exchange, sandbox_id, port)
             if exchange.path == "/health":
                 await exchange.discard_body()
@@ -95,6 +99,32 @@ class EnvdFront:
         except ConnectError as exc:  # a unary call's failure
             await self._refuse(exchange, True, connect.HTTP_STATUS[exc.code], exc.code, exc.message)
 
+    def _admit_interpreter(self, exchange: Exchange, sandbox_id: str) -> Sandbox:
+        """The code interpreter's port: the sandbox's access or traffic token, the key, or a
+        sandbox whose ports are public (E2B's default), as E2B's SDK calls it."""
+        manager = self.services.manager
+        auth = self.services.auth
+        sandbox = manager.public(sandbox_id)
+        if sandbox is None:
+            tenant = auth.tenant_for_key(exchange.headers.get("x-api-key"))
+            for header in ("x-access-token", "e2b-traffic-access-token"):
+                if tenant is None:
+                    tenant = auth.tenant_for_token(exchange.headers.get(header), sandbox_id)
+            if tenant is None:
+                raise Refused(401, Code.UNAUTHENTICATED, "a valid X-Access-Token is required")
+            try:
+                sandbox = manager.get(sandbox_id, tenant)
+            except SandboxNotFound:
+                raise Refused(
+                    502, Code.UNAVAILABLE, f"The sandbox {sandbox_id} was not found"
+                ) from None
+        if sandbox.state is State.PAUSED:
+            raise Refused(
+                502, Code.UNAVAILABLE, f"the sandbox {sandbox_id} is paused: connect to resume it"
+            )
+        sandbox.touch()
+        return sandbox
+
     def _admit(self, exchange: Exchange, sandbox_id: str, port: int) -> tuple[Sandbox, Tenant]:
         auth = self.services.auth
         tenant = auth.tenant_for_token(exchange.headers.get("x-access-token"), sandbox_id)
@@ -108,12 +138,6 @@ class EnvdFront:
             raise Refused(
                 502, Code.UNAVAILABLE, f"The sandbox {sandbox_id} was not found"
             ) from None
-        if port == INTERPRETER_PORT:
-            raise Refused(
-                502,
-                Code.UNAVAILABLE,
-                f"port {port} is not open: this sandbox has no code interpreter",
-            )
         if port != ENVD_PORT:
             raise Refused(
                 502, Code.UNAVAILABLE, f"port {port} is not open: Insien does not forward ports yet"

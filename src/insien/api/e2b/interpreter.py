@@ -1,0 +1,174 @@
+"""E2B's code interpreter API (port 49999 of a sandbox, as `e2b-code-interpreter` calls it)
+on Insien's code contexts: the same agent requests Insien's own `run_code` uses, so one
+implementation serves both fronts. `POST /execute` streams newline-delimited JSON events
+(`stdout`, `stderr`, `result`, `error`, `number_of_executions`); `/contexts` creates, lists,
+removes and restarts contexts."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from ...link import AgentGone
+from ...protocol import Message
+from ...sandboxes.sandbox import Sandbox
+from ..exchange import BodyTooLarge, ClientGone, Exchange
+
+MAX_BODY = 16 * 1024 * 1024
+LANGUAGES = {"python": "python", "js": "javascript", "javascript": "javascript"}
+CONTEXT = re.compile(r"^/contexts/(?P<id>[^/]+)(?P<restart>/restart)?$")
+STATUS = {"NOT_FOUND": 404, "BAD_REQUEST": 400, "CONTEXT_DIED": 500, "AGENT_GONE": 502}
+
+
+class InterpreterError(Exception):
+    """An answer other than 200, in the shape the SDK reads (its text is the message)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def serve_interpreter(exchange: Exchange, sandbox: Sandbox) -> None:
+    try:
+        await _route(exchange, sandbox)
+    except InterpreterError as exc:
+        if not exchange.started:
+            await exchange.discard_body()
+            await exchange.respond(exc.status, exc.message.encode(), "text/plain; charset=utf-8")
+    except (AgentGone, ClientGone):
+        if not exchange.started:
+            await exchange.respond(502, b"the sandbox is gone", "text/plain; charset=utf-8")
+
+
+async def _route(exchange: Exchange, sandbox: Sandbox) -> None:
+    path, method = exchange.path, exchange.method
+    if path == "/health":
+        await exchange.respond(200, b"OK", "text/plain")
+    elif path == "/execute" and method == "POST":
+        await _execute(exchange, sandbox, await _json(exchange))
+    elif path == "/contexts" and method == "POST":
+        body = await _json(exchange)
+        message: Message = {"type": "createContext", "language": _language(body.get("language"))}
+        if isinstance(body.get("cwd"), str):
+            message["cwd"] = body["cwd"]
+        await exchange.respond_json(200, (await _call(sandbox, message))["context"])
+    elif path == "/contexts" and method == "GET":
+        await exchange.respond_json(
+            200, (await _call(sandbox, {"type": "listContexts"}))["contexts"]
+        )
+    elif (match := CONTEXT.match(path)) is not None:
+        context = match.group("id")
+        if match.group("restart") and method == "POST":
+            await _call(sandbox, {"type": "restartContext", "context": context})
+            await exchange.respond(204, b"", "text/plain")
+        elif not match.group("restart") and method == "DELETE":
+            await _call(sandbox, {"type": "removeContext", "context": context})
+            await exchange.respond(204, b"", "text/plain")
+        else:
+            raise InterpreterError(405, f"{method} {path} is not a route of the interpreter")
+    else:
+        raise InterpreterError(404, f"the code interpreter has no route {method} {path}")
+
+
+async def _json(exchange: Exchange) -> dict[str, Any]:
+    try:
+        raw = await exchange.read_body(MAX_BODY)
+        body = json.loads(raw or b"{}")
+    except BodyTooLarge as exc:
+        raise InterpreterError(413, str(exc)) from None
+    except ValueError:
+        raise InterpreterError(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise InterpreterError(400, "the body is not a JSON object")
+    return body
+
+
+def _language(value: object) -> str:
+    if value is None:
+        return "python"
+    language = LANGUAGES.get(str(value).lower())
+    if language is None:
+        raise InterpreterError(400, f"language {value!r} is not available: python or js")
+    return language
+
+
+def _refusal(answer: Message) -> InterpreterError:
+    code = str(answer.get("code"))
+    return InterpreterError(STATUS.get(code, 500), f"{code}: {answer.get('message')}")
+
+
+async def _call(sandbox: Sandbox, message: Message) -> Message:
+    answer = await sandbox.link.call(message)
+    if answer.get("type") == "error":
+        raise _refusal(answer)
+    sandbox.touch()
+    return answer
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _event(reply: Message) -> list[dict[str, Any]]:
+    """What E2B's SDK reads for one of the agent's events (its final one included)."""
+    kind = reply.get("type")
+    if kind == "codeOutput":
+        stream = "stderr" if reply.get("stream") == "stderr" else "stdout"
+        return [{"type": stream, "text": reply.get("text", ""), "timestamp": _now()}]
+    if kind == "codeResult":
+        result = dict(reply.get("result") or {})
+        result["is_main_result"] = bool(result.pop("isMainResult", False))
+        return [{"type": "result", **result}]
+    if kind == "error":
+        name, message = str(reply.get("code")), str(reply.get("message"))
+        return [{"type": "error", "name": name, "value": message, "traceback": message}]
+    events: list[dict[str, Any]] = []
+    error = reply.get("error")
+    if isinstance(error, dict):
+        events.append(
+            {"type": "error", **{k: str(error.get(k, "")) for k in ("name", "value", "traceback")}}
+        )
+    events.append({"type": "number_of_executions", "execution_count": reply.get("executionCount")})
+    return events
+
+
+async def _execute(exchange: Exchange, sandbox: Sandbox, body: dict[str, Any]) -> None:
+    code = body.get("code")
+    if not isinstance(code, str):
+        raise InterpreterError(400, "field 'code' must be a string")
+    message: Message = {"type": "runCode", "code": code}
+    context = body.get("context_id")
+    if isinstance(context, str) and context:
+        message["context"] = context
+    else:
+        message["language"] = _language(body.get("language"))
+    envs = body.get("env_vars")
+    if isinstance(envs, dict):
+        message["envs"] = {str(k): str(v) for k, v in envs.items()}
+    async with trio.open_nursery() as nursery:
+
+        async def gone() -> None:
+            # The SDK ends its timeout by dropping the connection: the cell is interrupted.
+            await exchange.wait_disconnect()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(gone)
+        async with sandbox.link.request(message) as pending:
+            async for reply in pending:
+                final = reply.message.get("type") not in ("codeOutput", "codeResult")
+                if not exchange.started:
+                    if final and reply.message.get("type") == "error":
+                        raise _refusal(reply.message)
+                    await exchange.start(200, "application/x-ndjson")
+                lines = b"".join(json.dumps(e).encode() + b"\n" for e in _event(reply.message))
+                await exchange.write(lines)
+                sandbox.touch()
+                if final:
+                    break
+        await exchange.write(b"", more=False)
+        nursery.cancel_scope.cancel()
