@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 
+from .dispatch import serve
 from .helper import SPAWNER_FLAG, fork_helper, helper_main
 from .identity import IdentityError, parse_identity
 from .kernel import KERNEL_FLAG, kernel_main
@@ -27,8 +28,6 @@ def main() -> None:
         settings = AgentSettings.from_environ()
         # Before asyncio or any thread exists: the only safe moment to fork.
         helper = fork_helper(parse_identity(settings.user, settings.workdir))
-        from .dispatch import serve  # not needed by the helper or a kernel
-
         asyncio.run(serve(settings, helper))
     except IdentityError as exc:
         logging.getLogger("insien_agent").error("refusing to start: %s", exc)

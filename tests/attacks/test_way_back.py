@@ -79,7 +79,9 @@ async def test_kill_all_ends_a_fork_bomb_that_escaped_its_exec(server: Server) -
         # Passes until nothing of the user is left for a while: slow on a loaded 2-core CI.
         killed = await call(ws, {"id": "k", "type": "killAll"}, timeout=90)
         assert killed["type"] == "killAllResponse", killed
-        assert killed["killed"] > 20
+        # How many were alive at that instant depends on the machine's load (bombs' children
+        # also die by themselves when a fork fails); what counts is that none is left.
+        assert killed["killed"] > 0
         with trio.fail_after(30):
             while True:
                 ps = await call(ws, {"id": "ps", "type": "exec", "cmd": "ps", "args": ["-e"]})
