@@ -15,7 +15,7 @@ from tests.conftest import Server
 SUITE = Path(__file__).parent.parent / "e2b_js"
 
 
-def test_stock_e2b_js_sdk(server: Server) -> None:
+def run_suite(server: Server, name: str) -> subprocess.CompletedProcess[str]:
     node = shutil.which("node")
     assert node is not None, "node is needed for the JavaScript suites (.ci/run installs it)"
     if not (SUITE / "node_modules" / "e2b").is_dir():
@@ -26,8 +26,8 @@ def test_stock_e2b_js_sdk(server: Server) -> None:
         "E2B_SANDBOX_URL": f"{server.url}/e2b",
         "E2B_API_KEY": server.api_key,
     }
-    done = subprocess.run(
-        [node, "--test", "--test-reporter=spec", "e2b.test.mjs"],
+    return subprocess.run(
+        [node, "--test", "--test-reporter=spec", name],
         cwd=SUITE,
         env=env,
         capture_output=True,
@@ -35,5 +35,16 @@ def test_stock_e2b_js_sdk(server: Server) -> None:
         timeout=300,
         check=False,
     )
+
+
+def test_stock_e2b_js_sdk(server: Server) -> None:
+    done = run_suite(server, "e2b.test.mjs")
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     assert "pass 6" in done.stdout, done.stdout[-3000:]
+
+
+def test_stock_code_interpreter_js_sdk(server: Server, interpreter_image: str) -> None:
+    """`@e2b/code-interpreter` (pinned in tests/e2b_js) against the interpreter's front."""
+    done = run_suite(server, "interpreter.test.mjs")
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert "pass 1" in done.stdout, done.stdout[-3000:]
