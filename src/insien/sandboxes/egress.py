@@ -140,7 +140,9 @@ class Egress:
                 async with stream, open_egress(link, request.conn) as tunnel:
                     await self._carry(sandbox, tunnel, stream, counters)
             finally:
-                self._open[sandbox.id] -= 1
+                left = self._open.pop(sandbox.id) - 1
+                if left:  # an id leaves the table with its last connection
+                    self._open[sandbox.id] = left
                 log.info(
                     "sandbox %s: egress to %s (%s) closed: %d bytes out, %d in",
                     sandbox.id,
