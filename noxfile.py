@@ -13,6 +13,8 @@ SERVER = ["-e", ".[test]"]
 SDK = ["-e", "./clients/python[cli,mcp]"]
 E2B = ["e2b==2.63.0", "e2b-code-interpreter==2.11.5"]
 """The stock E2B SDKs the E2B front is tested against (README: "Using E2B's SDKs")."""
+JUPYTER = ["ipykernel>=7,<8", "jupyter-client>=8,<9"]
+"""The code interpreter benchmark's baseline: `1+1` through jupyter_client to ipykernel."""
 
 
 @nox.session(python=PYTHON)
@@ -48,7 +50,14 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the server, the agent, the SDK, the tests and the benchmarks."""
     session.install(
-        "mypy>=2.4,<3", "types-docker", "types-jsonschema", "matplotlib>=3.8", *SERVER, *SDK, *E2B
+        "mypy>=2.4,<3",
+        "types-docker",
+        "types-jsonschema",
+        "matplotlib>=3.8",
+        *SERVER,
+        *SDK,
+        *E2B,
+        *JUPYTER,
     )
     session.run("mypy", "src", "agent", "clients/python/src", "tests", "bench")
 
@@ -63,7 +72,7 @@ def image(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks against baselines measured in the same run (`-- --quick` for a smoke run)."""
-    session.install(*SERVER, *SDK, *E2B, "matplotlib>=3.8")
+    session.install(*SERVER, *SDK, *E2B, *JUPYTER, "matplotlib>=3.8")
     session.run("python", "-m", "bench.run", *session.posargs)
 
 

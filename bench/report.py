@@ -126,6 +126,25 @@ def targets(results: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
                 _ratio(egress["insien_mb_s"], egress["bridge_mb_s"]),
             )
         )
+    code = results.get("code_interpreter")
+    if code:
+        ins = code["insien_warm_context"]["median_ms"]
+        floor = code["ipykernel_host"]["median_ms"]
+        first = code["first_run_code_pool"]["median_ms"]
+        out.append(
+            (
+                "run_code('1+1') p50 <= 2x jupyter_client + ipykernel on the host",
+                ins <= 2 * floor,
+                _ratio(ins, floor),
+            )
+        )
+        out.append(
+            (
+                "create -> first run_code p50 < 100 ms from the warm pool",
+                first < 100,
+                f"{first:.0f} ms",
+            )
+        )
     scale = results.get("scale")
     if scale:
         many = scale["sandboxes"] >= 500
@@ -277,6 +296,20 @@ def markdown(results: dict[str, Any]) -> str:
             f"{egress.get('runs', 1)} | {egress['insien_mb_s']:.0f} MB/s through the proxy "
             f"| bridge network {egress['bridge_mb_s']:.0f} MB/s "
             f"| {_ratio(egress['insien_mb_s'], egress['bridge_mb_s'])} |"
+        )
+    code = results.get("code_interpreter")
+    if code:
+        ins, floor = code["insien_warm_context"], code["ipykernel_host"]
+        pool, cold = code["first_run_code_pool"], code["first_run_code_cold"]
+        lines.append(
+            f'| `run_code("1+1")` in a warm context p50 (n={ins["n"]}) '
+            f"| {ins['median_ms']:.2f} ms | jupyter_client + ipykernel on the host "
+            f"{floor['median_ms']:.2f} ms | {_ratio(ins['median_ms'], floor['median_ms'])} of it |"
+        )
+        lines.append(
+            f"| create -> first `run_code` answered p50 (n={pool['n']}) "
+            f"| {pool['median_ms']:.0f} ms from the warm pool | cold (no pool) "
+            f"{cold['median_ms']:.0f} ms | {_ratio(cold['median_ms'], pool['median_ms'])} faster |"
         )
     scale = results.get("scale")
     if scale:

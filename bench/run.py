@@ -36,6 +36,7 @@ SIZES = {
     "e2b_first_command": ({"n": 3}, {"n": 10}),
     "ports": ({"size": 16 * scenarios.MIB, "n": 100}, {"size": 100 * scenarios.MIB, "n": 500}),
     "egress": ({"size": 16 * scenarios.MIB}, {"size": 100 * scenarios.MIB}),
+    "code_interpreter": ({"n": 100, "n_first": 5}, {"n": 500, "n_first": 20}),
     "scale": ({"limit": 10, "seconds": 60}, {"limit": 500, "seconds": 900}),
 }
 

@@ -4,6 +4,7 @@ otherwise use (docker-py, the docker CLI, the host itself)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import statistics
 import subprocess
@@ -19,7 +20,7 @@ import trio
 
 from bench.stats import summarize
 from insien_sandbox import AsyncSandbox
-from tests.server_process import Server, rss_bytes
+from tests.server_process import Server, rss_bytes, start_server, stop_server
 
 MIB = 1024 * 1024
 
@@ -646,4 +647,95 @@ async def egress(ctx: Context, size: int) -> dict[str, Any]:
         "insien_mb_s": statistics.median(rates),
         "bridge_mb_s": statistics.median(bridge),
         "samples": {"insien_mb_s": rates, "bridge_mb_s": bridge},
+    }
+
+
+def _ipykernel_round_trips(n: int) -> list[float]:
+    """`1+1` through jupyter_client to a local ipykernel on the host: the floor a user who
+    built a code interpreter from Jupyter's parts would get (each sample waits for the result
+    and the kernel's idle status, as `run_code` waits for the cell's end)."""
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        samples: list[float] = []
+        for i in range(WARMUP + n):
+            start = time.perf_counter()
+            reply = client.execute_interactive("1+1", timeout=30, output_hook=lambda _: None)
+            if i >= WARMUP:
+                samples.append(_ms(start))
+            assert reply["content"]["status"] == "ok"
+        return samples
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
+WARMUP = 10
+
+
+async def code_interpreter(ctx: Context, n: int, n_first: int) -> dict[str, Any]:
+    """`run_code("1+1")` in a warm context against jupyter_client + ipykernel on the host, and
+    create -> first `run_code` answered, from a warm pool of the interpreter image (whose
+    sandboxes start their Python context ahead of use) and cold. Its own server keeps that
+    pool, so the other scenarios' pool is untouched."""
+    from insien.runtime.docker.images import INTERPRETER_TAG, build_interpreter_image
+
+    await trio.to_thread.run_sync(
+        lambda: build_interpreter_image(ctx.docker, tag=INTERPRETER_TAG, default_tag=ctx.image)
+    )
+    pools = [{"template": INTERPRETER_TAG, "size": POOL_SIZE, "max": POOL_SIZE}]
+    process, server = start_server(
+        f"bench-code-{os.getpid()}", {"INSIEN_POOLS": json.dumps(pools)}, image=ctx.image
+    )
+    own = Context(server=server, docker=ctx.docker, image=ctx.image)
+
+    def sandbox(resources: dict[str, float | int | str] | None = None) -> AsyncSandbox:
+        return AsyncSandbox(
+            api_key=server.api_key,
+            base_url=server.url,
+            template=INTERPRETER_TAG,
+            resources=resources,
+        )
+
+    try:
+        await own.wait_for_pool(POOL_SIZE)
+        warm: list[float] = []
+        async with sandbox() as box:
+            for i in range(WARMUP + n):
+                start = time.perf_counter()
+                execution = await box.run_code("1+1")
+                if i >= WARMUP:
+                    warm.append(_ms(start))
+                assert execution.text == "2", execution
+        first: list[float] = []
+        for _ in range(n_first):
+            await own.wait_for_pool(POOL_SIZE)  # each a real hand-over, its context started
+            await trio.sleep(1)  # the refill of the last one done
+            start = time.perf_counter()
+            async with sandbox() as box:
+                await box.create()
+                assert (await box.run_code("1+1")).text == "2"
+                first.append(_ms(start))
+        cold: list[float] = []
+        for _ in range(n_first):
+            start = time.perf_counter()
+            async with sandbox(COLD) as box:
+                await box.create()
+                assert (await box.run_code("1+1")).text == "2"
+                cold.append(_ms(start))
+    finally:
+        stop_server(process)
+    jupyter = await trio.to_thread.run_sync(_ipykernel_round_trips, n)
+    return {
+        "insien_warm_context": summarize(warm),
+        "ipykernel_host": summarize(jupyter),
+        "first_run_code_pool": summarize(first),
+        "first_run_code_cold": summarize(cold),
+        "samples": {
+            "insien_warm_context": warm,
+            "ipykernel_host": jupyter,
+            "first_run_code_pool": first,
+            "first_run_code_cold": cold,
+        },
     }

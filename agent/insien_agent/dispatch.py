@@ -66,6 +66,7 @@ HANDLERS: dict[str, Handler] = {
     "removeContext": interpreter.handle_remove_context,
     "interruptCode": interpreter.handle_interrupt,
     "runCode": interpreter.handle_run_code,
+    "warmContexts": interpreter.handle_warm_contexts,
 }
 FEATURES = ("tunnelWithData",)
 """What this agent does beyond its request types, for a server to check before relying on it."""

@@ -30,6 +30,7 @@ from .fields import optional_str, required_str, str_map
 from .js_kernel import JS_KERNEL
 from .kernel import KERNEL_FLAG
 from .launch import Started, start_process
+from .oom import oom_kills
 from .settings import user_environment
 
 Message = dict[str, Any]
@@ -59,6 +60,9 @@ class Context:
     death: str | None = None
     reader: asyncio.Task[None] | None = None
     stderr: bytearray = field(default_factory=bytearray)
+    oom_kills: int | None = field(default_factory=oom_kills)
+    """The sandbox's count of OOM kills when the context started or its last cell began: a
+    SIGKILL while it grew was (almost certainly) for memory."""
 
     def describe(self) -> Message:
         return {"id": self.id, "language": self.language, "cwd": self.cwd}
@@ -78,9 +82,13 @@ async def _read_events(context: Context) -> None:
     code = await context.proc.wait()
     if context.death is None:
         tail = context.stderr.decode(errors="replace").strip().splitlines()[-3:]
-        why = f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
+        why = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
         if code == -signal.SIGKILL or code == 128 + signal.SIGKILL:
-            why += " (out of memory, or killed)"
+            kills = oom_kills()
+            if kills is not None and context.oom_kills is not None and kills > context.oom_kills:
+                why = "was killed by the out-of-memory killer (the sandbox's memory limit)"
+            else:
+                why += " (out of memory, or killed)"
         context.death = why + (f": {' / '.join(tail)}" if tail else "")
     if not context.ready.done():
         context.ready.set_exception(AgentError(CONTEXT_DIED, f"the context {context.death}"))
@@ -142,14 +150,20 @@ class Contexts:
 
     def __init__(self) -> None:
         self.by_id: dict[str, Context] = {}
+        self.spares: dict[str, Context] = {}
+        """Default contexts started ahead of use (`warmContexts`), by language."""
+        self._defaults: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, req: Request, language: str, cwd: str, context_id: str) -> Context:
-        env = user_environment()
-        env.update(req.environment)
-        env.update(req.egress.environment())
-        env.update(req.identity.environment())
-        env["PYTHONUNBUFFERED"] = "1"
+        context = await self._launch(req, language, cwd, context_id, _environment(req))
+        self.by_id[context_id] = context
+        return context
+
+    async def _launch(
+        self, req: Request, language: str, cwd: str, context_id: str, env: dict[str, str]
+    ) -> Context:
+        """A kernel process, once it says it is ready (CONTEXT_DIED if it never does)."""
         cmd, args = _kernel_command(language)
         try:
             proc, _ = await start_process(
@@ -169,7 +183,6 @@ class Contexts:
         context = Context(
             context_id, language, cwd, proc, asyncio.get_running_loop().create_future()
         )
-        self.by_id[context_id] = context
         for job in (_read_events(context), _collect_stderr(context)):
             task = asyncio.create_task(job)
             self._tasks.add(task)
@@ -180,6 +193,38 @@ class Contexts:
             self.kill(context)
             raise AgentError(CONTEXT_DIED, "the context did not start in time") from None
         return context
+
+    async def warm(self, req: Request, language: str) -> None:
+        """Start a language's default context ahead of its first use (a pooled sandbox), with
+        the variables a sandbox has before anyone claims it; adopting it gives it the rest."""
+        async with self._default(language):
+            spare = self.spares.get(language)
+            if language in self.by_id or (spare is not None and spare.death is None):
+                return
+            env = user_environment()
+            env.update(req.identity.environment())
+            env["PYTHONUNBUFFERED"] = "1"
+            self.spares[language] = await self._launch(
+                req, language, req.settings.workdir, language, env
+            )
+
+    async def _adopt(self, req: Request, language: str) -> Context | None:
+        """The language's spare as its default context, with the variables a context started
+        now would get (the claim's `env`, the egress proxy); None without a live spare."""
+        spare = self.spares.pop(language, None)
+        if spare is None or spare.death is not None or spare.proc.returncode is not None:
+            return None
+        assert spare.proc.stdin is not None
+        self.by_id[language] = spare
+        setup = {"type": "setup", "env": _environment(req)}
+        spare.proc.stdin.write(json.dumps(setup).encode() + b"\n")
+        try:
+            await spare.proc.stdin.drain()
+        except (ConnectionError, OSError):
+            self.kill(spare)
+            del self.by_id[language]
+            return None
+        return spare
 
     def kill(self, context: Context) -> None:
         if context.death is None:
@@ -202,10 +247,25 @@ class Contexts:
             if found is None:
                 raise AgentError(NOT_FOUND, f"no code context {context_id!r}")
             return found
-        default = self.by_id.get(language)
-        if default is None:
-            default = await self.start(req, language, req.settings.workdir, language)
-        return default
+        async with self._default(language):  # two first cells start one default context
+            default = self.by_id.get(language) or await self._adopt(req, language)
+            if default is None:
+                default = await self.start(req, language, req.settings.workdir, language)
+            return default
+
+    def _default(self, language: str) -> asyncio.Lock:
+        return self._defaults.setdefault(language, asyncio.Lock())
+
+
+def _environment(req: Request) -> dict[str, str]:
+    """A context's variables: the image's user environment, the sandbox's, the egress proxy's
+    and the user's identity, as commands get them."""
+    env = user_environment()
+    env.update(req.environment)
+    env.update(req.egress.environment())
+    env.update(req.identity.environment())
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 def _contexts(req: Request) -> Contexts:
@@ -233,6 +293,23 @@ async def handle_create_context(req: Request) -> Message:
     cwd = os.path.join(req.settings.workdir, optional_str(req.msg, "cwd", "") or "")
     context = await _contexts(req).start(req, language, cwd, secrets.token_hex(8))
     return {"type": "createContextResponse", "context": context.describe()}
+
+
+async def handle_warm_contexts(req: Request) -> Message:
+    """`warmContexts`: start these languages' default contexts now, so that a pooled
+    sandbox's first `runCode` does not wait for an interpreter to start."""
+    languages = req.msg.get("languages")
+    if not isinstance(languages, list) or not all(isinstance(x, str) for x in languages):
+        raise AgentError(BAD_REQUEST, "field 'languages' must be a list of language names")
+    chosen = []
+    for name in languages:
+        language = ALIASES.get(name, name)
+        if language not in LANGUAGES:
+            raise AgentError(BAD_REQUEST, f"language {name!r}: this agent runs {list(LANGUAGES)}")
+        chosen.append(language)
+    for language in dict.fromkeys(chosen):
+        await _contexts(req).warm(req, language)
+    return {"type": "warmContextsResponse", "languages": list(dict.fromkeys(chosen))}
 
 
 async def handle_list_contexts(req: Request) -> Message:
@@ -313,6 +390,7 @@ async def _run_cell(
         return IGNORED
 
     guard = asyncio.create_task(watchdog())
+    context.oom_kills = oom_kills()
     try:
         assert context.proc.stdin is not None
         context.proc.stdin.write(json.dumps({"code": code, "envs": envs}).encode() + b"\n")

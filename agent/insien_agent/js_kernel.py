@@ -88,6 +88,11 @@ process.on('SIGINT', () => {}); // between cells there is nothing to stop
 readline.createInterface({ input: process.stdin }).on('line', (line) => {
   let cell;
   try { cell = JSON.parse(line); } catch (error) { return; }
+  if (cell && cell.type === 'setup') {  // started ahead of use: the claiming sandbox's variables
+    for (const name of Object.keys(process.env)) delete process.env[name];
+    Object.assign(process.env, cell.env || {});
+    return;
+  }
   run(cell);
 });
 emit({ type: 'ready', pid: process.pid, node: process.version });

@@ -224,6 +224,9 @@ class Kernel:
                 cell = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(cell, dict) and cell.get("type") == "setup":
+                adopt(cell.get("env") or {})
+                continue
             try:
                 self.run(cell)
             except KeyboardInterrupt:  # arrived between cells: nothing to stop
@@ -248,6 +251,14 @@ def _figure_png(value: Any) -> str | None:
     buffer = io.BytesIO()
     value.savefig(buffer, format="png", bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def adopt(env: dict[str, str]) -> None:
+    """A kernel started ahead of use (a pooled sandbox) takes the variables of the sandbox
+    that claimed it, as if it had started with them."""
+    os.environ.clear()
+    os.environ.update(env)
+    os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def kernel_main() -> None:

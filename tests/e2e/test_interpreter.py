@@ -5,13 +5,19 @@ interrupts that keep the context, a cell that ignores them, a context that died,
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
 
 import pytest
+import trio
 
-from insien_sandbox import CodeContext, Result, RPCError, Sandbox
+from insien_sandbox import AsyncSandbox, CodeContext, Result, RPCError, Sandbox
 from tests.conftest import Server
+from tests.e2e.restartable import Restartable, restartable
+from tests.e2e.test_pool import wait_for_pool
+
+__all__ = ["restartable"]  # the fixture, used by name
 
 RICH = """
 class Table:
@@ -142,6 +148,63 @@ def test_a_context_that_died_is_reported_not_waited_on(box: Sandbox) -> None:
     assert box.run_code("2 + 2", context=context).text == "4"
 
 
+def test_a_context_killed_from_outside_is_reported_and_restartable(box: Sandbox) -> None:
+    context = box.create_code_context()
+    box.run_code("kept = 1", context=context)
+    pid = box.run_code("import os\nos.getpid()", context=context).text
+    assert box.commands.run(f"kill -9 {pid}").exit_code == 0
+    with pytest.raises(RPCError) as died:
+        box.run_code("kept", context=context)
+    assert died.value.code == "CONTEXT_DIED"
+    assert "was killed by signal 9" in died.value.message
+    box.restart_code_context(context)
+    fresh = box.run_code("kept", context=context)
+    assert fresh.error is not None
+    assert fresh.error.name == "NameError"
+
+
+def test_a_cell_that_runs_out_of_memory_is_reported(server: Server) -> None:
+    """The OOM killer ends the context's process in a sandbox with a memory limit: the cell
+    answers CONTEXT_DIED naming the memory limit, the agent and other contexts live on."""
+    with Sandbox(
+        api_key=server.api_key, base_url=server.url, resources={"memory": "256m"}
+    ) as small:
+        other = small.create_code_context()
+        small.run_code("survivor = 'yes'", context=other)
+        with pytest.raises(RPCError) as died:
+            small.run_code("hog = bytearray(2 * 2**30)\nhog[::4096] = b'x' * len(hog[::4096])")
+        assert died.value.code == "CONTEXT_DIED"
+        assert "out-of-memory killer" in died.value.message
+        assert small.run_code("survivor", context=other).text == "'yes'"
+        assert small.commands.run("echo alive").stdout == "alive\n"
+
+
+def test_twenty_cells_run_at_once_in_twenty_contexts(server: Server) -> None:
+    """Contexts are separate processes: twenty cells that each sleep a second finish together,
+    each seeing only its own state."""
+
+    async def scenario() -> None:
+        async with AsyncSandbox(api_key=server.api_key, base_url=server.url) as sandbox:
+            contexts = [await sandbox.create_code_context() for _ in range(20)]
+            answers: dict[int, str | None] = {}
+
+            async def cell(i: int) -> None:
+                await sandbox.run_code(f"mine = {i}", context=contexts[i])
+                done = await sandbox.run_code(
+                    "import time\ntime.sleep(1)\nmine * 10", context=contexts[i]
+                )
+                answers[i] = done.text
+
+            start = time.monotonic()
+            async with trio.open_nursery() as nursery:
+                for i in range(20):
+                    nursery.start_soon(cell, i)
+            assert answers == {i: str(i * 10) for i in range(20)}
+            assert time.monotonic() - start < 15  # not twenty seconds one after another
+
+    trio.run(scenario)
+
+
 def test_endless_output_is_truncated_and_stays_interruptible(box: Sandbox) -> None:
     execution = box.run_code("while True:\n    print('x' * 1000)", timeout=3)
     assert execution.truncated
@@ -192,3 +255,28 @@ def test_javascript_cells(box: Sandbox) -> None:
     assert spun.error.name == "KeyboardInterrupt"
     assert box.run_code("total", language="js").text == "41"
     assert box.run_code("total").error is not None  # Python's context is another one
+
+
+def test_a_pooled_interpreter_sandbox_has_its_context_running_before_the_first_cell(
+    restartable: Restartable, interpreter_image: str
+) -> None:
+    """A warm pool of the interpreter image (labelled `insien.contexts=python`) starts each
+    sandbox's Python context ahead of use; the first cell after a create runs in that process,
+    with the create's variables and the sandbox user's identity as a fresh context has them."""
+    pools = [{"template": interpreter_image, "size": 1}]
+    server = restartable.start(INSIEN_POOLS=json.dumps(pools), INSIEN_POOL_MAX="1")
+    trio.run(wait_for_pool, server, 1)
+    with Sandbox(
+        api_key=server.api_key,
+        base_url=server.url,
+        template=interpreter_image,
+        env={"FROM_CREATE": "here"},
+    ) as box:
+        before = box.commands.run("pgrep -f -- ' --kernel$'")
+        assert before.exit_code == 0, "a kernel runs before any cell"
+        first = box.run_code(
+            "import os\nos.getpid(), os.getuid(), os.environ['FROM_CREATE'], os.environ['HOME']"
+        )
+        assert first.error is None, first.error
+        shell = box.commands.run("echo $(id -u) $HOME").stdout.split()
+        assert first.text == repr((int(before.stdout.split()[0]), int(shell[0]), "here", shell[1]))

@@ -59,3 +59,32 @@ async def test_a_client_that_reads_nothing_stops_the_cell_not_the_agent(tmp_path
         assert message["error"]["name"] == "KeyboardInterrupt"
         events, _ = await run(agent, 2, code="'alive'")
         assert [e["result"]["text"] for e in events] == ["'alive'"]
+
+
+async def test_a_warmed_context_takes_the_environment_of_its_first_use(tmp_path: Path) -> None:
+    """`warmContexts` starts the default context ahead of use; the first cell runs in that
+    process with the variables an `env` message set afterwards (as a claim sends them), and
+    two first cells at once share the one default context."""
+    async with run_agent(tmp_path) as agent:
+        await agent.send({"id": 1, "type": "warmContexts", "languages": ["py", "python"]})
+        warmed = await agent.receive(timeout=30)
+        assert warmed == {"id": 1, "type": "warmContextsResponse", "languages": ["python"]}
+        await agent.send({"type": "env", "env": {"CLAIMED": "yes"}})
+        await agent.send({"id": 2, "type": "runCode", "code": "import os\nx = os.getpid()"})
+        await agent.send({"id": 3, "type": "runCode", "code": "os.environ.get('CLAIMED')"})
+        answers: dict[int, list[dict[str, Any]]] = {2: [], 3: []}
+        while sum(m["type"] == "runCodeResponse" for ms in answers.values() for m in ms) < 2:
+            message = await agent.receive(timeout=30)
+            answers[message["id"]].append(message)
+        assert answers[3][0]["result"]["text"] == "'yes'"
+        events, done = await run(agent, 4, code="x")
+        assert done["error"] is None
+        assert events[0]["result"]["text"].isdigit()
+
+
+async def test_warm_contexts_refuses_what_it_cannot_start(tmp_path: Path) -> None:
+    async with run_agent(tmp_path) as agent:
+        for request_id, languages in enumerate(["python", ["cobol"], [3]], start=1):
+            await agent.send({"id": request_id, "type": "warmContexts", "languages": languages})
+            answer = await agent.receive(timeout=10)
+            assert (answer["type"], answer["code"]) == ("error", "BAD_REQUEST"), answer

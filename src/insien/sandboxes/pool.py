@@ -46,6 +46,11 @@ REFILL_DELAY = 0.5
 """Starting a container takes a CPU for a quarter second: the sandbox just handed over gets its
 first commands before the pool competes with it."""
 FILL_CONCURRENCY = max(2, os.cpu_count() or 2)
+CONTEXTS_LABEL = "insien.contexts"
+"""An image label naming the code contexts (`python,javascript`) a pooled sandbox of it starts
+ahead of use, so that its first `runCode` does not wait for an interpreter (the interpreter
+image has `python`)."""
+WARM_CONTEXTS_TIMEOUT = 30.0
 POOLED_SANDBOX_BYTES = 32 * 1024 * 1024
 """What an idle ready sandbox costs the host (agent, helper, shim), for the memory bound."""
 
@@ -90,6 +95,8 @@ class WarmPool:
         self._sealer = sealer
         self._launcher = launcher
         self._discard = discard
+        self._contexts: dict[str, list[str]] = {}
+        """The code contexts each template's pooled sandboxes start (CONTEXTS_LABEL)."""
 
     def profile_for(self, template: str, resources: Resources) -> Profile | None:
         for profile in self.profiles.values():
@@ -207,10 +214,31 @@ class WarmPool:
             # so that the first one after the hand-over runs at full speed.
             with trio.move_on_after(10):
                 await sandbox.link.call({"type": "exec", "cmd": "true"})
+            await self._warm_contexts(profile.template, sandbox)
             if self.closed or not self.add(profile, sandbox):
                 await self._discard(sandbox)
         finally:
             self.starting(profile, -1)
+
+    async def _warm_contexts(self, template: str, sandbox: Sandbox) -> None:
+        """Start the code contexts the template's label names; a sandbox whose contexts fail
+        to start still serves (its first cell starts them, and says why if it cannot)."""
+        if template not in self._contexts:
+            try:
+                labels = await self._runtime.image_labels(template) or {}
+            except RuntimeFailure:
+                labels = {}
+            named = labels.get(CONTEXTS_LABEL, "").split(",")
+            self._contexts[template] = [name.strip() for name in named if name.strip()]
+        languages = self._contexts[template]
+        if not languages:
+            return
+        with trio.move_on_after(WARM_CONTEXTS_TIMEOUT):
+            answer = await sandbox.link.call({"type": "warmContexts", "languages": languages})
+            if answer.get("type") == "error":
+                log.warning(
+                    "warm pool %s: contexts not started: %s", template, answer.get("message")
+                )
 
     # -- claiming -----------------------------------------------------------------------------
 
