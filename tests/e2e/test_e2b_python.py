@@ -537,7 +537,9 @@ def test_the_stock_code_interpreter_sdk(
     server: Server, monkeypatch: pytest.MonkeyPatch, interpreter_image: str
 ) -> None:
     """`e2b-code-interpreter` unchanged: run_code with streaming callbacks and state kept,
-    results with PNG charts, errors, contexts (create, list, restart, remove), JavaScript."""
+    results with PNG charts, errors, contexts (create, list, restart, remove), a context that
+    died, JavaScript, and E2B's other languages refused."""
+    from e2b import SandboxException
     from e2b_code_interpreter import Sandbox as CodeSandbox  # type: ignore[import-not-found,import-untyped,unused-ignore]  # no py.typed
 
     _point_at(monkeypatch, server)
@@ -566,5 +568,15 @@ def test_the_stock_code_interpreter_sdk(
         sandbox.remove_code_context(context)
         assert context.id not in {c.id for c in sandbox.list_code_contexts()}
         assert sandbox.run_code("[1, 2].map(n => n * 2)", language="js").text == "[ 2, 4 ]"
+        doomed = sandbox.create_code_context()
+        with pytest.raises(SandboxException, match="CONTEXT_DIED"):
+            sandbox.run_code("import os\nos._exit(1)", context=doomed)
+        with pytest.raises(SandboxException, match="exited with code 1"):
+            sandbox.run_code("1", context=doomed)  # reported again, never a hang
+        sandbox.restart_code_context(doomed)
+        assert sandbox.run_code("2", context=doomed).text == "2"
+        for language in ("r", "java", "bash"):  # E2B's other kernels: refused, saying so
+            with pytest.raises(SandboxException, match="not available: python or js"):
+                sandbox.run_code("1", language=language)
     finally:
         sandbox.kill()

@@ -21,7 +21,13 @@ from ..exchange import BodyTooLarge, ClientGone, Exchange
 MAX_BODY = 16 * 1024 * 1024
 LANGUAGES = {"python": "python", "js": "javascript", "javascript": "javascript"}
 CONTEXT = re.compile(r"^/contexts/(?P<id>[^/]+)(?P<restart>/restart)?$")
-STATUS = {"NOT_FOUND": 404, "BAD_REQUEST": 400, "CONTEXT_DIED": 500, "AGENT_GONE": 502}
+STATUS = {
+    "NOT_FOUND": 404,
+    "BAD_REQUEST": 400,
+    "CONTEXT_DIED": 500,
+    "AGENT_GONE": 502,
+    "BUSY": 503,
+}
 
 
 class InterpreterError(Exception):
@@ -150,6 +156,7 @@ async def _execute(exchange: Exchange, sandbox: Sandbox, body: dict[str, Any]) -
     envs = body.get("env_vars")
     if isinstance(envs, dict):
         message["envs"] = {str(k): str(v) for k, v in envs.items()}
+    failure: InterpreterError | AgentGone | ClientGone | None = None
     async with trio.open_nursery() as nursery:
 
         async def gone() -> None:
@@ -158,17 +165,35 @@ async def _execute(exchange: Exchange, sandbox: Sandbox, body: dict[str, Any]) -
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(gone)
-        async with sandbox.link.request(message) as pending:
-            async for reply in pending:
-                final = reply.message.get("type") not in ("codeOutput", "codeResult")
-                if not exchange.started:
-                    if final and reply.message.get("type") == "error":
-                        raise _refusal(reply.message)
-                    await exchange.start(200, "application/x-ndjson")
-                lines = b"".join(json.dumps(e).encode() + b"\n" for e in _event(reply.message))
-                await exchange.write(lines)
-                sandbox.touch()
-                if final:
-                    break
-        await exchange.write(b"", more=False)
+        try:
+            await _stream(exchange, sandbox, message)
+        except (InterpreterError, AgentGone, ClientGone) as exc:
+            failure = exc  # raised past the nursery, not wrapped in its exception group
         nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
+async def _stream(exchange: Exchange, sandbox: Sandbox, message: Message) -> None:
+    """The cell's events as NDJSON lines; a refusal before the first is an HTTP status, and
+    an agent that ends without a final message ends the stream with an error line."""
+    final: Message | None = None
+    async with sandbox.link.request(message) as pending:
+        async for reply in pending:
+            if reply.message.get("type") not in ("codeOutput", "codeResult"):
+                final = reply.message
+            if not exchange.started:
+                if final is not None and final.get("type") == "error":
+                    raise _refusal(final)
+                await exchange.start(200, "application/x-ndjson")
+            lines = b"".join(json.dumps(e).encode() + b"\n" for e in _event(reply.message))
+            await exchange.write(lines)
+            sandbox.touch()
+            if final is not None:
+                break
+    if final is None:
+        missing = sandbox.link.missing_reply(message.get("id"))
+        if not exchange.started:
+            raise _refusal(missing)
+        await exchange.write(b"".join(json.dumps(e).encode() + b"\n" for e in _event(missing)))
+    await exchange.write(b"", more=False)
