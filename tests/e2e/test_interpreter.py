@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import struct
 import time
 from collections.abc import Iterator
 
@@ -223,7 +224,13 @@ def test_charts_and_tables_on_the_interpreter_image(server: Server, interpreter_
         )
         assert shown.error is None
         (figure,) = shown.results
-        assert base64.b64decode(figure.png or "")[:8] == b"\x89PNG\r\n\x1a\n"
+        png = base64.b64decode(figure.png or "")
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png[12:16] == b"IHDR"
+        width, height = struct.unpack(">II", png[16:24])  # matplotlib's default 6.4x4.8 in
+        assert 300 <= width <= 1000
+        assert 200 <= height <= 800
+        assert len(png) > 5000  # a drawn chart, not an empty canvas
         assert shown.logs.stderr == []
         last = box.run_code("fig, ax = plt.subplots()\nax.bar(['a', 'b'], [3, 5])\nfig")
         pngs = [r for r in last.results if r.png]
