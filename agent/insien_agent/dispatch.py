@@ -18,7 +18,17 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
-from . import PROTOCOL_VERSION, __version__, commands, egress, files, interpreter, tunnel, watch
+from . import (
+    PROTOCOL_VERSION,
+    __version__,
+    commands,
+    egress,
+    files,
+    interpreter,
+    tunnel,
+    usage,
+    watch,
+)
 from .context import READ_GATE_BYTES, Request, Subscriptions
 from .errors import BAD_REQUEST, CANCELLED, INTERNAL, TOO_LARGE, UNKNOWN_TYPE, AgentError
 from .fields import required_int
@@ -67,6 +77,7 @@ HANDLERS: dict[str, Handler] = {
     "interruptCode": interpreter.handle_interrupt,
     "runCode": interpreter.handle_run_code,
     "warmContexts": interpreter.handle_warm_contexts,
+    "usage": usage.handle_usage,
 }
 FEATURES = ("tunnelWithData",)
 """What this agent does beyond its request types, for a server to check before relying on it."""

@@ -11,8 +11,10 @@ from .api.errors import install_error_handlers
 from .api.files import UploadMiddleware, files_blueprint
 from .api.limits import BodyDeadline
 from .api.openapi import docs_blueprint
+from .api.operations import MetricsListener, operations_blueprint
 from .api.ports import ports_blueprint
 from .api.preview import PreviewProxy
+from .api.request_ids import RequestIds
 from .api.rest import rest_blueprint
 from .api.ws import ws_blueprint
 
@@ -31,16 +33,21 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(control_blueprint(services))
     app.register_blueprint(docs_blueprint())
     app.register_blueprint(ports_blueprint(services))
+    app.register_blueprint(operations_blueprint(services))
     return app
 
 
-def create_asgi(services: Services) -> CorsMiddleware:
+def create_asgi(services: Services) -> RequestIds:
     """The app as served: requests for a sandbox's envd go to the E2B front, HTTP for a
     sandbox's port to the program listening on it, uploads stream through their own handler,
-    the rest through Quart; no request body may stall longer than the body timeout, and the
-    allowed web origins get CORS headers."""
+    the rest through Quart; no request body may stall longer than the body timeout, the
+    allowed web origins get CORS headers, and every request an id (`X-Request-Id`)."""
     preview = PreviewProxy(UploadMiddleware(create_app(services), services), services)
     routed = E2BRouter(preview, EnvdFront(services), services.settings.domain, preview)
-    return CorsMiddleware(
+    served: CorsMiddleware | MetricsListener = CorsMiddleware(
         BodyDeadline(routed, services.settings.body_timeout), services.settings.cors_origins
     )
+    listen = services.settings.metrics_listen
+    if listen is not None:
+        served = MetricsListener(served, int(listen.rsplit(":", 1)[1]))
+    return RequestIds(served)

@@ -3,7 +3,6 @@ SDK's CLI, `sandbox …` and `mcp` (installed with `insien-sandbox[cli,mcp]`).""
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,14 +79,13 @@ def serve(host: str | None, port: int | None, no_build: bool) -> None:
     import trio
 
     from .config import Settings
+    from .operations.logs import configure_logging
     from .runtime.docker.images import ImageBuildError, build_image
     from .server import serve as run_server
 
     overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = _load(lambda: Settings(**overrides))
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if not no_build:
         client = _docker()
         try:

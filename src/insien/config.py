@@ -195,6 +195,26 @@ class Settings(BaseSettings):
     """On SIGTERM, end every sandbox instead of leaving them for the next start to recover."""
     graceful_timeout: float = Field(5.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    log_format: Literal["text", "json"] = Field("text")
+    """`json`: one JSON object per line (time, level, logger, message, and the request id,
+    sandbox and tenant where known); see docs/operations.md."""
+    metrics_token: SecretStr | None = Field(None)
+    """`GET /metrics` answers a request carrying `Authorization: Bearer <this>`."""
+    metrics_listen: str | None = Field(None, pattern=r"^[^:\s]+:[0-9]{1,5}$")
+    """`host:port` of a listener that serves `/metrics` (and `/health`) without a token, and
+    nothing else; keep it off the public network."""
+    metrics_tenant_labels: bool = Field(False)
+    """Label sandbox counts by tenant id (more series; off unless asked)."""
+    events_kept: int = Field(10_000, ge=100, le=1_000_000)
+    """Lifecycle events kept in memory for `GET /events` to resume from (`Last-Event-ID`)."""
+    webhook_timeout: float = Field(10.0, gt=0)
+    """Seconds one webhook attempt may take."""
+    webhook_retry_seconds: float = Field(600.0, ge=0)
+    """Seconds an event is retried for before it is given up (logged and counted)."""
+    webhook_first_delay: float = Field(0.5, gt=0)
+    """The first retry's delay ceiling; it doubles each time (full jitter), up to 30 s."""
+    webhook_queue: int = Field(1000, ge=1)
+    """Events waiting per webhook endpoint; more are dropped (logged and counted)."""
     e2b_templates: dict[str, str] = Field(default_factory=dict)
     """E2B template names and the images they create, as JSON: `{"my-tpl": "img:tag"}`
     (`base` is always the default image)."""
@@ -209,7 +229,7 @@ class Settings(BaseSettings):
     """Names the server resolves itself for egress before asking DNS, `name=address,…`
     (an internal mirror, or an upstream on this machine in tests)."""
 
-    @field_validator("api_key", "jwt_secret", "secret_key", mode="before")
+    @field_validator("api_key", "jwt_secret", "secret_key", "metrics_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """`API_KEY=` in a .env means "not set": generate one, never accept an empty key."""

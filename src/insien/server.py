@@ -12,6 +12,7 @@ import logging
 import secrets
 import signal
 import sys
+from dataclasses import replace
 from functools import partial
 
 import hypercorn.trio
@@ -23,6 +24,7 @@ from .api.context import Services
 from .app import create_asgi
 from .config import Settings
 from .link.budget import TenantBudgets
+from .operations.webhooks import DeliveryPolicy, Webhooks
 from .runtime.base import ImageNotFound
 from .runtime.docker import DockerRuntime
 from .sandboxes.manager import SandboxManager
@@ -41,6 +43,8 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     if settings.ws_port is not None and settings.ws_port != settings.port:
         # The seed served WebSockets on their own port; the same app answers on both.
         config.bind.append(f"{settings.host}:{settings.ws_port}")
+    if settings.metrics_listen is not None:
+        config.bind.append(settings.metrics_listen)
     config.graceful_timeout = settings.graceful_timeout
     config.websocket_max_message_size = settings.max_message_bytes
     config.websocket_ping_interval = WEBSOCKET_PING_INTERVAL
@@ -112,51 +116,90 @@ async def serve(
             )
         secret = settings.secret_key.get_secret_value() if settings.secret_key else None
         sealer = Sealer(load_key(secret, settings.state_dir))
-        async with SandboxManager.open(
-            runtime, settings, sealer, tenant_exists=auth.tenant_exists
-        ) as manager:
-            services = Services(
-                settings=settings,
-                manager=manager,
-                auth=auth,
-                budgets=TenantBudgets(settings.tenant_buffer_bytes),
-            )
-            app = create_asgi(services)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(services.background.run)
-                # The signal watcher would otherwise outlive a stop set by the caller.
-                signals = trio.CancelScope()
-                if handle_signals:
-
-                    async def watch_signals() -> None:
-                        with signals:
-                            await _stop_on_signal(stop)
-
-                    nursery.start_soon(watch_signals)
-
-                async def shutdown_trigger() -> None:
-                    await stop.wait()
-                    if not settings.shutdown_ends_sandboxes:
-                        # Let go of the agents first, so connected clients are told "restart"
-                        # (1012) and nothing in flight is cancelled in the sandboxes.
-                        manager.detach_all()
-
-                contain_connection_errors()  # see _hypercorn.py: one bad connection, not all
-                binds = await nursery.start(
-                    partial(
-                        hypercorn.trio.serve,
-                        app,
-                        hypercorn_config(settings),
-                        shutdown_trigger=shutdown_trigger,
-                        mode="asgi",
-                    )
+        webhooks = Webhooks(
+            auth.webhooks,
+            DeliveryPolicy(
+                timeout=settings.webhook_timeout,
+                retry_for=settings.webhook_retry_seconds,
+                first_delay=settings.webhook_first_delay,
+                queue=settings.webhook_queue,
+            ),
+        )
+        # Webhooks outlive the manager, so the events of its shutdown (sandboxes ended) are
+        # sent too, within the graceful timeout.
+        async with trio.open_nursery() as delivery:
+            await delivery.start(webhooks.run)
+            try:
+                await _serve_with(
+                    settings, auth, runtime, sealer, webhooks, stop, handle_signals, task_status
                 )
-                for bind in binds:
-                    print(f"Insien listening on {bind}", file=sys.stderr, flush=True)
-                task_status.started(binds)
-                await stop.wait()
-                signals.cancel()
-                services.background.close()
-                # hypercorn returns once its graceful shutdown is done; then stop the signal task.
+            finally:
+                with trio.CancelScope(shield=True):
+                    await webhooks.drain(settings.graceful_timeout)
+                webhooks.close()
     finally:
         runtime.close()
+
+
+async def _serve_with(
+    settings: Settings,
+    auth: Authenticator,
+    runtime: DockerRuntime,
+    sealer: Sealer,
+    webhooks: Webhooks,
+    stop: trio.Event,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    """The manager and the HTTP server, until `stop`."""
+    async with SandboxManager.open(
+        runtime, settings, sealer, tenant_exists=auth.tenant_exists
+    ) as manager:
+        manager.events.subscribe(webhooks.offer)
+        live_state = manager.live_state
+        manager.metrics.read_live_state_from(
+            lambda: replace(live_state(), webhooks=vars(webhooks.counters).copy())
+        )
+        services = Services(
+            settings=settings,
+            manager=manager,
+            auth=auth,
+            budgets=TenantBudgets(settings.tenant_buffer_bytes),
+        )
+        app = create_asgi(services)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(services.background.run)
+            # The signal watcher would otherwise outlive a stop set by the caller.
+            signals = trio.CancelScope()
+            if handle_signals:
+
+                async def watch_signals() -> None:
+                    with signals:
+                        await _stop_on_signal(stop)
+
+                nursery.start_soon(watch_signals)
+
+            async def shutdown_trigger() -> None:
+                await stop.wait()
+                if not settings.shutdown_ends_sandboxes:
+                    # Let go of the agents first, so connected clients are told "restart"
+                    # (1012) and nothing in flight is cancelled in the sandboxes.
+                    manager.detach_all()
+
+            contain_connection_errors()  # see _hypercorn.py: one bad connection, not all
+            binds = await nursery.start(
+                partial(
+                    hypercorn.trio.serve,
+                    app,
+                    hypercorn_config(settings),
+                    shutdown_trigger=shutdown_trigger,
+                    mode="asgi",
+                )
+            )
+            for bind in binds:
+                print(f"Insien listening on {bind}", file=sys.stderr, flush=True)
+            task_status.started(binds)
+            await stop.wait()
+            signals.cancel()
+            services.background.close()
+            # hypercorn returns once its graceful shutdown is done; then stop the signal task.

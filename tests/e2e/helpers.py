@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import docker
+import h11
 import httpx
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
@@ -100,3 +101,68 @@ async def kill_agent(client: docker.DockerClient, sandbox_id: str) -> None:
         assert exit_code == 0, output
 
     await trio.to_thread.run_sync(_kill)
+
+
+class EventStream:
+    """A plain Server-Sent Events client over h11 (httpx's streams leave nested async
+    generators open when a test stops reading a stream that never ends)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._http = h11.Connection(h11.CLIENT)
+        self._buffer = b""
+        self.status = 0
+        self.headers: dict[str, str] = {}
+
+    async def _receive(self) -> Any:
+        while True:
+            event = self._http.next_event()
+            if event is h11.NEED_DATA:
+                self._http.receive_data(await self._stream.receive_some(65536))
+                continue
+            return event
+
+    async def next(self) -> dict[str, Any] | None:
+        """The next event (`id`, `event`, and `data` parsed as JSON), or None at its end."""
+        while True:
+            block, separator, rest = self._buffer.partition(b"\n\n")
+            if separator:
+                self._buffer = rest
+                fields: dict[str, str] = {}
+                for line in block.decode().split("\n"):
+                    if line and not line.startswith(":"):
+                        name, _, value = line.partition(": ")
+                        fields[name] = value
+                if "data" in fields:
+                    return {
+                        "id": fields.get("id"),
+                        "event": fields.get("event"),
+                        "data": json.loads(fields["data"]),
+                    }
+                continue
+            event = await self._receive()
+            if isinstance(event, h11.Data):
+                self._buffer += bytes(event.data)
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                return None
+
+
+@asynccontextmanager
+async def event_stream(
+    server: Server, key: str, last_id: str | None = None
+) -> AsyncIterator[EventStream]:
+    """`GET /events` as `key`'s tenant; the response's head is read before this yields."""
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        client = EventStream(stream)
+        headers = [("Host", f"{host}:{port}"), ("X-API-Key", key), ("Accept", "text/event-stream")]
+        if last_id is not None:
+            headers.append(("Last-Event-ID", last_id))
+        request = h11.Request(method="GET", target="/events", headers=headers)
+        await stream.send_all(client._http.send(request) + client._http.send(h11.EndOfMessage()))
+        response = await client._receive()
+        assert isinstance(response, h11.Response)
+        client.status = response.status_code
+        client.headers = {k.decode().lower(): v.decode() for k, v in response.headers}
+        yield client

@@ -110,6 +110,9 @@ async def test_live_answers_match_the_document(server: Server) -> None:
         check(await client.get("/sandboxes/nope/metrics"))
         check(await client.delete("/snapshots/insien-snapshot:nope"))
         check(await client.get("/sandboxes", headers={"X-API-Key": "wrong"}))
+        check(await client.get("/metrics"))  # this server set no metrics token: off, 404
+        async with client.stream("GET", "/events") as events:  # a stream: its head is enough
+            assert check(events).headers["content-type"].startswith("text/event-stream")
 
         page = check(await client.get("/docs"))
         assert page.headers["content-type"].startswith("text/html")

@@ -164,10 +164,20 @@ def test_metrics_from_the_cgroup(server: Server) -> None:
         # a megabyte written to the writable layer, and a process that spins for a second
         sandbox.commands.run("head -c 1048576 /dev/urandom > /home/user/blob")
         sandbox.commands.run("timeout 1 sh -c 'while :; do :; done'")
+        sandbox.commands.run("head -c 2097152 /dev/zero > /tmp/in-tmpfs")
         busy = sandbox.metrics()
         assert busy.disk_bytes >= 1 << 20
         assert busy.pids > idle.pids
         assert busy.cpu_percent > 20
+        assert busy.cpu_seconds > idle.cpu_seconds + 0.5
+        assert busy.tmp_bytes is not None
+        assert busy.tmp_bytes >= 2 << 20  # /tmp is a tmpfs: not in the writable layer
+        assert busy.tmp_limit == 256 << 20
+        assert busy.memory_peak is not None
+        assert busy.memory_peak >= busy.memory_bytes
+        stamps = [point.timestamp for point in busy.series]  # the readings, samples between
+        assert idle.timestamp in stamps
+        assert stamps[-1] == busy.timestamp
 
 
 async def test_files_watch(server: Server) -> None:

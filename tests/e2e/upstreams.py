@@ -15,7 +15,7 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +254,66 @@ def pip_wheel() -> Path:
 
     bundled = Path(ensurepip.__file__).parent / "_bundled"
     return sorted(bundled.glob("pip-*.whl"))[-1]
+
+
+class _WebhookHandler(BaseHTTPRequestHandler):
+    server: WebhookReceiver
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        receiver = self.server
+        with receiver.lock:
+            receiver.attempts += 1
+            failing = receiver.attempts <= receiver.fail_first
+        if receiver.hang:
+            receiver.released.wait(30)  # never answers in time
+            return
+        if failing:
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        with receiver.lock:
+            receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(204)
+        self.end_headers()
+
+
+class WebhookReceiver(ThreadingHTTPServer):
+    """Takes webhook POSTs on 127.0.0.1: answers 500 to the first `fail_first`, or nothing at
+    all (`hang`), and 204 to the rest, keeping what it was sent."""
+
+    daemon_threads = True
+
+    def __init__(self, fail_first: int, hang: bool) -> None:
+        super().__init__(("127.0.0.1", 0), _WebhookHandler)
+        self.fail_first = fail_first
+        self.hang = hang
+        self.attempts = 0
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+        self.released = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook?token=do-not-log"
+
+    def delivered(self) -> list[tuple[dict[str, str], bytes]]:
+        with self.lock:
+            return list(self.received)
+
+
+@contextmanager
+def webhook_receiver(fail_first: int = 0, hang: bool = False) -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver(fail_first, hang)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.released.set()
+        server.shutdown()
+        server.server_close()

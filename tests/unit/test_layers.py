@@ -63,6 +63,11 @@ def offending(paths: list[Path], forbidden: tuple[str, ...]) -> list[str]:
                 "trio",
             ),
         ),
+        # what operators watch sits below the core: ids and numbers in, no HTTP framework
+        (
+            ("operations",),
+            ("docker", "insien.runtime", "insien.sandboxes", "insien.api", "insien.link", "quart"),
+        ),
         # tenancy sits below the core
         (("tenancy",), ("docker", "insien.runtime", "insien.sandboxes", "insien.api", "quart")),
         # settings import no runtime

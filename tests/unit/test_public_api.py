@@ -28,6 +28,7 @@ def test_sdk_public_names() -> None:
         "FilesystemEvent",
         "InsienError",
         "LogLine",
+        "MetricsPoint",
         "NetworkInfo",
         "NetworkPolicy",
         "NotFoundError",

@@ -78,18 +78,37 @@ export interface NetworkInfo extends Required<NetworkPolicy> {
   egress: { connections: number; refused: number; bytesOut: number; bytesIn: number };
 }
 
+/** One sample of a sandbox's recent series (`SandboxMetrics.series`). */
+export interface MetricsPoint {
+  timestamp: string;
+  cpuPercent: number;
+  memoryBytes: number;
+  pids: number;
+  diskBytes: number;
+  tmpBytes: number | null;
+}
+
+/** What a sandbox uses now, and its recent samples: each reading keeps it sampled every 5 s
+ * for a minute. `memoryPeak` is its cgroup's high-water mark; `/tmp` is a tmpfs. */
 export interface SandboxMetrics {
   timestamp: string;
   cpuCount: number;
   cpuPercent: number;
+  cpuSeconds: number;
   memoryBytes: number;
   memoryLimit: number;
   memoryCache: number;
+  memoryPeak: number | null;
   diskBytes: number;
   diskLimit: number;
+  tmpBytes: number | null;
+  tmpLimit: number | null;
   pids: number;
   egressBytesOut: number;
   egressBytesIn: number;
+  portBytesIn: number;
+  portBytesOut: number;
+  series: MetricsPoint[];
 }
 
 /** One change under a watched directory: `name` relative to it. */

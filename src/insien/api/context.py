@@ -9,6 +9,7 @@ from quart import Request, Websocket
 from ..config import Settings
 from ..link.budget import MIB, TenantBudgets
 from ..link.tunnel import TunnelCounter
+from ..operations.logs import tenant_id
 from ..protocol import ErrorCode
 from ..sandboxes.manager import SandboxManager
 from ..tenancy.auth import Authenticator
@@ -35,6 +36,7 @@ class Services:
         tenant = self.auth.tenant_for_key(request.headers.get("X-API-Key"))
         if tenant is None:
             raise ApiError(401, ErrorCode.UNAUTHORIZED, "missing or invalid X-API-Key header")
+        tenant_id.set(tenant.id)  # the request's log lines say whose it was
         return tenant
 
     def public_base(self, request: Request) -> str:

@@ -19,8 +19,10 @@ from hypercorn.typing import (
 )
 
 ALLOWED_METHODS = b"GET, POST, PUT, DELETE, OPTIONS"
-ALLOWED_HEADERS = b"X-API-Key, Content-Type, Connect-Protocol-Version, Connect-Timeout-Ms"
-EXPOSED_HEADERS = b"Retry-After, X-Insien-File-Size, X-Next-Token"
+ALLOWED_HEADERS = (
+    b"X-API-Key, Content-Type, Connect-Protocol-Version, Connect-Timeout-Ms, X-Request-Id"
+)
+EXPOSED_HEADERS = b"Retry-After, X-Insien-File-Size, X-Next-Token, X-Request-Id"
 MAX_AGE = b"600"
 
 

@@ -44,7 +44,10 @@ class Operation:
     """What the document says about one route."""
 
     summary: str
-    answer: type[BaseModel] | Literal["bytes", "websocket", "html", "openapi", "proxied"]
+    answer: (
+        type[BaseModel]
+        | Literal["bytes", "websocket", "html", "openapi", "proxied", "metrics", "events"]
+    )
     body: type[BaseModel] | Literal["bytes"] | None = None
     query: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
@@ -180,6 +183,21 @@ def _answers(op: Operation) -> dict[str, Any]:
         answers = {"default": {"description": "Whatever the program in the sandbox answers."}}
     elif op.answer == "html":
         answers = {"200": {"description": "A page.", "content": {"text/html": {"schema": {}}}}}
+    elif op.answer == "metrics":
+        answers = {
+            "200": {
+                "description": "Prometheus text exposition format 0.0.4.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        }
+    elif op.answer == "events":
+        answers = {
+            "200": {
+                "description": "Server-Sent Events: `id`, `event` (the type) and `data` (the "
+                "event as JSON) per event; comments as keep-alives.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            }
+        }
     elif op.answer == "openapi":
         answers = {"200": {"description": "This document.", "content": _json({"type": "object"})}}
     else:

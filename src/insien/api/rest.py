@@ -223,13 +223,18 @@ def rest_blueprint(services: Services) -> Blueprint:
     async def sandbox_metrics(sandbox_id: str) -> Any:
         """CPU, memory, disk and pids now (see sandboxes/usage.py); reading is not activity."""
         tenant = services.tenant_from_key(request)
-        reading = await manager.usage.read(lookup(sandbox_id, tenant))
+        sandbox = lookup(sandbox_id, tenant)
+        reading = await manager.usage.read(sandbox)
         egress = manager.egress.counters_for(sandbox_id)
+        traffic = sandbox.link.traffic
         return Metrics(
             sandboxId=sandbox_id,
             **reading.info(),
             egressBytesOut=egress.bytes_out,
             egressBytesIn=egress.bytes_in,
+            portBytesIn=traffic.get(("ports", "out"), 0),
+            portBytesOut=traffic.get(("ports", "in"), 0),
+            series=[point.point() for point in manager.usage.series(sandbox_id)],
         ).model_dump(mode="json")
 
     @bp.get("/sandboxes/<sandbox_id>/logs")

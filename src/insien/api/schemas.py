@@ -171,21 +171,43 @@ class SandboxPage(Answer):
     nextCursor: str | None = Field(description="Pass as `cursor` for the next page.")
 
 
+class MetricsPoint(Answer):
+    """One sample of a sandbox's series."""
+
+    timestamp: str
+    cpuPercent: float
+    memoryBytes: int
+    pids: int
+    diskBytes: int
+    tmpBytes: int | None
+
+
 class Metrics(Answer):
-    """What a sandbox uses now (its cgroup); reading it is not activity."""
+    """What a sandbox uses now (its cgroup), and a short recent series: each reading keeps the
+    sandbox sampled every 5 s for a minute. Reading it is not activity."""
 
     sandboxId: str
     timestamp: str
     cpuCount: int
-    cpuPercent: float
-    memoryBytes: int
+    cpuPercent: float = Field(description="Of its CPU limit, since the previous reading.")
+    cpuSeconds: float = Field(description="CPU time used since it started.")
+    memoryBytes: int = Field(description="Without the page cache.")
     memoryLimit: int
     memoryCache: int
-    diskBytes: int
+    memoryPeak: int | None = Field(
+        description="Its cgroup's high-water mark (page cache included), where the kernel "
+        "keeps one; else the highest this server saw."
+    )
+    diskBytes: int = Field(description="Its writable layer.")
     diskLimit: int
+    tmpBytes: int | None = Field(description="Used in /tmp (a tmpfs, counted in memory).")
+    tmpLimit: int | None
     pids: int
     egressBytesOut: int = Field(description="Sent out through its egress proxy (this server).")
     egressBytesIn: int
+    portBytesIn: int = Field(description="Sent into its ports (previews, forwards, this server).")
+    portBytesOut: int
+    series: list[MetricsPoint]
 
 
 class LogLine(Answer):

@@ -79,12 +79,15 @@ def ws_blueprint(services: Services) -> Blueprint:
             return error_response(
                 400, ErrorCode.BAD_REQUEST, "session must be 8 to 64 of A-Z a-z 0-9 _ -"
             )
+        metrics = services.manager.metrics
         try:
             services.connections.acquire(tenant)
         except QuotaExceeded as exc:
+            metrics.quota_refusals.labels(exc.reason).inc()
             return answer_for(exc)
         try:
             await websocket.accept()
+            metrics.websockets.inc()
             sandbox.clients += 1
             try:
                 budget = services.budgets.for_connection(
@@ -98,6 +101,7 @@ def ws_blueprint(services: Services) -> Blueprint:
                     authorised=lambda: auth.still_valid(tenant),
                 ).run()
             finally:
+                metrics.websockets.dec()
                 sandbox.clients -= 1
                 sandbox.touch()
         finally:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -77,6 +77,34 @@ class AgentProtocolError(Exception):
     """
 
 
+TRAFFIC_KINDS = {
+    "files": frozenset(
+        {"read", "write", "list", "stat", "remove", "rename", "mkdir", "watch", "exists"}
+    ),
+    "ports": frozenset({"tunnel", "tunnelSend"}),
+    "egress": frozenset({"egressListen", "egressOpen", "egressRefuse"}),
+    "code": frozenset(
+        {
+            "runCode",
+            "createContext",
+            "listContexts",
+            "restartContext",
+            "removeContext",
+            "interruptCode",
+            "warmContexts",
+        }
+    ),
+}
+
+
+def traffic_kind(request_type: str) -> str:
+    """What a request's bytes count as: files, ports, egress, code, or commands (the rest)."""
+    for kind, types in TRAFFIC_KINDS.items():
+        if request_type in types:
+            return kind
+    return "commands"
+
+
 class AgentLink:
     """Request multiplexing over an attached agent. Run `run()` in a nursery, then `request()`."""
 
@@ -120,6 +148,11 @@ class AgentLink:
         self.protocol_error = False
         """True when the link closed because the agent broke the protocol."""
         self.stderr = AgentStderr(log, name)
+        self.traffic: dict[tuple[str, str], int] = {}
+        """Bytes to (`out`) and from (`in`) the agent by what they were for (`traffic_kind`)."""
+        self._kinds: dict[int | str, str] = {}
+        self.on_request_done: Callable[[str, float], None] | None = None
+        """Told each request's type and how long it took, send to final answer (metrics)."""
 
     @classmethod
     def gone(cls, *, name: str, reason: str) -> AgentLink:
@@ -280,6 +313,9 @@ class AgentLink:
     def _route(self, request_id: int | str, reply: Reply) -> None:
         """Hand one message or frame to the request it answers, within its byte budget."""
         message = reply.message
+        kind = self._kinds.get(request_id)
+        if kind is not None:
+            self.traffic[(kind, "in")] = self.traffic.get((kind, "in"), 0) + reply.size
         channel = self._pending.get(request_id)
         terminal = is_final(message)
         if terminal:
@@ -416,6 +452,10 @@ class AgentLink:
         if budget is not None:
             self._budgets[request_id] = budget
         pending = PendingRequest(self, request_id, receive, budget)
+        request_type = str(message.get("type"))
+        kind = self._kinds[request_id] = traffic_kind(request_type)
+        self.traffic[(kind, "out")] = self.traffic.get((kind, "out"), 0) + len(line)
+        started = trio.current_time()
         try:
             try:
                 await self._outgoing_send.send(line)
@@ -428,6 +468,9 @@ class AgentLink:
                 receive.close()
         finally:
             pending.drain()
+            self._kinds.pop(request_id, None)
+            if self.on_request_done is not None:
+                self.on_request_done(request_type, trio.current_time() - started)
             if not is_session_id(request_id):
                 self._channels.forget(request_id)
             if self._pending.get(request_id) is send:

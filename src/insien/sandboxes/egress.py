@@ -30,6 +30,7 @@ from ..link.egress import (
     refuse_egress,
 )
 from ..link.tunnel import Tunnel, TunnelRefused
+from ..operations.logs import long_lived_task
 from .sandbox import Sandbox
 
 log = logging.getLogger("insien.egress")
@@ -72,6 +73,18 @@ class Egress:
         self._serving: dict[str, trio.CancelScope] = {}
         self._open: dict[str, int] = {}
         self.counters: dict[str, EgressCounters] = {}
+        self._of_ended = EgressCounters()
+        """What sandboxes that ended had counted, for the server's totals."""
+
+    def totals(self) -> EgressCounters:
+        """Every sandbox's counters added up, since the server started (for `/metrics`)."""
+        total = EgressCounters(**vars(self._of_ended))
+        for counters in self.counters.values():
+            total.connections += counters.connections
+            total.refused += counters.refused
+            total.bytes_out += counters.bytes_out
+            total.bytes_in += counters.bytes_in
+        return total
 
     def counters_for(self, sandbox_id: str) -> EgressCounters:
         return self.counters.setdefault(sandbox_id, EgressCounters())
@@ -90,9 +103,15 @@ class Egress:
         scope = self._serving.pop(sandbox_id, None)
         if scope is not None:
             scope.cancel()
-        self.counters.pop(sandbox_id, None)
+        ended = self.counters.pop(sandbox_id, None)
+        if ended is not None:
+            self._of_ended.connections += ended.connections
+            self._of_ended.refused += ended.refused
+            self._of_ended.bytes_out += ended.bytes_out
+            self._of_ended.bytes_in += ended.bytes_in
 
     async def _serve(self, sandbox: Sandbox, *, task_status: trio.TaskStatus[None]) -> None:
+        long_lived_task(sandbox.id, sandbox.owner or None)
         scope = trio.CancelScope()
         self._serving[sandbox.id] = scope
         started = False

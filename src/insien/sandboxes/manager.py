@@ -20,6 +20,10 @@ import trio
 
 from ..config import Settings
 from ..egress import NetworkPolicy
+from ..operations import events
+from ..operations.events import EventLog
+from ..operations.logs import long_lived_task
+from ..operations.metrics import LiveState, Metrics
 from ..protocol import ErrorCode
 from ..runtime.base import Runtime, RuntimeFailure
 from ..tenancy.quotas import CreateRateLimiter, QuotaExceeded
@@ -78,8 +82,14 @@ class SandboxManager:
         self.snapshots = Snapshots(runtime, settings, tenant_exists)
         self.recovery = RecoveryReport()
         disk_limit = parse_size(settings.disk_limit) if settings.disk_limit else 0
-        self.usage = UsageSampler(runtime, disk_limit)
+        self.usage = UsageSampler(runtime, disk_limit, nursery)
         self.egress = Egress(settings)
+        self.events = EventLog(settings.events_kept)
+        """Lifecycle events, for `GET /events` and webhooks (operations/events.py)."""
+        self.metrics = Metrics(tenant_labels=settings.metrics_tenant_labels)
+        self.metrics.read_live_state_from(self.live_state)
+        self._traffic_of_ended: dict[tuple[str, str], int] = {}
+        self._operator_templates = set(settings.allowed_templates)
 
     @classmethod
     @asynccontextmanager
@@ -93,6 +103,8 @@ class SandboxManager:
         async with trio.open_nursery() as nursery:
             manager = cls(runtime, settings, nursery, sealer, tenant_exists)
             manager.recovery = await recover(manager)
+            for outcome, count in manager.recovery.outcomes.items():
+                manager.metrics.recovered.labels(outcome).set(count)
             nursery.start_soon(manager._reap)
             nursery.start_soon(manager.snapshots.purge_forever)
             nursery.start_soon(manager.pool.keep_filled)
@@ -124,6 +136,7 @@ class SandboxManager:
 
     async def start_link(self, sandbox: Sandbox) -> None:
         """Run the sandbox's link in the manager's nursery; returns once it runs."""
+        sandbox.link.on_request_done = self.metrics.request_done
         await self._nursery.start(self._keep_link, sandbox)
 
     def get(self, sandbox_id: str, tenant: Tenant, *, include_ended: bool = False) -> Sandbox:
@@ -152,6 +165,42 @@ class SandboxManager:
         """Sandboxes ready in the warm pools, all profiles together."""
         return sum(self.pool.counts().values())
 
+    # -- what operators watch -----------------------------------------------------------------
+
+    def template_label(self, template: str) -> str:
+        """A template as a metrics label: the operator's names, `snapshot` for the rest (a
+        label per snapshot would grow without bound)."""
+        return template if template in self._operator_templates else "snapshot"
+
+    def live_state(self) -> LiveState:
+        """What `/metrics` reads at scrape time."""
+        traffic = dict(self._traffic_of_ended)
+        members = self.pool.members()
+        for sandbox in [*self._sandboxes.values(), *members]:
+            for key, total in sandbox.link.traffic.items():
+                traffic[key] = traffic.get(key, 0) + total
+        pool_ready: dict[str, int] = {}
+        for sandbox in members:
+            label = self.template_label(sandbox.options.template)
+            pool_ready[label] = pool_ready.get(label, 0) + 1
+        totals = self.egress.totals()
+        return LiveState(
+            sandboxes=[
+                (s.state.value, self.template_label(s.options.template), s.owner)
+                for s in self._sandboxes.values()
+            ],
+            pool_ready=pool_ready,
+            traffic=traffic,
+            egress={"out": totals.bytes_out, "in": totals.bytes_in},
+            events=self.events.published,
+        )
+
+    def _fold_traffic(self, sandbox: Sandbox) -> None:
+        """Keep an ending sandbox's byte counts in the server's totals."""
+        for key, total in sandbox.link.traffic.items():
+            self._traffic_of_ended[key] = self._traffic_of_ended.get(key, 0) + total
+        sandbox.link.traffic.clear()
+
     # -- create -----------------------------------------------------------------------------
 
     def _live_count(self, tenant_id: str) -> int:
@@ -175,14 +224,40 @@ class SandboxManager:
                 ErrorCode.QUOTA_EXCEEDED,
                 f"at most {cap} live sandboxes; destroy one or wait for one to end",
                 min(max(soonest, 1.0), 60.0),
+                "sandboxes",
             )
         self._create_rate.take(tenant)
 
     async def create(self, tenant: Tenant, options: SandboxOptions) -> Sandbox:
-        self._admit(tenant)
-        self._creating[tenant.id] = self._creating.get(tenant.id, 0) + 1
         try:
-            return await self._create(tenant, options)
+            self._admit(tenant)
+        except QuotaExceeded as refused:
+            self.metrics.creates.labels("quota", "none").inc()
+            self.metrics.quota_refusals.labels(refused.reason).inc()
+            self.events.publish(
+                events.QUOTA_REFUSED,
+                tenant.id,
+                None,
+                reason=refused.reason,
+                message=refused.message,
+            )
+            raise
+        self._creating[tenant.id] = self._creating.get(tenant.id, 0) + 1
+        started = trio.current_time()
+        source = "cold"
+        try:
+            sandbox, source = await self._create(tenant, options)
+        except BaseException:
+            self.metrics.creates.labels("error", source).inc()
+            raise
+        else:
+            seconds = trio.current_time() - started
+            self.metrics.creates.labels("ok", source).inc()
+            self.metrics.create_seconds.labels(source).observe(seconds)
+            self.events.publish(
+                events.READY, tenant.id, sandbox.id, source=source, seconds=round(seconds, 4)
+            )
+            return sandbox
         finally:
             left = self._creating[tenant.id] - 1
             if left:
@@ -190,15 +265,19 @@ class SandboxManager:
             else:
                 del self._creating[tenant.id]
 
-    async def _create(self, tenant: Tenant, options: SandboxOptions) -> Sandbox:
+    async def _create(self, tenant: Tenant, options: SandboxOptions) -> tuple[Sandbox, str]:
+        """The sandbox, and where it came from (`pool` or `cold`)."""
         profile = self.pool.profile_for(options.template, options.resources)
         pooled = self.pool.take(profile) if profile is not None else None
+        if profile is not None and pooled is None:
+            self.metrics.pool_misses.labels(self.template_label(options.template)).inc()
         if pooled is not None:
             self.register(pooled)
             try:
                 claimed = await self.pool.hand_over(pooled, tenant, options, self._nursery)
+                self._created(claimed, "pool")
                 await self.apply_network(claimed)
-                return claimed
+                return claimed, "pool"
             except RuntimeFailure as exc:
                 log.warning("could not claim pooled sandbox %s: %s", pooled.id, exc)
                 self._sandboxes.pop(pooled.id, None)
@@ -207,6 +286,7 @@ class SandboxManager:
         sandbox.state = State.RUNNING
         sandbox.touch()
         self.register(sandbox)
+        self._created(sandbox, "cold")
         # What labels cannot say, the agent keeps as a sealed note for a restarted server.
         notes: dict[str, object] = {}
         if options.on_expiry != "end":
@@ -217,11 +297,22 @@ class SandboxManager:
             await sandbox.link.send_internal(notes_message(self.sealer, sandbox, **notes))
         await self.apply_network(sandbox)
         log.info("created sandbox %s (container %s)", sandbox.id, sandbox.container_id[:12])
-        return sandbox
+        return sandbox, "cold"
+
+    def _created(self, sandbox: Sandbox, source: str) -> None:
+        self.events.publish(
+            events.CREATED,
+            sandbox.owner,
+            sandbox.id,
+            template=sandbox.options.template,
+            source=source,
+            metadata=dict(sandbox.options.metadata),
+        )
 
     # -- each sandbox's link --------------------------------------------------------------------
 
     async def _keep_link(self, sandbox: Sandbox, *, task_status: trio.TaskStatus[None]) -> None:
+        long_lived_task(sandbox.id, sandbox.owner or None)
         with sandbox.scope:
             await sandbox.link.run(task_status=task_status)
         if sandbox.scope.cancelled_caught or sandbox.state is State.ENDED:
@@ -335,12 +426,14 @@ class SandboxManager:
         if sandbox.state is State.RUNNING:
             await self.runtime.pause(sandbox.container_id)
             sandbox.state = State.PAUSED
+            self.events.publish(events.PAUSED, sandbox.owner, sandbox.id)
 
     async def resume(self, sandbox_id: str, tenant: Tenant) -> Sandbox:
         sandbox = self.get(sandbox_id, tenant)
         if sandbox.state is State.PAUSED:
             await self.runtime.unpause(sandbox.container_id)
             sandbox.state = State.RUNNING
+            self.events.publish(events.RESUMED, sandbox.owner, sandbox.id)
             await self.apply_network(sandbox)
         sandbox.touch()
         return sandbox
@@ -348,7 +441,19 @@ class SandboxManager:
     async def snapshot(self, sandbox_id: str, tenant: Tenant) -> str:
         """Commit the sandbox's filesystem as a template only its owner can create from."""
         sandbox = self.get(sandbox_id, tenant)
-        template = await self.snapshots.take(sandbox, tenant)
+        try:
+            template = await self.snapshots.take(sandbox, tenant)
+        except QuotaExceeded as refused:
+            self.metrics.quota_refusals.labels(refused.reason).inc()
+            self.events.publish(
+                events.QUOTA_REFUSED,
+                tenant.id,
+                sandbox.id,
+                reason=refused.reason,
+                message=refused.message,
+            )
+            raise
+        self.events.publish(events.SNAPSHOT, tenant.id, sandbox.id, template=template)
         sandbox.touch()
         return template
 
@@ -361,6 +466,12 @@ class SandboxManager:
         """End a sandbox once: record why, stop its link, remove its container."""
         if not sandbox.end(reason, detail):
             return
+        self._fold_traffic(sandbox)
+        self.metrics.ended.labels(reason.value).inc()
+        if sandbox.owner:
+            self.events.publish(
+                events.ENDED, sandbox.owner, sandbox.id, reason=reason.value, detail=detail
+            )
         self._sandboxes.pop(sandbox.id, None)
         self.usage.forget(sandbox.id)
         self.egress.stop(sandbox.id)
@@ -374,6 +485,7 @@ class SandboxManager:
     async def discard(self, sandbox: Sandbox) -> None:
         """Remove a sandbox that belongs to nobody (a pool member not needed any more)."""
         sandbox.end(EndReason.DESTROYED, "not needed in the pool")
+        self._fold_traffic(sandbox)
         sandbox.scope.cancel()
         with trio.CancelScope(shield=True):
             await self.runtime.remove(sandbox.container_id)

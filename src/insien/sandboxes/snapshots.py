@@ -61,6 +61,7 @@ class Snapshots:
                     ErrorCode.QUOTA_EXCEEDED,
                     f"at most {plan.max_snapshots} snapshots; delete one (DELETE /snapshots/…)",
                     60.0,
+                    "snapshots",
                 )
             size = await self._runtime.writable_size(sandbox.container_id)
             used = sum(int(snap["bytes"]) for snap in kept)
@@ -70,6 +71,7 @@ class Snapshots:
                     f"snapshots may hold {plan.max_snapshot_bytes} bytes; {used} are used and "
                     f"this one would add {size}",
                     60.0,
+                    "snapshot_bytes",
                 )
             name = f"{SNAPSHOT_REPOSITORY}:{secrets.token_hex(8)}"
             repository, tag = name.split(":")

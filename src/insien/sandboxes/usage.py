@@ -1,24 +1,39 @@
-"""How much a sandbox uses right now: CPU, memory and pids from its container's cgroup, disk
-from its writable layer. CPU percent is over the time since the previous reading of that
-sandbox; the first reading of a sandbox waits a quarter second for a second sample, so no
-reading reports the sandbox's start (which a pooled sandbox did before its claim)."""
+"""How much a sandbox uses: CPU, memory and pids from its container's cgroup (Docker's stats),
+disk from its writable layer, and from its agent what Docker does not say (the cgroup's memory
+high-water mark, how full /tmp is).
+
+CPU percent is over the time since the previous reading of that sandbox; the first reading of a
+sandbox waits a quarter second for a second sample, so no reading reports the sandbox's start
+(which a pooled sandbox did before its claim).
+
+**A short series while someone looks.** Each reading (`GET /sandboxes/<id>/metrics`) keeps the
+sandbox sampled every SERIES_INTERVAL seconds for WATCHED_FOR seconds more, so a dashboard that
+polls gets a recent history with every answer; nobody looking, nothing is sampled. A series
+holds SERIES_KEPT points, and only the last KEPT sandboxes looked at keep one.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import trio
 
+from ..operations.logs import long_lived_task
 from ..runtime.base import Runtime
-from .sandbox import Sandbox, iso_timestamp
+from .sandbox import Sandbox, State, iso_timestamp
 
 FIRST_INTERVAL = 0.25
 KEPT = 1024
-"""Previous readings kept (one per sandbox asked about; the oldest are forgotten first)."""
+"""Sandboxes whose previous reading (and series) is kept; the oldest looked at go first."""
+SERIES_INTERVAL = 5.0
+SERIES_KEPT = 60
+WATCHED_FOR = 60.0
+AGENT_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -28,14 +43,21 @@ class Reading:
     cpu_count: int
     cpu_percent: float
     """Of the sandbox's CPU limit, since the previous reading."""
+    cpu_seconds: float
+    """CPU time used since the container started."""
     memory_bytes: int
     """Without the page cache."""
     memory_limit: int
     memory_cache: int
+    memory_peak: int | None
+    """The cgroup's high-water mark (page cache included), where the kernel keeps one."""
     disk_bytes: int
     """The writable layer (what the sandbox wrote outside tmpfs mounts)."""
     disk_limit: int
     """INSIEN_DISK_LIMIT, or 0 when the writable layer has no limit."""
+    tmp_bytes: int | None
+    """Used in /tmp (a tmpfs: counted in memory too, not on disk)."""
+    tmp_limit: int | None
     pids: int
 
     def info(self) -> dict[str, Any]:
@@ -43,53 +65,130 @@ class Reading:
             "timestamp": iso_timestamp(datetime.fromtimestamp(self.at, UTC)),
             "cpuCount": self.cpu_count,
             "cpuPercent": self.cpu_percent,
+            "cpuSeconds": round(self.cpu_seconds, 3),
             "memoryBytes": self.memory_bytes,
             "memoryLimit": self.memory_limit,
             "memoryCache": self.memory_cache,
+            "memoryPeak": self.memory_peak,
             "diskBytes": self.disk_bytes,
             "diskLimit": self.disk_limit,
+            "tmpBytes": self.tmp_bytes,
+            "tmpLimit": self.tmp_limit,
             "pids": self.pids,
         }
 
+    def point(self) -> dict[str, Any]:
+        """One point of a series: what changes."""
+        return {
+            "timestamp": iso_timestamp(datetime.fromtimestamp(self.at, UTC)),
+            "cpuPercent": self.cpu_percent,
+            "memoryBytes": self.memory_bytes,
+            "pids": self.pids,
+            "diskBytes": self.disk_bytes,
+            "tmpBytes": self.tmp_bytes,
+        }
+
+
+@dataclass
+class _Watched:
+    previous: tuple[float, float] | None = None
+    """(when, CPU seconds) of the last reading, for the next CPU percent."""
+    series: deque[Reading] = field(default_factory=lambda: deque(maxlen=SERIES_KEPT))
+    looked_at: float = 0.0
+    sampling: bool = False
+    peak: int = 0
+
 
 class UsageSampler:
-    def __init__(self, runtime: Runtime, disk_limit: int) -> None:
+    def __init__(self, runtime: Runtime, disk_limit: int, nursery: trio.Nursery | None) -> None:
         self._runtime = runtime
         self._disk_limit = disk_limit
-        self._previous: dict[str, tuple[float, float]] = {}
+        self._nursery = nursery
+        self._watched: OrderedDict[str, _Watched] = OrderedDict()
+
+    def _entry(self, sandbox_id: str) -> _Watched:
+        entry = self._watched.get(sandbox_id)
+        if entry is None:
+            entry = self._watched[sandbox_id] = _Watched()
+            while len(self._watched) > KEPT:
+                self._watched.popitem(last=False)
+        self._watched.move_to_end(sandbox_id)
+        return entry
 
     async def read(self, sandbox: Sandbox) -> Reading:
+        """A reading now; keeps the sandbox sampled for a while (see the module's doc)."""
+        entry = self._entry(sandbox.id)
+        entry.looked_at = trio.current_time()
+        reading = await self._sample(sandbox, entry)
+        entry.series.append(reading)
+        if not entry.sampling and self._nursery is not None:
+            entry.sampling = True
+            self._nursery.start_soon(self._sample_while_watched, sandbox, entry)
+        return reading
+
+    def series(self, sandbox_id: str) -> list[Reading]:
+        entry = self._watched.get(sandbox_id)
+        return list(entry.series) if entry is not None else []
+
+    async def _sample_while_watched(self, sandbox: Sandbox, entry: _Watched) -> None:
+        long_lived_task(sandbox.id, sandbox.owner or None)
+        try:
+            while trio.current_time() - entry.looked_at < WATCHED_FOR:
+                await trio.sleep(SERIES_INTERVAL)
+                if sandbox.state is State.ENDED or self._watched.get(sandbox.id) is not entry:
+                    return
+                entry.series.append(await self._sample(sandbox, entry))
+        finally:
+            entry.sampling = False
+
+    async def _agent_usage(self, sandbox: Sandbox) -> dict[str, Any]:
+        if sandbox.state is not State.RUNNING or not sandbox.link.connected:
+            return {}  # a paused agent answers nothing
+        with trio.move_on_after(AGENT_TIMEOUT):
+            answer = await sandbox.link.call({"type": "usage"})
+            if answer.get("type") == "usageResponse":
+                return answer
+        return {}
+
+    async def _sample(self, sandbox: Sandbox, entry: _Watched) -> Reading:
         usage = await self._runtime.usage(sandbox.container_id)
         now = time.time()
-        if usage is not None and sandbox.id not in self._previous:
-            self._previous[sandbox.id] = (now, usage.cpu_seconds)
+        if usage is not None and entry.previous is None:
+            entry.previous = (now, usage.cpu_seconds)
             await trio.sleep(FIRST_INTERVAL)
             usage = await self._runtime.usage(sandbox.container_id)
             now = time.time()
         disk = await self._runtime.writable_size(sandbox.container_id)
+        agent = await self._agent_usage(sandbox)
         limits = sandbox.options.resources
-        cpu_percent, memory, limit, cache, pids = 0.0, 0, limits.memory, 0, 0
+        cpu_percent, cpu_seconds, memory, limit, cache, pids = 0.0, 0.0, 0, limits.memory, 0, 0
         if usage is not None:
-            since, before = self._previous.pop(sandbox.id, (now, usage.cpu_seconds))
-            self._previous[sandbox.id] = (now, usage.cpu_seconds)
-            while len(self._previous) > KEPT:
-                del self._previous[next(iter(self._previous))]
+            since, before = entry.previous or (now, usage.cpu_seconds)
+            entry.previous = (now, usage.cpu_seconds)
             used = max(usage.cpu_seconds - before, 0.0)
             elapsed = max(now - since, 1e-3)
             cpu_percent = min(100.0, 100.0 * used / (elapsed * max(limits.cpus, 0.01)))
+            cpu_seconds = usage.cpu_seconds
             memory, cache, pids = usage.memory_used, usage.memory_cache, usage.pids
             limit = min(usage.memory_limit or limits.memory, limits.memory)
+        peak = agent.get("memoryPeak")
+        entry.peak = max(entry.peak, memory + cache, peak if isinstance(peak, int) else 0)
+        tmp_bytes, tmp_limit = agent.get("tmpBytes"), agent.get("tmpLimit")
         return Reading(
             at=now,
             cpu_count=max(1, math.ceil(limits.cpus)),
             cpu_percent=round(cpu_percent, 2),
+            cpu_seconds=cpu_seconds,
             memory_bytes=memory,
             memory_limit=limit,
             memory_cache=cache,
+            memory_peak=entry.peak or None,
             disk_bytes=disk,
             disk_limit=self._disk_limit,
+            tmp_bytes=tmp_bytes if isinstance(tmp_bytes, int) else None,
+            tmp_limit=tmp_limit if isinstance(tmp_limit, int) else None,
             pids=pids,
         )
 
     def forget(self, sandbox_id: str) -> None:
-        self._previous.pop(sandbox_id, None)
+        self._watched.pop(sandbox_id, None)

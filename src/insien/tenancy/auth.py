@@ -9,6 +9,7 @@ from typing import Any
 
 import jwt
 
+from ..operations.webhooks import Webhook
 from .tenants import Tenant, TenantDirectory
 
 TOKEN_AUDIENCE = "insien:agent"
@@ -91,6 +92,10 @@ class Authenticator:
 
     def tenant_exists(self, tenant_id: str) -> bool:
         return self._tenants.exists(tenant_id)
+
+    def webhooks(self, tenant_id: str) -> tuple[Webhook, ...]:
+        """Where the tenant's lifecycle events go (the tenants file, re-read as it changes)."""
+        return self._tenants.webhooks(tenant_id)
 
     def still_valid(self, tenant: Tenant) -> bool:
         """Whether the key a caller authenticated with still opens anything."""

@@ -19,11 +19,16 @@ from .tenants import Tenant
 class QuotaExceeded(Exception):
     """A tenant is over a limit; `retry_after` is a whole number of seconds worth waiting."""
 
-    def __init__(self, code: ErrorCode, message: str, retry_after: float) -> None:
+    def __init__(
+        self, code: ErrorCode, message: str, retry_after: float, reason: str = "quota"
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retry_after = max(1, math.ceil(retry_after))
+        self.reason = reason
+        """Which limit (`sandboxes`, `create_rate`, `connections`, `snapshots`,
+        `snapshot_bytes`): a metrics label and an event's detail."""
 
 
 @dataclass
@@ -52,6 +57,7 @@ class CreateRateLimiter:
                 ErrorCode.RATE_LIMITED,
                 f"more than {rate:g} creates per minute",
                 (1.0 - bucket.tokens) / per_second,
+                "create_rate",
             )
         bucket.tokens -= 1.0
 
@@ -71,7 +77,10 @@ class ConnectionCounter:
         current = self._open.get(tenant.id, 0)
         if cap is not None and current >= cap:
             raise QuotaExceeded(
-                ErrorCode.QUOTA_EXCEEDED, f"at most {cap} open connections per tenant", 5
+                ErrorCode.QUOTA_EXCEEDED,
+                f"at most {cap} open connections per tenant",
+                5,
+                "connections",
             )
         self._open[tenant.id] = current + 1
 

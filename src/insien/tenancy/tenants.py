@@ -18,6 +18,12 @@ version stays in force. The seed's single `API_KEY` is one more tenant, `default
       { id = "acme-ci", sha256 = "9f86d08…" },
       { id = "acme-old", sha256 = "…", revoked = true },
     ]
+    webhooks = [                # lifecycle events, POSTed and signed (operations/webhooks.py)
+      { url = "https://hooks.acme.example/insien", secret = "…", events = ["sandbox.ended"] },
+    ]
+
+    [tenants.default]           # the API_KEY's tenant: webhooks only
+    webhooks = [{ url = "http://127.0.0.1:9000/hook", secret = "…" }]
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
+from ..operations.events import EVENT_TYPES
+from ..operations.webhooks import Webhook
 from .resources import Resources, parse_size
 
 log = logging.getLogger("insien.tenants")
@@ -77,6 +85,7 @@ class Tenant:
     plan: Plan = field(default_factory=Plan, compare=False)
     key_id: str | None = field(default=None, compare=False)
     """Which of the tenant's keys the caller used (for revocation), when known."""
+    webhooks: tuple[Webhook, ...] = field(default=(), compare=False, repr=False)
 
 
 class KeyEntry(BaseModel):
@@ -86,9 +95,29 @@ class KeyEntry(BaseModel):
     revoked: StrictBool = False
 
 
+class WebhookEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+", max_length=2048)]
+    secret: Annotated[str, Field(min_length=16, max_length=512)]
+    events: list[str] = []
+    """Event types to receive (operations/events.py); none for every type."""
+
+    @field_validator("events")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(EVENT_TYPES))
+        if unknown:
+            raise ValueError(f"unknown event types {unknown}; known: {list(EVENT_TYPES)}")
+        return value
+
+    def webhook(self) -> Webhook:
+        return Webhook(self.url, self.secret, frozenset(self.events))
+
+
 class TenantEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     keys: list[KeyEntry] = []
+    webhooks: Annotated[list[WebhookEntry], Field(max_length=16)] = []
     max_sandboxes: Annotated[int, Field(ge=0)] | None = None
     create_rate: Annotated[float, Field(gt=0)] | None = None
     create_burst: Annotated[int, Field(ge=1)] | None = None
@@ -117,8 +146,12 @@ def load_tenants_file(path: Path) -> TenantsFile:
         parsed = TenantsFile.model_validate(raw)
     except (OSError, tomllib.TOMLDecodeError, ValidationError, ValueError) as exc:
         raise ValueError(f"tenants file {path}: {exc}") from exc
-    if DEFAULT_TENANT_ID in parsed.tenants:
-        raise ValueError(f"tenants file {path}: the id {DEFAULT_TENANT_ID!r} is the API_KEY's")
+    default = parsed.tenants.get(DEFAULT_TENANT_ID)
+    if default is not None and default.model_fields_set != {"webhooks"}:
+        raise ValueError(
+            f"tenants file {path}: the id {DEFAULT_TENANT_ID!r} is the API_KEY's; "
+            "its entry may only name webhooks"
+        )
     seen: set[str] = set()
     for entry in parsed.tenants.values():
         for key in entry.keys:
@@ -185,7 +218,10 @@ class TenantDirectory:
         )
 
     def _apply(self, parsed: TenantsFile, stamp: tuple[int, int] | None) -> None:
-        tenants = {tid: Tenant(tid, self._plan(entry)) for tid, entry in parsed.tenants.items()}
+        tenants = {
+            tid: Tenant(tid, self._plan(entry), webhooks=tuple(h.webhook() for h in entry.webhooks))
+            for tid, entry in parsed.tenants.items()
+        }
         keys = [
             (bytes.fromhex(key.sha256), tid, key.id)
             for tid, entry in parsed.tenants.items()
@@ -249,5 +285,12 @@ class TenantDirectory:
         if tenant_id == DEFAULT_TENANT_ID:
             if self._api_key_hash is None:
                 return None
-            return Tenant(DEFAULT_TENANT_ID, self._default_plan)
+            listed = self._tenants.get(DEFAULT_TENANT_ID)
+            hooks = listed.webhooks if listed is not None else ()
+            return Tenant(DEFAULT_TENANT_ID, self._default_plan, webhooks=hooks)
         return self._tenants.get(tenant_id)
+
+    def webhooks(self, tenant_id: str) -> tuple[Webhook, ...]:
+        """The tenant's webhooks as the tenants file says now."""
+        tenant = self.by_id(tenant_id)
+        return tenant.webhooks if tenant is not None else ()

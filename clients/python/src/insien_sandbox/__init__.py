@@ -27,6 +27,7 @@ from ._types import CommandResult as CommandResult
 from ._types import EntryInfo as EntryInfo
 from ._types import FilesystemEvent as FilesystemEvent
 from ._types import LogLine as LogLine
+from ._types import MetricsPoint as MetricsPoint
 from ._types import NetworkInfo as NetworkInfo
 from ._types import NetworkPolicy as NetworkPolicy
 from ._types import OutputChunk as OutputChunk
@@ -56,6 +57,7 @@ __all__ = [
     "FilesystemEvent",
     "InsienError",
     "LogLine",
+    "MetricsPoint",
     "NetworkInfo",
     "NetworkPolicy",
     "NotFoundError",

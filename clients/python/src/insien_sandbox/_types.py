@@ -131,9 +131,37 @@ class SandboxInfo:
 
 
 @dataclass(frozen=True)
+class MetricsPoint:
+    """One sample of a sandbox's recent series (`SandboxMetrics.series`)."""
+
+    timestamp: str
+    cpu_percent: float
+    memory_bytes: int
+    pids: int
+    disk_bytes: int
+    tmp_bytes: int | None
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> MetricsPoint:
+        return cls(
+            timestamp=str(raw["timestamp"]),
+            cpu_percent=float(raw["cpuPercent"]),
+            memory_bytes=int(raw["memoryBytes"]),
+            pids=int(raw["pids"]),
+            disk_bytes=int(raw["diskBytes"]),
+            tmp_bytes=_optional_int(raw.get("tmpBytes")),
+        )
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+@dataclass(frozen=True)
 class SandboxMetrics:
     """What a sandbox uses now (`GET /sandboxes/<id>/metrics`): CPU percent of its limit since
-    the previous reading, memory without page cache, its writable layer on disk, processes."""
+    the previous reading, memory without page cache, its writable layer on disk, processes;
+    and `series`, its recent samples (each reading keeps it sampled every 5 s for a minute)."""
 
     timestamp: str
     cpu_count: int
@@ -147,6 +175,17 @@ class SandboxMetrics:
     egress_bytes_out: int = 0
     """Bytes the sandbox sent out through its egress proxy (counted by this server run)."""
     egress_bytes_in: int = 0
+    cpu_seconds: float = 0.0
+    """CPU time used since the sandbox started."""
+    memory_peak: int | None = None
+    """The cgroup's high-water mark (page cache included), where the kernel keeps one."""
+    tmp_bytes: int | None = None
+    """Used in /tmp (a tmpfs: it counts against memory, not disk)."""
+    tmp_limit: int | None = None
+    port_bytes_in: int = 0
+    """Bytes sent into its ports (previews, forwards) through this server run."""
+    port_bytes_out: int = 0
+    series: tuple[MetricsPoint, ...] = ()
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> SandboxMetrics:
@@ -162,6 +201,13 @@ class SandboxMetrics:
             pids=int(raw["pids"]),
             egress_bytes_out=int(raw.get("egressBytesOut", 0)),
             egress_bytes_in=int(raw.get("egressBytesIn", 0)),
+            cpu_seconds=float(raw.get("cpuSeconds", 0.0)),
+            memory_peak=_optional_int(raw.get("memoryPeak")),
+            tmp_bytes=_optional_int(raw.get("tmpBytes")),
+            tmp_limit=_optional_int(raw.get("tmpLimit")),
+            port_bytes_in=int(raw.get("portBytesIn", 0)),
+            port_bytes_out=int(raw.get("portBytesOut", 0)),
+            series=tuple(MetricsPoint.from_wire(p) for p in raw.get("series") or ()),
         )
 
 

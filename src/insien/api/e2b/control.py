@@ -329,19 +329,24 @@ def control_blueprint(services: Services) -> Blueprint:
 
     @bp.get("/sandboxes/<sandbox_id>/metrics")
     async def metrics(sandbox_id: str) -> Response:
-        reading = await manager.usage.read(manager.get(sandbox_id, tenant()))
-        metric = {
-            "timestamp": datetime.fromtimestamp(reading.at, UTC).isoformat().replace("+00:00", "Z"),
-            "timestampUnix": int(reading.at),
-            "cpuCount": reading.cpu_count,
-            "cpuUsedPct": reading.cpu_percent,
-            "memUsed": reading.memory_bytes,
-            "memTotal": reading.memory_limit,
-            "memCache": reading.memory_cache,
-            "diskUsed": reading.disk_bytes,
-            "diskTotal": reading.disk_limit,
-        }
-        return Response(json.dumps([metric]), status=200, mimetype="application/json")
+        """E2B's metrics are a series: the recent samples this reading keeps going."""
+        sandbox = manager.get(sandbox_id, tenant())
+        await manager.usage.read(sandbox)
+        series = [
+            {
+                "timestamp": datetime.fromtimestamp(r.at, UTC).isoformat().replace("+00:00", "Z"),
+                "timestampUnix": int(r.at),
+                "cpuCount": r.cpu_count,
+                "cpuUsedPct": r.cpu_percent,
+                "memUsed": r.memory_bytes,
+                "memTotal": r.memory_limit,
+                "memCache": r.memory_cache,
+                "diskUsed": r.disk_bytes,
+                "diskTotal": r.disk_limit,
+            }
+            for r in manager.usage.series(sandbox_id)
+        ]
+        return Response(json.dumps(series), status=200, mimetype="application/json")
 
     async def logs(sandbox_id: str) -> dict[str, Any]:
         sandbox = manager.get(sandbox_id, tenant(), include_ended=True)
