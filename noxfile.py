@@ -1,6 +1,9 @@
-"""Every developer task: `nox -s tests | lint | typecheck | image | serve | bench`."""
+"""Every developer task: `nox -s tests | lint | typecheck | image | serve | bench |
+deploy-image`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import nox
 
@@ -59,7 +62,7 @@ def typecheck(session: nox.Session) -> None:
         *E2B,
         *JUPYTER,
     )
-    session.run("mypy", "src", "agent", "clients/python/src", "tests", "bench")
+    session.run("mypy", "src", "agent", "clients/python/src", "tests", "bench", "deploy")
 
 
 @nox.session(python=PYTHON)
@@ -74,6 +77,41 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against baselines measured in the same run (`-- --quick` for a smoke run)."""
     session.install(*SERVER, *SDK, *E2B, *JUPYTER, "matplotlib>=3.8")
     session.run("python", "-m", "bench.run", *session.posargs)
+
+
+@nox.session(name="deploy-image", python=PYTHON)
+def deploy_image(session: nox.Session) -> None:
+    """Build the server's own image (deploy/Dockerfile) for deploy/docker-compose.yml."""
+    session.install(*SERVER)
+    session.run("python", "deploy/build.py", *session.posargs)
+
+
+@nox.session(name="console-assets", python=False)
+def console_assets(session: nox.Session) -> None:
+    """Refresh the console's vendored xterm.js from npm (console/package.json pins it)."""
+    session.run("npm", "install", "--no-audit", "--no-fund", "--prefix", "console", external=True)
+    static = "src/insien/api/static/console"
+    modules = "console/node_modules/@xterm"
+    for source, name in (
+        (f"{modules}/xterm/lib/xterm.js", "xterm.js"),
+        (f"{modules}/xterm/css/xterm.css", "xterm.css"),
+        (f"{modules}/addon-fit/lib/addon-fit.js", "addon-fit.js"),
+        (f"{modules}/xterm/LICENSE", "xterm-LICENSE"),
+    ):
+        text = Path(source).read_text(encoding="utf-8")
+        kept = "\n".join(x for x in text.split("\n") if not x.startswith("//# sourceMappingURL"))
+        Path(static, name).write_text(kept, encoding="utf-8")
+
+
+@nox.session(name="console-shots", python=PYTHON)
+def console_shots(session: nox.Session) -> None:
+    """Screenshots of the web console (artifacts/console/), from its browser test."""
+    session.install(*SERVER, *SDK)
+    session.run(
+        "npm", "ci", "--no-audit", "--no-fund", "--prefix", "tests/js_browser", external=True
+    )
+    session.run("insien", "image", "build")
+    session.run("pytest", "tests/e2e/test_console.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

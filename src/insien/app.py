@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from quart_trio import QuartTrio
 
+from .api.console import console_blueprint
 from .api.context import Services
 from .api.cors import CorsMiddleware
 from .api.e2b import E2BRouter, EnvdFront, control_blueprint
@@ -34,6 +35,7 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(docs_blueprint())
     app.register_blueprint(ports_blueprint(services))
     app.register_blueprint(operations_blueprint(services))
+    app.register_blueprint(console_blueprint())
     return app
 
 

@@ -62,6 +62,7 @@ async def test_live_answers_match_the_document(server: Server) -> None:
         made = check(await client.post("/sandbox/create", json={"metadata": {"k": "v"}})).json()
         sandbox_id = made["sandboxId"]
         check(await client.get(f"/sandbox/{sandbox_id}/status"))
+        check(await client.post(f"/sandbox/{sandbox_id}/connect"))
         check(await client.get(f"/sandboxes/{sandbox_id}"))
         check(await client.get("/sandboxes", params={"limit": "1", "metadata.k": "v"}))
         check(await client.post(f"/sandbox/{sandbox_id}/keepalive", json={"timeout": 300}))
@@ -111,6 +112,8 @@ async def test_live_answers_match_the_document(server: Server) -> None:
         check(await client.delete("/snapshots/insien-snapshot:nope"))
         check(await client.get("/sandboxes", headers={"X-API-Key": "wrong"}))
         check(await client.get("/metrics"))  # this server set no metrics token: off, 404
+        check(await client.post("/sandbox/nope/connect"))
+        check(await client.get("/console"))
         async with client.stream("GET", "/events") as events:  # a stream: its head is enough
             assert check(events).headers["content-type"].startswith("text/event-stream")
 

@@ -26,7 +26,7 @@ from . import schemas
 F = TypeVar("F", bound=Callable[..., Any])
 
 REF = "#/components/schemas/{model}"
-NOT_DOCUMENTED_PREFIXES = ("/e2b",)
+NOT_DOCUMENTED_PREFIXES = ("/e2b", "/console/static")
 STATUS_TEXT = {
     400: "The request does not fit (the message says which field and why).",
     401: "Missing or invalid `X-API-Key`.",

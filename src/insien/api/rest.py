@@ -101,6 +101,23 @@ def rest_blueprint(services: Services) -> Blueprint:
         )
         return made.model_dump(mode="json")
 
+    @bp.post("/sandbox/<sandbox_id>/connect")
+    @operation(
+        summary="A fresh agentUrl for an existing sandbox",
+        description="For clients that cannot send `X-API-Key` on a WebSocket (browsers): the "
+        "URL carries a short-lived token for this sandbox only.",
+        answer=Created,
+        errors=(404,),
+    )
+    async def connect_sandbox(sandbox_id: str) -> Any:
+        tenant = services.tenant_from_key(request)
+        sandbox = lookup(sandbox_id, tenant)
+        token = services.auth.issue_token(sandbox.id, tenant)
+        made = Created(
+            sandboxId=sandbox.id, agentUrl=services.agent_url(request, sandbox.id, token)
+        )
+        return made.model_dump(mode="json")
+
     @bp.post("/sandbox/<sandbox_id>/destroy")
     @operation(summary="Destroy a sandbox and its container", answer=Destroyed, errors=(404,))
     async def destroy_sandbox(sandbox_id: str) -> Any:

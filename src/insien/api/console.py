@@ -1,0 +1,68 @@
+"""The web console: `GET /console`, one page of plain HTML and JavaScript over this server's
+own API (static/console/; xterm.js vendored there by `nox -s console-assets`, no CDN). The
+page holds no secret: the API key is typed into it and kept in the tab's session storage."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import Any
+
+from quart import Blueprint, Response
+
+from ..protocol import ErrorCode
+from .errors import ApiError
+from .openapi import operation
+
+ASSETS = {
+    "console.js": "text/javascript; charset=utf-8",
+    "console.css": "text/css; charset=utf-8",
+    "xterm.js": "text/javascript; charset=utf-8",
+    "xterm.css": "text/css; charset=utf-8",
+    "addon-fit.js": "text/javascript; charset=utf-8",
+}
+POLICY = (
+    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; "
+    "style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'"
+)
+"""Only this server: xterm.js sets styles inline, nothing else needs more."""
+
+
+def _read(name: str) -> bytes:
+    return files("insien.api").joinpath("static/console", name).read_bytes()
+
+
+def _guarded(body: bytes, content_type: str) -> Response:
+    response = Response(body, content_type=content_type)
+    response.headers["Content-Security-Policy"] = POLICY
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def console_blueprint() -> Blueprint:
+    bp = Blueprint("console", __name__)
+
+    @bp.get("/console")
+    @operation(
+        summary="The web console (log in with an API key)",
+        answer="html",
+        auth=False,
+        tag="meta",
+    )
+    async def console_page() -> Any:
+        page = _guarded(_read("index.html"), "text/html; charset=utf-8")
+        page.headers["Cache-Control"] = "no-store"
+        return page
+
+    @bp.get("/console/static/<name>")
+    async def console_asset(name: str) -> Any:
+        content_type = ASSETS.get(name)
+        if content_type is None:  # only the files listed: no path reaches anything else
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no console asset {name!r}")
+        asset = _guarded(_read(name), content_type)
+        asset.headers["Cache-Control"] = "public, max-age=3600"
+        return asset
+
+    return bp
