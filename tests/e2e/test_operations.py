@@ -41,6 +41,7 @@ class Operated:
     metrics_url: str
     hooks: WebhookReceiver
     acme_hooks: WebhookReceiver
+    tiny_key: str
 
 
 def free_port() -> int:
@@ -52,6 +53,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def operated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operated]:
     acme_key = new_key()
+    tiny_key = new_key()
     token = secrets.token_urlsafe(24)
     port = free_port()
     with webhook_receiver(fail_first=2) as hooks, webhook_receiver() as acme_hooks:
@@ -61,6 +63,8 @@ def operated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operated]:
             f'[tenants.acme]\nkeys = [{{ id = "acme-key", sha256 = "{hash_key(acme_key)}" }}]\n'
             f'webhooks = [{{ url = "{acme_hooks.url}", secret = "{ACME_HOOK_SECRET}", '
             'events = ["sandbox.ended"] }]\n'
+            "[tenants.tiny]\nmax_sandboxes = 0\n"
+            f'keys = [{{ id = "tiny-key", sha256 = "{hash_key(tiny_key)}" }}]\n'
         )
         process, server = start_server(
             {
@@ -74,11 +78,13 @@ def operated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operated]:
             suffix="operations",
         )
         try:
-            yield Operated(server, acme_key, token, f"http://127.0.0.1:{port}", hooks, acme_hooks)
+            yield Operated(
+                server, acme_key, token, f"http://127.0.0.1:{port}", hooks, acme_hooks, tiny_key
+            )
         finally:
             assert stop_server(process) == 0
         log = server.log()
-        for secret in (server.api_key, acme_key, token, HOOK_SECRET, ACME_HOOK_SECRET):
+        for secret in (server.api_key, acme_key, tiny_key, token, HOOK_SECRET, ACME_HOOK_SECRET):
             assert secret not in log, "a key, token or secret reached the log"
         assert "do-not-log" not in log  # the webhook URL's own token
         assert SECRET_METADATA not in log
@@ -289,5 +295,63 @@ def test_requests_carry_ids_into_json_logs(operated: Operated) -> None:
             traced = [line for line in lines if line.get("requestId") == mine]
             assert traced, "a line logged while creating carries the caller's request id"
             assert any(line.get("tenant") == "default" for line in traced)
+
+    trio.run(scenario)
+
+
+def test_every_kind_of_lifecycle_change_is_an_event(operated: Operated) -> None:
+    """Paused, resumed, a snapshot made, and a create refused by the plan, each as its event."""
+    server = operated.server
+
+    async def scenario() -> None:
+        async with client(operated) as api, client(operated, operated.tiny_key) as tiny:
+            created = (await api.post("/sandbox/create")).raise_for_status().json()
+            sandbox_id = created["sandboxId"]
+            seen: list[dict[str, Any]] = []
+            refused: list[dict[str, Any]] = []
+            async with trio.open_nursery() as nursery:
+                opened = [trio.Event(), trio.Event()]
+
+                async def follow() -> None:
+                    seen.extend(
+                        await read_events(
+                            server,
+                            server.api_key,
+                            lambda s: s[-1]["type"] == "sandbox.ended",
+                            opened=opened[0],
+                        )
+                    )
+
+                async def follow_tiny() -> None:
+                    refused.extend(
+                        await read_events(server, operated.tiny_key, bool, opened=opened[1])
+                    )
+
+                nursery.start_soon(follow)
+                nursery.start_soon(follow_tiny)
+                with trio.fail_after(60):
+                    for ready in opened:
+                        await ready.wait()
+                    (await api.post(f"/sandbox/{sandbox_id}/pause")).raise_for_status()
+                    (await api.post(f"/sandbox/{sandbox_id}/resume")).raise_for_status()
+                    snap = (await api.post(f"/sandbox/{sandbox_id}/snapshot")).raise_for_status()
+                    template = snap.json()["template"]
+                    (await api.post(f"/sandbox/{sandbox_id}/destroy")).raise_for_status()
+                    assert (await tiny.post("/sandbox/create")).status_code == 429
+            (await api.delete(f"/snapshots/{template}")).raise_for_status()
+        assert [e["type"] for e in seen] == [
+            "sandbox.paused",
+            "sandbox.resumed",
+            "sandbox.snapshot",
+            "sandbox.ended",
+        ]
+        assert seen[2]["details"]["template"] == template
+        (quota,) = refused
+        assert (quota["type"], quota["tenant"], quota["sandboxId"]) == (
+            "quota.refused",
+            "tiny",
+            None,
+        )
+        assert quota["details"]["reason"] == "sandboxes"
 
     trio.run(scenario)
