@@ -79,21 +79,27 @@ async def _read_events(context: Context) -> None:
             await _deliver(context, line)
         if len(buffer) > MAX_LINE:
             buffer = b""  # an event past the bound: dropped whole (its newline ends it)
-    code = await context.proc.wait()
-    if context.death is None:
-        tail = context.stderr.decode(errors="replace").strip().splitlines()[-3:]
-        why = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
-        if code == -signal.SIGKILL or code == 128 + signal.SIGKILL:
-            kills = oom_kills()
-            if kills is not None and context.oom_kills is not None and kills > context.oom_kills:
-                why = "was killed by the out-of-memory killer (the sandbox's memory limit)"
-            else:
-                why += " (out of memory, or killed)"
-        context.death = why + (f": {' / '.join(tail)}" if tail else "")
+    _record_death(context, await context.proc.wait())
     if not context.ready.done():
         context.ready.set_exception(AgentError(CONTEXT_DIED, f"the context {context.death}"))
     if context.sink is not None:
         await context.sink.put(None)
+
+
+def _record_death(context: Context, code: int) -> None:
+    """Say once how the context's process ended (its exit code, or the signal, and whether
+    the OOM killer did it), with the last lines it wrote to stderr."""
+    if context.death is not None:
+        return
+    tail = context.stderr.decode(errors="replace").strip().splitlines()[-3:]
+    why = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
+    if code == -signal.SIGKILL or code == 128 + signal.SIGKILL:
+        kills = oom_kills()
+        if kills is not None and context.oom_kills is not None and kills > context.oom_kills:
+            why = "was killed by the out-of-memory killer (the sandbox's memory limit)"
+        else:
+            why += " (out of memory, or killed)"
+    context.death = why + (f": {' / '.join(tail)}" if tail else "")
 
 
 async def _deliver(context: Context, line: bytes) -> None:
@@ -393,8 +399,18 @@ async def _run_cell(
     context.oom_kills = oom_kills()
     try:
         assert context.proc.stdin is not None
-        context.proc.stdin.write(json.dumps({"code": code, "envs": envs}).encode() + b"\n")
-        await context.proc.stdin.drain()
+        try:
+            context.proc.stdin.write(json.dumps({"code": code, "envs": envs}).encode() + b"\n")
+            await context.proc.stdin.drain()
+        except (ConnectionError, OSError):
+            # Killed from outside a moment ago, and not yet noticed by its reader.
+            with contextlib.suppress(asyncio.TimeoutError):
+                _record_death(context, await asyncio.wait_for(context.proc.wait(), 5))
+            raise AgentError(
+                CONTEXT_DIED,
+                f"the context {context.id!r} {context.death or 'is gone'}; "
+                "restart it with restartContext",
+            ) from None
         sent = 0
         limit = req.settings.max_output
         while True:

@@ -3,6 +3,8 @@ tests/e2e/test_interpreter.py drives it through the server and the SDK)."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +90,19 @@ async def test_warm_contexts_refuses_what_it_cannot_start(tmp_path: Path) -> Non
             await agent.send({"id": request_id, "type": "warmContexts", "languages": languages})
             answer = await agent.receive(timeout=10)
             assert (answer["type"], answer["code"]) == ("error", "BAD_REQUEST"), answer
+
+
+async def test_a_cell_sent_to_a_context_killed_a_moment_ago_says_it_died(tmp_path: Path) -> None:
+    """The cell's line meets a dead process's pipe before the context's reader has noticed:
+    the answer is CONTEXT_DIED with how it ended, never INTERNAL."""
+    async with run_agent(tmp_path) as agent:
+        for round_ in range(5):
+            base = round_ * 10
+            await agent.send({"id": base + 1, "type": "createContext"})
+            made = await agent.receive(timeout=30)
+            context = made["context"]["id"]
+            events, _ = await run(agent, base + 2, code="import os\nos.getpid()", context=context)
+            os.kill(int(events[0]["result"]["text"]), signal.SIGKILL)
+            _, answer = await run(agent, base + 3, code="1", context=context)
+            assert (answer["type"], answer["code"]) == ("error", "CONTEXT_DIED"), answer
+            assert "killed by signal 9" in answer["message"]
