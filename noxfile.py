@@ -115,6 +115,27 @@ def console_shots(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def k8s(session: nox.Session) -> None:
+    """The Kubernetes suite: a throwaway cluster built from Debian's source (tests/k8s/
+    cluster.sh, cached after the first build), the tests inside its network namespace."""
+    session.install(*SERVER, *SDK)
+    session.run("insien", "image", "build")
+    session.run("bash", "tests/k8s/cluster.sh", "up", external=True)
+    try:
+        session.run(
+            "nsenter",
+            "--net=/run/netns/insien-k8s",
+            "pytest",
+            "tests/k8s",
+            *session.posargs,
+            env={"INSIEN_K8S": "1"},
+            external=True,
+        )
+    finally:
+        session.run("bash", "tests/k8s/cluster.sh", "down", external=True)
+
+
+@nox.session(python=PYTHON)
 def serve(session: nox.Session) -> None:
     """Run the service on this machine, building the sandbox image on first use."""
     session.install(*SERVER)
