@@ -88,6 +88,7 @@ def test_the_browser_entry_works_from_an_allowed_origin(page_origin: str) -> Non
     assert result["uploaded"] == 4
     assert result["downloaded"] == [1, 2, 3, 250]
     assert result["info"] == "running"
+    assert result["connected"] == "again\n"  # Sandbox.connect in a browser (a fresh token)
     assert result["wrongKey"] == "UNAUTHORIZED"
     assert result["pageErrors"] == []
 

@@ -55,6 +55,18 @@ export class Session {
     if (this.rpc !== undefined && !this.rpc.closed) return this.rpc;
     this.connecting ??= (async () => {
       await this.create(signal);
+      if (this.agentUrl !== undefined && !this.agentUrl.includes('token=')) {
+        // An existing sandbox: a URL with a token of its own, since a browser cannot send the
+        // key header on a WebSocket. A server without the route keeps the plain URL.
+        try {
+          const fresh = await this.rest.json<{ agentUrl: string }>(
+            'POST', `/sandbox/${encodeURIComponent(this.sandboxId as string)}/connect`, { signal },
+          );
+          this.agentUrl = fresh.agentUrl;
+        } catch (error) {
+          if (!(error instanceof NotFoundError)) throw error;
+        }
+      }
       // After a server restart the token may not verify (a new JWT secret); the key always
       // does, where the platform lets a WebSocket send headers (not in browsers).
       const rpc = new RPCConnection(this.agentUrl as string, { 'X-API-Key': this.rest.apiKey }, this.reconnectWindowMs);
