@@ -56,6 +56,7 @@ def typecheck(session: nox.Session) -> None:
         "mypy>=2.4,<3",
         "types-docker",
         "types-jsonschema",
+        "types-PyYAML",
         "matplotlib>=3.8",
         *SERVER,
         *SDK,

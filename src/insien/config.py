@@ -195,6 +195,17 @@ class Settings(BaseSettings):
     """On SIGTERM, end every sandbox instead of leaving them for the next start to recover."""
     graceful_timeout: float = Field(5.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    runtime_backend: Literal["docker", "kubernetes"] = Field("docker")
+    """Where sandboxes run: this machine's Docker Engine, or pods of a Kubernetes namespace
+    (docs/kubernetes.md)."""
+    k8s_kubeconfig: Path | None = Field(None)
+    """A kubeconfig (its current context); default $KUBECONFIG, else the pod's own account."""
+    k8s_namespace: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    """The namespace of sandbox pods; default the kubeconfig's (or the server pod's)."""
+    k8s_host_network: bool = Field(False)
+    """Give sandbox pods the node's network: only for a cluster without a network plugin (the
+    test cluster); sandboxes otherwise get a pod network that a NetworkPolicy closes."""
+    k8s_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent")
     log_format: Literal["text", "json"] = Field("text")
     """`json`: one JSON object per line (time, level, logger, message, and the request id,
     sandbox and tenant where known); see docs/operations.md."""

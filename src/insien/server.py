@@ -12,6 +12,8 @@ import logging
 import secrets
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from functools import partial
 
@@ -25,7 +27,7 @@ from .app import create_asgi
 from .config import Settings
 from .link.budget import TenantBudgets
 from .operations.webhooks import DeliveryPolicy, Webhooks
-from .runtime.base import ImageNotFound
+from .runtime.base import ImageNotFound, Runtime
 from .runtime.docker import DockerRuntime
 from .sandboxes.manager import SandboxManager
 from .sandboxes.provenance import Sealer, load_key
@@ -107,8 +109,7 @@ async def serve(
     """Run until `stop` is set or a signal arrives; reports the bound URLs through task_status."""
     auth = authenticator or make_authenticator(settings)
     stop = stop if stop is not None else trio.Event()
-    runtime = await DockerRuntime.connect()
-    try:
+    async with open_runtime(settings) as runtime:
         if not await runtime.image_exists(settings.agent_image):
             raise ImageNotFound(
                 f"sandbox image {settings.agent_image!r} is missing; build it with "
@@ -137,14 +138,34 @@ async def serve(
                 with trio.CancelScope(shield=True):
                     await webhooks.drain(settings.graceful_timeout)
                 webhooks.close()
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Where sandboxes run (INSIEN_RUNTIME_BACKEND): this host's Docker Engine, or a
+    Kubernetes namespace."""
+    if settings.runtime_backend == "kubernetes":
+        from .runtime.kubernetes import KubernetesRuntime
+
+        async with KubernetesRuntime.open(
+            settings.k8s_kubeconfig,
+            settings.k8s_namespace,
+            host_network=settings.k8s_host_network,
+            pull_policy=settings.k8s_image_pull_policy,
+        ) as kubernetes:
+            yield kubernetes
+        return
+    docker_runtime = await DockerRuntime.connect()
+    try:
+        yield docker_runtime
     finally:
-        runtime.close()
+        docker_runtime.close()
 
 
 async def _serve_with(
     settings: Settings,
     auth: Authenticator,
-    runtime: DockerRuntime,
+    runtime: Runtime,
     sealer: Sealer,
     webhooks: Webhooks,
     stop: trio.Event,

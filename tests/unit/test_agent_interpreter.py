@@ -54,11 +54,11 @@ async def test_a_client_that_reads_nothing_stops_the_cell_not_the_agent(tmp_path
             kinds.append(message["type"])
             if message["type"] != "codeOutput":
                 break
-        assert kinds.count("codeOutput") == 8
-        assert message["type"] == "runCodeResponse"
-        assert message["timedOut"] is True
-        assert message["truncated"] is True
-        assert message["error"]["name"] == "KeyboardInterrupt"
+        assert kinds.count("codeOutput") == 8, kinds
+        assert message["type"] == "runCodeResponse", message
+        assert message["timedOut"] is True, message
+        assert message["truncated"] is True, message
+        assert message["error"]["name"] == "KeyboardInterrupt", message
         events, _ = await run(agent, 2, code="'alive'")
         assert [e["result"]["text"] for e in events] == ["'alive'"]
 

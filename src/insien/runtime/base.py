@@ -130,6 +130,10 @@ class AgentChannel(Protocol):
 class Runtime(Protocol):
     """Creating, attaching to and removing sandbox containers, and the images they come from."""
 
+    attach_from_start: bool
+    """Whether an attach made before `start` sees everything the agent writes (Docker); if
+    not (Kubernetes), the link asks the agent to replay what came before it."""
+
     async def create(self, spec: ContainerSpec, agent_zip: bytes) -> str:
         """Create the container with the agent in it (not started); returns its id."""
         ...

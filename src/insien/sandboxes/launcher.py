@@ -126,7 +126,11 @@ class Launcher:
         try:
             channel = await self._runtime.attach(container_id)
             link = AgentLink(
-                channel, name=f"sandbox {sandbox_id[:8]}", max_line=settings.max_line_bytes
+                channel,
+                name=f"sandbox {sandbox_id[:8]}",
+                max_line=settings.max_line_bytes,
+                # An attach that came after the agent's first words asks for them again.
+                resume_after=None if self._runtime.attach_from_start else 0,
             )
             if options.env:
                 # Queued before the agent starts, so it is the first line the agent reads.

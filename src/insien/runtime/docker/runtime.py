@@ -78,6 +78,8 @@ def _socket_path(base_url: str) -> str:
 class DockerRuntime:
     """The only place that calls docker-py; every call runs in a worker thread."""
 
+    attach_from_start = True
+
     def __init__(self, client: docker.DockerClient) -> None:
         self._client = client
         self.socket_path = _socket_path(client.api.base_url)

@@ -1,0 +1,325 @@
+"""Sandboxes as pods. One pod per sandbox, one container `agent` with stdin open
+(`stdinOnce: false`, so a restarted server attaches again), the agent's zip from a ConfigMap
+named after its digest (made once, mounted read-only), everything recovery reads in
+annotations (the sealed `insien.*` values; labels carry only what selectors need), no
+service-account token, no privilege escalation, all capabilities dropped but the agent's,
+seccomp RuntimeDefault, /tmp in memory.
+
+What Kubernetes does not offer is refused plainly: pause and resume (no freezer in the pod
+API), snapshots (no commit), a writable layer's size, and image inspection (images live on the
+nodes). docs/kubernetes.md says what that means for each feature.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..base import (
+    AGENT_DIR,
+    AGENT_ENVIRONMENT,
+    AGENT_PATH,
+    LABEL_INSTANCE,
+    LABEL_PREFIX,
+    LABEL_SANDBOX_ID,
+    ContainerInfo,
+    ContainerSpec,
+    ImageInfo,
+    RuntimeFailure,
+    Usage,
+)
+from .attach import KubeChannel, run_channel
+from .client import KubeClient, KubeError
+
+NAME_ANNOTATION = f"{LABEL_PREFIX}name"
+"""What Docker keeps as a container's name (the sealed owner of a claimed pooled sandbox): a
+pod cannot be renamed, so it is an annotation."""
+POD_PREFIX = "insien-"
+START_TIMEOUT = 120.0
+STUCK = {
+    "ErrImageNeverPull",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+}
+"""Waiting reasons a pod does not get over by itself: the create fails with the message."""
+NOT_HERE = "is not available on Kubernetes"
+
+
+def _quantity(size: str) -> str:
+    """Docker's `256m` as Kubernetes' `256Mi`."""
+    match = re.fullmatch(r"(\d+)([kmgt]?)", size.lower())
+    if match is None:
+        return size
+    number, unit = match.groups()
+    return number + {"": "", "k": "Ki", "m": "Mi", "g": "Gi", "t": "Ti"}[unit]
+
+
+class KubernetesRuntime:
+    """The `Runtime` on a Kubernetes namespace. Use `async with KubernetesRuntime.open(...)`."""
+
+    attach_from_start = False
+    """An attach sees only what a pod writes after it, and a pod runs as soon as it can: the
+    link asks the agent to replay what came before (its hello)."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        nursery: trio.Nursery,
+        *,
+        host_network: bool,
+        pull_policy: str,
+    ) -> None:
+        self._client = client
+        self._nursery = nursery
+        self._host_network = host_network
+        self._pull_policy = pull_policy
+        self._agent_configmaps: set[str] = set()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        kubeconfig: Path | None,
+        namespace: str | None,
+        *,
+        host_network: bool = False,
+        pull_policy: str = "IfNotPresent",
+    ) -> AsyncIterator[KubernetesRuntime]:
+        client = KubeClient.from_config(kubeconfig, namespace)
+        try:
+            async with trio.open_nursery() as nursery:
+                runtime = cls(client, nursery, host_network=host_network, pull_policy=pull_policy)
+                await client.request("GET", client.path("pods"), params={"limit": "1"})
+                try:
+                    yield runtime
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+
+    async def _agent_configmap(self, agent_zip: bytes) -> str:
+        name = f"insien-agent-{hashlib.sha256(agent_zip).hexdigest()[:20]}"
+        if name in self._agent_configmaps:
+            return name
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": {f"{LABEL_PREFIX}agent": "true"}},
+            "binaryData": {"agent.pyz": base64.b64encode(agent_zip).decode()},
+            "immutable": True,
+        }
+        try:
+            await self._client.request("POST", self._client.path("configmaps"), json=body)
+        except KubeError as exc:
+            if exc.status != 409:  # another server made it first
+                raise
+        self._agent_configmaps.add(name)
+        return name
+
+    def _pod(self, spec: ContainerSpec, name: str, configmap: str) -> dict[str, Any]:
+        limits: dict[str, str] = {}
+        if spec.mem_limit:
+            limits["memory"] = str(spec.mem_limit)
+        if spec.nano_cpus:
+            limits["cpu"] = f"{max(1, spec.nano_cpus // 1_000_000)}m"
+        requests = {"cpu": "50m", "memory": str(min(spec.mem_limit or 1 << 27, 1 << 27))}
+        pod_spec: dict[str, Any] = {
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "hostNetwork": self._host_network,
+            "containers": [
+                {
+                    "name": "agent",
+                    "image": spec.image,
+                    "imagePullPolicy": self._pull_policy,
+                    # As on Docker: nothing of the image decides how the root agent starts.
+                    "command": [spec.python, "-I", "-S", AGENT_PATH],
+                    "args": [],
+                    "workingDir": spec.workdir,
+                    "env": [
+                        {"name": k, "value": v}
+                        for k, v in {**AGENT_ENVIRONMENT, **spec.environment}.items()
+                    ],
+                    "stdin": True,
+                    "stdinOnce": False,
+                    "tty": False,
+                    "resources": {"limits": limits, "requests": requests},
+                    "securityContext": {
+                        "runAsUser": 0,  # the agent drops to the sandbox user for user code
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"], "add": list(spec.capabilities)},
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "volumeMounts": [
+                        {"name": "agent", "mountPath": AGENT_DIR, "readOnly": True},
+                        {"name": "tmp", "mountPath": "/tmp"},
+                    ],
+                }
+            ],
+            "volumes": [
+                {"name": "agent", "configMap": {"name": configmap, "defaultMode": 0o444}},
+                {
+                    "name": "tmp",
+                    "emptyDir": {"medium": "Memory", "sizeLimit": _quantity(spec.tmp_size)},
+                },
+            ],
+        }
+        if spec.runtime:
+            pod_spec["runtimeClassName"] = spec.runtime
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "labels": {
+                    LABEL_INSTANCE: spec.labels[LABEL_INSTANCE],
+                    LABEL_SANDBOX_ID: spec.sandbox_id,
+                },
+                "annotations": {**spec.labels, NAME_ANNOTATION: ""},
+            },
+            "spec": pod_spec,
+        }
+
+    async def create(self, spec: ContainerSpec, agent_zip: bytes) -> str:
+        configmap = await self._agent_configmap(agent_zip)
+        name = POD_PREFIX + spec.sandbox_id
+        await self._client.request(
+            "POST", self._client.path("pods"), json=self._pod(spec, name, configmap)
+        )
+        return name
+
+    async def _running(self, name: str) -> None:
+        """Until the pod's agent container runs (RuntimeFailure if it never will)."""
+        with trio.move_on_after(START_TIMEOUT):
+            while True:
+                pod = await self._client.request("GET", self._client.path("pods", name))
+                status = pod.get("status") or {}
+                for container in status.get("containerStatuses") or []:
+                    state = container.get("state") or {}
+                    if "running" in state:
+                        return
+                    waiting = state.get("waiting") or {}
+                    if waiting.get("reason") in STUCK:
+                        raise RuntimeFailure(f"{waiting['reason']}: {waiting.get('message', '')}")
+                    if "terminated" in state:
+                        reason = state["terminated"].get("reason", "terminated")
+                        raise RuntimeFailure(f"the sandbox's container ended at start: {reason}")
+                if status.get("phase") in ("Failed", "Succeeded"):
+                    raise RuntimeFailure(f"the sandbox's pod is {status['phase']}")
+                await trio.sleep(0.1)
+        raise RuntimeFailure(f"the sandbox's pod did not run within {START_TIMEOUT:g}s")
+
+    async def attach(self, container_id: str) -> KubeChannel:
+        await self._running(container_id)
+        path = self._client.path("pods", container_id) + "/attach"
+        channel: KubeChannel = await self._nursery.start(run_channel, self._client.http, path)
+        return channel
+
+    async def start(self, container_id: str) -> None:
+        """A pod starts by itself; `attach` waited for it."""
+
+    async def remove(self, container_id: str) -> None:
+        try:
+            await self._client.request(
+                "DELETE",
+                self._client.path("pods", container_id),
+                params={"gracePeriodSeconds": "0"},
+            )
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+
+    async def rename(self, container_id: str, name: str) -> None:
+        await self._client.request(
+            "PATCH",
+            self._client.path("pods", container_id),
+            json={"metadata": {"annotations": {NAME_ANNOTATION: name}}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+
+    async def pause(self, container_id: str) -> None:
+        raise RuntimeFailure(f"pausing a sandbox {NOT_HERE}")
+
+    async def unpause(self, container_id: str) -> None:
+        raise RuntimeFailure(f"resuming a paused sandbox {NOT_HERE}")
+
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
+        try:
+            pod = await self._client.request("GET", self._client.path("pods", container_id))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        metadata, status = pod.get("metadata") or {}, pod.get("status") or {}
+        annotations: dict[str, str] = metadata.get("annotations") or {}
+        containers = status.get("containerStatuses") or [{}]
+        state = containers[0].get("state") or {}
+        terminated = state.get("terminated") or (containers[0].get("lastState") or {}).get(
+            "terminated"
+        )
+        reason = status.get("reason", "")
+        limits = (pod["spec"]["containers"][0].get("resources") or {}).get("limits") or {}
+        return ContainerInfo(
+            id=container_id,
+            name=annotations.get(NAME_ANNOTATION, ""),
+            labels={k: v for k, v in annotations.items() if k.startswith(LABEL_PREFIX)},
+            running="running" in state,
+            paused=False,
+            oom_killed=bool(terminated and terminated.get("reason") == "OOMKilled"),
+            gone=bool(metadata.get("deletionTimestamp"))
+            or status.get("phase") in ("Failed", "Succeeded")
+            or reason in ("Evicted", "NodeLost"),
+            cpus=None,
+            memory=int(limits["memory"]) if str(limits.get("memory", "")).isdigit() else None,
+            pids=None,
+            oci_runtime=pod["spec"].get("runtimeClassName"),
+            network="host" if pod["spec"].get("hostNetwork") else "pod",
+        )
+
+    async def list_sandboxes(self, instance: str) -> list[str]:
+        found = await self._client.request(
+            "GET",
+            self._client.path("pods"),
+            params={"labelSelector": f"{LABEL_INSTANCE}={instance}"},
+        )
+        return [str(item["metadata"]["name"]) for item in found.get("items") or []]
+
+    async def commit(
+        self, container_id: str, repository: str, tag: str, labels: dict[str, str]
+    ) -> str:
+        raise RuntimeFailure(f"snapshots {NOT_HERE}")
+
+    async def writable_size(self, container_id: str) -> int:
+        return 0  # the node's container runtime knows; the API does not say
+
+    async def usage(self, container_id: str) -> Usage | None:
+        return None  # needs metrics-server; not read yet
+
+    async def image_labels(self, name: str) -> dict[str, str] | None:
+        return {}  # images live on the nodes: their labels are not in the API
+
+    async def images_labelled(self, label: str) -> list[ImageInfo]:
+        return []
+
+    async def remove_image(self, name: str) -> None:
+        raise RuntimeFailure(f"removing an image {NOT_HERE}")
+
+    async def image_exists(self, name: str) -> bool:
+        return True  # only a node can tell; a pod that cannot get it fails its create clearly
+
+    def close(self) -> None:
+        """The client closes with `open`'s block."""
