@@ -14,21 +14,21 @@ import trio
 
 from insien_sandbox import RPCError, Sandbox
 from tests.conftest import Server, start_server, stop_server
+from tests.e2e.restartable import Restartable
 from tests.k8s.conftest import RUN
+
+KUBERNETES = {
+    "INSIEN_RUNTIME_BACKEND": "kubernetes",
+    "INSIEN_K8S_KUBECONFIG": str(RUN / "admin.kubeconfig"),
+    "INSIEN_K8S_NAMESPACE": "default",
+    "INSIEN_K8S_HOST_NETWORK": "true",
+    "INSIEN_K8S_IMAGE_PULL_POLICY": "Never",
+}
 
 
 @pytest.fixture(scope="module")
 def k8s_server() -> Iterator[Server]:
-    process, server = start_server(
-        {
-            "INSIEN_RUNTIME_BACKEND": "kubernetes",
-            "INSIEN_K8S_KUBECONFIG": str(RUN / "admin.kubeconfig"),
-            "INSIEN_K8S_NAMESPACE": "default",
-            "INSIEN_K8S_HOST_NETWORK": "true",
-            "INSIEN_K8S_IMAGE_PULL_POLICY": "Never",
-        },
-        suffix="k8s",
-    )
+    process, server = start_server(KUBERNETES, suffix="k8s")
     yield server
     assert stop_server(process) == 0, server.log()[-3000:]
 
@@ -75,3 +75,96 @@ async def test_a_sandbox_is_a_pod_driven_over_attach(
     with trio.fail_after(30):
         while await pods(api, sandbox_id):  # noqa: ASYNC110 (destroy deletes the pod)
             await trio.sleep(0.2)
+
+
+async def ended_as(server: Server, sandbox_id: str) -> str:
+    async with httpx.AsyncClient(
+        base_url=server.url, headers={"X-API-Key": server.api_key}
+    ) as client:
+        with trio.fail_after(60):
+            while True:
+                info = (await client.get(f"/sandboxes/{sandbox_id}")).json()
+                if info["state"] == "ended":
+                    return str(info["endReason"])
+                await trio.sleep(0.2)
+
+
+async def test_a_pod_deleted_from_outside_ends_its_sandbox(
+    k8s_server: Server, api: httpx.AsyncClient
+) -> None:
+    box = await trio.to_thread.run_sync(
+        lambda: Sandbox(api_key=k8s_server.api_key, base_url=k8s_server.url)
+    )
+    await trio.to_thread.run_sync(lambda: box.commands.run("true"))
+    sandbox_id = str(box.sandbox_id)
+    (pod,) = await pods(api, sandbox_id)
+    name = pod["metadata"]["name"]
+    await api.delete(f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+    assert await ended_as(k8s_server, sandbox_id) == "container_gone"
+
+
+async def test_oom_is_reported_and_what_kubernetes_lacks_is_refused(k8s_server: Server) -> None:
+    def use() -> None:
+        with Sandbox(
+            api_key=k8s_server.api_key, base_url=k8s_server.url, resources={"memory": "256m"}
+        ) as box:
+            hog = box.commands.run("python3 -c 'b = bytearray(1 << 30)'", timeout=60)
+            assert hog.oom is True, hog
+            assert box.commands.run("echo alive").stdout == "alive\n"
+            answer = httpx.post(
+                f"{k8s_server.url}/sandbox/{box.sandbox_id}/pause",
+                headers={"X-API-Key": k8s_server.api_key},
+            )
+            assert answer.status_code == 503
+            assert "not available on Kubernetes" in answer.json()["message"]
+
+    await trio.to_thread.run_sync(use)
+
+
+def test_a_killed_server_finds_its_pods_again() -> None:
+    """SIGKILL the server while a sandbox runs a background process; a new server with the
+    same identity recovers the sandbox from its pod's annotations and re-attaches."""
+    one = Restartable("k8s-recovery")
+    server = one.start(**KUBERNETES)
+    try:
+        box = Sandbox(api_key=server.api_key, base_url=server.url, timeout=600)
+        box.files.write("kept.txt", "before the crash")
+        box.commands.run("sleep 300", background=True)
+        sandbox_id = str(box.sandbox_id)
+        one.kill()
+        server = one.start(**KUBERNETES)
+        again = Sandbox(api_key=server.api_key, base_url=server.url, sandbox_id=sandbox_id)
+        assert again.files.read("kept.txt") == "before the crash"
+        assert "sleep 300" in again.commands.run("ps -eo args").stdout
+        again.destroy()
+    finally:
+        if one.process is not None and one.process.poll() is None:
+            one.kill()
+        one.start(**KUBERNETES, INSIEN_SHUTDOWN_ENDS_SANDBOXES="true")
+        assert one.stop() == 0
+
+
+async def test_a_warm_pool_of_pods_hands_one_over(api: httpx.AsyncClient) -> None:
+    """A pooled pod is claimed by a create: the sandbox is the pod started before it, and its
+    sealed owner (Docker's container name) is now its annotation."""
+    process, server = start_server({**KUBERNETES, "INSIEN_POOL_SIZE": "1"}, suffix="k8s-pool")
+    try:
+        async with httpx.AsyncClient(
+            base_url=server.url, headers={"X-API-Key": server.api_key}
+        ) as client:
+            with trio.fail_after(60):
+                while (await client.get("/health")).json()["pool"] != 1:  # noqa: ASYNC110
+                    await trio.sleep(0.2)
+            made = (await client.post("/sandbox/create")).json()
+            (pod,) = await pods(api, made["sandboxId"])
+            annotations = pod["metadata"]["annotations"]
+            assert annotations["insien.pool"] != ""  # started for the pool
+            with trio.fail_after(10):
+                while "-owner-default-" not in annotations.get("insien.name", ""):
+                    await trio.sleep(0.1)  # the claim's rename runs in the background
+                    (pod,) = await pods(api, made["sandboxId"])
+                    annotations = pod["metadata"]["annotations"]
+            ran = await client.post(f"/sandbox/{made['sandboxId']}/destroy")
+            assert ran.status_code == 200
+    finally:
+        assert stop_server(process) == 0
