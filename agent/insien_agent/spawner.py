@@ -323,9 +323,14 @@ class Spawner:
             return None  # gone already: nothing to signal, its exit still arrives
         parent = fields.get("PPid", "").strip()
         uids = fields.get("Uid", "").split()
-        if parent == str(helper) and all(uid == str(self._identity.uid) for uid in uids):
+        users = all(uid == str(self._identity.uid) for uid in uids)
+        if parent == str(helper) and users:
             return None
         state = fields.get("State", "").strip()
+        if users and state.startswith("X"):
+            # Being reaped this instant, when /proc already says parent 0 (a command that
+            # ended at once, seen first in a pod where the agent is PID 1): its exit arrives.
+            return None
         return (
             f"pid {pid}: parent {parent} (helper {helper}), uids {uids} (user"
             f" {self._identity.uid}), state {state!r}"

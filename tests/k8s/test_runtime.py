@@ -127,10 +127,17 @@ def test_a_killed_server_finds_its_pods_again() -> None:
     one = Restartable("k8s-recovery")
     server = one.start(**KUBERNETES)
     try:
-        box = Sandbox(api_key=server.api_key, base_url=server.url, timeout=600)
-        box.files.write("kept.txt", "before the crash")
-        box.commands.run("sleep 300", background=True)
-        sandbox_id = str(box.sandbox_id)
+        made = httpx.post(
+            f"{server.url}/sandbox/create",
+            headers={"X-API-Key": server.api_key},
+            json={"timeout": 600},
+        )
+        sandbox_id = str(made.json()["sandboxId"])
+        # An object that does not own the sandbox, closed before the crash: no client of the
+        # first server reconnects to the second behind the test's back.
+        with Sandbox(api_key=server.api_key, base_url=server.url, sandbox_id=sandbox_id) as box:
+            box.files.write("kept.txt", "before the crash")
+            box.commands.run("sleep 300", background=True)
         one.kill()
         server = one.start(**KUBERNETES)
         again = Sandbox(api_key=server.api_key, base_url=server.url, sandbox_id=sandbox_id)

@@ -283,10 +283,11 @@ class AgentLink:
             if seq <= self.last_seq:
                 return  # already seen before a restart
             self.last_seq = seq
-        if message.get("type") == "ready" and not self.ready.is_set():
-            self.hello = message
-            self.ready.set()
-            return
+        if message.get("type") == "ready":
+            if not self.ready.is_set():
+                self.hello = message
+                self.ready.set()
+            return  # a hello replayed after a resume (a late attach) says nothing new
         request_id = message.get("id")
         if not isinstance(request_id, (int, str)) or isinstance(request_id, bool):
             log.warning("%s: agent reported %.300s", self._name, message)
