@@ -121,7 +121,14 @@ def k8s(session: nox.Session) -> None:
     cluster.sh, cached after the first build), the tests inside its network namespace."""
     session.install(*SERVER, *SDK)
     session.run("insien", "image", "build")
-    session.run("bash", "tests/k8s/cluster.sh", "up", external=True)
+    session.run("python", "deploy/build.py")  # the server's image, for deploy/kubernetes
+    session.run(
+        "bash",
+        "tests/k8s/cluster.sh",
+        "up",
+        env={"INSIEN_K8S_IMAGES": "insien-sandbox:latest insien-server:latest"},
+        external=True,
+    )
     try:
         session.run(
             "nsenter",
