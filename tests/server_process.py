@@ -18,6 +18,20 @@ LISTENING = re.compile(r"Insien listening on (http://\S+)")
 STATE_DIR = tempfile.mkdtemp(prefix="insien-state-")
 """One server key for every server this test process starts, so restarts can recover."""
 
+K8S_RUN = Path(os.environ.get("INSIEN_K8S_RUN", "/tmp/insien-k8s"))
+KUBERNETES = {
+    "INSIEN_RUNTIME_BACKEND": "kubernetes",
+    "INSIEN_K8S_KUBECONFIG": str(K8S_RUN / "admin.kubeconfig"),
+    "INSIEN_K8S_NAMESPACE": "default",
+    "INSIEN_K8S_HOST_NETWORK": "true",
+    "INSIEN_K8S_IMAGE_PULL_POLICY": "Never",
+}
+"""A server on the cluster tests/k8s/cluster.sh runs (the test runs inside its namespace)."""
+BACKENDS: dict[str, dict[str, str]] = {"docker": {}, "kubernetes": KUBERNETES}
+BACKEND = os.environ.get("INSIEN_TEST_BACKEND", "docker")
+"""Where every test server runs its sandboxes: `nox -s k8s` runs backend-neutral suites of
+tests/e2e again with `kubernetes`, to prove the same behaviours on pods."""
+
 
 @dataclass(frozen=True)
 class Server:
@@ -65,6 +79,7 @@ def start_server(
         "INSIEN_POOL_SIZE": "0",
         "INSIEN_POOL_MAX": "0",  # and a fixed size when a test asks for one
         "INSIEN_STATE_DIR": STATE_DIR,
+        **BACKENDS[BACKEND],
         **(extra_env or {}),
     }
     with log_path.open("wb") as log:

@@ -9,6 +9,7 @@ import sys
 from .dispatch import serve
 from .helper import SPAWNER_FLAG, fork_helper, helper_main
 from .identity import IdentityError, parse_identity
+from .init import become_init_if_pid1
 from .kernel import KERNEL_FLAG, kernel_main
 from .settings import AgentSettings
 
@@ -20,6 +21,7 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == SPAWNER_FLAG:
         helper_main(int(sys.argv[2]))  # the spawner helper, already running as the user
         return
+    become_init_if_pid1()  # in a pod: reap orphans as docker-init does on Docker
     # stderr is the log channel; stdout carries nothing but protocol lines.
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="insien-agent %(levelname)s %(message)s"

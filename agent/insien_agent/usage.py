@@ -1,5 +1,7 @@
 """`usage`: what the server cannot read from Docker's stats: the sandbox's peak memory (its
-cgroup's high-water mark) and how full its /tmp is (a tmpfs: not in the writable layer)."""
+cgroup's high-water mark) and how full its /tmp is (a tmpfs: not in the writable layer); and
+the cgroup's counters as the container sees them, for a runtime whose API has no stats
+(Kubernetes without metrics-server)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,67 @@ def memory_peak() -> int | None:
     return None
 
 
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _number(path: Path) -> int | None:
+    text = _read(path)
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def _stat_field(text: str | None, name: str) -> int:
+    for line in (text or "").splitlines():
+        key, _, value = line.partition(" ")
+        if key == name and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def cgroup_counters() -> dict[str, Any] | None:
+    """CPU seconds, CPUs allowed, memory (without the inactive page cache, as Docker's stats
+    count it), its limit and the pids of this container's cgroup, v2 or v1; None if neither."""
+    online = os.cpu_count() or 1
+    if (CGROUP / "cgroup.controllers").exists():  # v2: one hierarchy
+        usec = _stat_field(_read(CGROUP / "cpu.stat"), "usage_usec")
+        quota, _, period = (_read(CGROUP / "cpu.max") or "max").partition(" ")
+        cpus = int(quota) / int(period) if quota.isdigit() and period.isdigit() else online
+        current = _number(CGROUP / "memory.current")
+        cache = _stat_field(_read(CGROUP / "memory.stat"), "inactive_file")
+        limit = _number(CGROUP / "memory.max") or 0
+        pids = _number(CGROUP / "pids.current")
+        cpu_seconds = usec / 1e6
+    else:
+        nanos = _number(CGROUP / "cpuacct" / "cpuacct.usage")
+        quota_text = _read(CGROUP / "cpu" / "cpu.cfs_quota_us") or "-1"
+        period_number = _number(CGROUP / "cpu" / "cpu.cfs_period_us") or 0
+        quota_number = int(quota_text) if quota_text.lstrip("-").isdigit() else -1
+        cpus = quota_number / period_number if quota_number > 0 and period_number else online
+        current = _number(CGROUP / "memory" / "memory.usage_in_bytes")
+        cache = _stat_field(_read(CGROUP / "memory" / "memory.stat"), "inactive_file")
+        limit = _number(CGROUP / "memory" / "memory.limit_in_bytes") or 0
+        pids = _number(CGROUP / "pids" / "pids.current")
+        if nanos is None:
+            return None
+        cpu_seconds = nanos / 1e9
+    if current is None:
+        return None
+    return {
+        "cpuSeconds": cpu_seconds,
+        "cpus": min(float(cpus), float(online)),
+        "memoryUsed": max(0, current - cache),
+        "memoryLimit": limit,
+        "memoryCache": cache,
+        "pids": pids or 0,
+    }
+
+
 def folder_use(path: str) -> tuple[int, int] | None:
     """(used, size) in bytes of the filesystem holding `path`."""
     try:
@@ -40,4 +103,5 @@ async def handle_usage(req: Request) -> dict[str, Any]:
         "memoryPeak": memory_peak(),
         "tmpBytes": tmp[0] if tmp else None,
         "tmpLimit": tmp[1] if tmp else None,
+        "cgroup": cgroup_counters(),
     }

@@ -31,6 +31,7 @@ async def test_a_cancelled_run_kills_its_command(server: Server) -> None:
 async def test_a_cancelled_run_with_streaming_callbacks_kills_its_command(server: Server) -> None:
     seen: list[str] = []
     async with AsyncSandbox(api_key=server.api_key, base_url=server.url) as box:
+        await box.commands.run("true")  # started: a pod may take seconds (tests/k8s)
         with anyio.move_on_after(2):
             await box.commands.run("while :; do echo tick; sleep 0.2; done", on_stdout=seen.append)
         assert seen, "output streamed before the cancel"

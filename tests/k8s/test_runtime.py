@@ -15,15 +15,7 @@ import trio
 from insien_sandbox import RPCError, Sandbox
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.restartable import Restartable
-from tests.k8s.conftest import RUN
-
-KUBERNETES = {
-    "INSIEN_RUNTIME_BACKEND": "kubernetes",
-    "INSIEN_K8S_KUBECONFIG": str(RUN / "admin.kubeconfig"),
-    "INSIEN_K8S_NAMESPACE": "default",
-    "INSIEN_K8S_HOST_NETWORK": "true",
-    "INSIEN_K8S_IMAGE_PULL_POLICY": "Never",
-}
+from tests.server_process import KUBERNETES
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,7 @@ class Metrics:
         self.ended = Counter(
             "insien_sandboxes_ended",
             "Sandboxes ended, by reason (agent losses are agent_exited, oom, container_gone, "
-            "agent_protocol_error).",
+            "evicted, agent_protocol_error).",
             ["reason"],
             registry=registry,
         )

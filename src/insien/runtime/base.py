@@ -90,6 +90,9 @@ class ContainerInfo:
     pids: int | None
     oci_runtime: str | None
     network: str | None
+    evicted: bool = False
+    """Taken away by its node for want of a resource (Kubernetes: a pod past its
+    ephemeral-storage limit, or a node under pressure)."""
 
 
 @dataclass(frozen=True)

@@ -330,6 +330,8 @@ class SandboxManager:
         with trio.move_on_after(2):
             while True:
                 info = await self.runtime.inspect(sandbox.container_id)
+                if info is not None and info.evicted:
+                    return EndReason.EVICTED
                 if info is None or info.gone:
                     return EndReason.CONTAINER_GONE
                 oom = info.oom_killed

@@ -92,7 +92,13 @@ async def _recover_one(manager: SandboxManager, container_id: str) -> str:
     name = f"sandbox {record['id'][:8]}"
     if not info.running:
         # It ended while the server was down: its owner can still ask why.
-        reason = EndReason.OOM if info.oom_killed else EndReason.AGENT_EXITED
+        reason = (
+            EndReason.EVICTED
+            if info.evicted
+            else EndReason.OOM
+            if info.oom_killed
+            else EndReason.AGENT_EXITED
+        )
         ended = Sandbox(
             **record, link=AgentLink.gone(name=name, reason="while the server was down")
         )

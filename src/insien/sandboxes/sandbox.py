@@ -28,6 +28,8 @@ class EndReason(enum.StrEnum):
     OOM = "oom"
     AGENT_EXITED = "agent_exited"
     CONTAINER_GONE = "container_gone"
+    EVICTED = "evicted"
+    """The runtime's node took the sandbox away (Kubernetes eviction: disk past its limit)."""
     ERROR = "error"
     SHUTDOWN = "shutdown"
     AGENT_PROTOCOL_ERROR = "agent_protocol_error"

@@ -1,5 +1,6 @@
-"""How much a sandbox uses: CPU, memory and pids from its container's cgroup (Docker's stats),
-disk from its writable layer, and from its agent what Docker does not say (the cgroup's memory
+"""How much a sandbox uses: CPU, memory and pids from its container's cgroup (Docker's stats;
+on a runtime without stats, Kubernetes', the agent reads the same counters from inside), disk
+from its writable layer, and from its agent what Docker does not say (the cgroup's memory
 high-water mark, how full /tmp is).
 
 CPU percent is over the time since the previous reading of that sandbox; the first reading of a
@@ -24,7 +25,7 @@ from typing import Any
 import trio
 
 from ..operations.logs import long_lived_task
-from ..runtime.base import Runtime
+from ..runtime.base import Runtime, Usage
 from .sandbox import Sandbox, State, iso_timestamp
 
 FIRST_INTERVAL = 0.25
@@ -99,6 +100,24 @@ class _Watched:
     peak: int = 0
 
 
+def agent_counters(answer: dict[str, Any]) -> Usage | None:
+    """The cgroup counters in an agent's `usageResponse`, if it sent them whole."""
+    found = answer.get("cgroup")
+    if not isinstance(found, dict):
+        return None
+    try:
+        return Usage(
+            cpu_seconds=float(found["cpuSeconds"]),
+            cpus=float(found["cpus"]),
+            memory_used=int(found["memoryUsed"]),
+            memory_limit=int(found["memoryLimit"]),
+            memory_cache=int(found["memoryCache"]),
+            pids=int(found["pids"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 class UsageSampler:
     def __init__(self, runtime: Runtime, disk_limit: int, nursery: trio.Nursery | None) -> None:
         self._runtime = runtime
@@ -150,16 +169,23 @@ class UsageSampler:
                 return answer
         return {}
 
-    async def _sample(self, sandbox: Sandbox, entry: _Watched) -> Reading:
+    async def _counters(self, sandbox: Sandbox) -> tuple[Usage | None, dict[str, Any]]:
+        """The runtime's cgroup reading, else the agent's; and the agent's answer."""
         usage = await self._runtime.usage(sandbox.container_id)
+        agent = await self._agent_usage(sandbox)
+        if usage is None:
+            usage = agent_counters(agent)
+        return usage, agent
+
+    async def _sample(self, sandbox: Sandbox, entry: _Watched) -> Reading:
+        usage, agent = await self._counters(sandbox)
         now = time.time()
         if usage is not None and entry.previous is None:
             entry.previous = (now, usage.cpu_seconds)
             await trio.sleep(FIRST_INTERVAL)
-            usage = await self._runtime.usage(sandbox.container_id)
+            usage, agent = await self._counters(sandbox)
             now = time.time()
         disk = await self._runtime.writable_size(sandbox.container_id)
-        agent = await self._agent_usage(sandbox)
         limits = sandbox.options.resources
         cpu_percent, cpu_seconds, memory, limit, cache, pids = 0.0, 0.0, 0, limits.memory, 0, 0
         if usage is not None:

@@ -65,6 +65,36 @@ def _quantity(size: str) -> str:
     return number + {"": "", "k": "Ki", "m": "Mi", "g": "Gi", "t": "Ti"}[unit]
 
 
+def container_info(name: str, pod: dict[str, Any]) -> ContainerInfo:
+    """What the core reads back about a sandbox, from its pod: ended (with why) is not gone;
+    deleted, evicted or lost with its node is."""
+    metadata, status = pod.get("metadata") or {}, pod.get("status") or {}
+    annotations: dict[str, str] = metadata.get("annotations") or {}
+    containers = status.get("containerStatuses") or [{}]
+    state = containers[0].get("state") or {}
+    terminated = state.get("terminated") or (containers[0].get("lastState") or {}).get("terminated")
+    reason = status.get("reason", "")
+    limits = (pod["spec"]["containers"][0].get("resources") or {}).get("limits") or {}
+    return ContainerInfo(
+        id=name,
+        name=annotations.get(NAME_ANNOTATION, ""),
+        labels={k: v for k, v in annotations.items() if k.startswith(LABEL_PREFIX)},
+        running="running" in state,
+        paused=False,
+        oom_killed=bool(terminated and terminated.get("reason") == "OOMKilled"),
+        # A pod whose container ended is Failed, not gone: why it ended is in its state.
+        gone=bool(metadata.get("deletionTimestamp"))
+        or reason in ("Evicted", "NodeLost", "Shutdown", "Terminated")
+        or (status.get("phase") in ("Failed", "Succeeded") and not terminated),
+        cpus=None,
+        memory=int(limits["memory"]) if str(limits.get("memory", "")).isdigit() else None,
+        pids=None,
+        oci_runtime=pod["spec"].get("runtimeClassName"),
+        network="host" if pod["spec"].get("hostNetwork") else "pod",
+        evicted=reason == "Evicted",
+    )
+
+
 class KubernetesRuntime:
     """The `Runtime` on a Kubernetes namespace. Use `async with KubernetesRuntime.open(...)`."""
 
@@ -134,6 +164,8 @@ class KubernetesRuntime:
             limits["memory"] = str(spec.mem_limit)
         if spec.nano_cpus:
             limits["cpu"] = f"{max(1, spec.nano_cpus // 1_000_000)}m"
+        if spec.disk_limit:  # the kubelet evicts a pod that writes past it
+            limits["ephemeral-storage"] = _quantity(spec.disk_limit)
         requests = {"cpu": "50m", "memory": str(min(spec.mem_limit or 1 << 27, 1 << 27))}
         pod_spec: dict[str, Any] = {
             "automountServiceAccountToken": False,
@@ -264,31 +296,7 @@ class KubernetesRuntime:
             if exc.status == 404:
                 return None
             raise
-        metadata, status = pod.get("metadata") or {}, pod.get("status") or {}
-        annotations: dict[str, str] = metadata.get("annotations") or {}
-        containers = status.get("containerStatuses") or [{}]
-        state = containers[0].get("state") or {}
-        terminated = state.get("terminated") or (containers[0].get("lastState") or {}).get(
-            "terminated"
-        )
-        reason = status.get("reason", "")
-        limits = (pod["spec"]["containers"][0].get("resources") or {}).get("limits") or {}
-        return ContainerInfo(
-            id=container_id,
-            name=annotations.get(NAME_ANNOTATION, ""),
-            labels={k: v for k, v in annotations.items() if k.startswith(LABEL_PREFIX)},
-            running="running" in state,
-            paused=False,
-            oom_killed=bool(terminated and terminated.get("reason") == "OOMKilled"),
-            gone=bool(metadata.get("deletionTimestamp"))
-            or status.get("phase") in ("Failed", "Succeeded")
-            or reason in ("Evicted", "NodeLost"),
-            cpus=None,
-            memory=int(limits["memory"]) if str(limits.get("memory", "")).isdigit() else None,
-            pids=None,
-            oci_runtime=pod["spec"].get("runtimeClassName"),
-            network="host" if pod["spec"].get("hostNetwork") else "pod",
-        )
+        return container_info(container_id, pod)
 
     async def list_sandboxes(self, instance: str) -> list[str]:
         found = await self._client.request(

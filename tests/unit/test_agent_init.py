@@ -1,0 +1,83 @@
+"""The agent's init (agent/insien_agent/init.py), run as PID 1 of a new PID namespace as it is
+in a pod: orphans are reaped, the stop signal reaches the agent, and its exit code is the
+container's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+AGENT = Path(__file__).resolve().parents[2] / "agent"
+
+AS_PID1 = """
+import os, signal, subprocess, sys, time
+sys.path.insert(0, {agent!r})
+from insien_agent.init import become_init_if_pid1
+{init}
+"""
+
+
+def run_as_pid1(body: str, *, init: bool = True) -> subprocess.CompletedProcess[str]:
+    if os.geteuid() != 0:
+        pytest.skip("a new PID namespace needs root")
+    script = AS_PID1.format(agent=str(AGENT), init="become_init_if_pid1()" if init else "")
+    return subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", script + body],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+ORPHAN = textwrap.dedent(
+    """
+    print("agent pid 1:", os.getpid() == 1)
+    # sh leaves a background child behind: it is reparented to PID 1 and dies there.
+    subprocess.run(["sh", "-c", "sleep 0.2 & exit 0"], check=True)
+    time.sleep(1)
+    states = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with open(f"/proc/{name}/stat") as stat:
+                states.append(stat.read().rsplit(")", 1)[1].split()[0])
+    print("zombies", states.count("Z"))
+    sys.exit(7)
+    """
+)
+
+
+def test_orphans_are_reaped_and_the_agents_exit_code_is_kept() -> None:
+    done = run_as_pid1(ORPHAN)
+    assert done.stdout.split("\n")[:2] == ["agent pid 1: False", "zombies 0"], done.stderr
+    assert done.returncode == 7
+
+
+def test_without_the_init_the_orphan_stays_a_zombie() -> None:
+    """The control: the same program as PID 1 itself leaves the zombie the init prevents."""
+    done = run_as_pid1(ORPHAN, init=False)
+    assert done.stdout.split("\n")[:2] == ["agent pid 1: True", "zombies 1"], done.stderr
+
+
+def test_a_stop_signal_to_pid_1_reaches_the_agent() -> None:
+    done = run_as_pid1(
+        textwrap.dedent(
+            """
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(42))
+            os.kill(1, signal.SIGTERM)
+            time.sleep(10)
+            sys.exit(1)
+            """
+        )
+    )
+    assert done.returncode == 42, done.stderr
+
+
+def test_an_agent_killed_by_a_signal_exits_as_a_shell_would_say() -> None:
+    done = run_as_pid1("os.kill(os.getpid(), signal.SIGKILL)")
+    assert done.returncode == 128 + 9, done.stderr
