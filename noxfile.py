@@ -115,10 +115,35 @@ def console_shots(session: nox.Session) -> None:
     session.run("pytest", "tests/e2e/test_console.py", *session.posargs)
 
 
+K8S_SHARED = (
+    "tests/e2e/test_protocol_v1.py",
+    "tests/e2e/test_sdk_v1.py",
+    "tests/e2e/test_ports.py",
+    "tests/e2e/test_e2b_python.py",
+    "tests/attacks/test_tenancy.py",
+)
+"""Suites of the Docker run that `nox -s k8s` runs again on pods: the protocol (commands,
+streams, PTY, files, timeouts), the SDK, ports, the E2B front and tenancy with quotas."""
+K8S_SHARED_ALL = (
+    *K8S_SHARED,
+    "tests/e2e/test_sdk_cancel.py",
+    "tests/e2e/test_auth_and_errors.py",
+    "tests/e2e/test_flow_control.py",
+    "tests/e2e/test_cli_sandbox.py",
+    "tests/e2e/test_mcp.py",
+    "tests/e2e/test_egress.py",
+    "tests/e2e/test_binary_channel.py",
+    "tests/e2e/test_files_rest.py",
+    "tests/e2e/test_seed_clients.py",
+)
+"""`nox -s k8s -- --all`: every backend-neutral suite (about ten minutes more)."""
+
+
 @nox.session(python=PYTHON)
 def k8s(session: nox.Session) -> None:
     """The Kubernetes suite: a throwaway cluster built from Debian's source (tests/k8s/
-    cluster.sh, cached after the first build), the tests inside its network namespace."""
+    cluster.sh, cached after the first build), the tests inside its network namespace, then
+    suites of the Docker run again on pods (`-- --all` for every backend-neutral one)."""
     session.install(*SERVER, *SDK)
     session.run("insien", "image", "build")
     session.run("python", "deploy/build.py")  # the server's image, for deploy/kubernetes
@@ -129,14 +154,15 @@ def k8s(session: nox.Session) -> None:
         env={"INSIEN_K8S_IMAGES": "insien-sandbox:latest insien-server:latest"},
         external=True,
     )
+    inside = ["nsenter", "--net=/run/netns/insien-k8s", "pytest"]
     try:
+        session.run(*inside, "tests/k8s", *session.posargs, env={"INSIEN_K8S": "1"}, external=True)
+        shared = K8S_SHARED_ALL if "--all" in session.posargs else K8S_SHARED
         session.run(
-            "nsenter",
-            "--net=/run/netns/insien-k8s",
-            "pytest",
-            "tests/k8s",
-            *session.posargs,
-            env={"INSIEN_K8S": "1"},
+            *inside,
+            *shared,
+            *(a for a in session.posargs if a != "--all"),
+            env={"INSIEN_K8S": "1", "INSIEN_TEST_BACKEND": "kubernetes"},
             external=True,
         )
     finally:

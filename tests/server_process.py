@@ -13,24 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.backends import BACKEND, BACKENDS
+
 IMAGE = os.environ.get("INSIEN_TEST_IMAGE", "insien-sandbox:latest")
 LISTENING = re.compile(r"Insien listening on (http://\S+)")
 STATE_DIR = tempfile.mkdtemp(prefix="insien-state-")
 """One server key for every server this test process starts, so restarts can recover."""
-
-K8S_RUN = Path(os.environ.get("INSIEN_K8S_RUN", "/tmp/insien-k8s"))
-KUBERNETES = {
-    "INSIEN_RUNTIME_BACKEND": "kubernetes",
-    "INSIEN_K8S_KUBECONFIG": str(K8S_RUN / "admin.kubeconfig"),
-    "INSIEN_K8S_NAMESPACE": "default",
-    "INSIEN_K8S_HOST_NETWORK": "true",
-    "INSIEN_K8S_IMAGE_PULL_POLICY": "Never",
-}
-"""A server on the cluster tests/k8s/cluster.sh runs (the test runs inside its namespace)."""
-BACKENDS: dict[str, dict[str, str]] = {"docker": {}, "kubernetes": KUBERNETES}
-BACKEND = os.environ.get("INSIEN_TEST_BACKEND", "docker")
-"""Where every test server runs its sandboxes: `nox -s k8s` runs backend-neutral suites of
-tests/e2e again with `kubernetes`, to prove the same behaviours on pods."""
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ class ErrorCode(enum.StrEnum):
     UNAUTHORIZED = "UNAUTHORIZED"
     NOT_READY = "NOT_READY"
     UNAVAILABLE = "UNAVAILABLE"
+    NOT_SUPPORTED = "NOT_SUPPORTED"
+    """The server's runtime cannot do this at all (Kubernetes: pause, snapshots)."""
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     RATE_LIMITED = "RATE_LIMITED"
     CONNECTION_REFUSED = "CONNECTION_REFUSED"

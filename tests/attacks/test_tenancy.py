@@ -28,6 +28,7 @@ from trio_websocket import (
 
 from insien.tenancy.tenants import hash_key, new_key
 from insien_sandbox import AsyncSandbox, RateLimitError
+from tests.backends import docker_only
 from tests.conftest import Server, rss_bytes, start_server, stop_server
 from tests.e2e.helpers import call, containers_of, websocket
 
@@ -277,6 +278,7 @@ async def test_create_rate_limit_answers_429_with_retry_after(tenants: Tenants) 
             await destroy_all(tenants, "gamma")
 
 
+@docker_only("checks the container's limits; tests/k8s/test_runtime.py checks a pod's")
 async def test_resources_stay_within_the_plan_and_fields_are_an_allowlist(
     tenants: Tenants, docker_client: docker.DockerClient
 ) -> None:

@@ -21,6 +21,7 @@ from e2b import (
     InvalidArgumentException,
     NotFoundException,
     Sandbox,
+    SandboxException,
     SandboxQuery,
     SandboxState,
     TimeoutException,
@@ -28,9 +29,15 @@ from e2b import (
 from e2b.connection_config import ConnectionConfig
 from e2b.sandbox.commands.command_handle import PtySize
 
+from tests.backends import BACKEND, docker_only
 from tests.conftest import Server, start_server, stop_server
 
 pytestmark = pytest.mark.docker
+
+INTERPRETER_NOT_LOADED = (
+    "the test cluster is given only the base image (the code interpreter is the agent's, proven"
+    " on pods by tests/e2e/test_protocol_v1.py's commands and the tests here)"
+)
 
 
 def _point_at(monkeypatch: pytest.MonkeyPatch, server: Server, key: str | None = None) -> None:
@@ -241,10 +248,15 @@ def test_lifecycle(e2b_env: Server) -> None:
         assert metrics[0].mem_used > 0
         assert metrics[0].cpu_count >= 1
 
-        first.pause()
-        assert Sandbox.get_info(first.sandbox_id).state.value == "paused"
-        paused = SandboxQuery(metadata={"suite": "e2b-life"}, state=[SandboxState.PAUSED])
-        assert [s.sandbox_id for s in Sandbox.list(query=paused).next_items()] == [first.sandbox_id]
+        if BACKEND == "kubernetes":  # a pod cannot be frozen: refused, saying so
+            with pytest.raises(SandboxException, match="not available on Kubernetes"):
+                first.pause()
+        else:
+            first.pause()
+            assert Sandbox.get_info(first.sandbox_id).state.value == "paused"
+            paused = SandboxQuery(metadata={"suite": "e2b-life"}, state=[SandboxState.PAUSED])
+            listed = Sandbox.list(query=paused).next_items()
+            assert [s.sandbox_id for s in listed] == [first.sandbox_id]
         resumed = Sandbox.connect(first.sandbox_id)
         assert resumed.commands.run("echo resumed").stdout == "resumed\n"
     finally:
@@ -399,6 +411,7 @@ def test_stream_input_in_order(sbx: Sandbox) -> None:
         sbx.commands.stream_input(999_999, ["lost"])
 
 
+@docker_only("no snapshots (a pod cannot be committed to an image)")
 def test_snapshots_and_fork(sbx: Sandbox) -> None:
     sbx.files.write("/home/user/state.txt", "before")
     snapshot = sbx.create_snapshot()
@@ -501,6 +514,7 @@ def test_logs_carry_the_agents_stderr(sbx: Sandbox, e2b_env: Server) -> None:
         assert missing.json()["code"] == 404
 
 
+@docker_only("no pause (a pod cannot be frozen)")
 def test_auto_pause_at_the_end_of_life(e2b_env: Server) -> None:
     sandbox = Sandbox.create(timeout=5, lifecycle={"on_timeout": "pause"})
     try:
@@ -518,6 +532,7 @@ def test_auto_pause_at_the_end_of_life(e2b_env: Server) -> None:
         sandbox.kill()
 
 
+@docker_only(INTERPRETER_NOT_LOADED)
 def test_the_code_interpreter_template(
     server: Server, monkeypatch: pytest.MonkeyPatch, interpreter_image: str
 ) -> None:
@@ -533,6 +548,7 @@ def test_the_code_interpreter_template(
         sandbox.kill()
 
 
+@docker_only(INTERPRETER_NOT_LOADED)
 def test_the_stock_code_interpreter_sdk(
     server: Server, monkeypatch: pytest.MonkeyPatch, interpreter_image: str
 ) -> None:

@@ -9,8 +9,8 @@ import anyio
 import pytest
 
 from insien_sandbox import AsyncSandbox, RPCError, Sandbox, SandboxClosedError
+from tests.backends import BACKEND
 from tests.conftest import Server
-from tests.server_process import BACKEND
 
 pytestmark = pytest.mark.anyio  # every async test: under asyncio and under trio
 

@@ -13,14 +13,14 @@ import pytest
 import trio
 
 from insien_sandbox import RPCError, Sandbox
+from tests.backends import KUBERNETES
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.restartable import Restartable
-from tests.server_process import KUBERNETES
 
 
 @pytest.fixture(scope="module")
 def k8s_server() -> Iterator[Server]:
-    process, server = start_server(KUBERNETES, suffix="k8s")
+    process, server = start_server({**KUBERNETES, "INSIEN_DISK_LIMIT": "1g"}, suffix="k8s")
     yield server
     assert stop_server(process) == 0, server.log()[-3000:]
 
@@ -62,7 +62,8 @@ async def test_a_sandbox_is_a_pod_driven_over_attach(
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert container["resources"]["limits"]["memory"] == str(1 << 30)
+    limits = container["resources"]["limits"]
+    assert (limits["memory"], limits["ephemeral-storage"]) == (str(1 << 30), "1Gi")
     await trio.to_thread.run_sync(box.destroy)
     with trio.fail_after(30):
         while await pods(api, sandbox_id):  # noqa: ASYNC110 (destroy deletes the pod)
@@ -95,19 +96,26 @@ async def test_a_pod_deleted_from_outside_ends_its_sandbox(
     assert await ended_as(k8s_server, sandbox_id) == "container_gone"
 
 
-async def test_oom_is_reported_and_what_kubernetes_lacks_is_refused(k8s_server: Server) -> None:
+async def test_oom_is_reported_and_what_kubernetes_lacks_is_refused(
+    k8s_server: Server, api: httpx.AsyncClient
+) -> None:
     def use() -> None:
         with Sandbox(
-            api_key=k8s_server.api_key, base_url=k8s_server.url, resources={"memory": "256m"}
+            api_key=k8s_server.api_key,
+            base_url=k8s_server.url,
+            resources={"memory": "256m", "cpu": 0.5},
         ) as box:
             hog = box.commands.run("python3 -c 'b = bytearray(1 << 30)'", timeout=60)
             assert hog.oom is True, hog
             assert box.commands.run("echo alive").stdout == "alive\n"
+            (pod,) = trio.from_thread.run(pods, api, str(box.sandbox_id))
+            limits = pod["spec"]["containers"][0]["resources"]["limits"]
+            assert (limits["memory"], limits["cpu"]) == (str(256 << 20), "500m")
             answer = httpx.post(
                 f"{k8s_server.url}/sandbox/{box.sandbox_id}/pause",
                 headers={"X-API-Key": k8s_server.api_key},
             )
-            assert answer.status_code == 503
+            assert (answer.status_code, answer.json()["code"]) == (501, "NOT_SUPPORTED")
             assert "not available on Kubernetes" in answer.json()["message"]
 
     await trio.to_thread.run_sync(use)

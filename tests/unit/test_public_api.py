@@ -32,6 +32,7 @@ def test_sdk_public_names() -> None:
         "NetworkInfo",
         "NetworkPolicy",
         "NotFoundError",
+        "NotSupportedError",
         "OutputChunk",
         "ProcessInfo",
         "RPCError",
@@ -56,13 +57,20 @@ def test_sdk_exception_tree() -> None:
         ConnectError,
         InsienError,
         NotFoundError,
+        NotSupportedError,
         RateLimitError,
         RPCError,
         SandboxClosedError,
         UnavailableError,
     )
 
-    for api in (AuthenticationError, NotFoundError, RateLimitError, UnavailableError):
+    for api in (
+        AuthenticationError,
+        NotFoundError,
+        NotSupportedError,
+        RateLimitError,
+        UnavailableError,
+    ):
         assert issubclass(api, APIError)
     for error in (APIError, ConnectError, RPCError, SandboxClosedError):
         assert issubclass(error, InsienError)

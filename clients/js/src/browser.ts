@@ -11,6 +11,7 @@ export {
   AuthenticationError,
   NotFoundError,
   RateLimitError,
+  NotSupportedError,
   UnavailableError,
   ConnectError,
   RPCError,

@@ -7,6 +7,7 @@
  * │   ├── AuthenticationError  401: missing or wrong API key
  * │   ├── NotFoundError        404: no such sandbox (or not yours)
  * │   ├── RateLimitError       429: over a quota or rate; `retryAfter` says how long to wait
+ * │   ├── NotSupportedError    501: the server's runtime cannot do this (Kubernetes: pause)
  * │   └── UnavailableError     503: Docker or the sandbox image is not available
  * ├── ConnectError             the service could not be reached at all
  * ├── RPCError                 the agent answered a request with an `error` message
@@ -42,6 +43,8 @@ export class APIError extends InsienError {
 export class AuthenticationError extends APIError {}
 export class NotFoundError extends APIError {}
 export class RateLimitError extends APIError {}
+/** The server's runtime cannot do this at all (on Kubernetes: pause, snapshots). */
+export class NotSupportedError extends APIError {}
 export class UnavailableError extends APIError {}
 
 export class RPCError extends InsienError {
@@ -63,6 +66,7 @@ const BY_STATUS: Record<number, typeof APIError> = {
   401: AuthenticationError,
   404: NotFoundError,
   429: RateLimitError,
+  501: NotSupportedError,
   503: UnavailableError,
 };
 

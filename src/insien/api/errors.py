@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..link.transfer import TransferError
 from ..protocol import ErrorCode
-from ..runtime.base import ImageNotFound, RuntimeFailure
+from ..runtime.base import ImageNotFound, NotSupported, RuntimeFailure
 from ..sandboxes.launcher import SandboxStartError
 from ..sandboxes.manager import SandboxNotFound
 from ..sandboxes.snapshots import SnapshotNotFound
@@ -113,6 +113,8 @@ def api_error_for(exc: Exception) -> ApiError:
         return ApiError.from_quota(exc)
     if isinstance(exc, ImageNotFound):
         return ApiError(503, ErrorCode.UNAVAILABLE, f"sandbox image missing: {exc}")
+    if isinstance(exc, NotSupported):
+        return ApiError(501, ErrorCode.NOT_SUPPORTED, str(exc))
     if isinstance(exc, (RuntimeFailure, SandboxStartError)):
         return ApiError(503, ErrorCode.UNAVAILABLE, str(exc))
     if isinstance(exc, TransferError):

@@ -36,6 +36,10 @@ class RuntimeFailure(Exception):
     """The runtime refused an operation (bad image, daemon down, …)."""
 
 
+class NotSupported(RuntimeFailure):
+    """The runtime cannot do this at all (Kubernetes: pause, snapshots): retrying will not help."""
+
+
 class ImageNotFound(RuntimeFailure):
     """The sandbox image is not present where the runtime runs sandboxes."""
 

@@ -16,6 +16,7 @@ from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ConnectError as ConnectError
 from ._errors import InsienError as InsienError
 from ._errors import NotFoundError as NotFoundError
+from ._errors import NotSupportedError as NotSupportedError
 from ._errors import RateLimitError as RateLimitError
 from ._errors import RPCError as RPCError
 from ._errors import SandboxClosedError as SandboxClosedError
@@ -61,6 +62,7 @@ __all__ = [
     "NetworkInfo",
     "NetworkPolicy",
     "NotFoundError",
+    "NotSupportedError",
     "OutputChunk",
     "ProcessInfo",
     "RPCError",

@@ -5,6 +5,7 @@ InsienError
 │   ├── AuthenticationError  401: missing or wrong API key
 │   ├── NotFoundError        404: no such sandbox (or not yours)
 │   ├── RateLimitError       429: over a quota or rate; `retry_after` says how long to wait
+│   ├── NotSupportedError    501: the server's runtime cannot do this (Kubernetes: pause)
 │   └── UnavailableError     503: Docker or the sandbox image is not available
 ├── ConnectError             the service could not be reached at all
 ├── RPCError                 the agent answered a request with an `error` message
@@ -50,6 +51,11 @@ class RateLimitError(APIError):
     (`RATE_LIMITED`); `retry_after` is the server's advice in seconds."""
 
 
+class NotSupportedError(APIError):
+    """501: the server's runtime cannot do this at all (on Kubernetes: pause, resume,
+    snapshots); retrying will not help."""
+
+
 class UnavailableError(APIError):
     """503: the service cannot make sandboxes right now (Docker down, image missing)."""
 
@@ -74,6 +80,7 @@ def api_error(
         401: AuthenticationError,
         404: NotFoundError,
         429: RateLimitError,
+        501: NotSupportedError,
         503: UnavailableError,
     }.get(status, APIError)
     return kind(status, code, message, retry_after=retry_after)

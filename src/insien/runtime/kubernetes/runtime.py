@@ -32,6 +32,7 @@ from ..base import (
     ContainerInfo,
     ContainerSpec,
     ImageInfo,
+    NotSupported,
     RuntimeFailure,
     Usage,
 )
@@ -284,10 +285,10 @@ class KubernetesRuntime:
         )
 
     async def pause(self, container_id: str) -> None:
-        raise RuntimeFailure(f"pausing a sandbox {NOT_HERE}")
+        raise NotSupported(f"pausing a sandbox {NOT_HERE}")
 
     async def unpause(self, container_id: str) -> None:
-        raise RuntimeFailure(f"resuming a paused sandbox {NOT_HERE}")
+        raise NotSupported(f"resuming a paused sandbox {NOT_HERE}")
 
     async def inspect(self, container_id: str) -> ContainerInfo | None:
         try:
@@ -309,7 +310,7 @@ class KubernetesRuntime:
     async def commit(
         self, container_id: str, repository: str, tag: str, labels: dict[str, str]
     ) -> str:
-        raise RuntimeFailure(f"snapshots {NOT_HERE}")
+        raise NotSupported(f"taking a snapshot {NOT_HERE}")
 
     async def writable_size(self, container_id: str) -> int:
         return 0  # the node's container runtime knows; the API does not say
@@ -324,7 +325,7 @@ class KubernetesRuntime:
         return []
 
     async def remove_image(self, name: str) -> None:
-        raise RuntimeFailure(f"removing an image {NOT_HERE}")
+        raise NotSupported(f"removing an image {NOT_HERE}")
 
     async def image_exists(self, name: str) -> bool:
         return True  # only a node can tell; a pod that cannot get it fails its create clearly
