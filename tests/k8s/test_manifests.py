@@ -77,28 +77,23 @@ def test_the_manifests_serve_a_sandbox(deployed: str) -> None:
         )
         assert pods.strip() == f"pod/insien-{box.sandbox_id}"
     # The server runs as its own service account, which may do no more than its Role says.
-    can = kubectl(
-        "auth",
-        "can-i",
-        "create",
-        "deployments",
-        "-n",
-        "insien",
-        "--as",
-        "system:serviceaccount:insien:insien-server",
-        check=False,
-    )
-    assert can.strip() == "no"
-    assert (
-        kubectl(
-            "auth",
-            "can-i",
-            "create",
-            "pods/attach",
-            "-n",
-            "insien",
-            "--as",
-            "system:serviceaccount:insien:insien-server",
-        ).strip()
-        == "yes"
-    )
+    account = "system:serviceaccount:insien:insien-server"
+    for verb, resource, subresource, allowed in (
+        ("create", "pods", "", "yes"),
+        ("create", "pods", "attach", "yes"),
+        ("get", "pods", "log", "yes"),
+        ("create", "pods", "exec", "no"),  # `pods/exec` would name a pod: --subresource
+        ("create", "configmaps", "", "no"),  # the agent arrives on the pod's stdin
+        ("get", "secrets", "", "no"),
+        ("create", "deployments", "", "no"),
+    ):
+        answer = kubectl(
+            "auth", "can-i", verb, resource, f"--subresource={subresource}", "-n", "insien",
+            "--as", account, check=False,
+        )  # fmt: skip
+        assert (verb, resource, subresource, answer.strip()) == (
+            verb,
+            resource,
+            subresource,
+            allowed,
+        )

@@ -52,8 +52,9 @@ async def test_a_sandbox_is_a_pod_driven_over_attach(
 
     box = await trio.to_thread.run_sync(use)
     sandbox_id = str(box.sandbox_id)
-    (pod,) = await pods(api, sandbox_id)
-    assert pod["status"]["phase"] == "Running"
+    with trio.fail_after(10):  # the status says so up to a second after the agent answered
+        while (pod := (await pods(api, sandbox_id))[0])["status"]["phase"] != "Running":  # noqa: ASYNC110
+            await trio.sleep(0.1)
     assert pod["metadata"]["annotations"]["insien.owner"] == "default"
     assert pod["spec"]["automountServiceAccountToken"] is False
     (container,) = pod["spec"]["containers"]

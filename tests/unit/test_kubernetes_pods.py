@@ -1,12 +1,18 @@
-"""How the Kubernetes runtime reads a pod's status (what ended a sandbox) and writes its limits:
-pure mapping, on pod shapes as the API server returns them. The runtime's behaviour against a
-real cluster is proven in tests/k8s."""
+"""How the Kubernetes runtime reads a pod's status (what ended a sandbox) and writes its limits
+(pure mapping, on pod shapes as the API server returns them), and its bootstrap, the program a
+pod runs until the agent arrives on its stdin. The runtime against a real cluster is proven in
+tests/k8s."""
 
 from __future__ import annotations
 
+import stat
+import subprocess
+import sys
+import zipapp
+from pathlib import Path
 from typing import Any
 
-from insien.runtime.kubernetes.runtime import _quantity, container_info
+from insien.runtime.kubernetes.runtime import _quantity, boot_message, bootstrap, container_info
 
 
 def pod(status: dict[str, Any], **metadata: Any) -> dict[str, Any]:
@@ -70,3 +76,43 @@ def test_quantities() -> None:
         "100",
         "1.5Gi",
     ]
+
+
+def make_zipapp(folder: Path) -> bytes:
+    source = folder / "src"
+    source.mkdir()
+    (source / "__main__.py").write_text("import os, sys\nprint('agent ran as', sys.argv[0])\n")
+    zipapp.create_archive(source, folder / "app.pyz")
+    return (folder / "app.pyz").read_bytes()
+
+
+def boot(folder: Path, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+    volume = folder / "volume"
+    volume.mkdir(mode=0o777, exist_ok=True)
+    program = bootstrap(str(volume), str(volume / "agent.pyz"))
+    return subprocess.run(
+        [sys.executable, "-I", "-S", "-c", program], input=stdin, capture_output=True, timeout=30
+    )
+
+
+def test_the_bootstrap_becomes_the_agent_it_is_sent(tmp_path: Path) -> None:
+    agent = make_zipapp(tmp_path)
+    done = boot(tmp_path, boot_message(agent))
+    path = tmp_path / "volume" / "agent.pyz"
+    assert done.stdout.decode() == f"agent ran as {path}\n", done.stderr
+    assert path.read_bytes() == agent
+    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755  # no longer the volume's 0777
+
+
+def test_the_bootstrap_runs_nothing_it_cannot_verify(tmp_path: Path) -> None:
+    """A damaged agent, a stream that is not an agent (a restarted server's `resume` sent to a
+    pod whose agent never arrived) and a closed stdin all end the pod without running code."""
+    agent = make_zipapp(tmp_path)
+    message = boot_message(agent)
+    damaged = message[:-1] + bytes([message[-1] ^ 1])
+    for stdin in (damaged, b'{"type": "resume"}\n', message[:100], b""):
+        done = boot(tmp_path, stdin)
+        assert done.returncode != 0
+        assert b"agent ran" not in done.stdout
+        assert not (tmp_path / "volume" / "agent.pyz").exists()

@@ -82,7 +82,8 @@ class SandboxManager:
         self.snapshots = Snapshots(runtime, settings, tenant_exists)
         self.recovery = RecoveryReport()
         disk_limit = parse_size(settings.disk_limit) if settings.disk_limit else 0
-        self.usage = UsageSampler(runtime, disk_limit, nursery)
+        tmp_size = parse_size(settings.tmp_size)
+        self.usage = UsageSampler(runtime, disk_limit, nursery, tmp_size=tmp_size)
         self.egress = Egress(settings)
         self.events = EventLog(settings.events_kept)
         """Lifecycle events, for `GET /events` and webhooks (operations/events.py)."""

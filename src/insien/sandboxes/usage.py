@@ -119,9 +119,19 @@ def agent_counters(answer: dict[str, Any]) -> Usage | None:
 
 
 class UsageSampler:
-    def __init__(self, runtime: Runtime, disk_limit: int, nursery: trio.Nursery | None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        disk_limit: int,
+        nursery: trio.Nursery | None,
+        *,
+        tmp_size: int | None = None,
+    ) -> None:
         self._runtime = runtime
         self._disk_limit = disk_limit
+        self._tmp_size = tmp_size
+        """INSIEN_TMP_SIZE. Docker sizes the tmpfs so; a Kubernetes memory volume's filesystem
+        says the node's memory (its sizeLimit is the kubelet's to enforce): the smaller wins."""
         self._nursery = nursery
         self._watched: OrderedDict[str, _Watched] = OrderedDict()
 
@@ -200,6 +210,8 @@ class UsageSampler:
         peak = agent.get("memoryPeak")
         entry.peak = max(entry.peak, memory + cache, peak if isinstance(peak, int) else 0)
         tmp_bytes, tmp_limit = agent.get("tmpBytes"), agent.get("tmpLimit")
+        if isinstance(tmp_limit, int) and self._tmp_size:
+            tmp_limit = min(tmp_limit, self._tmp_size)
         return Reading(
             at=now,
             cpu_count=max(1, math.ceil(limits.cpus)),

@@ -1,9 +1,16 @@
 """Sandboxes as pods. One pod per sandbox, one container `agent` with stdin open
-(`stdinOnce: false`, so a restarted server attaches again), the agent's zip from a ConfigMap
-named after its digest (made once, mounted read-only), everything recovery reads in
+(`stdinOnce: false`, so a restarted server attaches again), everything recovery reads in
 annotations (the sealed `insien.*` values; labels carry only what selectors need), no
 service-account token, no privilege escalation, all capabilities dropped but the agent's,
 seccomp RuntimeDefault, /tmp in memory.
+
+**The agent arrives on the pod's stdin.** The container starts a few lines of Python
+(`BOOTSTRAP`) that read the agent's zip from stdin (length and SHA-256 first), write it
+read-only into a memory volume and become it; the first attach sends it. A ConfigMap volume
+did this first, and cost up to two seconds a create: the kubelet often tries to mount a pod's
+ConfigMap before it has registered it ("object not registered") and backs off, a race seen up
+to 1.24 (kubernetes/kubernetes#105204); a ConfigMap also stops at 1 MiB, and the agent is 0.6.
+Sending 0.6 MiB down a stream that is opened anyway costs milliseconds (docs/kubernetes.md).
 
 What Kubernetes does not offer is refused plainly: pause and resume (no freezer in the pod
 API), snapshots (no commit), a writable layer's size, and image inspection (images live on the
@@ -12,7 +19,6 @@ nodes). docs/kubernetes.md says what that means for each feature.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 from collections.abc import AsyncIterator
@@ -44,6 +50,7 @@ NAME_ANNOTATION = f"{LABEL_PREFIX}name"
 pod cannot be renamed, so it is an annotation."""
 POD_PREFIX = "insien-"
 START_TIMEOUT = 120.0
+ATTACH_RETRY = 0.05
 STUCK = {
     "ErrImageNeverPull",
     "ErrImagePull",
@@ -55,6 +62,47 @@ STUCK = {
 }
 """Waiting reasons a pod does not get over by itself: the create fails with the message."""
 NOT_HERE = "is not available on Kubernetes"
+BOOT_MAGIC = b"insien-agent"
+
+
+def bootstrap(folder: str, path: str) -> str:
+    """The container's program until the agent arrives: root, before anything of the sandbox
+    user runs; `folder` (a memory volume) is made root's alone before the agent is written."""
+    return f"""
+import hashlib, os, sys
+def read(n):
+    data = bytearray()
+    while len(data) < n:
+        piece = os.read(0, n - len(data))
+        if not piece:
+            sys.exit(3)
+        data += piece
+    return bytes(data)
+header = bytearray()
+while not header.endswith(b"\\n") and len(header) < 200:
+    header += read(1)
+magic, size, digest = bytes(header).split()
+if magic != {BOOT_MAGIC!r}:
+    sys.exit(3)
+agent = read(int(size))
+if hashlib.sha256(agent).hexdigest().encode() != digest:
+    sys.exit(3)
+os.chmod({folder!r}, 0o755)
+with open({path!r} + ".new", "xb") as out:
+    out.write(agent)
+os.chmod({path!r} + ".new", 0o444)
+os.rename({path!r} + ".new", {path!r})
+os.execv(sys.executable, [sys.executable, "-I", "-S", {path!r}])
+"""
+
+
+BOOTSTRAP = bootstrap(AGENT_DIR, AGENT_PATH)
+
+
+def boot_message(agent_zip: bytes) -> bytes:
+    """What `BOOTSTRAP` reads: a line with the size and SHA-256, then the agent."""
+    digest = hashlib.sha256(agent_zip).hexdigest().encode()
+    return b"%s %d %s\n" % (BOOT_MAGIC, len(agent_zip), digest) + agent_zip
 
 
 def _quantity(size: str) -> str:
@@ -115,7 +163,9 @@ class KubernetesRuntime:
         self._nursery = nursery
         self._host_network = host_network
         self._pull_policy = pull_policy
-        self._agent_configmaps: set[str] = set()
+        self._unsent: dict[str, bytes] = {}
+        """Agents of pods made but not attached yet (a restarted server attaches to running
+        agents only: it has none to send)."""
 
     @classmethod
     @asynccontextmanager
@@ -140,26 +190,7 @@ class KubernetesRuntime:
             with trio.CancelScope(shield=True):
                 await client.aclose()
 
-    async def _agent_configmap(self, agent_zip: bytes) -> str:
-        name = f"insien-agent-{hashlib.sha256(agent_zip).hexdigest()[:20]}"
-        if name in self._agent_configmaps:
-            return name
-        body = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": name, "labels": {f"{LABEL_PREFIX}agent": "true"}},
-            "binaryData": {"agent.pyz": base64.b64encode(agent_zip).decode()},
-            "immutable": True,
-        }
-        try:
-            await self._client.request("POST", self._client.path("configmaps"), json=body)
-        except KubeError as exc:
-            if exc.status != 409:  # another server made it first
-                raise
-        self._agent_configmaps.add(name)
-        return name
-
-    def _pod(self, spec: ContainerSpec, name: str, configmap: str) -> dict[str, Any]:
+    def _pod(self, spec: ContainerSpec, name: str) -> dict[str, Any]:
         limits: dict[str, str] = {}
         if spec.mem_limit:
             limits["memory"] = str(spec.mem_limit)
@@ -180,7 +211,7 @@ class KubernetesRuntime:
                     "image": spec.image,
                     "imagePullPolicy": self._pull_policy,
                     # As on Docker: nothing of the image decides how the root agent starts.
-                    "command": [spec.python, "-I", "-S", AGENT_PATH],
+                    "command": [spec.python, "-I", "-S", "-c", BOOTSTRAP],
                     "args": [],
                     "workingDir": spec.workdir,
                     "env": [
@@ -198,13 +229,13 @@ class KubernetesRuntime:
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "volumeMounts": [
-                        {"name": "agent", "mountPath": AGENT_DIR, "readOnly": True},
+                        {"name": "agent", "mountPath": AGENT_DIR},
                         {"name": "tmp", "mountPath": "/tmp"},
                     ],
                 }
             ],
             "volumes": [
-                {"name": "agent", "configMap": {"name": configmap, "defaultMode": 0o444}},
+                {"name": "agent", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
                 {
                     "name": "tmp",
                     "emptyDir": {"medium": "Memory", "sizeLimit": _quantity(spec.tmp_size)},
@@ -228,44 +259,55 @@ class KubernetesRuntime:
         }
 
     async def create(self, spec: ContainerSpec, agent_zip: bytes) -> str:
-        configmap = await self._agent_configmap(agent_zip)
         name = POD_PREFIX + spec.sandbox_id
-        await self._client.request(
-            "POST", self._client.path("pods"), json=self._pod(spec, name, configmap)
-        )
+        await self._client.request("POST", self._client.path("pods"), json=self._pod(spec, name))
+        self._unsent[name] = agent_zip
         return name
 
-    async def _running(self, name: str) -> None:
-        """Until the pod's agent container runs (RuntimeFailure if it never will)."""
-        with trio.move_on_after(START_TIMEOUT):
-            while True:
-                pod = await self._client.request("GET", self._client.path("pods", name))
-                status = pod.get("status") or {}
-                for container in status.get("containerStatuses") or []:
-                    state = container.get("state") or {}
-                    if "running" in state:
-                        return
-                    waiting = state.get("waiting") or {}
-                    if waiting.get("reason") in STUCK:
-                        raise RuntimeFailure(f"{waiting['reason']}: {waiting.get('message', '')}")
-                    if "terminated" in state:
-                        reason = state["terminated"].get("reason", "terminated")
-                        raise RuntimeFailure(f"the sandbox's container ended at start: {reason}")
-                if status.get("phase") in ("Failed", "Succeeded"):
-                    raise RuntimeFailure(f"the sandbox's pod is {status['phase']}")
-                await trio.sleep(0.1)
-        raise RuntimeFailure(f"the sandbox's pod did not run within {START_TIMEOUT:g}s")
+    async def _started(self, name: str) -> bool:
+        """Whether the pod's agent container runs (RuntimeFailure if it never will)."""
+        pod = await self._client.request("GET", self._client.path("pods", name))
+        status = pod.get("status") or {}
+        for container in status.get("containerStatuses") or []:
+            state = container.get("state") or {}
+            if "running" in state:
+                return True
+            waiting = state.get("waiting") or {}
+            if waiting.get("reason") in STUCK:
+                raise RuntimeFailure(f"{waiting['reason']}: {waiting.get('message', '')}")
+            if "terminated" in state:
+                reason = state["terminated"].get("reason", "terminated")
+                raise RuntimeFailure(f"the sandbox's container ended at start: {reason}")
+        if status.get("phase") in ("Failed", "Succeeded"):
+            raise RuntimeFailure(f"the sandbox's pod is {status['phase']}")
+        return False
 
     async def attach(self, container_id: str) -> KubeChannel:
-        await self._running(container_id)
+        """Attach as soon as the kubelet runs the container. The API server's pod status says
+        so up to a second later (the kubelet notices containers by relisting them every
+        second), so attaching is tried at once and again until it works or the pod fails."""
         path = self._client.path("pods", container_id) + "/attach"
-        channel: KubeChannel = await self._nursery.start(run_channel, self._client.http, path)
+        channel: KubeChannel | None = None
+        with trio.move_on_after(START_TIMEOUT):
+            while channel is None:
+                try:
+                    channel = await self._nursery.start(run_channel, self._client.http, path)
+                except RuntimeFailure:
+                    if await self._started(container_id):
+                        raise  # running, and still refused: that is an answer
+                    await trio.sleep(ATTACH_RETRY)
+        if channel is None:
+            raise RuntimeFailure(f"the sandbox's pod did not run within {START_TIMEOUT:g}s")
+        agent_zip = self._unsent.pop(container_id, None)
+        if agent_zip is not None:  # a pod this runtime made: its bootstrap waits for the agent
+            await channel.send_all(boot_message(agent_zip))
         return channel
 
     async def start(self, container_id: str) -> None:
         """A pod starts by itself; `attach` waited for it."""
 
     async def remove(self, container_id: str) -> None:
+        self._unsent.pop(container_id, None)
         try:
             await self._client.request(
                 "DELETE",
