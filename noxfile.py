@@ -1,8 +1,10 @@
 """Every developer task: `nox -s tests | lint | typecheck | image | serve | bench |
-deploy-image`."""
+deploy-image | k8s | k8s-bench`."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nox
@@ -139,34 +141,55 @@ K8S_SHARED_ALL = (
 """`nox -s k8s -- --all`: every backend-neutral suite (about ten minutes more)."""
 
 
+@contextmanager
+def k8s_cluster(session: nox.Session, *images: str) -> Iterator[list[str]]:
+    """tests/k8s/cluster.sh up with these images, the command prefix that runs inside its
+    network namespace, and down whatever happens."""
+    session.run(
+        "bash",
+        "tests/k8s/cluster.sh",
+        "up",
+        env={"INSIEN_K8S_IMAGES": " ".join(images)},
+        external=True,
+    )
+    try:
+        yield ["nsenter", "--net=/run/netns/insien-k8s"]
+    finally:
+        session.run("bash", "tests/k8s/cluster.sh", "down", external=True)
+
+
 @nox.session(python=PYTHON)
 def k8s(session: nox.Session) -> None:
     """The Kubernetes suite: a throwaway cluster built from Debian's source (tests/k8s/
     cluster.sh, cached after the first build), the tests inside its network namespace, then
     suites of the Docker run again on pods (`-- --all` for every backend-neutral one)."""
-    session.install(*SERVER, *SDK)
+    session.install(*SERVER, *SDK, *E2B)
     session.run("insien", "image", "build")
     session.run("python", "deploy/build.py")  # the server's image, for deploy/kubernetes
-    session.run(
-        "bash",
-        "tests/k8s/cluster.sh",
-        "up",
-        env={"INSIEN_K8S_IMAGES": "insien-sandbox:latest insien-server:latest"},
-        external=True,
-    )
-    inside = ["nsenter", "--net=/run/netns/insien-k8s", "pytest"]
-    try:
-        session.run(*inside, "tests/k8s", *session.posargs, env={"INSIEN_K8S": "1"}, external=True)
+    with k8s_cluster(session, "insien-sandbox:latest", "insien-server:latest") as inside:
+        options = [a for a in session.posargs if a != "--all"]
+        session.run(
+            *inside, "pytest", "tests/k8s", *options, env={"INSIEN_K8S": "1"}, external=True
+        )
         shared = K8S_SHARED_ALL if "--all" in session.posargs else K8S_SHARED
         session.run(
             *inside,
+            "pytest",
             *shared,
-            *(a for a in session.posargs if a != "--all"),
+            *options,
             env={"INSIEN_K8S": "1", "INSIEN_TEST_BACKEND": "kubernetes"},
             external=True,
         )
-    finally:
-        session.run("bash", "tests/k8s/cluster.sh", "down", external=True)
+
+
+@nox.session(name="k8s-bench", python=PYTHON)
+def k8s_bench(session: nox.Session) -> None:
+    """Insien on pods against Kubernetes' own pod create + exec, in one run on the test
+    cluster (bench/k8s.py; `-- --quick` for a smoke run)."""
+    session.install(*SERVER, *SDK)
+    session.run("insien", "image", "build")
+    with k8s_cluster(session, "insien-sandbox:latest") as inside:
+        session.run(*inside, "python", "-m", "bench.k8s", *session.posargs, external=True)
 
 
 @nox.session(python=PYTHON)

@@ -10,9 +10,20 @@ import subprocess
 import sys
 import zipapp
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from insien.runtime.kubernetes.runtime import _quantity, boot_message, bootstrap, container_info
+import trio
+
+from insien.runtime.base import ContainerSpec
+from insien.runtime.kubernetes.client import KubeClient
+from insien.runtime.kubernetes.runtime import (
+    BOOTSTRAP,
+    KubernetesRuntime,
+    _quantity,
+    boot_message,
+    bootstrap,
+    container_info,
+)
 
 
 def pod(status: dict[str, Any], **metadata: Any) -> dict[str, Any]:
@@ -116,3 +127,45 @@ def test_the_bootstrap_runs_nothing_it_cannot_verify(tmp_path: Path) -> None:
         assert done.returncode != 0
         assert b"agent ran" not in done.stdout
         assert not (tmp_path / "volume" / "agent.pyz").exists()
+
+
+def test_the_pod_a_sandbox_becomes() -> None:
+    """What a create asks the API server for: the bootstrap as the command, the limits, the
+    template's runtime class, and nothing a sandbox could use against its node."""
+    runtime = KubernetesRuntime(
+        cast(KubeClient, None), cast(trio.Nursery, None), host_network=False, pull_policy="Always"
+    )
+    spec = ContainerSpec(
+        sandbox_id="abc",
+        image="registry.example/sandbox:1",
+        labels={"insien.instance": "one", "insien.owner": "t"},
+        python="/usr/bin/python3",
+        capabilities=("SETUID", "SETGID"),
+        runtime="gvisor",
+        mem_limit=256 << 20,
+        nano_cpus=500_000_000,
+        disk_limit="2g",
+        tmp_size="64m",
+    )
+    pod = runtime._pod(spec, "insien-abc")
+    assert pod["metadata"]["labels"] == {"insien.instance": "one", "insien.sandbox.id": "abc"}
+    assert pod["metadata"]["annotations"]["insien.owner"] == "t"
+    body = pod["spec"]
+    assert body["runtimeClassName"] == "gvisor"
+    assert (body["automountServiceAccountToken"], body["hostNetwork"]) == (False, False)
+    assert body["restartPolicy"] == "Never"
+    (container,) = body["containers"]
+    assert container["command"] == ["/usr/bin/python3", "-I", "-S", "-c", BOOTSTRAP]
+    assert (container["stdin"], container["stdinOnce"], container["tty"]) == (True, False, False)
+    assert container["imagePullPolicy"] == "Always"
+    assert container["resources"]["limits"] == {
+        "memory": str(256 << 20),
+        "cpu": "500m",
+        "ephemeral-storage": "2Gi",
+    }
+    security = container["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["SETUID", "SETGID"]}
+    assert security["allowPrivilegeEscalation"] is False
+    volumes = {v["name"]: v for v in body["volumes"]}
+    assert volumes["tmp"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Mi"}
+    assert volumes["agent"]["emptyDir"]["medium"] == "Memory"
