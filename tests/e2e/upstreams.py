@@ -14,7 +14,7 @@ import tarfile
 import threading
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -268,6 +268,8 @@ class _WebhookHandler(BaseHTTPRequestHandler):
         with receiver.lock:
             receiver.attempts += 1
             failing = receiver.attempts <= receiver.fail_first
+            with suppress(ValueError):
+                failing |= json.loads(body).get("sandboxId") in receiver.refused
         if receiver.hang:
             receiver.released.wait(30)  # never answers in time
             return
@@ -283,8 +285,9 @@ class _WebhookHandler(BaseHTTPRequestHandler):
 
 
 class WebhookReceiver(ThreadingHTTPServer):
-    """Takes webhook POSTs on 127.0.0.1: answers 500 to the first `fail_first`, or nothing at
-    all (`hang`), and 204 to the rest, keeping what it was sent."""
+    """Takes webhook POSTs on 127.0.0.1: answers 500 to the first `fail_first` and to events of
+    the sandboxes in `refused` (while they are), or nothing at all (`hang`), and 204 to the
+    rest, keeping what it was sent."""
 
     daemon_threads = True
 
@@ -293,6 +296,7 @@ class WebhookReceiver(ThreadingHTTPServer):
         self.fail_first = fail_first
         self.hang = hang
         self.attempts = 0
+        self.refused: set[str] = set()
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.lock = threading.Lock()
         self.released = threading.Event()

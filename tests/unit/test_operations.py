@@ -80,8 +80,9 @@ def test_signatures_verify_as_the_docs_say() -> None:
 
 
 async def test_deliveries_retry_in_order_and_give_up_within_their_window() -> None:
-    """A receiver that answers 500 twice then 200 gets every event, in order, with a valid
-    signature; one that never answers is given up after the window, and a full queue drops."""
+    """A receiver that answers 500 twice then 200 gets every event of a sandbox, in order, with
+    a valid signature; one that never answers is given up after the window, and a full queue
+    drops."""
     secret = "0123456789abcdef"
     with webhook_receiver(fail_first=2) as receiver:
         hook = Webhook(receiver.url, secret)
@@ -91,7 +92,8 @@ async def test_deliveries_retry_in_order_and_give_up_within_their_window() -> No
         log.subscribe(hooks.offer)
         async with trio.open_nursery() as nursery:
             await nursery.start(hooks.run)
-            sent = [log.publish(events.CREATED, "a", f"s{i}") for i in range(5)]
+            kinds = [events.CREATED, events.READY, events.PAUSED, events.RESUMED, events.ENDED]
+            sent = [log.publish(kind, "a", "s") for kind in kinds]
             log.publish(events.CREATED, "b", "not-theirs")
             with trio.fail_after(10):
                 while hooks.counters.delivered < 5:  # noqa: ASYNC110
@@ -123,6 +125,35 @@ async def test_deliveries_retry_in_order_and_give_up_within_their_window() -> No
             hooks.close()
         assert hooks.counters.dropped == 1
         assert hooks.counters.delivered == 0
+
+
+async def test_a_sandbox_whose_events_are_refused_holds_back_only_its_own() -> None:
+    """Per-sandbox lanes: while the receiver refuses one sandbox's events, other sandboxes'
+    are delivered; once it takes them, that sandbox's arrive in the order they happened."""
+    with webhook_receiver() as receiver:
+        receiver.refused.add("stuck")
+        hook = Webhook(receiver.url, "0123456789abcdef")
+        policy = DeliveryPolicy(timeout=1, retry_for=30, first_delay=0.05, max_delay=0.2)
+        hooks = Webhooks(lambda tenant: [hook], policy)
+        log = EventLog()
+        log.subscribe(hooks.offer)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hooks.run)
+            stuck = [log.publish(kind, "a", "stuck") for kind in (events.CREATED, events.ENDED)]
+            others = [log.publish(events.CREATED, "a", f"s{i}") for i in range(6)]
+            with trio.fail_after(10):
+                while hooks.counters.delivered < len(others):  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            assert hooks.counters.retried >= 1  # "stuck" was tried, and is being retried
+            delivered = [json.loads(body)["id"] for _, body in receiver.delivered()]
+            assert sorted(delivered) == sorted(e.id for e in others)
+            receiver.refused.clear()
+            with trio.fail_after(10):
+                while hooks.pending():  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            hooks.close()
+        delivered = [json.loads(body)["id"] for _, body in receiver.delivered()]
+        assert delivered[len(others) :] == [e.id for e in stuck]
 
 
 def test_json_log_lines_carry_the_request_context() -> None:

@@ -7,10 +7,12 @@ receiver can refuse replays older than it likes.
 
 **Delivery.** At least once: an answer other than 2xx, a refused connection or no answer within
 the timeout is retried with exponential backoff and full jitter until the retry window ends,
-then given up (logged and counted). Each endpoint has one delivery task that sends its events
-one after another, so events arrive in the order they happened (per sandbox, and overall);
-a slow receiver delays only itself. Its queue is bounded: events past the bound are dropped,
-counted and logged, rather than held in memory without end.
+then given up (logged and counted). Each endpoint keeps a lane per sandbox and sends a lane's
+events one after another, so a sandbox's events arrive in the order they happened (event ids
+give the order across sandboxes); a few lanes are sent at once (`LANES_AT_ONCE`), so an event
+being retried holds back only its own sandbox's, and a slow receiver delays only itself. The
+queue is bounded per endpoint: events past the bound are dropped, counted and logged, rather
+than held in memory without end.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from .events import Event
 from .logs import long_lived_task
 
 log = logging.getLogger("insien.webhooks")
+
+LANES_AT_ONCE = 4
+"""Sandboxes whose events one endpoint is sent at the same time."""
 
 SIGNATURE_HEADER = "Insien-Signature"
 
@@ -85,8 +90,33 @@ class Counters:
 @dataclass
 class _Endpoint:
     hook: Webhook
-    pending: deque[Event] = field(default_factory=deque)
+    lanes: dict[str, deque[Event]] = field(default_factory=dict)
+    """Events waiting, per sandbox, oldest first (the head of a busy lane is being sent)."""
+    ready: deque[str] = field(default_factory=deque)
+    """Lanes with events and nobody sending them, in the order they became so."""
+    count: int = 0
     wake: trio.Event = field(default_factory=trio.Event)
+
+    def add(self, event: Event) -> None:
+        key = event.sandbox_id or ""  # events of no sandbox (a refused create) share a lane
+        lane = self.lanes.get(key)
+        if lane is None:
+            lane = self.lanes[key] = deque()
+            self.ready.append(key)
+        lane.append(event)
+        self.count += 1
+        self.wake.set()
+
+    def done(self, sandbox_id: str) -> None:
+        """The head of this busy lane was delivered or given up: the lane is ready again."""
+        lane = self.lanes[sandbox_id]
+        lane.popleft()
+        self.count -= 1
+        if lane:
+            self.ready.append(sandbox_id)
+            self.wake.set()
+        else:
+            del self.lanes[sandbox_id]
 
 
 class Webhooks:
@@ -116,9 +146,9 @@ class Webhooks:
             if endpoint is None:
                 endpoint = self._endpoints[key] = _Endpoint(hook)
                 if self._nursery is not None:
-                    self._nursery.start_soon(self._send_all, endpoint)
+                    self._start(endpoint, self._nursery)
             endpoint.hook = hook  # the tenants file may have changed its secret or types
-            if len(endpoint.pending) >= self.policy.queue:
+            if endpoint.count >= self.policy.queue:
                 self.counters.dropped += 1
                 log.warning(
                     "webhook %s of tenant %s: queue full, event %s dropped",
@@ -127,12 +157,15 @@ class Webhooks:
                     event.id,
                 )
                 continue
-            endpoint.pending.append(event)
-            endpoint.wake.set()
+            endpoint.add(event)
 
     def pending(self) -> int:
-        """Events waiting to be delivered (the one being sent included)."""
-        return sum(len(endpoint.pending) for endpoint in self._endpoints.values())
+        """Events waiting to be delivered (the ones being sent included)."""
+        return sum(endpoint.count for endpoint in self._endpoints.values())
+
+    def _start(self, endpoint: _Endpoint, nursery: trio.Nursery) -> None:
+        for _ in range(LANES_AT_ONCE):
+            nursery.start_soon(self._send_lanes, endpoint)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver until `close()`. Events are kept in memory only: what is still waiting when
@@ -145,7 +178,7 @@ class Webhooks:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     for endpoint in self._endpoints.values():  # offered before it ran
-                        nursery.start_soon(self._send_all, endpoint)
+                        self._start(endpoint, nursery)
                     task_status.started()
                     try:
                         await trio.sleep_forever()
@@ -162,14 +195,20 @@ class Webhooks:
     def close(self) -> None:
         self._scope.cancel()
 
-    async def _send_all(self, endpoint: _Endpoint) -> None:
+    async def _send_lanes(self, endpoint: _Endpoint) -> None:
+        """One of an endpoint's senders: takes a ready lane, sends its oldest event, and
+        puts the lane back; no two senders ever hold the same lane."""
         while True:
-            while not endpoint.pending:
-                endpoint.wake = trio.Event()
+            while not endpoint.ready:
+                if endpoint.wake.is_set():
+                    endpoint.wake = trio.Event()
                 await endpoint.wake.wait()
-            await self._deliver(endpoint.hook, endpoint.pending[0])
-            endpoint.pending.popleft()
-            if not endpoint.pending:
+            sandbox_id = endpoint.ready.popleft()
+            try:
+                await self._deliver(endpoint.hook, endpoint.lanes[sandbox_id][0])
+            finally:
+                endpoint.done(sandbox_id)
+            if not endpoint.count:
                 self._idle.set()
 
     async def _deliver(self, hook: Webhook, event: Event) -> None:
