@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -144,6 +145,29 @@ def test_js_sdk_calls_in_flight_get_their_answers_across_a_restart(
         "late": "late\n",
         "after": "after\n",
     }
+
+
+def test_js_sdk_in_a_browser_reconnects_with_a_fresh_token_after_a_restart(
+    restartable: Restartable,
+) -> None:
+    """A browser's WebSocket cannot send the key header, so the agent URL's token is all that
+    authenticates it; a server restarted with a new INSIEN_JWT_SECRET refuses the old token,
+    and the SDK asks for a new one (POST /sandbox/<id>/connect) instead of giving up."""
+    server = restartable.start()
+    driver = driven(server, "resume_browser.mjs", restartable.env["INSIEN_API_KEY"])
+    try:
+        assert driver.stdout is not None
+        assert driver.stdout.readline().strip() == "RUNNING"
+        time.sleep(0.5)
+        restartable.kill()
+        time.sleep(1)
+        restartable.start(INSIEN_JWT_SECRET=secrets.token_urlsafe(32))
+        out, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1]) == {"late": "late\n", "after": "after\n"}
 
 
 def driven(server: Server, script: str, key: str | None = None) -> subprocess.Popen[str]:

@@ -4,7 +4,7 @@
  * SDK does.
  */
 
-import { AbortError, ConnectError, RPCError, SandboxClosedError } from './errors.js';
+import { AbortError, APIError, ConnectError, RPCError, SandboxClosedError } from './errors.js';
 import { openSocket, type SocketLike } from './transport.js';
 
 export type Message = Record<string, unknown> & { type?: string; id?: string };
@@ -78,10 +78,17 @@ export class RPCConnection {
   private lostAt: number | undefined;
   private readonly pinger: ReturnType<typeof setInterval>;
 
+  /**
+   * @param refreshUrl Asks the server for a new URL with a fresh token (`POST
+   *   /sandbox/<id>/connect`): after a restart the old token may not verify (a new JWT secret),
+   *   and a browser cannot send the key header instead, nor tell a refusal from a server that
+   *   is still down. Rejects with an `APIError` if the sandbox is gone.
+   */
   constructor(
-    private readonly url: string,
+    private url: string,
     private readonly headers: Record<string, string>,
     private readonly reconnectWindowMs: number = RECONNECT_WINDOW_MS,
+    private readonly refreshUrl?: () => Promise<string>,
   ) {
     this.pinger = setInterval(() => this.checkAlive(), PING_INTERVAL_MS);
     (this.pinger as { unref?: () => void }).unref?.(); // never keeps Node running
@@ -185,17 +192,36 @@ export class RPCConnection {
   }
 
   private async reconnect(): Promise<void> {
+    let stale = false;
     while (this.closedReason === undefined) {
       if (Date.now() - (this.lostAt ?? Date.now()) > this.reconnectWindowMs) {
         this.fail(`connection lost for over ${this.reconnectWindowMs / 1000}s`);
         return;
       }
       await new Promise((resolve) => setTimeout(resolve, RECONNECT_PAUSE_MS));
+      if (stale && this.refreshUrl !== undefined) {
+        try {
+          this.url = await this.refreshUrl();
+          stale = false;
+        } catch (error) {
+          // The sandbox is gone (404) or the key is refused: final. Anything else (no
+          // answer, a 5xx) means the server is not back yet.
+          if (error instanceof APIError && error.status < 500 && error.status !== 429) {
+            this.fail(`cannot reconnect: ${error.message}`);
+            return;
+          }
+          continue;
+        }
+      }
       try {
         this.socket = await this.connectOnce();
         this.lostAt = undefined;
         return;
       } catch (error) {
+        if (this.refreshUrl !== undefined) {
+          stale = true; // the server, asked over REST, says whether the sandbox is still there
+          continue;
+        }
         // A refusal with a status (the sandbox is gone, or the key) is final; a refused TCP
         // connection means the server is not back yet.
         const text = String((error as Error).message);

@@ -68,8 +68,14 @@ export class Session {
         }
       }
       // After a server restart the token may not verify (a new JWT secret); the key always
-      // does, where the platform lets a WebSocket send headers (not in browsers).
-      const rpc = new RPCConnection(this.agentUrl as string, { 'X-API-Key': this.rest.apiKey }, this.reconnectWindowMs);
+      // does, where the platform lets a WebSocket send headers. Where it does not (browsers),
+      // the reconnect asks for a fresh token.
+      const rpc = new RPCConnection(
+        this.agentUrl as string,
+        { 'X-API-Key': this.rest.apiKey },
+        this.reconnectWindowMs,
+        () => this.freshAgentUrl(),
+      );
       await rpc.open();
       this.rpc = rpc;
       return rpc;
@@ -77,6 +83,15 @@ export class Session {
       this.connecting = undefined;
     });
     return this.connecting;
+  }
+
+  /** A new WebSocket URL with a token for this sandbox (`POST /sandbox/<id>/connect`). */
+  private async freshAgentUrl(): Promise<string> {
+    const fresh = await this.rest.json<{ agentUrl: string }>(
+      'POST', `/sandbox/${encodeURIComponent(this.sandboxId as string)}/connect`,
+    );
+    this.agentUrl = fresh.agentUrl;
+    return fresh.agentUrl;
   }
 
   closeConnection(): void {
