@@ -51,6 +51,12 @@ def _compiled(source: str, name: str) -> bytes:
     return bytes(data)
 
 
+def _entry(name: str) -> zipfile.ZipInfo:
+    entry = zipfile.ZipInfo(name, _EPOCH)
+    entry.compress_type = zipfile.ZIP_DEFLATED
+    return entry
+
+
 def agent_zipapp() -> bytes:
     """The agent as a zip application, for `python3 agent.pyz` inside a sandbox."""
     source = agent_package_dir()
@@ -61,8 +67,10 @@ def agent_zipapp() -> bytes:
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         # Fixed timestamps: the same sources make the same bytes (the agent volume is named
         # after their digest, and every server of one build must find the same volume).
+        # A ZipInfo carries its own compression (the archive's applies to names only): 230 KB
+        # instead of 600, which a Kubernetes pod is sent on every create.
         for name, text in files.items():
-            archive.writestr(zipfile.ZipInfo(name, _EPOCH), text)
+            archive.writestr(_entry(name), text)
             if name.startswith("insien_agent/"):
-                archive.writestr(zipfile.ZipInfo(name + "c", _EPOCH), _compiled(text, name))
+                archive.writestr(_entry(name + "c"), _compiled(text, name))
     return buffer.getvalue()

@@ -9,8 +9,8 @@ seccomp RuntimeDefault, /tmp in memory.
 read-only into a memory volume and become it; the first attach sends it. A ConfigMap volume
 did this first, and cost up to two seconds a create: the kubelet often tries to mount a pod's
 ConfigMap before it has registered it ("object not registered") and backs off, a race seen up
-to 1.24 (kubernetes/kubernetes#105204); a ConfigMap also stops at 1 MiB, and the agent is 0.6.
-Sending 0.6 MiB down a stream that is opened anyway costs milliseconds (docs/kubernetes.md).
+to 1.24 (kubernetes/kubernetes#105204), and a ConfigMap stops at 1 MiB. Sending the agent
+(230 KB) down a stream that is opened anyway costs milliseconds (docs/kubernetes.md).
 
 What Kubernetes does not offer is refused plainly: pause and resume (no freezer in the pod
 API), snapshots (no commit), a writable layer's size, and image inspection (images live on the
