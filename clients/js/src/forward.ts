@@ -8,6 +8,9 @@ import WebSocket from 'ws';
 
 import type { ForwardTarget, Forward } from './network.js';
 
+const HIGH_WATER = 4 * 1024 * 1024;
+const LOW_WATER = 1024 * 1024;
+
 export async function forward(target: ForwardTarget, localPort: number, localHost: string): Promise<Forward> {
   const url = `${target.baseUrl.replace(/^http/, 'ws')}/sandbox/${target.sandboxId}/ports/${target.port}/tcp`;
   const sockets = new Set<net.Socket>();
@@ -19,10 +22,16 @@ export async function forward(target: ForwardTarget, localPort: number, localHos
       socket.destroy();
       if (tunnel.readyState === WebSocket.OPEN || tunnel.readyState === WebSocket.CONNECTING) tunnel.terminate();
     };
+    // Local bytes wait while more than HIGH_WATER is queued for the sandbox (it reads slower),
+    // and flow again once a send has been flushed and less than LOW_WATER is left: the
+    // sandbox may have nothing to say meanwhile, so its answers cannot be what resumes them.
+    const flushed = (): void => {
+      if (socket.isPaused() && tunnel.bufferedAmount < LOW_WATER) socket.resume();
+    };
     tunnel.on('open', () => {
       socket.on('data', (chunk: Buffer) => {
-        tunnel.send(chunk);
-        if (tunnel.bufferedAmount > 4 * 1024 * 1024) socket.pause(); // the sandbox reads slower
+        tunnel.send(chunk, flushed);
+        if (tunnel.bufferedAmount > HIGH_WATER) socket.pause();
       });
       socket.resume();
     });
@@ -31,7 +40,6 @@ export async function forward(target: ForwardTarget, localPort: number, localHos
         tunnel.pause();
         socket.once('drain', () => tunnel.resume());
       }
-      if (socket.isPaused() && tunnel.bufferedAmount < 1024 * 1024) socket.resume();
     });
     tunnel.on('close', () => socket.end());
     tunnel.on('error', end);

@@ -1,7 +1,9 @@
 // The JS SDK against a real Insien server: INSIEN_URL and INSIEN_API_KEY name it (the pytest
 // wrapper tests/e2e/test_js_sdk.py starts one and runs this file with node's test runner).
 import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 
 import {
@@ -220,6 +222,54 @@ describe('one sandbox, every method', () => {
       await copy.destroy();
     }
   });
+});
+
+test('ports.forward: a large upload to a server that answers only once it has all of it', async () => {
+  // The sandbox reads slowly at first, so the local socket must pause, and then resume when
+  // the tunnel drains though the sandbox sends nothing back until the end.
+  const size = 32 << 20;
+  const sink = [
+    'import hashlib, socket, time',
+    "listener = socket.create_server(('127.0.0.1', 9000))",
+    'conn, _ = listener.accept()',
+    'time.sleep(1.5)',
+    'digest, n = hashlib.sha256(), 0',
+    `while n < ${size}:`,
+    '    data = conn.recv(1 << 16)',
+    '    if not data:',
+    '        break',
+    '    digest.update(data)',
+    '    n += len(data)',
+    "conn.sendall(f'{n} {digest.hexdigest()}'.encode())",
+    'conn.close()',
+  ].join('\n');
+  const sandbox = await Sandbox.create({ apiKey, baseUrl });
+  try {
+    await sandbox.files.write('sink.py', sink);
+    await sandbox.commands.run('python3 sink.py', { background: true });
+    const listening = async () => (await sandbox.commands.run("grep -q ':2328 ' /proc/net/tcp")).exitCode === 0;
+    await until(listening, 'the sink'); // 9000 is 0x2328; connecting would use up its accept
+    const forward = await sandbox.ports.forward(9000);
+    try {
+      const data = randomBytes(size);
+      const expected = `${size} ${createHash('sha256').update(data).digest('hex')}`;
+      const answer = await new Promise((resolve, reject) => {
+        const socket = net.connect(forward.localPort, forward.localHost);
+        let got = '';
+        socket.on('data', (chunk) => {
+          got += chunk;
+        });
+        socket.on('end', () => resolve(got));
+        socket.on('error', reject);
+        socket.write(data);
+      });
+      assert.equal(answer, expected);
+    } finally {
+      await forward.close();
+    }
+  } finally {
+    await sandbox.destroy();
+  }
 });
 
 test('ports.url, ports.forward and network: a preview URL without a key, a local listener, a policy set, read and changed', async () => {
