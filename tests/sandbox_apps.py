@@ -3,7 +3,7 @@ default image has nothing else): a WebSocket echo server and a bulk HTTP server.
 
 from __future__ import annotations
 
-WS_ECHO = r"""
+_WEBSOCKETS = r"""
 import base64, hashlib, socket, struct, sys, threading
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -17,52 +17,62 @@ def read_exact(conn, n):
         data += chunk
     return data
 
-def serve(conn):
-    with conn:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += conn.recv(4096)
-        lines = head.decode().split("\r\n")
-        pairs = (line.partition(":") for line in lines[1:] if line)
-        headers = {k.lower(): v.strip() for k, _, v in pairs}
-        digest = hashlib.sha1((headers["sec-websocket-key"] + GUID).encode()).digest()
-        accept = base64.b64encode(digest).decode()
-        extra = ""
-        if "sec-websocket-protocol" in headers:
-            chosen = headers["sec-websocket-protocol"].split(",")[0].strip()
-            extra = "Sec-WebSocket-Protocol: " + chosen + "\r\n"
-        conn.sendall((
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Accept: " + accept + "\r\n" + extra + "\r\n"
-        ).encode())
-        path = lines[0].split(" ")[1]
-        while True:
-            try:
-                b1, b2 = read_exact(conn, 2)
-            except EOFError:
-                return
-            opcode, length = b1 & 0x0F, b2 & 0x7F
-            if length == 126:
-                length = struct.unpack(">H", read_exact(conn, 2))[0]
-            elif length == 127:
-                length = struct.unpack(">Q", read_exact(conn, 8))[0]
-            mask = read_exact(conn, 4)
-            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(read_exact(conn, length)))
-            if opcode == 8:
-                conn.sendall(b"\x88\x02" + payload[:2])
-                return
-            if opcode in (1, 2):
-                if payload == b"path?":
-                    payload = path.encode()
-                header = bytes([0x80 | opcode])
-                if len(payload) < 126:
-                    header += bytes([len(payload)])
-                elif len(payload) < 65536:
-                    header += bytes([126]) + struct.pack(">H", len(payload))
-                else:
-                    header += bytes([127]) + struct.pack(">Q", len(payload))
-                conn.sendall(header + payload)
+def read_head(conn):
+    # The request line's path and the headers, or None if the client left first.
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return None
+        head += chunk
+    lines = head.decode().split("\r\n")
+    pairs = (line.partition(":") for line in lines[1:] if line)
+    return lines[0].split(" ")[1], {k.lower(): v.strip() for k, _, v in pairs}
 
+def upgrade(conn, headers):
+    digest = hashlib.sha1((headers["sec-websocket-key"] + GUID).encode()).digest()
+    extra = ""
+    if "sec-websocket-protocol" in headers:
+        chosen = headers["sec-websocket-protocol"].split(",")[0].strip()
+        extra = "Sec-WebSocket-Protocol: " + chosen + "\r\n"
+    conn.sendall((
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: " + base64.b64encode(digest).decode() + "\r\n" + extra + "\r\n"
+    ).encode())
+
+def messages(conn):
+    # (opcode, payload) of each text or binary frame, until the client closes or leaves.
+    while True:
+        try:
+            b1, b2 = read_exact(conn, 2)
+        except EOFError:
+            return
+        opcode, length = b1 & 0x0F, b2 & 0x7F
+        if length == 126:
+            length = struct.unpack(">H", read_exact(conn, 2))[0]
+        elif length == 127:
+            length = struct.unpack(">Q", read_exact(conn, 8))[0]
+        mask = read_exact(conn, 4)
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(read_exact(conn, length)))
+        if opcode == 8:
+            conn.sendall(b"\x88\x02" + payload[:2])
+            return
+        if opcode in (1, 2):
+            yield opcode, payload
+
+def send(conn, opcode, payload):
+    header = bytes([0x80 | opcode])
+    if len(payload) < 126:
+        header += bytes([len(payload)])
+    elif len(payload) < 65536:
+        header += bytes([126]) + struct.pack(">H", len(payload))
+    else:
+        header += bytes([127]) + struct.pack(">Q", len(payload))
+    conn.sendall(header + payload)
+"""
+"""What both WebSocket servers below share: the handshake and RFC 6455 framing, by hand."""
+
+_LISTEN = r"""
 listener = socket.socket()
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 listener.bind(("0.0.0.0", int(sys.argv[1])))
@@ -71,6 +81,24 @@ while True:
     connection, _ = listener.accept()
     threading.Thread(target=serve, args=(connection,), daemon=True).start()
 """
+
+WS_ECHO = (
+    _WEBSOCKETS
+    + r"""
+def serve(conn):
+    with conn:
+        found = read_head(conn)
+        if found is None:
+            return
+        path, headers = found
+        upgrade(conn, headers)
+        for opcode, payload in messages(conn):
+            send(conn, opcode, path.encode() if payload == b"path?" else payload)
+"""
+    + _LISTEN
+)
+"""A WebSocket echo server on port argv[1]: every message back as sent (`path?` answers the
+request's path), the first offered subprotocol chosen."""
 
 BULK = """
 import hashlib, http.server, sys
@@ -104,36 +132,21 @@ class Bulk(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Bulk).serve_forever()
 """
 
-PREVIEW_APP = r"""
-import base64, hashlib, socket, struct, sys, threading
-
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+PREVIEW_APP = (
+    _WEBSOCKETS
+    + r"""
 PAGES = {
     "/": ("text/html", open("index.html", "rb").read()),
     "/next.txt": ("text/plain", b"followed with the cookie"),
 }
 
-def read_exact(conn, n):
-    data = b""
-    while len(data) < n:
-        chunk = conn.recv(n - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
-
 def serve(conn):
     with conn:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = conn.recv(4096)
-            if not chunk:
-                return
-            head += chunk
-        lines = head.decode().split("\r\n")
-        path = lines[0].split(" ")[1].split("?")[0]
-        pairs = (line.partition(":") for line in lines[1:] if line)
-        headers = {k.lower(): v.strip() for k, _, v in pairs}
+        found = read_head(conn)
+        if found is None:
+            return
+        path, headers = found
+        path = path.split("?")[0]
         if "sec-websocket-key" not in headers:  # a page, then close
             kind, body = PAGES.get(path, ("text/plain", b"not found"))
             status = "200 OK" if path in PAGES else "404 Not Found"
@@ -142,35 +155,12 @@ def serve(conn):
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             ).encode() + body)
             return
-        digest = hashlib.sha1((headers["sec-websocket-key"] + GUID).encode()).digest()
-        conn.sendall((
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Accept: " + base64.b64encode(digest).decode() + "\r\n\r\n"
-        ).encode())
-        while True:
-            try:
-                b1, b2 = read_exact(conn, 2)
-            except EOFError:
-                return
-            opcode, length = b1 & 0x0F, b2 & 0x7F
-            if length == 126:
-                length = struct.unpack(">H", read_exact(conn, 2))[0]
-            mask = read_exact(conn, 4)
-            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(read_exact(conn, length)))
-            if opcode == 8:
-                conn.sendall(b"\x88\x02" + payload[:2])
-                return
-            reply = b"echo: " + payload
-            conn.sendall(bytes([0x81, len(reply)]) + reply)
-
-listener = socket.socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind(("0.0.0.0", int(sys.argv[1])))
-listener.listen(64)
-while True:
-    connection, _ = listener.accept()
-    threading.Thread(target=serve, args=(connection,), daemon=True).start()
+        upgrade(conn, headers)
+        for _, payload in messages(conn):
+            send(conn, 1, b"echo: " + payload)
 """
+    + _LISTEN
+)
 """A page and a WebSocket on one port (a dev server with live reload, in miniature): `/` is
 index.html from the working folder, `/next.txt` a file it fetches, anything with an upgrade
 a WebSocket answering "echo: <message>"."""
