@@ -73,6 +73,12 @@ def send(conn, opcode, payload):
 """What both WebSocket servers below share: the handshake and RFC 6455 framing, by hand."""
 
 _LISTEN = r"""
+def serve(conn):
+    with conn:
+        found = read_head(conn)
+        if found is not None:
+            answer(conn, *found)  # each server's own
+
 listener = socket.socket()
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 listener.bind(("0.0.0.0", int(sys.argv[1])))
@@ -85,15 +91,10 @@ while True:
 WS_ECHO = (
     _WEBSOCKETS
     + r"""
-def serve(conn):
-    with conn:
-        found = read_head(conn)
-        if found is None:
-            return
-        path, headers = found
-        upgrade(conn, headers)
-        for opcode, payload in messages(conn):
-            send(conn, opcode, path.encode() if payload == b"path?" else payload)
+def answer(conn, path, headers):
+    upgrade(conn, headers)
+    for opcode, payload in messages(conn):
+        send(conn, opcode, path.encode() if payload == b"path?" else payload)
 """
     + _LISTEN
 )
@@ -140,24 +141,19 @@ PAGES = {
     "/next.txt": ("text/plain", b"followed with the cookie"),
 }
 
-def serve(conn):
-    with conn:
-        found = read_head(conn)
-        if found is None:
-            return
-        path, headers = found
-        path = path.split("?")[0]
-        if "sec-websocket-key" not in headers:  # a page, then close
-            kind, body = PAGES.get(path, ("text/plain", b"not found"))
-            status = "200 OK" if path in PAGES else "404 Not Found"
-            conn.sendall((
-                f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            ).encode() + body)
-            return
-        upgrade(conn, headers)
-        for _, payload in messages(conn):
-            send(conn, 1, b"echo: " + payload)
+def answer(conn, path, headers):
+    path = path.split("?")[0]
+    if "sec-websocket-key" not in headers:  # a page, then close
+        kind, body = PAGES.get(path, ("text/plain", b"not found"))
+        status = "200 OK" if path in PAGES else "404 Not Found"
+        conn.sendall((
+            f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode() + body)
+        return
+    upgrade(conn, headers)
+    for _, payload in messages(conn):
+        send(conn, 1, b"echo: " + payload)
 """
     + _LISTEN
 )
