@@ -176,3 +176,53 @@ async def test_a_warm_pool_of_pods_hands_one_over(api: httpx.AsyncClient) -> Non
             assert ran.status_code == 200
     finally:
         assert stop_server(process) == 0
+
+
+async def test_an_image_no_node_has_fails_the_create_with_the_pods_reason(
+    k8s_server: Server, api: httpx.AsyncClient
+) -> None:
+    """The interpreter image is an allowed template but was never loaded into the test
+    cluster (and pulls are off): the create answers at once with the kubelet's reason, and
+    leaves no pod behind."""
+    async with httpx.AsyncClient(base_url=k8s_server.url, headers=k8s_server.headers) as client:
+        with trio.fail_after(60):
+            made = await client.post(
+                "/sandbox/create", json={"template": "insien-interpreter:latest"}, timeout=60
+            )
+    assert made.status_code == 503, made.text
+    assert "ErrImageNeverPull" in made.json()["message"]
+    listed = await api.get(
+        "/api/v1/namespaces/default/pods",
+        params={"labelSelector": f"insien.instance={k8s_server.instance}"},
+    )
+    with trio.fail_after(30):
+        while listed.json()["items"]:
+            await trio.sleep(0.2)
+            listed = await api.get(
+                "/api/v1/namespaces/default/pods",
+                params={"labelSelector": f"insien.instance={k8s_server.instance}"},
+            )
+
+
+async def test_a_sandbox_no_node_can_take_fails_at_once_with_the_schedulers_reason(
+    k8s_server: Server, api: httpx.AsyncClient
+) -> None:
+    """The only node cordoned: the create does not wait for one to appear, it answers with
+    what the scheduler said."""
+    (node,) = (await api.get("/api/v1/nodes")).json()["items"]
+    path = f"/api/v1/nodes/{node['metadata']['name']}"
+    merge = {"Content-Type": "application/merge-patch+json"}
+    (
+        await api.patch(path, json={"spec": {"unschedulable": True}}, headers=merge)
+    ).raise_for_status()
+    try:
+        async with httpx.AsyncClient(
+            base_url=k8s_server.url, headers=k8s_server.headers, timeout=60
+        ) as client:
+            with trio.fail_after(30):
+                made = await client.post("/sandbox/create", json={})
+        assert made.status_code == 503, made.text
+        assert "no node can run the sandbox" in made.json()["message"]
+        assert "unschedulable" in made.json()["message"]  # the scheduler's own words
+    finally:
+        await api.patch(path, json={"spec": {"unschedulable": None}}, headers=merge)

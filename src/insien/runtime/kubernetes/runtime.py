@@ -61,6 +61,7 @@ STUCK = {
     "RunContainerError",
 }
 """Waiting reasons a pod does not get over by itself: the create fails with the message."""
+UNSCHEDULABLE = "Unschedulable"
 NOT_HERE = "is not available on Kubernetes"
 BOOT_MAGIC = b"insien-agent"
 
@@ -280,6 +281,11 @@ class KubernetesRuntime:
                 raise RuntimeFailure(f"the sandbox's container ended at start: {reason}")
         if status.get("phase") in ("Failed", "Succeeded"):
             raise RuntimeFailure(f"the sandbox's pod is {status['phase']}")
+        for condition in status.get("conditions") or []:
+            # A sandbox is wanted now: waiting for a node to be added or freed is the
+            # caller's choice (retry), not a create that hangs for minutes.
+            if condition.get("type") == "PodScheduled" and condition.get("reason") == UNSCHEDULABLE:
+                raise RuntimeFailure(f"no node can run the sandbox: {condition.get('message', '')}")
         return False
 
     async def attach(self, container_id: str) -> KubeChannel:
