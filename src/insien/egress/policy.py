@@ -8,7 +8,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .rules import IPAddress, Rule, first_match, is_public, parse_rule, parse_rules
+from .rules import (
+    IPAddress,
+    Rule,
+    describe,
+    first_match,
+    is_public,
+    is_public_view,
+    parse_rule,
+    parse_rules,
+    views,
+)
 
 PUBLIC = parse_rule("public")
 
@@ -63,9 +73,11 @@ class NetworkPolicy:
 @dataclass(frozen=True)
 class Ceiling:
     """The operator's bound on every sandbox's egress. Addresses that are not public
-    (loopback, private, link-local and metadata, CGNAT, multicast, reserved) pass only an
-    explicit address or network rule of the operator's: no domain rule, `public` or `*`
-    admits them, so a name that resolves there is refused however it was allowed."""
+    (loopback, private, link-local and metadata, CGNAT, multicast, reserved, and IPv6 that
+    carries such an IPv4 address: NAT64, 6to4, Teredo, IPv4-compatible) pass only explicit
+    address or network rules of the operator's, one for the address and one for each
+    non-public IPv4 address it carries: no domain rule, `public` or `*` admits them, so a name
+    that resolves there is refused however it was allowed."""
 
     allow: tuple[Rule, ...] = (PUBLIC,)
     deny: tuple[Rule, ...] = ()
@@ -83,7 +95,8 @@ def decide(
 ) -> Refusal | None:
     """None if the sandbox may connect to `address`:`port` (asked for as `name`, or by address
     when `name` is None), else the rule that refused it. The sandbox's `denyOut` wins over its
-    `allowOut`; the operator's deny over everything; the ceiling bounds what the sandbox allows."""
+    `allowOut`; the operator's deny over everything; the ceiling bounds what the sandbox allows.
+    Address rules see an IPv6 address and every IPv4 address it carries (`rules.views`)."""
     target = f"{name or address}:{port}"
     denied = first_match(policy.deny_out, name, address, port)
     if denied is not None:
@@ -92,13 +105,22 @@ def decide(
         return Refusal(f"{target} is not in the sandbox's allowOut")
     denied = first_match(ceiling.deny, name, address, port)
     if denied is not None:
-        return Refusal(f"{target} ({address}) is refused by the operator's rule {denied.text!r}")
+        return Refusal(
+            f"{target} ({describe(address)}) is refused by the operator's rule {denied.text!r}"
+        )
     if not _within(ceiling.allow, name, address, port):
-        return Refusal(f"{target} ({address}) is outside what the operator allows")
+        return Refusal(f"{target} ({describe(address)}) is outside what the operator allows")
     return None
 
 
 def _within(allow: Sequence[Rule], name: str | None, address: IPAddress, port: int) -> bool:
-    if not is_public(address):
-        return any(r.names_address and r.matches_address(address, port) for r in allow)
-    return first_match(allow, name, address, port) is not None
+    """Public: any rule. Not: each non-public view (the address, or an IPv4 address it carries)
+    needs an address rule of its own, so naming 10.0.0.0/8 does not open `::10.0.0.1` (whose
+    deprecated IPv6 form is not public either), nor `2002::/16` open `2002:a9fe:a9fe::`."""
+    if is_public(address):
+        return first_match(allow, name, address, port) is not None
+    return all(
+        any(rule.names_view(view, port) for rule in allow)
+        for view in views(address)
+        if not is_public_view(view)
+    )

@@ -32,12 +32,28 @@ NON_PUBLIC: tuple[IPNetwork, ...] = tuple(
         "240.0.0.0/4",
         "::/128",
         "::1/128",
+        "::/96",  # IPv4-compatible (deprecated, RFC 4291)
+        "::ffff:0:0:0/96",  # IPv4-translated (RFC 2765, obsoleted)
+        "64:ff9b:1::/48",  # local-use NAT64: where the IPv4 address sits is the network's choice
+        "100::/64",  # discard-only
+        "2001::/32",  # Teredo
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation
         "fc00::/7",  # unique local, cloud metadata (fd00:ec2::254)
         "fe80::/10",
+        "fec0::/10",  # site-local (deprecated)
         "ff00::/8",
     )
 )
 """What `public` never covers: only an explicit address rule of the operator's admits these."""
+
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+"""The well-known NAT64 prefix (RFC 6052): on a NAT64 host, `64:ff9b::a.b.c.d` is a.b.c.d."""
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+"""Local-use NAT64 (RFC 8215): the prefix length inside it, so the IPv4 address's place, is
+the network's choice; every place RFC 6052 allows is taken as a possible IPv4 address."""
+_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
 
 
 class RuleError(ValueError):
@@ -51,12 +67,70 @@ def normalize_address(address: IPAddress) -> IPAddress:
     return address
 
 
-def is_public(address: IPAddress) -> bool:
-    """A unicast address on the public internet (nothing private, local, or reserved)."""
+def _rfc6052(value: int, prefix_length: int) -> ipaddress.IPv4Address:
+    """The IPv4 address a NAT64 address with a prefix this long carries (RFC 6052 2.2: bits
+    64-71 are skipped below /96)."""
+    octets = value.to_bytes(16, "big")
+    if prefix_length == 96:
+        return ipaddress.IPv4Address(octets[12:])
+    start = prefix_length // 8
+    return ipaddress.IPv4Address(octets[start:8] + octets[9 : 9 + 4 - (8 - start)])
+
+
+def carried_ipv4(address: IPAddress) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses an IPv6 address may reach on some host: IPv4-compatible and
+    -translated, NAT64 (well-known prefix, and every layout of the local-use one), 6to4's
+    relay, Teredo's server and client. IPv4-mapped is not here: it is its IPv4 address."""
     address = normalize_address(address)
+    if not isinstance(address, ipaddress.IPv6Address):
+        return ()
+    value = int(address)
+    low = ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    if address in _COMPATIBLE:
+        return (low,) if value > 1 else ()  # `::` and `::1` carry nothing
+    if address in _TRANSLATED or address in NAT64:
+        return (low,)
+    if address in NAT64_LOCAL:
+        found = (_rfc6052(value, length) for length in (48, 56, 64, 96))
+        return tuple(dict.fromkeys(found))
+    if address.sixtofour is not None:
+        return (address.sixtofour,)
+    if address.teredo is not None:
+        return tuple(dict.fromkeys(address.teredo))  # (server, client: un-obfuscated)
+    return ()
+
+
+def views(address: IPAddress) -> tuple[IPAddress, ...]:
+    """The address (IPv4-mapped as its IPv4 address) and every IPv4 address it carries: what
+    rules are matched against, and what must all be public for the address to be."""
+    return (normalize_address(address), *carried_ipv4(address))
+
+
+def describe(address: IPAddress) -> str:
+    """The address, and what it carries if anything (for refusals)."""
+    carried = carried_ipv4(address)
+    if not carried:
+        return str(normalize_address(address))
+    return f"{address}, which carries {', '.join(map(str, carried))}"
+
+
+def is_public_view(address: IPAddress) -> bool:
+    """This one address, not what it carries, is public: not in NON_PUBLIC, and global and
+    not multicast, reserved or site-local for Python. The NAT64 prefix is public: the IPv4
+    address it carries decides."""
     if any(address in block for block in NON_PUBLIC if block.version == address.version):
         return False
-    return address.is_global and not address.is_multicast
+    if address in NAT64:
+        return True
+    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        return False
+    return address.is_global and not address.is_multicast and not address.is_reserved
+
+
+def is_public(address: IPAddress) -> bool:
+    """A unicast address on the public internet (nothing private, local, or reserved), and so
+    is every IPv4 address it carries (`2002:808:808::` is, `64:ff9b::a9fe:a9fe` is not)."""
+    return all(is_public_view(view) for view in views(address))
 
 
 def normalize_name(name: str) -> str:
@@ -89,14 +163,20 @@ class Rule:
         return name == self.domain
 
     def matches_address(self, address: IPAddress, port: int) -> bool:
+        """`public` if the address and all it carries are public; a network if it holds the
+        address or any IPv4 address it carries (a rule on 169.254.0.0/16 matches
+        `64:ff9b::a9fe:a9fe`, one on 8.8.8.8 matches `2002:808:808::`)."""
         if not self._port_ok(port):
             return False
-        address = normalize_address(address)
         if self.everything:
             return True
         if self.public:
             return is_public(address)
-        return self.network is not None and address in self.network
+        return any(self.names_view(view, port) for view in views(address))
+
+    def names_view(self, view: IPAddress, port: int) -> bool:
+        """A network rule that holds this one address (one of `views`, not what it carries)."""
+        return self.network is not None and self._port_ok(port) and view in self.network
 
     def matches(self, name: str | None, address: IPAddress, port: int) -> bool:
         """The connection's requested name (None for an address literal) or its address."""
