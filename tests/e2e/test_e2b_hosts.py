@@ -50,7 +50,17 @@ def test_host_routing_reaches_the_sandbox() -> None:
             assert other.json()["status"] == "ok"  # Insien's own /health, not a sandbox's
             wrong = {**envd, "Host": f"49983-{sandbox_id}x.{DOMAIN}"}
             assert client.get("/health", headers=wrong).status_code in (401, 502)
-            port = {**envd, "Host": f"8080-{sandbox_id}.{DOMAIN}"}
+            # the user's ports take the traffic token; the envd token is for envd alone
+            assert (
+                client.get(
+                    "/health", headers={**envd, "Host": f"8080-{sandbox_id}.{DOMAIN}"}
+                ).status_code
+                == 401
+            )
+            port = {
+                "Host": f"8080-{sandbox_id}.{DOMAIN}",
+                "E2B-Traffic-Access-Token": created["trafficAccessToken"],
+            }
             refused = client.get("/health", headers=port)
             assert refused.status_code == 502
             assert "nothing listens on port 8080" in refused.json()["message"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from quart import Request, Websocket
 
@@ -11,6 +12,7 @@ from ..link.budget import MIB, TenantBudgets
 from ..link.tunnel import TunnelCounter
 from ..operations.logs import tenant_id
 from ..protocol import ErrorCode
+from ..sandboxes.access import Gate
 from ..sandboxes.manager import SandboxManager
 from ..tenancy.auth import Authenticator
 from ..tenancy.quotas import ConnectionCounter
@@ -31,6 +33,11 @@ class Services:
     """Tasks that outlive their request; the server runs it (see background.py)."""
     tunnels: TunnelCounter = field(default_factory=TunnelCounter)
     """Connections open into each sandbox's ports (INSIEN_MAX_TUNNELS)."""
+
+    @cached_property
+    def gate(self) -> Gate:
+        """Every credential x surface decision (sandboxes/access.py)."""
+        return Gate(self.manager, self.auth)
 
     def tenant_from_key(self, request: Request | Websocket) -> Tenant:
         tenant = self.auth.tenant_for_key(request.headers.get("X-API-Key"))

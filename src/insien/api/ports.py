@@ -18,6 +18,7 @@ from quart import Blueprint, request, websocket
 from ..link import AgentGone
 from ..link.tunnel import TunnelRefused, open_tunnel
 from ..protocol import ErrorCode
+from ..sandboxes.access import Credentials, Surface, Unauthenticated
 from ..sandboxes.sandbox import iso_timestamp
 from .bodies import json_body
 from .context import Services
@@ -55,12 +56,15 @@ def ports_blueprint(services: Services) -> Blueprint:
         try:
             if not 1 <= port <= 65535:
                 raise ApiError(400, ErrorCode.BAD_REQUEST, "a port is 1 to 65535")
-            sandbox = services.manager.public(sandbox_id) or services.manager.get(
-                sandbox_id, services.tenant_from_key(websocket)
+            credentials = Credentials(
+                key=websocket.headers.get("X-API-Key"),
+                traffic_token=websocket.headers.get("E2B-Traffic-Access-Token"),
             )
+            sandbox = services.gate.admit(sandbox_id, credentials, Surface.PORT, port=port).sandbox
+        except Unauthenticated as exc:
+            return answer_for(ApiError(401, ErrorCode.UNAUTHORIZED, str(exc)))
         except Exception as exc:
             return answer_for(exc)
-        sandbox.touch()
         if not services.tunnels.try_take(sandbox.id, services.settings.max_tunnels):
             return answer_for(too_many_tunnels(services))
         try:

@@ -15,6 +15,7 @@ follow the app's links) or that cookie. The app is told where it is mounted
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -25,9 +26,10 @@ from wsproto import ConnectionType, WSConnection
 
 from ..link import AgentGone
 from ..link.tunnel import Tunnel, TunnelRefused, open_tunnel
+from ..operations.logs import tenant_id
 from ..protocol import ErrorCode
+from ..sandboxes.access import Credentials, Surface, Unauthenticated
 from ..sandboxes.sandbox import Sandbox
-from ..tenancy.tenants import Tenant
 from .context import Services
 from .errors import CORE_ERRORS, ApiError, api_error_for, status_for
 from .exchange import ClientGone, Exchange
@@ -84,12 +86,21 @@ class PreviewProxy:
         await self.serve(exchange, sandbox_id, port, path, prefix)
 
     async def serve(
-        self, exchange: Exchange, sandbox_id: str, port: int, path: str, prefix: str
+        self,
+        exchange: Exchange,
+        sandbox_id: str,
+        port: int,
+        path: str,
+        prefix: str,
+        *,
+        own_origin: bool = False,
     ) -> None:
         """Proxy one request to `path` on `port` of the sandbox, or answer why not. `prefix`
-        is where the app is mounted as the client sees it ("" for a host of its own)."""
+        is where the app is mounted as the client sees it ("" for a host of its own);
+        `own_origin` says the request came for the port's own host (`<port>-<id>.<domain>`),
+        so its answer is not on the API's origin and may keep origin-wide headers."""
         try:
-            await self._proxy(exchange, sandbox_id, port, path, prefix)
+            await self._proxy(exchange, sandbox_id, port, path, prefix, own_origin)
         except (ApiError, TunnelRefused, *CORE_ERRORS) as raised:
             if exchange.started:
                 return  # the answer had begun: ending it short is all that is left to do
@@ -102,40 +113,36 @@ class PreviewProxy:
         except ClientGone:
             return
 
-    def _who(
-        self, headers: dict[str, str], query: dict[str, str], sandbox_id: str, port: int
-    ) -> tuple[Tenant, str | None]:
-        """The caller's tenant, and a token to keep in a cookie (one came in the query)."""
-        auth = self.services.auth
-        tenant = auth.tenant_for_key(headers.get("x-api-key"))
-        for header in ("x-access-token", "e2b-traffic-access-token"):  # E2B's: the sandbox's
-            if tenant is None:
-                tenant = auth.tenant_for_token(headers.get(header), sandbox_id)
-        if tenant is not None:
-            return tenant, None
-        token = query.get(TOKEN_PARAM)
-        tenant = auth.tenant_for_port_token(token, sandbox_id, port)
-        if tenant is not None:
-            return tenant, token
-        tenant = auth.tenant_for_port_token(_cookie(headers, COOKIE), sandbox_id, port)
-        if tenant is not None:
-            return tenant, None
-        raise ApiError(
-            401, ErrorCode.UNAUTHORIZED, "an X-API-Key header or a valid preview token is required"
-        )
-
     def _sandbox_for(
         self, headers: dict[str, str], query: dict[str, str], sandbox_id: str, port: int
     ) -> tuple[Sandbox, str | None]:
-        """The sandbox whose port is asked for, if the caller may reach it, and a token to set
-        as the cookie. A sandbox with public ports needs nothing."""
+        """The sandbox whose port is asked for, if the caller may reach it (access.py: the
+        key, its traffic token, a preview token for this port, or public traffic), and a
+        preview token that came in the query, to keep in the cookie."""
         if not 1 <= port <= 65535:
             raise ApiError(400, ErrorCode.BAD_REQUEST, "a port is 1 to 65535")
-        sandbox = self.services.manager.public(sandbox_id)
-        if sandbox is not None:
-            return sandbox, None
-        tenant, new_token = self._who(headers, query, sandbox_id, port)
-        return self.services.manager.get(sandbox_id, tenant), new_token
+        given = query.get(TOKEN_PARAM)
+        kept = _cookie(headers, COOKIE)
+        refusal = Unauthenticated("a key, a traffic token or a preview token is required")
+        candidates: list[str | None] = [t for t in (given, kept) if t]
+        for token in candidates or [None]:
+            credentials = Credentials(
+                key=headers.get("x-api-key"),
+                traffic_token=headers.get("e2b-traffic-access-token"),
+                preview_token=token,
+            )
+            try:
+                admission = self.services.gate.admit(
+                    sandbox_id, credentials, Surface.PORT, port=port
+                )
+            except Unauthenticated as refused:
+                refusal = refused
+                continue
+            if admission.tenant is not None:
+                tenant_id.set(admission.tenant.id)
+            new = given if admission.preview_token is not None and token == given else None
+            return admission.sandbox, new
+        raise ApiError(401, ErrorCode.UNAUTHORIZED, str(refusal))
 
     def _cookie_for(self, token: str | None, prefix: str) -> str | None:
         if token is None:
@@ -162,7 +169,6 @@ class PreviewProxy:
         except (ApiError, *CORE_ERRORS) as raised:
             await refuse(send, scope, _error_for(raised))
             return
-        sandbox.touch()
         if not services.tunnels.try_take(sandbox.id, services.settings.max_tunnels):
             await refuse(send, scope, too_many_tunnels(services))
             return
@@ -189,11 +195,16 @@ class PreviewProxy:
             services.tunnels.release(sandbox.id)
 
     async def _proxy(
-        self, exchange: Exchange, sandbox_id: str, port: int, path: str, prefix: str
+        self,
+        exchange: Exchange,
+        sandbox_id: str,
+        port: int,
+        path: str,
+        prefix: str,
+        own_origin: bool,
     ) -> None:
         services = self.services
         sandbox, new_token = self._sandbox_for(exchange.headers, exchange.query, sandbox_id, port)
-        sandbox.touch()
         if not services.tunnels.try_take(sandbox.id, services.settings.max_tunnels):
             raise too_many_tunnels(services)
         try:
@@ -202,9 +213,83 @@ class PreviewProxy:
             opening = open_tunnel(sandbox.link, port, idle_timeout=IDLE_TIMEOUT, first=head)
             async with opening as tunnel:
                 cookie = self._cookie_for(new_token, prefix)
-                await _relay(exchange, sandbox, tunnel, client, cookie)
+                answer = AnswerHeaders(cookie, shared_origin=not own_origin)
+                await _relay(exchange, sandbox, tunnel, client, answer)
         finally:
             services.tunnels.release(sandbox.id)
+
+
+ORIGIN_WIDE = frozenset(
+    {
+        "set-cookie",
+        "set-cookie2",
+        "service-worker-allowed",
+        "clear-site-data",
+        "strict-transport-security",
+        "alt-svc",
+        "nel",
+        "report-to",
+        "reporting-endpoints",
+        "accept-ch",
+        "critical-ch",
+        "origin-agent-cluster",
+        "access-control-allow-origin",
+        "access-control-allow-credentials",
+        "access-control-allow-headers",
+        "access-control-allow-methods",
+        "access-control-expose-headers",
+        "timing-allow-origin",
+    }
+)
+"""Answer headers that act beyond one document (cookies, service workers, stored policies,
+CORS grants): an app served on the API's own origin would set them for Insien itself."""
+SHARED_ORIGIN_POLICY = (
+    b"sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"
+)
+"""A page served on the API's origin gets an opaque origin of its own (no `allow-same-origin`):
+no cookies, storage or service workers of the API's origin, no same-origin reads of it."""
+
+
+class AnswerHeaders:
+    """What of an app's answer headers reaches the client, and what Insien adds.
+
+    On the port's own host (`<port>-<id>.<domain>`) the answer is the app's, less hop-by-hop
+    headers and with cookies kept to that host. On the API's origin (the path form and E2B's
+    header form) nothing the app sends may act for the origin: origin-wide headers are dropped
+    and the page is sandboxed into an opaque origin (docs/security.md, "Preview origins")."""
+
+    def __init__(self, cookie: str | None, *, shared_origin: bool) -> None:
+        self.cookie = cookie
+        self.shared_origin = shared_origin
+
+    def of(self, app_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        headers: list[tuple[bytes, bytes]] = []
+        for name, value in app_headers:
+            lowered = name.lower()
+            text = lowered.decode("latin-1")
+            if text in HOP_BY_HOP - {"host"}:
+                continue
+            if self.shared_origin and text in ORIGIN_WIDE:
+                continue
+            if text == "set-cookie":
+                value = _host_only(value)
+            headers.append((lowered, value))
+        if self.shared_origin:
+            headers += [
+                (b"content-security-policy", SHARED_ORIGIN_POLICY),
+                (b"x-content-type-options", b"nosniff"),
+                (b"cross-origin-resource-policy", b"same-origin"),
+            ]
+        if self.cookie is not None:
+            headers.append((b"set-cookie", self.cookie.encode("latin-1")))
+        return headers
+
+
+def _host_only(cookie: bytes) -> bytes:
+    """A cookie without its `Domain` attribute: kept to the host that set it, so one
+    sandbox's port cannot set cookies for its siblings under the preview domain."""
+    kept = [part for part in cookie.split(b";") if not part.strip().lower().startswith(b"domain=")]
+    return b";".join(kept)
 
 
 def _error_for(raised: Exception) -> ApiError:
@@ -266,7 +351,7 @@ async def _relay(
     sandbox: Sandbox,
     tunnel: Tunnel,
     client: h11.Connection,
-    cookie: str | None,
+    answer: AnswerHeaders,
 ) -> None:
     """The request's body to the app (its head went with the tunnel) and the answer back,
     both streamed."""
@@ -281,7 +366,7 @@ async def _relay(
         async with trio.open_nursery() as both:
             both.start_soon(upload)
             try:
-                await _answer(exchange, sandbox, tunnel, client, cookie)
+                await _answer(exchange, sandbox, tunnel, client, answer)
             except h11.RemoteProtocolError as exc:
                 raise TunnelRefused(
                     ErrorCode.CONNECTION_REFUSED, f"the app's answer is not HTTP: {exc}"
@@ -295,7 +380,11 @@ async def _relay(
 
 
 async def _answer(
-    exchange: Exchange, sandbox: Sandbox, tunnel: Tunnel, client: h11.Connection, cookie: str | None
+    exchange: Exchange,
+    sandbox: Sandbox,
+    tunnel: Tunnel,
+    client: h11.Connection,
+    answer: AnswerHeaders,
 ) -> None:
     while True:
         event = client.next_event()
@@ -306,14 +395,7 @@ async def _answer(
         if isinstance(event, h11.InformationalResponse):
             continue
         if isinstance(event, h11.Response):
-            headers = [
-                (name.lower(), value)
-                for name, value in event.headers
-                if name.lower().decode("latin-1") not in HOP_BY_HOP - {"host"}
-            ]
-            if cookie is not None:
-                headers.append((b"set-cookie", cookie.encode("latin-1")))
-            await exchange.start_raw(event.status_code, headers)
+            await exchange.start_raw(event.status_code, answer.of(event.headers))
         elif isinstance(event, h11.Data):
             await exchange.write(bytes(event.data))
             sandbox.touch()

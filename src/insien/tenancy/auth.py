@@ -3,6 +3,7 @@ preview URLs (one port of one sandbox)."""
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import replace
 from typing import Any
@@ -12,9 +13,16 @@ import jwt
 from ..operations.webhooks import Webhook
 from .tenants import Tenant, TenantDirectory
 
-TOKEN_AUDIENCE = "insien:agent"
-PORT_AUDIENCE = "insien:port"
-"""Tokens in preview URLs open one port of one sandbox over HTTP, nothing else."""
+
+class Audience(enum.Enum):
+    """What a sandbox token is for: each surface accepts only its own (sandboxes/access.py)."""
+
+    CONTROL = "insien:agent"
+    """`agentUrl` and E2B's `envdAccessToken`: the agent link, envd, code execution."""
+    TRAFFIC = "insien:traffic"
+    """E2B's `trafficAccessToken`: the user's own ports (and interpreter contexts)."""
+    PORT = "insien:port"
+    """Preview URLs: one port of one sandbox over HTTP, nothing else."""
 
 
 class Authenticator:
@@ -28,23 +36,36 @@ class Authenticator:
     def tenant_for_key(self, key: str | None) -> Tenant | None:
         return self._tenants.for_key(key)
 
-    def issue_token(self, sandbox_id: str, tenant: Tenant, *, ttl: float | None = None) -> str:
-        """A token for one sandbox, valid for `ttl` seconds (default: the configured TTL)."""
+    def issue_token(
+        self,
+        sandbox_id: str,
+        tenant: Tenant,
+        *,
+        ttl: float | None = None,
+        audience: Audience = Audience.CONTROL,
+    ) -> str:
+        """A token for one sandbox and one purpose, valid for `ttl` seconds (default: the
+        configured TTL)."""
+        if audience is Audience.PORT:
+            raise ValueError("a preview token names its port: use issue_port_token")
         lifetime = ttl if ttl is not None else self._token_ttl
-        return self._issue({"sub": sandbox_id}, TOKEN_AUDIENCE, tenant, lifetime)
+        return self._issue({"sub": sandbox_id}, audience.value, tenant, lifetime)
 
-    def tenant_for_token(self, token: str | None, sandbox_id: str) -> Tenant | None:
-        """The token's tenant if it is valid, unexpired and issued for this very sandbox."""
-        found = self._verified(token, TOKEN_AUDIENCE, sandbox_id)
+    def tenant_for_token(
+        self, token: str | None, sandbox_id: str, audience: Audience = Audience.CONTROL
+    ) -> Tenant | None:
+        """The token's tenant if it is valid, unexpired, of this audience and issued for this
+        very sandbox."""
+        found = self._verified(token, audience.value, sandbox_id)
         return found[0] if found is not None else None
 
     def issue_port_token(self, sandbox_id: str, port: int, tenant: Tenant, ttl: float) -> str:
         """A token for a preview URL: HTTP to `port` of this sandbox, for `ttl` seconds."""
-        return self._issue({"sub": sandbox_id, "port": port}, PORT_AUDIENCE, tenant, ttl)
+        return self._issue({"sub": sandbox_id, "port": port}, Audience.PORT.value, tenant, ttl)
 
     def tenant_for_port_token(self, token: str | None, sandbox_id: str, port: int) -> Tenant | None:
         """The token's tenant if it is valid, unexpired, and for this sandbox and port."""
-        found = self._verified(token, PORT_AUDIENCE, sandbox_id, "port")
+        found = self._verified(token, Audience.PORT.value, sandbox_id, "port")
         if found is None or found[1].get("port") != port:
             return None
         return found[0]

@@ -18,6 +18,7 @@ from quart import Blueprint, Response, request
 from ...egress import NetworkPolicy
 from ...protocol import ErrorCode
 from ...sandboxes.sandbox import Sandbox, State, iso_timestamp
+from ...tenancy.auth import Audience
 from ...tenancy.tenants import Tenant
 from ..bodies import json_body
 from ..context import Services
@@ -176,11 +177,12 @@ def control_blueprint(services: Services) -> Blueprint:
                 return alias
         return image
 
-    def access_token(sandbox: Sandbox, owner: Tenant) -> str:
+    def access_token(sandbox: Sandbox, owner: Tenant, audience: Audience) -> str:
         # envd calls use this token for as long as the sandbox may live, not the short
         # lifetime of an agentUrl token.
         remaining = (sandbox.expires_at - datetime.now(UTC)).total_seconds()
-        return services.auth.issue_token(sandbox.id, owner, ttl=max(remaining, 0) + 3600)
+        ttl = max(remaining, 0) + 3600
+        return services.auth.issue_token(sandbox.id, owner, ttl=ttl, audience=audience)
 
     def created(sandbox: Sandbox, owner: Tenant) -> dict[str, Any]:
         return {
@@ -188,8 +190,9 @@ def control_blueprint(services: Services) -> Blueprint:
             "sandboxID": sandbox.id,
             "clientID": CLIENT_ID,
             "envdVersion": ENVD_VERSION,
-            "envdAccessToken": access_token(sandbox, owner),
-            "trafficAccessToken": access_token(sandbox, owner),
+            "envdAccessToken": access_token(sandbox, owner, Audience.CONTROL),
+            # One purpose each: the traffic token opens the user's ports, never envd.
+            "trafficAccessToken": access_token(sandbox, owner, Audience.TRAFFIC),
             "domain": None,
         }
 

@@ -17,6 +17,7 @@ from contextlib import aclosing
 import trio
 
 from ...link import AgentGone
+from ...sandboxes.access import Admission, Credentials, Surface, Unauthenticated
 from ...sandboxes.manager import SandboxNotFound
 from ...sandboxes.sandbox import Sandbox, State
 from ...tenancy.tenants import Tenant
@@ -100,44 +101,37 @@ class EnvdFront:
             await self._refuse(exchange, True, connect.HTTP_STATUS[exc.code], exc.code, exc.message)
 
     def _admit_interpreter(self, exchange: Exchange, sandbox_id: str) -> Sandbox:
-        """The code interpreter's port: the sandbox's access or traffic token, the key, or a
-        sandbox whose ports are public (E2B's default), as E2B's SDK calls it."""
-        manager = self.services.manager
-        auth = self.services.auth
-        sandbox = manager.public(sandbox_id)
-        if sandbox is None:
-            tenant = auth.tenant_for_key(exchange.headers.get("x-api-key"))
-            for header in ("x-access-token", "e2b-traffic-access-token"):
-                if tenant is None:
-                    tenant = auth.tenant_for_token(exchange.headers.get(header), sandbox_id)
-            if tenant is None:
-                raise Refused(401, Code.UNAUTHENTICATED, "a valid X-Access-Token is required")
-            try:
-                sandbox = manager.get(sandbox_id, tenant)
-            except SandboxNotFound:
-                raise Refused(
-                    502, Code.UNAVAILABLE, f"The sandbox {sandbox_id} was not found"
-                ) from None
+        """The code interpreter's port: running code needs the sandbox's control credential
+        (its access token or the key); managing contexts, which E2B's SDKs call with only the
+        traffic token, takes that too. Public traffic opens neither (access.py)."""
+        surface = Surface.CONTROL if exchange.path == "/execute" else Surface.CONTEXTS
+        sandbox = self._admission(exchange, sandbox_id, surface).sandbox
         if sandbox.state is State.PAUSED:
             raise Refused(
                 502, Code.UNAVAILABLE, f"the sandbox {sandbox_id} is paused: connect to resume it"
             )
-        sandbox.touch()
         return sandbox
 
-    def _admit(self, exchange: Exchange, sandbox_id: str, port: int) -> tuple[Sandbox, Tenant]:
-        auth = self.services.auth
-        tenant = auth.tenant_for_token(exchange.headers.get("x-access-token"), sandbox_id)
-        if tenant is None:
-            tenant = auth.tenant_for_key(exchange.headers.get("x-api-key"))
-        if tenant is None:
-            raise Refused(401, Code.UNAUTHENTICATED, "a valid X-Access-Token is required")
+    def _admission(self, exchange: Exchange, sandbox_id: str, surface: Surface) -> Admission:
+        headers = exchange.headers
+        credentials = Credentials(
+            key=headers.get("x-api-key"),
+            control_token=headers.get("x-access-token"),
+            traffic_token=headers.get("e2b-traffic-access-token"),
+        )
         try:
-            sandbox = self.services.manager.get(sandbox_id, tenant)
+            return self.services.gate.admit(sandbox_id, credentials, surface)
+        except Unauthenticated:
+            raise Refused(401, Code.UNAUTHENTICATED, "a valid X-Access-Token is required") from None
         except SandboxNotFound:
             raise Refused(
                 502, Code.UNAVAILABLE, f"The sandbox {sandbox_id} was not found"
             ) from None
+
+    def _admit(self, exchange: Exchange, sandbox_id: str, port: int) -> tuple[Sandbox, Tenant]:
+        admission = self._admission(exchange, sandbox_id, Surface.CONTROL)
+        sandbox, tenant = admission.sandbox, admission.tenant
+        assert tenant is not None  # no public admission to a control surface
         if port != ENVD_PORT:
             raise Refused(
                 502, Code.UNAVAILABLE, f"port {port} is not open: Insien does not forward ports yet"
@@ -154,7 +148,6 @@ class EnvdFront:
                 f"user {user!r} is not available: commands and files run as {SANDBOX_USER!r}"
                 " (uid 1000), never as root",
             )
-        sandbox.touch()
         return sandbox, tenant
 
     async def _refuse(

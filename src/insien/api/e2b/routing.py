@@ -65,6 +65,7 @@ class E2BRouter:
             target = _host_route(host, self.domain)
             if target is not None:
                 exchange = Exchange(scope, receive, send)
+        by_host = target is not None  # the port's own origin, not the API's
         if target is None and (path == PREFIX or path.startswith(PREFIX + "/")):
             headers = {k.lower(): v for k, v in scope["headers"]}
             sandbox_id = headers.get(b"e2b-sandbox-id")
@@ -83,7 +84,7 @@ class E2BRouter:
         if number in (ENVD_PORT, INTERPRETER_PORT) or not 1 <= number <= 65535:
             await self.envd.serve(exchange, wanted, number)
         else:  # any other port: HTTP to the program listening on it
-            await self.ports.serve(exchange, wanted, number, exchange.path, "")
+            await self.ports.serve(exchange, wanted, number, exchange.path, "", own_origin=by_host)
 
     async def _websocket(
         self, scope: WebsocketScope, receive: ASGIReceiveCallable, send: ASGISendCallable

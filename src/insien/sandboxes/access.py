@@ -1,0 +1,167 @@
+"""Who may reach which surface of a sandbox: the one place where a credential a front was
+given is weighed against what the caller wants to reach (docs/security.md, "Credentials and
+surfaces"). Fronts only collect what a request carries; this module decides.
+
+Every credential has one purpose. The API key is its tenant's master credential; a control
+token (an `agentUrl` token, E2B's `envdAccessToken`) opens the sandbox's control surfaces; a
+traffic token (E2B's `trafficAccessToken`) and a preview token (one port) open the user's own
+ports; "public traffic" opens the user's own ports to anyone and nothing Insien serves.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ..tenancy.auth import Audience, Authenticator
+from ..tenancy.tenants import Tenant
+from .manager import SandboxManager, SandboxNotFound
+from .sandbox import Sandbox
+
+
+class Surface(enum.Enum):
+    """What a caller wants to reach in a sandbox."""
+
+    CONTROL = "control"
+    """Everything Insien serves for the sandbox: the agent link (RPC WebSocket), envd
+    (processes, filesystem, `/files`), and code execution on the interpreter's port."""
+    CONTEXTS = "contexts"
+    """The code interpreter's context management (create, list, restart, remove): runs no
+    code of its own. E2B's SDKs send only the traffic token on these calls."""
+    PORT = "port"
+    """A program the user runs in the sandbox, reached on one of its ports."""
+
+
+class Via(enum.Enum):
+    """Which credential admitted a caller."""
+
+    KEY = "key"
+    CONTROL_TOKEN = "control token"
+    TRAFFIC_TOKEN = "traffic token"
+    PREVIEW_TOKEN = "preview token"
+    PUBLIC = "public traffic"
+
+
+ALLOWED: dict[Via, frozenset[Surface]] = {
+    Via.KEY: frozenset(Surface),
+    Via.CONTROL_TOKEN: frozenset({Surface.CONTROL, Surface.CONTEXTS}),
+    Via.TRAFFIC_TOKEN: frozenset({Surface.CONTEXTS, Surface.PORT}),
+    Via.PREVIEW_TOKEN: frozenset({Surface.PORT}),  # and only the port it names
+    Via.PUBLIC: frozenset({Surface.PORT}),
+}
+"""The credential x surface table: docs/security.md prints it, tests/attacks/test_credentials.py
+tries every cell."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What one request carries; a front fills in what its protocol has."""
+
+    key: str | None = None
+    control_token: str | None = None
+    traffic_token: str | None = None
+    preview_token: str | None = None
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A caller let in: the sandbox, the tenant it acts as (None for public traffic), how."""
+
+    sandbox: Sandbox
+    tenant: Tenant | None
+    via: Via
+    preview_token: str | None = None
+    """The preview token that admitted the caller, for a front that keeps it in a cookie."""
+
+
+class Unauthenticated(Exception):
+    """No credential the request carried opens this surface of this sandbox."""
+
+
+class Gate:
+    """Admits a request to one surface of one sandbox, or refuses it.
+
+    A credential of another tenant, or for another sandbox, counts as no credential; a
+    sandbox that does not exist (or is someone else's) is `SandboxNotFound` only to a caller
+    whose credential would have opened it, so a guess of ids learns nothing."""
+
+    def __init__(self, manager: SandboxManager, auth: Authenticator) -> None:
+        self.manager = manager
+        self.auth = auth
+
+    def admit(
+        self,
+        sandbox_id: str,
+        credentials: Credentials,
+        surface: Surface,
+        *,
+        port: int | None = None,
+    ) -> Admission:
+        """The admission of a caller with `credentials` to `surface` (`port` for PORT).
+        Counts as activity on the sandbox."""
+        admission = self._decide(sandbox_id, credentials, surface, port)
+        admission.sandbox.touch()
+        return admission
+
+    def _decide(
+        self, sandbox_id: str, credentials: Credentials, surface: Surface, port: int | None
+    ) -> Admission:
+        missing: SandboxNotFound | None = None
+        for via, tenant in self._tenants(sandbox_id, credentials, port):
+            if surface not in ALLOWED[via]:
+                continue
+            try:
+                sandbox = self.manager.get(sandbox_id, tenant)
+            except SandboxNotFound as exc:  # a key of another tenant: maybe public below
+                missing = exc
+                continue
+            token = credentials.preview_token if via is Via.PREVIEW_TOKEN else None
+            return Admission(sandbox, tenant, via, token)
+        if surface in ALLOWED[Via.PUBLIC]:
+            public = self.manager.public(sandbox_id)
+            if public is not None:
+                return Admission(public, None, Via.PUBLIC)
+        if missing is not None:
+            raise missing
+        raise Unauthenticated(_wanted(surface))
+
+    def _tenants(
+        self, sandbox_id: str, credentials: Credentials, port: int | None
+    ) -> list[tuple[Via, Tenant]]:
+        """Each valid credential the request carries, with the tenant it speaks for."""
+        found: list[tuple[Via, Tenant]] = []
+        tenant = self.auth.tenant_for_key(credentials.key)
+        if tenant is not None:
+            found.append((Via.KEY, tenant))
+        for via, token, audience in (
+            (Via.CONTROL_TOKEN, credentials.control_token, Audience.CONTROL),
+            (Via.TRAFFIC_TOKEN, credentials.traffic_token, Audience.TRAFFIC),
+        ):
+            tenant = self.auth.tenant_for_token(token, sandbox_id, audience)
+            if tenant is not None:
+                found.append((via, tenant))
+        if port is not None:
+            tenant = self.auth.tenant_for_port_token(credentials.preview_token, sandbox_id, port)
+            if tenant is not None:
+                found.append((Via.PREVIEW_TOKEN, tenant))
+        return found
+
+
+def _wanted(surface: Surface) -> str:
+    if surface is Surface.PORT:
+        return "an X-API-Key header, a traffic token or a valid preview token is required"
+    if surface is Surface.CONTEXTS:
+        return "an X-API-Key header, the sandbox's access token or its traffic token is required"
+    return "an X-API-Key header or the sandbox's access token is required"
+
+
+__all__ = [
+    "ALLOWED",
+    "Admission",
+    "Credentials",
+    "Gate",
+    "SandboxNotFound",
+    "Surface",
+    "Unauthenticated",
+    "Via",
+]
