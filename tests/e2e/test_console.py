@@ -34,7 +34,10 @@ def test_the_console_page_is_self_contained(server: Server) -> None:
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     policy = page.headers["content-security-policy"]
-    assert "default-src 'self'" in policy
+    assert "default-src 'none'" in policy
+    # scripts from the console's own folder only: nothing else on this origin (a preview by
+    # path included) can run as the console
+    assert f"script-src {server.url}/console/static/;" in policy
     assert page.headers["x-frame-options"] == "DENY"
     assert not re.search(r"(src|href)=\"(https?:)?//", page.text)  # nothing from a CDN
     for asset in re.findall(r"(?:src|href)=\"(/console/static/[^\"]+)\"", page.text):

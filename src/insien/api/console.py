@@ -7,7 +7,7 @@ from __future__ import annotations
 from importlib.resources import files
 from typing import Any
 
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
 from ..protocol import ErrorCode
 from .errors import ApiError
@@ -21,11 +21,13 @@ ASSETS = {
     "addon-fit.js": "text/javascript; charset=utf-8",
 }
 POLICY = (
-    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; "
-    "style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'; "
-    "base-uri 'none'; form-action 'none'"
+    "default-src 'none'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; "
+    "style-src {assets} 'unsafe-inline'; script-src {assets}; font-src {assets}; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'; worker-src 'none'"
 )
-"""Only this server: xterm.js sets styles inline, nothing else needs more."""
+"""Only the console's own files: scripts and styles from `/console/static/` alone, so nothing
+else this origin serves (a sandbox's preview by path included) can run as the console;
+xterm.js sets styles inline."""
 
 
 def _read(name: str) -> bytes:
@@ -34,7 +36,8 @@ def _read(name: str) -> bytes:
 
 def _guarded(body: bytes, content_type: str) -> Response:
     response = Response(body, content_type=content_type)
-    response.headers["Content-Security-Policy"] = POLICY
+    assets = f"{request.scheme}://{request.host}/console/static/"
+    response.headers["Content-Security-Policy"] = POLICY.format(assets=assets)
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
