@@ -269,3 +269,29 @@ def test_the_table_is_what_the_issue_demands() -> None:
     assert Surface.CONTROL not in ALLOWED[Via.PREVIEW_TOKEN]
     assert Surface.PORT not in ALLOWED[Via.CONTROL_TOKEN]
     assert ALLOWED[Via.KEY] == frozenset(Surface)
+
+
+def test_preview_urls_are_given_on_the_ports_own_origin(
+    world: tuple[Server, Target, Target, Target],
+) -> None:
+    """With INSIEN_DOMAIN, a preview URL names the port's own host (docs/security.md,
+    "Preview origins"): the app's answer there is its own, on an origin that is not the API's."""
+    server, _, private, _ = world
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        made = client.post(
+            f"/sandboxes/{private.sandbox_id}/ports/{APP_PORT}/url",
+            headers=server.headers,
+            json={"expires": 60},
+        ).raise_for_status()
+        url = httpx.URL(made.json()["url"])
+        assert url.host == f"{APP_PORT}-{private.sandbox_id}.{DOMAIN}"
+        page = client.get(
+            url.path, params=dict(url.params), headers={"Host": str(url.netloc.decode())}
+        )
+        assert page.status_code == 200
+        assert "content-security-policy" not in page.headers  # not sandboxed: its own origin
+        assert "Path=/;" in page.headers["set-cookie"]
+        by_path = client.get(
+            f"/sandbox/{private.sandbox_id}/ports/{APP_PORT}/", params=dict(url.params)
+        )
+        assert by_path.headers["content-security-policy"].startswith("sandbox ")

@@ -121,9 +121,15 @@ def ports_blueprint(services: Services) -> Blueprint:
         sandbox = services.manager.get(sandbox_id, tenant)
         token = services.auth.issue_port_token(sandbox.id, port, tenant, body.expires)
         base = services.public_base(request)
+        domain = services.settings.domain
+        if domain is not None:  # an origin of the port's own: what browsers should be given
+            scheme = base.partition("://")[0]
+            page = f"{scheme}://{port}-{sandbox.id}.{domain}/"
+        else:  # on the API's origin, sandboxed (preview.py)
+            page = f"{base}/sandbox/{sandbox.id}/ports/{port}/"
         expires = datetime.now(UTC) + timedelta(seconds=body.expires)
         made = PreviewUrl(
-            url=f"{base}/sandbox/{sandbox.id}/ports/{port}/?insien_token={token}",
+            url=f"{page}?insien_token={token}",
             token=token,
             expiresAt=iso_timestamp(expires),
         )
