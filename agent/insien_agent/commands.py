@@ -18,7 +18,7 @@ from .launch import PtySize
 from .processes import ManagedProcess, resize, signal_number
 from .reaper import kill_user_processes, user_pids
 from .settings import user_environment
-from .spawner import HelperUnresponsive
+from .spawner import HelperUnresponsive, refuse_nul
 
 Message = dict[str, Any]
 
@@ -58,6 +58,7 @@ async def _start(req: Request, *, background: bool, stdin: bool) -> ManagedProce
     env.update(req.egress.environment())
     env.update(req.identity.environment())
     env.update(fields.str_map(msg, "env"))
+    refuse_nul(cmd=cmd, args=args, cwd=cwd, env=env)  # at once, whichever way it starts
     pty_size = _pty_size(msg) if background else None
     try:
         return await req.table.start(

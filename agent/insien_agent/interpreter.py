@@ -24,6 +24,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import untrusted_json
 from .context import Request
 from .errors import BAD_REQUEST, NOT_FOUND, AgentError
 from .fields import optional_str, required_str, str_map
@@ -32,6 +33,7 @@ from .kernel import KERNEL_FLAG
 from .launch import Started, start_process
 from .oom import oom_kills
 from .settings import user_environment
+from .spawner import refuse_nul
 
 Message = dict[str, Any]
 LANGUAGES = ("python", "javascript")
@@ -40,12 +42,28 @@ START_TIMEOUT = 30.0
 INTERRUPT_GRACE = 3.0
 MAX_LINE = 64 * 1024 * 1024
 """A kernel event larger than this (a huge image) is dropped, not buffered without end."""
+MAX_EVENT_DEPTH = 128
+"""How deeply a kernel event may nest: a result's `json` format carries the cell's own data,
+so more room than a request gets, and still far below what re-encoding it here and decoding
+it on the server can take."""
 CONTEXT_DIED = "CONTEXT_DIED"
 QUEUED_EVENTS = 64
 IGNORED = object()
 """What `until_ignored` gives once a cell has ignored its interrupt past the grace period."""
 AGENT_PATH = os.path.abspath(sys.argv[0])
 """The agent's zip, which a kernel runs from (`--kernel`)."""
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A line on the kernel's protocol pipe that was dropped (user code can write there):
+    the running cell answers with an error saying so, and the context goes on."""
+
+    reason: str
+
+
+KernelEvent = Message | Malformed | None
+"""What a running cell's queue carries: an event, a dropped line, or None (the kernel died)."""
 
 
 @dataclass
@@ -56,7 +74,7 @@ class Context:
     proc: Started
     ready: asyncio.Future[Message]
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    sink: asyncio.Queue[Message | None] | None = None
+    sink: asyncio.Queue[KernelEvent] | None = None
     death: str | None = None
     reader: asyncio.Task[None] | None = None
     stderr: bytearray = field(default_factory=bytearray)
@@ -69,16 +87,28 @@ class Context:
 
 
 async def _read_events(context: Context) -> None:
-    """The kernel's protocol lines, to whoever runs a cell; then why it ended."""
+    """The kernel's protocol lines, to whoever runs a cell; then why it ended. A line that is
+    not a JSON object is dropped; one too long or nested too deeply is also reported to the
+    cell. Nothing a cell writes on the pipe ends this task (the cell would never hear its
+    `done`)."""
     assert context.proc.stdout is not None
     buffer = b""
+    skipping = False
     while chunk := await context.proc.stdout.read(256 * 1024):
         buffer += chunk
         while (newline := buffer.find(b"\n")) >= 0:
             line, buffer = buffer[:newline], buffer[newline + 1 :]
-            await _deliver(context, line)
-        if len(buffer) > MAX_LINE:
-            buffer = b""  # an event past the bound: dropped whole (its newline ends it)
+            if skipping:  # the end of an event past the bound, already reported
+                skipping = False
+            else:
+                await _deliver(context, line)
+        if len(buffer) > MAX_LINE and not skipping:
+            # An event past the bound: dropped whole, up to the newline that ends it.
+            buffer = b""
+            skipping = True
+            await _malformed(context, f"an event over {MAX_LINE} bytes")
+        elif skipping:
+            buffer = b""
     _record_death(context, await context.proc.wait())
     if not context.ready.done():
         context.ready.set_exception(AgentError(CONTEXT_DIED, f"the context {context.death}"))
@@ -106,8 +136,12 @@ async def _deliver(context: Context, line: bytes) -> None:
     """One kernel event to the cell that runs. The queue is bounded: a cell whose output is
     not taken (its client reads slowly) blocks in its next write, which is the backpressure."""
     try:
-        event = json.loads(line)
-    except ValueError:
+        event = untrusted_json.loads(line, max_bytes=MAX_LINE, max_depth=MAX_EVENT_DEPTH)
+    except untrusted_json.JsonRefused as exc:
+        # Stray text is dropped quietly, as ever (a JS cell's child process given the kernel's
+        # stdout writes there); a line past a bound is an attack on this reader: reported.
+        if exc.bound:
+            await _malformed(context, str(exc))
         return
     if not isinstance(event, dict):
         return
@@ -115,6 +149,13 @@ async def _deliver(context: Context, line: bytes) -> None:
         context.ready.set_result(event)
     elif context.sink is not None:
         await context.sink.put(event)
+
+
+async def _malformed(context: Context, reason: str) -> None:
+    """Tell the running cell a line of its kernel's pipe was dropped (with no cell running,
+    there is nobody to tell: the line is only dropped)."""
+    if context.sink is not None:
+        await context.sink.put(Malformed(reason))
 
 
 async def _collect_stderr(context: Context) -> None:
@@ -353,6 +394,7 @@ async def handle_run_code(req: Request) -> Message:
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise AgentError(BAD_REQUEST, "field 'timeout' must be a positive number of seconds")
     envs = str_map(msg, "envs")
+    refuse_nul(envs=envs)  # the kernel sets them in its own environment, which cannot take one
     context = await _contexts(req).find(req, context_id, language)
     async with context.lock:
         if context.death is not None:
@@ -366,12 +408,13 @@ async def handle_run_code(req: Request) -> Message:
 async def _run_cell(
     req: Request, context: Context, code: str, envs: dict[str, str], seconds: float | None
 ) -> Message:
-    queue: asyncio.Queue[Message | None] = asyncio.Queue(QUEUED_EVENTS)
+    queue: asyncio.Queue[KernelEvent] = asyncio.Queue(QUEUED_EVENTS)
     context.sink = queue
     credit = Credit(req.settings.window)
     req.subscriptions.watchers[req.id] = credit
     outcome: Message = {"truncated": False, "timedOut": False, "restarted": False}
     ignored = asyncio.Event()
+    dropped: Malformed | None = None
 
     async def watchdog() -> None:
         """The timeout: Ctrl-C for the cell, then, if it ignores that, the end of it."""
@@ -435,6 +478,9 @@ async def _run_cell(
                     CONTEXT_DIED,
                     f"the context {context.id!r} {context.death}; restart it with restartContext",
                 )
+            if isinstance(event, Malformed):
+                dropped = dropped or event  # the first one says what went wrong
+                continue
             kind = event.get("type")
             if kind in ("stream", "result"):
                 if kind == "stream":
@@ -459,7 +505,7 @@ async def _run_cell(
                     "type": "runCodeResponse",
                     "context": context.id,
                     "executionCount": event.get("executionCount"),
-                    "error": event.get("error"),
+                    "error": event.get("error") or _dropped_error(dropped),
                     **outcome,
                 }
     except asyncio.CancelledError:
@@ -471,3 +517,16 @@ async def _run_cell(
         guard.cancel()
         context.sink = None
         req.subscriptions.watchers.pop(req.id, None)
+
+
+def _dropped_error(dropped: Malformed | None) -> Message | None:
+    """The error of a cell that ran to its end but wrote something on the kernel's protocol
+    pipe that was dropped (its own error, if it had one, comes first)."""
+    if dropped is None:
+        return None
+    return {
+        "name": "ProtocolError",
+        "value": f"the cell wrote a line on the kernel's protocol pipe that was dropped: "
+        f"{dropped.reason}",
+        "traceback": "",
+    }

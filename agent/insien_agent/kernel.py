@@ -174,12 +174,14 @@ class Kernel:
         self.count += 1
         code = str(cell.get("code", ""))
         envs = cell.get("envs") or {}
-        saved = {name: os.environ.get(name) for name in envs}
-        os.environ.update({str(k): str(v) for k, v in envs.items()})
+        saved = {str(name): os.environ.get(str(name)) for name in envs}
         error: dict[str, Any] | None = None
         main: Any = None
         has_main = False
         try:
+            # Inside the try: a variable the OS cannot take (a NUL byte) is the cell's error,
+            # not the end of the context.
+            os.environ.update({str(k): str(v) for k, v in envs.items()})
             name = f"<cell {self.count}>"
             # Tracebacks show the cell's lines, as they would a file's.
             linecache.cache[name] = (len(code), None, code.splitlines(True), name)

@@ -28,6 +28,8 @@ import subprocess
 import sys
 from typing import Any
 
+from . import untrusted_json
+from .errors import BAD_REQUEST, AgentError
 from .helper import MAX_MESSAGE, SPAWNER_FLAG, UNKNOWN_EXIT, ForkedHelper
 from .identity import Identity
 from .wire import widen_pipe
@@ -54,6 +56,22 @@ def zombie_exit_code(pid: int) -> int | None:
     if not fields or fields[0] != b"Z" or len(fields) < 50:
         return None
     return os.waitstatus_to_exitcode(int(fields[-1]))
+
+
+def refuse_nul(**fields: str | list[str] | dict[str, str]) -> None:
+    """BAD_REQUEST for a NUL byte in what would become a process's argv, working folder or
+    environment (strings, lists of them, or name-value maps). No process can be given one,
+    and the helper, which answers only spawns it can start, would be taken for stuck:
+    checked before anything is spawned."""
+    for name, value in fields.items():
+        if isinstance(value, str):
+            texts: list[str] = [value]
+        elif isinstance(value, dict):
+            texts = [text for pair in value.items() for text in pair]
+        else:
+            texts = value
+        if any("\x00" in text for text in texts):
+            raise AgentError(BAD_REQUEST, f"field {name!r} must not contain a NUL byte")
 
 
 class HelperUnresponsive(Exception):
@@ -159,8 +177,9 @@ class Spawner:
         try:
             while data := await loop.sock_recv(sock, MAX_MESSAGE):
                 try:
-                    message = json.loads(data)
-                except ValueError:
+                    # The helper runs as the user, so user code can write here (ptrace).
+                    message = untrusted_json.loads(data, max_bytes=MAX_MESSAGE)
+                except untrusted_json.JsonRefused:
                     continue
                 if not isinstance(message, dict):
                     continue
@@ -208,6 +227,7 @@ class Spawner:
     async def spawn(
         self, cmd: str, args: list[str], *, cwd: str, env: dict[str, str], stdin: bool
     ) -> SpawnedProcess:
+        refuse_nul(cmd=cmd, args=args, cwd=cwd, env=env)
         loop = asyncio.get_running_loop()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()

@@ -10,6 +10,7 @@ import enum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -65,7 +66,19 @@ class _Request(BaseModel):
     id: RequestId
 
 
+def refuse_nul(value: str) -> str:
+    """A validator for what becomes a command line, a path or an environment variable: the
+    operating system cannot take a NUL byte there, and the agent's spawner would stall on it."""
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL byte")
+    return value
+
+
+NUL_FREE = AfterValidator(refuse_nul)
 NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+OsText = Annotated[StrictStr, NUL_FREE]
+"""A string handed to the operating system (argv, cwd, environment): no NUL bytes."""
+OsEnv = dict[OsText, OsText]
 Encoding = Literal["utf-8", "base64"]
 Pid = Annotated[StrictInt, Field(ge=1)]
 Seconds = Annotated[StrictInt | StrictFloat, Field(gt=0)]
@@ -81,10 +94,10 @@ class PtySize(BaseModel):
 class _CommandRequest(_Request):
     binary: StrictBool = False
     """Output as binary WebSocket messages (raw bytes) instead of `output` events."""
-    cmd: NonEmpty
-    args: list[StrictStr] = []
-    cwd: StrictStr | None = None
-    env: dict[StrictStr, StrictStr] | None = None
+    cmd: Annotated[StrictStr, Field(min_length=1), NUL_FREE]
+    args: list[OsText] = []
+    cwd: OsText | None = None
+    env: OsEnv | None = None
     encoding: Encoding = "utf-8"
     timeout: Seconds | None = None
 
@@ -219,13 +232,13 @@ class RunCodeRequest(_Request):
     language: Language = "python"
     context: ContextId | None = None
     timeout: Annotated[StrictFloat, Field(gt=0)] | Annotated[StrictInt, Field(gt=0)] | None = None
-    envs: dict[StrictStr, StrictStr] | None = None
+    envs: OsEnv | None = None
 
 
 class CreateContextRequest(_Request):
     type: Literal["createContext"]
     language: Language = "python"
-    cwd: StrictStr | None = None
+    cwd: OsText | None = None
 
 
 class ListContextsRequest(_Request):
@@ -356,5 +369,5 @@ def parse_request(raw: object) -> Message:
     try:
         request = REQUESTS[kind].model_validate(raw)
     except ValidationError as exc:
-        raise ProtocolError(request_id, ErrorCode.BAD_REQUEST, describe(exc, skip=1)) from None
+        raise ProtocolError(request_id, ErrorCode.BAD_REQUEST, describe(exc)) from None
     return request.model_dump(mode="json", exclude_unset=True)

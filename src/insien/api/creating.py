@@ -100,6 +100,9 @@ async def sandbox_options(
     reserved = [name for name in env if name.startswith("INSIEN_")]
     if reserved:
         raise _bad(f"env names {reserved} are reserved")
+    if any("\x00" in text for pair in env.items() for text in pair):
+        # Every command of the sandbox gets these: the agent could start none of them.
+        raise _bad("env names and values must not contain a NUL byte")
     if no_idle_timeout:
         idle: float | None = None
     else:

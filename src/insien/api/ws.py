@@ -17,6 +17,7 @@ from typing import Any
 import trio
 from quart import Blueprint, websocket
 
+from .. import untrusted_json
 from ..link import AgentGone, AgentLink, PendingRequest, Reply
 from ..link.budget import ByteBudget
 from ..link.sessions import resume, session_agent_id
@@ -267,10 +268,10 @@ class ClientSession:
 
     def _admit(self, data: str | bytes | None) -> Message:
         try:
-            # Quart hands over an empty binary frame as None.
-            raw = json.loads(data or "")
-        except (ValueError, RecursionError):  # RecursionError: a nesting bomb
-            raise ProtocolError(None, ErrorCode.BAD_REQUEST, "message is not valid JSON") from None
+            # Quart hands over an empty binary frame as None; hypercorn bounds a frame's size.
+            raw = untrusted_json.loads(data or "", max_bytes=None)
+        except untrusted_json.JsonRefused as exc:  # not JSON, or a nesting bomb
+            raise ProtocolError(None, ErrorCode.BAD_REQUEST, f"message refused: {exc}") from None
         message = parse_request(raw)
         request_id = message["id"]
         if request_id in self._in_flight:

@@ -15,6 +15,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from ... import untrusted_json
+
 UNARY_TYPE = "application/json"
 STREAM_TYPE = "application/connect+json"
 FLAG_COMPRESSED = 0x01
@@ -77,10 +79,12 @@ class ConnectError(Exception):
 
 
 def _decode_object(raw: bytes) -> dict[str, Any]:
+    """One request message, through the bounded decoder: a nesting bomb or a body that is not
+    JSON is `invalid_argument`, as any other malformed request."""
     try:
-        message = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError):
-        raise ConnectError(Code.INVALID_ARGUMENT, "the request is not valid JSON") from None
+        message = untrusted_json.loads(raw, max_bytes=MAX_REQUEST_BYTES) if raw.strip() else {}
+    except untrusted_json.JsonRefused as exc:
+        raise ConnectError(Code.INVALID_ARGUMENT, f"malformed request: {exc}") from None
     if not isinstance(message, dict):
         raise ConnectError(Code.INVALID_ARGUMENT, "the request must be a JSON object")
     return message

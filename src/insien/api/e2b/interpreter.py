@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from ... import untrusted_json
 from ...link import AgentGone
 from ...protocol import Message
 from ...sandboxes.sandbox import Sandbox
@@ -61,7 +62,7 @@ async def _route(exchange: Exchange, sandbox: Sandbox) -> None:
         body = await _json(exchange)
         message: Message = {"type": "createContext", "language": _language(body.get("language"))}
         if isinstance(body.get("cwd"), str):
-            message["cwd"] = body["cwd"]
+            message["cwd"] = _os_text(body["cwd"], "cwd")
         await exchange.respond_json(200, (await _call(sandbox, message))["context"])
     elif path == "/contexts" and method == "GET":
         await exchange.respond_json(
@@ -82,16 +83,26 @@ async def _route(exchange: Exchange, sandbox: Sandbox) -> None:
 
 
 async def _json(exchange: Exchange) -> dict[str, Any]:
+    """The request's JSON object, through the bounded decoder: a nesting bomb is a 400 with
+    its reason, like any other body that is not JSON."""
     try:
         raw = await exchange.read_body(MAX_BODY)
-        body = json.loads(raw or b"{}")
+        body = untrusted_json.loads(raw or b"{}", max_bytes=MAX_BODY)
     except BodyTooLarge as exc:
         raise InterpreterError(413, str(exc)) from None
-    except ValueError:
-        raise InterpreterError(400, "the body is not JSON") from None
+    except untrusted_json.JsonRefused as exc:
+        raise InterpreterError(400, str(exc)) from None
     if not isinstance(body, dict):
         raise InterpreterError(400, "the body is not a JSON object")
     return body
+
+
+def _os_text(value: str, field: str) -> str:
+    """A path or variable for the sandbox's processes: a NUL byte is refused here, not
+    handed to the agent (its kernel could not take it)."""
+    if "\x00" in value:
+        raise InterpreterError(400, f"{field} must not contain a NUL byte")
+    return value
 
 
 def _language(value: object) -> str:
@@ -155,7 +166,9 @@ async def _execute(exchange: Exchange, sandbox: Sandbox, body: dict[str, Any]) -
         message["language"] = _language(body.get("language"))
     envs = body.get("env_vars")
     if isinstance(envs, dict):
-        message["envs"] = {str(k): str(v) for k, v in envs.items()}
+        message["envs"] = {
+            _os_text(str(k), "env_vars"): _os_text(str(v), "env_vars") for k, v in envs.items()
+        }
     failure: InterpreterError | AgentGone | ClientGone | None = None
     async with trio.open_nursery() as nursery:
 

@@ -14,12 +14,12 @@ import binascii
 import signal
 from collections.abc import AsyncIterator
 from contextlib import suppress
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...link import AgentGone
-from ...protocol import Message, ProtocolError
+from ...protocol import NUL_FREE, Message, ProtocolError
 from .calls import Emit, EnvdCall, Method, checked, connect_code
 from .connect import Code, ConnectError
 
@@ -28,11 +28,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
+OsText = Annotated[str, NUL_FREE]
+"""What reaches the operating system (argv, cwd, environment) has no NUL byte: refused as
+`invalid_argument` at once, never handed to the agent's spawner."""
+
+
 class ProcessConfig(_Model):
-    cmd: str = Field(min_length=1)
-    args: list[str] = []
-    envs: dict[str, str] = {}
-    cwd: str | None = None
+    cmd: Annotated[str, Field(min_length=1), NUL_FREE]
+    args: list[OsText] = []
+    envs: dict[OsText, OsText] = {}
+    cwd: OsText | None = None
 
 
 class PtySize(_Model):
