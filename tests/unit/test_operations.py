@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from insien.operations import events
 from insien.operations.events import Event, EventLog, Gap
@@ -57,18 +58,114 @@ async def test_a_follower_behind_the_bound_is_told_of_the_gap() -> None:
         log.publish(events.CREATED, "a", f"s{i + 1}")
     async with aclosing(log.follow("a", first.id)) as behind:
         gap, oldest = await take(behind, 2)
-    assert isinstance(gap, Gap)
+    assert gap == Gap(missed=50)  # s1 to s50
     assert isinstance(oldest, Event)
     assert oldest.sandbox_id == "s51"  # the oldest of the 100 kept
 
 
-async def test_a_quiet_stream_gets_keep_alives() -> None:
+async def test_a_quiet_stream_gets_keep_alives(autojump_clock: trio.testing.MockClock) -> None:
     log = EventLog(kept=100)
-    async with aclosing(log.follow("a", idle=0.05)) as follow:
+    async with aclosing(log.follow("a", idle=3)) as follow:
         assert await take(follow, 1) == [None]
         log.publish(events.PAUSED, "a", "s")
         (event,) = await take(follow, 1)
     assert isinstance(event, Event)
+
+
+class TaskSteps(trio.abc.Instrument):
+    """How many times each task has been run: a follower that is not woken is not run."""
+
+    def __init__(self) -> None:
+        self.steps: dict[trio.lowlevel.Task, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task] = self.steps.get(task, 0) + 1
+
+
+async def test_another_tenants_publishes_never_wake_a_follower() -> None:
+    """Issue 27 (V4): B's flood of events runs only B's followers; A's sleeps through it and
+    wakes once for its own event."""
+    log = EventLog(kept=1000)
+    seen: list[Event | Gap | None] = []
+    follower: list[trio.lowlevel.Task] = []
+
+    async def follow_a(task_status: trio.TaskStatus[None]) -> None:
+        follower.append(trio.lowlevel.current_task())
+        async with aclosing(log.follow("a")) as mine:
+            task_status.started()
+            async for item in mine:
+                seen.append(item)
+
+    counter = TaskSteps()
+    trio.lowlevel.add_instrument(counter)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(follow_a)
+            await trio.testing.wait_all_tasks_blocked()
+            before = counter.steps[follower[0]]
+            for i in range(500):
+                log.publish(events.QUOTA_REFUSED, "b", None, reason="sandboxes")
+                if i % 50 == 0:
+                    await trio.testing.wait_all_tasks_blocked()  # give a woken task its turn
+            await trio.testing.wait_all_tasks_blocked()
+            assert counter.steps[follower[0]] == before  # not once
+            mine = log.publish(events.CREATED, "a", "s1")
+            await trio.testing.wait_all_tasks_blocked()
+            assert counter.steps[follower[0]] == before + 1
+            assert seen == [mine]
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+
+
+async def test_a_flood_of_one_tenant_evicts_only_its_own_history() -> None:
+    """Issue 27 (V4): B publishing far past the bound keeps A's history whole (A resumes with
+    no gap), B holds at most its share, and all of it stays within the total."""
+    log = EventLog(kept=1000)  # 100 per tenant
+    assert log.per_tenant == 100
+    first, *rest = [log.publish(events.CREATED, "a", f"s{i}") for i in range(40)]
+    for _ in range(5000):
+        log.publish(events.QUOTA_REFUSED, "b", None, reason="sandboxes")
+    assert (log.kept_for("a"), log.kept_for("b")) == (40, 100)
+    async with aclosing(log.follow("a", first.id)) as resumed:
+        assert await take(resumed, 39) == rest  # no Gap first
+    async with aclosing(log.follow("b", "x-1")) as behind:
+        assert await take(behind, 1) == [Gap(missed=4900)]  # B's own, and only B is told
+
+
+async def test_many_tenants_stay_within_the_total_and_a_quiet_one_keeps_its_share() -> None:
+    """The total bound holds however many tenants publish: the fullest give up their oldest
+    first, so a tenant with fewer than its fair share (kept / tenants) loses none."""
+    log = EventLog(kept=1000, per_tenant=100)
+    quiet = [log.publish(events.CREATED, "quiet", f"s{i}") for i in range(5)]
+    for round_ in range(200):
+        for tenant in range(30):
+            log.publish(events.QUOTA_REFUSED, f"busy{tenant}", None, n=round_)
+    assert log.held == 1000
+    assert log.kept_for("quiet") == 5
+    assert all(log.kept_for(f"busy{t}") in (33, 34) for t in range(30))  # shared out evenly
+    async with aclosing(log.follow("quiet", "x-0")) as mine:
+        assert await take(mine, 5) == quiet
+
+
+async def test_event_ids_count_each_tenants_own_events() -> None:
+    """Issue 27 (W6): a tenant's ids go 1, 2, 3 whatever others publish in between, so they
+    say nothing about anyone else's activity; `Last-Event-ID` resumes in the tenant's own
+    sequence."""
+    log = EventLog(kept=1000)
+    a1 = log.publish(events.CREATED, "a", "s1")
+    b_ids = [log.publish(events.QUOTA_REFUSED, "b", None).id for _ in range(7)]
+    a2 = log.publish(events.READY, "a", "s1")
+    a3 = log.publish(events.ENDED, "a", "s1")
+    assert [e.id for e in (a1, a2, a3)] == [f"{log.epoch}-{n}" for n in (1, 2, 3)]
+    assert b_ids == [f"{log.epoch}-{n}" for n in range(1, 8)]
+    assert log.published == 10  # the metric still counts everyone's
+    async with aclosing(log.follow("a", a1.id)) as resumed:
+        assert await take(resumed, 2) == [a2, a3]
+    # An id past the tenant's own count (another tenant's, say): from the tenant's now on.
+    async with aclosing(log.follow("a", f"{log.epoch}-7")) as later:
+        a4 = log.publish(events.CREATED, "a", "s2")
+        assert await take(later, 1) == [a4]
 
 
 def test_signatures_verify_as_the_docs_say() -> None:

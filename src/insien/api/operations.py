@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -15,6 +15,7 @@ from quart import Blueprint, Response, request
 from ..operations.events import Gap
 from ..operations.metrics import CONTENT_TYPE
 from ..protocol import ErrorCode
+from ..tenancy.quotas import QuotaExceeded
 from .context import Services
 from .errors import ApiError
 from .openapi import operation
@@ -64,28 +65,48 @@ def operations_blueprint(services: Services) -> Blueprint:
     @operation(
         summary="Your sandboxes' lifecycle events as Server-Sent Events",
         description="Resumes after `Last-Event-ID` (header, or `lastEventId` in the query) "
-        "from the events the server keeps; `event: gap` says some were dropped since.",
+        "from the events the server keeps for your tenant; `event: gap` says how many were "
+        "dropped since. A stream counts against your plan's `max_connections`, as a "
+        "WebSocket does.",
         answer="events",
+        errors=(429,),
         tag="operations",
     )
     async def events() -> Any:
         tenant = services.tenant_from_key(request)
         last = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
+        try:
+            # Held for as long as the stream is: a tenant holds as many as its plan allows.
+            services.connections.acquire(tenant)
+        except QuotaExceeded as exc:
+            manager.metrics.quota_refusals.labels(exc.reason).inc()
+            raise ApiError.from_quota(exc) from None
 
-        async def stream() -> AsyncIterator[bytes]:
-            yield b": insien events\n\n"  # the headers go out now, not with the first event
-            following = manager.events.follow(tenant.id, last or None, idle=KEEPALIVE_SECONDS)
-            async with aclosing(following) as follow:
-                async for item in follow:
-                    if item is None:
-                        yield b": keep-alive\n\n"
-                    elif isinstance(item, Gap):
-                        yield b'event: gap\ndata: {"message": "events were dropped"}\n\n'
-                    else:
-                        data = json.dumps(item.to_json())
-                        yield f"id: {item.id}\nevent: {item.type}\ndata: {data}\n\n".encode()
+        async def stream() -> AsyncGenerator[bytes]:
+            try:
+                # Where the stream starts is fixed now, before the response's head goes out.
+                following = manager.events.follow(tenant.id, last or None, idle=KEEPALIVE_SECONDS)
+                yield b""  # taken below, before the route returns: see there
+                yield b": insien events\n\n"  # the headers go out now, not with the first event
+                async with aclosing(following) as follow:
+                    async for item in follow:
+                        if item is None:
+                            yield b": keep-alive\n\n"
+                        elif isinstance(item, Gap):
+                            gap = {"message": "events were dropped", "missed": item.missed}
+                            yield f"event: gap\ndata: {json.dumps(gap)}\n\n".encode()
+                        else:
+                            data = json.dumps(item.to_json())
+                            yield f"id: {item.id}\nevent: {item.type}\ndata: {data}\n\n".encode()
+            finally:
+                services.connections.release(tenant)
 
-        response = Response(stream(), content_type="text/event-stream")
+        body = stream()
+        # Started here, so its `finally` gives the slot back however the response ends: closed
+        # by Quart after sending, or (a client gone before the body began) closed by trio's
+        # finalizer for started async generators when the response is dropped.
+        await body.__anext__()
+        response = Response(body, content_type="text/event-stream")
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"  # nginx: do not hold the stream back
         response.timeout = None  # a stream for as long as it is read

@@ -63,7 +63,8 @@ class CreateRateLimiter:
 
 
 class ConnectionCounter:
-    """Open client WebSockets per tenant, against the plan's `max_connections`."""
+    """Long-lived client connections per tenant (WebSockets and `GET /events` streams together),
+    against the plan's `max_connections`."""
 
     def __init__(self) -> None:
         self._open: dict[str, int] = {}
