@@ -27,7 +27,7 @@ from .app import create_asgi
 from .config import Settings
 from .link.budget import TenantBudgets
 from .operations.webhooks import DeliveryPolicy, Webhooks
-from .runtime.base import ImageNotFound, Runtime
+from .runtime.base import ImageNotFound, ImageStore, Runtime
 from .runtime.docker import DockerRuntime
 from .sandboxes.manager import SandboxManager
 from .sandboxes.provenance import Sealer, load_key
@@ -110,7 +110,7 @@ async def serve(
     auth = authenticator or make_authenticator(settings)
     stop = stop if stop is not None else trio.Event()
     async with open_runtime(settings) as runtime:
-        if not await runtime.image_exists(settings.agent_image):
+        if isinstance(runtime, ImageStore) and not await runtime.image_exists(settings.agent_image):
             raise ImageNotFound(
                 f"sandbox image {settings.agent_image!r} is missing; build it with "
                 "`insien image build`"

@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..link.transfer import TransferError
 from ..protocol import ErrorCode
-from ..runtime.base import ImageNotFound, NotSupported, RuntimeFailure
+from ..sandboxes.errors import ImageNotFound, NotSupported, RuntimeFailure
 from ..sandboxes.launcher import SandboxStartError
 from ..sandboxes.manager import SandboxNotFound
 from ..sandboxes.snapshots import SnapshotNotFound
@@ -94,6 +94,7 @@ CORE_ERRORS = (
     SnapshotNotFound,
     QuotaExceeded,
     ImageNotFound,
+    NotSupported,
     RuntimeFailure,
     SandboxStartError,
     TransferError,

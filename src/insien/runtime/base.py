@@ -1,9 +1,11 @@
-"""What the core needs from a place that runs sandboxes: the `Runtime` protocol and its types.
+"""What the core needs from a place that runs sandboxes: the `Runtime` protocol (a small
+required core), the optional capabilities (`Pausable`, `Stats`, `ImageStore`,
+`FilesystemSnapshots`) and their types.
 
-The core (`insien.sandboxes`) talks to this protocol only; `runtime.docker` implements it with
-docker-py and a native attach, and another runtime (Kubernetes pods over the attach
-subresource) can implement it without touching the core. Everything here is neutral: no
-Docker response shapes, no frame headers.
+The core (`insien.sandboxes`) talks to these protocols only; `runtime.docker` implements all
+of them with docker-py and a native attach, `runtime.kubernetes` the core alone (pods over the
+attach subresource), and another runtime (a VM per sandbox) implements what it can without
+touching the core. Everything here is neutral: no Docker response shapes, no frame headers.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 LABEL_PREFIX = "insien."
 LABEL_SANDBOX_ID = "insien.sandbox.id"
@@ -34,10 +36,6 @@ reaches user commands through the agent, never the container's environment."""
 
 class RuntimeFailure(Exception):
     """The runtime refused an operation (bad image, daemon down, …)."""
-
-
-class NotSupported(RuntimeFailure):
-    """The runtime cannot do this at all (Kubernetes: pause, snapshots): retrying will not help."""
 
 
 class ImageNotFound(RuntimeFailure):
@@ -135,7 +133,17 @@ class AgentChannel(Protocol):
 
 
 class Runtime(Protocol):
-    """Creating, attaching to and removing sandbox containers, and the images they come from."""
+    """The required core: what every place that runs sandboxes must do. A sandbox is a
+    container made from a spec with the agent in it, started, attached to (the agent's
+    channel), inspected, found again after a restart, and removed.
+
+    Everything else is an optional capability below, a protocol of its own that the core asks
+    for by type (`isinstance(runtime, Pausable)`): a runtime states what it can do by what it
+    implements, and the core answers NOT_SUPPORTED for the rest before calling anything.
+    """
+
+    name: str
+    """How messages name this runtime ("pausing a sandbox is not available on Kubernetes")."""
 
     attach_from_start: bool
     """Whether an attach made before `start` sees everything the agent writes (Docker); if
@@ -152,20 +160,71 @@ class Runtime(Protocol):
     async def start(self, container_id: str) -> None: ...
 
     async def remove(self, container_id: str) -> None:
-        """Remove the container, running or not; one already gone is not an error."""
+        """Stop and remove the container, running or not; one already gone is not an error."""
         ...
 
-    async def rename(self, container_id: str, name: str) -> None: ...
+    async def rename(self, container_id: str, name: str) -> None:
+        """Record a name on the container that nothing inside it can change (a claimed pooled
+        sandbox's sealed owner); `inspect` reads it back as `ContainerInfo.name`."""
+        ...
+
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
+        """What the container is now; None when there is no such container."""
+        ...
+
+    async def list_sandboxes(self, instance: str) -> list[str]:
+        """Ids of the containers (any state) this instance labelled as its sandboxes."""
+        ...
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    """Freezing every process of a sandbox and thawing it again (Docker's cgroup freezer).
+
+    A memory snapshot (a VM's saved RAM, so a paused sandbox can leave the host and resume
+    elsewhere) would be a capability of its own beside this one, asked for where the core
+    pauses; nothing needs it until such a runtime exists."""
 
     async def pause(self, container_id: str) -> None: ...
 
     async def unpause(self, container_id: str) -> None: ...
 
-    async def inspect(self, container_id: str) -> ContainerInfo | None: ...
 
-    async def list_sandboxes(self, instance: str) -> list[str]:
-        """Ids of the containers (any state) this instance labelled as its sandboxes."""
+@runtime_checkable
+class Stats(Protocol):
+    """Reading a container's cgroup counters from outside it. Without it the core uses what
+    the agent reads of its own cgroup."""
+
+    async def usage(self, container_id: str) -> Usage | None:
+        """CPU, memory and pids of a running container from its cgroup (None: not running)."""
         ...
+
+
+@runtime_checkable
+class ImageStore(Protocol):
+    """Images the runtime can look at and remove where it runs sandboxes. Without it a
+    template is not checked before its create (a missing one fails that create with the
+    runtime's reason) and image labels (`insien.contexts`) are not read."""
+
+    async def image_exists(self, name: str) -> bool: ...
+
+    async def image_labels(self, name: str) -> dict[str, str] | None:
+        """An image's labels, or None when there is no such image."""
+        ...
+
+    async def images_labelled(self, label: str) -> list[ImageInfo]:
+        """Images carrying `label` (`name` or `name=value`)."""
+        ...
+
+    async def remove_image(self, name: str) -> None:
+        """Untag and remove an image; one already gone is not an error."""
+        ...
+
+
+@runtime_checkable
+class FilesystemSnapshots(ImageStore, Protocol):
+    """Saving a container's filesystem as an image a later create can start from (snapshots);
+    the images are the store's, so listing and deleting snapshots is `ImageStore`'s part."""
 
     async def commit(
         self, container_id: str, repository: str, tag: str, labels: dict[str, str]
@@ -174,18 +233,7 @@ class Runtime(Protocol):
         ones given; returns the image id."""
         ...
 
-    async def writable_size(self, container_id: str) -> int: ...
-
-    async def usage(self, container_id: str) -> Usage | None:
-        """CPU, memory and pids of a running container from its cgroup (None: not running)."""
+    async def writable_size(self, container_id: str) -> int:
+        """Bytes the container wrote to its own layer: what a commit of it would add (the
+        snapshot quota counts these, and usage reports them as disk)."""
         ...
-
-    async def image_labels(self, name: str) -> dict[str, str] | None: ...
-
-    async def images_labelled(self, label: str) -> list[ImageInfo]: ...
-
-    async def remove_image(self, name: str) -> None: ...
-
-    async def image_exists(self, name: str) -> bool: ...
-
-    def close(self) -> None: ...

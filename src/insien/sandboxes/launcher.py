@@ -24,6 +24,7 @@ from ..runtime.base import (
     LABEL_TEMPLATE,
     LABEL_TIMEOUT,
     ContainerSpec,
+    ImageStore,
     Runtime,
 )
 from .provenance import Sealer
@@ -114,6 +115,14 @@ class Launcher:
             disk_limit=settings.disk_limit,
             nofile=settings.nofile,
         )
+
+    async def image_present(self, image: str) -> bool:
+        """Whether the runtime has `image`. One that cannot look (no `ImageStore`: Kubernetes,
+        whose images live on the nodes) says yes, and a create of a missing one fails with
+        the runtime's reason."""
+        if isinstance(self._runtime, ImageStore):
+            return await self._runtime.image_exists(image)
+        return True
 
     async def launch(
         self, *, owner: str, options: SandboxOptions, pool_key: str | None = None

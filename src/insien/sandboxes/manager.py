@@ -25,11 +25,12 @@ from ..operations.events import EventLog
 from ..operations.logs import long_lived_task
 from ..operations.metrics import LiveState, Metrics
 from ..protocol import ErrorCode
-from ..runtime.base import Runtime, RuntimeFailure
+from ..runtime.base import Pausable, Runtime, RuntimeFailure
 from ..tenancy.quotas import CreateRateLimiter, QuotaExceeded
 from ..tenancy.resources import parse_size
 from ..tenancy.tenants import Tenant
 from .egress import Egress
+from .errors import not_supported
 from .launcher import Launcher, SandboxStartError
 from .pool import WarmPool
 from .provenance import Sealer
@@ -230,6 +231,8 @@ class SandboxManager:
         self._create_rate.take(tenant)
 
     async def create(self, tenant: Tenant, options: SandboxOptions) -> Sandbox:
+        if options.on_expiry == "pause" and not isinstance(self.runtime, Pausable):
+            raise not_supported(self.runtime, "pausing a sandbox at the end of its lifetime")
         try:
             self._admit(tenant)
         except QuotaExceeded as refused:
@@ -385,7 +388,11 @@ class SandboxManager:
                 if sandbox.state not in (State.RUNNING, State.PAUSED):
                     continue
                 if now >= sandbox.expires_at:
-                    if sandbox.options.on_expiry == "pause" and sandbox.state is State.RUNNING:
+                    if (
+                        sandbox.options.on_expiry == "pause"
+                        and sandbox.state is State.RUNNING
+                        and isinstance(self.runtime, Pausable)  # else it ends: see `create`
+                    ):
                         self._pause_expired(sandbox)
                     else:
                         self._nursery.start_soon(self.finish, sandbox, EndReason.EXPIRED, "")
@@ -425,16 +432,22 @@ class SandboxManager:
         await self._freeze(sandbox)
         return sandbox
 
+    def _pausable(self, doing: str) -> Pausable:
+        """The runtime's `Pausable` capability; NOT_SUPPORTED for `doing` if it has none."""
+        if isinstance(self.runtime, Pausable):
+            return self.runtime
+        raise not_supported(self.runtime, doing)
+
     async def _freeze(self, sandbox: Sandbox) -> None:
         if sandbox.state is State.RUNNING:
-            await self.runtime.pause(sandbox.container_id)
+            await self._pausable("pausing a sandbox").pause(sandbox.container_id)
             sandbox.state = State.PAUSED
             self.events.publish(events.PAUSED, sandbox.owner, sandbox.id)
 
     async def resume(self, sandbox_id: str, tenant: Tenant) -> Sandbox:
         sandbox = self.get(sandbox_id, tenant)
         if sandbox.state is State.PAUSED:
-            await self.runtime.unpause(sandbox.container_id)
+            await self._pausable("resuming a paused sandbox").unpause(sandbox.container_id)
             sandbox.state = State.RUNNING
             self.events.publish(events.RESUMED, sandbox.owner, sandbox.id)
             await self.apply_network(sandbox)

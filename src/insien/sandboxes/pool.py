@@ -24,12 +24,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 
 import trio
 
 from ..config import Profile, Settings
-from ..runtime.base import Runtime, RuntimeFailure
+from ..runtime.base import ImageStore, Runtime, RuntimeFailure
 from ..tenancy.resources import Resources
 from ..tenancy.tenants import Tenant
 from .demand import Demand
@@ -222,12 +223,13 @@ class WarmPool:
 
     async def _warm_contexts(self, template: str, sandbox: Sandbox) -> None:
         """Start the code contexts the template's label names; a sandbox whose contexts fail
-        to start still serves (its first cell starts them, and says why if it cannot)."""
+        to start still serves (its first cell starts them, and says why if it cannot). A
+        runtime that cannot read image labels (no `ImageStore`) starts none ahead."""
         if template not in self._contexts:
-            try:
-                labels = await self._runtime.image_labels(template) or {}
-            except RuntimeFailure:
-                labels = {}
+            labels: dict[str, str] = {}
+            if isinstance(self._runtime, ImageStore):
+                with suppress(RuntimeFailure):
+                    labels = await self._runtime.image_labels(template) or {}
             named = labels.get(CONTEXTS_LABEL, "").split(",")
             self._contexts[template] = [name.strip() for name in named if name.strip()]
         languages = self._contexts[template]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..link import AgentLink
-from ..runtime.base import LABEL_POOL, RuntimeFailure
+from ..runtime.base import LABEL_POOL, Pausable, RuntimeFailure
 from .launcher import first_of
 from .provenance import ProvenanceError
 from .records import apply_notes, record_from
@@ -108,9 +108,11 @@ async def _recover_one(manager: SandboxManager, container_id: str) -> str:
         log.warning("sandbox %s ended (%s) while the server was down", ended.id, reason)
         await runtime.remove(container_id)
         return "ended"
+    # Only a `Pausable` runtime has paused containers: thawed for the resume, paused again.
+    pausable = runtime if info.paused and isinstance(runtime, Pausable) else None
     try:
-        if info.paused:
-            await runtime.unpause(container_id)  # the agent must answer the resume
+        if pausable is not None:
+            await pausable.unpause(container_id)  # the agent must answer the resume
         channel = await runtime.attach(container_id)
     except RuntimeFailure as exc:
         log.warning("removing container %s: cannot attach (%s)", container_id[:12], exc)
@@ -154,8 +156,8 @@ async def _recover_one(manager: SandboxManager, container_id: str) -> str:
         await manager.finish(sandbox, EndReason.EXPIRED, detail)
         return "ended"
     await manager.apply_network(sandbox)
-    if info.paused:
-        await runtime.pause(container_id)
+    if pausable is not None:
+        await pausable.pause(container_id)
         sandbox.state = State.PAUSED
     log.info("recovered sandbox %s (container %s)", sandbox.id, container_id[:12])
     return "recovered"

@@ -18,9 +18,10 @@ import trio
 
 from ..config import Isolation, Settings
 from ..protocol import ErrorCode
-from ..runtime.base import Runtime, RuntimeFailure
+from ..runtime.base import FilesystemSnapshots, Runtime, RuntimeFailure
 from ..tenancy.quotas import QuotaExceeded
 from ..tenancy.tenants import Tenant
+from .errors import not_supported
 from .sandbox import Sandbox, iso_timestamp
 
 log = logging.getLogger("insien.snapshots")
@@ -41,18 +42,23 @@ class SnapshotNotFound(Exception):
 
 
 class Snapshots:
-    """Taking, listing, deleting and resolving snapshot templates."""
+    """Taking, listing, deleting and resolving snapshot templates. On a runtime without
+    `FilesystemSnapshots` (Kubernetes) taking one is NOT_SUPPORTED and there are none."""
 
     def __init__(
         self, runtime: Runtime, settings: Settings, tenant_exists: Callable[[str], bool]
     ) -> None:
         self._runtime = runtime
+        self._store = runtime if isinstance(runtime, FilesystemSnapshots) else None
         self._settings = settings
         self._tenant_exists = tenant_exists
         self._lock = trio.Lock()  # a burst of snapshots cannot slip past the quota
 
     async def take(self, sandbox: Sandbox, tenant: Tenant) -> str:
         """Commit the sandbox's filesystem, within the tenant's plan; returns the template."""
+        store = self._store
+        if store is None:
+            raise not_supported(self._runtime, "taking a snapshot")
         async with self._lock:
             kept = await self.list(tenant)
             plan = tenant.plan
@@ -63,7 +69,7 @@ class Snapshots:
                     60.0,
                     "snapshots",
                 )
-            size = await self._runtime.writable_size(sandbox.container_id)
+            size = await store.writable_size(sandbox.container_id)
             used = sum(int(snap["bytes"]) for snap in kept)
             if plan.max_snapshot_bytes is not None and used + size > plan.max_snapshot_bytes:
                 raise QuotaExceeded(
@@ -81,15 +87,17 @@ class Snapshots:
                 SNAPSHOT_SOURCE_LABEL: sandbox.id,
                 SNAPSHOT_BYTES_LABEL: str(size),
                 # A snapshot is isolated like the operator's template it descends from.
-                SNAPSHOT_BASE_LABEL: await self._base_template(sandbox.options.template),
+                SNAPSHOT_BASE_LABEL: await self._base_template(store, sandbox.options.template),
             }
-            await self._runtime.commit(sandbox.container_id, repository, tag, labels)
+            await store.commit(sandbox.container_id, repository, tag, labels)
         log.info("snapshot %s of sandbox %s (%d bytes)", name, sandbox.id, size)
         return name
 
     async def list(self, tenant: Tenant) -> list[dict[str, Any]]:
         """The tenant's snapshot templates, oldest first."""
-        images = await self._runtime.images_labelled(f"{SNAPSHOT_OWNER_LABEL}={tenant.id}")
+        if self._store is None:
+            return []
+        images = await self._store.images_labelled(f"{SNAPSHOT_OWNER_LABEL}={tenant.id}")
         found = []
         for image in images:
             if image.labels.get(SNAPSHOT_INSTANCE_LABEL) != self._settings.instance:
@@ -108,35 +116,36 @@ class Snapshots:
 
     async def delete(self, tenant: Tenant, template: str) -> None:
         """Remove one of the tenant's snapshots; anyone else's looks like none."""
-        if template not in {snap["template"] for snap in await self.list(tenant)}:
+        kept = {snap["template"] for snap in await self.list(tenant)}
+        if self._store is None or template not in kept:
             raise SnapshotNotFound(template)
-        await self._runtime.remove_image(template)
+        await self._store.remove_image(template)
         log.info("snapshot %s deleted by %s", template, tenant.id)
 
     async def purge_forever(self) -> None:
         """Snapshots of tenants that are gone from the tenants file go with them."""
+        if self._store is None:
+            return  # no snapshots here
         while True:
             try:
-                await self._purge()
+                await self._purge(self._store)
             except RuntimeFailure as exc:
                 log.warning("snapshot purge: %s", exc)
             await trio.sleep(PURGE_INTERVAL)
 
-    async def _purge(self) -> None:
-        images = await self._runtime.images_labelled(
-            f"{SNAPSHOT_INSTANCE_LABEL}={self._settings.instance}"
-        )
+    async def _purge(self, store: FilesystemSnapshots) -> None:
+        images = await store.images_labelled(f"{SNAPSHOT_INSTANCE_LABEL}={self._settings.instance}")
         for image in images:
             owner = image.labels.get(SNAPSHOT_OWNER_LABEL, "")
             if owner and not self._tenant_exists(owner):
                 for tag in image.tags:
                     if tag.startswith(f"{SNAPSHOT_REPOSITORY}:"):
                         log.info("removing snapshot %s: tenant %s is gone", tag, owner)
-                        await self._runtime.remove_image(tag)
+                        await store.remove_image(tag)
 
-    async def _base_template(self, template: str) -> str:
+    async def _base_template(self, store: FilesystemSnapshots, template: str) -> str:
         if template.startswith(f"{SNAPSHOT_REPOSITORY}:"):
-            labels = await self._runtime.image_labels(template) or {}
+            labels = await store.image_labels(template) or {}
             return labels.get(SNAPSHOT_BASE_LABEL, self._settings.agent_image)
         return template
 
@@ -145,9 +154,9 @@ class Snapshots:
         operator's images, or a snapshot this tenant made here (isolated like its base)."""
         if template in self._settings.allowed_templates:
             return self._settings.isolation(template)
-        if not template.startswith(f"{SNAPSHOT_REPOSITORY}:"):
+        if self._store is None or not template.startswith(f"{SNAPSHOT_REPOSITORY}:"):
             return None
-        labels = await self._runtime.image_labels(template)
+        labels = await self._store.image_labels(template)
         if labels is None or labels.get(SNAPSHOT_OWNER_LABEL) != tenant.id:
             return None
         if labels.get(SNAPSHOT_INSTANCE_LABEL) != self._settings.instance:

@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from ..operations.logs import long_lived_task
-from ..runtime.base import Runtime, Usage
+from ..runtime.base import FilesystemSnapshots, Runtime, Stats, Usage
 from .sandbox import Sandbox, State, iso_timestamp
 
 FIRST_INTERVAL = 0.25
@@ -181,7 +181,8 @@ class UsageSampler:
 
     async def _counters(self, sandbox: Sandbox) -> tuple[Usage | None, dict[str, Any]]:
         """The runtime's cgroup reading, else the agent's; and the agent's answer."""
-        usage = await self._runtime.usage(sandbox.container_id)
+        runtime = self._runtime
+        usage = await runtime.usage(sandbox.container_id) if isinstance(runtime, Stats) else None
         agent = await self._agent_usage(sandbox)
         if usage is None:
             usage = agent_counters(agent)
@@ -195,7 +196,13 @@ class UsageSampler:
             await trio.sleep(FIRST_INTERVAL)
             usage, agent = await self._counters(sandbox)
             now = time.time()
-        disk = await self._runtime.writable_size(sandbox.container_id)
+        runtime = self._runtime
+        # The writable layer is what a snapshot would save: a runtime without one reports 0.
+        disk = (
+            await runtime.writable_size(sandbox.container_id)
+            if isinstance(runtime, FilesystemSnapshots)
+            else 0
+        )
         limits = sandbox.options.resources
         cpu_percent, cpu_seconds, memory, limit, cache, pids = 0.0, 0.0, 0, limits.memory, 0, 0
         if usage is not None:

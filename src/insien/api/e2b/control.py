@@ -157,7 +157,7 @@ def control_blueprint(services: Services) -> Blueprint:
     async def available(image: str, name: str) -> str:
         """The interpreter's image, checked before a create names it: missing, it is the
         operator's step to take, said plainly."""
-        if image == settings.interpreter_image and not await manager.runtime.image_exists(image):
+        if image == settings.interpreter_image and not await manager.launcher.image_present(image):
             raise ApiError(
                 400,
                 ErrorCode.BAD_REQUEST,

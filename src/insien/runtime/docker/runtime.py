@@ -76,8 +76,11 @@ def _socket_path(base_url: str) -> str:
 
 
 class DockerRuntime:
-    """The only place that calls docker-py; every call runs in a worker thread."""
+    """The only place that calls docker-py; every call runs in a worker thread. Implements the
+    required core and every optional capability (`Pausable`, `Stats`, `ImageStore`,
+    `FilesystemSnapshots`)."""
 
+    name = "Docker"
     attach_from_start = True
 
     def __init__(self, client: docker.DockerClient) -> None:

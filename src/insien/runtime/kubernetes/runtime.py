@@ -12,9 +12,10 @@ ConfigMap before it has registered it ("object not registered") and backs off, a
 to 1.24 (kubernetes/kubernetes#105204), and a ConfigMap stops at 1 MiB. Sending the agent
 (230 KB) down a stream that is opened anyway costs milliseconds (docs/kubernetes.md).
 
-What Kubernetes does not offer is refused plainly: pause and resume (no freezer in the pod
-API), snapshots (no commit), a writable layer's size, and image inspection (images live on the
-nodes). docs/kubernetes.md says what that means for each feature.
+It implements the required core of `Runtime` and no optional capability: the pod API has no
+freezer (`Pausable`), no commit (`FilesystemSnapshots`), no stats without metrics-server
+(`Stats`: the agent reads its own cgroup), and images live on the nodes (`ImageStore`). The
+core answers NOT_SUPPORTED for those; docs/kubernetes.md says what that means for each feature.
 """
 
 from __future__ import annotations
@@ -37,10 +38,7 @@ from ..base import (
     LABEL_SANDBOX_ID,
     ContainerInfo,
     ContainerSpec,
-    ImageInfo,
-    NotSupported,
     RuntimeFailure,
-    Usage,
 )
 from .attach import KubeChannel, run_channel
 from .client import KubeClient, KubeError
@@ -62,7 +60,6 @@ STUCK = {
 }
 """Waiting reasons a pod does not get over by itself: the create fails with the message."""
 UNSCHEDULABLE = "Unschedulable"
-NOT_HERE = "is not available on Kubernetes"
 BOOT_MAGIC = b"insien-agent"
 
 
@@ -148,6 +145,7 @@ def container_info(name: str, pod: dict[str, Any]) -> ContainerInfo:
 class KubernetesRuntime:
     """The `Runtime` on a Kubernetes namespace. Use `async with KubernetesRuntime.open(...)`."""
 
+    name = "Kubernetes"
     attach_from_start = False
     """An attach sees only what a pod writes after it, and a pod runs as soon as it can: the
     link asks the agent to replay what came before (its hello)."""
@@ -332,12 +330,6 @@ class KubernetesRuntime:
             headers={"Content-Type": "application/merge-patch+json"},
         )
 
-    async def pause(self, container_id: str) -> None:
-        raise NotSupported(f"pausing a sandbox {NOT_HERE}")
-
-    async def unpause(self, container_id: str) -> None:
-        raise NotSupported(f"resuming a paused sandbox {NOT_HERE}")
-
     async def inspect(self, container_id: str) -> ContainerInfo | None:
         try:
             pod = await self._client.request("GET", self._client.path("pods", container_id))
@@ -354,29 +346,3 @@ class KubernetesRuntime:
             params={"labelSelector": f"{LABEL_INSTANCE}={instance}"},
         )
         return [str(item["metadata"]["name"]) for item in found.get("items") or []]
-
-    async def commit(
-        self, container_id: str, repository: str, tag: str, labels: dict[str, str]
-    ) -> str:
-        raise NotSupported(f"taking a snapshot {NOT_HERE}")
-
-    async def writable_size(self, container_id: str) -> int:
-        return 0  # the node's container runtime knows; the API does not say
-
-    async def usage(self, container_id: str) -> Usage | None:
-        return None  # needs metrics-server; not read yet
-
-    async def image_labels(self, name: str) -> dict[str, str] | None:
-        return {}  # images live on the nodes: their labels are not in the API
-
-    async def images_labelled(self, label: str) -> list[ImageInfo]:
-        return []
-
-    async def remove_image(self, name: str) -> None:
-        raise NotSupported(f"removing an image {NOT_HERE}")
-
-    async def image_exists(self, name: str) -> bool:
-        return True  # only a node can tell; a pod that cannot get it fails its create clearly
-
-    def close(self) -> None:
-        """The client closes with `open`'s block."""
