@@ -3,6 +3,8 @@ deploy-image | k8s | k8s-bench`."""
 
 from __future__ import annotations
 
+import ast
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,23 +26,66 @@ JUPYTER = ["ipykernel>=7,<8", "jupyter-client>=8,<9"]
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The whole suite against a real Docker Engine (builds the sandbox image if needed)."""
+    """The whole suite against a real Docker Engine (builds the sandbox image if needed).
+    `-- -m "not docker"` runs only what needs no Docker Engine: no npm, no image build."""
     session.install(*SERVER, *SDK, *E2B)
-    # The stock e2b npm package for the JavaScript suite, at the version package-lock.json pins.
-    session.run("npm", "ci", "--no-audit", "--no-fund", "--prefix", "tests/e2b_js", external=True)
-    # playwright-core, which drives Debian's Chromium through the JS SDK's browser page.
-    session.run(
-        "npm", "ci", "--no-audit", "--no-fund", "--prefix", "tests/js_browser", external=True
-    )
-    js_sdk(session)
-    session.run("insien", "image", "build")
+    if selects_docker(session.posargs):
+        # The stock e2b npm package for the JavaScript suite, at the version package-lock pins.
+        session.run(
+            "npm", "ci", "--no-audit", "--no-fund", "--prefix", "tests/e2b_js", external=True
+        )
+        # playwright-core, which drives Debian's Chromium through the JS SDK's browser page.
+        session.run(
+            "npm", "ci", "--no-audit", "--no-fund", "--prefix", "tests/js_browser", external=True
+        )
+        js_sdk(session)
+        session.run("insien", "image", "build")
     session.run("pytest", *session.posargs)
 
 
+def selects_docker(args: list[str]) -> bool:
+    """Whether pytest with these arguments may run a test marked `docker`: False only for a
+    `-m` expression that is false for every docker test (`-m "not docker"`), whatever other
+    marks it has; anything this cannot read counts as True."""
+    expression = None
+    for at, arg in enumerate(args):
+        if arg == "-m" and at + 1 < len(args):
+            expression = args[at + 1]
+        elif arg.startswith("-m") and not arg.startswith("--"):
+            expression = arg[2:].removeprefix("=")
+    if expression is None:
+        return True
+    try:
+        tree = ast.parse(expression, mode="eval").body
+    except SyntaxError:
+        return True
+    names = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - {"docker"})
+    for values in itertools.product((False, True), repeat=len(names)):
+        marks = {**dict(zip(names, values, strict=True)), "docker": True}
+        try:
+            if _holds(tree, marks):
+                return True
+        except ValueError:
+            return True
+    return False
+
+
+def _holds(node: ast.expr, marks: dict[str, bool]) -> bool:
+    """A pytest mark expression (names, `and`, `or`, `not`, brackets) for a test with `marks`."""
+    if isinstance(node, ast.Name):
+        return marks[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return not _holds(node.operand, marks)
+    if isinstance(node, ast.BoolOp):
+        results = [_holds(value, marks) for value in node.values]
+        return all(results) if isinstance(node.op, ast.And) else any(results)
+    raise ValueError(f"not a mark expression: {ast.dump(node)}")
+
+
 def js_sdk(session: nox.Session) -> None:
-    """Build `@insien/sandbox` (clients/js): its pinned TypeScript compiles and type-checks it."""
+    """Build `@insien/sandbox` (clients/js): `npm ci` installs its pinned TypeScript, and its
+    `prepare` script compiles and type-checks it."""
     session.run("npm", "ci", "--no-audit", "--no-fund", "--prefix", "clients/js", external=True)
-    session.run("npm", "run", "build", "--prefix", "clients/js", external=True)
 
 
 @nox.session(python=PYTHON)

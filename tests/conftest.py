@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import docker
 import docker.errors
@@ -40,15 +40,18 @@ def start_server(
 DOCKER_SUITES = ("e2e", "attacks")
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything under tests/e2e and tests/attacks drives real containers: mark it `docker`.
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Generator[None, None, None]:
+    """Everything under tests/e2e and tests/attacks drives real containers: mark it `docker`
+    before pytest's `-m` filter runs (inside this wrapper), so `-m "not docker"` leaves it out.
 
     A test marked `anyio` runs once per backend (`anyio_backend`): pytest-trio's trio mode,
-    which claims every async test, lets go of it (this hook runs after pytest-trio's)."""
+    which claims every async test, lets go of it after pytest-trio's own hook has run."""
     for item in items:
         if any(part in DOCKER_SUITES for part in item.path.parts):
             item.add_marker(pytest.mark.docker)
+    yield  # pytest's -k/-m deselection and pytest-trio's marking
+    for item in items:
         if item.get_closest_marker("anyio") is not None:
             item.own_markers[:] = [m for m in item.own_markers if m.name != "trio"]
 
