@@ -4,6 +4,7 @@ SDK's CLI, `sandbox …` and `mcp` (installed with `insien-sandbox[cli,mcp]`).""
 from __future__ import annotations
 
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +27,15 @@ CLIENT_COMMANDS = {
 
 
 def _docker() -> DockerClient:
+    from .runtime.docker.engine import Refuse, decide, survey
     from .runtime.docker.images import ImageBuildError, connect_client
 
     try:
         return connect_client()
     except ImageBuildError as exc:
-        raise SystemExit(f"insien: {exc}") from None
+        # One line saying what to install or start, where that can be told.
+        plan = decide(survey(), allow_private=False)
+        raise SystemExit(f"insien: {plan.message if isinstance(plan, Refuse) else exc}") from None
 
 
 class Insien(click.Group):
@@ -74,28 +78,47 @@ def main() -> None:
 @click.option("--host", help="Address to listen on (INSIEN_HOST).")
 @click.option("--port", type=int, help="Port to listen on (INSIEN_PORT / PORT).")
 @click.option("--no-build", is_flag=True, help="Fail instead of building a missing image.")
-def serve(host: str | None, port: int | None, no_build: bool) -> None:
+@click.option(
+    "--private-dockerd/--no-private-dockerd",
+    default=True,
+    show_default=True,
+    help="When no Docker Engine answers and dockerd is installed, start a private one (as "
+    "root) for as long as the service runs.",
+)
+def serve(host: str | None, port: int | None, no_build: bool, private_dockerd: bool) -> None:
     """Run the REST + WebSocket service."""
     import trio
 
     from .config import Settings
     from .operations.logs import configure_logging
+    from .runtime.docker.engine import EngineUnavailable, engine_for_serve
     from .runtime.docker.images import ImageBuildError, build_image
     from .server import serve as run_server
 
     overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = _load(lambda: Settings(**overrides))
     configure_logging(settings.log_level, settings.log_format)
-    if not no_build:
-        client = _docker()
-        try:
-            build_image(client, tag=settings.agent_image)
-        except ImageBuildError as exc:
-            raise SystemExit(f"insien: cannot build {settings.agent_image}: {exc}") from None
-        finally:
-            client.close()
+    needs_docker = settings.runtime_backend == "docker" or not no_build
+    engine: AbstractContextManager[None] = (
+        engine_for_serve(private_dockerd, lambda line: print(f"insien: {line}", file=sys.stderr))
+        if needs_docker
+        else nullcontext()
+    )
     try:
-        trio.run(run_server, settings)
+        with engine:
+            if not no_build:
+                client = _docker()
+                try:
+                    build_image(client, tag=settings.agent_image)
+                except ImageBuildError as exc:
+                    raise SystemExit(
+                        f"insien: cannot build {settings.agent_image}: {exc}"
+                    ) from None
+                finally:
+                    client.close()
+            trio.run(run_server, settings)
+    except EngineUnavailable as exc:
+        raise SystemExit(f"insien: {exc}") from None
     except KeyboardInterrupt:
         sys.exit(130)
 
