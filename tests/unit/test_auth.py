@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jwt
 
-from insien.tenancy.auth import TOKEN_AUDIENCE, Authenticator
+from insien.tenancy.auth import Audience, Authenticator
 from insien.tenancy.resources import Resources
 from insien.tenancy.tenants import (
     RELOAD_CHECK_SECONDS,
@@ -61,7 +61,7 @@ def test_expired_token_is_refused() -> None:
     claims = {
         "sub": "sb-1",
         "ten": "default",
-        "aud": TOKEN_AUDIENCE,
+        "aud": Audience.CONTROL.value,
         "exp": int(time.time()) - 5,
     }
     token = jwt.encode(claims, SECRET, algorithm="HS256")
@@ -69,7 +69,12 @@ def test_expired_token_is_refused() -> None:
 
 
 def test_unsigned_token_is_refused() -> None:
-    claims = {"sub": "sb-1", "ten": "default", "aud": TOKEN_AUDIENCE, "exp": time.time() + 60}
+    claims = {
+        "sub": "sb-1",
+        "ten": "default",
+        "aud": Audience.CONTROL.value,
+        "exp": time.time() + 60,
+    }
     token = jwt.encode(claims, "", algorithm="none")  # "none" takes no key
     assert make().tenant_for_token(token, "sb-1") is None
 
@@ -119,6 +124,30 @@ def test_a_token_is_worth_no_more_than_its_key(tmp_path: Path) -> None:
 
 
 def test_a_token_without_its_key_id_is_refused() -> None:
-    claims = {"sub": "sb-1", "ten": "default", "aud": TOKEN_AUDIENCE, "exp": time.time() + 60}
+    claims = {
+        "sub": "sb-1",
+        "ten": "default",
+        "aud": Audience.CONTROL.value,
+        "exp": time.time() + 60,
+    }
     token = jwt.encode(claims, SECRET, algorithm="HS256")
     assert make().tenant_for_token(token, "sb-1") is None
+
+
+def test_each_token_opens_only_its_own_audience() -> None:
+    """A token minted for one purpose is no token for any other (docs/security.md,
+    "Credentials and surfaces"): control, traffic and preview tokens are told apart."""
+    auth = make()
+    tenant = Tenant("default")
+    control = auth.issue_token("sb-1", tenant)
+    traffic = auth.issue_token("sb-1", tenant, audience=Audience.TRAFFIC)
+    preview = auth.issue_port_token("sb-1", 8080, tenant, 60)
+    assert auth.tenant_for_token(control, "sb-1") is not None
+    assert auth.tenant_for_token(traffic, "sb-1") is None
+    assert auth.tenant_for_token(preview, "sb-1") is None
+    assert auth.tenant_for_token(traffic, "sb-1", Audience.TRAFFIC) is not None
+    assert auth.tenant_for_token(control, "sb-1", Audience.TRAFFIC) is None
+    assert auth.tenant_for_port_token(control, "sb-1", 8080) is None
+    assert auth.tenant_for_port_token(traffic, "sb-1", 8080) is None
+    assert auth.tenant_for_port_token(preview, "sb-1", 8080) is not None
+    assert auth.tenant_for_token(traffic, "sb-2", Audience.TRAFFIC) is None
