@@ -138,7 +138,8 @@ def test_each_token_opens_only_its_own_audience() -> None:
     """A token minted for one purpose is no token for any other (docs/security.md,
     "Credentials and surfaces"): control, traffic and preview tokens are told apart."""
     auth = make()
-    tenant = Tenant("default")
+    tenant = auth.tenant_for_key("the-key")
+    assert tenant is not None
     control = auth.issue_token("sb-1", tenant)
     traffic = auth.issue_token("sb-1", tenant, audience=Audience.TRAFFIC)
     preview = auth.issue_port_token("sb-1", 8080, tenant, 60)
