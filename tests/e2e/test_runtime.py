@@ -1,15 +1,21 @@
-"""The Docker runtime and AgentLink in-process: attach before start, and attach again later."""
+"""The Docker runtime and AgentLink in-process: attach before start, and attach again later;
+Docker's agent channel against the conformance check every runtime's channel passes."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import docker
 import trio
 
 import insien
 from insien._resources import agent_zipapp
 from insien.config import DEFAULT_CAPABILITIES, DEFAULT_PYTHON
 from insien.link import AgentLink
-from insien.runtime.base import LABEL_INSTANCE, LABEL_SANDBOX_ID, ContainerSpec
+from insien.runtime.base import LABEL_INSTANCE, LABEL_SANDBOX_ID, AgentChannel, ContainerSpec
 from insien.runtime.docker import DockerRuntime
+from tests.channel_conformance import ECHO_PROGRAM, check_agent_channel
 from tests.conftest import IMAGE, instance_name
 
 
@@ -79,4 +85,40 @@ async def test_link_reports_agent_gone_when_the_container_is_removed(docker_clie
         assert answers[0]["code"] == "AGENT_GONE"
     finally:
         await runtime.remove(container_id)
+        runtime.close()
+
+
+async def test_the_docker_channel_conforms(docker_client: docker.DockerClient) -> None:
+    """The same check as the fake runtime's (tests/unit/test_core_on_fake_runtime.py), on
+    Docker's attach and frame decoding, with `ECHO_PROGRAM` in place of the agent."""
+    runtime = await DockerRuntime.connect()
+
+    @asynccontextmanager
+    async def echo_channel() -> AsyncIterator[AgentChannel]:
+        def create() -> str:
+            container = docker_client.containers.create(
+                IMAGE,
+                entrypoint=[DEFAULT_PYTHON, "-I", "-S", "-c", ECHO_PROGRAM],
+                command=[],
+                labels={LABEL_INSTANCE: instance_name("channel")},
+                detach=True,
+                stdin_open=True,
+                network_mode="none",
+            )
+            return str(container.id)
+
+        container_id = await trio.to_thread.run_sync(create)
+        try:
+            channel = await runtime.attach(container_id)
+            await runtime.start(container_id)
+            try:
+                yield channel
+            finally:
+                await channel.aclose()
+        finally:
+            await runtime.remove(container_id)
+
+    try:
+        await check_agent_channel(echo_channel)
+    finally:
         runtime.close()
