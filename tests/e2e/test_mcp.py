@@ -3,16 +3,23 @@ errors an agent gets, and cleanup of the session's sandboxes when it ends."""
 
 from __future__ import annotations
 
+import re
+import secrets
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import anyio
 import httpx
+import httpx2
 import pytest
+from anyio.abc import Process
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent
 
 from tests.conftest import Server
@@ -136,13 +143,25 @@ async def test_tools_over_stdio(server: Server) -> None:
         assert (await client.post(f"/sandbox/{kept}/destroy")).status_code == 200
 
 
-async def test_streamable_http_transport(server: Server) -> None:
+TOKEN_LINE = re.compile(r"Authorization: Bearer (\S+)'")
+
+
+@asynccontextmanager
+async def mcp_over_http(
+    server: Server, stderr: IO[bytes], token: str | None = None
+) -> AsyncIterator[tuple[Process, str]]:
+    """`insien mcp --http` on a free port, until it listens; its URL. Stopped with SIGTERM
+    (a graceful stop ends what its sessions made)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    env = {"INSIEN_API_KEY": server.api_key, "PATH": "/usr/bin:/bin"}
+    if token is not None:
+        env["INSIEN_MCP_TOKEN"] = token
     process = await anyio.open_process(
         [INSIEN, "mcp", "--http", "--port", str(port), "--url", server.url],
-        env={"INSIEN_API_KEY": server.api_key, "PATH": "/usr/bin:/bin"},
+        env=env,
+        stderr=stderr,
     )
     try:
         with anyio.fail_after(30):
@@ -152,15 +171,67 @@ async def test_streamable_http_transport(server: Server) -> None:
                     break
                 except OSError:
                     await anyio.sleep(0.1)
-        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
-            made = await call(client, "create_sandbox")
-            sandbox_id = made["sandbox_id"]
-            ran = await call(client, "run_command", sandbox_id=sandbox_id, command="echo over-http")
-            assert ran["stdout"] == "over-http\n"
-            assert (await call(client, "list_sandboxes"))["sandbox_ids"] == [sandbox_id]
+        yield process, f"http://127.0.0.1:{port}/mcp"
     finally:
-        process.send_signal(signal.SIGTERM)  # a graceful stop ends what its sessions made
+        process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             await process.wait()
         await process.aclose()
+
+
+async def test_streamable_http_transport(server: Server, tmp_path: Path) -> None:
+    with (tmp_path / "stderr").open("w+b") as stderr:
+        async with mcp_over_http(server, stderr) as (_, url):
+            # no token given: the server made one and said on stderr how to send it
+            found = TOKEN_LINE.search((tmp_path / "stderr").read_text())
+            assert found is not None
+            headers = {"Authorization": f"Bearer {found.group(1)}"}
+            async with (
+                httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as http,
+                Client(streamable_http_client(url, http_client=http)) as client,
+            ):
+                made = await call(client, "create_sandbox")
+                sandbox_id = made["sandbox_id"]
+                ran = await call(
+                    client, "run_command", sandbox_id=sandbox_id, command="echo over-http"
+                )
+                assert ran["stdout"] == "over-http\n"
+                assert (await call(client, "list_sandboxes"))["sandbox_ids"] == [sandbox_id]
     assert await state_of(server, sandbox_id) == "ended"
+
+
+async def test_streamable_http_refuses_a_request_without_the_token(
+    server: Server, tmp_path: Path
+) -> None:
+    token = secrets.token_urlsafe(24)
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "test", "version": "0"},
+        },
+    }
+    accept = {"Accept": "application/json, text/event-stream"}
+    with (tmp_path / "stderr").open("w+b") as stderr:
+        async with mcp_over_http(server, stderr, token) as (_, url), httpx.AsyncClient() as http:
+            for refused in (
+                {},
+                {"Authorization": f"Bearer {token[:-1]}"},
+                {"Authorization": f"Bearer {token}x"},
+                {"Authorization": f"Basic {token}"},
+                {"Authorization": token},
+            ):
+                answer = await http.post(url, json=initialize, headers={**accept, **refused})
+                assert answer.status_code == 401, refused
+            # the official client without it gets nowhere (its task group raises the 401)
+            with anyio.fail_after(30), pytest.raises(ExceptionGroup):
+                async with Client(url) as client:
+                    await client.list_tools()
+            given = {**accept, "Authorization": f"Bearer {token}"}
+            answer = await http.post(url, json=initialize, headers=given)
+            assert answer.status_code == 200
+        # a token it was given is not printed
+        assert token not in (tmp_path / "stderr").read_text()

@@ -3,11 +3,16 @@
 Tools answer with structured results; a failure is a tool error whose message says what went
 wrong and what to do next (an agent reads it). Sandboxes an MCP session creates are its own:
 `list_sandboxes` shows them, and they are destroyed when the session ends (stdio: the process;
-streamable HTTP: the server's stop) unless created with `keep=true`.
+streamable HTTP: the server's stop) unless created with `keep=true`. Over streamable HTTP every
+request must carry the server's bearer token: the tools act with the operator's key, which any
+other local process could otherwise use through them.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,6 +23,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from .._async import AsyncSandbox
@@ -353,3 +359,58 @@ def build_server(api_key: str | None, base_url: str | None) -> MCPServer[Registr
         return {"destroyed": sandbox_id}
 
     return server
+
+
+class BearerGate:
+    """ASGI middleware: an HTTP request without `Authorization: Bearer <token>` (this server's
+    token) is refused with 401 before the MCP app sees it; lifespan events pass through."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    def allows(self, scope: Scope) -> bool:
+        given = next((v for k, v in scope["headers"] if k.lower() == b"authorization"), b"")
+        scheme, _, credentials = given.strip().partition(b" ")
+        # compare_digest: how long the comparison takes says nothing about the token
+        matches = hmac.compare_digest(credentials.strip(), self.token)
+        return scheme.lower() == b"bearer" and matches
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.allows(scope):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body = json.dumps(
+            {"error": "unauthorized", "message": "send Authorization: Bearer <token>"}
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", b'Bearer realm="insien-mcp"'),
+        ]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` keeps the server to this machine (a name other than
+    localhost might resolve anywhere, so it does not count)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+async def serve_http(server: MCPServer[Registry], host: str, port: int, token: str) -> None:
+    """Streamable HTTP at `/mcp`, as `MCPServer.run("streamable-http")` serves it, behind the
+    bearer token."""
+    import uvicorn
+
+    app = BearerGate(server.streamable_http_app(host=host), token)
+    level = server.settings.log_level.lower()
+    await uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=level)).serve()
