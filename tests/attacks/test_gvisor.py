@@ -1,13 +1,12 @@
 """An operator runs one template under gVisor (`runsc`) and the rest under runc (issue 5).
 
-Needs `runsc` registered with dockerd; `.ci/run` registers it and sets INSIEN_REQUIRE_RUNSC=1,
-which turns a missing runtime into a failure instead of a skip.
+Needs `runsc` registered with dockerd: skipped where it is not, failed in CI (tests/tools.py),
+where `.ci/run` installs and registers it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 
 import docker
@@ -15,6 +14,7 @@ import pytest
 
 from tests.conftest import IMAGE, Server, start_server, stop_server
 from tests.e2e.helpers import call, containers_of, http, websocket
+from tests.tools import missing
 
 GVISOR_TEMPLATE = "insien-sandbox:gvisor-test"
 
@@ -23,9 +23,10 @@ GVISOR_TEMPLATE = "insien-sandbox:gvisor-test"
 def gvisor_server(docker_client: docker.DockerClient) -> Iterator[Server]:
     runtimes = docker_client.info().get("Runtimes", {})
     if "runsc" not in runtimes:
-        if os.environ.get("INSIEN_REQUIRE_RUNSC") == "1":
-            pytest.fail("runsc is not registered with dockerd, and CI requires it")
-        pytest.skip("runsc (gVisor) is not registered with this dockerd")
+        missing(
+            "runsc (gVisor) registered with this dockerd",
+            "apt-get install runsc, and register it with dockerd as .ci/run does",
+        )
     repository, tag = GVISOR_TEMPLATE.split(":")
     docker_client.images.get(IMAGE).tag(repository, tag)
     settings = {GVISOR_TEMPLATE: {"runtime": "runsc"}}

@@ -10,7 +10,6 @@ origins"): each of those fails."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from insien_sandbox import Sandbox
 from tests.conftest import Server
+from tests.tools import require_tool
 
 pytestmark = pytest.mark.docker
 
@@ -120,9 +120,8 @@ def test_a_path_form_answer_keeps_nothing_of_the_api_origin(server: Server) -> N
 
 
 def test_a_hostile_preview_cannot_reach_the_console_or_another_preview(server: Server) -> None:
-    node, chromium = shutil.which("node"), shutil.which("chromium")
-    assert node is not None
-    assert chromium is not None, "Debian's chromium is needed (.ci/run installs it)"
+    node = require_tool("node", "apt-get install nodejs npm")
+    chromium = require_tool("chromium", "apt-get install chromium")
     if not (SUITE / "node_modules" / "playwright-core").is_dir():
         pytest.fail("tests/js_browser has no node_modules: `nox -s tests` runs `npm ci` there")
     with (

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server
+from tests.tools import require_tool
 
 INSIEN = str(Path(sys.executable).parent / "insien")
 
@@ -134,8 +134,7 @@ def test_errors_are_one_line_and_exit_1(server: Server) -> None:
 
 
 def test_shell_is_a_real_terminal(server: Server, made: str) -> None:
-    tmux = shutil.which("tmux")
-    assert tmux is not None, "tmux is needed to test `insien sandbox shell` (.ci/run installs it)"
+    tmux = require_tool("tmux", "apt-get install tmux")
     session = f"insien-{made[:8]}"
     env = f"INSIEN_URL={server.url} INSIEN_API_KEY={server.api_key}"
     command = f"{env} {INSIEN} sandbox shell {made}; echo EXITED=$?; sleep 60"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from insien_sandbox import Sandbox
 from tests.conftest import Server
+from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SUITE = ROOT / "tests" / "js_browser"
@@ -47,9 +47,8 @@ def test_the_console_page_is_self_contained(server: Server) -> None:
 
 
 def test_the_console_in_a_real_browser(server: Server) -> None:
-    node, chromium = shutil.which("node"), shutil.which("chromium")
-    assert node is not None
-    assert chromium is not None, "Debian's chromium is needed (.ci/run installs it)"
+    node = require_tool("node", "apt-get install nodejs npm")
+    chromium = require_tool("chromium", "apt-get install chromium")
     if not (SUITE / "node_modules" / "playwright-core").is_dir():
         pytest.fail("tests/js_browser has no node_modules: `nox -s tests` runs `npm ci` there")
     shots = artifacts()

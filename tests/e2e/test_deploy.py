@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import time
@@ -21,6 +20,7 @@ import pytest
 from deploy.build import build_server_image
 
 from insien_sandbox import Sandbox
+from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 COMPOSE_FILE = ROOT / "deploy" / "docker-compose.yml"
@@ -38,8 +38,7 @@ def compose(
     docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, str, str]]:
     """(url, api key, project) of the compose deployment, torn down afterwards."""
-    if shutil.which("docker-compose") is None:
-        pytest.fail("docker-compose is not installed (.ci/run installs Debian's)")
+    require_tool("docker-compose", "apt-get install docker-compose")
     build_server_image(docker_client, TAG)
     folder = tmp_path_factory.mktemp("compose")
     (folder / "tenants.toml").write_text((ROOT / "deploy" / "tenants.toml").read_text())

@@ -4,20 +4,19 @@ runner, pointed at the session's server by the three E2B variables alone."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Server
+from tests.tools import require_tool
 
 SUITE = Path(__file__).parent.parent / "e2b_js"
 
 
 def run_suite(server: Server, name: str) -> subprocess.CompletedProcess[str]:
-    node = shutil.which("node")
-    assert node is not None, "node is needed for the JavaScript suites (.ci/run installs it)"
+    node = require_tool("node", "apt-get install nodejs npm")
     if not (SUITE / "node_modules" / "e2b").is_dir():
         pytest.fail("tests/e2b_js has no node_modules: `nox -s tests` runs `npm ci` there")
     env = {

@@ -22,6 +22,7 @@ import pytest
 from insien_sandbox import Sandbox
 from tests.conftest import Server, start_server, stop_server
 from tests.sandbox_apps import PREVIEW_APP, PREVIEW_PAGE
+from tests.tools import require_tool
 
 ROOT = Path(__file__).parent.parent.parent
 SUITE = ROOT / "tests" / "js_browser"
@@ -55,10 +56,8 @@ def in_browser(origin: str, server: Server) -> dict[str, Any]:
 
 def open_page(url: str) -> dict[str, Any]:
     """Open `url` in headless Chromium and return what the page left in `window.result`."""
-    node = shutil.which("node")
-    chromium = shutil.which("chromium")
-    assert node is not None
-    assert chromium is not None, "Debian's chromium is needed (.ci/run installs it)"
+    node = require_tool("node", "apt-get install nodejs npm")
+    chromium = require_tool("chromium", "apt-get install chromium")
     if not (SUITE / "node_modules" / "playwright-core").is_dir():
         pytest.fail("tests/js_browser has no node_modules: `nox -s tests` runs `npm ci` there")
     done = subprocess.run(

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.restartable import Restartable, restartable
+from tests.tools import require_tool
 
 __all__ = ["restartable"]  # the fixture, used by name
 
@@ -26,8 +27,7 @@ EXAMPLES = ROOT / "examples"
 
 
 def node() -> str:
-    found = shutil.which("node")
-    assert found is not None, "node is needed for the JavaScript suites (.ci/run installs it)"
+    found = require_tool("node", "apt-get install nodejs npm")
     if not (PACKAGE / "dist" / "index.js").is_file():
         pytest.fail("clients/js is not built: `nox -s tests` runs `npm ci` and `npm run build`")
     return found
@@ -55,8 +55,7 @@ def test_js_sdk_suite(server: Server) -> None:
 def test_seed_example_from_the_packed_tarball(server: Server, tmp_path: Path) -> None:
     """`npm pack` makes an installable package: a fresh project installs it and runs the seed's
     example, `import { Sandbox } from '@insien/sandbox'` and all."""
-    npm = shutil.which("npm")
-    assert npm is not None
+    npm = require_tool("npm", "apt-get install nodejs npm")
     node()
     packed = subprocess.run(
         [npm, "pack", "--json", "--pack-destination", str(tmp_path)],

@@ -18,6 +18,7 @@ import pytest
 from insien.runtime.docker.engine import PrivateDockerd
 from insien_sandbox import Sandbox
 from tests.conftest import IMAGE, start_server, stop_server
+from tests.tools import missing, require_tool
 
 
 @pytest.fixture
@@ -29,13 +30,9 @@ def cache() -> Iterator[Path]:
 
 
 def dockerd_or_skip() -> str:
-    found = shutil.which("dockerd")
-    if found is None or os.geteuid() != 0:
-        reason = "a private dockerd needs dockerd installed and root"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (.ci/run installs docker.io and runs as root)")
-        pytest.skip(reason)
-    return found
+    if os.geteuid() != 0:
+        missing("root, which a private dockerd needs", "run the suite as root, as CI does")
+    return require_tool("dockerd", "apt-get install docker.io")
 
 
 def test_serve_runs_on_a_private_dockerd_it_starts_and_stops(

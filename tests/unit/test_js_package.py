@@ -5,12 +5,11 @@ and `npm install <folder>` alike."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.tools import require_tool
 
 PACKAGE = Path(__file__).parent.parent.parent / "clients" / "js"
 SOURCES = ("package.json", "package-lock.json", "tsconfig.json", "README.md", "src")
@@ -18,13 +17,8 @@ SOURCES = ("package.json", "package-lock.json", "tsconfig.json", "README.md", "s
 
 
 def npm() -> str:
-    """npm, or a skip where it is missing; CI (CI=true) installs it, so there it fails."""
-    found = shutil.which("npm")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("npm is missing, and CI runs the JavaScript suites (.ci/run installs it)")
-        pytest.skip("npm is not installed (apt-get install nodejs npm)")
-    return found
+    """npm, or a skip where it is missing (a failure in CI, which installs it)."""
+    return require_tool("npm", "apt-get install nodejs npm")
 
 
 def test_npm_pack_of_a_clean_checkout_lists_dist(tmp_path: Path) -> None:
