@@ -1,4 +1,4 @@
-"""Every developer task: `nox -s tests | lint | typecheck | image | serve | bench |
+"""Every developer task: `nox -s tests | lint | typecheck | spec | image | serve | bench |
 deploy-image | k8s | k8s-bench`."""
 
 from __future__ import annotations
@@ -96,6 +96,14 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.17,<0.18")  # formatting changes between minor versions
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def spec(session: nox.Session) -> None:
+    """Regenerate the protocol's spec (docs/protocol.schema.json) and the SDKs' event sets from
+    src/insien/protocol.py; `-- --check` only reports the stale ones."""
+    session.install("-e", ".")
+    session.run("python", "-m", "insien.protocol_spec", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -1,4 +1,7 @@
-"""Error codes the agent answers with, and the exception that carries one to the wire."""
+"""Error codes the agent answers with, and the exception that carries one to the wire.
+
+Every code is the server's too (`insien.protocol.ErrorCode`, docs/protocol.schema.json):
+tests/unit/test_protocol_spec.py checks that each code any agent module uses is one of them."""
 
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ NOT_EMPTY = "NOT_EMPTY"
 CANCELLED = "CANCELLED"
 BUSY = "BUSY"
 CONNECTION_REFUSED = "CONNECTION_REFUSED"
+CONTEXT_DIED = "CONTEXT_DIED"
+"""A code context's process is gone (OOM, os._exit, killed): restart it."""
 INTERNAL = "INTERNAL"
 
 

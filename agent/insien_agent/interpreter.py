@@ -26,7 +26,7 @@ from typing import Any
 
 from . import untrusted_json
 from .context import Request
-from .errors import BAD_REQUEST, NOT_FOUND, AgentError
+from .errors import BAD_REQUEST, CONTEXT_DIED, NOT_FOUND, AgentError
 from .fields import optional_str, required_str, str_map
 from .js_kernel import JS_KERNEL
 from .kernel import KERNEL_FLAG
@@ -46,7 +46,6 @@ MAX_EVENT_DEPTH = 128
 """How deeply a kernel event may nest: a result's `json` format carries the cell's own data,
 so more room than a request gets, and still far below what re-encoding it here and decoding
 it on the server can take."""
-CONTEXT_DIED = "CONTEXT_DIED"
 QUEUED_EVENTS = 64
 IGNORED = object()
 """What `until_ignored` gives once a cell has ignored its interrupt past the grace period."""

@@ -305,8 +305,7 @@ REQUESTS: dict[str, type[_Request]] = {
 }
 REQUEST_TYPES = frozenset(REQUESTS)
 
-# Messages that come before a request's final one; every other type ends the request.
-EVENT_TYPES = frozenset(
+CLIENT_EVENT_TYPES = frozenset(
     {
         "output",
         "data",
@@ -314,13 +313,16 @@ EVENT_TYPES = frozenset(
         "attachResponse",
         "watchStarted",
         "fsEvents",
-        "tunnelOpened",
-        "egressListening",
-        "egressConnect",
         "codeOutput",
         "codeResult",
     }
 )
+"""Events a client sees: answers that come before a request's final one (the SDKs' sets are
+generated from this, through docs/protocol.schema.json)."""
+LINK_EVENT_TYPES = frozenset({"tunnelOpened", "egressListening", "egressConnect"})
+"""Events between the server and the agent only (tunnels, egress): never relayed to a client."""
+# Messages that come before a request's final one; every other type ends the request.
+EVENT_TYPES = CLIENT_EVENT_TYPES | LINK_EVENT_TYPES
 CREDITED_TYPES = frozenset({"output", "fsEvents", "codeOutput", "codeResult"})
 """Events the agent sends only as far as the server's credit allows (see Flow control)."""
 

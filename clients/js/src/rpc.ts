@@ -5,12 +5,11 @@
  */
 
 import { AbortError, APIError, ConnectError, RPCError, SandboxClosedError } from './errors.js';
+import { EVENT_TYPES } from './protocol.js';
 import { openSocket, type SocketLike } from './transport.js';
 
 export type Message = Record<string, unknown> & { type?: string; id?: string };
 
-/** Messages that answer a request without ending it. */
-const NOT_FINAL = new Set(['output', 'data', 'spawnResponse', 'attachResponse', 'watchStarted', 'fsEvents', 'codeOutput', 'codeResult']);
 /** Close codes after which the sandbox may still be there: reconnect. */
 const RECONNECT_CODES = new Set([1006, 1011, 1012, 1013]);
 /** How long the SDK keeps trying to reach a sandbox whose server went away (a restart). */
@@ -19,8 +18,9 @@ const RECONNECT_PAUSE_MS = 250;
 /** While calls wait, the connection is pinged this often; no answer as long counts as lost. */
 export const PING_INTERVAL_MS = 20_000;
 
+/** Whether a message ends its request: every type but the protocol's events (protocol.ts) does. */
 export function isFinal(message: Message): boolean {
-  return !NOT_FINAL.has(String(message.type));
+  return !EVENT_TYPES.has(String(message.type));
 }
 
 export function check(reply: Message): Message {

@@ -23,29 +23,18 @@ from httpx_ws import (
 )
 
 from ._errors import RPCError, SandboxClosedError
+from ._protocol import EVENT_TYPES
 
 Message = dict[str, Any]
 
-
-FINAL_EXCEPT = frozenset(
-    {
-        "output",
-        "data",
-        "spawnResponse",
-        "attachResponse",
-        "watchStarted",
-        "fsEvents",
-        "codeOutput",
-        "codeResult",
-    }
-)
 STREAM_BUFFER = 256
 CANCEL_TIMEOUT = 5.0
 """How long an abandoned request's `cancel` may take to send before the SDK gives up on it."""
 
 
 def is_final(message: Message) -> bool:
-    return message.get("type") not in FINAL_EXCEPT
+    """Whether a message ends its request: every type but the protocol's events does."""
+    return message.get("type") not in EVENT_TYPES
 
 
 Connect = Callable[[str], AbstractAsyncContextManager[AsyncWebSocketSession]]
