@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from hypothesis import strategies as st
 from insien import protocol, protocol_spec
 from insien_sandbox import _protocol, _rpc
 from tests.fuzzing import requests
+from tests.tools import missing, require_tool
 
 ROOT = Path(__file__).parent.parent.parent
 AGENT = ROOT / "agent" / "insien_agent"
@@ -166,18 +165,12 @@ def test_the_js_sdk_takes_its_events_from_the_generated_module() -> None:
     assert not quoted & enum("ClientEvent"), "rpc.ts names events of its own"
 
 
-def tool(path: Path) -> Path:
-    """A JavaScript tool of the SDK's, or a skip where it is missing (CI has it, and fails)."""
-    if not path.exists() or shutil.which("node") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{path} or node is missing, and CI runs the JavaScript suites")
-        pytest.skip(f"{path} or node is missing (npm ci --prefix clients/js)")
-    return path
-
-
 def test_the_built_js_sdk_ends_a_request_where_the_spec_says(tmp_path: Path) -> None:
     """rpc.ts compiled as `npm run build` does, its `isFinal` asked about every type."""
-    tsc = tool(JS / "node_modules" / ".bin" / "tsc")
+    node = require_tool("node", "apt-get install nodejs npm")
+    tsc = JS / "node_modules" / ".bin" / "tsc"
+    if not tsc.exists():
+        missing("clients/js's TypeScript", "npm ci --prefix clients/js")
     (tmp_path / "node_modules").symlink_to(JS / "node_modules")
     built = subprocess.run(
         [str(tsc), "-p", str(JS / "tsconfig.json"), "--outDir", str(tmp_path / "dist")],
@@ -194,7 +187,7 @@ def test_the_built_js_sdk_ends_a_request_where_the_spec_says(tmp_path: Path) -> 
         "console.log(JSON.stringify(kinds.filter((type) => !isFinal({ id: 'r1', type }))));"
     )
     ran = subprocess.run(
-        ["node", "--input-type=module", "-e", script],
+        [node, "--input-type=module", "-e", script],
         cwd=tmp_path,
         capture_output=True,
         text=True,
