@@ -454,11 +454,12 @@ class SandboxManager:
         sandbox.touch()
         return sandbox
 
-    async def snapshot(self, sandbox_id: str, tenant: Tenant) -> str:
-        """Commit the sandbox's filesystem as a template only its owner can create from."""
+    async def snapshot(self, sandbox_id: str, tenant: Tenant, name: str | None = None) -> str:
+        """Commit the sandbox's filesystem as a template only its owner can create from
+        (named, if `name` is given: see Snapshots.take)."""
         sandbox = self.get(sandbox_id, tenant)
         try:
-            template = await self.snapshots.take(sandbox, tenant)
+            template = await self.snapshots.take(sandbox, tenant, name)
         except QuotaExceeded as refused:
             self.metrics.quota_refusals.labels(refused.reason).inc()
             self.events.publish(

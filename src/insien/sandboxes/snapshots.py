@@ -8,9 +8,12 @@ add; a tenant that is removed from the tenants file loses its snapshots too.
 
 from __future__ import annotations
 
+import builtins
 import logging
+import re
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +37,56 @@ SNAPSHOT_BYTES_LABEL = "insien.snapshot.bytes"
 SNAPSHOT_INSTANCE_LABEL = "insien.snapshot.instance"
 """Snapshots belong to a tenant of one Insien instance: servers sharing a Docker Engine never
 list, use or purge each other's."""
+SNAPSHOT_NAME_LABEL = "insien.snapshot.name"
+"""A name its owner gave it (`alias:tag`), as E2B's `create_snapshot(name=...)` does."""
 PURGE_INTERVAL = 5.0
+DEFAULT_TAG = "default"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(:[A-Za-z0-9._-]{1,128})?")
+"""`alias` or `alias:tag`: what E2B calls a snapshot template's name."""
+
+
+class BadSnapshotName(ValueError):
+    """A snapshot name that is not `alias` or `alias:tag` of letters, digits, `.`, `_`, `-`."""
+
+
+def snapshot_name(name: str) -> str:
+    """A snapshot name in full (`alias:tag`, the tag `default` unless given)."""
+    if not NAME.fullmatch(name):
+        raise BadSnapshotName(
+            f"snapshot name {name!r} is not `alias` or `alias:tag` (letters, digits, . _ -)"
+        )
+    return name if ":" in name else f"{name}:{DEFAULT_TAG}"
+
+
+@dataclass(frozen=True)
+class KeptSnapshot:
+    """One of a tenant's snapshots."""
+
+    template: str
+    """The image to create from (`insien-snapshot:<hex>`)."""
+    sandbox_id: str | None
+    created_at: str
+    bytes: int
+    name: str | None
+    """Its name in full (`alias:tag`), if it was given one."""
+
+    def info(self) -> dict[str, Any]:
+        """As Insien's `GET /snapshots` lists it."""
+        return {
+            "template": self.template,
+            "sandboxId": self.sandbox_id,
+            "createdAt": self.created_at,
+            "bytes": self.bytes,
+        }
+
+    def matches(self, wanted: str) -> bool:
+        """E2B's `name` filter: its name or id, the tag optional, a namespace ignored."""
+        wanted = wanted.rsplit("/", 1)[-1]
+        if wanted == self.template:
+            return True
+        if self.name is None:
+            return False
+        return wanted == self.name if ":" in wanted else wanted == self.name.split(":")[0]
 
 
 class SnapshotNotFound(Exception):
@@ -54,13 +106,18 @@ class Snapshots:
         self._tenant_exists = tenant_exists
         self._lock = trio.Lock()  # a burst of snapshots cannot slip past the quota
 
-    async def take(self, sandbox: Sandbox, tenant: Tenant) -> str:
-        """Commit the sandbox's filesystem, within the tenant's plan; returns the template."""
+    async def take(self, sandbox: Sandbox, tenant: Tenant, name: str | None = None) -> str:
+        """Commit the sandbox's filesystem, within the tenant's plan; returns the template.
+        A `name` (see `snapshot_name`) moves to this snapshot, and the one that had it goes,
+        as E2B assigns a new build to a template of that name."""
+        full_name = snapshot_name(name) if name is not None else None
         store = self._store
         if store is None:
             raise not_supported(self._runtime, "taking a snapshot")
         async with self._lock:
-            kept = await self.list(tenant)
+            everything = await self.entries(tenant)
+            replaced = [s.template for s in everything if full_name and s.name == full_name]
+            kept = [snap.info() for snap in everything if snap.template not in replaced]
             plan = tenant.plan
             if plan.max_snapshots is not None and len(kept) >= plan.max_snapshots:
                 raise QuotaExceeded(
@@ -79,8 +136,8 @@ class Snapshots:
                     60.0,
                     "snapshot_bytes",
                 )
-            name = f"{SNAPSHOT_REPOSITORY}:{secrets.token_hex(8)}"
-            repository, tag = name.split(":")
+            template = f"{SNAPSHOT_REPOSITORY}:{secrets.token_hex(8)}"
+            repository, tag = template.split(":")
             labels = {
                 SNAPSHOT_OWNER_LABEL: tenant.id,
                 SNAPSHOT_INSTANCE_LABEL: self._settings.instance,
@@ -89,12 +146,20 @@ class Snapshots:
                 # A snapshot is isolated like the operator's template it descends from.
                 SNAPSHOT_BASE_LABEL: await self._base_template(store, sandbox.options.template),
             }
+            if full_name is not None:
+                labels[SNAPSHOT_NAME_LABEL] = full_name
             await store.commit(sandbox.container_id, repository, tag, labels)
-        log.info("snapshot %s of sandbox %s (%d bytes)", name, sandbox.id, size)
-        return name
+            for old in replaced:
+                await store.remove_image(old)
+        log.info("snapshot %s of sandbox %s (%d bytes)", template, sandbox.id, size)
+        return template
 
     async def list(self, tenant: Tenant) -> list[dict[str, Any]]:
         """The tenant's snapshot templates, oldest first."""
+        return [snap.info() for snap in await self.entries(tenant)]
+
+    async def entries(self, tenant: Tenant) -> builtins.list[KeptSnapshot]:
+        """The tenant's snapshots, oldest first."""
         if self._store is None:
             return []
         images = await self._store.images_labelled(f"{SNAPSHOT_OWNER_LABEL}={tenant.id}")
@@ -105,14 +170,22 @@ class Snapshots:
             for tag in image.tags:
                 if tag.startswith(f"{SNAPSHOT_REPOSITORY}:"):
                     found.append(
-                        {
-                            "template": tag,
-                            "sandboxId": image.labels.get(SNAPSHOT_SOURCE_LABEL),
-                            "createdAt": iso_timestamp(datetime.fromtimestamp(image.created, UTC)),
-                            "bytes": int(image.labels.get(SNAPSHOT_BYTES_LABEL) or 0),
-                        }
+                        KeptSnapshot(
+                            template=tag,
+                            sandbox_id=image.labels.get(SNAPSHOT_SOURCE_LABEL),
+                            created_at=iso_timestamp(datetime.fromtimestamp(image.created, UTC)),
+                            bytes=int(image.labels.get(SNAPSHOT_BYTES_LABEL) or 0),
+                            name=image.labels.get(SNAPSHOT_NAME_LABEL) or None,
+                        )
                     )
-        return sorted(found, key=lambda snap: (snap["createdAt"], snap["template"]))
+        return sorted(found, key=lambda snap: (snap.created_at, snap.template))
+
+    async def named(self, tenant: Tenant, wanted: str) -> str | None:
+        """The template of the tenant's snapshot named `wanted` (`alias` or `alias:tag`)."""
+        if not NAME.fullmatch(wanted.rsplit("/", 1)[-1]):
+            return None
+        found = [s for s in await self.entries(tenant) if s.name and s.matches(wanted)]
+        return found[-1].template if found else None
 
     async def delete(self, tenant: Tenant, template: str) -> None:
         """Remove one of the tenant's snapshots; anyone else's looks like none."""

@@ -7,10 +7,15 @@ CPU percent is over the time since the previous reading of that sandbox; the fir
 sandbox waits a quarter second for a second sample, so no reading reports the sandbox's start
 (which a pooled sandbox did before its claim).
 
-**A short series while someone looks.** Each reading (`GET /sandboxes/<id>/metrics`) keeps the
-sandbox sampled every SERIES_INTERVAL seconds for WATCHED_FOR seconds more, so a dashboard that
-polls gets a recent history with every answer; nobody looking, nothing is sampled. A series
-holds SERIES_KEPT points, and only the last KEPT sandboxes looked at keep one.
+**A history while someone looks.** The first reading of a sandbox (either front's
+`GET /sandboxes/<id>/metrics`) starts sampling it every SERIES_INTERVAL seconds (E2B's cadence)
+for as long as it lives and someone asked within WATCHED_FOR seconds; the last HISTORY_KEPT
+readings (an hour) answer E2B's `?start=&end=` ranges. Sandboxes nobody asks about are never
+sampled: a reading costs a Docker stats call (about a second of dockerd's time in a worker
+thread, of which trio lends 40), a size query and an agent round trip, so 500 idle sandboxes
+sampled every 5 s would keep ~100 calls in flight and starve the creates that need those
+threads. At most SAMPLED_AT_MOST sandboxes are sampled at once (the least recently asked stop
+first), and only the last KEPT sandboxes asked about keep a history.
 """
 
 from __future__ import annotations
@@ -29,15 +34,19 @@ from ..runtime.base import FilesystemSnapshots, Runtime, Stats, Usage
 from .sandbox import Sandbox, State, iso_timestamp
 
 FIRST_INTERVAL = 0.25
-KEPT = 1024
-"""Sandboxes whose previous reading (and series) is kept; the oldest looked at go first."""
+KEPT = 512
+"""Sandboxes whose previous reading (and history) is kept; the oldest looked at go first."""
 SERIES_INTERVAL = 5.0
-SERIES_KEPT = 60
-WATCHED_FOR = 60.0
+HISTORY_KEPT = 720
+"""An hour of readings at SERIES_INTERVAL."""
+RECENT = 60
+"""Readings in the series Insien's own metrics answer carries."""
+WATCHED_FOR = 3600.0
+SAMPLED_AT_MOST = 64
 AGENT_TIMEOUT = 2.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reading:
     at: float
     """Seconds since the epoch."""
@@ -94,7 +103,7 @@ class Reading:
 class _Watched:
     previous: tuple[float, float] | None = None
     """(when, CPU seconds) of the last reading, for the next CPU percent."""
-    series: deque[Reading] = field(default_factory=lambda: deque(maxlen=SERIES_KEPT))
+    series: deque[Reading] = field(default_factory=lambda: deque(maxlen=HISTORY_KEPT))
     looked_at: float = 0.0
     sampling: bool = False
     peak: int = 0
@@ -150,21 +159,61 @@ class UsageSampler:
         entry.looked_at = trio.current_time()
         reading = await self._sample(sandbox, entry)
         entry.series.append(reading)
-        if not entry.sampling and self._nursery is not None:
-            entry.sampling = True
-            self._nursery.start_soon(self._sample_while_watched, sandbox, entry)
+        self._keep_sampled(sandbox, entry)
         return reading
 
     def series(self, sandbox_id: str) -> list[Reading]:
+        """The recent readings (the last RECENT)."""
         entry = self._watched.get(sandbox_id)
-        return list(entry.series) if entry is not None else []
+        return list(entry.series)[-RECENT:] if entry is not None else []
+
+    async def history(
+        self, sandbox: Sandbox, start: float | None = None, end: float | None = None
+    ) -> list[Reading]:
+        """The readings kept whose whole second is within [start, end] (seconds since the
+        epoch, either open). Asking keeps the sandbox sampled; a range that reaches now gets a
+        reading now when none is being taken every SERIES_INTERVAL (the first time, or after
+        nobody asked for WATCHED_FOR)."""
+        now = time.time()
+        entry = self._entry(sandbox.id)
+        entry.looked_at = trio.current_time()
+        newest = entry.series[-1].at if entry.series else None
+        reaches_now = end is None or end >= now - SERIES_INTERVAL
+        stale = newest is None or (not entry.sampling and now - newest >= SERIES_INTERVAL)
+        if reaches_now and stale:
+            entry.series.append(await self._sample(sandbox, entry))
+        self._keep_sampled(sandbox, entry)
+        return [
+            r
+            for r in entry.series
+            if (start is None or int(r.at) >= start) and (end is None or int(r.at) <= end)
+        ]
+
+    def _keep_sampled(self, sandbox: Sandbox, entry: _Watched) -> None:
+        """Sample the sandbox every SERIES_INTERVAL from now on; past SAMPLED_AT_MOST, the
+        sandbox asked about least recently stops being sampled."""
+        if entry.sampling or self._nursery is None or sandbox.state is State.ENDED:
+            return
+        sampled = [e for e in self._watched.values() if e.sampling and e.looked_at > -math.inf]
+        if len(sampled) >= SAMPLED_AT_MOST:
+            sampled[0].looked_at = -math.inf  # its task ends at its next tick
+        entry.sampling = True
+        self._nursery.start_soon(self._sample_while_watched, sandbox, entry)
 
     async def _sample_while_watched(self, sandbox: Sandbox, entry: _Watched) -> None:
         long_lived_task(sandbox.id, sandbox.owner or None)
+        tick = trio.current_time()
         try:
-            while trio.current_time() - entry.looked_at < WATCHED_FOR:
-                await trio.sleep(SERIES_INTERVAL)
+            while True:
+                # on a fixed grid: a slow reading does not stretch the cadence (a missed
+                # tick is skipped)
+                tick += SERIES_INTERVAL * max(
+                    1, math.ceil((trio.current_time() - tick) / SERIES_INTERVAL)
+                )
+                await trio.sleep_until(tick)
                 if sandbox.state is State.ENDED or self._watched.get(sandbox.id) is not entry:
+                    return
+                if trio.current_time() - entry.looked_at >= WATCHED_FOR:
                     return
                 entry.series.append(await self._sample(sandbox, entry))
         finally:

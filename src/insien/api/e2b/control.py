@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -18,6 +18,12 @@ from quart import Blueprint, Response, request
 from ...egress import NetworkPolicy
 from ...protocol import ErrorCode
 from ...sandboxes.sandbox import Sandbox, State, iso_timestamp
+from ...sandboxes.snapshots import (
+    SNAPSHOT_REPOSITORY,
+    BadSnapshotName,
+    KeptSnapshot,
+    snapshot_name,
+)
 from ...tenancy.auth import Audience
 from ...tenancy.tenants import Tenant
 from ..bodies import json_body
@@ -101,6 +107,17 @@ class ForkBody(BaseModel):
     count: int = Field(1, ge=1, le=MAX_FORKS)
 
 
+class SnapshotBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str | None = Field(None, max_length=300)
+
+
+def snapshot_info(snap: KeptSnapshot) -> dict[str, Any]:
+    """A snapshot as E2B's `SnapshotInfo`: named by its name when it has one."""
+    snapshot_id = snap.name or snap.template
+    return {"snapshotID": snapshot_id, "names": [snapshot_id]}
+
+
 class RefreshBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
     duration: int | None = Field(None, ge=0)
@@ -120,6 +137,51 @@ def _metadata_filter(raw: str | None) -> dict[str, str]:
     if not raw:
         return {}
     return {unquote(k): unquote(v) for k, v in parse_qsl(raw, keep_blank_values=True)}
+
+
+def _moment(raw: str | None, name: str) -> datetime | None:
+    """An ISO 8601 time from a query (`+00:00` may arrive as ` 00:00`); naive means UTC."""
+    if not raw:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.strip().replace(" ", "+"))
+    except ValueError:
+        raise ApiError(400, ErrorCode.BAD_REQUEST, f"{name} is not an ISO 8601 time") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _unix(raw: str | None, name: str) -> int | None:
+    """A time in Unix seconds from a query, as E2B's metrics take `start` and `end`."""
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(400, ErrorCode.BAD_REQUEST, f"{name} is in Unix seconds") from None
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _list_key(sandbox: Sandbox) -> tuple[int, str]:
+    """Where a sandbox sits in E2B's list: its start time (whole microseconds), then id."""
+    return (sandbox.created_at - EPOCH) // timedelta(microseconds=1), sandbox.id
+
+
+def _token(sandbox: Sandbox) -> str:
+    """The list cursor after `sandbox`."""
+    micros, sandbox_id = _list_key(sandbox)
+    return f"{micros}.{sandbox_id}"
+
+
+def _cursor(raw: str | None) -> tuple[int, str] | None:
+    """A `nextToken` back as the list key it was taken after."""
+    if not raw:
+        return None
+    micros, _, sandbox_id = raw.partition(".")
+    if not micros.isdigit() or not sandbox_id:
+        raise ApiError(400, ErrorCode.BAD_REQUEST, "nextToken is not one this server gave")
+    return int(micros), sandbox_id
 
 
 def control_blueprint(services: Services) -> Blueprint:
@@ -153,6 +215,18 @@ def control_blueprint(services: Services) -> Blueprint:
         if name.startswith("code-interpreter"):
             return settings.interpreter_image  # `insien image build --interpreter`
         return name
+
+    async def image_for(name: str, owner: Tenant) -> str:
+        """The image a create names: the operator's templates first, then a snapshot of the
+        tenant's by its name (`Sandbox.create("my-snapshot")`), else the name itself."""
+        image = template_image(name)
+        if (
+            image == name
+            and image not in settings.allowed_templates
+            and not image.startswith(f"{SNAPSHOT_REPOSITORY}:")
+        ):
+            return await manager.snapshots.named(owner, name) or image
+        return image
 
     async def available(image: str, name: str) -> str:
         """The interpreter's image, checked before a create names it: missing, it is the
@@ -225,7 +299,7 @@ def control_blueprint(services: Services) -> Blueprint:
         options = await sandbox_options(
             services,
             owner,
-            template=await available(template_image(body.templateID), body.templateID),
+            template=await available(await image_for(body.templateID, owner), body.templateID),
             lifetime=float(body.timeout),
             idle_timeout=None,
             metadata=body.metadata,
@@ -241,7 +315,14 @@ def control_blueprint(services: Services) -> Blueprint:
     bp.add_url_rule("/sandboxes", "create", create, methods=["POST"])
     bp.add_url_rule("/v2/sandboxes", "create_v2", create, methods=["POST"])
 
+    def matches_template(sandbox: Sandbox, wanted: str) -> bool:
+        """E2B's `template` filter: a template's ID or alias (here: its E2B name or image)."""
+        return wanted in (template_name(sandbox), sandbox.options.template)
+
     async def list_sandboxes() -> Response:
+        """E2B's list: newest first unless `order=asc`, filtered by state, metadata, start
+        time and template; `nextToken` is a cursor (the last start time and id seen), so
+        a sandbox created or ended while someone pages neither repeats nor hides another."""
         owner = tenant()
         args = request.args
         wanted = _metadata_filter(args.get("metadata"))
@@ -249,24 +330,39 @@ def control_blueprint(services: Services) -> Blueprint:
         unknown = states - {"running", "paused"}
         if unknown:
             raise ApiError(400, ErrorCode.BAD_REQUEST, f"unknown state {sorted(unknown)}")
+        order = args.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "order is 'asc' or 'desc'")
+        started_after = _moment(args.get("startedAfter"), "startedAfter")
+        template = args.get("template")
         try:
             limit = min(int(args.get("limit", "100")), MAX_PAGE)
-            start = int(args.get("nextToken", "0") or "0")
         except ValueError:
-            raise ApiError(400, ErrorCode.BAD_REQUEST, "limit and nextToken are integers") from None
-        if limit < 1 or start < 0:
-            raise ApiError(400, ErrorCode.BAD_REQUEST, "limit must be >= 1, nextToken >= 0")
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "limit is an integer") from None
+        if limit < 1:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "limit must be >= 1")
+        after = _cursor(args.get("nextToken"))
         found = [
             s
             for s in manager.list(owner, include_ended=False)
-            if state(s) in states and all(s.options.metadata.get(k) == v for k, v in wanted.items())
+            if state(s) in states
+            and all(s.options.metadata.get(k) == v for k, v in wanted.items())
+            and (started_after is None or s.created_at >= started_after)
+            and (not template or matches_template(s, template))
         ]
-        page = found[start : start + limit]
+        newest_first = order == "desc"
+        if newest_first:
+            found.reverse()
+        if after is not None:
+            found = [
+                s for s in found if (_list_key(s) < after if newest_first else _list_key(s) > after)
+            ]
+        page = found[:limit]
         response = Response(
             json.dumps([listed(s) for s in page]), status=200, mimetype="application/json"
         )
-        if start + limit < len(found):
-            response.headers["x-next-token"] = str(start + limit)
+        if len(found) > limit:
+            response.headers["x-next-token"] = _token(page[-1])
         return response
 
     bp.add_url_rule("/sandboxes", "list", list_sandboxes, methods=["GET"])
@@ -321,9 +417,14 @@ def control_blueprint(services: Services) -> Blueprint:
         if sandbox.state is State.PAUSED:
             await manager.resume(sandbox_id, owner)
             status = 201
-        if body.timeout or status == 201:
+        if status == 201:
             # a resumed sandbox gets a lifetime again (its own timeout unless one is given)
             manager.keepalive(sandbox_id, owner, float(body.timeout) if body.timeout else None)
+        elif body.timeout:
+            # as E2B: connecting to a running sandbox only ever extends its life, never shortens
+            wanted = datetime.now(UTC) + timedelta(seconds=body.timeout)
+            if wanted > sandbox.expires_at:
+                manager.keepalive(sandbox_id, owner, float(body.timeout))
         return created(sandbox, owner), status
 
     bp.add_url_rule("/sandboxes/<sandbox_id>/connect", "connect", connect, methods=["POST"])
@@ -332,9 +433,14 @@ def control_blueprint(services: Services) -> Blueprint:
 
     @bp.get("/sandboxes/<sandbox_id>/metrics")
     async def metrics(sandbox_id: str) -> Response:
-        """E2B's metrics are a series: the recent samples this reading keeps going."""
+        """E2B's metrics: the readings taken every 5 s between `start` and `end` (Unix
+        seconds; the sandbox's start and now by default). A sandbox is sampled from the first
+        time anyone asks (sandboxes/usage.py says why not before)."""
         sandbox = manager.get(sandbox_id, tenant())
-        await manager.usage.read(sandbox)
+        start = _unix(request.args.get("start"), "start")
+        end = _unix(request.args.get("end"), "end")
+        if start is None:
+            start = int(sandbox.created_at.timestamp())
         series = [
             {
                 "timestamp": datetime.fromtimestamp(r.at, UTC).isoformat().replace("+00:00", "Z"),
@@ -347,7 +453,7 @@ def control_blueprint(services: Services) -> Blueprint:
                 "diskUsed": r.disk_bytes,
                 "diskTotal": r.disk_limit,
             }
-            for r in manager.usage.series(sandbox_id)
+            for r in await manager.usage.history(sandbox, start, end)
         ]
         return Response(json.dumps(series), status=200, mimetype="application/json")
 
@@ -367,24 +473,39 @@ def control_blueprint(services: Services) -> Blueprint:
 
     @bp.post("/sandboxes/<sandbox_id>/snapshots")
     async def snapshot(sandbox_id: str) -> tuple[dict[str, Any], int]:
-        """A snapshot is an Insien snapshot template: create from it with its `snapshotID`."""
-        template = await manager.snapshot(sandbox_id, tenant())
-        return {"snapshotID": template, "names": [template]}, 201
+        """A snapshot is an Insien snapshot template: create from it with its `snapshotID`
+        (its name, `alias:tag`, when it was given one; the name moves to the newest)."""
+        owner = tenant()
+        body = await json_body(SnapshotBody)
+        if body.name is not None:
+            try:
+                snapshot_name(body.name)
+            except BadSnapshotName as exc:
+                raise ApiError(400, ErrorCode.BAD_REQUEST, str(exc)) from None
+        template = await manager.snapshot(sandbox_id, owner, body.name)
+        found = [s for s in await manager.snapshots.entries(owner) if s.template == template]
+        if not found:  # deleted by now, which is the tenant's own doing
+            return {"snapshotID": template, "names": [template]}, 201
+        return snapshot_info(found[0]), 201
 
     @bp.get("/snapshots")
     async def snapshots() -> Response:
         owner = tenant()
         source = request.args.get("sandboxID")
+        name = request.args.get("name")
         found = [
-            {"snapshotID": snap["template"], "names": [snap["template"]]}
-            for snap in await manager.snapshots.list(owner)
-            if source is None or snap["sandboxId"] == source
+            snapshot_info(snap)
+            for snap in await manager.snapshots.entries(owner)
+            if (source is None or snap.sandbox_id == source) and (not name or snap.matches(name))
         ]
         return Response(json.dumps(found), status=200, mimetype="application/json")
 
     @bp.delete("/templates/<path:template>")
     async def delete_snapshot(template: str) -> tuple[str, int]:
-        await manager.snapshots.delete(tenant(), template)
+        owner = tenant()
+        if not template.startswith(f"{SNAPSHOT_REPOSITORY}:"):
+            template = await manager.snapshots.named(owner, template) or template
+        await manager.snapshots.delete(owner, template)
         return "", 204
 
     @bp.post("/sandboxes/<sandbox_id>/fork")

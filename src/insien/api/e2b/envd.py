@@ -65,6 +65,11 @@ def _user(header: str | None) -> str | None:
     return decoded.split(":", 1)[0] or None
 
 
+def _gone(sandbox: Sandbox) -> bool:
+    """The sandbox ended, or its agent's link closed for good (it is ending)."""
+    return sandbox.state is State.ENDED or sandbox.link.closed.is_set()
+
+
 class EnvdFront:
     """Serves envd's API for every sandbox, addressed by sandbox id and port."""
 
@@ -86,6 +91,8 @@ class EnvdFront:
             sandbox, tenant = self._admit(exchange, sandbox_id, port)
             if exchange.path == "/health":
                 await exchange.discard_body()
+                if _gone(sandbox):  # ending: what E2B's proxy says of a sandbox it lost
+                    raise Refused(502, Code.UNAVAILABLE, f"The sandbox {sandbox_id} was not found")
                 await exchange.respond(204, b"", "text/plain")
             elif exchange.path == "/files":
                 await serve_files(exchange, sandbox, self.services.settings.max_upload_bytes)
@@ -229,7 +236,14 @@ class EnvdFront:
         async def emit(message: dict[str, object]) -> None:
             await send.send(connect.envelope(message))
 
+        # The sandbox went away under the stream: as E2B's proxy does, the connection is
+        # dropped with no end-of-stream message, so the SDKs probe /health (502) and say the
+        # sandbox was killed. Only over HTTP/1.1: hypercorn cannot reset an HTTP/2 stream
+        # from the app, and a stream left open there would hang the client instead.
+        cut = False
+
         async def produce() -> None:
+            nonlocal cut
             error: ConnectError | None = None
             async with send:
                 try:
@@ -242,7 +256,10 @@ class EnvdFront:
                 except Exception as exc:
                     log.exception("envd stream %s failed", exchange.path)
                     error = ConnectError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
-                await send.send(connect.end_stream(error))
+                if error is not None and _gone(call.sandbox):
+                    cut = exchange.scope.get("http_version") in ("1.0", "1.1")
+                if not cut:
+                    await send.send(connect.end_stream(error))
 
         async def watch_client(scope: trio.CancelScope) -> None:
             await exchange.wait_disconnect()
@@ -262,5 +279,6 @@ class EnvdFront:
                     if idle.cancelled_caught:
                         data = connect.envelope(method.keepalive or {})
                     await exchange.write(data)
-            await exchange.write(b"", more=False)
+            if not cut:  # cut: the response ends without its last chunk, closing the connection
+                await exchange.write(b"", more=False)
             nursery.cancel_scope.cancel()
