@@ -73,6 +73,12 @@ def test_garbage_gets_a_structured_error(fuzz_sandbox: dict[str, Any], raw: Any)
         async with websocket(fuzz_sandbox["agentUrl"]) as ws:
             inbox = Inbox(ws)
             await ws.send_message(raw)
+            with trio.fail_after(20):
+                answer = json.loads(await ws.get_message())
+            assert answer["type"] == "error", answer
+            assert answer["code"] in ("BAD_REQUEST", "UNKNOWN_TYPE"), answer
+            assert isinstance(answer["message"], str), answer
+            assert answer["message"], answer
             await still_serves(inbox)
 
     trio.run(scenario)
