@@ -8,7 +8,7 @@ version stays in force. The seed's single `API_KEY` is one more tenant, `default
     [tenants.acme]
     max_sandboxes = 20          # live at once
     create_rate = 60            # creates per minute (bucket of `create_burst`)
-    max_connections = 64        # WebSockets open at once
+    max_connections = 64        # WebSockets and /events streams open at once
     max_snapshots = 10          # snapshot templates kept at once
     max_snapshot_bytes = "5g"   # what their own layers add up to
     max_cpus = 2
