@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import docker
 import trio
+from trio_websocket import ConnectionClosed
 
 from insien_sandbox import AsyncSandbox, Sandbox
 from tests.conftest import Server
@@ -138,12 +141,17 @@ async def test_agent_killed_inside_its_container(
         sandbox_id = created["sandboxId"]
         async with websocket(created["agentUrl"]) as ws:
             await kill_agent(docker_client, sandbox_id)
-            with trio.fail_after(10):
-                while True:
-                    try:
-                        await ws.get_message()
-                    except Exception:
-                        break
+            with trio.fail_after(10):  # the server closes the connection, nothing else ends it
+                try:
+                    while True:
+                        message = json.loads(await ws.get_message())
+                        assert message["type"] in ("error", "sandboxEnded"), message
+                except ConnectionClosed as exc:
+                    closed = exc
+    assert closed.reason is not None
+    # A close frame from the server (1000, or 1001 "going away" when the end was recorded
+    # first), not a dropped connection (1006).
+    assert closed.reason.code in (1000, 1001), closed.reason
     info = await wait_for_state(server, sandbox_id, "ended", within=5)
     assert info["endReason"] == "agent_exited"
     await wait_until_removed(docker_client, sandbox_id)
