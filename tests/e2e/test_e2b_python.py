@@ -61,6 +61,18 @@ def sbx(e2b_env: Server) -> Iterator[Sandbox]:
         sandbox.kill()
 
 
+OUTLIVE = "sleep 1; touch"
+"""A command that goes on a second and then touches a file (named after it) proves it outlived
+its client letting go just before: a disconnect that ended it would have done so at once."""
+
+
+def wait_for_file(sbx: Sandbox, path: str, within: float = 15) -> None:
+    deadline = time.monotonic() + within
+    while not sbx.files.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared: its command was ended"
+        time.sleep(0.1)
+
+
 def test_commands_foreground(sbx: Sandbox) -> None:
     out: list[str] = []
     err: list[str] = []
@@ -103,14 +115,14 @@ def test_background_stdin_list_kill_connect(sbx: Sandbox) -> None:
     sbx.commands.close_stdin(echo.pid)
     assert echo.wait().stdout == "through stdin\n"
 
-    sleeper = sbx.commands.run("sleep 300", background=True)
+    sleeper = sbx.commands.run(f"{OUTLIVE} /tmp/sleeper-outlived; sleep 300", background=True)
     listed = {p.pid: p for p in sbx.commands.list()}
     assert sleeper.pid in listed
     assert listed[sleeper.pid].cmd == "/bin/bash"
 
     # Leaving a stream stops following the command, not the command.
     sleeper.disconnect()
-    time.sleep(0.3)
+    wait_for_file(sbx, "/tmp/sleeper-outlived")
     assert sleeper.pid in {p.pid for p in sbx.commands.list()}
 
     ticker = sbx.commands.run(
@@ -384,7 +396,7 @@ def test_watch_dir_polled_and_streamed(sbx: Sandbox) -> None:
                 done.set()
 
         watching = await sandbox.files.watch_dir("/home/user/watched", on_event=on_event)
-        # an upload lands under a temporary name renamed into place: `c.txt` is created whole
+        # an upload writes the file in place, as envd does: `c.txt` is created, then written
         await sandbox.files.write("/home/user/watched/c.txt", "c")
         await asyncio.wait_for(done.wait(), 15)
         await watching.stop()  # type: ignore[no-untyped-call]
@@ -472,7 +484,12 @@ def test_an_abandoned_stream_stops_following_not_the_command(sbx: Sandbox) -> No
         "Content-Type": "application/connect+json",
     }
     body = json.dumps(
-        {"process": {"cmd": "/bin/bash", "args": ["-c", "echo begun; sleep 300"]}}
+        {
+            "process": {
+                "cmd": "/bin/bash",
+                "args": ["-c", f"echo begun; {OUTLIVE} /tmp/abandoned-outlived; sleep 300"],
+            }
+        }
     ).encode()
     envelope = struct.pack(">BI", 0, len(body)) + body
     url = f"{sbx.connection_config.api_url}/process.Process/Start"
@@ -489,7 +506,7 @@ def test_an_abandoned_stream_stops_following_not_the_command(sbx: Sandbox) -> No
         length = struct.unpack(">I", received[1:5])[0]
         pid = json.loads(received[5 : 5 + length])["event"]["start"]["pid"]
     # the response is closed: the sleeper still runs, and can be found and killed
-    time.sleep(0.5)
+    wait_for_file(sbx, "/tmp/abandoned-outlived")
     assert pid in {p.pid for p in sbx.commands.list()}
     assert sbx.commands.kill(pid) is True
     assert sbx.commands.run("echo still serving").stdout == "still serving\n"
