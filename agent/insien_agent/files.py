@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import grp
 import os
@@ -31,7 +32,6 @@ from .errors import (
     BAD_ENCODING,
     BAD_REQUEST,
     IS_A_DIRECTORY,
-    NOT_A_DIRECTORY,
     PERMISSION_DENIED,
     TOO_LARGE,
     AgentError,
@@ -190,7 +190,13 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
-def _entry(path: str, name: str, info: os.stat_result, link: str | None = None) -> Message:
+def _entry(
+    path: str,
+    name: str,
+    info: os.stat_result,
+    link: str | None = None,
+    resolved: Message | None = None,
+) -> Message:
     entry: Message = {
         "name": name,
         "path": path,
@@ -203,6 +209,8 @@ def _entry(path: str, name: str, info: os.stat_result, link: str | None = None) 
     }
     if stat.S_ISLNK(info.st_mode):
         entry["target"] = link
+        if resolved is not None:
+            entry["resolved"] = resolved
     return entry
 
 
@@ -213,41 +221,72 @@ def _readlink(name: str, dir_fd: int) -> str | None:
         return None
 
 
-def _list(root: str, depth: int) -> tuple[list[Message], bool]:
-    fd = _open_checked(root, os.O_RDONLY | os.O_NONBLOCK)
+def _resolve(name: str, dir_fd: int) -> Message | None:
+    """Where a symlink leads, followed to the end: the absolute path and what is there (as
+    envd reports a link), or None when it leads nowhere the user can reach. The target is
+    reached through an O_PATH descriptor that `_guard` checks, so a link into the agent's
+    own /proc entry leads nowhere either."""
     try:
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise AgentError(NOT_A_DIRECTORY, f"not a directory: {root}")
+        fd = os.open(name, os.O_PATH, dir_fd=dir_fd)  # follows the whole chain; opens nothing
+    except OSError:
+        return None
+    try:
+        _guard(fd, name)
+        info = os.stat(fd)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except (OSError, AgentError):
+        return None
     finally:
         os.close(fd)
+    kind = _TYPES.get(stat.S_IFMT(info.st_mode), "other")
+    return {"path": path, "type": kind, "mode": stat.S_IMODE(info.st_mode)}
+
+
+def _list(root: str, depth: int) -> tuple[list[Message], bool]:
+    """Depth-first pre-order, names sorted, as envd's `filepath.WalkDir`: each directory is
+    followed at once by what is under it (`a`, `a/b`, `a/b/c`, then `a`'s next entry), so a
+    deep listing reads as a tree and a cut one is the start of it. A symlinked root is
+    followed; symlinks below are described, not entered."""
     entries: list[Message] = []
-    pending = [(root, 1)]
-    while pending:
-        folder, level = pending.pop(0)
+    # One frame per open level: the folder, its open descriptor (each folder is opened and
+    # checked once, its entries read relative to it) and its names not yet visited.
+    stack: list[tuple[str, int, list[str]]] = []
+
+    def enter(folder: str, flags: int) -> None:
+        fd = _open_checked(folder, flags | os.O_RDONLY | os.O_NONBLOCK | os.O_DIRECTORY)
         try:
-            # Each folder is opened (and checked) once; its entries are read relative to it.
-            fd = _open_checked(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except (OSError, AgentError):
-            if folder == root:
-                raise
-            continue  # an unreadable subfolder is skipped, not fatal
-        try:
-            names = sorted(os.listdir(fd))
-            for name in names:
-                if len(entries) >= MAX_LIST_ENTRIES:
-                    return entries, True
-                try:
-                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                except OSError:
-                    continue  # gone meanwhile
-                path = os.path.join(folder, name)
-                link = _readlink(name, fd) if stat.S_ISLNK(info.st_mode) else None
-                entries.append(_entry(path, name, info, link))
-                if level < depth and stat.S_ISDIR(info.st_mode):
-                    pending.append((path, level + 1))
-        finally:
+            names = sorted(os.listdir(fd), reverse=True)  # popped from the end: in order
+        except BaseException:
             os.close(fd)
-    return entries, False
+            raise
+        stack.append((folder, fd, names))
+
+    try:
+        enter(root, 0)
+        while stack:
+            folder, fd, names = stack[-1]
+            if not names:
+                os.close(stack.pop()[1])
+                continue
+            name = names.pop()
+            try:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue  # gone meanwhile
+            if len(entries) >= MAX_LIST_ENTRIES:
+                return entries, True
+            link = resolved = None
+            if stat.S_ISLNK(info.st_mode):
+                link, resolved = _readlink(name, fd), _resolve(name, fd)
+            path = os.path.join(folder, name)
+            entries.append(_entry(path, name, info, link, resolved))
+            if stat.S_ISDIR(info.st_mode) and len(stack) < depth:
+                with contextlib.suppress(OSError, AgentError):  # an unreadable one is skipped
+                    enter(path, os.O_NOFOLLOW)
+        return entries, False
+    finally:
+        for _folder, fd, _names in stack:
+            os.close(fd)
 
 
 def _remove(path: str, recursive: bool) -> None:
@@ -343,14 +382,15 @@ async def handle_stat(req: Request) -> Message:
 
     def described() -> Message:
         info = _lstat(full)
-        link = None
+        link = resolved = None
         if stat.S_ISLNK(info.st_mode):
             parent = _open_checked(os.path.dirname(full) or "/", os.O_RDONLY | os.O_DIRECTORY)
             try:
-                link = _readlink(os.path.basename(full), parent)
+                name = os.path.basename(full)
+                link, resolved = _readlink(name, parent), _resolve(name, parent)
             finally:
                 os.close(parent)
-        return _entry(full, os.path.basename(full), info, link)
+        return _entry(full, os.path.basename(full), info, link, resolved)
 
     entry = await _fs(req, path, described)
     return {"type": "statResponse", "path": path, "entry": entry}

@@ -42,6 +42,14 @@ def test_stock_e2b_js_sdk(server: Server) -> None:
     assert "pass 6" in done.stdout, done.stdout[-3000:]
 
 
+def test_stock_e2b_js_sdk_files_as_envd(server: Server) -> None:
+    """Files as E2B's envd treats them (issue 29): absolute paths, removing what is not there,
+    an upload's write seen by a watcher, depth-first listings, symlinks by where they lead."""
+    done = run_suite(server, "files_fidelity.test.mjs")
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert "pass 5" in done.stdout, done.stdout[-3000:]
+
+
 def test_stock_code_interpreter_js_sdk(server: Server, interpreter_image: str) -> None:
     """`@e2b/code-interpreter` (pinned in tests/e2b_js) against the interpreter's front."""
     done = run_suite(server, "interpreter.test.mjs")

@@ -396,7 +396,7 @@ def test_watch_dir_polled_and_streamed(sbx: Sandbox) -> None:
                 done.set()
 
         watching = await sandbox.files.watch_dir("/home/user/watched", on_event=on_event)
-        # an upload lands under a temporary name renamed into place: `c.txt` is created whole
+        # an upload writes the file in place, as envd does: `c.txt` is created, then written
         await sandbox.files.write("/home/user/watched/c.txt", "c")
         await asyncio.wait_for(done.wait(), 15)
         await watching.stop()  # type: ignore[no-untyped-call]

@@ -52,13 +52,17 @@ async def _call(link: AgentLink, message: Message, payload: bytes | None = None)
     return reply
 
 
-async def upload(link: AgentLink, path: str, body: AsyncIterator[bytes], limit: int) -> int:
+async def upload(
+    link: AgentLink, path: str, body: AsyncIterator[bytes], limit: int, *, in_place: bool = False
+) -> int:
     """Write everything `body` yields to `path` in the sandbox; returns the byte count.
 
     The first chunk creates the file; the rest are positional writes, up to IN_FLIGHT at
     once, so reading the body, encoding, the agent's decoding and the disk all overlap.
+    `in_place` writes the file itself, as E2B's envd does (its watchers see that file written;
+    a cut upload leaves what arrived), instead of a temporary name renamed into place.
     """
-    temporary = f"{path}.insien-upload-{secrets.token_hex(6)}"
+    temporary = path if in_place else f"{path}.insien-upload-{secrets.token_hex(6)}"
     total = 0
     created = False
 
@@ -103,9 +107,10 @@ async def upload(link: AgentLink, path: str, body: AsyncIterator[bytes], limit: 
                     del buffer[:WRITE_CHUNK]
             if buffer or not created:
                 await flush(bytes(buffer))
-        await _call(link, {"type": "rename", "path": temporary, "newPath": path})
+        if not in_place:
+            await _call(link, {"type": "rename", "path": temporary, "newPath": path})
     except BaseException as exc:
-        if created:
+        if created and not in_place:
             with trio.move_on_after(5, shield=True):
                 await link.call({"type": "remove", "path": temporary})
         if isinstance(exc, BaseExceptionGroup):

@@ -1,7 +1,9 @@
 """envd's plain-HTTP `/files`: `GET` streams one file out, `POST` writes one file
 (`application/octet-stream`, gzip allowed) or several (`multipart/form-data`, each part's
-filename is its path). Bytes go through `link.transfer` as binary frames: a temporary name
-renamed into place, so a cut upload never leaves a partial file under the real name."""
+filename is its path). Bytes go through `link.transfer` as binary frames. Paths are envd's
+(`sandbox_path`: relative to the user's home, answered absolute), and an upload writes the file
+in place as envd does, so a watcher sees that file created and written, never a temporary name
+(a cut upload leaves what arrived, as with envd)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from ...link.transfer import TransferError, open_download, upload
 from ...protocol import ErrorCode
 from ...sandboxes.sandbox import Sandbox
 from ..exchange import ClientGone, Exchange
+from .filesystem import sandbox_path
 
 INFLATE_STEP = 1024 * 1024
 
@@ -50,6 +53,20 @@ def _name(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1] or path
 
 
+def _path(asked: str | None) -> str:
+    """The absolute path envd makes of a `path` parameter or a part's filename."""
+    if not asked:
+        raise FilesError(400, "query parameter 'path' is required")
+    path = sandbox_path(asked)
+    if path is None:
+        raise FilesError(400, f"cannot expand user-specific home dir: {asked}")
+    return path
+
+
+def _written(path: str) -> dict[str, Any]:
+    return {"name": _name(path), "type": "file", "path": path}
+
+
 async def serve_files(exchange: Exchange, sandbox: Sandbox, limit: int) -> None:
     if exchange.method == "GET":
         await _download(exchange, sandbox)
@@ -61,9 +78,7 @@ async def serve_files(exchange: Exchange, sandbox: Sandbox, limit: int) -> None:
 
 
 async def _download(exchange: Exchange, sandbox: Sandbox) -> None:
-    path = exchange.query.get("path")
-    if not path:
-        raise FilesError(400, "query parameter 'path' is required")
+    path = _path(exchange.query.get("path"))
     try:
         size, body = await open_download(sandbox.link, path)
     except TransferError as exc:
@@ -118,16 +133,14 @@ async def _upload(exchange: Exchange, sandbox: Sandbox, limit: int) -> list[dict
     try:
         if content_type.startswith("multipart/form-data"):
             return await _upload_parts(exchange, sandbox, limit, content_type)
-        path = exchange.query.get("path")
-        if not path:
-            raise FilesError(400, "query parameter 'path' is required")
+        path = _path(exchange.query.get("path"))
         body: AsyncIterator[bytes]
         if exchange.headers.get("content-encoding", "").strip().lower() == "gzip":
             body = _inflate(exchange.chunks(), limit)
         else:
             body = exchange.chunks()
-        await upload(sandbox.link, path, body, limit)
-        return [{"name": _name(path), "type": "file", "path": path}]
+        await upload(sandbox.link, path, body, limit, in_place=True)
+        return [_written(path)]
     except TransferError as exc:
         raise files_error(exc) from None
     except ClientGone as exc:
@@ -198,11 +211,12 @@ async def _upload_parts(
     written: list[dict[str, Any]] = []
     total = 0
     while (filename := await parts.next_file()) is not None:
-        path = single if single and not written else filename
-        if not path:
+        asked = single if single and not written else filename
+        if not asked:
             raise FilesError(400, "a multipart file part needs its path as filename")
-        total += await upload(sandbox.link, path, parts.data(), limit - total)
-        written.append({"name": _name(path), "type": "file", "path": path})
+        path = _path(asked)
+        total += await upload(sandbox.link, path, parts.data(), limit - total, in_place=True)
+        written.append(_written(path))
     if not written:
         raise FilesError(400, "the multipart body has no file")
     return written

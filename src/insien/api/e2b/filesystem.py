@@ -1,8 +1,11 @@
 """envd's `filesystem.Filesystem` service, translated to Insien's file messages (`stat`,
-`list`, `mkdir`, `rename`, `remove`): the agent's file layer, acting as the sandbox user."""
+`list`, `mkdir`, `rename`, `remove`): the agent's file layer, acting as the sandbox user.
+Paths are resolved as envd resolves them (`sandbox_path`), and entries described as envd 0.6.1
+describes them (`entry_info`)."""
 
 from __future__ import annotations
 
+import posixpath
 import stat
 from datetime import UTC, datetime
 from typing import Any
@@ -18,8 +21,33 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
+HOME = "/home/user"
+"""The sandbox user's home (and the agent's working directory): envd's base for relative paths."""
+
+
+def sandbox_path(path: str) -> str | None:
+    """The absolute path envd makes of a request's path (its `ExpandAndResolve`): `~` and
+    `~/…` are in the user's home, so is a relative path (and "" is the home itself); an
+    absolute path is taken as given. None for `~name`, which envd refuses."""
+    if path.startswith("~"):
+        if len(path) > 1 and path[1] != "/":
+            return None
+        path = path[1:].lstrip("/")
+    if posixpath.isabs(path):
+        return path
+    return posixpath.normpath(posixpath.join(HOME, path))
+
+
 class PathRequest(_Model):
-    path: str = Field(min_length=1)
+    path: str = ""
+
+    def resolved(self) -> str:
+        found = sandbox_path(self.path)
+        if found is None:
+            raise ConnectError(
+                Code.INVALID_ARGUMENT, f"cannot expand user-specific home dir: {self.path}"
+            )
+        return found
 
 
 class ListDirRequest(PathRequest):
@@ -30,21 +58,38 @@ class MoveRequest(_Model):
     source: str = Field(min_length=1)
     destination: str = Field(min_length=1)
 
+    def resolved(self) -> tuple[str, str]:
+        return PathRequest(path=self.source).resolved(), PathRequest(
+            path=self.destination
+        ).resolved()
+
 
 _FILE_TYPES = {
     "file": "FILE_TYPE_FILE",
     "dir": "FILE_TYPE_DIRECTORY",
     "symlink": "FILE_TYPE_SYMLINK",
 }
-_TYPE_BITS = {
-    "file": stat.S_IFREG,
-    "dir": stat.S_IFDIR,
-    "symlink": stat.S_IFLNK,
-    "fifo": stat.S_IFIFO,
-    "socket": stat.S_IFSOCK,
-    "char": stat.S_IFCHR,
-    "block": stat.S_IFBLK,
-}
+_GO_MODE_LETTERS = (
+    ("dir", "d"),
+    ("symlink", "L"),
+    ("block", "D"),
+    ("char", "D"),
+    ("fifo", "p"),
+    ("socket", "S"),
+)
+
+
+def permissions(kind: str, mode: int) -> str:
+    """The mode as envd writes it (Go's `FileMode.String`): type letters, then setuid `u`,
+    setgid `g`, character device `c`, sticky `t`, then `rwxrwxrwx` (a symlink is `Lrwxrwxrwx`,
+    `/tmp` is `dtrwxrwxrwx`)."""
+    letters = "".join(letter for name, letter in _GO_MODE_LETTERS if name == kind)
+    letters += "u" if mode & stat.S_ISUID else ""
+    letters += "g" if mode & stat.S_ISGID else ""
+    letters += "c" if kind == "char" else ""
+    letters += "t" if mode & stat.S_ISVTX else ""
+    bits = "".join(char if mode & (1 << (8 - i)) else "-" for i, char in enumerate("rwxrwxrwx"))
+    return (letters or "-") + bits
 
 
 def timestamp(seconds: float) -> str:
@@ -54,7 +99,11 @@ def timestamp(seconds: float) -> str:
 
 
 def entry_info(entry: Message) -> dict[str, Any]:
-    """An Insien file entry as envd's EntryInfo (int64 `size` is a string in protobuf JSON)."""
+    """An Insien file entry as envd 0.6.1's EntryInfo (int64 `size` is a string in protobuf
+    JSON). A symlink is described by where it leads, as envd does: `type` and `mode` are its
+    target's, `symlinkTarget` the absolute path it resolves to (the link's own path, type
+    unspecified and mode 0 when it leads nowhere), `permissions` the link's own (`L…`); SDKs
+    tell it from a file by `symlinkTarget`."""
     kind = str(entry.get("type", "other"))
     mode = int(entry.get("mode", 0))
     info: dict[str, Any] = {
@@ -62,15 +111,22 @@ def entry_info(entry: Message) -> dict[str, Any]:
         "type": _FILE_TYPES.get(kind, "FILE_TYPE_UNSPECIFIED"),
         "path": entry.get("path", ""),
         "size": str(int(entry.get("size", 0))),
-        "mode": mode,
-        "permissions": stat.filemode(_TYPE_BITS.get(kind, 0) | mode),
+        "mode": mode & 0o777,
+        "permissions": permissions(kind, mode),
         "owner": str(entry.get("owner", "")),
         "group": str(entry.get("group", "")),
         "modifiedTime": timestamp(float(entry.get("mtime", 0))),
     }
     if kind == "symlink":
-        info["isSymlink"] = True
-        info["symlinkTarget"] = entry.get("target") or ""
+        resolved = entry.get("resolved")
+        if isinstance(resolved, dict):
+            info["type"] = _FILE_TYPES.get(str(resolved.get("type")), "FILE_TYPE_UNSPECIFIED")
+            info["mode"] = int(resolved.get("mode", 0)) & 0o777
+            info["symlinkTarget"] = str(resolved.get("path", ""))
+        else:
+            info["type"] = "FILE_TYPE_UNSPECIFIED"
+            info["mode"] = 0
+            info["symlinkTarget"] = info["path"]
     return info
 
 
@@ -80,11 +136,11 @@ async def _entry(call: EnvdCall, path: str) -> dict[str, Any]:
 
 
 async def stat_path(call: EnvdCall) -> dict[str, Any]:
-    return {"entry": await _entry(call, call.parse(PathRequest).path)}
+    return {"entry": await _entry(call, call.parse(PathRequest).resolved())}
 
 
 async def make_dir(call: EnvdCall) -> dict[str, Any]:
-    path = call.parse(PathRequest).path
+    path = call.parse(PathRequest).resolved()
     found = await call.agent({"type": "exists", "path": path})
     if found.get("exists"):
         raise ConnectError(Code.ALREADY_EXISTS, f"directory {path} already exists")
@@ -93,21 +149,26 @@ async def make_dir(call: EnvdCall) -> dict[str, Any]:
 
 
 async def move(call: EnvdCall) -> dict[str, Any]:
-    request = call.parse(MoveRequest)
-    await call.agent({"type": "rename", "path": request.source, "newPath": request.destination})
-    return {"entry": await _entry(call, request.destination)}
+    source, destination = call.parse(MoveRequest).resolved()
+    await call.agent({"type": "rename", "path": source, "newPath": destination})
+    return {"entry": await _entry(call, destination)}
 
 
 async def remove(call: EnvdCall) -> dict[str, Any]:
-    path = call.parse(PathRequest).path
-    await call.agent({"type": "stat", "path": path})  # a missing path is NOT_FOUND, as in envd
-    await call.agent({"type": "remove", "path": path, "recursive": True})
+    """envd removes with `os.RemoveAll`: what is not there is removed already (success)."""
+    path = call.parse(PathRequest).resolved()
+    try:
+        await call.agent({"type": "remove", "path": path, "recursive": True})
+    except ConnectError as exc:
+        if exc.code is not Code.NOT_FOUND:
+            raise
     return {}
 
 
 async def list_dir(call: EnvdCall) -> dict[str, Any]:
     request = call.parse(ListDirRequest)
-    reply = await call.agent({"type": "list", "path": request.path, "depth": request.depth or 1})
+    path = request.resolved()
+    reply = await call.agent({"type": "list", "path": path, "depth": request.depth or 1})
     return {"entries": [entry_info(entry) for entry in reply.get("entries", [])]}
 
 

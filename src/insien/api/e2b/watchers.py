@@ -18,6 +18,7 @@ from ...protocol import Message, ProtocolError
 from ..background import Background, BackgroundClosed
 from .calls import Emit, EnvdCall, Method, checked, connect_code
 from .connect import Code, ConnectError
+from .filesystem import sandbox_path
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,12 @@ class WatcherRequest(BaseModel):
 
 
 def _message(request: WatchRequest) -> Message:
-    return {"type": "watch", "path": request.path, "recursive": request.recursive}
+    path = sandbox_path(request.path)
+    if path is None:
+        raise ConnectError(
+            Code.INVALID_ARGUMENT, f"cannot expand user-specific home dir: {request.path}"
+        )
+    return {"type": "watch", "path": path, "recursive": request.recursive}
 
 
 def _events(reply: Message) -> list[dict[str, Any]]:
