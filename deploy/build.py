@@ -21,7 +21,7 @@ from pathlib import Path
 import docker
 from rich.console import Console
 
-from insien.runtime.docker.images import ImageBuildError, choose_base
+from insien.runtime.docker.images import ImageBuildError, choose_base, follow_build
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "deploy" / ".build" / "site"
@@ -76,13 +76,7 @@ def build_server_image(client: docker.DockerClient, tag: str = TAG) -> str:
         forcerm=True,
         decode=True,
     )
-    for chunk in stream:
-        if "error" in chunk:
-            raise ImageBuildError(str(chunk["error"]).strip())
-        line = str(chunk.get("stream", "")).rstrip()
-        if line.startswith("Step "):
-            console.print(f"  {line}")
-    console.print(f"[green]Built {tag}.[/]")
+    follow_build(stream, tag, console)
     return base
 
 

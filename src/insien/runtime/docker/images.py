@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,14 @@ def build_image(
         forcerm=True,
         decode=True,
     )
+    follow_build(stream, tag, console)
+    return True
+
+
+def follow_build(stream: Iterable[dict[str, Any]], tag: str, console: Console) -> None:
+    """Follow a decoded `client.api.build` stream to its end: print each Dockerfile step,
+    raise ImageBuildError with the engine's message on a failed one. The Docker Engine
+    reports a failed build inside the stream, not as an exception of docker-py's."""
     with console.status(f"building {tag}") as status:
         for chunk in stream:
             if "error" in chunk:
@@ -161,7 +170,6 @@ def build_image(
                 console.print(f"  {line}")
                 status.update(f"building {tag}: {line}")
     console.print(f"[green]Built {tag}.[/]")
-    return True
 
 
 def connect_client() -> docker.DockerClient:
