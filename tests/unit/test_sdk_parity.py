@@ -1,6 +1,6 @@
 """The blocking SDK mirrors the async one: every public method and property of each async
-class exists on its blocking twin with the same parameters (issue 10: `connect` had lost
-`binary`, `CommandHandle` had lost `exited`)."""
+class exists on its blocking twin with the same parameters (`connect` had once lost `binary`,
+`CommandHandle` had lost `exited`), and every code-context call reaches both sandboxes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import inspect
 
 import pytest
 
-from insien_sandbox import _async, _commands, _files, _ports, _sync, _watch
+from insien_sandbox import _async, _code, _commands, _files, _network, _ports, _sync, _watch
 
 PAIRS = [
     (_async.AsyncSandbox, _sync.Sandbox),
@@ -19,6 +19,7 @@ PAIRS = [
     (_watch.WatchHandle, _sync.WatchHandle),
     (_ports.Ports, _sync.Ports),
     (_ports.Forward, _sync.Forward),
+    (_network.Network, _sync.Network),
 ]
 # Async-only by nature: the async context protocol, iteration, and trio plumbing.
 ASYNC_ONLY = {"__aenter__", "__aexit__", "__aiter__", "__anext__"}
@@ -47,3 +48,24 @@ def test_the_blocking_sdk_has_every_public_member_with_the_same_parameters(
             continue
         if callable(member) or isinstance(member, (classmethod, staticmethod)):
             assert parameters(member) == parameters(twin), f"{sync_cls.__name__}.{name}"
+
+
+CODE_METHODS = {
+    "run": "run_code",
+    "create_context": "create_code_context",
+    "list_contexts": "list_code_contexts",
+    "restart_context": "restart_code_context",
+    "remove_context": "remove_code_context",
+    "interrupt": "interrupt_code",
+}
+"""The code interpreter's calls (`_code.Code`, no class of its own in either sandbox) and the
+sandbox methods that carry them."""
+
+
+def test_every_code_context_call_is_a_method_of_both_sandboxes_with_its_parameters() -> None:
+    assert set(public(_code.Code)) == set(CODE_METHODS), "a code call has no sandbox method"
+    for name, method in CODE_METHODS.items():
+        expected = parameters(vars(_code.Code)[name])
+        for cls in (_async.AsyncSandbox, _sync.Sandbox):
+            assert method in vars(cls), f"{cls.__name__} lacks {method}"
+            assert parameters(vars(cls)[method]) == expected, f"{cls.__name__}.{method}"
