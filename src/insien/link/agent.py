@@ -5,12 +5,11 @@ one agent without their ids colliding, and routes the agent's answers and events
 request that caused them. One reader task and one writer task own the agent's channel (see
 `runtime.base.AgentChannel`: plain stdout and stderr, whatever the runtime's framing).
 
-Longer than most modules on purpose (about 470 lines): the reader, the writer, the routing of
-answers and frames and the request API share the link's state (pending requests, sequence
-numbers, acks); cutting them apart would pass that state around. The parts with a life of their
-own are apart: one request's messages and credit (`pending`), the byte contract (`replies`),
-sessions, budgets, binary channels (`channels`), line and frame reassembly (`lines`,
-`frames`) and the agent's stderr (`stderr`).
+The reader, the writer, the routing of answers and frames and the request API are kept in this
+one module because they share the link's state (pending requests, sequence numbers, acks).
+The parts with a life of their own are modules of their own: one request's messages and credit
+(`pending`), the byte contract (`replies`), sessions, budgets, binary channels (`channels`),
+line and frame reassembly (`lines`, `frames`) and the agent's stderr (`stderr`).
 """
 
 from __future__ import annotations
