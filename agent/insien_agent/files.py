@@ -82,7 +82,8 @@ def _lexists(path: str) -> bool:
 
 
 def resolve(path: str, workdir: str) -> str:
-    """Relative paths are relative to the sandbox's working directory, as in the seed."""
+    """Relative paths are relative to the sandbox's working directory, as in the original
+    Node.js design."""
     return os.path.normpath(os.path.join(workdir, path))
 
 

@@ -43,7 +43,8 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [f"{settings.host}:{settings.port}"]
     if settings.ws_port is not None and settings.ws_port != settings.port:
-        # The seed served WebSockets on their own port; the same app answers on both.
+        # The original Node.js design served WebSockets on a port of their own; the same app
+        # answers on both.
         config.bind.append(f"{settings.host}:{settings.ws_port}")
     if settings.metrics_listen is not None:
         config.bind.append(settings.metrics_listen)

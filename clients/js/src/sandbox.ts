@@ -1,4 +1,7 @@
-/** `Sandbox`: the seed's simple API (created on first use) and protocol v1's namespaces. */
+/**
+ * `Sandbox`: the original Node.js SDK's simple API (created on first use) and protocol v1's
+ * namespaces.
+ */
 
 import { Code, type Execution, type RunCodeOptions } from './code.js';
 import { Commands, Pty, type OutputCallback } from './commands.js';
@@ -47,7 +50,7 @@ function resolve(options: ConnectionOptions): { apiKey: string; baseUrl: string 
 }
 
 /**
- * A sandbox. The seed's usage works as it did:
+ * A sandbox. The original Node.js SDK's usage works as it did:
  *
  *   const sandbox = new Sandbox({ apiKey });
  *   await sandbox.writeFile('hello.js', "console.log('Hello!');");
@@ -181,7 +184,7 @@ export class Sandbox {
     return (await this.rest<{ template: string }>('POST', '/sandbox/:id/snapshot', options)).template;
   }
 
-  /** The seed's status: `{ sandboxId, connected, createdAt }`. */
+  /** The original Node.js SDK's status: `{ sandboxId, connected, createdAt }`. */
   status(options: Abortable = {}): Promise<{ sandboxId: string; connected: boolean; createdAt: string }> {
     return this.rest('GET', '/sandbox/:id/status', options);
   }
@@ -208,19 +211,19 @@ export class Sandbox {
     this.session.closeConnection();
   }
 
-  // -- the seed's operations ----------------------------------------------------------------
+  // -- the original Node.js SDK's operations -----------------------------------------------
 
-  /** Run `cmd` with `args` (no shell) and wait for it: the seed's `runCommand`. */
+  /** Run `cmd` with `args` (no shell) and wait for it: the original Node.js SDK's `runCommand`. */
   runCommand(cmd: string, args: string[] = [], options: Abortable & { cwd?: string; env?: Record<string, string>; onStdout?: OutputCallback; onStderr?: OutputCallback } = {}): Promise<CommandResult> {
     return this.commands.run(cmd, { ...options, args });
   }
 
-  /** The seed's `writeFile`. */
+  /** The original Node.js SDK's `writeFile`. */
   writeFile(path: string, content: string | Uint8Array, options: Abortable = {}): Promise<void> {
     return this.files.write(path, content, options);
   }
 
-  /** The seed's `getFile`: `{ content, path }` of a text file. */
+  /** The original Node.js SDK's `getFile`: `{ content, path }` of a text file. */
   async getFile(path: string, options: Abortable = {}): Promise<{ content: string; path: string }> {
     return { content: await this.files.read(path, options), path };
   }

@@ -1,7 +1,7 @@
 """What every front checks before it asks the core for a sandbox: the template is an image name
 the operator allows, lifetimes and limits are within the tenant's plan and the operator's
-maximum, and no environment name is the server's. The seed REST routes and the E2B front share
-it, so one create means the same thing whichever protocol asked."""
+maximum, and no environment name is the server's. The REST routes kept from the original Node.js
+design and the E2B front share it, so one create means the same thing whichever protocol asked."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ record with an id, kept in a bounded in-memory log that `GET /events` follows an
 deliver from.
 
 Each tenant has its own history, its own sequence and its own wakeups, so one tenant's traffic
-never evicts, numbers or wakes another's (issue 27, V4/W6). Ids are `<epoch>-<n>`: `n` counts
+never evicts, numbers or wakes another's. Ids are `<epoch>-<n>`: `n` counts
 the tenant's own events within one run of the server and `epoch` names the run, so a client
 resuming with a `Last-Event-ID` from before a restart is given everything still kept rather than
 nothing. A client that fell further behind than the log keeps is told how many it missed (a

@@ -1,4 +1,4 @@
-"""Each sandbox's ways out (issue 14): the server's end of the agent's egress proxy.
+"""Each sandbox's ways out: the server's end of the agent's egress proxy.
 
 For a sandbox whose policy allows anything (`allowOut`), the agent listens inside as an HTTP
 proxy (link/egress.py); every connection it accepts is decided here, against the sandbox's

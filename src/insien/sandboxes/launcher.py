@@ -36,7 +36,7 @@ class SandboxStartError(Exception):
 
 
 def new_sandbox_id() -> str:
-    """128 random bits, shaped like a UUID so the seed's clients accept it."""
+    """128 random bits, shaped like a UUID so the original Node.js design's clients accept it."""
     return str(uuid.UUID(bytes=secrets.token_bytes(16)))
 
 

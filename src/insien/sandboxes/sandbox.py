@@ -37,7 +37,7 @@ class EndReason(enum.StrEnum):
 
 
 def iso_timestamp(moment: datetime) -> str:
-    """`2024-01-01T00:00:00.000Z`, the seed's createdAt format."""
+    """`2024-01-01T00:00:00.000Z`, the createdAt format of the original Node.js design's API."""
     utc = moment.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 

@@ -282,7 +282,7 @@ class AsyncSandbox:
         return await self._session.create()
 
     async def status(self) -> dict[str, Any]:
-        """The seed's status: `{"sandboxId", "connected", "createdAt"}`."""
+        """The original Node.js SDK's status: `{"sandboxId", "connected", "createdAt"}`."""
         await self.create()
         return await self._request("GET", f"/sandbox/{self.sandbox_id}/status")
 
@@ -295,7 +295,7 @@ class AsyncSandbox:
         reply = await (await self._session.connection()).call({"type": "ping"})
         return float(reply["time"])
 
-    # -- the seed's operations, kept as thin aliases ------------------------------------------
+    # -- the original Node.js SDK's operations, kept as thin aliases -------------------------
 
     async def run_command(
         self,
@@ -305,15 +305,17 @@ class AsyncSandbox:
         cwd: str | None = None,
         env: dict[str, str] | None = None,
     ) -> CommandResult:
-        """Run `cmd` with `args` (no shell) and wait for it: the seed's `runCommand`."""
+        """Run `cmd` with `args` (no shell) and wait for it: the original Node.js SDK's
+        `runCommand`."""
         return await self.commands.run(cmd, list(args or []), cwd=cwd, env=env)
 
     async def write_file(self, path: str, content: str | bytes) -> None:
-        """The seed's `writeFile`: `files.write`."""
+        """The original Node.js SDK's `writeFile`: `files.write`."""
         await self.files.write(path, content)
 
     async def get_file(self, path: str) -> str:
-        """The seed's `getFile`: a text file's content. Binary files raise BAD_ENCODING."""
+        """The original Node.js SDK's `getFile`: a text file's content. Binary files raise
+        BAD_ENCODING."""
         return await self.files.read(path)
 
     async def get_file_bytes(self, path: str) -> bytes:

@@ -674,7 +674,7 @@ class Sandbox:
     def ping(self) -> float:
         return self._loop.run(self._async.ping)
 
-    # -- the seed's operations ----------------------------------------------------------------
+    # -- the original Node.js SDK's operations -----------------------------------------------
 
     def run_command(
         self,
