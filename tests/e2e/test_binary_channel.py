@@ -229,7 +229,13 @@ def test_a_server_killed_mid_upload_leaves_no_file_under_the_real_name(
             f"Content-Length: {64 * MIB}\r\n\r\n".encode()
         )
         raw.sendall(b"\x03" * (8 * MIB))
-        time.sleep(1)  # chunks reach the sandbox's temporary file
+        deadline = time.monotonic() + 30
+        while not any(  # until chunks reach the sandbox's temporary file
+            name.startswith("killed.bin.insien-upload-")
+            for name in trio.run(names_in_home, created)
+        ):
+            assert time.monotonic() < deadline, "the upload never reached the sandbox"
+            time.sleep(0.1)
         restartable.kill()  # SIGKILL while the body is still coming
     server = restartable.start()
 
