@@ -39,6 +39,7 @@ def test_serve_runs_on_a_private_dockerd_it_starts_and_stops(
     docker_client: docker.DockerClient, cache: Path
 ) -> None:
     engine = PrivateDockerd(dockerd_or_skip(), cache / "insien" / "dockerd")
+    bridge_before = Path("/sys/class/net/docker0").exists()
     # A private engine starts empty and building the image there (debootstrap) takes minutes:
     # load the system engine's copy into its data root first, through the same class.
     with engine.running(lambda _: None):
@@ -87,3 +88,5 @@ def test_serve_runs_on_a_private_dockerd_it_starts_and_stops(
     assert not Path(f"/proc/{pid}").exists()
     assert not engine.socket.exists()
     assert docker_client.ping()
+    # ... its bridge included (a dockerd without one, in the host's network, deleted it)
+    assert Path("/sys/class/net/docker0").exists() == bridge_before

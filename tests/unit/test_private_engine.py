@@ -122,7 +122,11 @@ def test_the_private_dockerd_keeps_to_its_own_directory(monkeypatch: pytest.Monk
     home = engine.private_home()
     assert home == Path("/var/cache/someone/insien/dockerd")
     private = PrivateDockerd("/usr/sbin/dockerd", home)
-    command = private.command()
+    whole = private.command()
+    # in a network namespace of its own: a dockerd without a bridge deletes the host's docker0
+    assert whole[1 : whole.index("/usr/sbin/dockerd")] == ["--net", "--"]
+    assert Path(whole[0]).name == "unshare"
+    command = whole[whole.index("/usr/sbin/dockerd") :]
     flags = dict(zip(command[1::2], command[2::2], strict=False))
     assert flags["--data-root"] == f"{home}/data"
     assert flags["--exec-root"] == f"{home}/exec"

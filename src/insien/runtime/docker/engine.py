@@ -207,8 +207,19 @@ class PrivateDockerd:
         return self.home / "dockerd.log"
 
     def command(self) -> list[str]:
-        """dockerd's command line; its config file (written by `start`) names runsc."""
+        """dockerd's command line; its config file (written by `start`) names runsc. It runs in
+        a network namespace of its own (`unshare --net`, which then execs it: same pid): a
+        dockerd started without a bridge deletes any `docker0` it finds, which would be the
+        system engine's."""
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            raise EngineUnavailable(
+                "a private dockerd needs `unshare` (util-linux) to keep off the system's network"
+            )
         return [
+            unshare,
+            "--net",
+            "--",
             self.dockerd,
             "--config-file",
             str(self.home / "daemon.json"),
