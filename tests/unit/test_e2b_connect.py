@@ -20,7 +20,7 @@ from insien.api.e2b.connect import (
     timeout_seconds,
 )
 from insien.api.e2b.files import _boundary, _inflate
-from insien.api.e2b.filesystem import entry_info
+from insien.api.e2b.filesystem import entry_info, permissions
 from insien.api.e2b.process import decode_bytes, end_event
 from insien.api.e2b.routing import _host_route
 
@@ -108,13 +108,22 @@ def test_translations() -> None:
             "owner": "user",
             "group": "user",
             "target": "/etc",
+            "resolved": {"path": "/etc", "type": "dir", "mode": 0o755},
         }
     )
-    assert info["type"] == "FILE_TYPE_SYMLINK"
-    assert info["permissions"] == "lrwxrwxrwx"
+    # a link is described by where it leads, as envd does; its own permissions stay its own
+    assert info["type"] == "FILE_TYPE_DIRECTORY"
+    assert info["mode"] == 0o755
+    assert info["permissions"] == permissions("symlink", 0o777)
     assert info["size"] == "4"
     assert info["modifiedTime"] == "1970-01-01T00:00:00Z"
     assert info["symlinkTarget"] == "/etc"
+    dangling = entry_info({"name": "d", "path": "/d", "type": "symlink", "mode": 0o777})
+    assert (dangling["type"], dangling["mode"], dangling["symlinkTarget"]) == (
+        "FILE_TYPE_UNSPECIFIED",
+        0,
+        "/d",
+    )
 
 
 def test_multipart_boundary() -> None:
