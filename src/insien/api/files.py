@@ -48,9 +48,8 @@ def files_blueprint(services: Services) -> Blueprint:
     async def download_file(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
         path = _required_path(request.args.get("path"))
-        sandbox = services.manager.get(sandbox_id, tenant)
-        sandbox.touch()
-        size, body = await open_download(sandbox.link, path)
+        admission = services.gate.for_tenant(sandbox_id, tenant)
+        size, body = await open_download(admission.link, path)
         response = Response(body, mimetype="application/octet-stream")
         response.headers["X-Insien-File-Size"] = str(size)
         return response
@@ -100,8 +99,7 @@ class UploadMiddleware:
             raise _DeclaredTooLarge(
                 413, ErrorCode.TOO_LARGE, f"upload exceeds the {limit} byte limit"
             )
-        sandbox = services.manager.get(sandbox_id, tenant)
-        sandbox.touch()
+        admission = services.gate.for_tenant(sandbox_id, tenant)
 
         async def body() -> AsyncIterator[bytes]:
             try:
@@ -112,5 +110,5 @@ class UploadMiddleware:
                     ErrorCode.CANCELLED, "the client went away mid-upload"
                 ) from None
 
-        written = await upload(sandbox.link, path, body(), limit)
+        written = await upload(admission.link, path, body(), limit)
         return Uploaded(success=True, path=path, bytes=written).model_dump(mode="json")

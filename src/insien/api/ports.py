@@ -60,15 +60,15 @@ def ports_blueprint(services: Services) -> Blueprint:
                 key=websocket.headers.get("X-API-Key"),
                 traffic_token=websocket.headers.get("E2B-Traffic-Access-Token"),
             )
-            sandbox = services.gate.admit(sandbox_id, credentials, Surface.PORT, port=port).sandbox
+            admission = services.gate.admit(sandbox_id, credentials, Surface.PORT, port=port)
         except Unauthenticated as exc:
             return answer_for(ApiError(401, ErrorCode.UNAUTHORIZED, str(exc)))
         except Exception as exc:
             return answer_for(exc)
-        if not services.tunnels.try_take(sandbox.id, services.settings.max_tunnels):
+        if not services.tunnels.try_take(sandbox_id, services.settings.max_tunnels):
             return answer_for(too_many_tunnels(services))
         try:
-            async with open_tunnel(sandbox.link, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
+            async with open_tunnel(admission.link, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
                 await websocket.accept()
                 reason = "closed"
 
@@ -82,13 +82,13 @@ def ports_blueprint(services: Services) -> Blueprint:
                             reason = exc.message
                             done.cancel()
                             return
-                        sandbox.touch()
+                        admission.active()
 
                 async def from_sandbox(done: trio.CancelScope) -> None:
                     nonlocal reason
                     while (chunk := await tunnel.receive()) is not None:
                         await websocket.send(chunk)
-                        sandbox.touch()
+                        admission.active()
                     reason = tunnel.closed_reason or "closed"
                     done.cancel()  # the program closed the connection
 
@@ -102,7 +102,7 @@ def ports_blueprint(services: Services) -> Blueprint:
         except AgentGone as exc:
             await websocket.close(CLOSE_GOING_AWAY, str(exc)[:120])
         finally:
-            services.tunnels.release(sandbox.id)
+            services.tunnels.release(sandbox_id)
         return None
 
     @bp.post("/sandboxes/<sandbox_id>/ports/<int:port>/url")

@@ -28,8 +28,7 @@ from ..link import AgentGone
 from ..link.tunnel import Tunnel, TunnelRefused, open_tunnel
 from ..operations.logs import tenant_id
 from ..protocol import ErrorCode
-from ..sandboxes.access import Credentials, Surface, Unauthenticated
-from ..sandboxes.sandbox import Sandbox
+from ..sandboxes.access import Admission, Credentials, Surface, Unauthenticated
 from .context import Services
 from .errors import CORE_ERRORS, ApiError, api_error_for, status_for
 from .exchange import ClientGone, Exchange
@@ -115,7 +114,7 @@ class PreviewProxy:
 
     def _sandbox_for(
         self, headers: dict[str, str], query: dict[str, str], sandbox_id: str, port: int
-    ) -> tuple[Sandbox, str | None]:
+    ) -> tuple[Admission, str | None]:
         """The sandbox whose port is asked for, if the caller may reach it (access.py: the
         key, its traffic token, a preview token for this port, or public traffic), and a
         preview token that came in the query, to keep in the cookie."""
@@ -141,7 +140,7 @@ class PreviewProxy:
             if admission.tenant is not None:
                 tenant_id.set(admission.tenant.id)
             new = given if admission.preview_token is not None and token == given else None
-            return admission.sandbox, new
+            return admission, new
         raise ApiError(401, ErrorCode.UNAUTHORIZED, str(refusal))
 
     def _cookie_for(self, token: str | None, prefix: str) -> str | None:
@@ -165,16 +164,18 @@ class PreviewProxy:
             return
         services = self.services
         try:
-            sandbox, new_token = self._sandbox_for(request.headers, request.query, sandbox_id, port)
+            admission, new_token = self._sandbox_for(
+                request.headers, request.query, sandbox_id, port
+            )
         except (ApiError, *CORE_ERRORS) as raised:
             await refuse(send, scope, _error_for(raised))
             return
-        if not services.tunnels.try_take(sandbox.id, services.settings.max_tunnels):
+        if not services.tunnels.try_take(sandbox_id, services.settings.max_tunnels):
             await refuse(send, scope, too_many_tunnels(services))
             return
         accepted = False
         try:
-            async with open_tunnel(sandbox.link, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
+            async with open_tunnel(admission.link, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
                 app = WSConnection(ConnectionType.CLIENT)
                 wanted = app_request(request, path, prefix, COOKIE, TOKEN_PARAM)
                 answer = await handshake(tunnel, app, wanted)
@@ -187,12 +188,12 @@ class PreviewProxy:
                     }
                 )
                 accepted = True
-                await relay(tunnel, app, receive, send, sandbox.touch)
+                await relay(tunnel, app, receive, send, admission.active)
         except (ApiError, TunnelRefused, AgentGone) as raised:
             if not accepted:
                 await refuse(send, scope, _error_for(raised))
         finally:
-            services.tunnels.release(sandbox.id)
+            services.tunnels.release(sandbox_id)
 
     async def _proxy(
         self,
@@ -204,19 +205,19 @@ class PreviewProxy:
         own_origin: bool,
     ) -> None:
         services = self.services
-        sandbox, new_token = self._sandbox_for(exchange.headers, exchange.query, sandbox_id, port)
-        if not services.tunnels.try_take(sandbox.id, services.settings.max_tunnels):
+        admission, new_token = self._sandbox_for(exchange.headers, exchange.query, sandbox_id, port)
+        if not services.tunnels.try_take(sandbox_id, services.settings.max_tunnels):
             raise too_many_tunnels(services)
         try:
             client = h11.Connection(h11.CLIENT)
             head = client.send(_request(exchange, path, prefix)) or b""
-            opening = open_tunnel(sandbox.link, port, idle_timeout=IDLE_TIMEOUT, first=head)
+            opening = open_tunnel(admission.link, port, idle_timeout=IDLE_TIMEOUT, first=head)
             async with opening as tunnel:
                 cookie = self._cookie_for(new_token, prefix)
                 answer = AnswerHeaders(cookie, shared_origin=not own_origin)
-                await _relay(exchange, sandbox, tunnel, client, answer)
+                await _relay(exchange, admission, tunnel, client, answer)
         finally:
-            services.tunnels.release(sandbox.id)
+            services.tunnels.release(sandbox_id)
 
 
 ORIGIN_WIDE = frozenset(
@@ -348,7 +349,7 @@ def _request(exchange: Exchange, path: str, prefix: str) -> h11.Request:
 
 async def _relay(
     exchange: Exchange,
-    sandbox: Sandbox,
+    admission: Admission,
     tunnel: Tunnel,
     client: h11.Connection,
     answer: AnswerHeaders,
@@ -359,14 +360,14 @@ async def _relay(
     async def upload() -> None:
         async for chunk in exchange.chunks():
             await tunnel.send(client.send(h11.Data(data=chunk)) or b"")
-            sandbox.touch()
+            admission.active()
         await tunnel.send(client.send(h11.EndOfMessage()) or b"")
 
     try:
         async with trio.open_nursery() as both:
             both.start_soon(upload)
             try:
-                await _answer(exchange, sandbox, tunnel, client, answer)
+                await _answer(exchange, admission, tunnel, client, answer)
             except h11.RemoteProtocolError as exc:
                 raise TunnelRefused(
                     ErrorCode.CONNECTION_REFUSED, f"the app's answer is not HTTP: {exc}"
@@ -381,7 +382,7 @@ async def _relay(
 
 async def _answer(
     exchange: Exchange,
-    sandbox: Sandbox,
+    admission: Admission,
     tunnel: Tunnel,
     client: h11.Connection,
     answer: AnswerHeaders,
@@ -398,7 +399,7 @@ async def _answer(
             await exchange.start_raw(event.status_code, answer.of(event.headers))
         elif isinstance(event, h11.Data):
             await exchange.write(bytes(event.data))
-            sandbox.touch()
+            admission.active()
         elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
             await exchange.write(b"", more=False)
             return

@@ -132,7 +132,7 @@ async def relay(
     app: WSConnection,
     receive: ASGIReceiveCallable,
     send: ASGISendCallable,
-    touch: Callable[[], None],
+    active: Callable[[], None],
 ) -> None:
     """Messages both ways until either side closes; each side's close reaches the other."""
 
@@ -148,7 +148,7 @@ async def relay(
                         else BytesMessage(data=message.get("bytes") or b"")
                     )
                     await tunnel.send(app.send(event))
-                    touch()
+                    active()
                 elif message["type"] == "websocket.disconnect":
                     code = int(message.get("code") or 1000)
                     await tunnel.send(
@@ -182,7 +182,7 @@ async def relay(
                                 data = b"".join(p for p in parts if isinstance(p, bytes))
                                 await send({"type": "websocket.send", "bytes": data, "text": None})
                             parts, size = [], 0
-                            touch()
+                            active()
                     elif isinstance(event, Ping):
                         await tunnel.send(app.send(event.response()))
                     elif isinstance(event, CloseConnection):

@@ -11,6 +11,7 @@ from quart import Blueprint, request
 from ..egress import NetworkPolicy
 from ..link import AgentGone
 from ..protocol import ErrorCode, describe
+from ..sandboxes.access import Surface
 from ..sandboxes.egress import EgressCounters
 from ..sandboxes.sandbox import Sandbox, SandboxOptions, iso_timestamp
 from ..tenancy.tenants import Tenant
@@ -198,10 +199,9 @@ def rest_blueprint(services: Services) -> Blueprint:
     async def kill_all(sandbox_id: str) -> Any:
         """Kill every process of the sandbox user: the way back from a fork bomb."""
         tenant = services.tenant_from_key(request)
-        sandbox = lookup(sandbox_id, tenant)
-        sandbox.touch()
+        admission = services.gate.for_tenant(sandbox_id, tenant)
         try:
-            reply = await sandbox.link.call({"type": "killAll"})
+            reply = await admission.link.call({"type": "killAll"})
         except AgentGone as exc:
             raise ApiError(503, ErrorCode.AGENT_GONE, str(exc)) from None
         if reply.get("type") == "error":
@@ -240,10 +240,10 @@ def rest_blueprint(services: Services) -> Blueprint:
     async def sandbox_metrics(sandbox_id: str) -> Any:
         """CPU, memory, disk and pids now (see sandboxes/usage.py); reading is not activity."""
         tenant = services.tenant_from_key(request)
-        sandbox = lookup(sandbox_id, tenant)
-        reading = await manager.usage.read(sandbox)
+        record = services.gate.for_tenant(sandbox_id, tenant, Surface.RECORD)
+        reading = await manager.usage.read(record.sandbox)
         egress = manager.egress.counters_for(sandbox_id)
-        traffic = sandbox.link.traffic
+        traffic = record.link.traffic
         return Metrics(
             sandboxId=sandbox_id,
             **reading.info(),
@@ -259,7 +259,8 @@ def rest_blueprint(services: Services) -> Blueprint:
     async def sandbox_logs(sandbox_id: str) -> Any:
         """The agent's own log: its last 200 stderr lines (ended sandboxes too)."""
         tenant = services.tenant_from_key(request)
-        lines = lookup(sandbox_id, tenant, include_ended=True).link.stderr.recent()
+        record = services.gate.for_tenant(sandbox_id, tenant, Surface.RECORD, include_ended=True)
+        lines = record.link.stderr.recent()
         logs = Logs.model_validate(
             {"sandboxId": sandbox_id, "logs": [{"timestamp": t, "line": x} for t, x in lines]}
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ..link import AgentLink
 from ..tenancy.auth import Audience, Authenticator
 from ..tenancy.tenants import Tenant
 from .manager import SandboxManager, SandboxNotFound
@@ -30,6 +31,9 @@ class Surface(enum.Enum):
     code of its own. E2B's SDKs send only the traffic token on these calls."""
     PORT = "port"
     """A program the user runs in the sandbox, reached on one of its ports."""
+    RECORD = "record"
+    """What Insien knows about the sandbox (info, status, metrics, logs, its network policy):
+    the key's alone, and reading it is not using the sandbox."""
 
 
 class Via(enum.Enum):
@@ -65,13 +69,28 @@ class Credentials:
 
 @dataclass(frozen=True)
 class Admission:
-    """A caller let in: the sandbox, the tenant it acts as (None for public traffic), how."""
+    """A caller let in: the sandbox, the tenant it acts as (None for public traffic), how.
+
+    The only way a front reaches a sandbox's agent (`link`) and says it was used
+    (`active()`): tests/unit/test_layers.py keeps fronts off `Sandbox.link` and `touch()`."""
 
     sandbox: Sandbox
     tenant: Tenant | None
     via: Via
+    surface: Surface
     preview_token: str | None = None
     """The preview token that admitted the caller, for a front that keeps it in a cookie."""
+
+    @property
+    def link(self) -> AgentLink:
+        """The sandbox's agent link, for this admission's surface."""
+        return self.sandbox.link
+
+    def active(self) -> None:
+        """Traffic on this admission: the sandbox is in use (idle timeouts count from here).
+        Reading its record is not use."""
+        if self.surface is not Surface.RECORD:
+            self.sandbox.touch()
 
 
 class Unauthenticated(Exception):
@@ -100,7 +119,23 @@ class Gate:
         """The admission of a caller with `credentials` to `surface` (`port` for PORT).
         Counts as activity on the sandbox."""
         admission = self._decide(sandbox_id, credentials, surface, port)
-        admission.sandbox.touch()
+        admission.active()
+        return admission
+
+    def for_tenant(
+        self,
+        sandbox_id: str,
+        tenant: Tenant,
+        surface: Surface = Surface.CONTROL,
+        *,
+        include_ended: bool = False,
+    ) -> Admission:
+        """The admission of a caller a front has already authenticated by its tenant's key
+        (REST routes). Resolves the sandbox for that tenant only (an ended one's record too,
+        with `include_ended`); counts as activity unless only the record is read."""
+        sandbox = self.manager.get(sandbox_id, tenant, include_ended=include_ended)
+        admission = Admission(sandbox, tenant, Via.KEY, surface)
+        admission.active()
         return admission
 
     def _decide(
@@ -116,11 +151,11 @@ class Gate:
                 missing = exc
                 continue
             token = credentials.preview_token if via is Via.PREVIEW_TOKEN else None
-            return Admission(sandbox, tenant, via, token)
+            return Admission(sandbox, tenant, via, surface, token)
         if surface in ALLOWED[Via.PUBLIC]:
             public = self.manager.public(sandbox_id)
             if public is not None:
-                return Admission(public, None, Via.PUBLIC)
+                return Admission(public, None, Via.PUBLIC, surface)
         if missing is not None:
             raise missing
         raise Unauthenticated(_wanted(surface))

@@ -107,17 +107,17 @@ class EnvdFront:
         except ConnectError as exc:  # a unary call's failure
             await self._refuse(exchange, True, connect.HTTP_STATUS[exc.code], exc.code, exc.message)
 
-    def _admit_interpreter(self, exchange: Exchange, sandbox_id: str) -> Sandbox:
+    def _admit_interpreter(self, exchange: Exchange, sandbox_id: str) -> Admission:
         """The code interpreter's port: running code needs the sandbox's control credential
         (its access token or the key); managing contexts, which E2B's SDKs call with only the
         traffic token, takes that too. Public traffic opens neither (access.py)."""
         surface = Surface.CONTROL if exchange.path == "/execute" else Surface.CONTEXTS
-        sandbox = self._admission(exchange, sandbox_id, surface).sandbox
-        if sandbox.state is State.PAUSED:
+        admission = self._admission(exchange, sandbox_id, surface)
+        if admission.sandbox.state is State.PAUSED:
             raise Refused(
                 502, Code.UNAVAILABLE, f"the sandbox {sandbox_id} is paused: connect to resume it"
             )
-        return sandbox
+        return admission
 
     def _admission(self, exchange: Exchange, sandbox_id: str, surface: Surface) -> Admission:
         headers = exchange.headers

@@ -16,7 +16,7 @@ import trio
 from ... import untrusted_json
 from ...link import AgentGone
 from ...protocol import Message
-from ...sandboxes.sandbox import Sandbox
+from ...sandboxes.access import Admission
 from ..exchange import BodyTooLarge, ClientGone, Exchange
 
 MAX_BODY = 16 * 1024 * 1024
@@ -40,9 +40,9 @@ class InterpreterError(Exception):
         self.message = message
 
 
-async def serve_interpreter(exchange: Exchange, sandbox: Sandbox) -> None:
+async def serve_interpreter(exchange: Exchange, admission: Admission) -> None:
     try:
-        await _route(exchange, sandbox)
+        await _route(exchange, admission)
     except InterpreterError as exc:
         if not exchange.started:
             await exchange.discard_body()
@@ -52,29 +52,29 @@ async def serve_interpreter(exchange: Exchange, sandbox: Sandbox) -> None:
             await exchange.respond(502, b"the sandbox is gone", "text/plain; charset=utf-8")
 
 
-async def _route(exchange: Exchange, sandbox: Sandbox) -> None:
+async def _route(exchange: Exchange, admission: Admission) -> None:
     path, method = exchange.path, exchange.method
     if path == "/health":
         await exchange.respond(200, b"OK", "text/plain")
     elif path == "/execute" and method == "POST":
-        await _execute(exchange, sandbox, await _json(exchange))
+        await _execute(exchange, admission, await _json(exchange))
     elif path == "/contexts" and method == "POST":
         body = await _json(exchange)
         message: Message = {"type": "createContext", "language": _language(body.get("language"))}
         if isinstance(body.get("cwd"), str):
             message["cwd"] = _os_text(body["cwd"], "cwd")
-        await exchange.respond_json(200, (await _call(sandbox, message))["context"])
+        await exchange.respond_json(200, (await _call(admission, message))["context"])
     elif path == "/contexts" and method == "GET":
         await exchange.respond_json(
-            200, (await _call(sandbox, {"type": "listContexts"}))["contexts"]
+            200, (await _call(admission, {"type": "listContexts"}))["contexts"]
         )
     elif (match := CONTEXT.match(path)) is not None:
         context = match.group("id")
         if match.group("restart") and method == "POST":
-            await _call(sandbox, {"type": "restartContext", "context": context})
+            await _call(admission, {"type": "restartContext", "context": context})
             await exchange.respond(204, b"", "text/plain")
         elif not match.group("restart") and method == "DELETE":
-            await _call(sandbox, {"type": "removeContext", "context": context})
+            await _call(admission, {"type": "removeContext", "context": context})
             await exchange.respond(204, b"", "text/plain")
         else:
             raise InterpreterError(405, f"{method} {path} is not a route of the interpreter")
@@ -119,11 +119,11 @@ def _refusal(answer: Message) -> InterpreterError:
     return InterpreterError(STATUS.get(code, 500), f"{code}: {answer.get('message')}")
 
 
-async def _call(sandbox: Sandbox, message: Message) -> Message:
-    answer = await sandbox.link.call(message)
+async def _call(admission: Admission, message: Message) -> Message:
+    answer = await admission.link.call(message)
     if answer.get("type") == "error":
         raise _refusal(answer)
-    sandbox.touch()
+    admission.active()
     return answer
 
 
@@ -154,7 +154,7 @@ def _event(reply: Message) -> list[dict[str, Any]]:
     return events
 
 
-async def _execute(exchange: Exchange, sandbox: Sandbox, body: dict[str, Any]) -> None:
+async def _execute(exchange: Exchange, admission: Admission, body: dict[str, Any]) -> None:
     code = body.get("code")
     if not isinstance(code, str):
         raise InterpreterError(400, "field 'code' must be a string")
@@ -179,7 +179,7 @@ async def _execute(exchange: Exchange, sandbox: Sandbox, body: dict[str, Any]) -
 
         nursery.start_soon(gone)
         try:
-            await _stream(exchange, sandbox, message)
+            await _stream(exchange, admission, message)
         except (InterpreterError, AgentGone, ClientGone) as exc:
             failure = exc  # raised past the nursery, not wrapped in its exception group
         nursery.cancel_scope.cancel()
@@ -187,11 +187,11 @@ async def _execute(exchange: Exchange, sandbox: Sandbox, body: dict[str, Any]) -
         raise failure
 
 
-async def _stream(exchange: Exchange, sandbox: Sandbox, message: Message) -> None:
+async def _stream(exchange: Exchange, admission: Admission, message: Message) -> None:
     """The cell's events as NDJSON lines; a refusal before the first is an HTTP status, and
     an agent that ends without a final message ends the stream with an error line."""
     final: Message | None = None
-    async with sandbox.link.request(message) as pending:
+    async with admission.link.request(message) as pending:
         async for reply in pending:
             if reply.message.get("type") not in ("codeOutput", "codeResult"):
                 final = reply.message
@@ -201,11 +201,11 @@ async def _stream(exchange: Exchange, sandbox: Sandbox, message: Message) -> Non
                 await exchange.start(200, "application/x-ndjson")
             lines = b"".join(json.dumps(e).encode() + b"\n" for e in _event(reply.message))
             await exchange.write(lines)
-            sandbox.touch()
+            admission.active()
             if final is not None:
                 break
     if final is None:
-        missing = sandbox.link.missing_reply(message.get("id"))
+        missing = admission.link.missing_reply(message.get("id"))
         if not exchange.started:
             raise _refusal(missing)
         await exchange.write(b"".join(json.dumps(e).encode() + b"\n" for e in _event(missing)))
