@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 import trio
 from pydantic import BaseModel, ValidationError
 
-from ...link import AgentGone
+from ...link import AgentGone, AgentLink
 from ...protocol import ErrorCode, Message, ProtocolError, describe
+from ...sandboxes.access import Admission
 from ...sandboxes.sandbox import Sandbox, State
 from ...tenancy.tenants import Tenant
 from .connect import Code, ConnectError
@@ -43,13 +44,27 @@ def connect_code(insien_code: object) -> Code:
 
 @dataclass
 class EnvdCall:
-    """One envd call: the sandbox it is for, who asked, and its request message."""
+    """One envd call: the admission the gateway gave it (sandbox, tenant, link) and its
+    request message."""
 
-    sandbox: Sandbox
-    tenant: Tenant
+    admission: Admission
     message: dict[str, Any]
     deadline: float | None
     """Seconds the client gave the call (`Connect-Timeout-Ms`), or None."""
+
+    @property
+    def sandbox(self) -> Sandbox:
+        return self.admission.sandbox
+
+    @property
+    def tenant(self) -> Tenant:
+        tenant = self.admission.tenant
+        assert tenant is not None  # envd is a control surface: no public admission
+        return tenant
+
+    @property
+    def link(self) -> AgentLink:
+        return self.admission.link
 
     def parse(self, model: type[M]) -> M:
         try:
@@ -77,7 +92,7 @@ class EnvdCall:
     async def agent(self, message: Message) -> Message:
         """One request to the agent and its final answer; an agent error raises."""
         try:
-            reply = await self.sandbox.link.call(message)
+            reply = await self.link.call(message)
         except AgentGone as exc:
             raise self.gone(exc) from None
         except ProtocolError as exc:

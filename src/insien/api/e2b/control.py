@@ -17,6 +17,7 @@ from quart import Blueprint, Response, request
 
 from ...egress import NetworkPolicy
 from ...protocol import ErrorCode
+from ...sandboxes.access import Surface
 from ...sandboxes.sandbox import Sandbox, State, iso_timestamp
 from ...sandboxes.snapshots import (
     SNAPSHOT_REPOSITORY,
@@ -458,8 +459,8 @@ def control_blueprint(services: Services) -> Blueprint:
         return Response(json.dumps(series), status=200, mimetype="application/json")
 
     async def logs(sandbox_id: str) -> dict[str, Any]:
-        sandbox = manager.get(sandbox_id, tenant(), include_ended=True)
-        lines = sandbox.link.stderr.recent()
+        record = services.gate.for_tenant(sandbox_id, tenant(), Surface.RECORD, include_ended=True)
+        lines = record.link.stderr.recent()
         return {
             "logs": [{"timestamp": at, "line": line} for at, line in lines],
             "logEntries": [

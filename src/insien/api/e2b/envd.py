@@ -19,8 +19,7 @@ import trio
 from ...link import AgentGone
 from ...sandboxes.access import Admission, Credentials, Surface, Unauthenticated
 from ...sandboxes.manager import SandboxNotFound
-from ...sandboxes.sandbox import Sandbox, State
-from ...tenancy.tenants import Tenant
+from ...sandboxes.sandbox import State
 from ..context import Services
 from ..exchange import BodyTooLarge, ClientGone, Exchange
 from . import connect
@@ -65,9 +64,9 @@ def _user(header: str | None) -> str | None:
     return decoded.split(":", 1)[0] or None
 
 
-def _gone(sandbox: Sandbox) -> bool:
+def _gone(admission: Admission) -> bool:
     """The sandbox ended, or its agent's link closed for good (it is ending)."""
-    return sandbox.state is State.ENDED or sandbox.link.closed.is_set()
+    return admission.sandbox.state is State.ENDED or admission.link.closed.is_set()
 
 
 class EnvdFront:
@@ -88,16 +87,16 @@ class EnvdFront:
             if port == INTERPRETER_PORT:
                 await serve_interpreter(exchange, self._admit_interpreter(exchange, sandbox_id))
                 return
-            sandbox, tenant = self._admit(exchange, sandbox_id, port)
+            admission = self._admit(exchange, sandbox_id, port)
             if exchange.path == "/health":
                 await exchange.discard_body()
-                if _gone(sandbox):  # ending: what E2B's proxy says of a sandbox it lost
+                if _gone(admission):  # ending: what E2B's proxy says of a sandbox it lost
                     raise Refused(502, Code.UNAVAILABLE, f"The sandbox {sandbox_id} was not found")
                 await exchange.respond(204, b"", "text/plain")
             elif exchange.path == "/files":
-                await serve_files(exchange, sandbox, self.services.settings.max_upload_bytes)
+                await serve_files(exchange, admission, self.services.settings.max_upload_bytes)
             elif rpc:
-                await self._rpc(exchange, sandbox, tenant)
+                await self._rpc(exchange, admission)
             else:
                 raise Refused(404, Code.NOT_FOUND, f"envd has no route {exchange.path}")
         except Refused as exc:
@@ -135,10 +134,9 @@ class EnvdFront:
                 502, Code.UNAVAILABLE, f"The sandbox {sandbox_id} was not found"
             ) from None
 
-    def _admit(self, exchange: Exchange, sandbox_id: str, port: int) -> tuple[Sandbox, Tenant]:
+    def _admit(self, exchange: Exchange, sandbox_id: str, port: int) -> Admission:
         admission = self._admission(exchange, sandbox_id, Surface.CONTROL)
-        sandbox, tenant = admission.sandbox, admission.tenant
-        assert tenant is not None  # no public admission to a control surface
+        sandbox = admission.sandbox
         if port != ENVD_PORT:
             raise Refused(
                 502, Code.UNAVAILABLE, f"port {port} is not open: Insien does not forward ports yet"
@@ -155,7 +153,7 @@ class EnvdFront:
                 f"user {user!r} is not available: commands and files run as {SANDBOX_USER!r}"
                 " (uid 1000), never as root",
             )
-        return sandbox, tenant
+        return admission
 
     async def _refuse(
         self, exchange: Exchange, rpc: bool, status: int, code: Code, message: str
@@ -169,7 +167,7 @@ class EnvdFront:
         else:
             await exchange.respond_json(status, {"code": status, "message": message}, headers)
 
-    async def _rpc(self, exchange: Exchange, sandbox: Sandbox, tenant: Tenant) -> None:
+    async def _rpc(self, exchange: Exchange, admission: Admission) -> None:
         method = self.methods.get(exchange.path)
         if method is None:
             raise Refused(404, Code.UNIMPLEMENTED, f"no method {exchange.path}")
@@ -180,7 +178,7 @@ class EnvdFront:
         if method.client_stream is not None:
             if not connect.is_stream_type(content_type):
                 raise Refused(415, Code.INVALID_ARGUMENT, f"expected {connect.STREAM_TYPE}")
-            await self._client_stream(exchange, EnvdCall(sandbox, tenant, {}, deadline), method)
+            await self._client_stream(exchange, EnvdCall(admission, {}, deadline), method)
             return
         try:
             body = await exchange.read_body(connect.MAX_REQUEST_BYTES)
@@ -192,13 +190,13 @@ class EnvdFront:
             if not connect.is_stream_type(content_type):
                 raise Refused(415, Code.INVALID_ARGUMENT, f"expected {connect.STREAM_TYPE}")
             message = connect.parse_stream_request(body)
-            call = EnvdCall(sandbox, tenant, message, deadline)
+            call = EnvdCall(admission, message, deadline)
             await self._stream(exchange, call, method)
             return
         assert method.unary is not None
         if not connect.is_unary_type(content_type):
             raise Refused(415, Code.INVALID_ARGUMENT, f"expected {connect.UNARY_TYPE}")
-        call = EnvdCall(sandbox, tenant, connect.parse_unary(body), deadline)
+        call = EnvdCall(admission, connect.parse_unary(body), deadline)
         with call.within_deadline():
             result = await method.unary(call)
         await exchange.respond_json(200, result)
@@ -256,7 +254,7 @@ class EnvdFront:
                 except Exception as exc:
                     log.exception("envd stream %s failed", exchange.path)
                     error = ConnectError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
-                if error is not None and _gone(call.sandbox):
+                if error is not None and _gone(call.admission):
                     cut = exchange.scope.get("http_version") in ("1.0", "1.1")
                 if not cut:
                     await send.send(connect.end_stream(error))

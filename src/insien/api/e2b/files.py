@@ -16,7 +16,7 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 
 from ...link.transfer import TransferError, open_download, upload
 from ...protocol import ErrorCode
-from ...sandboxes.sandbox import Sandbox
+from ...sandboxes.access import Admission
 from ..exchange import ClientGone, Exchange
 from .filesystem import sandbox_path
 
@@ -67,20 +67,20 @@ def _written(path: str) -> dict[str, Any]:
     return {"name": _name(path), "type": "file", "path": path}
 
 
-async def serve_files(exchange: Exchange, sandbox: Sandbox, limit: int) -> None:
+async def serve_files(exchange: Exchange, admission: Admission, limit: int) -> None:
     if exchange.method == "GET":
-        await _download(exchange, sandbox)
+        await _download(exchange, admission)
     elif exchange.method == "POST":
-        written = await _upload(exchange, sandbox, limit)
+        written = await _upload(exchange, admission, limit)
         await exchange.respond_json(200, written)
     else:
         raise FilesError(405, f"{exchange.method} is not allowed on /files")
 
 
-async def _download(exchange: Exchange, sandbox: Sandbox) -> None:
+async def _download(exchange: Exchange, admission: Admission) -> None:
     path = _path(exchange.query.get("path"))
     try:
-        size, body = await open_download(sandbox.link, path)
+        size, body = await open_download(admission.link, path)
     except TransferError as exc:
         raise files_error(exc) from None
     await exchange.start(
@@ -121,7 +121,7 @@ async def _inflate(chunks: AsyncGenerator[bytes, None], limit: int) -> AsyncIter
         yield rest
 
 
-async def _upload(exchange: Exchange, sandbox: Sandbox, limit: int) -> list[dict[str, Any]]:
+async def _upload(exchange: Exchange, admission: Admission, limit: int) -> list[dict[str, Any]]:
     content_type = exchange.headers.get("content-type", "")
     declared = exchange.headers.get("content-length", "")
     if (
@@ -132,14 +132,14 @@ async def _upload(exchange: Exchange, sandbox: Sandbox, limit: int) -> list[dict
         raise FilesError(413, f"upload exceeds the {limit} byte limit")
     try:
         if content_type.startswith("multipart/form-data"):
-            return await _upload_parts(exchange, sandbox, limit, content_type)
+            return await _upload_parts(exchange, admission, limit, content_type)
         path = _path(exchange.query.get("path"))
         body: AsyncIterator[bytes]
         if exchange.headers.get("content-encoding", "").strip().lower() == "gzip":
             body = _inflate(exchange.chunks(), limit)
         else:
             body = exchange.chunks()
-        await upload(sandbox.link, path, body, limit, in_place=True)
+        await upload(admission.link, path, body, limit, in_place=True)
         return [_written(path)]
     except TransferError as exc:
         raise files_error(exc) from None
@@ -204,7 +204,7 @@ class _Parts:
 
 
 async def _upload_parts(
-    exchange: Exchange, sandbox: Sandbox, limit: int, content_type: str
+    exchange: Exchange, admission: Admission, limit: int, content_type: str
 ) -> list[dict[str, Any]]:
     parts = _Parts(exchange, content_type, limit)
     single = exchange.query.get("path")
@@ -215,7 +215,7 @@ async def _upload_parts(
         if not asked:
             raise FilesError(400, "a multipart file part needs its path as filename")
         path = _path(asked)
-        total += await upload(sandbox.link, path, parts.data(), limit - total, in_place=True)
+        total += await upload(admission.link, path, parts.data(), limit - total, in_place=True)
         written.append(_written(path))
     if not written:
         raise FilesError(400, "the multipart body has no file")

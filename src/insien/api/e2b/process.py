@@ -14,6 +14,7 @@ import binascii
 import signal
 from collections.abc import AsyncIterator
 from contextlib import suppress
+from dataclasses import replace
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -129,7 +130,7 @@ async def _follow(call: EnvdCall, emit: Emit, message: Message, *, close_stdin: 
     """Send a `spawn` or `attach` and translate what it answers until the process ends."""
     pty = "pty" in message
     try:
-        async with call.sandbox.link.request(message, binary=True) as pending:
+        async with call.link.request(message, binary=True) as pending:
             async for reply in pending:
                 event = reply.message
                 kind = event.get("type")
@@ -159,8 +160,8 @@ async def _follow(call: EnvdCall, emit: Emit, message: Message, *, close_stdin: 
         raise call.gone(exc) from None
     except ProtocolError as exc:
         raise ConnectError(connect_code(exc.code), exc.message) from None
-    if call.sandbox.link.closed.is_set():
-        raise call.gone(AgentGone(call.sandbox.link.close_reason))
+    if call.link.closed.is_set():
+        raise call.gone(AgentGone(call.link.close_reason))
 
 
 async def start(call: EnvdCall, emit: Emit) -> None:
@@ -251,7 +252,7 @@ async def stream_input(call: EnvdCall, messages: AsyncIterator[dict[str, Any]]) 
     """`start` names the process, then each `data` goes to its stdin (or PTY) in order."""
     pid: int | None = None
     async for raw in messages:
-        event = EnvdCall(call.sandbox, call.tenant, raw, call.deadline).parse(StreamInputEvent)
+        event = replace(call, message=raw).parse(StreamInputEvent)
         if event.start is not None:
             pid = pid_of(event.start.process)
         elif event.data is not None:

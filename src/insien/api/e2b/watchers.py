@@ -65,7 +65,7 @@ def _events(reply: Message) -> list[dict[str, Any]]:
 async def watch_dir(call: EnvdCall, emit: Emit) -> None:
     request = call.parse(WatchRequest)
     try:
-        async with call.sandbox.link.request(_message(request)) as pending:
+        async with call.link.request(_message(request)) as pending:
             async for reply in pending:
                 kind = reply.message.get("type")
                 if kind == "watchStarted":
@@ -136,7 +136,7 @@ class PolledWatches:
         started = False
         with watch.scope:
             try:
-                async with call.sandbox.link.request(_message(request)) as pending:
+                async with call.link.request(_message(request)) as pending:
                     async for reply in pending:
                         kind = reply.message.get("type")
                         if kind == "watchStarted":
