@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 
@@ -13,6 +14,15 @@ from .init import become_init_if_pid1
 from .kernel import KERNEL_FLAG, kernel_main
 from .settings import AgentSettings
 
+AGENT_NAME = "insien-agent"
+"""The agent's process name (`comm`), as `ps` and `pgrep -x` show it: started through its
+runtime's loader, it would otherwise be named after the loader."""
+
+
+def _name_agent() -> None:
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write(AGENT_NAME)
+
 
 def main() -> None:
     if len(sys.argv) == 2 and sys.argv[1] == KERNEL_FLAG:
@@ -21,6 +31,7 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == SPAWNER_FLAG:
         helper_main(int(sys.argv[2]))  # the spawner helper, already running as the user
         return
+    _name_agent()
     become_init_if_pid1()  # in a pod: reap orphans as docker-init does on Docker
     # stderr is the log channel; stdout carries nothing but protocol lines.
     logging.basicConfig(

@@ -23,6 +23,7 @@ import functools
 import os
 import platform
 import pwd
+import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -165,3 +166,13 @@ def assume(identity: Identity, workdir: str) -> None:
         if not os.path.isdir(path):
             os.makedirs(path, mode=0o755, exist_ok=True)
             os.chown(path, identity.uid, identity.gid)
+        elif _made_for_the_container(path):
+            os.chown(path, identity.uid, identity.gid, follow_symlinks=False)
+
+
+def _made_for_the_container(path: str) -> bool:
+    """Whether `path` is an empty folder of root's, not a link: what Docker makes for a working
+    folder the image lacks (an image with no user of its own, busybox or Alpine), which the
+    user must own to work in, as in an image that has it."""
+    found = os.stat(path, follow_symlinks=False)
+    return stat.S_ISDIR(found.st_mode) and found.st_uid == 0 and not os.listdir(path)

@@ -32,6 +32,7 @@ from .js_kernel import JS_KERNEL
 from .kernel import KERNEL_FLAG
 from .launch import Started, start_process
 from .oom import oom_kills
+from .selfexec import image_python
 from .settings import user_environment
 from .spawner import refuse_nul
 
@@ -169,7 +170,8 @@ def _kernel_command(language: str) -> tuple[str, list[str]]:
         return "node", ["-e", JS_KERNEL]
     if os.path.basename(AGENT_PATH) == "__main__.py":  # run as a package (development, tests)
         return sys.executable, ["-m", "insien_agent", KERNEL_FLAG]
-    return sys.executable, [AGENT_PATH, KERNEL_FLAG]
+    # The image's python3, not the agent's own runtime: cells import the image's packages.
+    return image_python(), [AGENT_PATH, KERNEL_FLAG]
 
 
 class Credit:

@@ -25,13 +25,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from typing import Any
 
 from . import untrusted_json
 from .errors import BAD_REQUEST, AgentError
 from .helper import MAX_MESSAGE, SPAWNER_FLAG, UNKNOWN_EXIT, ForkedHelper
 from .identity import Identity
+from .selfexec import own_interpreter
 from .wire import widen_pipe
 
 log = logging.getLogger("insien_agent.spawner")
@@ -155,7 +155,7 @@ class Spawner:
             forked.sock.close()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._helper = subprocess.Popen(
-            [sys.executable, "-I", "-S", self._entry, SPAWNER_FLAG, str(theirs.fileno())],
+            [*own_interpreter(), "-I", "-S", self._entry, SPAWNER_FLAG, str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -16,7 +16,7 @@ from tests.e2e.helpers import call, http, sandbox, websocket
 
 
 async def agent_pid(ws: WebSocketConnection) -> int:
-    return int((await run(ws, "pgrep -u 0 -x python3"))["stdout"])
+    return int((await run(ws, "pgrep -u 0 -x insien-agent"))["stdout"])
 
 
 async def test_user_code_runs_as_an_unprivileged_user(server: Server) -> None:

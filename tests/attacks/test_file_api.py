@@ -46,7 +46,7 @@ async def test_the_agents_own_proc_entries_are_refused_every_way(server: Server)
         # listing /proc itself is fine, and the agent's name is what it was
         listing = await call(ws, {"id": "l", "type": "list", "path": "/proc"})
         assert listing["type"] == "listResponse"
-        assert (await run(ws, f"cat /proc/{pid}/comm"))["stdout"] == "python3\n"
+        assert (await run(ws, f"cat /proc/{pid}/comm"))["stdout"] == "insien-agent\n"
         # user processes' own /proc entries stay readable to the user, as for its commands
         own = await run(ws, "cat /proc/self/status | head -1")
         assert own["stdout"].startswith("Name:")

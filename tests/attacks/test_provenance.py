@@ -18,6 +18,8 @@ import httpx
 import pytest
 import trio
 
+from insien.config import DEFAULT_PYTHON
+from insien.runtime.docker import agent_volume
 from insien.tenancy.tenants import hash_key, new_key
 from tests.conftest import Server
 from tests.e2e.helpers import call, containers_of, websocket
@@ -144,8 +146,7 @@ def agent_environment(client: docker.DockerClient, container_id: str) -> dict[st
     (pid,) = [
         int(row[0])
         for row in top["Processes"]
-        if row[2].startswith("/usr/bin/python3") and "agent.pyz" in row[2]
-        if row[1] != "insien-spawner"
+        if row[1] == "insien-agent"
     ]
     environ = Path(f"/proc/{pid}/environ").read_bytes().decode()
     return dict(entry.split("=", 1) for entry in environ.split("\0") if "=" in entry)
@@ -187,7 +188,9 @@ async def test_create_env_reaches_commands_never_the_agent(
             assert agent_env.get("PATH") == safe_path, agent_env
             assert not set(agent_env) & {"LD_PRELOAD", "PYTHONPATH", "PYTHONSTARTUP"}, agent_env
             config = docker_client.api.inspect_container(container["Id"])["Config"]
-            assert config["Entrypoint"][0] == "/usr/bin/python3"
+            # the agent starts by absolute paths alone: its runtime's loader and interpreter
+            assert config["Entrypoint"] == agent_volume.entrypoint(DEFAULT_PYTHON)
+            assert config["Entrypoint"][0].startswith("/opt/insien/")
             assert f"PATH={hostile_env['PATH']}" not in config["Env"]
             assert not [e for e in config["Env"] if e.startswith(("LD_", "PYTHON"))]
         finally:

@@ -96,7 +96,7 @@ async def kill_agent(client: docker.DockerClient, sandbox_id: str) -> None:
 
     def _kill() -> None:
         exit_code, output = client.containers.get(container["Id"]).exec_run(
-            ["sh", "-c", "kill -9 $(pgrep -u 0 -x python3)"], user="0"
+            ["sh", "-c", "kill -9 $(pgrep -u 0 -x insien-agent)"], user="0"
         )
         assert exit_code == 0, output
 

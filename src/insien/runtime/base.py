@@ -60,7 +60,8 @@ class ContainerSpec:
     labels: Mapping[str, str]
     """Every label, already sealed by the core (see `sandboxes.provenance`)."""
     python: str
-    """The absolute path of the interpreter that runs the agent (never looked up in PATH)."""
+    """The absolute path of the image's python3 (never looked up in PATH): code contexts run
+    on it, and so does the agent where the runtime brings none of its own (Kubernetes)."""
     capabilities: tuple[str, ...]
     workdir: str = "/home/user"
     network_mode: str = "none"

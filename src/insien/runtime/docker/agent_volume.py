@@ -5,8 +5,11 @@ create about 40 ms. Instead, one Docker volume per agent build, named after the 
 holds it, and every sandbox mounts it read-only at the agent's directory: nothing inside a
 sandbox can write to what another sandbox reads (the mount is read-only, and sandboxes have
 no capability to remount). Snapshots do not carry the agent either: volumes are not committed.
-Volumes of older builds are left in place (a few hundred KiB each): another server on the same
-Docker host may still be using one.
+Volumes of older builds are left in place: another server on the same Docker host may still
+be using one.
+
+The volume also carries the Python runtime the agent runs on (`agent_runtime`), so a sandbox
+image needs no python3 of its own: `entrypoint` says how a container starts the agent.
 """
 
 from __future__ import annotations
@@ -14,19 +17,65 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+from pathlib import PurePosixPath
 
 import docker
 import docker.errors
 from docker.types import Mount
 
+from ...config import DEFAULT_PYTHON
+from .. import agent_runtime
 from ..base import AGENT_DIR, AGENT_PATH, LABEL_PREFIX
 
 LABEL_AGENT = f"{LABEL_PREFIX}agent"
-"""On agent volumes: the digest of the agent they hold."""
+"""On agent volumes: the digest of the agent and runtime they hold."""
+
+
+def contents(agent_zip: bytes) -> dict[str, tuple[bytes, int]]:
+    """What the volume holds, by path relative to the agent's folder: the agent's zip and, where
+    this host can provide one, the runtime it runs on."""
+    files = {PurePosixPath(AGENT_PATH).name: (agent_zip, 0o644)}
+    bundle = agent_runtime.bundle()
+    if bundle is not None:
+        files.update(bundle.files)
+    return files
 
 
 def volume_name(agent_zip: bytes) -> str:
-    return f"insien-agent-{hashlib.sha256(agent_zip).hexdigest()[:20]}"
+    digest = hashlib.sha256(agent_zip)
+    bundle = agent_runtime.bundle()
+    if bundle is not None:
+        digest.update(bundle.digest.encode())
+    return f"insien-agent-{digest.hexdigest()[:20]}"
+
+
+def _brought(python: str) -> agent_runtime.Bundle | None:
+    """The runtime the agent starts on, if any: none where this host cannot provide one, or
+    where the operator named another interpreter than the default (INSIEN_AGENT_PYTHON or a
+    template's `python`): the agent then runs on that one of the image's, as it used to."""
+    if python != DEFAULT_PYTHON:
+        return None
+    return agent_runtime.bundle()
+
+
+def entrypoint(python: str) -> list[str]:
+    """How a container starts the agent: on the brought runtime, through its own loader (the
+    image's libc and python3 play no part), or on the image's `python`."""
+    bundle = _brought(python)
+    if bundle is None:
+        return [python, "-I", "-S", AGENT_PATH]
+    return bundle.command(AGENT_PATH)
+
+
+def environment(python: str) -> dict[str, str]:
+    """The agent's settings that go with `entrypoint`: which loader runs it (to start its
+    helper the same way) and the image's python3 (for code contexts). User commands never see
+    them: the agent leaves every `INSIEN_AGENT_*` variable out of their environment."""
+    bundle = _brought(python)
+    env = {agent_runtime.PYTHON_ENV: python}
+    if bundle is not None:
+        env[agent_runtime.LOADER_ENV] = bundle.loader
+    return env
 
 
 def agent_mount(name: str) -> Mount:
@@ -34,27 +83,25 @@ def agent_mount(name: str) -> Mount:
     return Mount(AGENT_DIR, name, type="volume", read_only=True, no_copy=True)
 
 
-def _archive(agent_zip: bytes) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo(AGENT_PATH.rsplit("/", 1)[1])
-        info.size = len(agent_zip)
-        info.mode = 0o644
-        tar.addfile(info, io.BytesIO(agent_zip))
-    return buffer.getvalue()
-
-
 def _holds(client: docker.DockerClient, image: str, name: str, agent_zip: bytes) -> bool:
-    """Whether the volume holds exactly this agent (a fill cut short leaves it without)."""
+    """Whether the volume holds exactly this agent and runtime (a fill cut short leaves it
+    without some)."""
+    expected = contents(agent_zip)
     container = client.containers.create(
         image, command=["true"], mounts=[agent_mount(name)], network_mode="none"
     )
     try:
-        stream, _ = container.get_archive(AGENT_PATH)
+        stream, _ = container.get_archive(AGENT_DIR)
+        found: dict[str, bytes] = {}
         with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            member = tar.extractfile(tar.getmembers()[0])
-            return member is not None and member.read() == agent_zip
-    except (docker.errors.NotFound, tarfile.TarError, IndexError):
+            for member in tar.getmembers():
+                # Names start with the folder's own name ("insien/...").
+                relative = member.name.partition("/")[2]
+                if relative in expected and member.isfile():
+                    read = tar.extractfile(member)
+                    found[relative] = read.read() if read is not None else b""
+        return all(found.get(path) == content for path, (content, _) in expected.items())
+    except (docker.errors.NotFound, tarfile.TarError):
         return False
     finally:
         container.remove(force=True)
@@ -67,7 +114,7 @@ def _fill(client: docker.DockerClient, image: str, name: str, agent_zip: bytes) 
         image, command=["true"], mounts=[writable], network_mode="none"
     )
     try:
-        container.put_archive(AGENT_DIR, _archive(agent_zip))
+        container.put_archive(AGENT_DIR, agent_runtime.archive(contents(agent_zip)))
     finally:
         container.remove(force=True)
 
@@ -83,14 +130,14 @@ def exists(client: docker.DockerClient, name: str) -> bool:
 
 
 def ensure(client: docker.DockerClient, image: str, agent_zip: bytes) -> str:
-    """The name of a volume holding this agent, made and filled if it is not there yet (a
-    container of `image`, never started, does the writing). Blocking: call in a thread."""
+    """The name of a volume holding this agent (and its runtime), made and filled if it is not
+    there yet (a container of `image`, never started, does the writing; any image will do, even
+    one with no shell). Blocking: call in a thread."""
     name = volume_name(agent_zip)
-    digest = hashlib.sha256(agent_zip).hexdigest()
     try:
         client.volumes.get(name)
     except docker.errors.NotFound:
-        client.volumes.create(name, labels={LABEL_AGENT: digest})
+        client.volumes.create(name, labels={LABEL_AGENT: name.removeprefix("insien-agent-")})
     if not _holds(client, image, name, agent_zip):
         _fill(client, image, name, agent_zip)
         if not _holds(client, image, name, agent_zip):

@@ -16,7 +16,6 @@ from docker.types import LogConfig, Ulimit
 
 from ..base import (
     AGENT_ENVIRONMENT,
-    AGENT_PATH,
     LABEL_INSTANCE,
     LABEL_PREFIX,
     ContainerInfo,
@@ -137,10 +136,14 @@ class DockerRuntime:
                 # The image's entrypoint, command, environment, working directory and user
                 # are all overridden: a snapshot is made by a tenant, and none of it may
                 # decide how the root agent starts (docker-init runs this, by absolute path).
-                entrypoint=[spec.python, "-I", "-S", AGENT_PATH],
+                entrypoint=agent_volume.entrypoint(spec.python),
                 command=[],
                 labels=dict(spec.labels),
-                environment={**AGENT_ENVIRONMENT, **spec.environment},
+                environment={
+                    **AGENT_ENVIRONMENT,
+                    **spec.environment,
+                    **agent_volume.environment(spec.python),
+                },
                 working_dir=spec.workdir,
                 # The agent runs as root whatever the image's USER says, so that it can run user
                 # code as an unprivileged user that cannot reach it.
