@@ -17,11 +17,20 @@ Message = dict[str, Any]
 
 async def handle_egress_listen(req: Request) -> Message:
     """Enable the proxy for this server: `egressListening` with its port, then a stream of
-    `egressConnect` events, until cancelled or replaced."""
+    `egressConnect` events, until cancelled or replaced. `env` (secrets' placeholders) and
+    `ca` (the server's egress CA, PEM) are what commands get besides the proxy variables."""
 
     async def sink(event: Message) -> None:
         await req.outbox.send({"id": req.id, **event})
 
+    env, ca = req.msg.get("env"), req.msg.get("ca")
+    if env is not None and not (
+        isinstance(env, dict) and all(isinstance(v, str) for v in env.values())
+    ):
+        raise AgentError(BAD_REQUEST, "field 'env' must map names to strings")
+    if ca is not None and not isinstance(ca, str):
+        raise AgentError(BAD_REQUEST, "field 'ca' must be a PEM string")
+    req.egress.configure(env or {}, ca)
     replaced = await req.egress.listen(sink)
     try:
         await req.outbox.send({"id": req.id, "type": "egressListening", "port": req.egress.port})

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,42 @@ REASONS = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 503: "Servi
 REASONS |= {504: "Gateway Timeout"}
 
 log = logging.getLogger("insien_agent.egress")
+
+TRUST_FOLDER = "/etc/insien"
+SYSTEM_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+    "/etc/ssl/cert.pem",
+)
+CA_VARIABLES = (
+    *("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"),
+    *("PIP_CERT", "GIT_SSL_CAINFO"),
+)
+SECRET_VARIABLE = re.compile(r"INSIEN_SECRET_[A-Z0-9_]{1,64}")
+PLACEHOLDER = re.compile(r"insien-secret-[0-9a-f]{32}")
+
+
+def write_trust(ca_pem: str, folder: str = TRUST_FOLDER) -> tuple[str, str]:
+    """The server's egress CA alone, and a bundle of the system's CAs plus it, as files only
+    root may change (issue 30): what commands are pointed at to trust the proxy's TLS."""
+    os.makedirs(folder, mode=0o755, exist_ok=True)
+    system = b""
+    for path in SYSTEM_BUNDLES:
+        with contextlib.suppress(OSError):
+            with open(path, "rb") as found:
+                system = found.read()
+            break
+    ca = ca_pem.encode()
+    written = []
+    for name, content in (("egress-ca.pem", ca), ("ca-bundle.pem", system.rstrip() + b"\n" + ca)):
+        path = os.path.join(folder, name)
+        temporary = path + ".tmp"
+        with open(temporary, "wb") as out:
+            out.write(content)
+        os.chmod(temporary, 0o444)
+        os.replace(temporary, path)
+        written.append(path)
+    return written[0], written[1]
 
 
 class BadHead(Exception):
@@ -126,15 +164,35 @@ class EgressProxy:
         self._replaced: asyncio.Event | None = None
         self._waiting: dict[int, Waiting] = {}
         self._next = 0
+        self._extra: dict[str, str] = {}
 
     def environment(self) -> dict[str, str]:
-        """Proxy variables for a user command: set only while a server takes connections."""
+        """Proxy variables for a user command: set only while a server takes connections
+        (and the secrets' placeholders and the CA bundle's variables it asked for)."""
         if self._sink is None or not self.port:
             return {}
         url = f"http://{PROXY_HOST}:{self.port}"
         local = "localhost,127.0.0.1,::1"
         env = {"HTTP_PROXY": url, "HTTPS_PROXY": url, "NO_PROXY": local}
-        return {**env, **{name.lower(): value for name, value in env.items()}}
+        return {**env, **{name.lower(): value for name, value in env.items()}, **self._extra}
+
+    def configure(self, placeholders: dict[str, str], ca_pem: str | None) -> None:
+        """What commands get besides the proxy: placeholders (never a secret: the server
+        keeps those) and, with a CA, variables pointing at a bundle that trusts it."""
+        extra = {
+            name: value
+            for name, value in placeholders.items()
+            if SECRET_VARIABLE.fullmatch(name) and PLACEHOLDER.fullmatch(value)
+        }
+        if ca_pem:
+            try:
+                alone, bundle = write_trust(ca_pem)
+            except OSError as exc:
+                log.warning("could not write the egress CA bundle: %s", exc)
+            else:
+                extra.update(dict.fromkeys(CA_VARIABLES, bundle))
+                extra["NODE_EXTRA_CA_CERTS"] = alone
+        self._extra = extra
 
     async def listen(self, sink: Sink) -> asyncio.Event:
         """Start (once) and send connections to `sink`; the event is set when another listen

@@ -17,6 +17,7 @@ from .api.ports import ports_blueprint
 from .api.preview import PreviewProxy
 from .api.request_ids import RequestIds
 from .api.rest import rest_blueprint
+from .api.secrets import secrets_blueprint
 from .api.ws import ws_blueprint
 
 MAX_REST_BODY = 1024 * 1024
@@ -29,6 +30,7 @@ def create_app(services: Services) -> QuartTrio:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     install_error_handlers(app)
     app.register_blueprint(rest_blueprint(services))
+    app.register_blueprint(secrets_blueprint(services))
     app.register_blueprint(ws_blueprint(services))
     app.register_blueprint(files_blueprint(services))
     app.register_blueprint(control_blueprint(services))

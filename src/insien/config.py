@@ -240,6 +240,22 @@ class Settings(BaseSettings):
     """Names the server resolves itself for egress before asking DNS, `name=address,…`
     (an internal mirror, or an upstream on this machine in tests)."""
 
+    secrets_key: SecretStr | None = Field(None)
+    """Encrypts tenants' secrets at rest (issue 30): any string of 32 or more characters
+    (a key is derived from it); without it (or `secrets_key_file`) secrets are refused."""
+    secrets_key_file: Path | None = Field(None)
+    """A file holding `secrets_key` instead (its first line), for operators who keep keys
+    out of the environment."""
+    egress_ca_file: Path | None = Field(None)
+    """Certificates (PEM) the egress proxy trusts besides the system's when it opens TLS to
+    a host it adds a secret for (a private CA, or a test CA)."""
+
+    @field_validator("secrets_key", "secrets_key_file", "egress_ca_file", mode="before")
+    @classmethod
+    def _empty_secrets_setting(cls, value: object) -> object:
+        """An empty value means "not set"."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("api_key", "jwt_secret", "secret_key", "metrics_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

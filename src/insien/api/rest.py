@@ -17,7 +17,7 @@ from ..sandboxes.sandbox import Sandbox, SandboxOptions, iso_timestamp
 from ..tenancy.tenants import Tenant
 from .bodies import json_body
 from .context import Services
-from .creating import network_policy, sandbox_options
+from .creating import sandbox_options
 from .errors import ApiError, error_code, status_for
 from .openapi import operation
 from .schemas import (
@@ -40,6 +40,7 @@ from .schemas import (
     SnapshotList,
     SnapshotMade,
 )
+from .secrets import network_with_secrets
 
 
 def rest_blueprint(services: Services) -> Blueprint:
@@ -61,11 +62,13 @@ def rest_blueprint(services: Services) -> Blueprint:
             metadata=body.metadata,
             env=body.env,
             resources=body.resources,
-            network=policy_of(body.network) if body.network else None,
+            network=policy_of(body.network, tenant) if body.network else None,
         )
 
-    def policy_of(body: NetworkRequest) -> NetworkPolicy:
-        return network_policy(body.allowOut, body.denyOut, body.allowPublicTraffic)
+    def policy_of(
+        body: NetworkRequest, tenant: Tenant, keep: dict[str, str] | None = None
+    ) -> NetworkPolicy:
+        return network_with_secrets(services, tenant, body, keep)
 
     def network_of(sandbox: Sandbox) -> dict[str, Any]:
         counters = manager.egress.counters_for(sandbox.id) if sandbox.connected else None
@@ -232,7 +235,8 @@ def rest_blueprint(services: Services) -> Blueprint:
     )
     async def update_network(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
-        policy = policy_of(await json_body(NetworkRequest))
+        keep = manager.get(sandbox_id, tenant).options.network_policy.placeholders()
+        policy = policy_of(await json_body(NetworkRequest), tenant, keep)
         return network_of(await manager.update_network(sandbox_id, tenant, policy))
 
     @bp.get("/sandboxes/<sandbox_id>/metrics")

@@ -49,6 +49,54 @@ class NetworkRequest(BaseModel):
     allowPublicTraffic: StrictBool = Field(
         False, description="Its ports answer anyone, with no key or preview token."
     )
+    secrets: Annotated[list[SecretBindingRequest], Field(max_length=32)] = Field(
+        default_factory=list,
+        description="Secrets the egress proxy adds to requests for some hosts (the sandbox "
+        "sees only placeholders, `INSIEN_SECRET_<NAME>`).",
+    )
+
+
+SecretName = Annotated[
+    StrictStr, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$", description="Letters, digits, _.")
+]
+SecretValue = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=8192, description="One line; never shown again."),
+]
+
+
+class SecretBindingRequest(BaseModel):
+    """A secret the egress proxy adds on the way out (issue 30): as a header from a template,
+    and wherever its placeholder appears in a request head (or body, with `body`), only for
+    `hosts` (exact, `*.domain`, one address; `:port` optional) and, if given, only these
+    methods and path prefixes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    secret: SecretName
+    hosts: Annotated[list[Rule], Field(min_length=1, max_length=32)]
+    header: Annotated[StrictStr, Field(max_length=1024)] | None = Field(
+        None, description="`Name: template`, the template holding `{secret}`."
+    )
+    methods: Annotated[list[Annotated[StrictStr, Field(max_length=16)]], Field(max_length=16)] = []
+    paths: Annotated[list[Annotated[StrictStr, Field(max_length=1024)]], Field(max_length=32)] = []
+    body: StrictBool = Field(False, description="Swap placeholders in bodies up to 1 MiB too.")
+
+
+class SecretCreateRequest(BaseModel):
+    """The body of `POST /secrets`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: SecretName
+    value: SecretValue
+    description: Annotated[StrictStr, Field(max_length=1024)] = ""
+
+
+class SecretRotateRequest(BaseModel):
+    """The body of `PUT /secrets/<name>`: a new value, in effect from the next request on."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    value: SecretValue
+    description: Annotated[StrictStr, Field(max_length=1024)] | None = None
 
 
 class KeepaliveRequest(BaseModel):
@@ -127,10 +175,42 @@ class ResourcesInfo(Answer):
     pids: int
 
 
+class SecretBindingInfo(Answer):
+    secret: str
+    hosts: list[str]
+    placeholder: str = Field(description="What the sandbox finds in `INSIEN_SECRET_<NAME>`.")
+    header: str | None = None
+    methods: list[str]
+    paths: list[str]
+    body: bool
+
+
 class NetworkPolicyInfo(Answer):
     allowOut: list[str]
     denyOut: list[str]
     allowPublicTraffic: bool
+    secrets: list[SecretBindingInfo] | None = Field(
+        None, description="Secret bindings, if any (issue 30)."
+    )
+
+
+class SecretInfo(Answer):
+    """A secret as anyone may see it: never its value."""
+
+    name: str
+    description: str
+    createdAt: str
+    updatedAt: str
+    version: int = Field(description="1, and one more at each rotation.")
+
+
+class SecretList(Answer):
+    secrets: list[SecretInfo]
+
+
+class SecretDeleted(Answer):
+    success: bool
+    name: str
 
 
 class EgressCountersInfo(Answer):
@@ -138,6 +218,7 @@ class EgressCountersInfo(Answer):
     refused: int = Field(description="Connections out refused (by policy or limit).")
     bytesOut: int
     bytesIn: int
+    secretsUsed: int = Field(0, description="Requests a secret was added to (per secret).")
 
 
 class NetworkInfo(NetworkPolicyInfo):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from .agent import AgentLink
 from .pending import PendingRequest
@@ -60,12 +61,20 @@ def supports_egress(link: AgentLink) -> bool:
 
 
 @asynccontextmanager
-async def listen_egress(link: AgentLink) -> AsyncIterator[EgressListener]:
+async def listen_egress(
+    link: AgentLink, env: dict[str, str] | None = None, ca: str | None = None
+) -> AsyncIterator[EgressListener]:
     """Turn the sandbox's proxy on for as long as the block runs (leaving it turns it off:
-    commands started later get no proxy variables, connections get 503)."""
+    commands started later get no proxy variables, connections get 503). `env`: secrets'
+    placeholders for commands; `ca`: the egress CA's certificate (PEM) for them to trust."""
     if not supports_egress(link):
         raise EgressUnavailable("this sandbox's agent has no egress proxy")
-    async with link.request({"type": "egressListen"}) as pending:
+    listen: dict[str, Any] = {"type": "egressListen"}
+    if env:
+        listen["env"] = env
+    if ca:
+        listen["ca"] = ca
+    async with link.request(listen) as pending:
         first = link.missing_reply(None)
         async for reply in pending:
             first = reply.message

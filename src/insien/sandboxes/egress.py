@@ -7,6 +7,10 @@ resolves names itself and checks each address before connecting to it, so a name
 resolves somewhere refused stays refused; the connection is then made from the server and
 its bytes ride the agent link, like a tunnel's. A refusal answers the program inside with a
 403 naming the rule.
+
+A sandbox whose policy binds secrets (issue 30) has its requests that could carry them read
+and rewritten on the way (secret_egress.py): plain HTTP always, and TLS to a bound host; TLS
+to any other host stays an untouched tunnel.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import trio
 
 from ..config import Settings
 from ..egress import NetworkPolicy, decide
+from ..egress.policy import SecretBinding
 from ..egress.rules import IPAddress, normalize_name
 from ..link import AgentGone
 from ..link.egress import (
@@ -30,8 +35,19 @@ from ..link.egress import (
     refuse_egress,
 )
 from ..link.tunnel import Tunnel, TunnelRefused
+from ..operations.events import EventLog
 from ..operations.logs import long_lived_task
+from ..secrets.ca import EgressCA, upstream_context
+from ..secrets.store import SecretStore, load_key
 from .sandbox import Sandbox
+from .secret_egress import (
+    Injection,
+    TunnelStream,
+    UpstreamFailed,
+    serve_injecting,
+    tls_client,
+    tls_upstream,
+)
 
 log = logging.getLogger("insien.egress")
 
@@ -39,6 +55,7 @@ RESOLVE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
 READ_SIZE = 256 * 1024
 POLICY = "policy: "
+SECRET_USED = "secret.used"
 
 
 @dataclass
@@ -50,6 +67,8 @@ class EgressCounters:
     bytes_out: int = 0
     """From the sandbox to the far end."""
     bytes_in: int = 0
+    secrets_used: int = 0
+    """Requests the proxy added a secret to (one per secret per request)."""
 
     def info(self) -> dict[str, int]:
         return {
@@ -57,6 +76,7 @@ class EgressCounters:
             "refused": self.refused,
             "bytesOut": self.bytes_out,
             "bytesIn": self.bytes_in,
+            "secretsUsed": self.secrets_used,
         }
 
 
@@ -75,6 +95,18 @@ class Egress:
         self.counters: dict[str, EgressCounters] = {}
         self._of_ended = EgressCounters()
         """What sandboxes that ended had counted, for the server's totals."""
+        key = settings.secrets_key.get_secret_value() if settings.secrets_key else None
+        self.secrets = SecretStore(
+            settings.state_dir / "secrets", load_key(key, settings.secrets_key_file)
+        )
+        """Every tenant's secrets (the REST routes manage them, the proxy reads them)."""
+        self.ca = EgressCA(
+            settings.state_dir / "egress-ca", f"Insien egress CA {settings.instance}"
+        )
+        self.upstream_tls = upstream_context(settings.egress_ca_file)
+        self.events: EventLog | None = None
+        """Where `secret.used` goes (the manager's event log, set by it)."""
+        self._listening_with: dict[str, tuple[dict[str, str], str | None]] = {}
 
     def totals(self) -> EgressCounters:
         """Every sandbox's counters added up, since the server started (for `/metrics`)."""
@@ -84,6 +116,7 @@ class Egress:
             total.refused += counters.refused
             total.bytes_out += counters.bytes_out
             total.bytes_in += counters.bytes_in
+            total.secrets_used += counters.secrets_used
         return total
 
     def counters_for(self, sandbox_id: str) -> EgressCounters:
@@ -94,30 +127,53 @@ class Egress:
         from now on get the proxy variables) or off."""
         wanted = sandbox.options.network_policy.egress and sandbox.link.connected
         serving = self._serving.get(sandbox.id)
+        if (
+            wanted
+            and serving is not None
+            and self._setup(sandbox) != self._listening_with.get(sandbox.id)
+        ):
+            # New placeholders or a first binding: the agent learns them by a new listen
+            # (connections carried by the old one are cut).
+            serving.cancel()
+            serving = None
         if wanted and serving is None:
             await nursery.start(self._serve, sandbox)
         elif not wanted and serving is not None:
             serving.cancel()
 
+    def _setup(self, sandbox: Sandbox) -> tuple[dict[str, str], str | None]:
+        """What the agent is told besides listening: placeholders, and the CA to trust."""
+        policy = sandbox.options.network_policy
+        if not policy.secrets:
+            return {}, None
+        return policy.placeholder_environment(), self.ca.certificate_pem()
+
     def stop(self, sandbox_id: str) -> None:
         scope = self._serving.pop(sandbox_id, None)
         if scope is not None:
             scope.cancel()
+        self._listening_with.pop(sandbox_id, None)
         ended = self.counters.pop(sandbox_id, None)
         if ended is not None:
             self._of_ended.connections += ended.connections
             self._of_ended.refused += ended.refused
             self._of_ended.bytes_out += ended.bytes_out
             self._of_ended.bytes_in += ended.bytes_in
+            self._of_ended.secrets_used += ended.secrets_used
 
     async def _serve(self, sandbox: Sandbox, *, task_status: trio.TaskStatus[None]) -> None:
         long_lived_task(sandbox.id, sandbox.owner or None)
         scope = trio.CancelScope()
         self._serving[sandbox.id] = scope
         started = False
+        env, ca = setup = self._setup(sandbox)
         try:
             with scope:
-                async with listen_egress(sandbox.link) as listener, trio.open_nursery() as nursery:
+                async with (
+                    listen_egress(sandbox.link, env, ca) as listener,
+                    trio.open_nursery() as nursery,
+                ):
+                    self._listening_with[sandbox.id] = setup
                     log.info("sandbox %s: egress proxy on port %d", sandbox.id, listener.port)
                     task_status.started()
                     started = True
@@ -157,7 +213,14 @@ class Egress:
             before = (counters.bytes_out, counters.bytes_in)
             try:
                 async with stream, open_egress(link, request.conn) as tunnel:
-                    await self._carry(sandbox, tunnel, stream, counters)
+                    bindings = sandbox.options.network_policy.secrets
+                    if bindings and (
+                        request.method == "HTTP"
+                        or any(b.covers_host(request.host, request.port) for b in bindings)
+                    ):
+                        await self._inject(sandbox, request, bindings, tunnel, stream, counters)
+                    else:
+                        await self._carry(sandbox, tunnel, stream, counters)
             finally:
                 left = self._open.pop(sandbox.id) - 1
                 if left:  # an id leaves the table with its last connection
@@ -172,6 +235,88 @@ class Egress:
                 )
         except (AgentGone, TunnelRefused) as exc:
             log.debug("sandbox %s: egress to %s ended: %s", sandbox.id, target, exc)
+
+    async def _inject(
+        self,
+        sandbox: Sandbox,
+        request: EgressRequest,
+        bindings: tuple[SecretBinding, ...],
+        tunnel: Tunnel,
+        stream: trio.SocketStream,
+        counters: EgressCounters,
+    ) -> None:
+        """A request the sandbox's secrets may go out in (secret_egress.py)."""
+
+        def count(out: int, back: int) -> None:
+            counters.bytes_out += out
+            counters.bytes_in += back
+            sandbox.touch()
+
+        def used(secret: str, method: str, path: str) -> None:
+            counters.secrets_used += 1
+            # Names only: the event never carries the value (nor the query, which may).
+            log.info(
+                "sandbox %s: secret %r added to %s %s:%d%s",
+                sandbox.id,
+                secret,
+                method,
+                request.host,
+                request.port,
+                path,
+            )
+            if self.events is not None:
+                self.events.publish(
+                    SECRET_USED,
+                    sandbox.owner,
+                    sandbox.id,
+                    secret=secret,
+                    host=request.host,
+                    port=request.port,
+                    method=method,
+                    path=path[:1024],
+                )
+
+        def refused() -> None:
+            counters.refused += 1
+
+        job = Injection(
+            sandbox.id,
+            request.host,
+            request.port,
+            bindings,
+            lambda name: self.secrets.value(sandbox.owner, name),
+            used,
+            refused,
+        )
+        client = TunnelStream(tunnel, count)
+        gone = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+        try:
+            if request.method == "HTTP":
+
+                async def plain() -> trio.abc.Stream:
+                    return stream
+
+                await serve_injecting(job, client, plain)
+                await client.aclose()
+                return
+            secured = await tls_client(client, self.ca.server_context(request.host))
+            if secured is None:
+                log.info(
+                    "sandbox %s: TLS to %s:%d was not accepted by the client (does it trust "
+                    "the egress CA?)",
+                    sandbox.id,
+                    request.host,
+                    request.port,
+                )
+                return
+
+            async def secure() -> trio.abc.Stream:
+                return await tls_upstream(stream, request.host, self.upstream_tls)
+
+            async with secured:
+                await serve_injecting(job, secured, secure)
+        except (*gone, UpstreamFailed) as exc:
+            log.debug("sandbox %s: egress to %s ended: %s", sandbox.id, request.host, exc)
 
     async def _connect(
         self, sandbox: Sandbox, request: EgressRequest

@@ -88,6 +88,7 @@ class SandboxManager:
         self.egress = Egress(settings)
         self.events = EventLog(settings.events_kept)
         """Lifecycle events, for `GET /events` and webhooks (operations/events.py)."""
+        self.egress.events = self.events  # `secret.used` (issue 30)
         self.metrics = Metrics(tenant_labels=settings.metrics_tenant_labels)
         self.metrics.read_live_state_from(self.live_state)
         self._traffic_of_ended: dict[tuple[str, str], int] = {}
