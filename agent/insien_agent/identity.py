@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import functools
 import os
 import platform
@@ -107,7 +106,9 @@ _UNCHANGED = ctypes.c_long(-1)
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    """The C library the agent's interpreter is linked with (`dlopen(NULL)`), never one looked
+    for with `ctypes.util.find_library`: that runs the image's /sbin/ldconfig (or gcc) as root."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _become_for_files(uid: int, gid: int) -> None:
