@@ -18,6 +18,7 @@ from .api.preview import PreviewProxy
 from .api.request_ids import RequestIds
 from .api.rest import rest_blueprint
 from .api.secrets import secrets_blueprint
+from .api.volumes import VolumeUploads, volumes_blueprint
 from .api.ws import ws_blueprint
 
 MAX_REST_BODY = 1024 * 1024
@@ -38,6 +39,7 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(ports_blueprint(services))
     app.register_blueprint(operations_blueprint(services))
     app.register_blueprint(console_blueprint())
+    app.register_blueprint(volumes_blueprint(services))
     return app
 
 
@@ -46,7 +48,8 @@ def create_asgi(services: Services) -> RequestIds:
     sandbox's port to the program listening on it, uploads stream through their own handler,
     the rest through Quart; no request body may stall longer than the body timeout, the
     allowed web origins get CORS headers, and every request an id (`X-Request-Id`)."""
-    preview = PreviewProxy(UploadMiddleware(create_app(services), services), services)
+    uploads = VolumeUploads(UploadMiddleware(create_app(services), services), services)
+    preview = PreviewProxy(uploads, services)
     routed = E2BRouter(preview, EnvdFront(services), services.settings.domain, preview)
     served: CorsMiddleware | MetricsListener = CorsMiddleware(
         BodyDeadline(routed, services.settings.body_timeout), services.settings.cors_origins

@@ -164,6 +164,10 @@ class Settings(BaseSettings):
     """Snapshot templates a tenant may keep at once (the default plan)."""
     max_snapshot_bytes: int | None = Field(20 << 30, ge=0)
     """What a tenant's snapshots may add to the disk together (their own layers)."""
+    max_volumes: int | None = Field(10, ge=0)
+    """Named volumes a tenant may keep at once (the default plan)."""
+    max_volume_bytes: int | None = Field(20 << 30, ge=0)
+    """What the size limits of a tenant's volumes may add up to."""
     header_timeout: float = Field(10.0, gt=0)
     body_timeout: float = Field(30.0, gt=0)
     capabilities: Annotated[list[str], NoDecode] = Field(
@@ -262,7 +266,9 @@ class Settings(BaseSettings):
         """`API_KEY=` in a .env means "not set": generate one, never accept an empty key."""
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("memory_limit", "max_memory", "max_snapshot_bytes", mode="before")
+    @field_validator(
+        "memory_limit", "max_memory", "max_snapshot_bytes", "max_volume_bytes", mode="before"
+    )
     @classmethod
     def _size(cls, value: object) -> object:
         """`1g`, `512m` or bytes, binary units as in Docker."""
@@ -274,6 +280,8 @@ class Settings(BaseSettings):
         "max_connections",
         "max_snapshots",
         "max_snapshot_bytes",
+        "max_volumes",
+        "max_volume_bytes",
         mode="before",
     )
     @classmethod
@@ -335,6 +343,8 @@ class Settings(BaseSettings):
             max_connections=self.max_connections,
             max_snapshots=self.max_snapshots,
             max_snapshot_bytes=self.max_snapshot_bytes,
+            max_volumes=self.max_volumes,
+            max_volume_bytes=self.max_volume_bytes,
             max_resources=self.max_resources,
         )
 

@@ -90,6 +90,17 @@ async def test_live_answers_match_the_document(server: Server) -> None:
         check(await client.get("/secrets"))
         check(await client.put("/secrets/A", json={"value": "v"}))
         check(await client.delete("/secrets/A"))
+        made_volume = await client.post("/volumes", json={"name": "openapi", "sizeLimit": "1m"})
+        volume = f"/volumes/{check(made_volume).json()['name']}"
+        check(await client.get("/volumes"))
+        check(await client.put(f"{volume}/files", params={"path": "a/b"}, content=b"hi"))
+        check(await client.get(f"{volume}/files", params={"path": "a/b"}))
+        check(await client.get(f"{volume}/entries", params={"path": "a"}))
+        check(await client.post(f"{volume}/folders", params={"path": "c"}))
+        check(await client.delete(f"{volume}/files", params={"path": "a"}))
+        check(await client.get(volume))
+        check(await client.delete(volume))
+        check(await client.get(volume))  # gone: 404
         upgrade = {
             "Connection": "Upgrade",
             "Upgrade": "websocket",

@@ -6,13 +6,15 @@ design and the E2B front share it, so one create means the same thing whichever 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from ..egress import NetworkPolicy, RuleError
 from ..protocol import ErrorCode
 from ..sandboxes.sandbox import SandboxOptions
+from ..sandboxes.volumes import BadVolume, MountRequest, VolumeNotFound
 from ..tenancy.resources import Resources, parse_size
 from ..tenancy.tenants import Tenant
 from .context import Services
@@ -35,6 +37,15 @@ class ResourcesRequest(BaseModel):
     cpu: Annotated[StrictFloat, Field(gt=0, le=1024)] | None = None
     memory: Annotated[StrictInt, Field(ge=32 * 1024 * 1024)] | StrictStr | None = None
     pids: Annotated[StrictInt, Field(ge=16, le=1 << 22)] | None = None
+
+
+class VolumeMountRequest(BaseModel):
+    """One of a create's `volumes`: a volume of the caller's, where, and whether read-only."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: StrictStr
+    path: StrictStr = Field(description="Absolute; not /, /opt, /tmp or a system folder.")
+    readOnly: StrictBool = False
 
 
 def _bad(message: str) -> ApiError:
@@ -80,6 +91,7 @@ async def sandbox_options(
     resources: ResourcesRequest | None = None,
     no_idle_timeout: bool = False,
     network: NetworkPolicy | None = None,
+    volumes: Sequence[VolumeMountRequest] = (),
 ) -> SandboxOptions:
     """Options for `manager.create`, or the 400 that says which choice is not allowed.
 
@@ -103,6 +115,13 @@ async def sandbox_options(
     if any("\x00" in text for pair in env.items() for text in pair):
         # Every command of the sandbox gets these: the agent could start none of them.
         raise _bad("env names and values must not contain a NUL byte")
+    wanted = [MountRequest(v.name, v.path, v.readOnly) for v in volumes]
+    try:
+        mounts = await services.manager.volumes.mounts(tenant, wanted) if wanted else ()
+    except BadVolume as exc:
+        raise _bad(f"volumes: {exc}") from None
+    except VolumeNotFound as exc:
+        raise ApiError(404, ErrorCode.NOT_FOUND, f"no volume {exc.args[0]!r}") from None
     if no_idle_timeout:
         idle: float | None = None
     else:
@@ -118,6 +137,7 @@ async def sandbox_options(
         metadata=dict(metadata),
         env=dict(env),
         network_policy=network or NetworkPolicy(),
+        volumes=mounts,
     )
 
 

@@ -63,6 +63,7 @@ def rest_blueprint(services: Services) -> Blueprint:
             env=body.env,
             resources=body.resources,
             network=policy_of(body.network, tenant) if body.network else None,
+            volumes=body.volumes,
         )
 
     def policy_of(

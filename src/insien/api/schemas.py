@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from ..protocol import ErrorCode
 from ..sandboxes.sandbox import State
-from .creating import Label, ResourcesRequest, Seconds
+from ..sandboxes.volumes import MAX_MOUNTS
+from .creating import Label, ResourcesRequest, Seconds, VolumeMountRequest
 
 # -- what clients send ------------------------------------------------------------------------
 
@@ -29,6 +30,10 @@ class CreateRequest(BaseModel):
     env: Annotated[dict[Label, StrictStr], Field(max_length=256)] = {}
     resources: ResourcesRequest | None = None
     network: NetworkRequest | None = None
+    volumes: Annotated[list[VolumeMountRequest], Field(max_length=MAX_MOUNTS)] = Field(
+        default_factory=list,
+        description="Your volumes to mount: `{name, path, readOnly}` (see `POST /volumes`).",
+    )
 
 
 Rule = Annotated[StrictStr, Field(min_length=1, max_length=300)]
@@ -341,3 +346,75 @@ class Uploaded(Answer):
     success: Literal[True]
     path: str
     bytes: int
+
+
+# -- volumes ------------------------------------------------------------------------------------
+
+
+class VolumeCreateRequest(BaseModel):
+    """The body of `POST /volumes`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: StrictStr = Field(description="1 to 63 letters, digits, `.`, `_`, `-`; yours alone.")
+    sizeLimit: StrictInt | StrictStr | None = Field(
+        None, description="Bytes, or `512m`, `2g`; default 1g. Counts against your plan."
+    )
+
+
+class VolumeFileQuery(BaseModel):
+    """The query of a volume's file routes."""
+
+    path: Annotated[str, Field(min_length=1, description="Inside the volume (`/` optional).")]
+
+
+class VolumeDeleteQuery(BaseModel):
+    """The query of `DELETE /volumes/<name>`."""
+
+    force: bool = Field(False, description="Destroy the sandboxes that mount it first.")
+
+
+class VolumeSummary(Answer):
+    name: str
+    sizeLimit: int = Field(description="Bytes.")
+    createdAt: str
+
+
+class VolumeDetail(VolumeSummary):
+    """A volume with what it holds now and who mounts it."""
+
+    bytesUsed: int = Field(description="What its files hold, measured now.")
+    sandboxes: list[str] = Field(description="Sandboxes that mount it.")
+
+
+class VolumeList(Answer):
+    volumes: list[VolumeSummary]
+
+
+class VolumeDeleted(Answer):
+    success: Literal[True]
+    name: str
+
+
+class VolumeEntry(Answer):
+    name: str
+    type: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mtime: float
+
+
+class VolumeEntries(Answer):
+    path: str
+    entries: list[VolumeEntry]
+    truncated: bool = Field(description="Only the first 10000 entries are given.")
+
+
+class VolumeWritten(Answer):
+    success: Literal[True]
+    path: str
+    bytes: int = Field(description="What was written, as the volume holds it.")
+    sha256: str = Field(description="SHA-256 of what was written, as the volume holds it.")
+
+
+class VolumeFileDone(Answer):
+    success: Literal[True]
+    path: str

@@ -1,6 +1,6 @@
 """What the core needs from a place that runs sandboxes: the `Runtime` protocol (a small
 required core), the optional capabilities (`Pausable`, `Stats`, `ImageStore`,
-`FilesystemSnapshots`) and their types.
+`FilesystemSnapshots`, `VolumeStore`) and their types.
 
 The core (`insien.sandboxes`) talks to these protocols only; `runtime.docker` implements all
 of them with docker-py and a native attach, `runtime.kubernetes` the core alone (pods over the
@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import IO, Protocol, runtime_checkable
 
 LABEL_PREFIX = "insien."
 LABEL_SANDBOX_ID = "insien.sandbox.id"
@@ -52,6 +52,16 @@ class StreamKind(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class VolumeMount:
+    """One of a tenant's volumes as a sandbox sees it (already checked by the core)."""
+
+    volume: str
+    """The runtime's name of the volume."""
+    path: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """Everything needed to create one sandbox container."""
 
@@ -74,6 +84,8 @@ class ContainerSpec:
     tmp_size: str = "256m"
     disk_limit: str | None = None
     nofile: int = 4096
+    volumes: tuple[VolumeMount, ...] = ()
+    """Tenants' volumes to mount (a runtime without `VolumeStore` is never given any)."""
 
 
 @dataclass(frozen=True)
@@ -237,4 +249,69 @@ class FilesystemSnapshots(ImageStore, Protocol):
     async def writable_size(self, container_id: str) -> int:
         """Bytes the container wrote to its own layer: what a commit of it would add (the
         snapshot quota counts these, and usage reports them as disk)."""
+        ...
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """A volume the runtime keeps, with the labels it was made with."""
+
+    name: str
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class VolumeJob:
+    """A short program run in a throwaway container with one volume mounted at
+    `VOLUME_JOB_MOUNT`, away from any sandbox (file operations on a volume)."""
+
+    volume: str
+    image: str
+    command: tuple[str, ...]
+    """The whole command line (the image's entrypoint is not used)."""
+    user: str
+    runtime: str | None = None
+    inbox: IO[bytes] | None = None
+    """A tar archive unpacked at `/` of the container before it starts."""
+    outbox: str | None = None
+    """A path inside the container whose tar archive is kept once the program ends."""
+    timeout: float = 300.0
+
+
+@dataclass
+class VolumeJobResult:
+    exit_code: int
+    output: bytes
+    """What the program wrote on stdout."""
+    errors: bytes = b""
+    """The end of what it wrote on stderr (for the logs)."""
+    archive: IO[bytes] | None = None
+    """The outbox as a tar archive (a temporary file, at its start), if one was asked for."""
+
+
+VOLUME_JOB_MOUNT = "/volume"
+
+
+@runtime_checkable
+class VolumeStore(Protocol):
+    """Named volumes that outlive sandboxes: made with labels, found by them, mounted at
+    create (`ContainerSpec.volumes`), and reached without a sandbox by `run_volume_job`."""
+
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> None: ...
+
+    async def volumes_labelled(self, label: str) -> list[VolumeInfo]:
+        """Volumes carrying `label` (`name` or `name=value`)."""
+        ...
+
+    async def remove_volume(self, name: str) -> None:
+        """Remove a volume no container uses; one already gone is not an error."""
+        ...
+
+    async def volume_users(self, name: str) -> list[str]:
+        """Ids of the containers (any state) that mount the volume."""
+        ...
+
+    async def run_volume_job(self, job: VolumeJob) -> VolumeJobResult:
+        """Run the job's program to its end (RuntimeFailure past its timeout); the container
+        is gone afterwards whatever happened."""
         ...

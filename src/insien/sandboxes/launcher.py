@@ -114,6 +114,7 @@ class Launcher:
             tmp_size=settings.tmp_size,
             disk_limit=settings.disk_limit,
             nofile=settings.nofile,
+            volumes=options.volumes,
         )
 
     async def image_present(self, image: str) -> bool:

@@ -39,6 +39,7 @@ from .recovery import RecoveryReport, recover
 from .sandbox import EndReason, Sandbox, SandboxOptions, State
 from .snapshots import Snapshots
 from .usage import UsageSampler
+from .volumes import Volumes
 
 log = logging.getLogger("insien.manager")
 
@@ -81,6 +82,7 @@ class SandboxManager:
             discard=self.discard,
         )
         self.snapshots = Snapshots(runtime, settings, tenant_exists)
+        self.volumes = Volumes(runtime, settings, sealer)
         self.recovery = RecoveryReport()
         disk_limit = parse_size(settings.disk_limit) if settings.disk_limit else 0
         tmp_size = parse_size(settings.tmp_size)
@@ -272,7 +274,11 @@ class SandboxManager:
 
     async def _create(self, tenant: Tenant, options: SandboxOptions) -> tuple[Sandbox, str]:
         """The sandbox, and where it came from (`pool` or `cold`)."""
-        profile = self.pool.profile_for(options.template, options.resources)
+        # A pooled sandbox was made without volumes: one that mounts any starts cold.
+        pooled_kind = not options.volumes
+        profile = (
+            self.pool.profile_for(options.template, options.resources) if pooled_kind else None
+        )
         pooled = self.pool.take(profile) if profile is not None else None
         if profile is not None and pooled is None:
             self.metrics.pool_misses.labels(self.template_label(options.template)).inc()

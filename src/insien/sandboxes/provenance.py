@@ -108,6 +108,16 @@ class Sealer:
             raise ProvenanceError("its name claims an owner without this server's seal")
         return owner
 
+    # -- volumes ------------------------------------------------------------------------------
+
+    def volume_seal(self, volume: str, labels: Mapping[str, str]) -> str:
+        """The seal over a tenant volume's labels, bound to the runtime's name of it (labels
+        copied onto another volume do not verify there)."""
+        return _digest(self._key, "volume", [volume, dict(labels)])
+
+    def volume_sealed(self, volume: str, labels: Mapping[str, str], seal: str) -> bool:
+        return hmac.compare_digest(self.volume_seal(volume, labels), seal)
+
     # -- notes --------------------------------------------------------------------------------
 
     def seal_notes(self, sandbox_id: str, notes: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import trio
 
 from ..egress import NetworkPolicy
 from ..link import AgentLink
+from ..runtime.base import VolumeMount
 from ..tenancy.resources import Resources
 
 
@@ -62,6 +63,8 @@ class SandboxOptions:
     on_expiry: str = "end"
     """What the end of its lifetime does to a running sandbox: `end` it, or `pause` it (E2B's
     autoPause) for up to INSIEN_MAX_TIMEOUT more, until someone resumes it."""
+    volumes: tuple[VolumeMount, ...] = ()
+    """The tenant's volumes it mounts (checked by `sandboxes.volumes`); never pooled."""
 
 
 @dataclass(eq=False)

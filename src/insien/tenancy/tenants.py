@@ -11,6 +11,8 @@ version stays in force. The seed's single `API_KEY` is one more tenant, `default
     max_connections = 64        # WebSockets and /events streams open at once
     max_snapshots = 10          # snapshot templates kept at once
     max_snapshot_bytes = "5g"   # what their own layers add up to
+    max_volumes = 10            # named volumes kept at once
+    max_volume_bytes = "20g"    # what their size limits add up to
     max_cpus = 2
     max_memory = "2g"
     max_pids = 1024
@@ -75,6 +77,9 @@ class Plan:
     max_resources: Resources | None = None
     max_snapshots: int | None = None
     max_snapshot_bytes: int | None = None
+    max_volumes: int | None = None
+    max_volume_bytes: int | None = None
+    """What the size limits of a tenant's volumes may add up to."""
 
 
 @dataclass(frozen=True)
@@ -124,11 +129,13 @@ class TenantEntry(BaseModel):
     max_connections: Annotated[int, Field(ge=1)] | None = None
     max_snapshots: Annotated[int, Field(ge=0)] | None = None
     max_snapshot_bytes: int | None = None
+    max_volumes: Annotated[int, Field(ge=0)] | None = None
+    max_volume_bytes: int | None = None
     max_cpus: Annotated[float, Field(gt=0)] | None = None
     max_memory: int | None = None
     max_pids: Annotated[int, Field(ge=1)] | None = None
 
-    @field_validator("max_memory", "max_snapshot_bytes", mode="before")
+    @field_validator("max_memory", "max_snapshot_bytes", "max_volume_bytes", mode="before")
     @classmethod
     def _size(cls, value: object) -> object:
         return None if value is None else parse_size(value)  # type: ignore[arg-type]
@@ -213,6 +220,8 @@ class TenantDirectory:
             if entry.max_snapshots is not None
             else base.max_snapshots,
             max_snapshot_bytes=entry.max_snapshot_bytes or base.max_snapshot_bytes,
+            max_volumes=entry.max_volumes if entry.max_volumes is not None else base.max_volumes,
+            max_volume_bytes=entry.max_volume_bytes or base.max_volume_bytes,
             # A plan can narrow the operator's ceiling, never widen it.
             max_resources=wanted.capped(ceiling),
         )

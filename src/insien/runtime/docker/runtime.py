@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
+import tempfile
+from collections.abc import Mapping
+from typing import IO, Any
 from urllib.parse import urlparse
 
 import docker
 import docker.errors
+import requests.exceptions
 import trio
 from docker.models.containers import Container
-from docker.types import LogConfig, Ulimit
+from docker.types import LogConfig, Mount, Ulimit
 
 from ..base import (
     AGENT_ENVIRONMENT,
     LABEL_INSTANCE,
     LABEL_PREFIX,
+    VOLUME_JOB_MOUNT,
     ContainerInfo,
     ContainerSpec,
     ImageInfo,
@@ -26,11 +30,28 @@ from ..base import (
     StreamCorrupt,
     StreamKind,
     Usage,
+    VolumeInfo,
+    VolumeJob,
+    VolumeJobResult,
+    VolumeMount,
 )
 from . import agent_volume
 from .attach import attach
 from .frames import FrameDecoder, FramingError
 from .frames import StreamKind as DockerStream
+
+LABEL_VOLUME_JOB = f"{LABEL_PREFIX}volume-job"
+"""On a volume job's container (never an instance's sandbox): the volume it works on."""
+VOLUME_JOB_MEMORY = 256 * 1024 * 1024
+VOLUME_JOB_PIDS = 64
+STOP_GRACE = 2
+"""Seconds a stopped sandbox's processes get between SIGTERM and SIGKILL."""
+
+
+def volume_mount(mount: VolumeMount) -> Mount:
+    """A tenant's volume in a sandbox: never filled from the image (an empty volume stays
+    empty), read-only when asked."""
+    return Mount(mount.path, mount.volume, type="volume", read_only=mount.read_only, no_copy=True)
 
 
 class DockerChannel:
@@ -77,7 +98,7 @@ def _socket_path(base_url: str) -> str:
 class DockerRuntime:
     """The only place that calls docker-py; every call runs in a worker thread. Implements the
     required core and every optional capability (`Pausable`, `Stats`, `ImageStore`,
-    `FilesystemSnapshots`)."""
+    `FilesystemSnapshots`, `VolumeStore`)."""
 
     name = "Docker"
     attach_from_start = True
@@ -170,7 +191,10 @@ class DockerRuntime:
                 memswap_limit=spec.mem_limit,  # no swap on top of the memory limit
                 nano_cpus=spec.nano_cpus,
                 pids_limit=spec.pids_limit,
-                mounts=[agent_volume.agent_mount(volume)],
+                mounts=[
+                    agent_volume.agent_mount(volume),
+                    *(volume_mount(mount) for mount in spec.volumes),
+                ],
             )
             return str(container.id)
 
@@ -355,6 +379,106 @@ class DockerRuntime:
 
         result: bool = await self._call(_exists)
         return result
+
+    # -- VolumeStore ----------------------------------------------------------------------------
+
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        await self._call(
+            lambda: self._client.api.create_volume(name, driver="local", labels=dict(labels))
+        )
+
+    async def volumes_labelled(self, label: str) -> list[VolumeInfo]:
+        def _list() -> list[VolumeInfo]:
+            found = self._client.api.volumes(filters={"label": label}).get("Volumes") or []
+            return [
+                VolumeInfo(name=str(item["Name"]), labels=dict(item.get("Labels") or {}))
+                for item in found
+            ]
+
+        volumes: list[VolumeInfo] = await self._call(_list)
+        return volumes
+
+    async def remove_volume(self, name: str) -> None:
+        def _remove() -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                self._client.api.remove_volume(name)
+
+        await self._call(_remove)
+
+    async def volume_users(self, name: str) -> list[str]:
+        def _users() -> list[str]:
+            found = self._client.api.containers(all=True, filters={"volume": name})
+            return [str(container["Id"]) for container in found]
+
+        users: list[str] = await self._call(_users)
+        return users
+
+    async def run_volume_job(self, job: VolumeJob) -> VolumeJobResult:
+        """Create a container with the volume at `VOLUME_JOB_MOUNT` (no network, no
+        capabilities but CHOWN for a root job, small limits), unpack the inbox, run the
+        program, keep its stdout and the outbox, and remove the container."""
+
+        def _run() -> VolumeJobResult:
+            root = job.user.split(":")[0] in ("0", "root")
+            container: Container = self._client.containers.create(
+                job.image,
+                entrypoint=list(job.command[:1]),
+                command=list(job.command[1:]),
+                labels={LABEL_VOLUME_JOB: job.volume},
+                environment=AGENT_ENVIRONMENT,
+                user=job.user,
+                working_dir="/",
+                detach=True,
+                network_mode="none",
+                runtime=job.runtime,
+                security_opt=["no-new-privileges"],
+                cap_drop=["ALL"],
+                cap_add=["CHOWN"] if root else [],
+                log_config=LogConfig(type=LogConfig.types.JSON),
+                mem_limit=VOLUME_JOB_MEMORY,
+                memswap_limit=VOLUME_JOB_MEMORY,
+                pids_limit=VOLUME_JOB_PIDS,
+                mounts=[Mount(VOLUME_JOB_MOUNT, job.volume, type="volume", no_copy=True)],
+            )
+            try:
+                if job.inbox is not None and not container.put_archive("/", job.inbox):
+                    raise RuntimeFailure("the volume job's input was not accepted")
+                container.start()
+                try:
+                    status = container.wait(timeout=job.timeout)
+                except requests.exceptions.RequestException as exc:
+                    raise RuntimeFailure(f"the volume job took more than {job.timeout:g}s") from exc
+                output = container.logs(stdout=True, stderr=False)
+                errors = container.logs(stdout=False, stderr=True, tail=20)
+                archive = None
+                if job.outbox is not None and status.get("StatusCode") == 0:
+                    archive = self._outbox(container, job.outbox)
+                code = int(status.get("StatusCode", -1))
+                return VolumeJobResult(code, output, errors, archive)
+            finally:
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.remove(force=True)
+
+        result: VolumeJobResult = await self._call(_run)
+        return result
+
+    @staticmethod
+    def _outbox(container: Container, path: str) -> IO[bytes] | None:
+        """The tar archive of `path` in a temporary file, None when the job left none there
+        (it refused the operation). Blocking."""
+        archive = tempfile.TemporaryFile()  # noqa: SIM115 (the caller's to close)
+        try:
+            chunks, _ = container.get_archive(path)
+            for chunk in chunks:
+                archive.write(chunk)
+        except docker.errors.NotFound:
+            archive.close()
+            return None
+        except BaseException:
+            archive.close()
+            raise
+        archive.seek(0)
+        return archive
 
     def close(self) -> None:
         self._client.close()
