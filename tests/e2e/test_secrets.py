@@ -26,14 +26,23 @@ from insien_sandbox import Sandbox
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.restartable import Restartable, restartable  # noqa: F401 (a fixture)
 
-from .upstreams import tls_context
+from .upstreams import WHEEL_NAME, Handler, Upstream, pip_wheel, populate, tls_context, upstream
 
 NAMES = {
     "api.test": "127.0.0.2",  # TLS, a certificate the server trusts
     "plain.test": "127.0.0.2",  # plain HTTP
     "bad.test": "127.0.0.3",  # TLS, a certificate nobody trusts
     "elsewhere.test": "127.0.0.3",  # plain HTTP, bound to no secret
+    "pkgs.test": "127.0.0.3",  # TLS: a PyPI index and a git repository
 }
+
+
+class RecordingHandler(Handler):
+    """The upstreams' files, PyPI index and git, recording each request's Authorization."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        auth = self.headers.get("Authorization", "") if self.headers else ""
+        self.server.requests.append(f"{self.requestline} auth={auth}")
 
 
 class Echo(ThreadingHTTPServer):
@@ -101,6 +110,7 @@ class World:
     plain: Echo
     bad: Echo
     elsewhere: Echo
+    pkgs: Upstream
     env: dict[str, str]
     values: list[str]
     """Every secret value the tests made: none may ever be in the server's log."""
@@ -144,17 +154,24 @@ def server_env(state: Path, ca_file: Path) -> dict[str, str]:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     good_context, good_cert = tls_context(tmp_path_factory.mktemp("good"), "api.test")
     bad_context, _ = tls_context(tmp_path_factory.mktemp("bad"), "bad.test")
-    env = server_env(tmp_path_factory.mktemp("state"), good_cert)
+    pkgs_context, pkgs_cert = tls_context(tmp_path_factory.mktemp("pkgs"), "pkgs.test")
+    trusted = tmp_path_factory.mktemp("trusted") / "ca.pem"
+    trusted.write_bytes(good_cert.read_bytes() + pkgs_cert.read_bytes())
+    env = server_env(tmp_path_factory.mktemp("state"), trusted)
+    root = tmp_path_factory.mktemp("pkgs-root")
     with (
         echo("127.0.0.2", good_context) as api,
         echo("127.0.0.2") as plain,
         echo("127.0.0.3", bad_context) as bad,
         echo("127.0.0.3") as elsewhere,
+        upstream("127.0.0.3", root, pkgs_context) as pkgs,
     ):
+        populate(root, f"https://pkgs.test:{pkgs.port}")
+        pkgs.RequestHandlerClass = lambda *a: RecordingHandler(*a, directory=str(root))
         process, server = start_server(env, suffix="secrets")
         values: list[str] = []
         try:
-            yield World(server, api, plain, bad, elsewhere, env, values)
+            yield World(server, api, plain, bad, elsewhere, pkgs, env, values)
         finally:
             code = stop_server(process)
             log = server.log()
@@ -397,3 +414,32 @@ def test_bindings_outlive_a_server_restart(
         assert json.loads(out)["headers"]["authorization"] == f"Bearer {value}"
         box.destroy()
     assert value not in server.log()
+
+
+def test_pip_and_git_over_https_carry_the_secret(world: World) -> None:
+    """pip (PIP_CERT) and git (GIT_SSL_CAINFO) trust the egress CA, and every request they
+    make to the bound host, git's POSTs with bodies included, carries the real header."""
+    value = world.secret("PKGS")
+    port = world.pkgs.port
+    network = {
+        "allowOut": ["pkgs.test"],
+        "secrets": [
+            {"secret": "PKGS", "hosts": ["pkgs.test"], "header": "Authorization: Bearer {secret}"}
+        ],
+    }
+    before = len(world.pkgs.requests)
+    with world.sandbox(network) as box:
+        box.files.write("/tmp/pip.whl", pip_wheel().read_bytes())
+        code, out = run(
+            box,
+            "python3 /tmp/pip.whl/pip download --no-cache-dir --disable-pip-version-check "
+            f"--index-url https://pkgs.test:{port}/simple/ --dest /tmp/got {WHEEL_NAME}",
+        )
+        assert code == 0, out
+        code, out = run(box, f"git clone -q https://pkgs.test:{port}/git/demo.git demo")
+        assert code == 0, out
+        assert box.commands.run("cat demo/README.md").stdout == "cloned through the egress proxy\n"
+    made = world.pkgs.requests[before:]
+    assert any("/simple/" in line for line in made)
+    assert any("POST /git/demo.git/git-upload-pack" in line for line in made)
+    assert all(line.endswith(f"auth=Bearer {value}") for line in made), made
