@@ -1,6 +1,6 @@
 """What the core needs from a place that runs sandboxes: the `Runtime` protocol (a small
 required core), the optional capabilities (`Pausable`, `Stats`, `ImageStore`,
-`FilesystemSnapshots`, `VolumeStore`) and their types.
+`FilesystemSnapshots`, `VolumeStore`, `ImageBuilder`) and their types.
 
 The core (`insien.sandboxes`) talks to these protocols only; `runtime.docker` implements all
 of them with docker-py and a native attach, `runtime.kubernetes` the core alone (pods over the
@@ -11,7 +11,7 @@ touching the core. Everything here is neutral: no Docker response shapes, no fra
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Protocol, runtime_checkable
 
@@ -315,3 +315,48 @@ class VolumeStore(Protocol):
         """Run the job's program to its end (RuntimeFailure past its timeout); the container
         is gone afterwards whatever happened."""
         ...
+
+
+@dataclass(frozen=True)
+class ImageBuild:
+    """An image built from a Dockerfile and a build context (template builds): the Dockerfile
+    format is neutral enough that another runtime's builder (kaniko, buildah) takes it too."""
+
+    tag: str
+    context: IO[bytes]
+    """A tar archive holding `Dockerfile` and the files its COPY steps name."""
+    labels: Mapping[str, str]
+    """Set on the built image, overriding any of the same name its base or steps carry."""
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    network: bool = True
+    """Whether build steps reach the network (package installs need it)."""
+    memory: int | None = None
+    no_cache: bool = False
+    timeout: float = 1800.0
+
+
+@runtime_checkable
+class ImageBuilder(ImageStore, Protocol):
+    """Building images where sandboxes run, and moving names (tags) between them."""
+
+    async def build_image(self, build: ImageBuild, output: Callable[[str], None]) -> str:
+        """Build to the end, passing each line of the builder's output to `output` as it
+        comes; returns the image id, or raises RuntimeFailure with the builder's message (a
+        `BuildStepFailed` when a step of the Dockerfile failed)."""
+        ...
+
+    async def tag_image(self, image: str, repository: str, tag: str) -> None:
+        """Point `repository:tag` at `image` (moving it from any image it named before)."""
+        ...
+
+    async def image_size(self, name: str) -> int:
+        """Bytes of the image's filesystem, every layer counted (0 if there is none)."""
+        ...
+
+
+class BuildStepFailed(RuntimeFailure):
+    """A step of an image build failed; `step` counts the Dockerfile's instructions from 1."""
+
+    def __init__(self, message: str, step: int | None) -> None:
+        super().__init__(message)
+        self.step = step

@@ -31,6 +31,7 @@ from ..bodies import json_body
 from ..context import Services
 from ..creating import network_policy, sandbox_options
 from ..errors import CORE_ERRORS, ApiError, api_error_for
+from .templates import install_template_routes, template_builds
 
 ENVD_VERSION = "0.6.1"
 """The envd version the SDKs are told: its features (stdin, close-stdin, octet-stream uploads,
@@ -189,6 +190,7 @@ def control_blueprint(services: Services) -> Blueprint:
     bp = Blueprint("e2b", __name__, url_prefix="/e2b")
     manager = services.manager
     settings = services.settings
+    templates = template_builds(services)
 
     @bp.errorhandler(ApiError)
     async def _api_error(exc: ApiError) -> Response:
@@ -218,15 +220,17 @@ def control_blueprint(services: Services) -> Blueprint:
         return name
 
     async def image_for(name: str, owner: Tenant) -> str:
-        """The image a create names: the operator's templates first, then a snapshot of the
-        tenant's by its name (`Sandbox.create("my-snapshot")`), else the name itself."""
+        """The image a create names: the operator's templates first, then a template the
+        tenant built or a snapshot of its by their name (`Sandbox.create("my-snapshot")`),
+        else the name itself."""
         image = template_image(name)
         if (
             image == name
             and image not in settings.allowed_templates
             and not image.startswith(f"{SNAPSHOT_REPOSITORY}:")
         ):
-            return await manager.snapshots.named(owner, name) or image
+            built = await templates.image_for(owner, name)
+            return built or await manager.snapshots.named(owner, name) or image
         return image
 
     async def available(image: str, name: str) -> str:
@@ -297,14 +301,15 @@ def control_blueprint(services: Services) -> Blueprint:
             raise ApiError(400, ErrorCode.BAD_REQUEST, "MCP gateways are not supported by Insien")
         if body.volumeMounts:
             raise ApiError(400, ErrorCode.BAD_REQUEST, "volumes are not supported by Insien")
+        image = await available(await image_for(body.templateID, owner), body.templateID)
         options = await sandbox_options(
             services,
             owner,
-            template=await available(await image_for(body.templateID, owner), body.templateID),
+            template=image,
             lifetime=float(body.timeout),
             idle_timeout=None,
             metadata=body.metadata,
-            env=body.envVars,
+            env={**await templates.env_for(owner, image), **body.envVars},
             no_idle_timeout=True,
             network=e2b_policy(body.network, body.allow_internet_access),
         )
@@ -494,16 +499,21 @@ def control_blueprint(services: Services) -> Blueprint:
         owner = tenant()
         source = request.args.get("sandboxID")
         name = request.args.get("name")
+        built = await templates.image_names(owner)  # templates are not snapshots on E2B
         found = [
             snapshot_info(snap)
             for snap in await manager.snapshots.entries(owner)
-            if (source is None or snap.sandbox_id == source) and (not name or snap.matches(name))
+            if (source is None or snap.sandbox_id == source)
+            and (not name or snap.matches(name))
+            and snap.template not in built
         ]
         return Response(json.dumps(found), status=200, mimetype="application/json")
 
     @bp.delete("/templates/<path:template>")
     async def delete_snapshot(template: str) -> tuple[str, int]:
         owner = tenant()
+        if await templates.delete(owner, template):
+            return "", 204
         if not template.startswith(f"{SNAPSHOT_REPOSITORY}:"):
             template = await manager.snapshots.named(owner, template) or template
         await manager.snapshots.delete(owner, template)
@@ -541,6 +551,8 @@ def control_blueprint(services: Services) -> Blueprint:
             for index in range(body.count):
                 nursery.start_soon(one, index)
         return Response(json.dumps(results), mimetype="application/json"), 201
+
+    install_template_routes(bp, services, tenant)
 
     @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def unsupported(rest: str) -> Response:

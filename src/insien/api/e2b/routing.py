@@ -19,8 +19,10 @@ from hypercorn.typing import (
 from ..exchange import Exchange
 from ..preview import PreviewProxy
 from .envd import ENVD_PORT, INTERPRETER_PORT, EnvdFront
+from .templates import UPLOADS, serve_upload
 
 PREFIX = "/e2b"
+FILES = "/files"
 SANDBOX_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
@@ -66,7 +68,10 @@ class E2BRouter:
             if target is not None:
                 exchange = Exchange(scope, receive, send)
         by_host = target is not None  # the port's own origin, not the API's
-        if target is None and (path == PREFIX or path.startswith(PREFIX + "/")):
+        # The SDKs' file URLs (`upload_url`, `download_url`) join `/files` to E2B_SANDBOX_URL
+        # as an absolute path, so they arrive without the prefix.
+        prefixed = path == PREFIX or path.startswith(PREFIX + "/")
+        if target is None and (prefixed or path == FILES):
             headers = {k.lower(): v for k, v in scope["headers"]}
             sandbox_id = headers.get(b"e2b-sandbox-id")
             if sandbox_id is not None:
@@ -76,7 +81,12 @@ class E2BRouter:
                     int(port) if port.isdigit() else -1,
                 )
                 exchange = Exchange(scope, receive, send)
-                exchange.path = path[len(PREFIX) :] or "/"
+                exchange.path = (path[len(PREFIX) :] if prefixed else path) or "/"
+        if exchange is None and path.startswith(PREFIX + UPLOADS):
+            # a template build's files, PUT by the SDK to the link it was given (streamed)
+            token = path[len(PREFIX + UPLOADS) :]
+            await serve_upload(self.envd.services, Exchange(scope, receive, send), token)
+            return
         if exchange is None or target is None:
             await self.app(scope, receive, send)
             return

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 from urllib.parse import urlparse
 
@@ -24,6 +24,7 @@ from ..base import (
     VOLUME_JOB_MOUNT,
     ContainerInfo,
     ContainerSpec,
+    ImageBuild,
     ImageInfo,
     ImageNotFound,
     RuntimeFailure,
@@ -35,7 +36,7 @@ from ..base import (
     VolumeJobResult,
     VolumeMount,
 )
-from . import agent_volume
+from . import agent_volume, builds
 from .attach import attach
 from .frames import FrameDecoder, FramingError
 from .frames import StreamKind as DockerStream
@@ -98,7 +99,7 @@ def _socket_path(base_url: str) -> str:
 class DockerRuntime:
     """The only place that calls docker-py; every call runs in a worker thread. Implements the
     required core and every optional capability (`Pausable`, `Stats`, `ImageStore`,
-    `FilesystemSnapshots`, `VolumeStore`)."""
+    `FilesystemSnapshots`, `VolumeStore`, `ImageBuilder`)."""
 
     name = "Docker"
     attach_from_start = True
@@ -379,6 +380,30 @@ class DockerRuntime:
 
         result: bool = await self._call(_exists)
         return result
+
+    # -- ImageBuilder ---------------------------------------------------------------------------
+
+    async def build_image(self, build: ImageBuild, output: Callable[[str], None]) -> str:
+        """A template build through the engine's builder (`builds.build`)."""
+        image_id: str = await self._call(builds.build, self._client, build, output)
+        return image_id
+
+    async def tag_image(self, image: str, repository: str, tag: str) -> None:
+        def _tag() -> None:
+            if not self._client.api.tag(image, repository, tag, force=True):
+                raise RuntimeFailure(f"the Docker Engine did not tag {image} as {repository}:{tag}")
+
+        await self._call(_tag)
+
+    async def image_size(self, name: str) -> int:
+        def _size() -> int:
+            try:
+                return int(self._client.images.get(name).attrs.get("Size") or 0)
+            except docker.errors.ImageNotFound:
+                return 0
+
+        size: int = await self._call(_size)
+        return size
 
     # -- VolumeStore ----------------------------------------------------------------------------
 

@@ -1,0 +1,214 @@
+"""E2B's template builder as the stock `e2b` Python SDK drives it (issue 29): `Template()` steps
+(run_cmd, copy of a local file, set_envs, set_workdir, make_symlink) built with
+`Template.build`, a sandbox created from the alias sees the files and the environment; names
+and tags; another tenant neither sees nor uses the template; a base that is not on the engine
+and a failing step fail the build with their reason; a plan's snapshot quota counts builds;
+delete."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+from e2b import BuildException, RateLimitException, Sandbox, Template
+from e2b.template.logger import LogEntry
+from e2b.template.main import TemplateBuilder
+
+from insien.tenancy.tenants import hash_key, new_key
+from tests.conftest import Server, start_server, stop_server
+
+pytestmark = pytest.mark.docker
+
+PLANS = {"builder": "", "other": "", "small": "max_snapshots = 1"}
+
+
+@dataclass
+class Setup:
+    server: Server
+    keys: dict[str, str]
+    context: Path
+
+    def delete(self, name: str, template: str) -> httpx.Response:
+        return httpx.delete(
+            f"{self.server.url}/e2b/templates/{template}",
+            headers={"X-API-Key": self.keys[name]},
+            timeout=60,
+        )
+
+
+@pytest.fixture(scope="module")
+def setup(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> Iterator[Setup]:
+    folder = tmp_path_factory.mktemp("templates")
+    keys = {name: new_key() for name in PLANS}
+    tenants = folder / "tenants.toml"
+    tenants.write_text(
+        "\n".join(
+            f'[tenants.{name}]\n{plan}\nkeys = [{{ id = "{name}-key", '
+            f'sha256 = "{hash_key(keys[name])}" }}]\n'
+            for name, plan in PLANS.items()
+        )
+    )
+    context = folder / "context"
+    context.mkdir()
+    (context / "data.txt").write_text("copied from the build context\n")
+    process, server = start_server(
+        {"INSIEN_TENANTS_FILE": str(tenants), "INSIEN_API_KEY": ""}, suffix="templates"
+    )
+    old = os.environ.get("E2B_API_URL")
+    os.environ["E2B_API_URL"] = f"{server.url}/e2b"
+    os.environ["E2B_SANDBOX_URL"] = f"{server.url}/e2b"
+    try:
+        yield Setup(server, keys, context)
+    finally:
+        if old is None:
+            os.environ.pop("E2B_API_URL", None)
+        os.environ.pop("E2B_SANDBOX_URL", None)
+        assert stop_server(process) == 0
+        for image in docker_client.images.list(name="insien-snapshot"):
+            if image.labels.get("insien.snapshot.owner") in PLANS:
+                docker_client.images.remove(str(image.id), force=True)
+
+
+def _alias() -> str:
+    return f"tpl-{uuid.uuid4().hex[:10]}"
+
+
+def _recipe(setup: Setup) -> TemplateBuilder:
+    return (
+        Template(file_context_path=setup.context)
+        .from_template("base")
+        .run_cmd("echo hi > /home/user/built")
+        .copy("data.txt", "/home/user/")
+        .set_envs({"GREETING": 'hello "there" $HOME'})
+        .set_workdir("/home/user")
+        .run_cmd('cat data.txt > copied && echo "$GREETING" > greeting')
+        .make_symlink("/home/user/built", "/home/user/built-link")
+    )
+
+
+@pytest.fixture(scope="module")
+def built(setup: Setup) -> str:
+    alias = _alias()
+    logs: list[LogEntry] = []
+    info = Template.build(
+        _recipe(setup), alias, api_key=setup.keys["builder"], on_build_logs=logs.append
+    )
+    assert info.alias == alias
+    assert any("echo hi" in entry.message for entry in logs), [e.message for e in logs]
+    return alias
+
+
+def test_a_built_template_starts_sandboxes_with_its_files_and_environment(
+    setup: Setup, built: str
+) -> None:
+    sandbox = Sandbox.create(built, api_key=setup.keys["builder"])
+    try:
+        run = sandbox.commands.run(
+            'cat built copied greeting built-link; echo "$GREETING"; stat -c %U data.txt',
+            cwd="/home/user",
+        )
+        assert run.stdout.splitlines() == [
+            "hi",
+            "copied from the build context",
+            # ENV's value reached the build's steps exactly: quotes kept, $HOME not expanded
+            'hello "there" $HOME',
+            "hi",
+            'hello "there" $HOME',
+            "user",  # COPY gives the files to the step's user, as E2B does
+        ]
+        assert Sandbox.get_info(sandbox.sandbox_id, api_key=setup.keys["builder"]).template_id
+    finally:
+        sandbox.kill()
+
+
+def test_names_are_the_tenants_own(setup: Setup, built: str) -> None:
+    assert Template.exists(built, api_key=setup.keys["builder"])
+    assert not Template.exists(f"{built}-missing", api_key=setup.keys["builder"])
+    # another tenant neither sees the name nor creates from it
+    assert not Template.exists(built, api_key=setup.keys["other"])
+    with pytest.raises(Exception, match=r"not allowed|not found"):
+        Sandbox.create(built, api_key=setup.keys["other"])
+    tags = Template.get_tags(built, api_key=setup.keys["builder"])
+    assert [t.tag for t in tags] == ["default"]
+    with pytest.raises(Exception, match="not found"):
+        Template.get_tags(built, api_key=setup.keys["other"])
+    # nor does it list among the tenant's snapshots
+    listed = httpx.get(
+        f"{setup.server.url}/e2b/snapshots", headers={"X-API-Key": setup.keys["builder"]}
+    )
+    assert listed.status_code == 200
+    assert listed.json() == []
+
+
+def test_tags_name_builds_and_a_rebuild_is_cached(setup: Setup, built: str) -> None:
+    key = setup.keys["builder"]
+    logs: list[LogEntry] = []
+    Template.build(_recipe(setup), f"{built}:v2", api_key=key, on_build_logs=logs.append)
+    assert any("Using cache" in entry.message for entry in logs)  # unchanged steps are cached
+    assert sorted(t.tag for t in Template.get_tags(built, api_key=key)) == ["default", "v2"]
+    Template.assign_tags(f"{built}:v2", "stable", api_key=key)
+    sandbox = Sandbox.create(f"{built}:stable", api_key=key)
+    try:
+        assert sandbox.commands.run("cat /home/user/built").stdout == "hi\n"
+    finally:
+        sandbox.kill()
+    Template.remove_tags(built, ["stable", "v2"], api_key=key)
+    assert [t.tag for t in Template.get_tags(built, api_key=key)] == ["default"]
+
+
+def test_a_base_the_engine_lacks_fails_clearly(setup: Setup) -> None:
+    template = Template().from_image("registry.example/nothing-here:1").run_cmd("true")
+    with pytest.raises(BuildException, match="no registry is reachable"):
+        Template.build(template, _alias(), api_key=setup.keys["builder"])
+    someone_elses = Template().from_template("tpl-of-nobody").run_cmd("true")
+    with pytest.raises(BuildException, match="not found"):
+        Template.build(someone_elses, _alias(), api_key=setup.keys["builder"])
+
+
+def test_a_failing_step_fails_the_build_with_its_output(setup: Setup) -> None:
+    alias = _alias()
+    template = (
+        Template().from_template("base").run_cmd("echo before").run_cmd("echo broken >&2; exit 3")
+    )
+    logs: list[LogEntry] = []
+    with pytest.raises(BuildException, match="returned a non-zero code: 3"):
+        Template.build(
+            template,
+            alias,
+            api_key=setup.keys["builder"],
+            on_build_logs=logs.append,
+        )
+    assert any("broken" in entry.message for entry in logs)
+    assert not Template.exists(alias, api_key=setup.keys["builder"])
+
+
+def test_builds_count_against_the_snapshot_quota(setup: Setup) -> None:
+    key = setup.keys["small"]
+    alias = _alias()
+    template = Template().from_template("base").run_cmd("echo one > /home/user/one")
+    Template.build(template, alias, api_key=key)
+    Template.build(template, alias, api_key=key)  # a rebuild replaces
+    with pytest.raises(RateLimitException, match="at most 1"):  # 429, as snapshots
+        Template.build(template, _alias(), api_key=key)
+    assert setup.delete("small", alias).status_code == 204
+    Template.build(template, _alias(), api_key=key)
+
+
+def test_only_its_tenant_deletes_a_template(setup: Setup) -> None:
+    alias = _alias()
+    template = Template().from_template("base").run_cmd("echo gone > /home/user/gone")
+    Template.build(template, alias, api_key=setup.keys["builder"])
+    assert setup.delete("other", alias).status_code == 404
+    assert Template.exists(alias, api_key=setup.keys["builder"])
+    assert setup.delete("builder", alias).status_code == 204
+    assert not Template.exists(alias, api_key=setup.keys["builder"])
+    with pytest.raises(Exception, match=r"not allowed|not found"):
+        Sandbox.create(alias, api_key=setup.keys["builder"])
