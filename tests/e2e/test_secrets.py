@@ -443,3 +443,39 @@ def test_pip_and_git_over_https_carry_the_secret(world: World) -> None:
     assert any("/simple/" in line for line in made)
     assert any("POST /git/demo.git/git-upload-pack" in line for line in made)
     assert all(line.endswith(f"auth=Bearer {value}") for line in made), made
+
+
+def test_bindings_change_live_and_keep_their_placeholders(world: World) -> None:
+    """`PUT /sandbox/<id>/network` adds, keeps and removes bindings of a running sandbox:
+    commands started after it see the placeholders (the same ones while a secret stays bound)
+    and the proxy adds the secret; removed, both are gone."""
+    value = world.secret("LIVE")
+    api = world.api.port
+    url, headers = world.server.url, world.server.headers
+    bound = {
+        "allowOut": ["api.test"],
+        "secrets": [{"secret": "LIVE", "hosts": ["api.test"], "header": "X-K: {secret}"}],
+    }
+    with world.sandbox({"allowOut": ["api.test"]}) as box:
+        network = f"{url}/sandbox/{box.sandbox_id}/network"
+        code, out = curl(box, f"https://api.test:{api}/")
+        assert code == 60, out  # no binding: the upstream's own certificate, not trusted here
+
+        def placeholder() -> str:
+            return box.commands.run("printenv INSIEN_SECRET_LIVE").stdout.strip()
+
+        assert httpx.put(network, headers=headers, json=bound).status_code == 200
+        first = placeholder()
+        assert first.startswith("insien-secret-")
+        code, out = curl(box, f"https://api.test:{api}/", "-f")
+        assert code == 0, out
+        assert json.loads(out)["headers"]["x-k"] == value
+        again = {**bound, "secrets": [{**bound["secrets"][0], "methods": ["GET"]}]}  # type: ignore[index]
+        assert httpx.put(network, headers=headers, json=again).status_code == 200
+        assert placeholder() == first
+        assert (
+            httpx.put(network, headers=headers, json={"allowOut": ["api.test"]}).status_code == 200
+        )
+        assert placeholder() == ""
+        code, out = curl(box, f"https://api.test:{api}/")
+        assert code == 60, out
