@@ -19,6 +19,7 @@ from ..tenancy.quotas import ConnectionCounter
 from ..tenancy.tenants import Tenant
 from .background import Background
 from .errors import ApiError
+from .signed_urls import EnvdTokens
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,12 @@ class Services:
     def gate(self) -> Gate:
         """Every credential x surface decision (sandboxes/access.py)."""
         return Gate(self.manager, self.auth)
+
+    @cached_property
+    def envd_tokens(self) -> EnvdTokens:
+        """The envd access tokens the E2B front handed out: what signed file URLs are
+        checked against (signed_urls.py)."""
+        return EnvdTokens()
 
     def tenant_from_key(self, request: Request | Websocket) -> Tenant:
         tenant = self.auth.tenant_for_key(request.headers.get("X-API-Key"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,6 +30,9 @@ from ..link.tunnel import Tunnel, TunnelRefused, open_tunnel
 from ..operations.logs import tenant_id
 from ..protocol import ErrorCode
 from ..sandboxes.access import Admission, Credentials, Surface, Unauthenticated
+from ..sandboxes.errors import RuntimeFailure
+from ..sandboxes.manager import SandboxStartError
+from ..sandboxes.sandbox import Sandbox, State
 from .context import Services
 from .errors import CORE_ERRORS, ApiError, api_error_for, status_for
 from .exchange import ClientGone, Exchange
@@ -143,6 +147,21 @@ class PreviewProxy:
             return admission, new
         raise ApiError(401, ErrorCode.UNAUTHORIZED, str(refusal))
 
+    async def _awake(self, admission: Admission) -> None:
+        """A paused sandbox's port: traffic resumes it where its options allow (E2B's
+        autoResume); otherwise 502, at once, instead of a tunnel its frozen agent never opens."""
+        sandbox = admission.sandbox
+        if sandbox.state is not State.PAUSED:
+            return
+        try:
+            awake = await self.services.manager.resume_for_traffic(sandbox)
+        except (RuntimeFailure, SandboxStartError) as exc:
+            raise ApiError(502, ErrorCode.UNAVAILABLE, f"could not resume it: {exc}") from None
+        if not awake:
+            raise ApiError(
+                502, ErrorCode.UNAVAILABLE, f"sandbox {sandbox.id} is paused: resume it first"
+            )
+
     def _cookie_for(self, token: str | None, prefix: str) -> str | None:
         if token is None:
             return None
@@ -167,6 +186,7 @@ class PreviewProxy:
             admission, new_token = self._sandbox_for(
                 request.headers, request.query, sandbox_id, port
             )
+            await self._awake(admission)
         except (ApiError, *CORE_ERRORS) as raised:
             await refuse(send, scope, _error_for(raised))
             return
@@ -178,6 +198,13 @@ class PreviewProxy:
             async with open_tunnel(admission.link, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
                 app = WSConnection(ConnectionType.CLIENT)
                 wanted = app_request(request, path, prefix, COOKIE, TOKEN_PARAM)
+                masked = _masked_host(admission.sandbox, port)
+                if masked is not None:
+                    forwarded = [
+                        (k, masked.encode("latin-1") if k == b"x-forwarded-host" else v)
+                        for k, v in wanted.extra_headers
+                    ]
+                    wanted = replace(wanted, host=masked, extra_headers=forwarded)
                 answer = await handshake(tunnel, app, wanted)
                 cookie = self._cookie_for(new_token, prefix)
                 await send(
@@ -206,11 +233,13 @@ class PreviewProxy:
     ) -> None:
         services = self.services
         admission, new_token = self._sandbox_for(exchange.headers, exchange.query, sandbox_id, port)
+        await self._awake(admission)
         if not services.tunnels.try_take(sandbox_id, services.settings.max_tunnels):
             raise too_many_tunnels(services)
         try:
             client = h11.Connection(h11.CLIENT)
-            head = client.send(_request(exchange, path, prefix)) or b""
+            masked = _masked_host(admission.sandbox, port)
+            head = client.send(_request(exchange, path, prefix, masked)) or b""
             opening = open_tunnel(admission.link, port, idle_timeout=IDLE_TIMEOUT, first=head)
             async with opening as tunnel:
                 cookie = self._cookie_for(new_token, prefix)
@@ -310,7 +339,16 @@ def _cookie(headers: dict[str, str], name: str) -> str | None:
     return None
 
 
-def _request_headers(exchange: Exchange, prefix: str) -> list[tuple[bytes, bytes]]:
+def _masked_host(sandbox: Sandbox, port: int) -> str | None:
+    """The Host the app is told instead of the client's (E2B's `maskRequestHost`, `${PORT}`
+    replaced by the port), or None to pass the client's on."""
+    mask = sandbox.options.mask_request_host
+    return None if mask is None else mask.replace("${PORT}", str(port))
+
+
+def _request_headers(
+    exchange: Exchange, prefix: str, masked: str | None = None
+) -> list[tuple[bytes, bytes]]:
     scope = exchange.scope
     headers: list[tuple[bytes, bytes]] = []
     for name, value in scope["headers"]:
@@ -325,7 +363,7 @@ def _request_headers(exchange: Exchange, prefix: str) -> list[tuple[bytes, bytes
                 continue
             value = b";".join(kept).strip()
         headers.append((name, value))
-    host = exchange.headers.get("host", "localhost")
+    host = masked or exchange.headers.get("host", "localhost")
     headers += [
         (b"host", host.encode("latin-1")),
         (b"x-forwarded-host", host.encode("latin-1")),
@@ -338,12 +376,13 @@ def _request_headers(exchange: Exchange, prefix: str) -> list[tuple[bytes, bytes
     return headers
 
 
-def _request(exchange: Exchange, path: str, prefix: str) -> h11.Request:
-    """The request the app gets: the client's, minus Insien's token, headers for one hop."""
+def _request(exchange: Exchange, path: str, prefix: str, masked: str | None = None) -> h11.Request:
+    """The request the app gets: the client's, minus Insien's token, headers for one hop, and
+    the masked Host (with `X-Forwarded-Host`) when the sandbox has one."""
     query = {k: v for k, v in exchange.query.items() if k != TOKEN_PARAM}
     target = path + (f"?{urlencode(query)}" if query else "")
     return h11.Request(
-        method=exchange.method, target=target, headers=_request_headers(exchange, prefix)
+        method=exchange.method, target=target, headers=_request_headers(exchange, prefix, masked)
     )
 
 

@@ -1,5 +1,5 @@
 """What the core needs from a place that runs sandboxes: the `Runtime` protocol (a small
-required core), the optional capabilities (`Pausable`, `Stats`, `ImageStore`,
+required core), the optional capabilities (`Pausable`, `Stoppable`, `Stats`, `ImageStore`,
 `FilesystemSnapshots`, `VolumeStore`, `ImageBuilder`) and their types.
 
 The core (`insien.sandboxes`) talks to these protocols only; `runtime.docker` implements all
@@ -201,6 +201,18 @@ class Pausable(Protocol):
     async def pause(self, container_id: str) -> None: ...
 
     async def unpause(self, container_id: str) -> None: ...
+
+
+@runtime_checkable
+class Stoppable(Protocol):
+    """Stopping a sandbox's container with its filesystem kept, to `start` it again later: a
+    new boot on the same files (E2B's filesystem-only pause). Every process and everything in
+    memory (and in the `/tmp` tmpfs) is gone; `attach` before `start` reaches the new agent."""
+
+    async def stop(self, container_id: str) -> None:
+        """Stop the container (its processes get a short grace, then SIGKILL); its writable
+        layer stays until `remove`."""
+        ...
 
 
 @runtime_checkable

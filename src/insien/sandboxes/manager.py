@@ -20,18 +20,19 @@ import trio
 
 from ..config import Settings
 from ..egress import NetworkPolicy
+from ..link import AgentLink
 from ..operations import events
 from ..operations.events import EventLog
 from ..operations.logs import long_lived_task
 from ..operations.metrics import LiveState, Metrics
 from ..protocol import ErrorCode
-from ..runtime.base import Pausable, Runtime, RuntimeFailure
+from ..runtime.base import Pausable, Runtime, RuntimeFailure, Stoppable
 from ..tenancy.quotas import CreateRateLimiter, QuotaExceeded
 from ..tenancy.resources import parse_size
 from ..tenancy.tenants import Tenant
 from .egress import Egress
 from .errors import not_supported
-from .launcher import Launcher, SandboxStartError
+from .launcher import Launcher, SandboxStartError, first_of
 from .pool import WarmPool
 from .provenance import Sealer
 from .records import notes_message
@@ -95,6 +96,10 @@ class SandboxManager:
         self.metrics.read_live_state_from(self.live_state)
         self._traffic_of_ended: dict[tuple[str, str], int] = {}
         self._operator_templates = set(settings.allowed_templates)
+        self._transitions: dict[str, trio.Lock] = {}
+        """Per sandbox: one pause or resume at a time (traffic may wake it many times at once)."""
+        self._stopped: set[str] = set()
+        """Paused sandboxes whose container is stopped (no memory kept): a resume boots them."""
 
     @classmethod
     @asynccontextmanager
@@ -236,6 +241,10 @@ class SandboxManager:
     async def create(self, tenant: Tenant, options: SandboxOptions) -> Sandbox:
         if options.on_expiry == "pause" and not isinstance(self.runtime, Pausable):
             raise not_supported(self.runtime, "pausing a sandbox at the end of its lifetime")
+        if options.on_expiry == "stop" and not isinstance(self.runtime, Stoppable):
+            raise not_supported(
+                self.runtime, "pausing a sandbox without its memory at the end of its lifetime"
+            )
         try:
             self._admit(tenant)
         except QuotaExceeded as refused:
@@ -302,6 +311,10 @@ class SandboxManager:
         notes: dict[str, object] = {}
         if options.on_expiry != "end":
             notes["onExpiry"] = options.on_expiry
+        if options.auto_resume:
+            notes["autoResume"] = True
+        if options.mask_request_host is not None:
+            notes["maskRequestHost"] = options.mask_request_host
         if options.network_policy != NetworkPolicy():
             notes["network"] = options.network_policy.to_json()
         if notes:
@@ -324,9 +337,11 @@ class SandboxManager:
 
     async def _keep_link(self, sandbox: Sandbox, *, task_status: trio.TaskStatus[None]) -> None:
         long_lived_task(sandbox.id, sandbox.owner or None)
-        with sandbox.scope:
-            await sandbox.link.run(task_status=task_status)
-        if sandbox.scope.cancelled_caught or sandbox.state is State.ENDED:
+        # A stopped sandbox's next boot brings a new link and scope: this task keeps its own.
+        scope, link = sandbox.scope, sandbox.link
+        with scope:
+            await link.run(task_status=task_status)
+        if scope.cancelled_caught or sandbox.state is State.ENDED or sandbox.link is not link:
             return
         if sandbox.link.protocol_error:
             reason = EndReason.AGENT_PROTOCOL_ERROR
@@ -395,12 +410,12 @@ class SandboxManager:
                 if sandbox.state not in (State.RUNNING, State.PAUSED):
                     continue
                 if now >= sandbox.expires_at:
-                    if (
-                        sandbox.options.on_expiry == "pause"
-                        and sandbox.state is State.RUNNING
-                        and isinstance(self.runtime, Pausable)  # else it ends: see `create`
-                    ):
-                        self._pause_expired(sandbox)
+                    on_expiry = sandbox.options.on_expiry
+                    if sandbox.state is State.RUNNING and (
+                        (on_expiry == "pause" and isinstance(self.runtime, Pausable))
+                        or (on_expiry == "stop" and isinstance(self.runtime, Stoppable))
+                    ):  # else it ends: see `create`
+                        self._pause_expired(sandbox, memory=on_expiry == "pause")
                     else:
                         self._nursery.start_soon(self.finish, sandbox, EndReason.EXPIRED, "")
                 elif (
@@ -411,15 +426,16 @@ class SandboxManager:
                     self._nursery.start_soon(self.finish, sandbox, EndReason.IDLE, "")
             self._forget_old(now)
 
-    def _pause_expired(self, sandbox: Sandbox) -> None:
-        """A sandbox that pauses at the end of its life: frozen now, ended if nobody resumes it
-        within INSIEN_MAX_TIMEOUT (a resume gives it its own timeout again)."""
+    def _pause_expired(self, sandbox: Sandbox, *, memory: bool) -> None:
+        """A sandbox that pauses at the end of its life: frozen (or stopped, without `memory`)
+        now, ended if nobody resumes it within INSIEN_MAX_TIMEOUT (a resume gives it its own
+        timeout again)."""
         sandbox.extend(self.settings.max_timeout)
         self._nursery.start_soon(self._note_expiry, sandbox)
 
         async def freeze() -> None:
             try:
-                await self._freeze(sandbox)
+                await self._pause(sandbox, memory=memory)
             except RuntimeFailure as exc:
                 log.warning("could not pause expired sandbox %s: %s", sandbox.id, exc)
 
@@ -433,11 +449,42 @@ class SandboxManager:
                 break
             self._ended.popitem(last=False)
 
-    async def pause(self, sandbox_id: str, tenant: Tenant) -> Sandbox:
-        """Freeze every process in the sandbox: no CPU, no idle expiry (its lifetime still runs)."""
+    async def pause(self, sandbox_id: str, tenant: Tenant, *, memory: bool = True) -> Sandbox:
+        """Freeze every process in the sandbox: no CPU, no idle expiry (its lifetime still runs).
+        Without `memory`, stop its container instead (files kept; a resume boots it anew)."""
         sandbox = self.get(sandbox_id, tenant)
-        await self._freeze(sandbox)
+        await self._pause(sandbox, memory=memory)
         return sandbox
+
+    def is_stopped(self, sandbox: Sandbox) -> bool:
+        """Whether the sandbox is paused without its memory (its container stopped)."""
+        return sandbox.id in self._stopped
+
+    def _transition(self, sandbox: Sandbox) -> trio.Lock:
+        return self._transitions.setdefault(sandbox.id, trio.Lock())
+
+    async def _pause(self, sandbox: Sandbox, *, memory: bool) -> None:
+        if not memory:
+            stoppable = self._stoppable("pausing a sandbox without its memory")
+        async with self._transition(sandbox):
+            if sandbox.state is not State.RUNNING:
+                return
+            if memory:
+                await self._freeze(sandbox)
+                return
+            # The link's task sees its scope cancelled and leaves the sandbox be (_keep_link).
+            sandbox.state = State.PAUSED
+            self._stopped.add(sandbox.id)
+            sandbox.scope.cancel()
+            self.egress.stop(sandbox.id)
+            await stoppable.stop(sandbox.container_id)
+            self.events.publish(events.PAUSED, sandbox.owner, sandbox.id, memory=False)
+
+    def _stoppable(self, doing: str) -> Stoppable:
+        """The runtime's `Stoppable` capability; NOT_SUPPORTED for `doing` if it has none."""
+        if isinstance(self.runtime, Stoppable):
+            return self.runtime
+        raise not_supported(self.runtime, doing)
 
     def _pausable(self, doing: str) -> Pausable:
         """The runtime's `Pausable` capability; NOT_SUPPORTED for `doing` if it has none."""
@@ -451,15 +498,89 @@ class SandboxManager:
             sandbox.state = State.PAUSED
             self.events.publish(events.PAUSED, sandbox.owner, sandbox.id)
 
-    async def resume(self, sandbox_id: str, tenant: Tenant) -> Sandbox:
+    async def resume(self, sandbox_id: str, tenant: Tenant, *, memory: bool = True) -> Sandbox:
+        """Thaw a paused sandbox, or boot a stopped one again on its files. Without `memory`
+        even a frozen one is booted anew (E2B's `on_resume="reboot"`)."""
         sandbox = self.get(sandbox_id, tenant)
+        await self._resume(sandbox, memory=memory)
+        sandbox.touch()
+        return sandbox
+
+    async def resume_for_traffic(self, sandbox: Sandbox) -> bool:
+        """Traffic for a paused sandbox's ports or envd: resume it if its options allow
+        (`auto_resume`, E2B's autoResume); False if it stays paused. Only a frozen sandbox
+        wakes this way: one stopped without its memory needs an explicit resume, as in E2B.
+        A woken sandbox gets its own timeout again, as a connect gives it."""
         if sandbox.state is State.PAUSED:
-            await self._pausable("resuming a paused sandbox").unpause(sandbox.container_id)
+            if not sandbox.options.auto_resume or self.is_stopped(sandbox):
+                return False
+            await self._resume(sandbox, memory=True)
+            if self._running(sandbox):
+                sandbox.extend(min(sandbox.options.timeout, self.settings.max_timeout))
+                self._nursery.start_soon(self._note_expiry, sandbox)
+            sandbox.touch()
+        return self._running(sandbox)
+
+    @staticmethod
+    def _running(sandbox: Sandbox) -> bool:
+        """Its state now (a helper, so a check after an `await` is not narrowed away)."""
+        return sandbox.state is State.RUNNING
+
+    async def _resume(self, sandbox: Sandbox, *, memory: bool) -> None:
+        async with self._transition(sandbox):
+            if sandbox.state is not State.PAUSED:
+                return
+            if sandbox.id not in self._stopped and memory:
+                await self._pausable("resuming a paused sandbox").unpause(sandbox.container_id)
+            else:
+                stoppable = self._stoppable("booting a paused sandbox without its memory")
+                if sandbox.id not in self._stopped:  # frozen, to be booted anew
+                    await self._pausable("resuming a paused sandbox").unpause(sandbox.container_id)
+                    sandbox.scope.cancel()
+                    self.egress.stop(sandbox.id)
+                    await stoppable.stop(sandbox.container_id)
+                    self._stopped.add(sandbox.id)
+                await self._boot_again(sandbox)
+                self._stopped.discard(sandbox.id)
             sandbox.state = State.RUNNING
             self.events.publish(events.RESUMED, sandbox.owner, sandbox.id)
             await self.apply_network(sandbox)
-        sandbox.touch()
-        return sandbox
+
+    async def _boot_again(self, sandbox: Sandbox) -> None:
+        """Start a stopped sandbox's container again with a new link to its new agent: its
+        env first, then the notes the old agent kept (sealed again). A boot that fails ends
+        the sandbox (SandboxStartError)."""
+        settings = self.settings
+        self._fold_traffic(sandbox)
+        try:
+            channel = await self.runtime.attach(sandbox.container_id)
+        except RuntimeFailure as exc:
+            await self.finish(sandbox, EndReason.ERROR, f"could not boot it again: {exc}")
+            raise SandboxStartError(f"sandbox could not boot again: {exc}") from exc
+        link = AgentLink(
+            channel,
+            name=f"sandbox {sandbox.id[:8]}",
+            max_line=settings.max_line_bytes,
+            resume_after=None if self.runtime.attach_from_start else 0,
+        )
+        if sandbox.options.env:
+            link.send_internal_nowait({"type": "env", "env": sandbox.options.env})
+        sandbox.link = link
+        sandbox.scope = trio.CancelScope()
+        await self.start_link(sandbox)
+        try:
+            await self.runtime.start(sandbox.container_id)
+        except RuntimeFailure as exc:
+            await self.finish(sandbox, EndReason.ERROR, f"could not boot it again: {exc}")
+            raise SandboxStartError(f"sandbox could not boot again: {exc}") from exc
+        with trio.move_on_after(settings.ready_timeout):
+            await first_of(link.ready.wait, link.closed.wait)
+        if not link.connected:
+            why = link.close_reason or f"no ready message within {settings.ready_timeout}s"
+            await self.finish(sandbox, EndReason.ERROR, f"did not boot again: {why}")
+            raise SandboxStartError(f"sandbox agent did not start again: {why}")
+        if sandbox.notes:
+            await link.send_internal(notes_message(self.sealer, sandbox))
 
     async def snapshot(self, sandbox_id: str, tenant: Tenant, name: str | None = None) -> str:
         """Commit the sandbox's filesystem as a template only its owner can create from
@@ -497,6 +618,8 @@ class SandboxManager:
                 events.ENDED, sandbox.owner, sandbox.id, reason=reason.value, detail=detail
             )
         self._sandboxes.pop(sandbox.id, None)
+        self._transitions.pop(sandbox.id, None)
+        self._stopped.discard(sandbox.id)
         self.usage.forget(sandbox.id)
         self.egress.stop(sandbox.id)
         if sandbox.owner:  # a pooled sandbox that died never belonged to anyone

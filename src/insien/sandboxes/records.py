@@ -75,6 +75,8 @@ def claim_notes(sandbox: Sandbox) -> dict[str, Any]:
         "metadata": options.metadata,
         "onExpiry": options.on_expiry,
         "network": options.network_policy.to_json(),
+        "autoResume": options.auto_resume,
+        **({"maskRequestHost": options.mask_request_host} if options.mask_request_host else {}),
     }
 
 
@@ -89,8 +91,12 @@ def apply_notes(sandbox: Sandbox, notes: dict[str, Any]) -> None:
         changes["timeout"] = float(notes["timeout"])
     if "idleTimeout" in notes and isinstance(notes["idleTimeout"], (int, float, type(None))):
         changes["idle_timeout"] = notes["idleTimeout"]
-    if notes.get("onExpiry") in ("end", "pause"):
+    if notes.get("onExpiry") in ("end", "pause", "stop"):
         changes["on_expiry"] = notes["onExpiry"]
+    if isinstance(notes.get("autoResume"), bool):
+        changes["auto_resume"] = notes["autoResume"]
+    if isinstance(notes.get("maskRequestHost"), str):
+        changes["mask_request_host"] = notes["maskRequestHost"]
     if isinstance(notes.get("metadata"), dict):
         changes["metadata"] = {str(k): str(v) for k, v in notes["metadata"].items()}
     if "network" in notes:

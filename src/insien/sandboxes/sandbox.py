@@ -61,8 +61,13 @@ class SandboxOptions:
     network_policy: NetworkPolicy = field(default_factory=NetworkPolicy)
     """Ways out (`allowOut`/`denyOut`) and whether its ports are public; changes live."""
     on_expiry: str = "end"
-    """What the end of its lifetime does to a running sandbox: `end` it, or `pause` it (E2B's
-    autoPause) for up to INSIEN_MAX_TIMEOUT more, until someone resumes it."""
+    """What the end of its lifetime does to a running sandbox: `end` it, `pause` it (E2B's
+    autoPause: frozen, memory kept) or `stop` it (autoPauseMemory false: its container stopped,
+    files kept, a resume boots it again) for up to INSIEN_MAX_TIMEOUT more, until resumed."""
+    auto_resume: bool = False
+    """Whether traffic to a paused sandbox (its ports, envd) resumes it (E2B's autoResume)."""
+    mask_request_host: str | None = None
+    """The Host its ports' programs are told (`${PORT}` replaced), E2B's maskRequestHost."""
     volumes: tuple[VolumeMount, ...] = ()
     """The tenant's volumes it mounts (checked by `sandboxes.volumes`); never pooled."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -54,6 +55,8 @@ class E2BNetwork(BaseModel):
     """Only in the update body (the create body has it at the top level)."""
     rules: dict[str, Any] | None = None
     egressProxy: dict[str, Any] | None = None
+    maskRequestHost: str | None = Field(None, min_length=1, max_length=253)
+    """The Host a port's program is told, `${PORT}` replaced (create only)."""
 
 
 ALL_TRAFFIC = ("0.0.0.0/0", "::/0")
@@ -77,6 +80,22 @@ def e2b_policy(network: E2BNetwork | None, internet: bool | None) -> NetworkPoli
     return network_policy(allow, deny, network.allowPublicTraffic is not False)
 
 
+class AutoResume(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    enabled: bool = False
+
+
+class PauseBody(BaseModel):
+    """E2B's pause: `memory: false` keeps only the filesystem (a resume boots it anew)."""
+
+    model_config = ConfigDict(extra="ignore")
+    memory: bool = True
+
+
+MASKED_HOST = re.compile(r"[A-Za-z0-9.:_\[\]${}-]+")
+"""What a `maskRequestHost` may hold: a host (and port), with `${PORT}` in it."""
+
+
 class NewSandbox(BaseModel):
     """E2B's create body (v1 and v2). What Insien cannot honour is refused when asked for."""
 
@@ -86,6 +105,8 @@ class NewSandbox(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
     envVars: dict[str, str] = Field(default_factory=dict, max_length=256)
     autoPause: bool = False
+    autoPauseMemory: bool = True
+    autoResume: AutoResume | None = None
     secure: bool = True
     allow_internet_access: bool | None = None
     network: E2BNetwork | None = None
@@ -101,6 +122,8 @@ class TimeoutBody(BaseModel):
 class ConnectBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
     timeout: int | None = Field(None, ge=0)
+    memory: bool | None = None
+    """False: boot the paused sandbox anew on its files (E2B's `on_resume="reboot"`)."""
 
 
 class ForkBody(BaseModel):
@@ -264,12 +287,14 @@ def control_blueprint(services: Services) -> Blueprint:
         return services.auth.issue_token(sandbox.id, owner, ttl=ttl, audience=audience)
 
     def created(sandbox: Sandbox, owner: Tenant) -> dict[str, Any]:
+        envd_token = access_token(sandbox, owner, Audience.CONTROL)
+        services.envd_tokens.record(sandbox.id, envd_token)  # what signed URLs are signed with
         return {
             "templateID": template_name(sandbox),
             "sandboxID": sandbox.id,
             "clientID": CLIENT_ID,
             "envdVersion": ENVD_VERSION,
-            "envdAccessToken": access_token(sandbox, owner, Audience.CONTROL),
+            "envdAccessToken": envd_token,
             # One purpose each: the traffic token opens the user's ports, never envd.
             "trafficAccessToken": access_token(sandbox, owner, Audience.TRAFFIC),
             "domain": None,
@@ -277,6 +302,43 @@ def control_blueprint(services: Services) -> Blueprint:
 
     def state(sandbox: Sandbox) -> str:
         return "paused" if sandbox.state is State.PAUSED else "running"
+
+    def lifecycle(body: NewSandbox) -> dict[str, Any]:
+        """E2B's lifecycle options as Insien's: what the timeout does (`autoPause`, and with
+        `autoPauseMemory` false a stop that keeps the files only) and `autoResume`."""
+        resume = body.autoResume is not None and body.autoResume.enabled
+        if resume and not body.autoPause:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "autoResume needs autoPause")
+        if resume and not body.autoPauseMemory:
+            raise ApiError(
+                400,
+                ErrorCode.BAD_REQUEST,
+                "autoResume cannot be combined with autoPauseMemory false: a sandbox paused"
+                " without its memory is resumed by connect only",
+            )
+        on_expiry = "end"
+        if body.autoPause:
+            on_expiry = "pause" if body.autoPauseMemory else "stop"
+        mask = body.network.maskRequestHost if body.network else None
+        if mask is not None and not MASKED_HOST.fullmatch(mask):
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "maskRequestHost is a host name")
+        return {"on_expiry": on_expiry, "auto_resume": resume, "mask_request_host": mask}
+
+    def described(sandbox: Sandbox) -> dict[str, Any]:
+        """What `GET /sandboxes/{id}` adds to the listing: lifecycle and ingress options."""
+        options = sandbox.options
+        network: dict[str, Any] = {
+            "allowPublicTraffic": options.network_policy.allow_public_traffic
+        }
+        if options.mask_request_host is not None:
+            network["maskRequestHost"] = options.mask_request_host
+        return {
+            "lifecycle": {
+                "onTimeout": "kill" if options.on_expiry == "end" else "pause",
+                "autoResume": options.auto_resume,
+            },
+            "network": network,
+        }
 
     def listed(sandbox: Sandbox) -> dict[str, Any]:
         resources = sandbox.options.resources
@@ -313,8 +375,7 @@ def control_blueprint(services: Services) -> Blueprint:
             no_idle_timeout=True,
             network=e2b_policy(body.network, body.allow_internet_access),
         )
-        if body.autoPause:
-            options = replace(options, on_expiry="pause")
+        options = replace(options, **lifecycle(body))
         sandbox = await manager.create(owner, options)
         return created(sandbox, owner), 201
 
@@ -377,7 +438,7 @@ def control_blueprint(services: Services) -> Blueprint:
     @bp.get("/sandboxes/<sandbox_id>")
     async def detail(sandbox_id: str) -> dict[str, Any]:
         sandbox = manager.get(sandbox_id, tenant())
-        return {**listed(sandbox), "envdAccessToken": None, "domain": None}
+        return {**listed(sandbox), **described(sandbox), "envdAccessToken": None, "domain": None}
 
     @bp.delete("/sandboxes/<sandbox_id>")
     async def kill(sandbox_id: str) -> tuple[str, int]:
@@ -410,9 +471,10 @@ def control_blueprint(services: Services) -> Blueprint:
     @bp.post("/sandboxes/<sandbox_id>/pause")
     async def pause(sandbox_id: str) -> Any:
         owner = tenant()
+        body = await json_body(PauseBody)
         if manager.get(sandbox_id, owner).state is State.PAUSED:
             return e2b_error(409, f"sandbox {sandbox_id} is already paused")
-        await manager.pause(sandbox_id, owner)
+        await manager.pause(sandbox_id, owner, memory=body.memory)
         return "", 204
 
     async def connect(sandbox_id: str) -> tuple[dict[str, Any], int]:
@@ -421,7 +483,7 @@ def control_blueprint(services: Services) -> Blueprint:
         sandbox = manager.get(sandbox_id, owner)
         status = 200
         if sandbox.state is State.PAUSED:
-            await manager.resume(sandbox_id, owner)
+            await manager.resume(sandbox_id, owner, memory=body.memory is not False)
             status = 201
         if status == 201:
             # a resumed sandbox gets a lifetime again (its own timeout unless one is given)

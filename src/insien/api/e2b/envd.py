@@ -12,16 +12,20 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
 from contextlib import aclosing
 
 import trio
 
 from ...link import AgentGone
 from ...sandboxes.access import Admission, Credentials, Surface, Unauthenticated
-from ...sandboxes.manager import SandboxNotFound
+from ...sandboxes.errors import RuntimeFailure
+from ...sandboxes.manager import SandboxNotFound, SandboxStartError
 from ...sandboxes.sandbox import State
+from ...tenancy.auth import Audience
 from ..context import Services
 from ..exchange import BodyTooLarge, ClientGone, Exchange
+from ..signed_urls import BadSignature, SignedRequest, signed_request
 from . import connect
 from .calls import EnvdCall, Method
 from .connect import Code, ConnectError
@@ -85,9 +89,19 @@ class EnvdFront:
         rpc = exchange.path.startswith(("/process.Process/", "/filesystem.Filesystem/"))
         try:
             if port == INTERPRETER_PORT:
-                await serve_interpreter(exchange, self._admit_interpreter(exchange, sandbox_id))
+                admission = self._admit_interpreter(exchange, sandbox_id)
+                await self._awake(admission)
+                await serve_interpreter(exchange, admission)
+                return
+            signed = self._signed(exchange)
+            if signed is not None:
+                admission = self._admit_signed(exchange, sandbox_id, port, signed)
+                await self._awake(admission)
+                limit = self.services.settings.max_upload_bytes
+                await serve_files(exchange, admission, limit, only=signed.path)
                 return
             admission = self._admit(exchange, sandbox_id, port)
+            await self._awake(admission)
             if exchange.path == "/health":
                 await exchange.discard_body()
                 if _gone(admission):  # ending: what E2B's proxy says of a sandbox it lost
@@ -111,12 +125,68 @@ class EnvdFront:
         (its access token or the key); managing contexts, which E2B's SDKs call with only the
         traffic token, takes that too. Public traffic opens neither (access.py)."""
         surface = Surface.CONTROL if exchange.path == "/execute" else Surface.CONTEXTS
-        admission = self._admission(exchange, sandbox_id, surface)
-        if admission.sandbox.state is State.PAUSED:
+        return self._admission(exchange, sandbox_id, surface)
+
+    async def _awake(self, admission: Admission) -> None:
+        """A paused sandbox answers only once it runs again: traffic resumes it where its
+        options allow (E2B's autoResume), else 502 "paused" as before."""
+        sandbox = admission.sandbox
+        if sandbox.state is not State.PAUSED:
+            return
+        try:
+            awake = await self.services.manager.resume_for_traffic(sandbox)
+        except (RuntimeFailure, SandboxStartError) as exc:
+            raise Refused(502, Code.UNAVAILABLE, f"could not resume it: {exc}") from None
+        if not awake:
             raise Refused(
-                502, Code.UNAVAILABLE, f"the sandbox {sandbox_id} is paused: connect to resume it"
+                502, Code.UNAVAILABLE, f"the sandbox {sandbox.id} is paused: connect to resume it"
             )
-        return admission
+
+    def _signed(self, exchange: Exchange) -> SignedRequest | None:
+        """The signed `/files` request this is (E2B's signed URLs), if it carries a signature."""
+        if exchange.path != "/files":
+            return None
+        try:
+            return signed_request(exchange.method, exchange.query, time.time())
+        except BadSignature as exc:
+            raise Refused(401, Code.UNAUTHENTICATED, str(exc)) from None
+
+    def _admit_signed(
+        self, exchange: Exchange, sandbox_id: str, port: int, signed: SignedRequest
+    ) -> Admission:
+        """A signed URL is a credential for one path, one operation and one user of one
+        sandbox: checked here against the envd tokens handed out for that sandbox (each must
+        still be a valid token of its owner), then admitted as that owner. The caller serves
+        exactly that (`/files`, the operation, only that path). A URL with a bad signature is
+        refused whatever else the request carries."""
+        if port != ENVD_PORT:
+            raise Refused(401, Code.UNAUTHENTICATED, "a signed URL is for envd's /files")
+        auth = self.services.auth
+        owner = None
+        for token in self.services.envd_tokens.of(sandbox_id):
+            tenant = auth.tenant_for_token(token, sandbox_id, Audience.CONTROL)
+            if tenant is not None and signed.signed_with(token):
+                owner = tenant
+                break
+        if owner is None:
+            raise Refused(401, Code.UNAUTHENTICATED, "invalid signature")
+        self._check_user(signed.user or None)
+        self._check_user(_user(exchange.headers.get("authorization")))
+        try:
+            return self.services.gate.for_tenant(sandbox_id, owner)
+        except SandboxNotFound:
+            raise Refused(
+                502, Code.UNAVAILABLE, f"The sandbox {sandbox_id} was not found"
+            ) from None
+
+    def _check_user(self, user: str | None) -> None:
+        if user is not None and user != SANDBOX_USER:
+            raise Refused(
+                403,
+                Code.PERMISSION_DENIED,
+                f"user {user!r} is not available: commands and files run as {SANDBOX_USER!r}"
+                " (uid 1000), never as root",
+            )
 
     def _admission(self, exchange: Exchange, sandbox_id: str, surface: Surface) -> Admission:
         headers = exchange.headers
@@ -136,23 +206,11 @@ class EnvdFront:
 
     def _admit(self, exchange: Exchange, sandbox_id: str, port: int) -> Admission:
         admission = self._admission(exchange, sandbox_id, Surface.CONTROL)
-        sandbox = admission.sandbox
         if port != ENVD_PORT:
             raise Refused(
                 502, Code.UNAVAILABLE, f"port {port} is not open: Insien does not forward ports yet"
             )
-        if sandbox.state is State.PAUSED:
-            raise Refused(
-                502, Code.UNAVAILABLE, f"the sandbox {sandbox_id} is paused: connect to resume it"
-            )
-        user = _user(exchange.headers.get("authorization"))
-        if user is not None and user != SANDBOX_USER:
-            raise Refused(
-                403,
-                Code.PERMISSION_DENIED,
-                f"user {user!r} is not available: commands and files run as {SANDBOX_USER!r}"
-                " (uid 1000), never as root",
-            )
+        self._check_user(_user(exchange.headers.get("authorization")))
         return admission
 
     async def _refuse(

@@ -67,11 +67,15 @@ def _written(path: str) -> dict[str, Any]:
     return {"name": _name(path), "type": "file", "path": path}
 
 
-async def serve_files(exchange: Exchange, admission: Admission, limit: int) -> None:
+async def serve_files(
+    exchange: Exchange, admission: Admission, limit: int, *, only: str | None = None
+) -> None:
+    """`only`: the one path a signed URL may read or write (its `path` parameter), so a
+    multipart upload through it writes that file and no other."""
     if exchange.method == "GET":
         await _download(exchange, admission)
     elif exchange.method == "POST":
-        written = await _upload(exchange, admission, limit)
+        written = await _upload(exchange, admission, limit, only)
         await exchange.respond_json(200, written)
     else:
         raise FilesError(405, f"{exchange.method} is not allowed on /files")
@@ -121,7 +125,9 @@ async def _inflate(chunks: AsyncGenerator[bytes, None], limit: int) -> AsyncIter
         yield rest
 
 
-async def _upload(exchange: Exchange, admission: Admission, limit: int) -> list[dict[str, Any]]:
+async def _upload(
+    exchange: Exchange, admission: Admission, limit: int, only: str | None = None
+) -> list[dict[str, Any]]:
     content_type = exchange.headers.get("content-type", "")
     declared = exchange.headers.get("content-length", "")
     if (
@@ -132,7 +138,7 @@ async def _upload(exchange: Exchange, admission: Admission, limit: int) -> list[
         raise FilesError(413, f"upload exceeds the {limit} byte limit")
     try:
         if content_type.startswith("multipart/form-data"):
-            return await _upload_parts(exchange, admission, limit, content_type)
+            return await _upload_parts(exchange, admission, limit, content_type, only)
         path = _path(exchange.query.get("path"))
         body: AsyncIterator[bytes]
         if exchange.headers.get("content-encoding", "").strip().lower() == "gzip":
@@ -204,13 +210,19 @@ class _Parts:
 
 
 async def _upload_parts(
-    exchange: Exchange, admission: Admission, limit: int, content_type: str
+    exchange: Exchange,
+    admission: Admission,
+    limit: int,
+    content_type: str,
+    only: str | None = None,
 ) -> list[dict[str, Any]]:
     parts = _Parts(exchange, content_type, limit)
     single = exchange.query.get("path")
     written: list[dict[str, Any]] = []
     total = 0
     while (filename := await parts.next_file()) is not None:
+        if only is not None and written:
+            raise FilesError(403, f"a signed URL writes one file, {only}")
         asked = single if single and not written else filename
         if not asked:
             raise FilesError(400, "a multipart file part needs its path as filename")

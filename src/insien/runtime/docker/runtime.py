@@ -98,8 +98,8 @@ def _socket_path(base_url: str) -> str:
 
 class DockerRuntime:
     """The only place that calls docker-py; every call runs in a worker thread. Implements the
-    required core and every optional capability (`Pausable`, `Stats`, `ImageStore`,
-    `FilesystemSnapshots`, `VolumeStore`, `ImageBuilder`)."""
+    required core and every optional capability (`Pausable`, `Stoppable`, `Stats`,
+    `ImageStore`, `FilesystemSnapshots`, `VolumeStore`, `ImageBuilder`)."""
 
     name = "Docker"
     attach_from_start = True
@@ -233,6 +233,15 @@ class DockerRuntime:
 
     async def unpause(self, container_id: str) -> None:
         await self._call(self._client.api.unpause, container_id)
+
+    async def stop(self, container_id: str) -> None:
+        """Stop the container, its writable layer kept (`Stoppable`): docker-init passes the
+        SIGTERM on, and whatever is left after STOP_GRACE seconds is killed."""
+
+        def _stop() -> None:
+            self._client.api.stop(container_id, timeout=STOP_GRACE)
+
+        await self._call(_stop)
 
     async def commit(
         self, container_id: str, repository: str, tag: str, labels: dict[str, str]
