@@ -22,6 +22,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from ._hypercorn import contain_connection_errors
+from ._memory import return_large_blocks
 from .api.context import Services
 from .app import create_asgi
 from .config import Settings
@@ -108,6 +109,7 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until `stop` is set or a signal arrives; reports the bound URLs through task_status."""
+    return_large_blocks()
     auth = authenticator or make_authenticator(settings)
     stop = stop if stop is not None else trio.Event()
     async with open_runtime(settings) as runtime:

@@ -212,3 +212,28 @@ def test_only_its_tenant_deletes_a_template(setup: Setup) -> None:
     assert not Template.exists(alias, api_key=setup.keys["builder"])
     with pytest.raises(Exception, match=r"not allowed|not found"):
         Sandbox.create(alias, api_key=setup.keys["builder"])
+
+
+def test_only_the_api_key_reaches_the_builder(setup: Setup) -> None:
+    """A sandbox's tokens (envd's, traffic's) are not keys: the builder refuses them."""
+    sandbox = Sandbox.create(api_key=setup.keys["builder"])
+    try:
+        api = f"{setup.server.url}/e2b"
+        tokens = {
+            "X-Access-Token": sandbox._envd_access_token or "",
+            "E2B-Traffic-Access-Token": sandbox.traffic_access_token or "",
+        }
+        assert all(tokens.values())
+        for header, token in tokens.items():
+            for method, path in (
+                ("POST", "/v3/templates"),
+                ("GET", "/templates/aliases/anything"),
+                ("POST", "/templates/tags"),
+                ("DELETE", "/templates/anything"),
+            ):
+                refused = httpx.request(
+                    method, api + path, headers={header: token}, json={"name": "x"}
+                )
+                assert refused.status_code == 401, (header, path, refused.text)
+    finally:
+        sandbox.kill()

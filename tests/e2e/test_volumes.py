@@ -9,6 +9,7 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -16,6 +17,7 @@ import httpx
 import pytest
 import trio
 
+from insien_sandbox import AsyncSandbox, AsyncVolume, NotFoundError, Sandbox, Volume, VolumeMount
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.helpers import call, websocket
 
@@ -247,3 +249,47 @@ async def test_force_delete_ends_the_sandboxes_that_mount_it(volume_server: Serv
         info = (await api.get(f"/sandboxes/{sandbox['sandboxId']}")).json()
         assert info["state"] == "ended"
         assert (await api.get(f"/volumes/{name}")).status_code == 404
+
+
+async def test_the_python_sdk(volume_server: Server, tmp_path: Path) -> None:
+    name = f"sdk-{secrets.token_hex(4)}"
+    key, url = volume_server.api_key, volume_server.url
+    volume = await AsyncVolume.create(name, "8m", key, url)
+    try:
+        assert name in [v.name for v in await AsyncVolume.list(key, url)]
+        local = tmp_path / "set.bin"
+        data = secrets.token_bytes(2 * MIB + 3)
+        local.write_bytes(data)
+        seen: list[int] = []
+        written = await volume.upload("in/set.bin", local, on_progress=seen.append)
+        assert (written.bytes, written.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+        assert seen[-1] == len(data)
+        async with AsyncSandbox(key, url, volumes=[volume.mount("/data")]) as sandbox:
+            result = await sandbox.commands.run("sha256sum /data/in/set.bin > /data/sum")
+            assert result.exit_code == 0
+            info = await volume.info()
+            assert info.sandboxes == (sandbox.sandbox_id,)
+        assert (await volume.read("sum")).split()[0].decode() == written.sha256
+        back = tmp_path / "back.bin"
+        await volume.download("in/set.bin", back)
+        assert back.read_bytes() == data
+        assert [e.name for e in await volume.list_files("/")] == ["in", "sum"]
+        with pytest.raises(NotFoundError):
+            await volume.read("missing")
+    finally:
+        await volume.delete(force=True)
+    with pytest.raises(NotFoundError):
+        await volume.info()
+
+
+def test_the_blocking_python_sdk(volume_server: Server) -> None:
+    key, url = volume_server.api_key, volume_server.url
+    volume = Volume.create(f"sync-{secrets.token_hex(4)}", "4m", key, url)
+    try:
+        assert volume.write("note", "hi").bytes == 2
+        with Sandbox(key, url, volumes=[VolumeMount(volume.name, "/data", read_only=True)]) as box:
+            assert box.commands.run("cat /data/note").stdout == "hi"
+        volume.remove("note")
+        assert volume.list_files() == []
+    finally:
+        volume.delete(force=True)

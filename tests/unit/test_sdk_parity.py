@@ -8,7 +8,17 @@ import inspect
 
 import pytest
 
-from insien_sandbox import _async, _code, _commands, _files, _network, _ports, _sync, _watch
+from insien_sandbox import (
+    _async,
+    _code,
+    _commands,
+    _files,
+    _network,
+    _ports,
+    _sync,
+    _volumes,
+    _watch,
+)
 
 PAIRS = [
     (_async.AsyncSandbox, _sync.Sandbox),
@@ -20,6 +30,7 @@ PAIRS = [
     (_ports.Ports, _sync.Ports),
     (_ports.Forward, _sync.Forward),
     (_network.Network, _sync.Network),
+    (_volumes.AsyncVolume, _volumes.Volume),
 ]
 # Async-only by nature: the async context protocol, iteration, and trio plumbing.
 ASYNC_ONLY = {"__aenter__", "__aexit__", "__aiter__", "__anext__"}

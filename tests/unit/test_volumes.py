@@ -10,6 +10,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from insien.sandboxes import volume_job
@@ -26,6 +27,7 @@ from insien.sandboxes.volumes import (
     volume_name,
 )
 from insien.tenancy.tenants import load_tenants_file
+from insien_sandbox import AsyncVolume, IntegrityError
 
 
 @pytest.mark.parametrize("name", ["data", "A1", "a.b_c-d", "x" * 63])
@@ -271,3 +273,37 @@ def test_plans_carry_volume_quotas(tmp_path: Path) -> None:
     path.write_text('[tenants.acme]\nmax_volumes = 3\nmax_volume_bytes = "2g"\n')
     entry = load_tenants_file(path).tenants["acme"]
     assert (entry.max_volumes, entry.max_volume_bytes) == (3, 2 << 30)
+
+
+# -- the Python SDK checks what the server says it holds ---------------------------------------
+
+
+def lying_volume(answer: dict[str, object], digest: str) -> AsyncVolume:
+    """A volume whose server answers uploads with `answer` and downloads with `digest`."""
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            return httpx.Response(200, json=answer)
+        return httpx.Response(200, content=b"data", headers={"X-Insien-Sha256": digest})
+
+    volume = AsyncVolume("v", "key", "http://127.0.0.1:9")
+    volume._client = lambda timeout=None: httpx.AsyncClient(  # type: ignore[method-assign]
+        base_url=volume.base_url, transport=httpx.MockTransport(reply)
+    )
+    return volume
+
+
+async def test_the_sdk_raises_when_the_volume_holds_something_else() -> None:
+    good = hashlib.sha256(b"data").hexdigest()
+    honest = lying_volume({"path": "f", "bytes": 4, "sha256": good}, good)
+    assert (await honest.write("f", b"data")).sha256 == good
+    assert await honest.read("f") == b"data"
+    for answer in (
+        {"path": "f", "bytes": 3, "sha256": good},
+        {"path": "f", "bytes": 4, "sha256": "0" * 64},
+    ):
+        with pytest.raises(IntegrityError):
+            await lying_volume(answer, good).write("f", b"data")
+    for digest in ("0" * 64, ""):
+        with pytest.raises(IntegrityError):
+            await lying_volume({}, digest).read("f")

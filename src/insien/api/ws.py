@@ -19,7 +19,7 @@ from quart import Blueprint, websocket
 
 from .. import untrusted_json
 from ..link import AgentGone, AgentLink, PendingRequest, Reply
-from ..link.budget import ByteBudget
+from ..link.budget import CONNECTION_COPIES, ByteBudget, Reservation, read_answer_bytes
 from ..link.sessions import resume, session_agent_id
 from ..protocol import (
     ErrorCode,
@@ -29,6 +29,7 @@ from ..protocol import (
     is_final,
     parse_request,
 )
+from ..sandboxes.access import Credentials, Surface, Unauthenticated
 from ..sandboxes.manager import SandboxNotFound
 from ..sandboxes.sandbox import Sandbox
 from ..tenancy.quotas import QuotaExceeded
@@ -64,17 +65,19 @@ def ws_blueprint(services: Services) -> Blueprint:
     )
     async def agent_socket(sandbox_id: str) -> Any:
         auth = services.auth
-        tenant = auth.tenant_for_token(websocket.args.get("token"), sandbox_id)
-        if tenant is None:
-            tenant = auth.tenant_for_key(websocket.headers.get("X-API-Key"))
-        if tenant is None:
+        credentials = Credentials(
+            key=websocket.headers.get("X-API-Key"), control_token=websocket.args.get("token")
+        )
+        try:
+            admission = services.gate.admit(sandbox_id, credentials, Surface.CONTROL)
+        except Unauthenticated:
             return error_response(
                 401, ErrorCode.UNAUTHORIZED, "a valid token or X-API-Key header is required"
             )
-        try:
-            sandbox = services.manager.get(sandbox_id, tenant)
         except SandboxNotFound as exc:
             return answer_for(exc)
+        sandbox, tenant = admission.sandbox, admission.tenant
+        assert tenant is not None  # a control surface admits no public traffic
         session = websocket.args.get("session")
         if session is not None and not SESSION_PATTERN.fullmatch(session):
             return error_response(
@@ -86,20 +89,21 @@ def ws_blueprint(services: Services) -> Blueprint:
         except QuotaExceeded as exc:
             metrics.quota_refusals.labels(exc.reason).inc()
             return answer_for(exc)
+        budget = services.budgets.for_connection(
+            tenant.id, services.settings.connection_buffer_bytes, CONNECTION_COPIES
+        )
         try:
             await websocket.accept()
             metrics.websockets.inc()
             sandbox.clients += 1
             try:
-                budget = services.budgets.for_connection(
-                    tenant.id, services.settings.connection_buffer_bytes
-                )
                 await ClientSession(
                     sandbox,
                     services.settings.max_requests_per_connection,
                     session,
                     budget,
                     authorised=lambda: auth.still_valid(tenant),
+                    max_read=services.settings.max_read_bytes,
                 ).run()
             finally:
                 metrics.websockets.dec()
@@ -107,6 +111,7 @@ def ws_blueprint(services: Services) -> Blueprint:
                 sandbox.touch()
         finally:
             services.connections.release(tenant)
+            services.budgets.connection_closed(tenant.id)
             services.budgets.forget_idle()
         return None
 
@@ -132,9 +137,11 @@ class ClientSession:
         session: str | None = None,
         budget: ByteBudget | None = None,
         authorised: Callable[[], bool] | None = None,
+        max_read: int = 16 * 1024 * 1024,
     ) -> None:
         """`authorised` says whether the caller's key still opens this sandbox; checked
-        several times a second, a revoked key or removed tenant closes the connection."""
+        several times a second, a revoked key or removed tenant closes the connection.
+        `max_read` is the most a `read` answers (INSIEN_MAX_READ_BYTES), what it reserves."""
         self._sandbox = sandbox
         self._session = session
         self._link: AgentLink = sandbox.link
@@ -142,6 +149,7 @@ class ClientSession:
         self._in_flight: dict[Any, InFlight] = {}
         self._budget = budget
         self._authorised = authorised
+        self._max_read = max_read
         self._revoked = False
         # (message, bytes charged to the budget): the writer releases them once sent. Bytes
         # go as a binary message: a frame's description line and its raw bytes.
@@ -199,10 +207,14 @@ class ClientSession:
             async for message, charge in self._outgoing:
                 if isinstance(message, dict):
                     message = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+                # Sending makes a second copy (the frame, held until the socket has taken all
+                # of it, which a client that does not read never lets happen): the budget
+                # counts it (`CONNECTION_COPIES`), so the charge is released once sent.
                 try:
                     await websocket.send(message)
                 finally:
                     self._release(charge)
+                del message  # not held while waiting for the next one
         finally:
             self._drain_outgoing()
         try:
@@ -320,13 +332,18 @@ class ClientSession:
         async for reply in pending:
             if reply.message.get("type") == "spawnResponse":
                 in_flight.pid = reply.message.get("pid")
+            final, charge = is_final(reply.message), reply.charge
             try:
                 outgoing = reply.to_client(client_id)
             except BaseException:
                 pending.release(reply)
                 raise
-            await self._send_charged(outgoing, reply.charge, pending)
-            if is_final(reply.message):
+            # Only what the client gets waits for the writer: the agent's line and the message
+            # parsed from it (as large again, uncharged) go now, not once the client reads.
+            del reply
+            await self._send_charged(outgoing, charge, pending)
+            del outgoing  # the writer releases it once sent; not held here until the next
+            if final:
                 return
         if not self._link.detached:  # a detached request carries on in the sandbox
             await self._send.send((self._link.missing_reply(client_id), 0))
@@ -346,10 +363,12 @@ class ClientSession:
         in_flight = self._in_flight[client_id]
         agent_id = None if self._session is None else session_agent_id(self._session, client_id)
         binary = bool(message.pop("binary", False))
+        budget = self._budget
+        reservation: Reservation | None = None
         try:
-            async with self._link.request(
-                message, agent_id, self._budget, binary=binary
-            ) as pending:
+            if budget is not None and message["type"] == "read":
+                budget = reservation = await self._reserve(message, binary, budget)
+            async with self._link.request(message, agent_id, budget, binary=binary) as pending:
                 in_flight.pending = pending
                 await self._relay(client_id, in_flight, pending)
         except AgentGone as exc:
@@ -359,4 +378,35 @@ class ClientSession:
         except ProtocolError as exc:
             await self._send.send((exc.to_message(), 0))
         finally:
+            if reservation is not None:
+                reservation.settle()
             del self._in_flight[client_id]
+
+    async def _reserve(self, message: Message, binary: bool, budget: ByteBudget) -> Reservation:
+        """Set aside what a `read` can answer before the agent is asked, or refuse it BUSY.
+
+        The most any read can answer is tried first (no round trip); when that does not fit,
+        the file's size decides. Bytes counted only once they arrived would already be held:
+        read whole from the agent and parsed, for every sandbox at once."""
+        request = {**message, "binary": binary}
+        reservation = budget.reserve(read_answer_bytes(request, self._max_read))
+        if reservation is None:
+            size = await self._file_size(message["path"])
+            reservation = budget.reserve(read_answer_bytes(request, self._max_read, size))
+        if reservation is None:
+            raise ProtocolError(
+                message["id"],
+                ErrorCode.BUSY,
+                "too many bytes are waiting for this connection to read them",
+            )
+        return reservation
+
+    async def _file_size(self, path: str) -> int:
+        """A file's size as the agent sees it; 0 for what a read would refuse (missing, not a
+        file: its answer is an error) and for a symlink (charged as it comes, if larger)."""
+        answer = await self._link.call({"type": "stat", "path": path})
+        entry = answer.get("entry")
+        if answer.get("type") != "statResponse" or not isinstance(entry, dict):
+            return 0
+        size = entry.get("size")
+        return size if entry.get("type") == "file" and isinstance(size, int) else 0

@@ -234,6 +234,7 @@ class AgentLink:
                     self._dispatch_frame(unit)
                 else:
                     self._dispatch(unit)
+                del unit  # a line can be 32 MB: not held here while the next piece is awaited
             self._unacked_bytes += len(data)
             if self.last_seq - self._acked >= ACK_EVERY or self._unacked_bytes >= ACK_BYTES:
                 self._acknowledge()

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..protocol import CREDITED_TYPES
-from .budget import ByteBudget
+from ..protocol import CREDITED_TYPES, is_final
+from .budget import ByteBudget, Reservation
 from .replies import Reply
 
 if TYPE_CHECKING:
@@ -55,6 +55,10 @@ class PendingRequest:
             reply = await self._channel.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise StopAsyncIteration from None
+        if isinstance(self.budget, Reservation) and is_final(reply.message):
+            # The answer is in and charged: what was set aside for it beyond that goes back
+            # now, not once the client has read it.
+            self.budget.settle()
         if reply.message.get("type") in CREDITED_TYPES:
             self._consumed += 1
             if self._consumed >= CREDIT_BATCH:

@@ -49,14 +49,19 @@ class Reply(NamedTuple):
         if isinstance(agent_id, str):
             prefix = ID_PREFIX + json.dumps(agent_id).encode() + b","
             if line.startswith(prefix):
-                head = json.dumps(client_id, ensure_ascii=False).encode()
-                return (ID_PREFIX + head + line[len(prefix) - 1 :]).decode()
+                return _with_id(client_id, line, len(prefix) - 1)
         elif line.startswith(ID_PREFIX):
             end = line.find(b",", len(ID_PREFIX))
             if end > 0 and line[len(ID_PREFIX) : end].isdigit():
-                head = json.dumps(client_id, ensure_ascii=False).encode()
-                return (ID_PREFIX + head + line[end:]).decode()
+                return _with_id(client_id, line, end)
         return json.dumps({**self.message, "id": client_id}, ensure_ascii=False)
+
+
+def _with_id(client_id: Any, line: bytes, rest: int) -> str:
+    """`{"id":<client id>` and the line from `rest` on, as text. A line can be 30 MB: its
+    rest is not sliced out first, so the text is the only new copy that stays."""
+    head = json.dumps(client_id, ensure_ascii=False).encode()
+    return b"".join((ID_PREFIX, head, memoryview(line)[rest:])).decode()
 
 
 ID_PREFIX = b'{"id":'

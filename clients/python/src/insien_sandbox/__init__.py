@@ -35,6 +35,12 @@ from ._types import OutputChunk as OutputChunk
 from ._types import ProcessInfo as ProcessInfo
 from ._types import SandboxInfo as SandboxInfo
 from ._types import SandboxMetrics as SandboxMetrics
+from ._volumes import AsyncVolume as AsyncVolume
+from ._volumes import IntegrityError as IntegrityError
+from ._volumes import Volume as Volume
+from ._volumes import VolumeEntry as VolumeEntry
+from ._volumes import VolumeInfo as VolumeInfo
+from ._volumes import VolumeMount as VolumeMount
 from ._watch import WatchHandle as AsyncWatchHandle
 
 try:
@@ -46,6 +52,7 @@ __all__ = [
     "APIError",
     "AsyncCommandHandle",
     "AsyncSandbox",
+    "AsyncVolume",
     "AsyncWatchHandle",
     "AuthenticationError",
     "CodeContext",
@@ -57,6 +64,7 @@ __all__ = [
     "ExecutionError",
     "FilesystemEvent",
     "InsienError",
+    "IntegrityError",
     "LogLine",
     "MetricsPoint",
     "NetworkInfo",
@@ -73,6 +81,10 @@ __all__ = [
     "SandboxInfo",
     "SandboxMetrics",
     "UnavailableError",
+    "Volume",
+    "VolumeEntry",
+    "VolumeInfo",
+    "VolumeMount",
     "WatchHandle",
     "__version__",
 ]

@@ -21,6 +21,7 @@ from ._ports import Ports
 from ._rpc import RECONNECT_WINDOW
 from ._session import REST_TIMEOUT, Session, rest_request
 from ._types import CommandResult, LogLine, SandboxInfo, SandboxMetrics
+from ._volumes import VolumeMount, mounts_body
 
 
 class AsyncSandbox:
@@ -46,6 +47,7 @@ class AsyncSandbox:
         allow_out: Sequence[str] | None = None,
         deny_out: Sequence[str] | None = None,
         allow_public_traffic: bool | None = None,
+        volumes: Sequence[VolumeMount | dict[str, Any]] | None = None,
         reconnect_window: float = RECONNECT_WINDOW,
     ) -> None:
         """With `sandbox_id`, this object uses an existing sandbox instead of making one (and
@@ -53,7 +55,8 @@ class AsyncSandbox:
         its lifetime and `idle_timeout` how long it may go unused, both in seconds;
         `resources` its limits, e.g. `{"cpu": 0.5, "memory": "512m", "pids": 256}`;
         `allow_out`/`deny_out` where it may connect out (through the server's proxy: see
-        `network`) and `allow_public_traffic` whether its ports need no key.
+        `network`) and `allow_public_traffic` whether its ports need no key; `volumes` your
+        volumes to mount (`VolumeMount("data", "/data")`, see `AsyncVolume`).
         `reconnect_window`: how long a lost connection is retried (a server restart) before
         waiting calls fail with SandboxClosedError."""
         key, url = resolve(api_key, base_url)
@@ -67,6 +70,7 @@ class AsyncSandbox:
                 "env": env,
                 "resources": resources,
                 "network": network_body(allow_out, deny_out, allow_public_traffic) or None,
+                "volumes": mounts_body(volumes) or None,
             }.items()
             if v is not None
         }

@@ -42,6 +42,7 @@ from ._types import (
     SandboxInfo,
     SandboxMetrics,
 )
+from ._volumes import VolumeMount
 from ._watch import WatchHandle as AsyncWatchHandle
 
 T = TypeVar("T")
@@ -516,6 +517,7 @@ class Sandbox:
         allow_out: Sequence[str] | None = None,
         deny_out: Sequence[str] | None = None,
         allow_public_traffic: bool | None = None,
+        volumes: Sequence[VolumeMount | dict[str, Any]] | None = None,
         reconnect_window: float = RECONNECT_WINDOW,
     ) -> None:
         """See AsyncSandbox: with `sandbox_id` an existing sandbox is used (and not destroyed
@@ -533,6 +535,7 @@ class Sandbox:
             allow_out=allow_out,
             deny_out=deny_out,
             allow_public_traffic=allow_public_traffic,
+            volumes=volumes,
             reconnect_window=reconnect_window,
         )
         self._loop = _LoopThread(self._async)
