@@ -16,7 +16,7 @@ from pathlib import Path
 import docker
 import httpx
 import pytest
-from e2b import BuildException, RateLimitException, Sandbox, Template
+from e2b import BuildException, RateLimitException, Sandbox, Template, wait_for_file
 from e2b.template.logger import LogEntry
 from e2b.template.main import TemplateBuilder
 
@@ -237,3 +237,37 @@ def test_only_the_api_key_reaches_the_builder(setup: Setup) -> None:
                 assert refused.status_code == 401, (header, path, refused.text)
     finally:
         sandbox.kill()
+
+
+def test_a_start_command_runs_before_the_sandbox_is_handed_over(setup: Setup) -> None:
+    key = setup.keys["builder"]
+    alias = _alias()
+    template = (
+        Template()
+        .from_template("base")
+        .set_workdir("/home/user")
+        .set_start_cmd(
+            "sleep 1; echo started > ready-file; exec sleep 1000", wait_for_file("ready-file")
+        )
+    )
+    Template.build(template, alias, api_key=key)
+    sandbox = Sandbox.create(alias, api_key=key)
+    try:
+        # ready when create returns, and the program goes on running as the sandbox's user
+        assert sandbox.commands.run("cat /home/user/ready-file").stdout == "started\n"
+        running = sandbox.commands.run("ps -o user=,args= -C sleep").stdout
+        assert "sleep 1000" in running
+        assert running.split()[0] == "user"
+    finally:
+        sandbox.kill()
+
+
+def test_a_template_that_never_gets_ready_fails_its_create(setup: Setup) -> None:
+    key = setup.keys["builder"]
+    alias = _alias()
+    template = Template().from_template("base").set_start_cmd("sleep 1000", "test -e /nothing")
+    Template.build(template, alias, api_key=key)
+    with pytest.raises(Exception, match="ready command did not pass"):
+        Sandbox.create(alias, api_key=key, timeout=3)
+    # the sandbox that never got ready is gone
+    assert Sandbox.list(api_key=key).next_items() == []

@@ -35,6 +35,7 @@ from typing import IO, Any
 import trio
 
 from ..config import Settings
+from ..link import AgentGone, AgentLink
 from ..protocol import ErrorCode
 from ..runtime.base import (
     BuildStepFailed,
@@ -64,6 +65,8 @@ TEMPLATE_REPOSITORY = "insien-template-"
 TEMPLATE_ID_LABEL = "insien.template.id"
 TEMPLATE_ALIAS_LABEL = "insien.template.alias"
 TEMPLATE_BUILD_LABEL = "insien.template.build"
+TEMPLATE_START_LABEL = "insien.template.start"
+"""Its start and ready commands and the folder they run in (JSON), empty when it has none."""
 TEMPLATE_ENV_LABEL = "insien.template.env"
 """The environment its ENV steps set (JSON): sandboxes of the template start with it, as the
 runtime gives no image's environment to user code (`ContainerSpec`)."""
@@ -88,6 +91,11 @@ MAX_LOG_ENTRIES = 10_000
 CONCURRENT_BUILDS = 2
 BUILD_MEMORY = 2 * 1024 * 1024 * 1024
 BUILD_SECONDS = 1800.0
+READY_SECONDS = 55.0
+"""How long a create waits for a template's ready command to pass: within the SDKs' default
+request timeout (60 s), so the caller sees why."""
+READY_INTERVAL = 0.5
+READY_COMMAND_SECONDS = 30.0
 
 
 class TemplateError(Exception):
@@ -133,6 +141,55 @@ class Recipe:
     start_cmd: str | None = None
     ready_cmd: str | None = None
     force: bool = False
+
+
+@dataclass(frozen=True)
+class StartProgram:
+    """What runs before a sandbox of the template is handed over: `start` in the background,
+    then `ready` until it exits 0 (as the sandbox's user, in `cwd`)."""
+
+    start: str | None
+    ready: str | None
+    cwd: str
+
+
+async def run_program(
+    link: AgentLink, program: StartProgram, seconds: float = READY_SECONDS
+) -> None:
+    """Start the template's program in a new sandbox and wait until its ready command passes;
+    TemplateError (500) if it cannot start or is not ready within `seconds`."""
+    try:
+        if program.start:
+            spawn = {"type": "spawn", "cmd": "/bin/sh", "args": ["-c", program.start]}
+            async with link.request({**spawn, "cwd": program.cwd}) as pending:
+                async for reply in pending:
+                    if reply.message.get("type") == "spawnResponse":
+                        break  # leaving stops following it; the process lives on
+                    if reply.message.get("type") == "error":
+                        raise TemplateError(
+                            f"the template's start command did not start: "
+                            f"{reply.message.get('message')}",
+                            500,
+                        )
+        if not program.ready:
+            return
+        last = ""
+        with trio.move_on_after(seconds):
+            while True:
+                check = {"type": "exec", "cmd": "/bin/sh", "args": ["-c", program.ready]}
+                answer = await link.call(
+                    {**check, "cwd": program.cwd, "timeout": READY_COMMAND_SECONDS}
+                )
+                if answer.get("type") == "execResponse" and answer.get("exitCode") == 0:
+                    return
+                said = answer.get("stderr") or answer.get("stdout") or answer.get("message")
+                last = str(said or f"exit code {answer.get('exitCode')}").strip()[-500:]
+                await trio.sleep(READY_INTERVAL)
+    except AgentGone as exc:
+        raise TemplateError(f"the sandbox ended while its template started: {exc}", 500) from None
+    raise TemplateError(
+        f"the template's ready command did not pass within {seconds:g} s ({last})", 500
+    )
 
 
 @dataclass
@@ -216,6 +273,8 @@ class Dockerfile:
     """(index, files hash, mode) of each COPY step: its files go to `files/<index>/`."""
     envs: dict[str, str]
     build_args: dict[str, str]
+    workdir: str | None = None
+    """The last WORKDIR a step set: where the start and ready commands run."""
 
 
 def dockerfile(base: str, recipe: Recipe, inherited_env: dict[str, str]) -> Dockerfile:
@@ -228,6 +287,7 @@ def dockerfile(base: str, recipe: Recipe, inherited_env: dict[str, str]) -> Dock
     build_args: dict[str, str] = {}
     default_user = DEFAULT_USER
     emitted_user: str | None = None
+    workdir: str | None = None
 
     def emit(line: str, step: str) -> None:
         lines.append(line)
@@ -290,14 +350,15 @@ def dockerfile(base: str, recipe: Recipe, inherited_env: dict[str, str]) -> Dock
         elif kind == "WORKDIR":
             if len(args) != 1 or not args[0].startswith("/"):
                 raise TemplateError(f"step {step}: WORKDIR takes one absolute path")
-            emit(f"WORKDIR {_single_line(args[0], f'step {step}: WORKDIR')}", step)
+            workdir = _single_line(args[0], f"step {step}: WORKDIR")
+            emit(f"WORKDIR {workdir}", step)
         elif kind == "USER":
             if len(args) != 1:
                 raise TemplateError(f"step {step}: USER takes one user")
             default_user = _user(args[0])
         else:
             raise TemplateError(f"step {step}: {item.type!r} steps are not supported by Insien")
-    return Dockerfile("\n".join(lines) + "\n", base, steps, copies, envs, build_args)
+    return Dockerfile("\n".join(lines) + "\n", base, steps, copies, envs, build_args, workdir)
 
 
 def _member_name(name: str) -> str | None:
@@ -437,6 +498,26 @@ class TemplateBuilds:
         except ValueError:
             return {}
         return {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}
+
+    async def program_of(self, tenant: Tenant, image: str) -> StartProgram | None:
+        """The start and ready commands of the tenant's template `image`, if it has any."""
+        if self._store is None or not image.startswith(f"{SNAPSHOT_REPOSITORY}:"):
+            return None
+        labels = await self._store.image_labels(image) or {}
+        if labels.get(SNAPSHOT_OWNER_LABEL) != tenant.id or not labels.get(TEMPLATE_ID_LABEL):
+            return None
+        try:
+            found = json.loads(labels.get(TEMPLATE_START_LABEL) or "null")
+        except ValueError:
+            return None
+        if not isinstance(found, dict):
+            return None
+        start, ready = found.get("start"), found.get("ready")
+        return StartProgram(
+            start if isinstance(start, str) else None,
+            ready if isinstance(ready, str) else None,
+            str(found.get("cwd") or "/home/user"),
+        )
 
     async def exists(self, tenant: Tenant, alias: str) -> str | None:
         """The template id of the tenant's template `alias` (any tag), or None."""
@@ -633,11 +714,6 @@ class TemplateBuilds:
         build = self.build_of(tenant, template, build_id)
         if build.status != "waiting" or build.entries:
             raise TemplateError(f"build {build_id} was started already", 409)
-        if recipe.start_cmd or recipe.ready_cmd:
-            raise TemplateError(
-                "start and ready commands (set_start_cmd, set_ready_cmd) are not supported "
-                "by Insien yet: start the program after Sandbox.create instead"
-            )
         if len(recipe.steps) > MAX_STEPS:
             raise TemplateError(f"a template has at most {MAX_STEPS} steps")
         image, base, env = await self._base(tenant, recipe)
@@ -650,7 +726,8 @@ class TemplateBuilds:
                 raise TemplateError(f"step {index + 1}: its files were not uploaded")
             uploads.append((index, path, mode))
         build.add(f"Building {build.alias} on {image}")
-        await nursery_start(self._run, tenant, build, plan, uploads, base, recipe.force)
+        program = StartProgram(recipe.start_cmd, recipe.ready_cmd, plan.workdir or "/home/user")
+        await nursery_start(self._run, tenant, build, plan, uploads, base, recipe.force, program)
 
     async def _run(
         self,
@@ -660,6 +737,7 @@ class TemplateBuilds:
         uploads: list[tuple[int, Path, int | None]],
         base: str,
         no_cache: bool,
+        program: StartProgram,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -667,7 +745,7 @@ class TemplateBuilds:
         try:
             async with self._limit:
                 build.status = "building"
-                await self._build(tenant, build, plan, uploads, base, no_cache)
+                await self._build(tenant, build, plan, uploads, base, no_cache, program)
         except BuildStepFailed as exc:
             step = plan.steps[exc.step - 1] if exc.step and exc.step <= len(plan.steps) else None
             self._fail(build, str(exc), step)
@@ -693,6 +771,7 @@ class TemplateBuilds:
         uploads: list[tuple[int, Path, int | None]],
         base: str,
         no_cache: bool,
+        program: StartProgram,
     ) -> None:
         store = self._builder()
         snapshot = f"{SNAPSHOT_REPOSITORY}:{secrets.token_hex(8)}"
@@ -706,6 +785,11 @@ class TemplateBuilds:
             TEMPLATE_ALIAS_LABEL: build.alias,
             TEMPLATE_BUILD_LABEL: build.build_id,
             TEMPLATE_ENV_LABEL: json.dumps(plan.envs, sort_keys=True),
+            TEMPLATE_START_LABEL: json.dumps(
+                {"start": program.start, "ready": program.ready, "cwd": program.cwd}
+            )
+            if program.start or program.ready
+            else "",
         }
         with tempfile.TemporaryFile() as context:
             await trio.to_thread.run_sync(write_context, context, plan.text, uploads)

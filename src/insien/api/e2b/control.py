@@ -32,7 +32,7 @@ from ..bodies import json_body
 from ..context import Services
 from ..creating import network_policy, sandbox_options
 from ..errors import CORE_ERRORS, ApiError, api_error_for
-from .templates import install_template_routes, template_builds
+from .templates import install_template_routes, start_template, template_builds
 
 ENVD_VERSION = "0.6.1"
 """The envd version the SDKs are told: its features (stdin, close-stdin, octet-stream uploads,
@@ -377,6 +377,7 @@ def control_blueprint(services: Services) -> Blueprint:
         )
         options = replace(options, **lifecycle(body))
         sandbox = await manager.create(owner, options)
+        await start_template(services, sandbox, owner, image)
         return created(sandbox, owner), 201
 
     bp.add_url_rule("/sandboxes", "create", create, methods=["POST"])

@@ -17,13 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, Response, request
 
 from ...protocol import ErrorCode
+from ...sandboxes.sandbox import Sandbox
 from ...sandboxes.templates import (
+    READY_SECONDS,
     Build,
     LogEntry,
     Recipe,
     Step,
     TemplateBuilds,
     TemplateError,
+    run_program,
 )
 from ...tenancy.tenants import Tenant
 from ..bodies import json_body
@@ -260,3 +263,19 @@ async def serve_upload(services: Services, exchange: Exchange, token: str) -> No
     except (BodyTooLarge, ClientGone):
         return
     await exchange.respond_json(200, {})
+
+
+async def start_template(services: Services, sandbox: Sandbox, owner: Tenant, image: str) -> None:
+    """Run a template's start command and wait for its ready command before the sandbox is
+    handed over (E2B's `set_start_cmd`); a sandbox that never gets ready is removed."""
+    program = await template_builds(services).program_of(owner, image)
+    if program is None:
+        return
+    admission = services.gate.for_tenant(sandbox.id, owner)
+    left = (sandbox.expires_at - datetime.now(UTC)).total_seconds()
+    try:
+        # never waited for past the sandbox's own end
+        await run_program(admission.link, program, max(1.0, min(left, READY_SECONDS)))
+    except TemplateError:
+        await services.manager.destroy(sandbox.id, owner)
+        raise
