@@ -105,6 +105,8 @@ def test_pause_without_memory_boots_anew_on_its_files(made: list[Sandbox]) -> No
     # the new boot runs under the same sandbox: envd, the token, the files API all work
     resumed.files.write("after.txt", "written after the boot")
     assert resumed.commands.run("cat after.txt").stdout == "written after the boot"
+    with pytest.raises(CommandExitException):  # a failing command fails as commands do
+        resumed.commands.run("exit 3")
 
     async def as_async() -> None:  # the async SDK's keep_memory=False, then its connect
         again = await AsyncSandbox.connect(sbx.sandbox_id)
@@ -238,14 +240,3 @@ def test_a_wrong_mask_is_refused(e2b_env: Server) -> None:
         timeout=30,
     )
     assert answer.status_code == 400
-
-
-@PAUSING
-def test_command_exit_is_still_an_exit(made: list[Sandbox]) -> None:
-    """A booted-anew sandbox's commands fail as commands do (the SDK's CommandExitException)."""
-    sbx = Sandbox.create(timeout=300)
-    made.append(sbx)
-    assert sbx.pause(mode="filesystem") is True
-    resumed = Sandbox.connect(sbx.sandbox_id)
-    with pytest.raises(CommandExitException):
-        resumed.commands.run("exit 3")
