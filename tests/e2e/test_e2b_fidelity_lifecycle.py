@@ -18,6 +18,7 @@ from e2b import AsyncSandbox, CommandExitException, Sandbox, SandboxException
 
 from tests.backends import docker_only
 from tests.conftest import Server
+from tests.e2e.test_e2b_js import run_suite
 
 pytestmark = pytest.mark.docker
 PAUSING = docker_only("no pause and no stop of a pod (tests/unit/test_pause_variants.py: 501)")
@@ -240,3 +241,12 @@ def test_a_wrong_mask_is_refused(e2b_env: Server) -> None:
         timeout=30,
     )
     assert answer.status_code == 400
+
+
+@PAUSING
+def test_the_stock_js_sdk_sees_the_same(e2b_env: Server) -> None:
+    """tests/e2b_js/lifecycle_fidelity.test.mjs: a pause without memory, auto-resume and
+    signed URLs through the JS SDK."""
+    done = run_suite(e2b_env, "lifecycle_fidelity.test.mjs")
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert "pass 3" in done.stdout, done.stdout[-3000:]
