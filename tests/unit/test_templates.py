@@ -11,14 +11,20 @@ from pathlib import Path
 
 import pytest
 
+from insien.config import Settings
+from insien.sandboxes.errors import NotSupported
+from insien.sandboxes.snapshots import Snapshots
 from insien.sandboxes.templates import (
     Recipe,
     Step,
+    TemplateBuilds,
     TemplateError,
     dockerfile,
     split_name,
     write_context,
 )
+from insien.tenancy.tenants import Tenant
+from tests.fake_runtime import FakeRuntime
 
 HASH = "a" * 64
 
@@ -130,3 +136,19 @@ def test_uploads_stay_in_their_folder_without_set_id_bits(tmp_path: Path) -> Non
     assert members["files/5/dir"].mode == 0o755  # folders keep theirs
     assert members["files/3/hard"].linkname == "files/3/dir/inner.txt"
     assert members["files/3/link"].linkname == "/etc/shadow"  # a link, resolved in the image
+
+
+async def test_a_runtime_that_cannot_build_refuses_clearly(tmp_path: Path) -> None:
+    """Kubernetes (any runtime without `ImageBuilder`): a build is NOT_SUPPORTED (501), and
+    nothing resolves to a template there."""
+    runtime = FakeRuntime()
+    settings = Settings(state_dir=tmp_path)
+    builds = TemplateBuilds(
+        runtime, settings, Snapshots(runtime, settings, lambda _: True), lambda _: None
+    )
+    tenant = Tenant("someone")
+    with pytest.raises(NotSupported, match="building a template is not available on Fake"):
+        await builds.request(tenant, "mine", [])
+    assert await builds.image_for(tenant, "mine") is None
+    assert await builds.exists(tenant, "mine") is None
+    assert not await builds.delete(tenant, "mine")

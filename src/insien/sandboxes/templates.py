@@ -84,6 +84,8 @@ MAX_STEPS = 200
 MAX_ARG = 64 * 1024
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 MAX_TENANT_UPLOAD_BYTES = 2 * 1024 * 1024 * 1024
+MAX_CONTEXT_BYTES = 4 * 1024 * 1024 * 1024
+"""What a build's uploads may hold unpacked (a small gzip can hold a great deal)."""
 UPLOAD_LINK_SECONDS = 3600.0
 MAX_BUILDS_KEPT = 64
 """Finished builds remembered per tenant (their status and logs); older ones are forgotten."""
@@ -373,6 +375,7 @@ def write_context(out: IO[bytes], text: str, uploads: list[tuple[int, Path, int 
     """The build context: the Dockerfile, and each COPY step's uploaded archive under
     `files/<index>/`. Members are re-written, never unpacked here: only files, folders and
     links inside the upload, owned by root, without set-id bits (COPY sets the owner)."""
+    total = 0
     with tarfile.open(fileobj=out, mode="w") as context:
         data = text.encode()
         info = tarfile.TarInfo("Dockerfile")
@@ -392,6 +395,9 @@ def write_context(out: IO[bytes], text: str, uploads: list[tuple[int, Path, int 
                         member.isreg() or member.isdir() or member.issym() or member.islnk()
                     ):
                         continue
+                    total += member.size if member.isreg() else 0
+                    if total > MAX_CONTEXT_BYTES:
+                        raise TemplateError(f"the uploads hold over {MAX_CONTEXT_BYTES} bytes")
                     copied = tarfile.TarInfo(prefix + name)
                     copied.type = member.type
                     copied.size = member.size if member.isreg() else 0
@@ -749,7 +755,7 @@ class TemplateBuilds:
         except BuildStepFailed as exc:
             step = plan.steps[exc.step - 1] if exc.step and exc.step <= len(plan.steps) else None
             self._fail(build, str(exc), step)
-        except (RuntimeFailure, QuotaExceeded, OSError, tarfile.TarError) as exc:
+        except (RuntimeFailure, QuotaExceeded, TemplateError, OSError, tarfile.TarError) as exc:
             self._fail(build, str(exc), "finalize")
         else:
             build.status = "ready"
