@@ -78,6 +78,8 @@ DEFAULT_SIZE_LIMIT = 1 << 30
 MIN_SIZE_LIMIT = 1 << 20
 MAX_MOUNTS = 16
 MAX_PATH = 1024
+JOBS_AT_ONCE = 8
+"""Volume jobs (each a container) running at once on this server; more wait their turn."""
 SYSTEM_PATHS = (
     "/bin",
     "/boot",
@@ -254,6 +256,7 @@ class Volumes:
         self._settings = settings
         self._sealer = sealer
         self._lock = trio.Lock()  # a burst of creates cannot slip past the quota or a name
+        self._jobs = trio.Semaphore(JOBS_AT_ONCE)
 
     def _require(self) -> VolumeStore:
         if self._store is None:
@@ -478,16 +481,18 @@ class Volumes:
     ) -> dict[str, Any]:
         """Run `volume_job.py` with `argv`, as the sandbox user (root: as root, CHOWN only)."""
         user = "0:0" if root else self._settings.sandbox_user
-        result = await self._require().run_volume_job(
-            self._job_spec(volume, user, argv, inbox, outbox=False)
-        )
+        async with self._jobs:
+            result = await self._require().run_volume_job(
+                self._job_spec(volume, user, argv, inbox, outbox=False)
+            )
         return _answer(result)
 
     async def _job_with_outbox(self, volume: str, *argv: str) -> tuple[dict[str, Any], IO[bytes]]:
         user = self._settings.sandbox_user
-        result = await self._require().run_volume_job(
-            self._job_spec(volume, user, argv, None, outbox=True)
-        )
+        async with self._jobs:
+            result = await self._require().run_volume_job(
+                self._job_spec(volume, user, argv, None, outbox=True)
+            )
         try:
             answer = _answer(result)
         except BaseException:

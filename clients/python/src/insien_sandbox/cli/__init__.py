@@ -1,4 +1,5 @@
-"""`insien sandbox …` and `insien mcp`: a terminal and an MCP server for Insien sandboxes.
+"""`insien sandbox …`, `insien volume …` and `insien mcp`: a terminal and an MCP server for
+Insien sandboxes and volumes.
 
 Needs the SDK's `cli` extra (click and rich; `mcp` for the MCP server). The server's `insien`
 command mounts these; with only the SDK installed, `insien-client` offers the same commands.
@@ -10,5 +11,6 @@ from ._app import client as client
 from ._app import main as main
 from ._app import sandbox as sandbox
 from ._mcp_command import mcp as mcp
+from ._volumes import volume as volume
 
-__all__ = ["client", "main", "mcp", "sandbox"]
+__all__ = ["client", "main", "mcp", "sandbox", "volume"]

@@ -1,4 +1,5 @@
-"""`insien sandbox create|list|info|exec|shell|cp|logs|forward|kill`, over the async SDK.
+"""`insien sandbox create|list|info|exec|shell|cp|logs|forward|kill`, over the async SDK
+(`insien volume …` is in _volumes.py).
 
 Every command talks to a server (`--url`, `--api-key`, or INSIEN_URL and INSIEN_API_KEY),
 prints tables for people and `--json` for scripts, and turns the SDK's typed errors into one
@@ -18,6 +19,7 @@ import click
 
 from .._async import AsyncSandbox
 from .._errors import InsienError, NotFoundError
+from .._volumes import VolumeMount
 from . import _render
 from ._shell import run_shell
 from ._transfer import copy, plan_copy
@@ -65,6 +67,18 @@ def pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
     return found
 
 
+def mounts(values: tuple[str, ...]) -> list[VolumeMount]:
+    """`--volume NAME:PATH[:ro]` options as mounts."""
+    found = []
+    for value in values:
+        name, colon, rest = value.partition(":")
+        path, _, mode = rest.partition(":")
+        if not colon or not name or not path or mode not in ("", "ro", "rw"):
+            raise click.BadParameter(f"{value!r} is not NAME:PATH[:ro]", param_hint="--volume")
+        found.append(VolumeMount(name, path, read_only=mode == "ro"))
+    return found
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
@@ -85,6 +99,9 @@ def sandbox(ctx: click.Context, url: str | None, api_key: str | None) -> None:
 @click.option("--env", "-e", multiple=True, metavar="KEY=VALUE", help="A variable (repeat).")
 @click.option("--cpu", type=float, help="CPUs, e.g. 0.5.")
 @click.option("--memory", help="Memory, e.g. 512m.")
+@click.option(
+    "--volume", "-v", multiple=True, metavar="NAME:PATH[:ro]", help="Mount a volume (repeat)."
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the new sandbox's id.")
 @json_option
 @click.pass_obj
@@ -97,10 +114,12 @@ def create(
     env: tuple[str, ...],
     cpu: float | None,
     memory: str | None,
+    volume: tuple[str, ...],
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Create a sandbox; it runs until its timeout or `insien sandbox kill`."""
+    volumes = mounts(volume)
     resources: dict[str, float | int | str] = {}
     if cpu is not None:
         resources["cpu"] = cpu
@@ -117,6 +136,7 @@ def create(
             metadata=pairs(metadata, "--metadata") or None,
             env=pairs(env, "--env") or None,
             resources=resources or None,
+            volumes=volumes or None,
         )
         async with box:
             box.keep()
@@ -379,7 +399,9 @@ def client() -> None:
 def main() -> None:
     """`insien-client`: the same commands as the server's `insien sandbox` and `insien mcp`."""
     from ._mcp_command import mcp
+    from ._volumes import volume
 
     client.add_command(sandbox)
+    client.add_command(volume)
     client.add_command(mcp)
     client()

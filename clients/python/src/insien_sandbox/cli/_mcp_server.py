@@ -22,7 +22,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import Field
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
@@ -37,6 +37,7 @@ from .._errors import (
     RPCError,
     SandboxClosedError,
 )
+from .._volumes import AsyncVolume, VolumeMount
 
 DEFAULT_IDLE_TIMEOUT = 1800.0
 """Sandboxes made over MCP end after this long unused, so an abandoned session leaks nothing."""
@@ -161,6 +162,23 @@ def _tool_error(exc: InsienError, sandbox_id: str | None = None) -> ToolError:
     return ToolError(str(exc))
 
 
+def _volume_error(exc: InsienError, name: str) -> ToolError:
+    """An SDK error about a volume as a message an agent can act on."""
+    if isinstance(exc, NotFoundError):
+        return ToolError(f"volume {name}: {exc.message}; list_volumes shows yours")
+    if isinstance(exc, APIError) and exc.status == 507:
+        return ToolError(f"volume {name} is full ({exc.message}); remove files or use another")
+    return _tool_error(exc)
+
+
+class MountSpec(BaseModel):
+    """One of your volumes, mounted into a new sandbox."""
+
+    name: str
+    path: Annotated[str, Field(description="Absolute, e.g. /data (not /tmp or a system folder)")]
+    read_only: bool = False
+
+
 def _cut(text: str) -> tuple[str, bool]:
     return (text[:MAX_TEXT], True) if len(text) > MAX_TEXT else (text, False)
 
@@ -202,10 +220,15 @@ def build_server(api_key: str | None, base_url: str | None) -> MCPServer[Registr
             dict[str, str] | None, Field(description="Labels to find it by")
         ] = None,
         keep: Annotated[bool, Field(description="Keep it after this MCP session ends")] = False,
+        volumes: Annotated[
+            list[MountSpec] | None, Field(description="Your volumes to mount (create_volume)")
+        ] = None,
     ) -> dict[str, Any]:
         """Create a new isolated Linux sandbox (Debian, python3, node); returns its sandbox_id."""
         options: dict[str, Any] = {"template": template, "timeout": timeout_seconds}
         options["metadata"] = metadata
+        if volumes:
+            options["volumes"] = [VolumeMount(v.name, v.path, v.read_only) for v in volumes]
         options["idle_timeout"] = DEFAULT_IDLE_TIMEOUT
         try:
             box = await _registry(ctx).create(_session(ctx), options, keep)
@@ -318,6 +341,79 @@ def build_server(api_key: str | None, base_url: str | None) -> MCPServer[Registr
             "entries": [
                 {"name": e.name, "path": e.path, "type": e.type, "size": e.size} for e in entries
             ],
+        }
+
+    def volume(name: str) -> AsyncVolume:
+        return AsyncVolume(name, api_key=api_key, base_url=base_url)
+
+    @server.tool()
+    async def create_volume(
+        name: Annotated[str, Field(description="Letters, digits, . _ -; up to 63")],
+        size_limit: Annotated[
+            str | None, Field(description="e.g. 512m, 2g; default: the server's (1g)")
+        ] = None,
+    ) -> dict[str, Any]:
+        """Create a volume: storage that outlives sandboxes and that several sandboxes can
+        mount (create_sandbox's `volumes`). It is kept until delete_volume."""
+        try:
+            made = await AsyncVolume.create(name, size_limit, api_key=api_key, base_url=base_url)
+            info = await made.info()
+        except InsienError as exc:
+            raise _volume_error(exc, name) from exc
+        return {"name": info.name, "size_limit": info.size_limit, "bytes_used": info.bytes_used}
+
+    @server.tool()
+    async def list_volumes() -> dict[str, Any]:
+        """Your volumes."""
+        try:
+            found = await AsyncVolume.list(api_key, base_url)
+        except InsienError as exc:
+            raise _tool_error(exc) from exc
+        return {"volumes": [{"name": v.name, "size_limit": v.size_limit} for v in found]}
+
+    @server.tool()
+    async def delete_volume(
+        name: str,
+        force: Annotated[
+            bool, Field(description="Destroy the sandboxes that mount it first")
+        ] = False,
+    ) -> dict[str, Any]:
+        """Delete a volume and every file in it (refused while a sandbox mounts it)."""
+        try:
+            await volume(name).delete(force=force)
+        except InsienError as exc:
+            raise _volume_error(exc, name) from exc
+        return {"name": name, "deleted": True}
+
+    @server.tool()
+    async def write_volume_file(name: str, path: str, content: str) -> dict[str, Any]:
+        """Write a text file into a volume without a sandbox (parent folders are made)."""
+        try:
+            written = await volume(name).write(path, content)
+        except InsienError as exc:
+            raise _volume_error(exc, name) from exc
+        return {"path": written.path, "bytes": written.bytes, "sha256": written.sha256}
+
+    @server.tool()
+    async def read_volume_file(name: str, path: str) -> dict[str, Any]:
+        """Read a text file from a volume without a sandbox."""
+        try:
+            data = await volume(name).read(path)
+        except InsienError as exc:
+            raise _volume_error(exc, name) from exc
+        text, cut = _cut(data.decode("utf-8", "replace"))
+        return {"path": path, "content": text, "truncated": cut}
+
+    @server.tool()
+    async def list_volume_files(name: str, path: str = "/") -> dict[str, Any]:
+        """List a folder of a volume without a sandbox."""
+        try:
+            entries = await volume(name).list_files(path)
+        except InsienError as exc:
+            raise _volume_error(exc, name) from exc
+        return {
+            "path": path,
+            "entries": [{"name": e.name, "type": e.type, "size": e.size} for e in entries],
         }
 
     @server.tool()
