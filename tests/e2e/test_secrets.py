@@ -265,6 +265,11 @@ def test_curl_and_urllib_carry_the_real_secret_and_the_sandbox_holds_none(world:
         assert got["headers"]["authorization"] == f"Bearer {token}"
         assert got["headers"]["x-key"] == key
         assert got["body"] == f"key={key}"
+        # In the path too (`/bot<token>/...` APIs); the audit keeps the placeholder (the
+        # module's end checks the server's log holds no value).
+        code, out = run(box, f'curl -sSf -m 20 "https://api.test:{api}/bot$INSIEN_SECRET_KEY/send"')
+        assert code == 0, out
+        assert json.loads(out)["path"] == f"/bot{key}/send"
         # Plain HTTP: the placeholder swapped in a header.
         code, out = curl(
             box, f"http://plain.test:{plain}/p", "-f", '-H "X-Key: $INSIEN_SECRET_KEY"'
@@ -304,7 +309,7 @@ def test_curl_and_urllib_carry_the_real_secret_and_the_sandbox_holds_none(world:
         network_info = httpx.get(
             f"{world.server.url}/sandboxes/{box.sandbox_id}/network", headers=world.server.headers
         ).json()
-        assert network_info["egress"]["secretsUsed"] == 4  # TOKEN twice, KEY twice
+        assert network_info["egress"]["secretsUsed"] == 6  # TOKEN 3 times, KEY 3 times
         assert network_info["secrets"][1]["placeholder"] == placeholder
 
 

@@ -208,6 +208,13 @@ def test_a_header_is_set_and_placeholders_swapped() -> None:
     assert outcome.body_swaps == {}
 
 
+def test_a_value_swapped_into_the_path_stays_out_of_the_audit() -> None:
+    outcome = run(f"GET /bot{P['API']}/send HTTP/1.1\r\n\r\n")
+    assert outcome.head is not None
+    assert outcome.head.target == "/bots3cret-api/send"
+    assert outcome.path == f"/bot{P['API']}/send"
+
+
 def test_methods_and_paths_limit_a_binding() -> None:
     get = run(f"GET /v1/x HTTP/1.1\r\nX: {P['POSTONLY']}\r\n\r\n")
     assert get.head is None

@@ -165,6 +165,12 @@ async def serve_injecting(
                 return
             body += data
         body = body[: int(length)]
+        if any(placeholder in body for placeholder in outcome.forbidden):
+            job.refused()
+            await client.send_all(
+                error_answer(403, "the request's body carries another secret's placeholder")
+            )
+            return
         for placeholder, secret in outcome.body_secrets.items():
             if placeholder in body and secret not in outcome.used:
                 outcome.used.append(secret)
@@ -188,7 +194,7 @@ async def serve_injecting(
     async with upstream:
         await upstream.send_all(head.render() + body + rest)
         for secret in outcome.used:
-            job.used(secret, head.method, head.path)
+            job.used(secret, head.method, outcome.path)
         await relay(job, client, upstream, scanner)
 
 

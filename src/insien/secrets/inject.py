@@ -73,6 +73,8 @@ class Outcome:
     the body may carry (swapped if `body_secrets`, else refused if seen)."""
 
     head: Head | None = None
+    path: str = ""
+    """The request's path as the sandbox sent it (placeholders, never values): for the audit."""
     refusal: str = ""
     status: int = 403
     used: list[str] = field(default_factory=list)
@@ -116,6 +118,7 @@ def apply(
             )
     # Needed now: a header's secret, or one whose placeholder the head carries.
     needed = {b.secret for b in applying if b.header is not None or b.placeholder in text}
+    path = head.path  # before any swap: a value may go in the path (`/bot<token>/...`)
     values: dict[str, str] = {}
     for secret in sorted(applying_secrets):
         value = value_of(secret)
@@ -143,6 +146,7 @@ def apply(
         head.remove(name)
     head.headers.append(("Connection", "close"))  # one request per connection: see egress.py
     outcome.head = head
+    outcome.path = path
     outcome.used = sorted(needed)
     for binding in applying:
         if binding.body and binding.secret in values:
