@@ -13,7 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from insien.config import Settings
 from insien.sandboxes import volume_job
+from insien.sandboxes.errors import NotSupported
 from insien.sandboxes.provenance import Sealer
 from insien.sandboxes.volume_job import Refused
 from insien.sandboxes.volumes import (
@@ -21,13 +23,15 @@ from insien.sandboxes.volumes import (
     BadVolume,
     MountRequest,
     Spool,
+    Volumes,
     checked_mounts,
     file_path,
     mount_path,
     volume_name,
 )
-from insien.tenancy.tenants import load_tenants_file
+from insien.tenancy.tenants import Tenant, load_tenants_file
 from insien_sandbox import AsyncVolume, IntegrityError
+from tests.fake_runtime import FakeRuntime
 
 
 @pytest.mark.parametrize("name", ["data", "A1", "a.b_c-d", "x" * 63])
@@ -307,3 +311,19 @@ async def test_the_sdk_raises_when_the_volume_holds_something_else() -> None:
     for digest in ("0" * 64, ""):
         with pytest.raises(IntegrityError):
             await lying_volume({}, digest).read("f")
+
+
+# -- a runtime without volumes -----------------------------------------------------------------
+
+
+async def test_a_runtime_without_volumes_says_so_before_calling_it() -> None:
+    volumes = Volumes(FakeRuntime(), Settings(_env_file=None), Sealer(b"k" * 32))
+    tenant = Tenant("alice")
+    assert await volumes.list(tenant) == []
+    assert await volumes.mounts(tenant, []) == ()
+    with pytest.raises(NotSupported, match="volumes"):
+        await volumes.create(tenant, "data", None)
+    with pytest.raises(NotSupported):
+        await volumes.get(tenant, "data")
+    with pytest.raises(NotSupported):
+        await volumes.mounts(tenant, [MountRequest("data", "/data")])
