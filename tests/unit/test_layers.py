@@ -99,3 +99,35 @@ def test_a_layer_imports_nothing_it_must_not(
 def test_only_the_docker_runtime_imports_docker_py() -> None:
     outside = [p for p in files() if "runtime/docker" not in p.as_posix()]
     assert offending(outside, ("docker",)) == []
+
+
+def _reaches_past_the_gateway(source: str, name: str) -> list[str]:
+    """Where a front takes a sandbox's link or marks it active itself instead of through the
+    admission the core's gateway gave it (sandboxes/access.py)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Attribute):
+            continue
+        held = ast.unparse(node.value)
+        if node.attr == "link" and held.split(".")[-1].lstrip("_") == "sandbox":
+            found.append(f"{name}:{node.lineno}: {held}.link")
+        if node.attr == "touch":
+            found.append(f"{name}:{node.lineno}: {held}.touch")
+    return found
+
+
+def test_fronts_reach_sandboxes_only_through_the_gateway() -> None:
+    """Every front goes through `Gate` (credentials, purpose, activity) and uses the
+    admission's `link` and `active()`: none takes `sandbox.link` or calls `touch()` itself."""
+    found = [
+        line
+        for path in files("api")
+        for line in _reaches_past_the_gateway(path.read_text(), str(path.relative_to(SOURCE)))
+    ]
+    assert found == []
+
+
+def test_the_gateway_check_finds_what_it_looks_for() -> None:
+    sample = "def f(call, self):\n    call.sandbox.link.call()\n    self._sandbox.touch()\n"
+    assert len(_reaches_past_the_gateway(sample, "sample")) == 2
+    assert _reaches_past_the_gateway("admission.link.call()\nadmission.active()\n", "x") == []

@@ -29,9 +29,8 @@ from ..protocol import (
     is_final,
     parse_request,
 )
-from ..sandboxes.access import Credentials, Surface, Unauthenticated
+from ..sandboxes.access import Admission, Credentials, Surface, Unauthenticated
 from ..sandboxes.manager import SandboxNotFound
-from ..sandboxes.sandbox import Sandbox
 from ..tenancy.quotas import QuotaExceeded
 from .context import Services
 from .errors import answer_for, error_response
@@ -98,7 +97,7 @@ def ws_blueprint(services: Services) -> Blueprint:
             sandbox.clients += 1
             try:
                 await ClientSession(
-                    sandbox,
+                    admission,
                     services.settings.max_requests_per_connection,
                     session,
                     budget,
@@ -108,7 +107,7 @@ def ws_blueprint(services: Services) -> Blueprint:
             finally:
                 metrics.websockets.dec()
                 sandbox.clients -= 1
-                sandbox.touch()
+                admission.active()
         finally:
             services.connections.release(tenant)
             services.budgets.connection_closed(tenant.id)
@@ -132,7 +131,7 @@ class ClientSession:
 
     def __init__(
         self,
-        sandbox: Sandbox,
+        admission: Admission,
         max_in_flight: int,
         session: str | None = None,
         budget: ByteBudget | None = None,
@@ -142,9 +141,10 @@ class ClientSession:
         """`authorised` says whether the caller's key still opens this sandbox; checked
         several times a second, a revoked key or removed tenant closes the connection.
         `max_read` is the most a `read` answers (INSIEN_MAX_READ_BYTES), what it reserves."""
-        self._sandbox = sandbox
+        self._admission = admission
+        self._sandbox = admission.sandbox
         self._session = session
-        self._link: AgentLink = sandbox.link
+        self._link: AgentLink = admission.link
         self._max_in_flight = max_in_flight
         self._in_flight: dict[Any, InFlight] = {}
         self._budget = budget
@@ -265,7 +265,7 @@ class ClientSession:
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         while True:
             data = await websocket.receive()
-            self._sandbox.touch()
+            self._admission.active()
             try:
                 message = self._admit(data)
                 if message["type"] == "cancel":
