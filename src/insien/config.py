@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     """TCP connections into one sandbox's ports open at once (`/sandbox/<id>/ports/…`)."""
     connection_buffer_bytes: int = Field(64 * MIB, ge=MIB)
     """Bytes of answers held for one WebSocket that has not read them; past it, BUSY."""
-    tenant_buffer_bytes: int = Field(256 * MIB, ge=MIB)
+    tenant_buffer_bytes: int = Field(96 * MIB, ge=MIB)
     """The same, for all of a tenant's WebSockets together."""
     default_timeout: float = Field(3600.0, gt=0)
     max_timeout: float = Field(86400.0, gt=0)

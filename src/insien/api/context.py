@@ -28,7 +28,7 @@ class Services:
     manager: SandboxManager
     auth: Authenticator
     connections: ConnectionCounter = field(default_factory=ConnectionCounter)
-    budgets: TenantBudgets = field(default_factory=lambda: TenantBudgets(256 * MIB))
+    budgets: TenantBudgets = field(default_factory=lambda: TenantBudgets(96 * MIB))
     """Bytes held for clients that have not read them yet, per tenant (see budget.py)."""
     background: Background = field(default_factory=Background)
     """Tasks that outlive their request; the server runs it (see background.py)."""
