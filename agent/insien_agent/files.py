@@ -19,14 +19,12 @@ import base64
 import binascii
 import contextlib
 import functools
-import grp
 import os
-import pwd
 import shutil
 import stat
 from typing import Any
 
-from . import fields, frames
+from . import accounts, fields, frames
 from .context import Request
 from .errors import (
     BAD_ENCODING,
@@ -177,18 +175,13 @@ _TYPES = {
 @functools.lru_cache(maxsize=256)
 def _user_name(uid: int) -> str:
     """The account name of a uid, or the number when the image has no such account."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+    found = accounts.user_by_uid(uid)  # not NSS: see accounts
+    return found.name if found is not None else str(uid)
 
 
 @functools.lru_cache(maxsize=256)
 def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
+    return accounts.group_name(gid) or str(gid)
 
 
 def _entry(

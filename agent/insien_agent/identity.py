@@ -21,12 +21,13 @@ import ctypes
 import functools
 import os
 import platform
-import pwd
 import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from .accounts import Account, user_by_name, user_by_uid
 
 T = TypeVar("T")
 
@@ -75,29 +76,25 @@ def parse_identity(spec: str, workdir: str) -> Identity:
     if spec == AS_AGENT:
         return Identity(None, None, None, None)
     user_part, _, group_part = spec.partition(":")
-    entry: pwd.struct_passwd | None
+    entry: Account | None
     if user_part.isdigit():
         uid = int(user_part)
-        try:
-            entry = pwd.getpwuid(uid)
-        except KeyError:
-            entry = None
+        entry = user_by_uid(uid)
     else:
-        try:
-            entry = pwd.getpwnam(user_part)
-        except KeyError:
-            raise IdentityError(f"no user named {user_part!r} in this image") from None
-        uid = entry.pw_uid
+        entry = user_by_name(user_part)
+        if entry is None:
+            raise IdentityError(f"no user named {user_part!r} in this image")
+        uid = entry.uid
     if group_part:
         if not group_part.isdigit():
             raise IdentityError(f"group must be numeric, got {group_part!r}")
         gid = int(group_part)
     else:
-        gid = entry.pw_gid if entry is not None else uid
+        gid = entry.gid if entry is not None else uid
     if uid == 0:
         raise IdentityError("user code must not run as root; use 'agent' to mean the agent")
-    home = entry.pw_dir if entry is not None and entry.pw_dir != "/" else workdir
-    return Identity(uid, gid, entry.pw_name if entry is not None else None, home)
+    home = entry.home if entry is not None and entry.home not in ("", "/") else workdir
+    return Identity(uid, gid, entry.name if entry is not None else None, home)
 
 
 _SYSCALLS = {"x86_64": (117, 119), "aarch64": (147, 149)}  # setresuid, setresgid

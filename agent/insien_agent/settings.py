@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -52,6 +53,19 @@ class AgentSettings:
         )
 
 
+LOADER_VARIABLES = "INSIEN_AGENT_IMAGE_ENV"
+"""The image's own values of the loader's variables (`LD_PRELOAD`, `LD_LIBRARY_PATH`, …), as
+JSON: the container has them blank, so that they never load anything into the agent, and
+user commands get them back."""
+
+
 def user_environment() -> dict[str, str]:
-    """The environment user commands get: the container's, minus the agent's own settings."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("INSIEN_AGENT_")}
+    """The environment user commands get: the container's, minus the agent's own settings,
+    with the image's loader variables as the image set them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSIEN_AGENT_")}
+    raw = os.environ.get(LOADER_VARIABLES)
+    restored = json.loads(raw) if raw else {}
+    if isinstance(restored, dict):
+        blank = {k for k, v in env.items() if v == "" and k.startswith(("LD_", "GLIBC_TUNABLES"))}
+        env.update({k: v for k, v in restored.items() if k in blank and isinstance(v, str)})
+    return env

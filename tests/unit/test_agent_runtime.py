@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -18,6 +19,7 @@ from insien._resources import agent_package_dir
 from insien.runtime import agent_runtime
 from insien.runtime.agent_runtime import LIB_DIR, PYTHON, Bundle, build, interpreter_command
 from insien_agent import selfexec
+from insien_agent.settings import LOADER_VARIABLES, user_environment
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the runtime is made on Linux")
 
@@ -109,3 +111,22 @@ def test_the_bundle_is_the_same_bytes_every_time_and_when_cached(
     assert build(tmp_path).digest == made.digest
     cached.write_bytes(b"not a tar")  # a cache cut short is made again
     assert build(tmp_path).digest == made.digest
+
+
+def test_the_images_loader_variables_reach_user_commands_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The container has them blank (the agent's loader reads them), the agent hands the
+    image's values to user commands, and nothing else of its own."""
+    monkeypatch.setenv("LD_PRELOAD", "")
+    monkeypatch.setenv("LD_LIBRARY_PATH", "")
+    monkeypatch.setenv(
+        LOADER_VARIABLES,
+        json.dumps({"LD_PRELOAD": "/lib/x.so", "LD_LIBRARY_PATH": "/opt/cuda", "PATH": "/evil"}),
+    )
+    monkeypatch.setenv(selfexec.LOADER_ENV, "/opt/insien/rt/lib/ld.so")
+    env = user_environment()
+    assert env["LD_PRELOAD"] == "/lib/x.so"
+    assert env["LD_LIBRARY_PATH"] == "/opt/cuda"
+    assert env["PATH"] == os.environ["PATH"]  # only what the container has blank comes back
+    assert not [name for name in env if name.startswith("INSIEN_AGENT_")]

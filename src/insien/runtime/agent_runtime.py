@@ -53,6 +53,8 @@ LOADER_ENV = "INSIEN_AGENT_LOADER"
 """Tells the agent which loader runs it, so it can start its own helper the same way."""
 PYTHON_ENV = "INSIEN_AGENT_PYTHON"
 """Tells the agent the image's own python3, which runs code contexts."""
+IMAGE_ENV = "INSIEN_AGENT_IMAGE_ENV"
+"""The image's loader variables, which the container has blank (`agent_volume.environment`)."""
 
 EXCLUDED = (
     # Imported only by what the agent never calls (or imported in a `try` that copes without

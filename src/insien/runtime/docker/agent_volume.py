@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 from pathlib import PurePosixPath
 
 import docker
 import docker.errors
+from docker.models.containers import Container
 from docker.types import Mount
 
 from ...config import DEFAULT_PYTHON
@@ -41,12 +43,16 @@ def contents(agent_zip: bytes) -> dict[str, tuple[bytes, int]]:
     return files
 
 
-def volume_name(agent_zip: bytes) -> str:
+def _digest(agent_zip: bytes) -> str:
     digest = hashlib.sha256(agent_zip)
     bundle = agent_runtime.bundle()
     if bundle is not None:
         digest.update(bundle.digest.encode())
-    return f"insien-agent-{digest.hexdigest()[:20]}"
+    return digest.hexdigest()
+
+
+def volume_name(agent_zip: bytes) -> str:
+    return f"insien-agent-{_digest(agent_zip)[:20]}"
 
 
 def _brought(python: str) -> agent_runtime.Bundle | None:
@@ -67,14 +73,32 @@ def entrypoint(python: str) -> list[str]:
     return bundle.command(AGENT_PATH)
 
 
-def environment(python: str) -> dict[str, str]:
+LOADER_VARIABLES = ("LD_", "GLIBC_TUNABLES")
+"""What the dynamic loader reads from the environment (LD_PRELOAD and LD_AUDIT load code)."""
+
+
+def environment(client: docker.DockerClient, image: str, python: str) -> dict[str, str]:
     """The agent's settings that go with `entrypoint`: which loader runs it (to start its
     helper the same way) and the image's python3 (for code contexts). User commands never see
-    them: the agent leaves every `INSIEN_AGENT_*` variable out of their environment."""
+    them: the agent leaves every `INSIEN_AGENT_*` variable out of their environment.
+
+    Docker gives the container the image's own environment too, and an `LD_PRELOAD` there
+    would load the image's code into the root agent: the loader's variables are set blank, and
+    their values go to the agent as data, for user commands (which get them as the image set
+    them)."""
     bundle = _brought(python)
     env = {agent_runtime.PYTHON_ENV: python}
     if bundle is not None:
         env[agent_runtime.LOADER_ENV] = bundle.loader
+    image_env: list[str] = client.images.get(image).attrs["Config"].get("Env") or []
+    loader = {
+        name: value
+        for name, _, value in (entry.partition("=") for entry in image_env)
+        if name.startswith(LOADER_VARIABLES)
+    }
+    if loader:
+        env.update(dict.fromkeys(loader, ""))
+        env[agent_runtime.IMAGE_ENV] = json.dumps(loader)
     return env
 
 
@@ -83,26 +107,32 @@ def agent_mount(name: str) -> Mount:
     return Mount(AGENT_DIR, name, type="volume", read_only=True, no_copy=True)
 
 
+STAMP = f"{AGENT_DIR}/complete.sha256"
+"""Written after everything else, with the digest of what the volume holds."""
+
+
+def _read(container: Container, path: str) -> bytes | None:
+    try:
+        stream, _ = container.get_archive(path)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.extractfile(tar.getmembers()[0])
+            return member.read() if member is not None else None
+    except (docker.errors.NotFound, tarfile.TarError, IndexError):
+        return None
+
+
 def _holds(client: docker.DockerClient, image: str, name: str, agent_zip: bytes) -> bool:
-    """Whether the volume holds exactly this agent and runtime (a fill cut short leaves it
-    without some)."""
-    expected = contents(agent_zip)
+    """Whether the volume holds exactly this agent, and all of its runtime: the stamp is
+    written last, so a fill cut short leaves none (reading back the whole runtime, 17 MB,
+    would cost every server start a few hundred ms)."""
     container = client.containers.create(
         image, command=["true"], mounts=[agent_mount(name)], network_mode="none"
     )
     try:
-        stream, _ = container.get_archive(AGENT_DIR)
-        found: dict[str, bytes] = {}
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            for member in tar.getmembers():
-                # Names start with the folder's own name ("insien/...").
-                relative = member.name.partition("/")[2]
-                if relative in expected and member.isfile():
-                    read = tar.extractfile(member)
-                    found[relative] = read.read() if read is not None else b""
-        return all(found.get(path) == content for path, (content, _) in expected.items())
-    except (docker.errors.NotFound, tarfile.TarError):
-        return False
+        return (
+            _read(container, AGENT_PATH) == agent_zip
+            and _read(container, STAMP) == _digest(agent_zip).encode()
+        )
     finally:
         container.remove(force=True)
 
@@ -115,6 +145,8 @@ def _fill(client: docker.DockerClient, image: str, name: str, agent_zip: bytes) 
     )
     try:
         container.put_archive(AGENT_DIR, agent_runtime.archive(contents(agent_zip)))
+        stamp = {PurePosixPath(STAMP).name: (_digest(agent_zip).encode(), 0o644)}
+        container.put_archive(AGENT_DIR, agent_runtime.archive(stamp))
     finally:
         container.remove(force=True)
 

@@ -164,7 +164,7 @@ class DockerRuntime:
                 environment={
                     **AGENT_ENVIRONMENT,
                     **spec.environment,
-                    **agent_volume.environment(spec.python),
+                    **agent_volume.environment(self._client, spec.image, spec.python),
                 },
                 working_dir=spec.workdir,
                 # The agent runs as root whatever the image's USER says, so that it can run user
