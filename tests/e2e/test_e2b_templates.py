@@ -8,6 +8,7 @@ delete."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -271,3 +272,32 @@ def test_a_template_that_never_gets_ready_fails_its_create(setup: Setup) -> None
         Sandbox.create(alias, api_key=key, timeout=3)
     # the sandbox that never got ready is gone
     assert Sandbox.list(api_key=key).next_items() == []
+
+
+def test_a_server_stops_without_waiting_for_a_build(setup: Setup) -> None:
+    """A build in progress does not hold the server's shutdown (the engine's build ends with
+    the connection)."""
+    key = new_key()
+    tenants = setup.context.parent / "stopping.toml"
+    tenants.write_text(f'[tenants.stopping]\nkeys = [{{ id = "k", sha256 = "{hash_key(key)}" }}]\n')
+    process, server = start_server(
+        {"INSIEN_TENANTS_FILE": str(tenants), "INSIEN_API_KEY": ""}, suffix="stopping"
+    )
+    try:
+        template = Template().from_template("base").run_cmd(f"sleep 120 # {uuid.uuid4()}")
+        info = Template.build_in_background(
+            template, _alias(), api_key=key, api_url=f"{server.url}/e2b"
+        )
+        deadline = time.monotonic() + 60
+        while "sleep 120" not in " ".join(
+            e.message
+            for e in Template.get_build_status(
+                info, logs_offset=0, api_key=key, api_url=f"{server.url}/e2b"
+            ).log_entries
+        ):
+            assert time.monotonic() < deadline, "the build never reached its sleep"
+            time.sleep(0.2)
+    finally:
+        started = time.monotonic()
+        assert stop_server(process, timeout=60) == 0
+    assert time.monotonic() - started < 30

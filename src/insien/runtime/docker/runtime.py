@@ -393,8 +393,14 @@ class DockerRuntime:
     # -- ImageBuilder ---------------------------------------------------------------------------
 
     async def build_image(self, build: ImageBuild, output: Callable[[str], None]) -> str:
-        """A template build through the engine's builder (`builds.build`)."""
-        image_id: str = await self._call(builds.build, self._client, build, output)
+        """A template build through the engine's builder (`builds.build`). Cancelling it (the
+        server stopping) does not wait for the build: the thread is left to end with it."""
+        try:
+            image_id: str = await trio.to_thread.run_sync(
+                builds.build, self._client, build, output, abandon_on_cancel=True
+            )
+        except docker.errors.DockerException as exc:
+            raise RuntimeFailure(str(exc)) from exc
         return image_id
 
     async def tag_image(self, image: str, repository: str, tag: str) -> None:
