@@ -49,7 +49,7 @@ def test_js_sdk_suite(server: Server) -> None:
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     assert "fail 0" in done.stdout, done.stdout[-3000:]
-    assert "pass 15" in done.stdout, done.stdout[-3000:]
+    assert "pass 16" in done.stdout, done.stdout[-3000:]
 
 
 def test_seed_example_from_the_packed_tarball(server: Server, tmp_path: Path) -> None:

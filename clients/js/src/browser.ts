@@ -4,6 +4,7 @@ export { Sandbox, type SandboxOptions, type ConnectionOptions } from './sandbox.
 export { CommandHandle, Commands, Pty, type RunOptions, type PtyOptions, type OutputCallback, type BytesCallback } from './commands.js';
 export { Files, WatchHandle, type UploadSource } from './files.js';
 export { Network, Ports, type Forward } from './network.js';
+export { Volume, IntegrityError, type VolumeMount, type VolumeInfo, type VolumeEntry, type VolumeConnection, type Written } from './volumes.js';
 export { Code, type CodeContext, type CodeResult, type Execution, type ExecutionError, type RunCodeOptions } from './code.js';
 export {
   InsienError,

@@ -11,6 +11,7 @@ import { Network, Ports, type SandboxRest } from './network.js';
 import { Session } from './session.js';
 import { RestClient } from './transport.js';
 import type { Abortable, CommandResult, NetworkPolicy, SandboxInfo, SandboxMetrics } from './types.js';
+import type { VolumeMount } from './volumes.js';
 
 const DEFAULT_URL = 'http://localhost:3000';
 
@@ -26,6 +27,8 @@ export interface SandboxOptions extends ConnectionOptions {
   resources?: Record<string, number | string>;
   /** Ways out and public ports, e.g. `{ allowOut: ['registry.npmjs.org'] }`. */
   network?: NetworkPolicy;
+  /** Your volumes to mount, e.g. `[{ name: 'data', path: '/data', readOnly: true }]`. */
+  volumes?: VolumeMount[];
 }
 
 /** Where the server is: `apiKey` defaults to `INSIEN_API_KEY` and `baseUrl` to `INSIEN_URL`
@@ -74,7 +77,7 @@ export class Sandbox {
   constructor(options: SandboxOptions & { sandboxId?: string } = {}) {
     const { apiKey, baseUrl } = resolve(options);
     const made: Record<string, unknown> = {};
-    for (const name of ['template', 'timeout', 'idleTimeout', 'metadata', 'env', 'resources', 'network'] as const) {
+    for (const name of ['template', 'timeout', 'idleTimeout', 'metadata', 'env', 'resources', 'network', 'volumes'] as const) {
       if (options[name] !== undefined) made[name] = options[name];
     }
     this.session = new Session(apiKey, baseUrl, made, options.sandboxId, options.reconnectWindowMs);
