@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import httpx
 import pytest
 from e2b import AsyncSandbox, CommandExitException, Sandbox, SandboxException
+from httpx_ws import WebSocketSession, WebSocketUpgradeError, connect_ws
 
 from tests.backends import docker_only
 from tests.conftest import Server
@@ -38,6 +40,33 @@ class Echo(http.server.BaseHTTPRequestHandler):
 
 http.server.ThreadingHTTPServer(("0.0.0.0", 8000), Echo).serve_forever()
 """
+WS_HOST = """
+import base64, hashlib, socket
+
+listener = socket.create_server(("0.0.0.0", 8001))
+while True:
+    conn, _ = listener.accept()
+    head = b""
+    while b"\\r\\n\\r\\n" not in head:
+        head += conn.recv(4096)
+    fields = {}
+    for line in head.decode().split("\\r\\n")[1:]:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    key = fields["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+    accept = base64.b64encode(hashlib.sha1(key.encode()).digest()).decode()
+    conn.sendall(
+        b"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\n"
+        b"Connection: Upgrade\\r\\nSec-WebSocket-Accept: " + accept.encode() + b"\\r\\n\\r\\n"
+    )
+    conn.recv(4096)  # the client's first message, whatever it says
+    text = (fields.get("host", "") + "|" + fields.get("x-forwarded-host", "")).encode()
+    conn.sendall(bytes([0x81, len(text)]) + text)
+    while conn.recv(4096):
+        pass
+    conn.close()
+"""
+"""A WebSocket server on 8001 that answers a first message with the Host it was asked for."""
 SLEEPING = "import os; print(any(b'sleep\\x00987' in open(f'/proc/{p}/cmdline', 'rb').read() for p in os.listdir('/proc') if p.isdigit()))"  # noqa: E501
 """Whether the `sleep 987` started before a pause still runs."""
 BOOT = "cut -d' ' -f22 /proc/1/stat"
@@ -231,6 +260,26 @@ def test_mask_request_host_is_what_the_program_is_told(
     )
     client_host = httpx.URL(e2b_env.url).netloc.decode()
     assert _port(e2b_env, plain.sandbox_id).text == f"{client_host}|{client_host}"
+
+    # a WebSocket to a port is told the masked host too
+    masked.files.write("ws_host.py", WS_HOST)
+    masked.commands.run("python3 ws_host.py", background=True)
+    headers = {"E2b-Sandbox-Id": masked.sandbox_id, "E2b-Sandbox-Port": "8001"}
+    said = ""
+    deadline = time.monotonic() + 30
+    with httpx.Client(timeout=30) as client:
+        while not said:
+            try:
+                opening: AbstractContextManager[WebSocketSession] = connect_ws(
+                    f"{e2b_env.url}/e2b/", client, headers=headers
+                )
+                with opening as ws:
+                    ws.send_text("which host?")
+                    said = ws.receive_text()
+            except WebSocketUpgradeError:  # not listening yet
+                assert time.monotonic() < deadline, "the WebSocket server never listened"
+                time.sleep(0.2)
+    assert said == "8001-app.example.test|8001-app.example.test"
 
 
 def test_a_wrong_mask_is_refused(e2b_env: Server) -> None:
