@@ -267,14 +267,14 @@ class Volumes:
 
     def _verified(self, runtime_name: str, labels: dict[str, str]) -> Volume | None:
         sealed = {name: labels.get(name, "") for name in SEALED_VOLUME_LABELS}
+        if sealed[LABEL_VOLUME_INSTANCE] != self._settings.instance:
+            return None  # another server's on the same engine: not ours to judge
         if not runtime_name.startswith(RUNTIME_PREFIX) or not self._sealer.volume_sealed(
             runtime_name, sealed, labels.get(LABEL_VOLUME_SEAL, "")
         ):
             log.warning(
                 "volume %s carries Insien's labels without this server's seal", runtime_name
             )
-            return None
-        if sealed[LABEL_VOLUME_INSTANCE] != self._settings.instance:
             return None
         try:
             limit = int(sealed[LABEL_VOLUME_LIMIT])
