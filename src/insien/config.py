@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     """Bytes of answers held for one WebSocket that has not read them; past it, BUSY."""
     tenant_buffer_bytes: int = Field(96 * MIB, ge=MIB)
     """The same, for all of a tenant's WebSockets together."""
+    build_network: bool = False
+    """INSIEN_BUILD_NETWORK: whether template build steps reach the network (package
+    installs need it). Off by default: build steps run as root on the host's Docker bridge,
+    where no sandbox egress policy applies."""
     default_timeout: float = Field(3600.0, gt=0)
     max_timeout: float = Field(86400.0, gt=0)
     default_idle_timeout: float | None = Field(600.0, gt=0)

@@ -92,6 +92,8 @@ def _recipe(setup: Setup) -> TemplateBuilder:
         .set_workdir("/home/user")
         .run_cmd('cat data.txt > copied && echo "$GREETING" > greeting')
         .make_symlink("/home/user/built", "/home/user/built-link")
+        # build steps run as root with no egress policy: by default they get no network
+        .run_cmd("ls /sys/class/net > /home/user/interfaces")
     )
 
 
@@ -126,6 +128,8 @@ def test_a_built_template_starts_sandboxes_with_its_files_and_environment(
             "user",  # COPY gives the files to the step's user, as E2B does
         ]
         assert Sandbox.get_info(sandbox.sandbox_id, api_key=setup.keys["builder"]).template_id
+        # INSIEN_BUILD_NETWORK is off: the build's steps saw no interface but loopback
+        assert sandbox.files.read("/home/user/interfaces").split() == ["lo"]
     finally:
         sandbox.kill()
 

@@ -810,6 +810,7 @@ class TemplateBuilds:
                 labels={**labels, SNAPSHOT_BYTES_LABEL: "0"},
                 build_args=plan.build_args,
                 memory=BUILD_MEMORY,
+                network=self._settings.build_network,
                 no_cache=no_cache,
                 timeout=BUILD_SECONDS,
             )
