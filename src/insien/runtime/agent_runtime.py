@@ -297,8 +297,12 @@ def _cache_key(executable: Path, stdlib: Path, dynload: Path) -> str:
     return h.hexdigest()[:24]
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "insien"
+def _cache_dir() -> Path | None:
+    """~/.cache/insien (or under XDG_CACHE_HOME); None for a user with no home."""
+    try:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "insien"
+    except RuntimeError:
+        return None
 
 
 def _read_cached(path: Path) -> dict[str, File] | None:
