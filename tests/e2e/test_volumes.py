@@ -16,6 +16,8 @@ import docker
 import httpx
 import pytest
 import trio
+from e2b import Sandbox as E2BSandbox
+from e2b import SandboxException as E2BSandboxException
 
 from insien_sandbox import AsyncSandbox, AsyncVolume, NotFoundError, Sandbox, Volume, VolumeMount
 from tests.conftest import Server, start_server, stop_server
@@ -293,3 +295,30 @@ def test_the_blocking_python_sdk(volume_server: Server) -> None:
         assert volume.list_files() == []
     finally:
         volume.delete(force=True)
+
+
+def test_the_stock_e2b_sdk_mounts_a_volume_by_name(
+    volume_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("E2B_API_URL", f"{volume_server.url}/e2b")
+    monkeypatch.setenv("E2B_SANDBOX_URL", f"{volume_server.url}/e2b")
+    monkeypatch.setenv("E2B_API_KEY", volume_server.api_key)
+    name = f"e2b-{secrets.token_hex(4)}"
+    with httpx.Client(base_url=volume_server.url, headers=volume_server.headers) as api:
+        made = api.post("/volumes", json={"name": name, "sizeLimit": "4m"})
+        assert made.status_code == 200, made.text
+        try:
+            api.put(
+                f"/volumes/{name}/files", params={"path": "note"}, content=b"hi"
+            ).raise_for_status()
+            sandbox = E2BSandbox.create(volume_mounts={"/data": name})
+            try:
+                assert sandbox.commands.run("cat /data/note").stdout == "hi"
+                sandbox.commands.run("echo back > /data/reply")
+            finally:
+                sandbox.kill()
+            assert api.get(f"/volumes/{name}/files", params={"path": "reply"}).content == b"back\n"
+            with pytest.raises(E2BSandboxException, match="system folder"):
+                E2BSandbox.create(volume_mounts={"/etc": name})
+        finally:
+            api.delete(f"/volumes/{name}", params={"force": "true"})

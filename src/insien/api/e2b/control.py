@@ -30,7 +30,7 @@ from ...tenancy.auth import Audience
 from ...tenancy.tenants import Tenant
 from ..bodies import json_body
 from ..context import Services
-from ..creating import network_policy, sandbox_options
+from ..creating import VolumeMountRequest, network_policy, sandbox_options
 from ..errors import CORE_ERRORS, ApiError, api_error_for
 from .templates import install_template_routes, start_template, template_builds
 
@@ -111,7 +111,15 @@ class NewSandbox(BaseModel):
     allow_internet_access: bool | None = None
     network: E2BNetwork | None = None
     mcp: dict[str, Any] | None = None
-    volumeMounts: list[Any] | None = None
+    volumeMounts: list[E2BVolumeMount] | None = Field(None, max_length=16)
+
+
+class E2BVolumeMount(BaseModel):
+    """E2B's `SandboxVolumeMount`: one of the caller's volumes (by name) at a path, read-write."""
+
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    path: str
 
 
 class TimeoutBody(BaseModel):
@@ -361,8 +369,6 @@ def control_blueprint(services: Services) -> Blueprint:
         body = await json_body(NewSandbox)
         if body.mcp:
             raise ApiError(400, ErrorCode.BAD_REQUEST, "MCP gateways are not supported by Insien")
-        if body.volumeMounts:
-            raise ApiError(400, ErrorCode.BAD_REQUEST, "volumes are not supported by Insien")
         image = await available(await image_for(body.templateID, owner), body.templateID)
         options = await sandbox_options(
             services,
@@ -374,6 +380,7 @@ def control_blueprint(services: Services) -> Blueprint:
             env={**await templates.env_for(owner, image), **body.envVars},
             no_idle_timeout=True,
             network=e2b_policy(body.network, body.allow_internet_access),
+            volumes=[VolumeMountRequest(name=m.name, path=m.path) for m in body.volumeMounts or ()],
         )
         options = replace(options, **lifecycle(body))
         sandbox = await manager.create(owner, options)
