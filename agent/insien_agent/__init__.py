@@ -1,7 +1,8 @@
 """The Insien in-container agent: newline-delimited JSON-RPC over stdin/stdout.
 
-Standard library only, so it runs in any image that has python3. The orchestrator injects it
-into each sandbox as a zip application and talks to it over the container's attached stdio.
+Standard library only. The orchestrator injects it into each sandbox as a zip application,
+with the Python runtime it runs on in Docker (`insien.runtime.agent_runtime`, so any image
+will do), and talks to it over the container's attached stdio.
 """
 
 from importlib import import_module
