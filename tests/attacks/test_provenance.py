@@ -143,11 +143,7 @@ def test_a_snapshot_of_a_pooled_sandbox_never_reaches_another_tenant(
 def agent_environment(client: docker.DockerClient, container_id: str) -> dict[str, str]:
     """The agent process's environment, read from the host (the tests run as root there)."""
     top = client.api.top(container_id, ps_args="-o pid,comm,args")
-    (pid,) = [
-        int(row[0])
-        for row in top["Processes"]
-        if row[1] == "insien-agent"
-    ]
+    (pid,) = [int(row[0]) for row in top["Processes"] if row[1] == "insien-agent"]
     environ = Path(f"/proc/{pid}/environ").read_bytes().decode()
     return dict(entry.split("=", 1) for entry in environ.split("\0") if "=" in entry)
 
