@@ -14,6 +14,7 @@ from ..operations.logs import tenant_id
 from ..protocol import ErrorCode
 from ..sandboxes.access import Gate
 from ..sandboxes.manager import SandboxManager
+from ..sandboxes.templates import TemplateBuilds
 from ..tenancy.auth import Authenticator
 from ..tenancy.quotas import ConnectionCounter
 from ..tenancy.tenants import Tenant
@@ -45,6 +46,24 @@ class Services:
         """The envd access tokens the E2B front handed out: what signed file URLs are
         checked against (signed_urls.py)."""
         return EnvdTokens()
+
+    @cached_property
+    def templates(self) -> TemplateBuilds:
+        """E2B template builds (sandboxes/templates.py), on the manager's runtime."""
+        settings = self.settings
+
+        def operator(name: str) -> str | None:
+            """An operator's template by the name E2B's SDKs give it, else None."""
+            if name == "base":
+                return settings.agent_image
+            if name in settings.e2b_templates:
+                return settings.e2b_templates[name]
+            if name.startswith("code-interpreter"):
+                return settings.interpreter_image
+            return None
+
+        manager = self.manager
+        return TemplateBuilds(manager.runtime, settings, manager.snapshots, operator)
 
     def tenant_from_key(self, request: Request | Websocket) -> Tenant:
         tenant = self.auth.tenant_for_key(request.headers.get("X-API-Key"))

@@ -221,7 +221,6 @@ def control_blueprint(services: Services) -> Blueprint:
     bp = Blueprint("e2b", __name__, url_prefix="/e2b")
     manager = services.manager
     settings = services.settings
-    templates = template_builds(services)
 
     @bp.errorhandler(ApiError)
     async def _api_error(exc: ApiError) -> Response:
@@ -260,7 +259,7 @@ def control_blueprint(services: Services) -> Blueprint:
             and image not in settings.allowed_templates
             and not image.startswith(f"{SNAPSHOT_REPOSITORY}:")
         ):
-            built = await templates.image_for(owner, name)
+            built = await template_builds(services).image_for(owner, name)
             return built or await manager.snapshots.named(owner, name) or image
         return image
 
@@ -377,7 +376,7 @@ def control_blueprint(services: Services) -> Blueprint:
             lifetime=float(body.timeout),
             idle_timeout=None,
             metadata=body.metadata,
-            env={**await templates.env_for(owner, image), **body.envVars},
+            env={**await template_builds(services).env_for(owner, image), **body.envVars},
             no_idle_timeout=True,
             network=e2b_policy(body.network, body.allow_internet_access),
             volumes=[VolumeMountRequest(name=m.name, path=m.path) for m in body.volumeMounts or ()],
@@ -569,7 +568,9 @@ def control_blueprint(services: Services) -> Blueprint:
         owner = tenant()
         source = request.args.get("sandboxID")
         name = request.args.get("name")
-        built = await templates.image_names(owner)  # templates are not snapshots on E2B
+        built = await template_builds(services).image_names(
+            owner
+        )  # templates are not snapshots on E2B
         found = [
             snapshot_info(snap)
             for snap in await manager.snapshots.entries(owner)
@@ -582,7 +583,7 @@ def control_blueprint(services: Services) -> Blueprint:
     @bp.delete("/templates/<path:template>")
     async def delete_snapshot(template: str) -> tuple[str, int]:
         owner = tenant()
-        if await templates.delete(owner, template):
+        if await template_builds(services).delete(owner, template):
             return "", 204
         if not template.startswith(f"{SNAPSHOT_REPOSITORY}:"):
             template = await manager.snapshots.named(owner, template) or template

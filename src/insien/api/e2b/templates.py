@@ -38,29 +38,11 @@ UPLOADS = "/templates/uploads/"
 """Where the SDK PUTs a COPY step's files (`/e2b` + this + a one-time token)."""
 MAX_PAGE = 100
 
-_BUILDERS: dict[int, TemplateBuilds] = {}
-
 
 def template_builds(services: Services) -> TemplateBuilds:
-    """The server's template builder (one per set of services: the control plane's routes and
-    the upload handler in front of the app share it)."""
-    found = _BUILDERS.get(id(services))
-    if found is None:
-        settings = services.settings
-
-        def operator(name: str) -> str | None:
-            if name == "base":
-                return settings.agent_image
-            if name in settings.e2b_templates:
-                return settings.e2b_templates[name]
-            if name.startswith("code-interpreter"):
-                return settings.interpreter_image
-            return None
-
-        manager = services.manager
-        found = TemplateBuilds(manager.runtime, settings, manager.snapshots, operator)
-        _BUILDERS[id(services)] = found
-    return found
+    """The server's template builder: one per set of services (`Services.templates`), which
+    the control plane's routes and the upload handler in front of the app share."""
+    return services.templates
 
 
 def _timestamp(moment: datetime) -> str:
@@ -125,8 +107,11 @@ def _json(value: Any, status: int = 200) -> Response:
 def install_template_routes(
     bp: Blueprint, services: Services, tenant: Callable[[], Tenant]
 ) -> None:
-    """Add the builder's routes to the E2B control plane's blueprint (before its catch-all)."""
-    builds = template_builds(services)
+    """Add the builder's routes to the E2B control plane's blueprint (before its catch-all).
+    The builder is looked up per request: making the blueprint starts nothing."""
+
+    def builds() -> TemplateBuilds:
+        return template_builds(services)
 
     @bp.errorhandler(TemplateError)
     async def _template_error(exc: TemplateError) -> Response:
@@ -139,7 +124,7 @@ def install_template_routes(
         name = body.name or body.alias
         if not name:
             raise ApiError(400, ErrorCode.BAD_REQUEST, "a template needs a name")
-        build = await builds.request(owner, name, body.tags)
+        build = await builds().request(owner, name, body.tags)
         return _json(
             {
                 "templateID": build.template_id,
@@ -154,7 +139,7 @@ def install_template_routes(
 
     @bp.get("/templates/<template>/files/<files_hash>")
     async def file_link(template: str, files_hash: str) -> Response:
-        present, token = builds.upload_link(tenant(), template, files_hash)
+        present, token = builds().upload_link(tenant(), template, files_hash)
         url = f"{services.public_base(request)}/e2b{UPLOADS}{token}"
         return _json({"present": present, "url": url}, 201)
 
@@ -173,7 +158,7 @@ def install_template_routes(
             ready_cmd=body.readyCmd,
             force=bool(body.force),
         )
-        await builds.start(owner, template, build_id, recipe, services.background.start)
+        await builds().start(owner, template, build_id, recipe, services.background.start)
         return "", 202
 
     def status_of(build: Build, offset: int, limit: int) -> dict[str, Any]:
@@ -202,13 +187,13 @@ def install_template_routes(
 
     @bp.get("/templates/<template>/builds/<build_id>/status")
     async def build_status(template: str, build_id: str) -> Response:
-        build = builds.build_of(tenant(), template, build_id)
+        build = builds().build_of(tenant(), template, build_id)
         offset = number("logsOffset", 0, 1 << 30)
         return _json(status_of(build, offset, number("limit", MAX_PAGE, MAX_PAGE)))
 
     @bp.get("/templates/<template>/builds/<build_id>/logs")
     async def build_logs(template: str, build_id: str) -> Response:
-        build = builds.build_of(tenant(), template, build_id)
+        build = builds().build_of(tenant(), template, build_id)
         offset = number("cursor", 0, 1 << 30)
         entries = build.entries[offset : offset + number("limit", MAX_PAGE, MAX_PAGE)]
         return _json({"logs": [_entry(e) for e in entries]})
@@ -217,14 +202,14 @@ def install_template_routes(
     async def alias(alias: str) -> Response:
         """Whether the tenant has a template of this name: another tenant's is not found (E2B
         answers 403 for a public name someone else holds; Insien has no public templates)."""
-        template_id = await builds.exists(tenant(), alias)
+        template_id = await builds().exists(tenant(), alias)
         if template_id is None:
             return _json({"code": 404, "message": f"template {alias!r} not found"}, 404)
         return _json({"templateID": template_id, "public": False})
 
     @bp.get("/templates/<template>/tags")
     async def tags(template: str) -> Response:
-        found = await builds.tags(tenant(), template)
+        found = await builds().tags(tenant(), template)
         return _json(
             [
                 {"tag": t.tag, "buildID": t.build_id, "createdAt": _timestamp(t.created_at)}
@@ -236,14 +221,14 @@ def install_template_routes(
     async def assign_tags() -> Response:
         owner = tenant()
         body = await json_body(AssignTags)
-        build_id = await builds.assign_tags(owner, body.target, body.tags)
+        build_id = await builds().assign_tags(owner, body.target, body.tags)
         return _json({"tags": body.tags, "buildID": build_id}, 201)
 
     @bp.delete("/templates/tags")
     async def remove_tags() -> tuple[str, int]:
         owner = tenant()
         body = await json_body(RemoveTags)
-        await builds.remove_tags(owner, body.name, body.tags)
+        await builds().remove_tags(owner, body.name, body.tags)
         return "", 204
 
 
