@@ -22,6 +22,10 @@ from .spawner import HelperUnresponsive, refuse_nul
 
 Message = dict[str, Any]
 
+CANCEL_END_SECONDS = 30.0
+"""An upper bound on a cancelled command's end: its tree's (processes.GROUP_KILL_SECONDS, with
+every user process killed on the way) and its exit's report (EXIT_REPORT_SECONDS)."""
+
 
 def _decode_data(msg: Message, name: str) -> bytes:
     text = fields.required_str(msg, name, allow_empty=True)
@@ -124,9 +128,11 @@ async def handle_exec(req: Request) -> Message:
     try:
         await process.follow(subscriber, req.emit)
     except asyncio.CancelledError:
-        process.kill_group()
+        # A cancel (or the client's disconnect) ends the command as its timeout would: the
+        # answer comes once nothing of it is left, so the next command finds room to start.
+        process.kill_group(escalate=True)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(process.finished.wait(), 5)
+            await asyncio.wait_for(process.finished.wait(), CANCEL_END_SECONDS)
         raise AgentError(CANCELLED, "the command was cancelled and killed") from None
     finally:
         if timer is not None:

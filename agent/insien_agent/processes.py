@@ -6,28 +6,30 @@ clients that started them; the table keeps the most recent exited ones for `proc
 `attach`.
 
 Longer than most modules: a process's output pumping, its subscribers and its killing share
-one condition and one log. Starting processes lives in `launch`, killing every user process
-in `reaper`.
+one condition and one log. Starting processes lives in `launch`, ending a command's process
+tree in `ending`, killing every user process in `reaper`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .ending import end_tree, pids_limit_hits, processes, tree
 from .errors import BAD_REQUEST, NOT_FOUND, AgentError
 from .identity import Identity
 from .launch import PtySize, set_winsize, start_process
 from .oom import oom_kills
 from .output import CHUNK_SIZE, Collected, Encoder, Event, OutputLog, Subscriber
-from .reaper import group_states, kill_user_processes
+from .reaper import kill_user_processes
 from .spawner import SpawnedProcess, Spawner
 
 Emit = Callable[[Event], Awaitable[None]]
@@ -35,9 +37,14 @@ Emit = Callable[[Event], Awaitable[None]]
 EXIT_DRAIN_SECONDS = 1.0
 """After a command exits, how long its pipes may stay open (held by something it left behind)."""
 GROUP_KILL_SECONDS = 10.0
-"""How long a killed process group is killed again while members remain (zombies count)."""
+"""How long a killed command's tree is killed again while some of it remains (zombies count)."""
 ESCALATE_SECONDS = 2.0
-"""How long a timed-out command's group may survive SIGKILL before every user process is."""
+"""How long a timed-out command's tree may survive SIGKILL before every user process is."""
+ENDING_WAIT_SECONDS = GROUP_KILL_SECONDS + 5.0
+"""How long a new command waits for commands being ended to be gone (they fill the pids limit)."""
+STORM_MEMBERS = 32
+"""How many processes a command must have left behind to be taken for the fork bomb that keeps
+the next command from starting."""
 EXIT_REPORT_SECONDS = 3.0
 """How long, after its group is empty, a killed command's exit may go unreported before the
 spawner helper (which reports it) is taken for stuck and replaced."""
@@ -95,11 +102,15 @@ class ManagedProcess:
         self.signal: str | None = None
         self.duration_ms: int | None = None
         self.timed_out = False
-        self._finishing: asyncio.Task[None] | None = None
+        self.left_behind = False  # something it started still held its output at its end
+        self.ending: asyncio.Task[None] | None = None
         self.hooks: KillHooks | None = None
         self.oom = False
         self._oom_kills_at_start = oom_kills()
-        self.finished = asyncio.Event()  # exited and its output fully pumped
+        self._limit_hits_at_start = pids_limit_hits()
+        self._exited = asyncio.Event()  # the command itself exited (its exit is known)
+        # exited, its output fully pumped and, if it was killed, its whole tree gone
+        self.finished = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -114,11 +125,20 @@ class ManagedProcess:
             pumps.append(asyncio.create_task(self._pump(self.proc.stdout, "stdout")))
             pumps.append(asyncio.create_task(self._pump(self.proc.stderr, "stderr")))
         returncode = await self.proc.wait()
+        self._exited.set()
         # Something the command started in the background may hold its pipes open forever.
         _done, pending = await asyncio.wait(pumps, timeout=EXIT_DRAIN_SECONDS)
         for task in pending:
             task.cancel()
+        self.left_behind = bool(pending)
         await asyncio.gather(*pumps, return_exceptions=True)
+        if self.ending is None and self._hit_pids_limit():
+            # What it left behind filled the pids limit (a fork bomb that outlives its shell,
+            # like `b(){ b|b& }; b`): ended like a timeout, or the next command cannot start.
+            self.kill_group(escalate=True)
+        if self.ending is not None:
+            # Its end means its processes are gone: the next command must find room to start.
+            await asyncio.shield(self.ending)
         if self.master_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self.master_fd)
@@ -176,13 +196,18 @@ class ManagedProcess:
     def running(self) -> bool:
         return not self.finished.is_set()
 
+    def _hit_pids_limit(self) -> bool:
+        before, now = self._limit_hits_at_start, pids_limit_hits()
+        return before is not None and now is not None and now > before and bool(tree(self.pid))
+
     def kill_group(self, signum: int = signal.SIGKILL, *, escalate: bool = False) -> bool:
         """Signal the command's process group (what it left running counts, even after the
         command itself exited); False if nothing was left in it.
 
-        With `escalate` (a timeout), a group that SIGKILL cannot empty gets every process of
-        the user killed, and an exit nobody reports (a stopped spawner helper) gets the helper
-        replaced: a timeout always ends in an answer."""
+        A SIGKILL ends the command's whole tree (`ending`) before the command counts as
+        finished. With `escalate` (a timeout, a cancel), a tree that SIGKILL cannot empty
+        gets every process of the user killed, and an exit nobody reports (a stopped spawner
+        helper) gets the helper replaced: a timeout always ends in an answer."""
         # The command leads its own session, so its pid is also its process group id.
         try:
             os.killpg(self.pid, signum)
@@ -190,36 +215,28 @@ class ManagedProcess:
             delivered = False
         else:
             delivered = True
-        if signum == signal.SIGKILL and self._finishing is None and (delivered or escalate):
-            self._finishing = asyncio.get_running_loop().create_task(
-                self._kill_until_empty(escalate)
-            )
+        if signum == signal.SIGKILL and self.ending is None and (delivered or escalate):
+            self.ending = asyncio.get_running_loop().create_task(self._end(escalate))
         return delivered
 
-    async def _kill_until_empty(self, escalate: bool) -> None:
-        """Kill the group again until nothing is left in it. A fork bomb was seen to leave
-        members alive after one SIGKILL to its group (children forked while it was sent)."""
-        started = time.monotonic()
-        escalated = False
-        while time.monotonic() < started + GROUP_KILL_SECONDS:
-            await asyncio.sleep(0.05)
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                break
-            waited = time.monotonic() - started
-            if escalate and not escalated and waited > ESCALATE_SECONDS and self.hooks:
-                escalated = True
-                if all(state == "Z" for state in group_states(self.pid)):
-                    # Dead but unreaped: their parent, the helper, is stuck. Replace it and
-                    # the container's init reaps them.
-                    self.hooks.exit_unreported()
-                else:
-                    await self.hooks.kill_everything()
+    async def _end(self, escalate: bool) -> None:
+        """Freeze and kill the command's tree until none of it is left (zombies count: the
+        pids limit does). A fork bomb was seen to leave members alive after one SIGKILL to its
+        group, and its dying members to fill the pids limit after the answer was sent."""
+        emptied = await end_tree(self.pid, ESCALATE_SECONDS)
+        if not emptied and escalate and self.hooks is not None:
+            if all(state == "Z" for state in tree(self.pid).values()):
+                # Dead but unreaped: their parent, the helper, is stuck. Replace it and the
+                # container's init reaps them.
+                self.hooks.exit_unreported()
+            else:
+                await self.hooks.kill_everything()
+        if not emptied:
+            await end_tree(self.pid, GROUP_KILL_SECONDS - ESCALATE_SECONDS)
         if not escalate or self.hooks is None:
             return
         try:
-            await asyncio.wait_for(self.finished.wait(), EXIT_REPORT_SECONDS)
+            await asyncio.wait_for(self._exited.wait(), EXIT_REPORT_SECONDS)
         except TimeoutError:
             self.hooks.exit_unreported()
 
@@ -330,6 +347,8 @@ class ProcessTable:
         self._running: dict[int, ManagedProcess] = {}
         self._exited: OrderedDict[int, ManagedProcess] = OrderedDict()
         self._keep_exited = keep_exited
+        # Commands whose output was still held at their end, by what they left running.
+        self._left_behind: deque[int] = deque(maxlen=keep_exited)
         self._tasks: set[asyncio.Task[None]] = set()
         self._hooks = (
             KillHooks(self._kill_every_user_process, self._replace_helper)
@@ -362,16 +381,30 @@ class ProcessTable:
         stdin: bool,
         pty_size: PtySize | None = None,
     ) -> ManagedProcess:
-        proc, master_fd = await start_process(
-            self._identity,
-            self._spawner,
-            cmd,
-            args,
-            cwd=cwd,
-            env=env,
-            stdin=stdin,
-            pty_size=pty_size,
-        )
+        # A command being ended (timed out, cancelled, its client gone) may still fill the
+        # pids limit: this one would fail to start until its tree is gone.
+        await self._endings()
+        for attempt in range(2):
+            try:
+                proc, master_fd = await start_process(
+                    self._identity,
+                    self._spawner,
+                    cmd,
+                    args,
+                    cwd=cwd,
+                    env=env,
+                    stdin=stdin,
+                    pty_size=pty_size,
+                )
+                break
+            except OSError as exc:
+                # The pids limit is full: a command ended meanwhile is waited for, and a fork
+                # bomb an earlier command left behind (one that had not reached the limit yet
+                # at that command's end) is ended; then one more try.
+                if exc.errno != errno.EAGAIN or attempt:
+                    raise
+                if not await self._endings() and not await self._end_storms():
+                    raise
         process = ManagedProcess(
             proc,
             cmd=cmd,
@@ -392,10 +425,32 @@ class ProcessTable:
             await process.run()
         finally:
             self._running.pop(process.pid, None)
+            if process.left_behind:
+                self._left_behind.append(process.pid)
             if process.background:
                 self._exited[process.pid] = process
                 while len(self._exited) > self._keep_exited:
                     self._exited.popitem(last=False)
+
+    async def _endings(self) -> bool:
+        """Wait for the commands being ended to be gone; whether there were any."""
+        endings = [p.ending for p in self._running.values() if p.ending and not p.ending.done()]
+        if endings:
+            await asyncio.wait(endings, timeout=ENDING_WAIT_SECONDS)
+        return bool(endings)
+
+    async def _end_storms(self) -> bool:
+        """End the trees that earlier commands left behind with STORM_MEMBERS processes or
+        more; whether there was one."""
+        table = processes()
+        storms = [
+            pid
+            for pid in set(self._left_behind)
+            if pid not in self._running and len(tree(pid, table)) >= STORM_MEMBERS
+        ]
+        for pid in storms:
+            await end_tree(pid, GROUP_KILL_SECONDS)
+        return bool(storms)
 
     def get(self, pid: object) -> ManagedProcess:
         if not isinstance(pid, int) or isinstance(pid, bool):
