@@ -29,7 +29,18 @@ def read_head(conn):
     pairs = (line.partition(":") for line in lines[1:] if line)
     return lines[0].split(" ")[1], {k.lower(): v.strip() for k, _, v in pairs}
 
-def upgrade(conn, headers):
+def frame(opcode, payload):
+    header = bytes([0x80 | opcode])
+    if len(payload) < 126:
+        header += bytes([len(payload)])
+    elif len(payload) < 65536:
+        header += bytes([126]) + struct.pack(">H", len(payload))
+    else:
+        header += bytes([127]) + struct.pack(">Q", len(payload))
+    return header + payload
+
+def upgrade(conn, headers, greeting=b""):
+    # The 101 and, if given, a first text message in the same write (servers that greet).
     digest = hashlib.sha1((headers["sec-websocket-key"] + GUID).encode()).digest()
     extra = ""
     if "sec-websocket-protocol" in headers:
@@ -38,7 +49,7 @@ def upgrade(conn, headers):
     conn.sendall((
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Accept: " + base64.b64encode(digest).decode() + "\r\n" + extra + "\r\n"
-    ).encode())
+    ).encode() + (frame(1, greeting) if greeting else b""))
 
 def messages(conn):
     # (opcode, payload) of each text or binary frame, until the client closes or leaves.
@@ -61,14 +72,7 @@ def messages(conn):
             yield opcode, payload
 
 def send(conn, opcode, payload):
-    header = bytes([0x80 | opcode])
-    if len(payload) < 126:
-        header += bytes([len(payload)])
-    elif len(payload) < 65536:
-        header += bytes([126]) + struct.pack(">H", len(payload))
-    else:
-        header += bytes([127]) + struct.pack(">Q", len(payload))
-    conn.sendall(header + payload)
+    conn.sendall(frame(opcode, payload))
 """
 """What both WebSocket servers below share: the handshake and RFC 6455 framing, by hand."""
 
@@ -92,14 +96,15 @@ WS_ECHO = (
     _WEBSOCKETS
     + r"""
 def answer(conn, path, headers):
-    upgrade(conn, headers)
+    upgrade(conn, headers, b"welcome" if "greet" in path else b"")
     for opcode, payload in messages(conn):
         send(conn, opcode, path.encode() if payload == b"path?" else payload)
 """
     + _LISTEN
 )
 """A WebSocket echo server on port argv[1]: every message back as sent (`path?` answers the
-request's path), the first offered subprotocol chosen."""
+request's path), the first offered subprotocol chosen; on a path with `greet` in it, it says
+`welcome` first, in the same write as its 101."""
 
 BULK = """
 import hashlib, http.server, sys

@@ -418,6 +418,9 @@ async def test_websockets_in_every_form() -> None:
                         assert await ws.receive_text() == expect_path
 
                 await echo(f"{path_url}/chat?x=1", key(server), "/chat?x=1")
+                # a server that speaks first, its greeting in the same packet as its 101
+                async with ws_to(f"{path_url}/greet", client, key(server)) as ws:
+                    assert await ws.receive_text(timeout=30) == "welcome"
                 host = {"Host": f"8500-{sid}.{domain}", **key(server)}
                 await echo(host_url, host, "/chat")
                 e2b = {"E2b-Sandbox-Id": str(sid), "E2b-Sandbox-Port": "8500", **key(server)}

@@ -165,8 +165,10 @@ async def relay(
         size = 0
         code, reason = 1000, ""
         try:
-            while (data := await tunnel.receive()) is not None:
-                app.receive_data(data)
+            # Bytes that came with the app's handshake answer (a greeting sent right after
+            # the 101) wait in wsproto's buffer: they are this loop's first events, before
+            # anything more is read from the tunnel.
+            while True:
                 for event in app.events():
                     if isinstance(event, Message):
                         parts.append(event.data)
@@ -179,8 +181,8 @@ async def relay(
                                 text = "".join(str(part) for part in parts)
                                 await send({"type": "websocket.send", "bytes": None, "text": text})
                             else:
-                                data = b"".join(p for p in parts if isinstance(p, bytes))
-                                await send({"type": "websocket.send", "bytes": data, "text": None})
+                                whole = b"".join(p for p in parts if isinstance(p, bytes))
+                                await send({"type": "websocket.send", "bytes": whole, "text": None})
                             parts, size = [], 0
                             active()
                     elif isinstance(event, Ping):
@@ -189,6 +191,9 @@ async def relay(
                         code, reason = event.code, event.reason or ""
                         await tunnel.send(app.send(event.response()))
                         return
+                if (data := await tunnel.receive()) is None:
+                    break
+                app.receive_data(data)
             code, reason = 1001, "the app closed the connection"
         except RemoteProtocolError as exc:
             code, reason = 1002, f"the app broke the protocol: {exc}"
