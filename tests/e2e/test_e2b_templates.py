@@ -139,6 +139,8 @@ def test_names_are_the_tenants_own(setup: Setup, built: str) -> None:
     assert not Template.exists(f"{built}-missing", api_key=setup.keys["builder"])
     # another tenant neither sees the name nor creates from it
     assert not Template.exists(built, api_key=setup.keys["other"])
+    # the operator's templates are everyone's, as E2B's public ones (E2B's own SDK test)
+    assert Template.exists("base", api_key=setup.keys["other"])
     with pytest.raises(Exception, match=r"not allowed|not found"):
         Sandbox.create(built, api_key=setup.keys["other"])
     tags = Template.get_tags(built, api_key=setup.keys["builder"])

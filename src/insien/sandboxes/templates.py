@@ -537,6 +537,16 @@ class TemplateBuilds:
                 return template_id
         return None
 
+    def operator_template(self, alias: str) -> str | None:
+        """The image of an operator's template by the name E2B's SDKs give it (`base`,
+        `code-interpreter-v1`, an `INSIEN_E2B_TEMPLATES` alias), or None: every tenant may
+        use these, as E2B's public templates."""
+        try:
+            name, _ = split_name(alias)
+        except TemplateError:
+            return None
+        return self._resolve_operator(name)
+
     def _template_of(self, tenant: Tenant, wanted: str) -> str:
         """A template id from a name or id (which need not exist yet)."""
         alias, _ = split_name(wanted)

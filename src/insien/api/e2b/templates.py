@@ -203,9 +203,11 @@ def install_template_routes(
         """Whether the tenant has a template of this name: another tenant's is not found (E2B
         answers 403 for a public name someone else holds; Insien has no public templates)."""
         template_id = await builds().exists(tenant(), alias)
-        if template_id is None:
-            return _json({"code": 404, "message": f"template {alias!r} not found"}, 404)
-        return _json({"templateID": template_id, "public": False})
+        if template_id is not None:
+            return _json({"templateID": template_id, "public": False})
+        if builds().operator_template(alias) is not None:  # the operator's, everyone's
+            return _json({"templateID": alias.partition(":")[0], "public": True})
+        return _json({"code": 404, "message": f"template {alias!r} not found"}, 404)
 
     @bp.get("/templates/<template>/tags")
     async def tags(template: str) -> Response:
