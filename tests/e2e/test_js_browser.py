@@ -98,22 +98,36 @@ def test_an_origin_the_server_does_not_allow_is_refused(page_origin: str, server
     assert result["error"].startswith("ConnectError"), result
 
 
-def test_a_preview_url_in_a_real_browser(server: Server) -> None:
-    """Issue 14's browser flow: a preview URL opens an app in a sandbox with no key; the page's
-    own relative fetch and its WebSocket are let in by the cookie the first answer set."""
-    with Sandbox(api_key=server.api_key, base_url=server.url) as box:
-        box.files.write("app/index.html", PREVIEW_PAGE)
-        box.files.write("app/server.py", PREVIEW_APP)
-        box.commands.run("python3 server.py 8600", cwd="app", background=True)
-        probe = "import socket; socket.create_connection(('127.0.0.1', 8600), timeout=1)"
-        for _ in range(100):
-            if box.commands.run("python3", ["-c", probe]).exit_code == 0:
-                break
-            time.sleep(0.1)
-        url = box.ports.url(8600, expires=120)
-        result = open_page(url)
+def test_a_preview_url_in_a_real_browser() -> None:
+    """The browser flow: a preview URL opens an app in a sandbox with no key, on the port's own
+    origin (`<port>-<id>.localhost:<server port>`: Chromium resolves `*.localhost` to
+    loopback); the page's own relative fetch and its WebSocket are let in by the cookie the
+    first answer set. The same app by path, on the API's origin, is sandboxed into an opaque
+    origin (docs/security.md, "Preview origins"): it loads, but reaches nothing of the origin."""
+    process, server = start_server({"INSIEN_DOMAIN": "localhost"}, "preview-origin")
+    try:
+        with Sandbox(api_key=server.api_key, base_url=server.url) as box:
+            box.files.write("app/index.html", PREVIEW_PAGE)
+            box.files.write("app/server.py", PREVIEW_APP)
+            box.commands.run("python3 server.py 8600", cwd="app", background=True)
+            probe = "import socket; socket.create_connection(('127.0.0.1', 8600), timeout=1)"
+            for _ in range(100):
+                if box.commands.run("python3", ["-c", probe]).exit_code == 0:
+                    break
+                time.sleep(0.1)
+            url = box.ports.url(8600, expires=120)
+            port = server.url.rpartition(":")[2]
+            assert url.startswith(f"http://8600-{box.sandbox_id}.localhost:{port}/?insien_token=")
+            result = open_page(url)
+            token = url.partition("insien_token=")[2]
+            by_path = f"{server.url}/sandbox/{box.sandbox_id}/ports/8600/?insien_token={token}"
+            sandboxed = open_page(by_path)
+    finally:
+        assert stop_server(process) == 0
     assert result == {
         "fetched": "followed with the cookie",
         "echo": "echo: from the page",
         "pageErrors": [],
     }
+    assert "fetched" not in sandboxed, sandboxed
+    assert "Failed to fetch" in sandboxed["error"], sandboxed

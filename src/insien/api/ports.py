@@ -123,8 +123,12 @@ def ports_blueprint(services: Services) -> Blueprint:
         base = services.public_base(request)
         domain = services.settings.domain
         if domain is not None:  # an origin of the port's own: what browsers should be given
-            scheme = base.partition("://")[0]
-            page = f"{scheme}://{port}-{sandbox.id}.{domain}/"
+            scheme, _, authority = base.partition("://")
+            host = f"{port}-{sandbox.id}.{domain}"
+            served_on = authority.split("/")[0].rpartition(":")
+            if ":" not in domain and served_on[1] and served_on[2].isdigit():
+                host += f":{served_on[2]}"  # the domain names no port: the server's own
+            page = f"{scheme}://{host}/"
         else:  # on the API's origin, sandboxed (preview.py)
             page = f"{base}/sandbox/{sandbox.id}/ports/{port}/"
         expires = datetime.now(UTC) + timedelta(seconds=body.expires)

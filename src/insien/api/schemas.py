@@ -195,7 +195,10 @@ class NetworkPolicyInfo(Answer):
     denyOut: list[str]
     allowPublicTraffic: bool
     secrets: list[SecretBindingInfo] | None = Field(
-        None, description="Secret bindings, if any (issue 30)."
+        None,
+        description="Secret bindings; absent when there are none, so answers of policies "
+        "without secrets keep their shape.",
+        exclude_if=lambda value: value is None,
     )
 
 

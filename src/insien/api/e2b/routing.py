@@ -27,8 +27,12 @@ SANDBOX_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def _host_route(host: str, domain: str) -> tuple[str, int] | None:
-    """`49983-abc123.sandboxes.example.com` -> ("abc123", 49983) under that domain."""
+    """`49983-abc123.sandboxes.example.com` -> ("abc123", 49983) under that domain. A domain
+    named without a port matches hosts on any port (`8000-abc123.localhost:3000`)."""
     host = host.lower()
+    name, colon, port = host.rpartition(":")
+    if ":" not in domain and colon and port.isdigit():
+        host = name
     suffix = "." + domain.lower()
     if not host.endswith(suffix):
         return None
