@@ -98,8 +98,8 @@ def _socket_path(base_url: str) -> str:
 
 class DockerRuntime:
     """The only place that calls docker-py; every call runs in a worker thread. Implements the
-    required core and every optional capability (`Pausable`, `Stoppable`, `Stats`,
-    `ImageStore`, `FilesystemSnapshots`, `VolumeStore`, `ImageBuilder`)."""
+    required core and every optional capability (`Pausable`, `Stoppable`, `Stats`, `ImageStore`,
+    `FilesystemSnapshots`, `VolumeStore`, `ImageBuilder`)."""
 
     name = "Docker"
     attach_from_start = True
