@@ -66,7 +66,8 @@ async def test_fork_bomb(server: Server) -> None:
     async def bomb(ws: WebSocketConnection) -> None:
         # The bomb fills the pids limit with sleepers in its process group and keeps trying
         # for more (a `b | b &` bomb may also die out by itself, which proves nothing); one
-        # SIGKILL to the group ends it.
+        # SIGKILL to the group ends it, if the agent has not already (its shell exits when a
+        # fork fails, and what a command left filling the pids limit is ended).
         spawned = await call(
             ws,
             {
@@ -86,7 +87,9 @@ async def test_fork_bomb(server: Server) -> None:
             while True:
                 ps = await receive(ws)
                 if ps.get("id") == "k":
-                    assert ps["delivered"] is True
+                    # Delivered, or nothing was left to signal: once the bomb's shell fails to
+                    # fork and exits, the agent ends what filled the pids limit by itself.
+                    assert isinstance(ps["delivered"], bool), ps
                     break
             while True:
                 ps = await call(ws, {"id": "ps", "type": "exec", "cmd": "ps", "args": ["-e"]}, 30)

@@ -82,7 +82,11 @@ def test_timeouts_and_content_types() -> None:
 
 def test_host_routing() -> None:
     assert _host_route("49983-abc_1.sbx.example.com", "sbx.example.com") == ("abc_1", 49983)
-    assert _host_route("49983-ABC.SBX.example.com:80", "sbx.example.com") is None
+    # a domain named without a port matches its hosts on any port; one with a port, only there
+    assert _host_route("49983-ABC.SBX.example.com:80", "sbx.example.com") == ("abc", 49983)
+    assert _host_route("8000-abc.localhost:3000", "localhost") == ("abc", 8000)
+    assert _host_route("8000-abc.localhost:3000", "localhost:3000") == ("abc", 8000)
+    assert _host_route("8000-abc.localhost:3001", "localhost:3000") is None
     assert _host_route("api.sbx.example.com", "sbx.example.com") is None
     assert _host_route("49983-abc.other.com", "sbx.example.com") is None
     assert _host_route("x-abc.sbx.example.com", "sbx.example.com") is None

@@ -75,7 +75,8 @@ export interface NetworkPolicy {
 
 export interface NetworkInfo extends Required<NetworkPolicy> {
   sandboxId: string;
-  egress: { connections: number; refused: number; bytesOut: number; bytesIn: number };
+  /** What the sandbox's egress did; `secretsUsed`: requests the proxy added a secret to. */
+  egress: { connections: number; refused: number; bytesOut: number; bytesIn: number; secretsUsed: number };
 }
 
 /** One sample of a sandbox's recent series (`SandboxMetrics.series`). */

@@ -297,7 +297,7 @@ test('ports.url, ports.forward and network: a preview URL without a key, a local
     assert.deepEqual([changed.allowOut, changed.allowPublicTraffic], [[], true]);
     assert.equal((await fetch(url.split('?')[0])).status, 200); // public now: no token either
     assert.doesNotMatch((await sandbox.commands.run('env')).stdout, /PROXY/);
-    assert.deepEqual((await sandbox.network.get()).egress, { connections: 0, refused: 0, bytesOut: 0, bytesIn: 0 });
+    assert.deepEqual((await sandbox.network.get()).egress, { connections: 0, refused: 0, bytesOut: 0, bytesIn: 0, secretsUsed: 0 });
     assert.equal((await sandbox.metrics()).egressBytesOut, 0);
   } finally {
     await sandbox.destroy();

@@ -259,6 +259,8 @@ class NetworkInfo:
     refused: int
     bytes_out: int
     bytes_in: int
+    secrets_used: int = 0
+    """Requests the egress proxy added a secret to (docs/security.md, "Secrets")."""
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> NetworkInfo:
@@ -269,4 +271,5 @@ class NetworkInfo:
             refused=int(egress.get("refused", 0)),
             bytes_out=int(egress.get("bytesOut", 0)),
             bytes_in=int(egress.get("bytesIn", 0)),
+            secrets_used=int(egress.get("secretsUsed", 0)),
         )
