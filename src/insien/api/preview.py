@@ -29,10 +29,8 @@ from ..link import AgentGone
 from ..link.tunnel import Tunnel, TunnelRefused, open_tunnel
 from ..operations.logs import tenant_id
 from ..protocol import ErrorCode
-from ..sandboxes.access import Admission, Credentials, Surface, Unauthenticated
-from ..sandboxes.errors import RuntimeFailure
-from ..sandboxes.manager import SandboxStartError
-from ..sandboxes.sandbox import Sandbox, State
+from ..sandboxes.access import Admission, Credentials, StillPaused, Surface, Unauthenticated
+from ..sandboxes.sandbox import Sandbox
 from .context import Services
 from .errors import CORE_ERRORS, ApiError, api_error_for, status_for
 from .exchange import ClientGone, Exchange
@@ -148,19 +146,12 @@ class PreviewProxy:
         raise ApiError(401, ErrorCode.UNAUTHORIZED, str(refusal))
 
     async def _awake(self, admission: Admission) -> None:
-        """A paused sandbox's port: traffic resumes it where its options allow (E2B's
-        autoResume); otherwise 502, at once, instead of a tunnel its frozen agent never opens."""
-        sandbox = admission.sandbox
-        if sandbox.state is not State.PAUSED:
-            return
+        """A paused sandbox's port answers only once it runs again (Gate.awaken), else 502
+        at once instead of a tunnel its frozen agent never opens."""
         try:
-            awake = await self.services.manager.resume_for_traffic(sandbox)
-        except (RuntimeFailure, SandboxStartError) as exc:
-            raise ApiError(502, ErrorCode.UNAVAILABLE, f"could not resume it: {exc}") from None
-        if not awake:
-            raise ApiError(
-                502, ErrorCode.UNAVAILABLE, f"sandbox {sandbox.id} is paused: resume it first"
-            )
+            await self.services.gate.awaken(admission)
+        except StillPaused as exc:
+            raise ApiError(502, ErrorCode.UNAVAILABLE, str(exc)) from None
 
     def _cookie_for(self, token: str | None, prefix: str) -> str | None:
         if token is None:

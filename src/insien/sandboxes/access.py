@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from ..link import AgentLink
 from ..tenancy.auth import Audience, Authenticator
 from ..tenancy.tenants import Tenant
-from .manager import SandboxManager, SandboxNotFound
-from .sandbox import Sandbox
+from .errors import RuntimeFailure
+from .manager import SandboxManager, SandboxNotFound, SandboxStartError
+from .sandbox import Sandbox, State
 
 
 class Surface(enum.Enum):
@@ -97,6 +98,10 @@ class Unauthenticated(Exception):
     """No credential the request carried opens this surface of this sandbox."""
 
 
+class StillPaused(Exception):
+    """Traffic reached a paused sandbox that it may not resume (or that failed to resume)."""
+
+
 class Gate:
     """Admits a request to one surface of one sandbox, or refuses it.
 
@@ -121,6 +126,20 @@ class Gate:
         admission = self._decide(sandbox_id, credentials, surface, port)
         admission.active()
         return admission
+
+    async def awaken(self, admission: Admission) -> None:
+        """Traffic for a paused sandbox resumes it where its options allow (E2B's
+        autoResume); otherwise StillPaused, at once, rather than a request its frozen agent
+        never answers."""
+        sandbox = admission.sandbox
+        if sandbox.state is not State.PAUSED:
+            return
+        try:
+            awake = await self.manager.resume_for_traffic(sandbox)
+        except (RuntimeFailure, SandboxStartError) as exc:
+            raise StillPaused(f"the sandbox {sandbox.id} could not be resumed: {exc}") from None
+        if not awake:
+            raise StillPaused(f"the sandbox {sandbox.id} is paused: connect to resume it")
 
     def for_tenant(
         self,
@@ -196,6 +215,7 @@ __all__ = [
     "Credentials",
     "Gate",
     "SandboxNotFound",
+    "StillPaused",
     "Surface",
     "Unauthenticated",
     "Via",

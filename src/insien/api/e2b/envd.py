@@ -18,9 +18,8 @@ from contextlib import aclosing
 import trio
 
 from ...link import AgentGone
-from ...sandboxes.access import Admission, Credentials, Surface, Unauthenticated
-from ...sandboxes.errors import RuntimeFailure
-from ...sandboxes.manager import SandboxNotFound, SandboxStartError
+from ...sandboxes.access import Admission, Credentials, StillPaused, Surface, Unauthenticated
+from ...sandboxes.manager import SandboxNotFound
 from ...sandboxes.sandbox import State
 from ...tenancy.auth import Audience
 from ..context import Services
@@ -128,19 +127,11 @@ class EnvdFront:
         return self._admission(exchange, sandbox_id, surface)
 
     async def _awake(self, admission: Admission) -> None:
-        """A paused sandbox answers only once it runs again: traffic resumes it where its
-        options allow (E2B's autoResume), else 502 "paused" as before."""
-        sandbox = admission.sandbox
-        if sandbox.state is not State.PAUSED:
-            return
+        """A paused sandbox answers only once it runs again (Gate.awaken), else 502."""
         try:
-            awake = await self.services.manager.resume_for_traffic(sandbox)
-        except (RuntimeFailure, SandboxStartError) as exc:
-            raise Refused(502, Code.UNAVAILABLE, f"could not resume it: {exc}") from None
-        if not awake:
-            raise Refused(
-                502, Code.UNAVAILABLE, f"the sandbox {sandbox.id} is paused: connect to resume it"
-            )
+            await self.services.gate.awaken(admission)
+        except StillPaused as exc:
+            raise Refused(502, Code.UNAVAILABLE, str(exc)) from None
 
     def _signed(self, exchange: Exchange) -> SignedRequest | None:
         """The signed `/files` request this is (E2B's signed URLs), if it carries a signature."""
