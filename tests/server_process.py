@@ -87,6 +87,7 @@ def start_server(
             break
         time.sleep(0.05)
     process.kill()
+    process.wait()  # reaped here, so a failed start leaves nothing running for later tests
     raise RuntimeError(f"insien serve did not start:\n{log_path.read_text(errors='replace')}")
 
 
