@@ -12,12 +12,18 @@ import zipapp
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
+import pytest
 import trio
+import trio.testing
 
-from insien.runtime.base import ContainerSpec
+from insien.runtime.base import ContainerSpec, RuntimeFailure
+from insien.runtime.kubernetes import runtime as runtime_module
 from insien.runtime.kubernetes.client import KubeClient
 from insien.runtime.kubernetes.runtime import (
+    ATTACH_RETRY,
     BOOTSTRAP,
+    RUNNING_ATTACH_GRACE,
     KubernetesRuntime,
     _quantity,
     boot_message,
@@ -169,3 +175,57 @@ def test_the_pod_a_sandbox_becomes() -> None:
     volumes = {v["name"]: v for v in body["volumes"]}
     assert volumes["tmp"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Mi"}
     assert volumes["agent"]["emptyDir"]["medium"] == "Memory"
+
+
+class _Refusals:
+    """A `run_channel` stand-in refusing the first `times` attaches, then handing out a
+    channel; and a pod that the API server says runs."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+        self.tries = 0
+
+    async def run_channel(
+        self, http: object, path: str, *, task_status: trio.TaskStatus[object]
+    ) -> None:
+        self.tries += 1
+        if self.tries <= self.times:
+            raise RuntimeFailure("attach refused: <Response [500 Internal Server Error]>")
+        task_status.started(object())
+
+    async def started(self, container_id: str) -> bool:
+        return True
+
+
+async def _attach_with(refusals: _Refusals, monkeypatch: pytest.MonkeyPatch) -> object:
+    """What `attach` returns, or the error it raises."""
+    monkeypatch.setattr(runtime_module, "run_channel", refusals.run_channel)
+    client = KubeClient(httpx.AsyncClient(base_url="https://kube.invalid"), "ns")
+    async with trio.open_nursery() as nursery:
+        runtime = KubernetesRuntime(client, nursery, host_network=False, pull_policy="Never")
+        monkeypatch.setattr(runtime, "_started", refusals.started)
+        try:
+            return await runtime.attach("pod-1")
+        except RuntimeFailure as exc:
+            return exc
+
+
+async def test_a_running_pod_refusing_an_attach_for_a_moment_is_attached(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The kubelet answers 500 for a moment after the API server says the pod runs (seen in a
+    # burst of creates): that is retried, not the create's failure.
+    refusals = _Refusals(times=10)
+    assert not isinstance(await _attach_with(refusals, monkeypatch), RuntimeFailure)
+    assert refusals.tries == 11
+
+
+async def test_a_running_pod_that_keeps_refusing_is_an_answer(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    refusals = _Refusals(times=10_000)
+    answer = await _attach_with(refusals, monkeypatch)
+    assert isinstance(answer, RuntimeFailure)
+    assert "attach refused" in str(answer)
+    grace_tries = RUNNING_ATTACH_GRACE / ATTACH_RETRY
+    assert grace_tries < refusals.tries < grace_tries + 5

@@ -49,6 +49,9 @@ pod cannot be renamed, so it is an annotation."""
 POD_PREFIX = "insien-"
 START_TIMEOUT = 120.0
 ATTACH_RETRY = 0.05
+# Once the API server says the pod runs, the kubelet may still refuse an attach for a moment
+# (a 500 while it wires the new container's streams, seen under a burst of creates).
+RUNNING_ATTACH_GRACE = 5.0
 STUCK = {
     "ErrImageNeverPull",
     "ErrImagePull",
@@ -289,16 +292,22 @@ class KubernetesRuntime:
     async def attach(self, container_id: str) -> KubeChannel:
         """Attach as soon as the kubelet runs the container. The API server's pod status says
         so up to a second later (the kubelet notices containers by relisting them every
-        second), so attaching is tried at once and again until it works or the pod fails."""
+        second), so attaching is tried at once and again until it works or the pod fails (or,
+        running, still refuses after `RUNNING_ATTACH_GRACE`)."""
         path = self._client.path("pods", container_id) + "/attach"
         channel: KubeChannel | None = None
+        refused_since_running: float | None = None
         with trio.move_on_after(START_TIMEOUT):
             while channel is None:
                 try:
                     channel = await self._nursery.start(run_channel, self._client.http, path)
                 except RuntimeFailure:
                     if await self._started(container_id):
-                        raise  # running, and still refused: that is an answer
+                        now = trio.current_time()
+                        if refused_since_running is None:
+                            refused_since_running = now
+                        elif now - refused_since_running > RUNNING_ATTACH_GRACE:
+                            raise  # running, and still refused after the grace: an answer
                     await trio.sleep(ATTACH_RETRY)
         if channel is None:
             raise RuntimeFailure(f"the sandbox's pod did not run within {START_TIMEOUT:g}s")
