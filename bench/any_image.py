@@ -25,7 +25,7 @@ import trio
 from insien._resources import agent_zipapp
 from insien.runtime.agent_runtime import bundle
 from insien.runtime.docker import agent_volume
-from insien.runtime.docker.images import build_image
+from insien.tooling.images import build_image
 from insien_sandbox import AsyncSandbox
 from tests.server_process import IMAGE, Server, start_server, stop_server
 

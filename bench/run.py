@@ -15,7 +15,7 @@ import docker
 import trio
 
 from bench import report, scenarios
-from insien.runtime.docker.images import build_image
+from insien.tooling.images import build_image
 from tests.server_process import IMAGE, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent

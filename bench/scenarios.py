@@ -679,7 +679,7 @@ async def code_interpreter(ctx: Context, n: int, n_first: int) -> dict[str, Any]
     create -> first `run_code` answered, from a warm pool of the interpreter image (whose
     sandboxes start their Python context ahead of use) and cold. Its own server keeps that
     pool, so the other scenarios' pool is untouched."""
-    from insien.runtime.docker.images import INTERPRETER_TAG, build_interpreter_image
+    from insien.tooling.images import INTERPRETER_TAG, build_interpreter_image
 
     await trio.to_thread.run_sync(
         lambda: build_interpreter_image(ctx.docker, tag=INTERPRETER_TAG, default_tag=ctx.image)

@@ -21,7 +21,7 @@ from pathlib import Path
 import docker
 from rich.console import Console
 
-from insien.runtime.docker.images import ImageBuildError, choose_base, follow_build
+from insien.tooling.images import ImageBuildError, choose_base, follow_build
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "deploy" / ".build" / "site"

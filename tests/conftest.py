@@ -74,7 +74,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
         client.ping()
     except docker.errors.DockerException as exc:
         pytest.fail(f"these tests need a running Docker Engine: {exc}")
-    from insien.runtime.docker.images import build_image
+    from insien.tooling.images import build_image
 
     build_image(client, tag=IMAGE)
     yield client
@@ -89,7 +89,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
 @pytest.fixture(scope="session")
 def interpreter_image(docker_client: docker.DockerClient) -> str:
     """The code interpreter's image (matplotlib, numpy, pandas from Debian), built once."""
-    from insien.runtime.docker.images import INTERPRETER_TAG, build_interpreter_image
+    from insien.tooling.images import INTERPRETER_TAG, build_interpreter_image
 
     build_interpreter_image(docker_client, tag=INTERPRETER_TAG, default_tag=IMAGE)
     return INTERPRETER_TAG

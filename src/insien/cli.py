@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
     from .config import Settings
-    from .runtime.docker.images import DockerClient
+    from .tooling.images import DockerClient
 
 CLIENT_COMMANDS = {
     "sandbox": "create, inspect, enter and end sandboxes on a server",
@@ -29,7 +29,7 @@ CLIENT_COMMANDS = {
 
 def _docker() -> DockerClient:
     from .runtime.docker.engine import Refuse, decide, survey
-    from .runtime.docker.images import ImageBuildError, connect_client
+    from .tooling.images import ImageBuildError, connect_client
 
     try:
         return connect_client()
@@ -93,8 +93,8 @@ def serve(host: str | None, port: int | None, no_build: bool, private_dockerd: b
     from .config import Settings
     from .operations.logs import configure_logging
     from .runtime.docker.engine import EngineUnavailable, engine_for_serve
-    from .runtime.docker.images import ImageBuildError, build_image
     from .server import serve as run_server
+    from .tooling.images import ImageBuildError, build_image
 
     overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = _load(lambda: Settings(**overrides))
@@ -143,7 +143,7 @@ def build(tag: str | None, base: str | None, force: bool, interpreter: bool) -> 
     from rich.console import Console
 
     from .config import Settings
-    from .runtime.docker.images import ImageBuildError, build_image, build_interpreter_image
+    from .tooling.images import ImageBuildError, build_image, build_interpreter_image
 
     settings = _load(Settings)
     client = _docker()

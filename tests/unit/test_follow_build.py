@@ -7,7 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from insien.runtime.docker.images import ImageBuildError, follow_build
+from insien.tooling.images import ImageBuildError, follow_build
 
 
 def quiet() -> tuple[Console, io.StringIO]:

@@ -96,9 +96,20 @@ def test_a_layer_imports_nothing_it_must_not(
     assert offending(files(*layer), forbidden) == []
 
 
-def test_only_the_docker_runtime_imports_docker_py() -> None:
-    outside = [p for p in files() if "runtime/docker" not in p.as_posix()]
+def test_only_the_docker_runtime_and_the_image_tooling_import_docker_py() -> None:
+    outside = [
+        p
+        for p in files()
+        if not p.relative_to(SOURCE).as_posix().startswith(("runtime/docker/", "tooling/"))
+    ]
     assert offending(outside, ("docker",)) == []
+
+
+def test_the_server_never_imports_the_command_line_tooling() -> None:
+    """`tooling/` (the image builds of `insien image build`) is the command line's: no layer of
+    the server reaches it, so its docker-py never runs in a server that uses another runtime."""
+    server = [p for p in files() if p.relative_to(SOURCE).parts[0] not in ("tooling", "cli.py")]
+    assert offending(server, ("insien.tooling",)) == []
 
 
 def _reaches_past_the_gateway(source: str, name: str) -> list[str]:

@@ -1,4 +1,7 @@
-"""Building the default sandbox image, bootstrapping its Debian base when none can be pulled."""
+"""Building the sandbox images from their recipes in `images/` (`insien image build`), and
+bootstrapping their Debian base with debootstrap when none can be pulled. Command-line tooling:
+it talks to the Docker Engine with docker-py directly, and the server never imports it (the
+runtime's own template builds are `runtime.base.ImageBuilder`)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import docker
 import docker.errors
 from rich.console import Console
 
-from ..._resources import images_dir
+from .._resources import images_dir
 
 DockerClient = docker.DockerClient
 
