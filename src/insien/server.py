@@ -26,13 +26,13 @@ from ._memory import return_large_blocks
 from .api.context import Services
 from .app import create_asgi
 from .config import Settings
-from .link.budget import TenantBudgets
 from .operations.webhooks import DeliveryPolicy, Webhooks
 from .runtime.base import ImageNotFound, ImageStore, Runtime
 from .runtime.docker import DockerRuntime
 from .sandboxes.manager import SandboxManager
 from .sandboxes.provenance import Sealer, load_key
 from .tenancy.auth import Authenticator
+from .tenancy.budgets import TenantBudgets
 from .tenancy.tenants import TenantDirectory
 
 log = logging.getLogger("insien.server")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from insien.link.budget import ByteBudget, TenantBudgets
+from insien.link.budget import ByteBudget
+from insien.tenancy.budgets import TenantBudgets
 
 
 def test_a_connection_budget_stops_at_its_own_limit_and_at_its_tenants() -> None:

@@ -3,13 +3,8 @@ messages are charged against them, and what it did not use goes back exactly onc
 
 from __future__ import annotations
 
-from insien.link.budget import (
-    ENVELOPE_BYTES,
-    MIB,
-    ByteBudget,
-    TenantBudgets,
-    read_answer_bytes,
-)
+from insien.link.budget import ENVELOPE_BYTES, MIB, ByteBudget, read_answer_bytes
+from insien.tenancy.budgets import TenantBudgets
 
 
 def test_a_reservation_is_taken_up_front_and_its_answer_charged_against_it() -> None:

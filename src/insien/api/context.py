@@ -8,7 +8,7 @@ from functools import cached_property
 from quart import Request, Websocket
 
 from ..config import Settings
-from ..link.budget import MIB, TenantBudgets
+from ..link.budget import MIB
 from ..link.tunnel import TunnelCounter
 from ..operations.logs import tenant_id
 from ..protocol import ErrorCode
@@ -16,6 +16,7 @@ from ..sandboxes.access import Gate
 from ..sandboxes.manager import SandboxManager
 from ..sandboxes.templates import TemplateBuilds
 from ..tenancy.auth import Authenticator
+from ..tenancy.budgets import TenantBudgets
 from ..tenancy.quotas import ConnectionCounter
 from ..tenancy.tenants import Tenant
 from .background import Background
@@ -30,7 +31,7 @@ class Services:
     auth: Authenticator
     connections: ConnectionCounter = field(default_factory=ConnectionCounter)
     budgets: TenantBudgets = field(default_factory=lambda: TenantBudgets(96 * MIB))
-    """Bytes held for clients that have not read them yet, per tenant (see budget.py)."""
+    """Bytes held for clients that have not read them yet, per tenant (tenancy/budgets.py)."""
     background: Background = field(default_factory=Background)
     """Tasks that outlive their request; the server runs it (see background.py)."""
     tunnels: TunnelCounter = field(default_factory=TunnelCounter)

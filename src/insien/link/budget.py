@@ -1,4 +1,5 @@
-"""Byte budgets: memory held for a client is counted in bytes, per connection and per tenant.
+"""Byte budgets: memory held for a client is counted in bytes, per connection and within a
+parent (its tenant's budget, kept by `tenancy/budgets.py`: the link knows no tenants).
 
 A count of requests says nothing about memory (one `read` answer can be 22 MB), so every reply
 the server holds for a client (from the moment the agent's line is routed to a request until
@@ -120,42 +121,3 @@ def read_answer_bytes(request: Mapping[str, Any], max_read: int, size: int | Non
     if request.get("encoding") == "base64" and not request.get("binary"):
         wanted = 4 * -(-wanted // 3)
     return wanted + ENVELOPE_BYTES + 6 * len(str(request.get("path", "")))
-
-
-class TenantBudgets:
-    """One budget per tenant id, made on first use, dropped when no connection uses it and it
-    holds nothing (dropped earlier, a tenant's next connection would get a second budget)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._budgets: dict[str, ByteBudget] = {}
-        self._connections: dict[str, int] = {}
-
-    def for_connection(self, tenant_id: str, limit: int, copies: int = 1) -> ByteBudget:
-        """A connection's budget within its tenant's; `copies` as for `ByteBudget`."""
-        parent = self._budgets.get(tenant_id)
-        if parent is None:
-            parent = self._budgets[tenant_id] = ByteBudget(self.limit)
-        self._connections[tenant_id] = self._connections.get(tenant_id, 0) + 1
-        return ByteBudget(limit, parent, copies)
-
-    def connection_closed(self, tenant_id: str) -> None:
-        """A connection made by `for_connection` has ended."""
-        left = self._connections.get(tenant_id, 0) - 1
-        if left > 0:
-            self._connections[tenant_id] = left
-        else:
-            self._connections.pop(tenant_id, None)
-
-    def held(self, tenant_id: str) -> int:
-        budget = self._budgets.get(tenant_id)
-        return budget.held if budget is not None else 0
-
-    def forget_idle(self) -> None:
-        idle = [
-            tenant_id
-            for tenant_id, budget in self._budgets.items()
-            if budget.held == 0 and tenant_id not in self._connections
-        ]
-        for tenant_id in idle:
-            del self._budgets[tenant_id]
