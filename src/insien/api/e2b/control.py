@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ import trio
 from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, Response, request
 
-from ...egress import NetworkPolicy
+from ...egress import NetworkPolicy, RuleError
 from ...protocol import ErrorCode
 from ...sandboxes.access import Surface
 from ...sandboxes.sandbox import Sandbox, State, iso_timestamp
@@ -30,8 +31,11 @@ from ...tenancy.auth import Audience
 from ...tenancy.tenants import Tenant
 from ..bodies import json_body
 from ..context import Services
-from ..creating import VolumeMountRequest, network_policy, sandbox_options
+from ..creating import VolumeMountRequest, sandbox_options
 from ..errors import CORE_ERRORS, ApiError, api_error_for
+from ..secrets import bindings_checked
+from .rules import RulesError, bindings_for, rules_of
+from .secrets import find, install_secret_routes, store_of
 from .templates import install_template_routes, start_template, template_builds
 
 ENVD_VERSION = "0.6.1"
@@ -54,6 +58,7 @@ class E2BNetwork(BaseModel):
     allowInternetAccess: bool | None = None
     """Only in the update body (the create body has it at the top level)."""
     rules: dict[str, Any] | None = None
+    """Header transforms per host, a value naming a secret (`${e2b.secrets.<name>}`)."""
     egressProxy: dict[str, Any] | None = None
     maskRequestHost: str | None = Field(None, min_length=1, max_length=253)
     """The Host a port's program is told, `${PORT}` replaced (create only)."""
@@ -62,22 +67,32 @@ class E2BNetwork(BaseModel):
 ALL_TRAFFIC = ("0.0.0.0/0", "::/0")
 
 
-def e2b_policy(network: E2BNetwork | None, internet: bool | None) -> NetworkPolicy:
+def e2b_policy(
+    network: E2BNetwork | None,
+    internet: bool | None,
+    bindings: Sequence[Mapping[str, Any]] = (),
+    keep: Mapping[str, str] | None = None,
+) -> NetworkPolicy:
     """E2B's network options as Insien's policy. E2B allows everything unless told not to,
     and its `allowOut` entries are exceptions to `denyOut`: with internet off (or
     `denyOut: ["0.0.0.0/0"]`) only `allowOut` is reachable; with it on, everything within the
-    operator's ceiling except `denyOut` (where Insien's deny wins over an allow)."""
+    operator's ceiling except `denyOut` (where Insien's deny wins over an allow). `bindings`:
+    its `rules` as Insien's secret bindings (`rules.bindings_for`), which grant no access
+    (as E2B's rules do not); `keep`: the placeholders the sandbox's secrets already have."""
     network = network or E2BNetwork()
-    if network.rules or network.egressProxy:
-        raise ApiError(
-            400, ErrorCode.BAD_REQUEST, "network rules and egressProxy are not supported by Insien"
-        )
+    if network.egressProxy:
+        raise ApiError(400, ErrorCode.BAD_REQUEST, "egressProxy is not supported by Insien")
     if internet is None:
         internet = network.allowInternetAccess
     blocked = internet is False or any(rule in ALL_TRAFFIC for rule in network.denyOut)
     deny = [rule for rule in network.denyOut if rule not in ALL_TRAFFIC]
     allow = network.allowOut if blocked else ["*"]
-    return network_policy(allow, deny, network.allowPublicTraffic is not False)
+    try:
+        return NetworkPolicy.of(
+            allow, deny, network.allowPublicTraffic is not False, bindings, keep
+        )
+    except RuleError as exc:
+        raise ApiError(400, ErrorCode.BAD_REQUEST, f"network: {exc}") from None
 
 
 class AutoResume(BaseModel):
@@ -111,6 +126,8 @@ class NewSandbox(BaseModel):
     allow_internet_access: bool | None = None
     network: E2BNetwork | None = None
     mcp: dict[str, Any] | None = None
+    iam: dict[str, Any] | None = None
+    """Workload identity (tokens a transform may name): not offered."""
     volumeMounts: list[E2BVolumeMount] | None = Field(None, max_length=16)
 
 
@@ -239,6 +256,28 @@ def control_blueprint(services: Services) -> Blueprint:
             raise ApiError(401, ErrorCode.UNAUTHORIZED, "Invalid API key")
         return found
 
+    def policy(
+        owner: Tenant,
+        network: E2BNetwork | None,
+        internet: bool | None,
+        keep: Mapping[str, str] | None = None,
+    ) -> NetworkPolicy:
+        """E2B's network options, `rules` included, as the tenant's policy: a rule may name
+        only the tenant's own secrets (another's is not found, as if it did not exist)."""
+        bindings: list[dict[str, Any]] = []
+        if network is not None and network.rules:
+            store = store_of(services)
+
+            def resolve(ref: str) -> str | None:
+                found = find(store, owner, ref)
+                return found.name if found else None
+
+            try:
+                bindings = bindings_for(network.rules, resolve)
+            except RulesError as exc:
+                raise ApiError(400, ErrorCode.BAD_REQUEST, str(exc)) from None
+        return bindings_checked(services, owner, e2b_policy(network, internet, bindings, keep))
+
     def template_image(name: str) -> str:
         if name == "base":
             return settings.agent_image
@@ -337,6 +376,9 @@ def control_blueprint(services: Services) -> Blueprint:
         network: dict[str, Any] = {
             "allowPublicTraffic": options.network_policy.allow_public_traffic
         }
+        rules = rules_of(options.network_policy)
+        if rules:
+            network["rules"] = rules
         if options.mask_request_host is not None:
             network["maskRequestHost"] = options.mask_request_host
         return {
@@ -368,6 +410,11 @@ def control_blueprint(services: Services) -> Blueprint:
         body = await json_body(NewSandbox)
         if body.mcp:
             raise ApiError(400, ErrorCode.BAD_REQUEST, "MCP gateways are not supported by Insien")
+        if body.iam and body.iam.get("tokens"):
+            raise ApiError(
+                400, ErrorCode.BAD_REQUEST, "workload identity tokens are not supported by Insien"
+            )
+        network = policy(owner, body.network, body.allow_internet_access)
         image = await available(await image_for(body.templateID, owner), body.templateID)
         options = await sandbox_options(
             services,
@@ -378,7 +425,7 @@ def control_blueprint(services: Services) -> Blueprint:
             metadata=body.metadata,
             env={**await template_builds(services).env_for(owner, image), **body.envVars},
             no_idle_timeout=True,
-            network=e2b_policy(body.network, body.allow_internet_access),
+            network=network,
             volumes=[VolumeMountRequest(name=m.name, path=m.path) for m in body.volumeMounts or ()],
         )
         options = replace(options, **lifecycle(body))
@@ -454,12 +501,12 @@ def control_blueprint(services: Services) -> Blueprint:
 
     @bp.put("/sandboxes/<sandbox_id>/network")
     async def update_network(sandbox_id: str) -> tuple[str, int]:
-        body = await json_body(E2BNetwork)
         owner = tenant()
-        public = manager.get(sandbox_id, owner).options.network_policy.allow_public_traffic
-        policy = e2b_policy(body, None)
+        body = await json_body(E2BNetwork)
+        now = manager.get(sandbox_id, owner).options.network_policy
+        wanted = policy(owner, body, None, now.placeholders())
         await manager.update_network(
-            sandbox_id, owner, replace(policy, allow_public_traffic=public)
+            sandbox_id, owner, replace(wanted, allow_public_traffic=now.allow_public_traffic)
         )
         return "", 204
 
@@ -624,6 +671,7 @@ def control_blueprint(services: Services) -> Blueprint:
         return Response(json.dumps(results), mimetype="application/json"), 201
 
     install_template_routes(bp, services, tenant)
+    install_secret_routes(bp, services, tenant)
 
     @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def unsupported(rest: str) -> Response:
