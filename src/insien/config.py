@@ -7,7 +7,6 @@ Every setting reads `INSIEN_<NAME>` (`env_prefix`); the seed's names (`PORT`, `A
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -23,36 +22,11 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .egress import Ceiling, parse_rules
+from .runtime.base import DEFAULT_CAPABILITIES, DEFAULT_PYTHON, Isolation
 from .tenancy.resources import Resources, parse_size
 from .tenancy.tenants import Plan
 
 MIB = 1024 * 1024
-DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
-"""What the agent (root inside the sandbox) keeps of Docker's default set; everything else,
-NET_RAW, MKNOD, SYS_CHROOT, SETFCAP, AUDIT_WRITE and NET_BIND_SERVICE among it, is dropped."""
-DEFAULT_PYTHON = "/usr/bin/python3"
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A warm pool's profile: a template and its resources, and how many to keep ready."""
-
-    template: str
-    resources: Resources
-    size: int
-    max_size: int = 0
-    """The most ready sandboxes the pool grows to when creates come faster (never below
-    `size`; see WarmPool for the policy)."""
-
-    @property
-    def ceiling(self) -> int:
-        return max(self.size, self.max_size)
-
-    @property
-    def key(self) -> str:
-        """A label value naming the profile: template and limits."""
-        r = self.resources
-        return f"{self.template}|{r.cpus:g}|{r.memory}|{r.pids}"
 
 
 def _seed(name: str, seed: str) -> AliasChoices:
@@ -70,15 +44,6 @@ class TemplateSettings(BaseModel):
     """A Docker network for this template's sandboxes (the default is none)."""
     python: str | None = Field(None, pattern=r"^/[A-Za-z0-9_./+-]+$")
     """The absolute path of python3 in this image, if not INSIEN_AGENT_PYTHON."""
-
-
-@dataclass(frozen=True)
-class Isolation:
-    """How sandboxes of a template run: OCI runtime (None: Docker's), network, interpreter."""
-
-    runtime: str | None
-    network: str
-    python: str
 
 
 class PoolSettings(BaseModel):
@@ -186,6 +151,10 @@ class Settings(BaseSettings):
     """Size of each sandbox's writable layer (Docker's `--storage-opt size`): needs overlay2 on
     xfs with project quotas, or btrfs; Docker refuses the create anywhere else."""
     tmp_size: str = Field("256m", pattern=r"^[0-9]+[kmg]?$")
+    volume_disks: Literal["auto", "on", "off"] = Field("auto")
+    """Give each Docker volume an ext4 disk of its own on a loop device, so its size limit is
+    enforced by the kernel (ENOSPC inside sandboxes); needs root on the Docker host (`auto`:
+    when possible, `on`: refuse to start otherwise). Without: the server's accounting only."""
     nofile: int = Field(4096, ge=64)
     pool_size: int = Field(2, ge=0, le=1000)
     """Ready sandboxes of the default template and resources, for creates to take at once."""
@@ -300,14 +269,14 @@ class Settings(BaseSettings):
         problems = self.default_resources.within(self.max_resources)
         if problems:
             raise ValueError(f"a default sandbox must fit the maximum: {'; '.join(problems)}")
-        self.pool_profiles()  # raises on a pool that could never be used
+        self.pool_entries()  # raises on a pool that could never be used
         return self
 
-    def pool_profiles(self) -> list[Profile]:
-        """Every warm pool's profile; templates must be allowed, resources within the maximum."""
-        profiles = [
-            Profile(self.agent_image, self.default_resources, self.pool_size, self.pool_max)
-        ]
+    def pool_entries(self) -> list[tuple[str, Resources, int, int]]:
+        """Every warm pool asked for, the default one first, as (template, resources, size,
+        the most it grows to); ValueError for a template that is not allowed or resources
+        past the maximum. The pool makes its profiles of them (`sandboxes.pool.profiles_of`)."""
+        entries = [(self.agent_image, self.default_resources, self.pool_size, self.pool_max)]
         for pool in self.pools:
             default = self.default_resources
             resources = Resources(
@@ -316,16 +285,13 @@ class Settings(BaseSettings):
                 pool.pids or default.pids,
             )
             ceiling = self.pool_max if pool.max is None else pool.max
-            template = pool.template or self.agent_image
-            profiles.append(Profile(template, resources, pool.size, ceiling))
-        merged: dict[str, Profile] = {}
-        for profile in profiles:
-            if profile.template not in self.allowed_templates:
-                raise ValueError(f"pool template {profile.template!r} is not an allowed template")
-            if profile.resources.within(self.max_resources):
-                raise ValueError(f"pool of {profile.template!r} exceeds the maximum resources")
-            merged[profile.key] = profile  # a later entry for the same profile wins
-        return [p for p in merged.values() if p.size > 0]
+            entries.append((pool.template or self.agent_image, resources, pool.size, ceiling))
+        for template, resources, _, _ in entries:
+            if template not in self.allowed_templates:
+                raise ValueError(f"pool template {template!r} is not an allowed template")
+            if resources.within(self.max_resources):
+                raise ValueError(f"pool of {template!r} exceeds the maximum resources")
+        return entries
 
     @property
     def default_resources(self) -> Resources:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trio
 
-from insien.config import DEFAULT_PYTHON
+from insien.runtime.base import DEFAULT_PYTHON
 from insien.runtime.docker import agent_volume
 from insien.tenancy.tenants import hash_key, new_key
 from tests.conftest import Server

@@ -11,9 +11,15 @@ import trio
 
 import insien
 from insien._resources import agent_zipapp
-from insien.config import DEFAULT_CAPABILITIES, DEFAULT_PYTHON
 from insien.link import AgentLink
-from insien.runtime.base import LABEL_INSTANCE, LABEL_SANDBOX_ID, AgentChannel, ContainerSpec
+from insien.runtime.base import (
+    DEFAULT_CAPABILITIES,
+    DEFAULT_PYTHON,
+    LABEL_INSTANCE,
+    LABEL_SANDBOX_ID,
+    AgentChannel,
+    ContainerSpec,
+)
 from insien.runtime.docker import DockerRuntime
 from tests.channel_conformance import ECHO_PROGRAM, check_agent_channel
 from tests.conftest import IMAGE, instance_name

@@ -10,10 +10,10 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from insien.config import Profile, Settings
+from insien.config import Settings
 from insien.sandboxes import pool as pool_module
 from insien.sandboxes.demand import BUCKETS, WINDOW_SECONDS, Demand
-from insien.sandboxes.pool import WarmPool
+from insien.sandboxes.pool import Profile, WarmPool
 from insien.sandboxes.sandbox import Sandbox
 from insien.tenancy.resources import Resources
 

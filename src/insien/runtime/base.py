@@ -32,6 +32,12 @@ AGENT_PATH = f"{AGENT_DIR}/agent.pyz"
 AGENT_ENVIRONMENT = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 """The agent's process starts with this and the agent's own settings; the sandbox's `env`
 reaches user commands through the agent, never the container's environment."""
+DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
+"""What the agent (root inside the sandbox) keeps of Docker's default set; everything else,
+NET_RAW, MKNOD, SYS_CHROOT, SETFCAP, AUDIT_WRITE and NET_BIND_SERVICE among it, is dropped."""
+DEFAULT_PYTHON = "/usr/bin/python3"
+"""Where sandbox images have python3, unless the operator says otherwise (INSIEN_AGENT_PYTHON,
+a template's `python`): where the agent runs on the runtime Insien brings, it is this one."""
 
 
 class RuntimeFailure(Exception):
@@ -59,6 +65,17 @@ class VolumeMount:
     """The runtime's name of the volume."""
     path: str
     read_only: bool
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How sandboxes of a template run: OCI runtime (None: the runtime's default), network,
+    interpreter. The operator's settings choose it per template (`Settings.isolation`); a
+    create carries it into its `ContainerSpec`."""
+
+    runtime: str | None
+    network: str
+    python: str
 
 
 @dataclass(frozen=True)

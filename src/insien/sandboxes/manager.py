@@ -33,7 +33,7 @@ from ..tenancy.tenants import Tenant
 from .egress import Egress
 from .errors import not_supported
 from .launcher import Launcher, SandboxStartError, first_of
-from .pool import WarmPool
+from .pool import WarmPool, profiles_of
 from .provenance import Sealer
 from .records import notes_message
 from .recovery import RecoveryReport, recover
@@ -75,7 +75,7 @@ class SandboxManager:
         self._create_rate = CreateRateLimiter()
         self.launcher = Launcher(runtime, settings, sealer, self.start_link)
         self.pool = WarmPool(
-            settings.pool_profiles(),
+            profiles_of(settings),
             runtime=runtime,
             settings=settings,
             sealer=sealer,

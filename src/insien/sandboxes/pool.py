@@ -25,11 +25,12 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import trio
 
-from ..config import Profile, Settings
+from ..config import Settings
 from ..runtime.base import ImageStore, Runtime, RuntimeFailure
 from ..tenancy.resources import Resources
 from ..tenancy.tenants import Tenant
@@ -54,6 +55,38 @@ image has `python`)."""
 WARM_CONTEXTS_TIMEOUT = 30.0
 POOLED_SANDBOX_BYTES = 32 * 1024 * 1024
 """What an idle ready sandbox costs the host (agent, helper, shim), for the memory bound."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A warm pool's profile: a template and its resources, and how many to keep ready."""
+
+    template: str
+    resources: Resources
+    size: int
+    max_size: int = 0
+    """The most ready sandboxes the pool grows to when creates come faster (never below
+    `size`; see WarmPool for the policy)."""
+
+    @property
+    def ceiling(self) -> int:
+        return max(self.size, self.max_size)
+
+    @property
+    def key(self) -> str:
+        """A label value naming the profile: template and limits."""
+        r = self.resources
+        return f"{self.template}|{r.cpus:g}|{r.memory}|{r.pids}"
+
+
+def profiles_of(settings: Settings) -> list[Profile]:
+    """Every warm pool's profile from the operator's settings (checked there): a later entry
+    for the same template and resources wins, and a pool of size 0 is none."""
+    merged: dict[str, Profile] = {}
+    for template, resources, size, most in settings.pool_entries():
+        profile = Profile(template, resources, size, most)
+        merged[profile.key] = profile
+    return [profile for profile in merged.values() if profile.size > 0]
 
 
 def available_memory() -> int | None:

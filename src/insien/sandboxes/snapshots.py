@@ -19,9 +19,9 @@ from typing import Any
 
 import trio
 
-from ..config import Isolation, Settings
+from ..config import Settings
 from ..protocol import ErrorCode
-from ..runtime.base import FilesystemSnapshots, Runtime, RuntimeFailure
+from ..runtime.base import FilesystemSnapshots, Isolation, Runtime, RuntimeFailure
 from ..tenancy.quotas import QuotaExceeded
 from ..tenancy.tenants import Tenant
 from .errors import not_supported

@@ -25,9 +25,8 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import Mount
 
-from ...config import DEFAULT_PYTHON
 from .. import agent_runtime
-from ..base import AGENT_DIR, AGENT_PATH, LABEL_PREFIX
+from ..base import AGENT_DIR, AGENT_PATH, DEFAULT_PYTHON, LABEL_PREFIX
 
 LABEL_AGENT = f"{LABEL_PREFIX}agent"
 """On agent volumes: the digest of the agent and runtime they hold."""
