@@ -25,6 +25,7 @@ import pytest
 from insien.tenancy.tenants import hash_key, new_key
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.helpers import call, websocket
+from tests.volume_disks import remove_volumes
 
 TENANTS = ("alice", "mallory")
 SUFFIX = "volume-tenancy"
@@ -70,13 +71,10 @@ def setup(
     yield found
     found.stop()
     assert found.server is not None
-    for volume in docker_client.volumes.list(
-        filters={"label": f"insien.volume.instance={found.server.instance}"}
-    ):
-        volume.remove(force=True)
     for name in found.made:
         with contextlib.suppress(docker.errors.NotFound):
             docker_client.volumes.get(name).remove(force=True)
+    remove_volumes(docker_client, found.server.instance)
 
 
 async def make_volume(api: httpx.AsyncClient, name: str) -> None:

@@ -22,6 +22,7 @@ from e2b import SandboxException as E2BSandboxException
 from insien_sandbox import AsyncSandbox, AsyncVolume, NotFoundError, Sandbox, Volume, VolumeMount
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.helpers import call, websocket
+from tests.volume_disks import DISKS, remove_volumes
 
 MIB = 1 << 20
 
@@ -33,10 +34,7 @@ def volume_server(docker_client: docker.DockerClient) -> Iterator[Server]:
     )
     yield info
     assert stop_server(process) == 0, info.log()[-4000:]
-    for volume in docker_client.volumes.list(
-        filters={"label": f"insien.volume.instance={info.instance}"}
-    ):
-        volume.remove(force=True)
+    remove_volumes(docker_client, info.instance)
 
 
 @asynccontextmanager
@@ -154,25 +152,106 @@ async def test_files_without_a_sandbox(volume_server: Server) -> None:
 
 async def test_the_size_limit_refuses_writes_past_it(volume_server: Server) -> None:
     async with client(volume_server) as api, volume(api, size="2m") as name:
-        first = await api.put(
-            f"/volumes/{name}/files", params={"path": "a"}, content=bytes(3 * MIB // 2)
-        )
+        original = secrets.token_bytes(3 * MIB // 2)
+        first = await api.put(f"/volumes/{name}/files", params={"path": "a"}, content=original)
         assert first.status_code == 200, first.text
         over = await api.put(f"/volumes/{name}/files", params={"path": "b"}, content=bytes(MIB))
         assert over.status_code == 507, over.text
         assert over.json()["code"] == "TOO_LARGE"
         absent = await api.get(f"/volumes/{name}/files", params={"path": "b"})
         assert absent.status_code == 404  # refused means nothing written
-        # Replacing a file counts what it replaces.
+        # A replacement lands whole or not at all: the volume's own disk has no room for the
+        # new copy beside the old one, so it is refused and the old one is kept, byte for byte.
         replaced = await api.put(
             f"/volumes/{name}/files", params={"path": "a"}, content=bytes(2 * MIB - 1)
         )
-        assert replaced.status_code == 200, replaced.text
+        assert replaced.status_code == 507, replaced.text
+        kept = await api.get(f"/volumes/{name}/files", params={"path": "a"})
+        assert kept.content == original
         whole = await api.put(
             f"/volumes/{name}/files", params={"path": "c"}, content=bytes(2 * MIB + 1)
         )
         assert whole.status_code == 507  # past the limit on its declared length alone
-        assert (await api.get(f"/volumes/{name}")).json()["bytesUsed"] == 2 * MIB - 1
+        assert (await api.get(f"/volumes/{name}")).json()["bytesUsed"] == len(original)
+        listed = (await api.get(f"/volumes/{name}/entries", params={"path": "/"})).json()
+        assert [entry["name"] for entry in listed["entries"]] == ["a"]  # no temporary left
+
+
+async def test_an_upload_is_checked_against_the_digest_it_names(volume_server: Server) -> None:
+    async with client(volume_server) as api, volume(api) as name:
+        data = secrets.token_bytes(MIB + 3)
+        digest = hashlib.sha256(data).hexdigest()
+        right = await api.put(
+            f"/volumes/{name}/files",
+            params={"path": "d"},
+            content=data,
+            headers={"X-Insien-Sha256": digest},
+        )
+        assert right.status_code == 200, right.text
+        assert right.json()["sha256"] == digest
+        # A body cut or changed on the way (here: one byte flipped) is refused whole.
+        changed = data[:-1] + bytes([data[-1] ^ 1])
+        wrong = await api.put(
+            f"/volumes/{name}/files",
+            params={"path": "d"},
+            content=changed,
+            headers={"X-Insien-Sha256": digest},
+        )
+        assert wrong.status_code == 400, wrong.text
+        assert "nothing was written" in wrong.json()["message"]
+        short = await api.put(
+            f"/volumes/{name}/files",
+            params={"path": "e"},
+            content=data[: MIB // 2],
+            headers={"X-Insien-Sha256": digest},
+        )
+        assert short.status_code == 400, short.text
+        kept = await api.get(f"/volumes/{name}/files", params={"path": "d"})
+        assert kept.content == data
+        assert kept.headers["X-Insien-Sha256"] == digest
+        absent = await api.get(f"/volumes/{name}/files", params={"path": "e"})
+        assert absent.status_code == 404
+        bad = await api.put(
+            f"/volumes/{name}/files",
+            params={"path": "f"},
+            content=b"x",
+            headers={"X-Insien-Sha256": "not-hex"},
+        )
+        assert bad.status_code == 400
+
+
+async def test_a_write_past_the_limit_fails_with_enospc_inside_a_sandbox(
+    volume_server: Server, docker_client: docker.DockerClient
+) -> None:
+    async with client(volume_server) as api, volume(api, size="4m") as name:
+        sandbox = await create(api, [{"name": name, "path": "/data"}])
+        done = await sh(
+            sandbox,
+            "head -c 1048576 /dev/urandom > /data/kept && sha256sum /data/kept && "
+            "dd if=/dev/zero of=/data/big bs=64K count=160 2>&1; echo status=$?; "
+            "rm /data/big; ls -A /data",
+        )
+        assert "No space left on device" in done["stdout"], done
+        assert "status=1" in done["stdout"], done
+        assert done["stdout"].rstrip().endswith("\nkept"), done  # nothing but the user's file
+        digest = done["stdout"].split()[0]
+        await api.post(f"/sandbox/{sandbox['sandboxId']}/destroy")
+        kept = await api.get(f"/volumes/{name}/files", params={"path": "kept"})
+        assert hashlib.sha256(kept.content).hexdigest() == digest
+        assert kept.headers["X-Insien-Sha256"] == digest
+        (made,) = docker_client.volumes.list(
+            filters={
+                "label": [
+                    f"insien.volume.instance={volume_server.instance}",
+                    f"insien.volume.name={name}",
+                ]
+            }
+        )
+        assert made.attrs["Options"]["type"] == "ext4"
+        image = DISKS / f"{made.name}.img"
+        assert image.exists()
+    assert not image.exists()  # deleting the volume deletes its disk (and frees its loop)
+    assert not image.with_suffix(".dev").exists()
 
 
 async def test_plan_quotas_names_and_sizes(volume_server: Server) -> None:

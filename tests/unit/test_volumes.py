@@ -5,10 +5,13 @@ whole files; an upload's spool is a valid one-file tar; the seal is bound to the
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -23,7 +26,9 @@ from insien.sandboxes.volumes import (
     BadVolume,
     MountRequest,
     Spool,
+    VolumeCorrupt,
     Volumes,
+    _stream_member,
     checked_mounts,
     file_path,
     mount_path,
@@ -174,6 +179,57 @@ def test_the_limit_counts_what_a_write_replaces(volume: tuple[int, Path], tmp_pa
     assert not (root / "g").exists()
     volume_job.write_file(fd, "f", limit, inbox(tmp_path, bytes(1000)))
     assert (root / "f").stat().st_size == 1000
+
+
+def test_a_write_that_is_not_what_the_server_received_leaves_the_old_file(
+    volume: tuple[int, Path], tmp_path: Path
+) -> None:
+    fd, root = volume
+    volume_job.write_file(fd, "f", 1 << 20, inbox(tmp_path, b"old"))
+    sent = hashlib.sha256(b"new").hexdigest()
+    # What reached the job's inbox differs from what the server received (sent).
+    with pytest.raises(Refused) as raised:
+        volume_job.write_file(fd, "f", 1 << 20, inbox(tmp_path, b"nex"), expected=sent)
+    assert raised.value.code == "CORRUPT"
+    assert (root / "f").read_bytes() == b"old"
+    assert [p.name for p in root.iterdir()] == ["f"]  # no temporary left
+    written = volume_job.write_file(fd, "f", 1 << 20, inbox(tmp_path, b"new"), expected=sent)
+    assert written == {"size": 3, "sha256": sent}
+
+
+async def test_a_download_that_is_not_what_the_job_read_ends_broken() -> None:
+    data = os.urandom(3 << 20)
+
+    def archive() -> IO[bytes]:
+        made = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the stream)
+        with tarfile.open(fileobj=made, mode="w") as tar:
+            info = tarfile.TarInfo("data")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        made.seek(0)
+        return made
+
+    right = hashlib.sha256(data).hexdigest()
+    got = b"".join([chunk async for chunk in _stream_member(archive(), len(data), right)])
+    assert got == data
+    received: list[bytes] = []
+
+    async def download() -> None:
+        async for chunk in _stream_member(archive(), len(data), "0" * 64):
+            received.append(chunk)
+
+    with pytest.raises(VolumeCorrupt):
+        await download()
+    # The last piece is held back: never a whole wrong file.
+    assert len(b"".join(received)) < len(data)
+
+
+async def test_the_spool_hashes_what_it_receives() -> None:
+    spool = Spool()
+    await spool.write(b"abc")
+    await spool.write(b"def")
+    assert spool.digest.hexdigest() == hashlib.sha256(b"abcdef").hexdigest()
+    spool.close()
 
 
 def test_symlinks_are_never_followed(volume: tuple[int, Path], tmp_path: Path) -> None:

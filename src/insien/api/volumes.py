@@ -21,6 +21,7 @@ from ..sandboxes.volumes import (
     BadVolume,
     Spool,
     VolumeBusy,
+    VolumeCorrupt,
     VolumeExists,
     VolumeFileError,
     VolumeFull,
@@ -48,6 +49,7 @@ from .schemas import (
 )
 
 UPLOAD_PATH = re.compile(r"^/volumes/(?P<name>[^/]+)/files$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ASGIApp = Any
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,7 +61,10 @@ OUTSIDE_QUART.append(
         Operation(
             summary="Write a file into a volume, without a sandbox (raw bytes streamed in)",
             description="Folders on the way are made. The answer carries the size and SHA-256 "
-            "of what the volume now holds; 507 when the volume would pass its size limit.",
+            "of what the volume now holds; 507 when the volume would pass its size limit. "
+            "With `X-Insien-Sha256` (the body's SHA-256, hex), a body that does not match is "
+            "refused (400) and nothing is written; either way the volume job checks what it "
+            "copied against what the server received before the file takes its name.",
             answer=VolumeWritten,
             body="bytes",
             query=VolumeFileQuery,
@@ -82,12 +87,22 @@ def volume_error(exc: Exception) -> ApiError:
         return ApiError(409, ErrorCode.BUSY, str(exc))
     if isinstance(exc, VolumeFull):
         return ApiError(507, ErrorCode.TOO_LARGE, str(exc))
+    if isinstance(exc, VolumeCorrupt):
+        return ApiError(500, ErrorCode.INTERNAL, str(exc))
     if isinstance(exc, VolumeFileError):
         return ApiError(status_for(exc.code), exc.code, exc.message)
     return api_error_for(exc)
 
 
-VOLUME_ERRORS = (BadVolume, VolumeNotFound, VolumeExists, VolumeBusy, VolumeFull, VolumeFileError)
+VOLUME_ERRORS = (
+    BadVolume,
+    VolumeNotFound,
+    VolumeExists,
+    VolumeBusy,
+    VolumeFull,
+    VolumeCorrupt,
+    VolumeFileError,
+)
 
 
 def translated(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -285,6 +300,9 @@ class VolumeUploads:
         if tenant is None:
             raise ApiError(401, ErrorCode.UNAUTHORIZED, "missing or invalid X-API-Key header")
         path = file_path(exchange.query.get("path"))
+        expected = exchange.headers.get("x-insien-sha256")
+        if expected is not None and not SHA256.fullmatch(expected.lower()):
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "X-Insien-Sha256 is 64 hexadecimal digits")
         volume = await services.manager.volumes.get(tenant, name)
         limit = services.settings.max_upload_bytes
         declared = exchange.headers.get("content-length")
@@ -306,6 +324,14 @@ class VolumeUploads:
                     )
                 if spool.size > volume.size_limit:
                     raise VolumeFull(f"the volume holds at most {volume.size_limit} bytes")
+            received = spool.digest.hexdigest()
+            if expected is not None and expected.lower() != received:
+                raise ApiError(
+                    400,
+                    ErrorCode.BAD_REQUEST,
+                    f"the body's SHA-256 is {received}, X-Insien-Sha256 says "
+                    f"{expected.lower()}; nothing was written",
+                )
             written = await services.manager.volumes.write_file(tenant, name, path, spool)
         finally:
             spool.close()

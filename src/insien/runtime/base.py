@@ -326,7 +326,12 @@ class VolumeStore(Protocol):
     """Named volumes that outlive sandboxes: made with labels, found by them, mounted at
     create (`ContainerSpec.volumes`), and reached without a sandbox by `run_volume_job`."""
 
-    async def create_volume(self, name: str, labels: Mapping[str, str]) -> None: ...
+    async def create_volume(
+        self, name: str, labels: Mapping[str, str], device: str | None = None
+    ) -> None:
+        """Make a volume; with `device`, one that mounts that ext4 block device (a path the
+        engine's host resolves) instead of a folder of the engine's own."""
+        ...
 
     async def volumes_labelled(self, label: str) -> list[VolumeInfo]:
         """Volumes carrying `label` (`name` or `name=value`)."""

@@ -83,7 +83,7 @@ class SandboxManager:
             discard=self.discard,
         )
         self.snapshots = Snapshots(runtime, settings, tenant_exists)
-        self.volumes = Volumes(runtime, settings, sealer)
+        self.volumes = Volumes(runtime, settings, sealer, tenant_exists)
         self.recovery = RecoveryReport()
         disk_limit = parse_size(settings.disk_limit) if settings.disk_limit else 0
         tmp_size = parse_size(settings.tmp_size)
@@ -117,6 +117,7 @@ class SandboxManager:
                 manager.metrics.recovered.labels(outcome).set(count)
             nursery.start_soon(manager._reap)
             nursery.start_soon(manager.snapshots.purge_forever)
+            nursery.start_soon(manager.volumes.purge_forever)
             nursery.start_soon(manager.pool.keep_filled)
             try:
                 yield manager

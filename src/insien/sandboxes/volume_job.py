@@ -201,9 +201,12 @@ def read_file(root: int, path: str, outbox: str = OUTBOX) -> dict[str, Any]:
     return {"size": size, "sha256": digest}
 
 
-def write_file(root: int, path: str, limit: int, inbox: str = INBOX) -> dict[str, Any]:
+def write_file(
+    root: int, path: str, limit: int, inbox: str = INBOX, expected: str = ""
+) -> dict[str, Any]:
     """Put the inbox at `path` (folders made on the way) unless the volume would then hold
-    more than `limit` bytes (NO_SPACE)."""
+    more than `limit` bytes (NO_SPACE), or what was copied is not `expected` (its SHA-256, as
+    the server received it: CORRUPT, and the old file stays)."""
     folder, name = _split(path)
     incoming = os.stat(inbox).st_size
     fd = open_dir(root, folder, create=True)
@@ -238,6 +241,12 @@ def write_file(root: int, path: str, limit: int, inbox: str = INBOX) -> dict[str
                 size, digest = _copy(source, target)
             finally:
                 os.close(source)
+            if expected and digest != expected:
+                raise Refused(
+                    "CORRUPT",
+                    f"{path}: the volume received SHA-256 {digest}, the server sent "
+                    f"{expected}; nothing was written",
+                )
             os.fsync(target)
             os.close(target)
             target = -1
@@ -251,6 +260,12 @@ def write_file(root: int, path: str, limit: int, inbox: str = INBOX) -> dict[str
             raise
         os.fsync(fd)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise Refused(
+                "NO_SPACE",
+                f"{path}: the volume's disk is full (a file being replaced keeps its old "
+                "copy until the new one is whole, so both need room for a moment)",
+            ) from None
         raise _refusal(exc, path) from None
     finally:
         os.close(fd)
@@ -313,6 +328,10 @@ def owner_ids(user: str) -> tuple[int, int]:
 def prepare(root: int, user: str) -> dict[str, Any]:
     """A new volume's root, owned by the sandbox user (run as root, with CHOWN only)."""
     uid, gid = owner_ids(user)
+    # A disk-backed volume is a fresh ext4 filesystem: its empty lost+found is root's, of no
+    # use to the sandbox user, and e2fsck makes it again should it ever need one.
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir("lost+found", dir_fd=root)
     os.chmod(root, 0o755)  # first: once it is not root's, changing its mode needs FOWNER
     os.chown(root, uid, gid)
     return {"uid": uid, "gid": gid}
@@ -322,7 +341,9 @@ OPERATIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "usage": lambda root: {"bytes": usage(root)},
     "list": list_folder,
     "read": read_file,
-    "write": lambda root, path, limit: write_file(root, path, int(limit)),
+    "write": lambda root, path, limit, expected="": write_file(
+        root, path, int(limit), expected=expected
+    ),
     "remove": remove,
     "mkdir": make_folder,
     "prepare": prepare,

@@ -8,11 +8,13 @@ instance made it, sealed with the server's key over the runtime's name of it (th
 by label and believes only those whose seal verifies, so a restarted server sees exactly
 what it made, and a volume made outside Insien with Insien-like labels is never adopted.
 
-The size limit is the server's accounting, not a filesystem quota: Docker's `local` driver
-cannot cap a named volume. Writes over the API are measured and refused past the limit
-(`VolumeFull`, 507); writes from inside a sandbox are not stopped (no ENOSPC), but show in
-the usage, and a volume past its limit takes no more writes over the API until it is
-brought under it again.
+The size limit is enforced twice where the server can (`volume_disks.py`): each volume is an
+ext4 disk of its own on a loop device, so a write past the limit fails with ENOSPC inside
+the sandbox; and writes over the API are measured and refused past the limit (`VolumeFull`,
+507). Where it cannot (Docker's `local` driver alone cannot cap a named volume; disks need
+root on the Docker host), only the accounting holds: writes from inside a sandbox are not
+stopped, but show in the usage, and a volume past its limit takes no more writes over the
+API until it is brought under it again.
 
 File operations without a sandbox run as a volume job (`volume_job.py`): a throwaway
 container of the default sandbox image, as the sandbox user, without network or
@@ -22,6 +24,7 @@ capabilities, that walks every path without following symlinks.
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import logging
 import re
@@ -55,6 +58,7 @@ from . import volume_job
 from .errors import not_supported
 from .provenance import ProvenanceError, Sealer
 from .sandbox import iso_timestamp
+from .volume_disks import VolumeDisks, disks_possible
 
 log = logging.getLogger("insien.volumes")
 
@@ -80,6 +84,8 @@ MAX_MOUNTS = 16
 MAX_PATH = 1024
 JOBS_AT_ONCE = 8
 """Volume jobs (each a container) running at once on this server; more wait their turn."""
+PURGE_INTERVAL = 5.0
+"""How often volumes of tenants gone from the tenants file are looked for (as snapshots)."""
 SYSTEM_PATHS = (
     "/bin",
     "/boot",
@@ -121,6 +127,10 @@ class VolumeExists(Exception):
 
 class VolumeFull(Exception):
     """The write would take the volume past its size limit: 507."""
+
+
+class VolumeCorrupt(Exception):
+    """What reached the volume is not what the server received (nothing was written): 500."""
 
 
 class VolumeFileError(Exception):
@@ -225,10 +235,16 @@ class Spool:
     def __init__(self) -> None:
         self.file: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by `close`)
         self.size = 0
+        self.digest = hashlib.sha256()
+        """Of the bytes received: the volume job checks what it copied against it."""
         self.file.write(bytes(tarfile.BLOCKSIZE))
 
+    def _write(self, chunk: bytes) -> None:
+        self.file.write(chunk)
+        self.digest.update(chunk)
+
     async def write(self, chunk: bytes) -> None:
-        await trio.to_thread.run_sync(self.file.write, chunk)
+        await trio.to_thread.run_sync(self._write, chunk)
         self.size += len(chunk)
 
     def finish(self) -> IO[bytes]:
@@ -250,13 +266,39 @@ class Volumes:
     """Making, finding, mounting, measuring and deleting tenants' volumes, and their files.
     On a runtime without `VolumeStore` (Kubernetes) every one of these is NOT_SUPPORTED."""
 
-    def __init__(self, runtime: Runtime, settings: Settings, sealer: Sealer) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        settings: Settings,
+        sealer: Sealer,
+        tenant_exists: Callable[[str], bool] = lambda _: True,
+    ) -> None:
         self._runtime = runtime
         self._store = runtime if isinstance(runtime, VolumeStore) else None
         self._settings = settings
         self._sealer = sealer
+        self._tenant_exists = tenant_exists
         self._lock = trio.Lock()  # a burst of creates cannot slip past the quota or a name
         self._jobs = trio.Semaphore(JOBS_AT_ONCE)
+        folder = settings.state_dir / "volume-disks"
+        self._disks = VolumeDisks(folder) if self._store and disks_possible() else None
+        """Disks of volumes made with one (kept working if they are turned off later)."""
+        self.disks: VolumeDisks | None = None
+        """Each new volume's own filesystem (its limit enforced by the kernel), if possible."""
+        if self._store is not None and settings.volume_disks != "off":
+            if self._disks is not None:
+                self.disks = self._disks
+            elif settings.volume_disks == "on":
+                raise RuntimeFailure(
+                    "INSIEN_VOLUME_DISKS=on needs root on the Docker host with "
+                    "/dev/loop-control, losetup, mkfs.ext4 and dumpe2fs"
+                )
+            log.info(
+                "volume size limits: %s",
+                "ext4 disks on loop devices (ENOSPC inside sandboxes)"
+                if self.disks is not None
+                else "the server's accounting only (writes inside sandboxes are not stopped)",
+            )
 
     def _require(self) -> VolumeStore:
         if self._store is None:
@@ -342,12 +384,17 @@ class Volumes:
                 LABEL_VOLUME_CREATED: iso_timestamp(datetime.now(UTC)),
             }
             labels = {**sealed, LABEL_VOLUME_SEAL: self._sealer.volume_seal(runtime_name, sealed)}
-            await store.create_volume(runtime_name, labels)
+            device = None
+            if self.disks is not None:
+                device = str(await self.disks.make(runtime_name, limit))
             try:
+                await store.create_volume(runtime_name, labels, device=device)
                 await self._job(runtime_name, "prepare", self._settings.sandbox_user, root=True)
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await store.remove_volume(runtime_name)
+                    if self.disks is not None:
+                        await self.disks.remove(runtime_name)
                 raise
         volume = self._verified(runtime_name, labels)
         assert volume is not None
@@ -384,7 +431,7 @@ class Volumes:
         self, tenant: Tenant, name: str, force: bool, destroy: Callable[[str], Awaitable[None]]
     ) -> None:
         """Remove a volume nothing mounts; with `force`, destroy the sandboxes that do first."""
-        store = self._require()
+        self._require()
         volume = await self.get(tenant, name)
         sandboxes, others = await self.users(volume)
         if sandboxes and not force:
@@ -399,11 +446,61 @@ class Volumes:
             if found is not None and found.running:
                 raise VolumeBusy(f"a file operation on volume {name!r} is under way")
             await self._runtime.remove(container_id)  # a job left behind by a crash
-        try:
-            await store.remove_volume(volume.runtime_name)
-        except RuntimeFailure as exc:
-            raise VolumeBusy(f"volume {name!r} is still in use: {exc}") from None
+        await self._remove(volume)
         log.info("volume %s (%s) deleted by %s", name, volume.runtime_name, tenant.id)
+
+    async def _remove(self, volume: Volume) -> None:
+        """The runtime's volume, then its disk (once nothing can mount it)."""
+        try:
+            await self._require().remove_volume(volume.runtime_name)
+        except RuntimeFailure as exc:
+            raise VolumeBusy(f"volume {volume.name!r} is still in use: {exc}") from None
+        if self._disks is not None:
+            await self._disks.remove(volume.runtime_name)
+
+    async def _attach(self, runtime_name: str) -> None:
+        """A disk-backed volume's loop device, attached before anything mounts it (a reboot
+        detaches them all); a volume without a disk needs nothing."""
+        if self._disks is not None and self._disks.has(runtime_name):
+            await self._disks.attach(runtime_name)
+
+    async def purge_forever(self) -> None:
+        """Volumes of tenants gone from the tenants file go with them, once no sandbox mounts
+        them (the tenant's sandboxes end with their timeouts)."""
+        if self._store is None:
+            return
+        while True:
+            try:
+                await self.purge_once()
+            except RuntimeFailure as exc:
+                log.warning("volume purge: %s", exc)
+            await trio.sleep(PURGE_INTERVAL)
+
+    async def purge_once(self) -> builtins.list[str]:
+        """Remove the volumes of this instance whose tenant is gone; their runtime names."""
+        store = self._require()
+        found = await store.volumes_labelled(f"{LABEL_VOLUME_INSTANCE}={self._settings.instance}")
+        removed: builtins.list[str] = []
+        for item in found:
+            volume = self._verified(item.name, dict(item.labels))
+            if volume is None or self._tenant_exists(volume.owner):
+                continue
+            sandboxes, others = await self.users(volume)
+            if sandboxes or others:
+                continue  # next round, once they have ended
+            try:
+                await self._remove(volume)
+            except VolumeBusy as exc:
+                log.info("volume purge: %s", exc)
+                continue
+            log.info(
+                "volume %s (%s) removed: tenant %s is gone",
+                volume.name,
+                volume.runtime_name,
+                volume.owner,
+            )
+            removed.append(volume.runtime_name)
+        return removed
 
     async def mounts(
         self, tenant: Tenant, requests: Sequence[MountRequest]
@@ -419,6 +516,7 @@ class Volumes:
             volume = mine.get(wanted.name)
             if volume is None:
                 raise VolumeNotFound(wanted.name)
+            await self._attach(volume.runtime_name)
             mounts.append(VolumeMount(volume.runtime_name, wanted.path, wanted.read_only))
         return tuple(mounts)
 
@@ -440,16 +538,25 @@ class Volumes:
         self, tenant: Tenant, name: str, path: str, spool: Spool
     ) -> dict[str, Any]:
         """Put an upload at `path`; its size and SHA-256 as written (VolumeFull past the
-        limit)."""
+        limit). The job compares what it copied with what the server received before the
+        file takes its name (VolumeCorrupt otherwise, and nothing is written)."""
         volume = await self.get(tenant, name)
+        received = spool.digest.hexdigest()
         inbox = await trio.to_thread.run_sync(spool.finish)
-        return await self._job(
+        written = await self._job(
             volume.runtime_name,
             "write",
             path,
             str(volume.size_limit),
+            received,
             inbox=inbox,
         )
+        if int(written["size"]) != spool.size or written["sha256"] != received:
+            raise VolumeCorrupt(
+                f"{path}: the volume holds {written['size']} bytes with SHA-256 "
+                f"{written['sha256']}, the server received {spool.size} with {received}"
+            )
+        return written
 
     async def read_file(
         self, tenant: Tenant, name: str, path: str
@@ -457,7 +564,8 @@ class Volumes:
         """A file's size, SHA-256 and bytes (streamed from a temporary copy)."""
         volume = await self.get(tenant, name)
         answer, archive = await self._job_with_outbox(volume.runtime_name, "read", path)
-        return int(answer["size"]), str(answer["sha256"]), _stream_member(archive)
+        size, digest = int(answer["size"]), str(answer["sha256"])
+        return size, digest, _stream_member(archive, size, digest)
 
     # -- running jobs -----------------------------------------------------------------------
 
@@ -481,6 +589,7 @@ class Volumes:
     ) -> dict[str, Any]:
         """Run `volume_job.py` with `argv`, as the sandbox user (root: as root, CHOWN only)."""
         user = "0:0" if root else self._settings.sandbox_user
+        await self._attach(volume)
         async with self._jobs:
             result = await self._require().run_volume_job(
                 self._job_spec(volume, user, argv, inbox, outbox=False)
@@ -489,6 +598,7 @@ class Volumes:
 
     async def _job_with_outbox(self, volume: str, *argv: str) -> tuple[dict[str, Any], IO[bytes]]:
         user = self._settings.sandbox_user
+        await self._attach(volume)
         async with self._jobs:
             result = await self._require().run_volume_job(
                 self._job_spec(volume, user, argv, None, outbox=True)
@@ -526,13 +636,17 @@ def _answer(result: VolumeJobResult) -> dict[str, Any]:
         raise VolumeFull(message)
     if error == "SYMLINK":
         raise VolumeFileError(ErrorCode.PERMISSION_DENIED, message)
+    if error == "CORRUPT":
+        raise VolumeCorrupt(message)
     code = ErrorCode(error) if error in {str(c) for c in ErrorCode} else ErrorCode.INTERNAL
     raise VolumeFileError(code, message)
 
 
-async def _stream_member(archive: IO[bytes]) -> AsyncIterator[bytes]:
+async def _stream_member(archive: IO[bytes], size: int, digest: str) -> AsyncIterator[bytes]:
     """The one file of a job's outbox archive, a piece at a time; the archive is closed at
-    the end (or when the reader stops)."""
+    the end (or when the reader stops). Bytes that are not the `size` and `digest` the job
+    read end the stream with VolumeCorrupt instead of its last piece, so the client sees a
+    broken transfer, never a complete-looking wrong file."""
     try:
         tar = await trio.to_thread.run_sync(
             lambda: tarfile.open(fileobj=archive, mode="r|")  # noqa: SIM115 (archive closed)
@@ -541,8 +655,21 @@ async def _stream_member(archive: IO[bytes]) -> AsyncIterator[bytes]:
         source = tar.extractfile(member) if member is not None else None
         if source is None:
             raise RuntimeFailure("the volume job's archive holds no file")
+        sent, hashed = 0, hashlib.sha256()
+        pending = b""
         while chunk := await trio.to_thread.run_sync(source.read, 1 << 20):
-            yield chunk
+            if pending:
+                yield pending
+            hashed.update(chunk)
+            sent += len(chunk)
+            pending = chunk
+        if sent != size or hashed.hexdigest() != digest:
+            raise VolumeCorrupt(
+                f"the copy holds {sent} bytes with SHA-256 {hashed.hexdigest()}, the volume "
+                f"{size} with {digest}"
+            )
+        if pending:
+            yield pending
     finally:
         archive.close()
 
@@ -553,6 +680,7 @@ __all__ = [
     "Spool",
     "Volume",
     "VolumeBusy",
+    "VolumeCorrupt",
     "VolumeExists",
     "VolumeFileError",
     "VolumeFull",

@@ -422,9 +422,14 @@ class DockerRuntime:
 
     # -- VolumeStore ----------------------------------------------------------------------------
 
-    async def create_volume(self, name: str, labels: Mapping[str, str]) -> None:
+    async def create_volume(
+        self, name: str, labels: Mapping[str, str], device: str | None = None
+    ) -> None:
+        options = {"type": "ext4", "device": device} if device is not None else None
         await self._call(
-            lambda: self._client.api.create_volume(name, driver="local", labels=dict(labels))
+            lambda: self._client.api.create_volume(
+                name, driver="local", driver_opts=options, labels=dict(labels)
+            )
         )
 
     async def volumes_labelled(self, label: str) -> list[VolumeInfo]:
