@@ -6,18 +6,27 @@ data, so a file copied to another tenant's folder or renamed does not open. Each
 own folder under `<state>/secrets/` named by a hash of its id. The server is the only writer:
 what it wrote is kept in memory too, so a rotation or a deletion is in effect for the very
 next request. Nothing here logs, formats or raises with a value.
+
+Trio code calls the `a`-prefixed methods: their disk reads and writes (each an fsync) run in
+worker threads, at most IO_THREADS at once per store, and changes are made one at a time so
+two creates of one name cannot both pass the check. The plain methods do the same work in the
+caller's thread, for code that is not in trio (and the unit tests).
 """
 
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+import trio
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -25,11 +34,15 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..egress.policy import SECRET_NAME
 
+T = TypeVar("T")
+
 MAX_SECRETS = 100
 """Per tenant."""
 MAX_VALUE = 8192
 MIN_KEY = 32
 KEY_INFO = b"insien secrets v1"
+IO_THREADS = 4
+"""Worker threads one store's disk I/O may use at once (the rest wait their turn)."""
 
 
 class SecretsUnavailable(Exception):
@@ -107,6 +120,8 @@ class SecretStore:
         self.folder = folder
         self._aead = AESGCM(key) if key is not None else None
         self._tenants: dict[str, dict[str, _Entry]] = {}
+        self._threads: trio.CapacityLimiter | None = None
+        self._changing: trio.Lock | None = None
 
     @property
     def available(self) -> bool:
@@ -130,11 +145,16 @@ class SecretStore:
 
     def _load(self, tenant: str) -> dict[str, _Entry]:
         """The tenant's secrets, read from disk once (the server is the only writer)."""
-        cipher = self._cipher()
+        self._cipher()
         found = self._tenants.get(tenant)
-        if found is not None:
-            return found
-        found = {}
+        if found is None:
+            found = self._tenants[tenant] = self._read(tenant)
+        return found
+
+    def _read(self, tenant: str) -> dict[str, _Entry]:
+        """The tenant's secrets as its folder holds them (disk I/O: a worker thread's job)."""
+        cipher = self._cipher()
+        found: dict[str, _Entry] = {}
         folder = self._tenant_folder(tenant)
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
             try:
@@ -152,7 +172,6 @@ class SecretStore:
             except (OSError, ValueError, KeyError, TypeError, InvalidTag):
                 continue  # another key's, or damaged: as if absent (never half-trusted)
             found[name] = _Entry(info, value.decode())
-        self._tenants[tenant] = found
         return found
 
     @staticmethod
@@ -195,15 +214,20 @@ class SecretStore:
         check_name(name)
         check_value(value)
         entries = self._load(tenant)
+        entry = self._made(entries, name, value, description)
+        self._write(tenant, entry)
+        entries[name] = entry
+        return entry.info
+
+    @staticmethod
+    def _made(entries: dict[str, _Entry], name: str, value: str, description: str) -> _Entry:
+        """A new secret, if the tenant has room and no secret of that name (any case)."""
         if any(existing.upper() == name.upper() for existing in entries):
             raise SecretExists(f"a secret named {name!r} exists (rotate it with PUT)")
         if len(entries) >= MAX_SECRETS:
             raise TooManySecrets(f"a tenant keeps at most {MAX_SECRETS} secrets")
         now = time.time()
-        entry = _Entry(SecretInfo(name, description, now, now, 1), value)
-        self._write(tenant, entry)
-        entries[name] = entry
-        return entry.info
+        return _Entry(SecretInfo(name, description, now, now, 1), value)
 
     def rotate(
         self, tenant: str, name: str, value: str, description: str | None = None
@@ -211,6 +235,15 @@ class SecretStore:
         """A new value (and description), in effect from the next request on."""
         check_value(value)
         entries = self._load(tenant)
+        entry = self._rotated(entries, name, value, description)
+        self._write(tenant, entry)
+        entries[name] = entry
+        return entry.info
+
+    @staticmethod
+    def _rotated(
+        entries: dict[str, _Entry], name: str, value: str, description: str | None
+    ) -> _Entry:
         old = entries.get(name)
         if old is None:
             raise SecretNotFound(f"no secret named {name!r}")
@@ -221,10 +254,7 @@ class SecretStore:
             time.time(),
             old.info.version + 1,
         )
-        entry = _Entry(info, value)
-        self._write(tenant, entry)
-        entries[name] = entry
-        return info
+        return _Entry(info, value)
 
     def delete(self, tenant: str, name: str) -> None:
         """Gone at once: the proxy refuses the next request that needs it."""
@@ -240,3 +270,67 @@ class SecretStore:
             return None
         entry = self._load(tenant).get(name)
         return entry.value if entry else None
+
+    # -- for trio code: disk I/O in worker threads ---------------------------------------------
+
+    async def _in_thread(self, work: Callable[[], T]) -> T:
+        if self._threads is None:
+            self._threads = trio.CapacityLimiter(IO_THREADS)
+        return await trio.to_thread.run_sync(work, limiter=self._threads)
+
+    def _lock(self) -> trio.Lock:
+        if self._changing is None:
+            self._changing = trio.Lock()
+        return self._changing
+
+    async def aload(self, tenant: str) -> None:
+        """Have the tenant's secrets in memory, read in a worker thread if they are not yet
+        (after it, `value` and the other plain reads touch no disk for this tenant)."""
+        self._cipher()
+        if tenant not in self._tenants:
+            read = await self._in_thread(lambda: self._read(tenant))
+            self._tenants.setdefault(tenant, read)  # a change made meanwhile is the newer
+
+    async def alist(self, tenant: str) -> builtins.list[SecretInfo]:
+        await self.aload(tenant)
+        return self.list(tenant)
+
+    async def ainfo(self, tenant: str, name: str) -> SecretInfo | None:
+        await self.aload(tenant)
+        return self.info(tenant, name)
+
+    async def acreate(
+        self, tenant: str, name: str, value: str, description: str = ""
+    ) -> SecretInfo:
+        """`create`, its write in a worker thread."""
+        check_name(name)
+        check_value(value)
+        async with self._lock():
+            await self.aload(tenant)
+            entries = self._tenants[tenant]
+            entry = self._made(entries, name, value, description)
+            await self._in_thread(lambda: self._write(tenant, entry))
+            entries[name] = entry
+            return entry.info
+
+    async def arotate(
+        self, tenant: str, name: str, value: str, description: str | None = None
+    ) -> SecretInfo:
+        """`rotate`, its write in a worker thread."""
+        check_value(value)
+        async with self._lock():
+            await self.aload(tenant)
+            entries = self._tenants[tenant]
+            entry = self._rotated(entries, name, value, description)
+            await self._in_thread(lambda: self._write(tenant, entry))
+            entries[name] = entry
+            return entry.info
+
+    async def adelete(self, tenant: str, name: str) -> None:
+        """`delete`: gone from memory at once, its file removed in a worker thread."""
+        async with self._lock():
+            await self.aload(tenant)
+            if self._tenants[tenant].pop(name, None) is None:
+                raise SecretNotFound(f"no secret named {name!r}")
+            path = self._tenant_folder(tenant) / self._file_name(name)
+            await self._in_thread(lambda: path.unlink(missing_ok=True))
