@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 CLIENT_COMMANDS = {
     "sandbox": "create, inspect, enter and end sandboxes on a server",
     "volume": "volumes on a server, and their files without a sandbox",
+    "secret": "secrets a server's egress proxy adds on the way out",
     "mcp": "an MCP server whose tools make and use sandboxes",
 }
 

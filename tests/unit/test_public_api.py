@@ -16,6 +16,7 @@ def test_sdk_public_names() -> None:
         "APIError",
         "AsyncCommandHandle",
         "AsyncSandbox",
+        "AsyncSecrets",
         "AsyncVolume",
         "AsyncWatchHandle",
         "AuthenticationError",
@@ -44,6 +45,9 @@ def test_sdk_public_names() -> None:
         "SandboxClosedError",
         "SandboxInfo",
         "SandboxMetrics",
+        "SecretBinding",
+        "SecretInfo",
+        "Secrets",
         "UnavailableError",
         "Volume",
         "VolumeEntry",
@@ -123,7 +127,8 @@ def test_namespaces() -> None:
     handle = {"wait", "kill", "send_stdin", "disconnect"}
     ports = {"url", "forward"}
     network = {"get", "update"}
-    from insien_sandbox import _commands, _files, _network, _ports, _sync
+    secrets = {"create", "list", "rotate", "delete"}
+    from insien_sandbox import _commands, _files, _network, _ports, _secrets, _sync
 
     for cls, names in [
         (_commands.Commands, commands),
@@ -138,6 +143,8 @@ def test_namespaces() -> None:
         (_sync.Ports, ports),
         (_network.Network, network),
         (_sync.Network, network),
+        (_secrets.AsyncSecrets, secrets),
+        (_secrets.Secrets, secrets),
     ]:
         assert names <= {n for n in vars(cls) if not n.startswith("_")}, cls
 

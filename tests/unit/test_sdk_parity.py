@@ -15,6 +15,7 @@ from insien_sandbox import (
     _files,
     _network,
     _ports,
+    _secrets,
     _sync,
     _volumes,
     _watch,
@@ -31,6 +32,7 @@ PAIRS = [
     (_ports.Forward, _sync.Forward),
     (_network.Network, _sync.Network),
     (_volumes.AsyncVolume, _volumes.Volume),
+    (_secrets.AsyncSecrets, _secrets.Secrets),
 ]
 # Async-only by nature: the async context protocol, iteration, and trio plumbing.
 ASYNC_ONLY = {"__aenter__", "__aexit__", "__aiter__", "__anext__"}

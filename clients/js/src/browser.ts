@@ -5,6 +5,7 @@ export { CommandHandle, Commands, Pty, type RunOptions, type PtyOptions, type Ou
 export { Files, WatchHandle, type UploadSource } from './files.js';
 export { Network, Ports, type Forward } from './network.js';
 export { Volume, IntegrityError, type VolumeMount, type VolumeInfo, type VolumeEntry, type VolumeConnection, type Written } from './volumes.js';
+export { Secrets, type SecretBinding, type SecretInfo } from './secrets.js';
 export { Code, type CodeContext, type CodeResult, type Execution, type ExecutionError, type RunCodeOptions } from './code.js';
 export {
   InsienError,

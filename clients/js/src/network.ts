@@ -2,6 +2,7 @@
  * sandbox's ways out. Both are REST calls on the sandbox (created on first use). */
 
 import { InsienError } from './errors.js';
+import { bindingBody } from './secrets.js';
 import type { Abortable, NetworkInfo, NetworkPolicy } from './types.js';
 
 /** How the namespaces reach the server: a REST call on this sandbox (`:id` filled in). */
@@ -67,13 +68,16 @@ export class Network {
   }
 
   /** Replace the policy: connections from now on follow it (open ones stay). Commands
-   * started after egress is turned on get the proxy variables. */
+   * started after egress is turned on get the proxy variables, and those started after a
+   * secret is bound its `INSIEN_SECRET_<NAME>` placeholder (the same one while it stays
+   * bound; `secrets` left out unbinds them all). */
   update(policy: NetworkPolicy, options: Abortable = {}): Promise<NetworkInfo> {
-    const body = {
+    const body: Record<string, unknown> = {
       allowOut: policy.allowOut ?? [],
       denyOut: policy.denyOut ?? [],
       allowPublicTraffic: policy.allowPublicTraffic ?? false,
     };
+    if (policy.secrets?.length) body.secrets = policy.secrets.map(bindingBody);
     return this.rest<NetworkInfo>('PUT', '/sandbox/:id/network', options, body);
   }
 }

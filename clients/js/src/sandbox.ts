@@ -8,6 +8,7 @@ import { Commands, Pty, type OutputCallback } from './commands.js';
 import { InsienError } from './errors.js';
 import { Files } from './files.js';
 import { Network, Ports, type SandboxRest } from './network.js';
+import { bindingBody } from './secrets.js';
 import { Session } from './session.js';
 import { RestClient } from './transport.js';
 import type { Abortable, CommandResult, NetworkPolicy, SandboxInfo, SandboxMetrics } from './types.js';
@@ -25,7 +26,9 @@ export interface SandboxOptions extends ConnectionOptions {
   env?: Record<string, string>;
   /** Limits, e.g. `{ cpu: 0.5, memory: '512m', pids: 256 }`. */
   resources?: Record<string, number | string>;
-  /** Ways out and public ports, e.g. `{ allowOut: ['registry.npmjs.org'] }`. */
+  /** Ways out, public ports and secrets added on the way out, e.g. `{ allowOut:
+   * ['api.openai.com'], secrets: [{ secret: 'OPENAI', hosts: ['api.openai.com'], header:
+   * 'Authorization: Bearer {secret}' }] }` (see `Secrets`). */
   network?: NetworkPolicy;
   /** Your volumes to mount, e.g. `[{ name: 'data', path: '/data', readOnly: true }]`. */
   volumes?: VolumeMount[];
@@ -80,6 +83,7 @@ export class Sandbox {
     for (const name of ['template', 'timeout', 'idleTimeout', 'metadata', 'env', 'resources', 'network', 'volumes'] as const) {
       if (options[name] !== undefined) made[name] = options[name];
     }
+    if (options.network?.secrets) made.network = { ...options.network, secrets: options.network.secrets.map(bindingBody) };
     this.session = new Session(apiKey, baseUrl, made, options.sandboxId, options.reconnectWindowMs);
     this.commands = new Commands(this.session);
     this.files = new Files(this.session);

@@ -1,5 +1,7 @@
 /** What the SDK returns, in the server's camelCase. */
 
+import type { SecretBinding } from './secrets.js';
+
 export type Stream = 'stdout' | 'stderr';
 
 /** What a finished command produced. `truncated`: the output passed the server's cap
@@ -61,7 +63,7 @@ export interface SandboxInfo {
   connected: boolean;
   endReason: string | null;
   endedAt: string | null;
-  network?: Required<NetworkPolicy>;
+  network?: Required<Omit<NetworkPolicy, 'secrets'>> & { secrets?: SecretBinding[] };
 }
 
 /** Where a sandbox may connect out (`allowOut` minus `denyOut`; rules like `example.org`,
@@ -71,9 +73,13 @@ export interface NetworkPolicy {
   allowOut?: string[];
   denyOut?: string[];
   allowPublicTraffic?: boolean;
+  /** Secrets the egress proxy adds on the way out (see `Secrets`); absent in answers when
+   * there are none. */
+  secrets?: SecretBinding[];
 }
 
-export interface NetworkInfo extends Required<NetworkPolicy> {
+export interface NetworkInfo extends Required<Omit<NetworkPolicy, 'secrets'>> {
+  secrets?: SecretBinding[];
   sandboxId: string;
   /** What the sandbox's egress did; `secretsUsed`: requests the proxy added a secret to. */
   egress: { connections: number; refused: number; bytesOut: number; bytesIn: number; secretsUsed: number };

@@ -55,7 +55,8 @@ function environment(name: string): string | undefined {
   return process?.env?.[name];
 }
 
-function restFor(options: VolumeConnection): RestClient {
+/** The REST client for a connection's key and URL (the environment's by default). */
+export function restFor(options: VolumeConnection): RestClient {
   const apiKey = options.apiKey ?? environment('INSIEN_API_KEY');
   if (!apiKey) throw new InsienError('no API key: pass { apiKey } or set INSIEN_API_KEY');
   return new RestClient((options.baseUrl ?? environment('INSIEN_URL') ?? DEFAULT_URL).replace(/\/+$/, ''), apiKey);

@@ -21,6 +21,10 @@ from ._errors import RateLimitError as RateLimitError
 from ._errors import RPCError as RPCError
 from ._errors import SandboxClosedError as SandboxClosedError
 from ._errors import UnavailableError as UnavailableError
+from ._secrets import AsyncSecrets as AsyncSecrets
+from ._secrets import SecretBinding as SecretBinding
+from ._secrets import SecretInfo as SecretInfo
+from ._secrets import Secrets as Secrets
 from ._sync import CommandHandle as CommandHandle
 from ._sync import Sandbox as Sandbox
 from ._sync import WatchHandle as WatchHandle
@@ -52,6 +56,7 @@ __all__ = [
     "APIError",
     "AsyncCommandHandle",
     "AsyncSandbox",
+    "AsyncSecrets",
     "AsyncVolume",
     "AsyncWatchHandle",
     "AuthenticationError",
@@ -80,6 +85,9 @@ __all__ = [
     "SandboxClosedError",
     "SandboxInfo",
     "SandboxMetrics",
+    "SecretBinding",
+    "SecretInfo",
+    "Secrets",
     "UnavailableError",
     "Volume",
     "VolumeEntry",

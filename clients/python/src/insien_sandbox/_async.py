@@ -19,6 +19,7 @@ from ._files import Files
 from ._network import Network, network_body
 from ._ports import Ports
 from ._rpc import RECONNECT_WINDOW
+from ._secrets import SecretBinding
 from ._session import REST_TIMEOUT, Session, rest_request
 from ._types import CommandResult, LogLine, SandboxInfo, SandboxMetrics
 from ._volumes import VolumeMount, mounts_body
@@ -48,6 +49,7 @@ class AsyncSandbox:
         deny_out: Sequence[str] | None = None,
         allow_public_traffic: bool | None = None,
         volumes: Sequence[VolumeMount | dict[str, Any]] | None = None,
+        secrets: Sequence[SecretBinding | dict[str, Any]] | None = None,
         reconnect_window: float = RECONNECT_WINDOW,
     ) -> None:
         """With `sandbox_id`, this object uses an existing sandbox instead of making one (and
@@ -56,7 +58,8 @@ class AsyncSandbox:
         `resources` its limits, e.g. `{"cpu": 0.5, "memory": "512m", "pids": 256}`;
         `allow_out`/`deny_out` where it may connect out (through the server's proxy: see
         `network`) and `allow_public_traffic` whether its ports need no key; `volumes` your
-        volumes to mount (`VolumeMount("data", "/data")`, see `AsyncVolume`).
+        volumes to mount (`VolumeMount("data", "/data")`, see `AsyncVolume`); `secrets` your
+        secrets its egress proxy adds on the way out (`SecretBinding`, see `AsyncSecrets`).
         `reconnect_window`: how long a lost connection is retried (a server restart) before
         waiting calls fail with SandboxClosedError."""
         key, url = resolve(api_key, base_url)
@@ -69,7 +72,7 @@ class AsyncSandbox:
                 "metadata": metadata,
                 "env": env,
                 "resources": resources,
-                "network": network_body(allow_out, deny_out, allow_public_traffic) or None,
+                "network": network_body(allow_out, deny_out, allow_public_traffic, secrets) or None,
                 "volumes": mounts_body(volumes) or None,
             }.items()
             if v is not None

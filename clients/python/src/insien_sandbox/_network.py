@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ._secrets import SecretBinding, bindings_body
 from ._session import Session
 from ._types import NetworkInfo
 
@@ -13,9 +14,12 @@ def network_body(
     allow_out: Sequence[str] | None,
     deny_out: Sequence[str] | None,
     allow_public_traffic: bool | None,
+    secrets: Sequence[SecretBinding | dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The REST body of a network policy (the create option and the update)."""
     body: dict[str, Any] = {}
+    if secrets:
+        body["secrets"] = bindings_body(secrets)
     if allow_out is not None:
         body["allowOut"] = list(allow_out)
     if deny_out is not None:
@@ -44,10 +48,13 @@ class Network:
         allow_out: Sequence[str] = (),
         deny_out: Sequence[str] = (),
         allow_public_traffic: bool = False,
+        secrets: Sequence[SecretBinding | dict[str, Any]] = (),
     ) -> NetworkInfo:
         """Replace the policy: connections made from now on follow it (open ones stay open).
-        Commands started after egress is turned on get the proxy variables."""
+        Commands started after egress is turned on get the proxy variables, and those
+        started after a secret is bound its `INSIEN_SECRET_<NAME>` placeholder (the same one
+        while it stays bound; `secrets` left out unbinds them all)."""
         sandbox_id = await self._session.create()
-        body = network_body(allow_out, deny_out, allow_public_traffic)
+        body = network_body(allow_out, deny_out, allow_public_traffic, secrets)
         reply = await self._session.request("PUT", f"/sandbox/{sandbox_id}/network", body)
         return NetworkInfo.from_wire(reply)

@@ -31,6 +31,7 @@ from ._network import Network as AsyncNetwork
 from ._ports import Forward as AsyncForward
 from ._ports import Ports as AsyncPorts
 from ._rpc import RECONNECT_WINDOW
+from ._secrets import SecretBinding
 from ._types import (
     CommandResult,
     EntryInfo,
@@ -440,6 +441,7 @@ class Network:
         allow_out: Sequence[str] = (),
         deny_out: Sequence[str] = (),
         allow_public_traffic: bool = False,
+        secrets: Sequence[SecretBinding | dict[str, Any]] = (),
     ) -> NetworkInfo:
         """See AsyncSandbox.network.update."""
         return self._loop.run(
@@ -448,6 +450,7 @@ class Network:
                 allow_out=allow_out,
                 deny_out=deny_out,
                 allow_public_traffic=allow_public_traffic,
+                secrets=secrets,
             )
         )
 
@@ -518,6 +521,7 @@ class Sandbox:
         deny_out: Sequence[str] | None = None,
         allow_public_traffic: bool | None = None,
         volumes: Sequence[VolumeMount | dict[str, Any]] | None = None,
+        secrets: Sequence[SecretBinding | dict[str, Any]] | None = None,
         reconnect_window: float = RECONNECT_WINDOW,
     ) -> None:
         """See AsyncSandbox: with `sandbox_id` an existing sandbox is used (and not destroyed
@@ -536,6 +540,7 @@ class Sandbox:
             deny_out=deny_out,
             allow_public_traffic=allow_public_traffic,
             volumes=volumes,
+            secrets=secrets,
             reconnect_window=reconnect_window,
         )
         self._loop = _LoopThread(self._async)

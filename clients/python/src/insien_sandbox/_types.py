@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from ._secrets import SecretBinding
 
 Stream = Literal["stdout", "stderr"]
 
@@ -235,11 +237,13 @@ class FilesystemEvent:
 @dataclass(frozen=True)
 class NetworkPolicy:
     """A sandbox's network policy: where it may connect out (`allow_out`, minus `deny_out`),
-    and whether its ports answer anyone (`allow_public_traffic`)."""
+    and whether its ports answer anyone (`allow_public_traffic`); `secrets`: the secrets its
+    egress proxy adds on the way out, each with the placeholder the sandbox sees."""
 
     allow_out: list[str]
     deny_out: list[str]
     allow_public_traffic: bool
+    secrets: list[SecretBinding] = field(default_factory=list)
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> NetworkPolicy:
@@ -247,6 +251,7 @@ class NetworkPolicy:
             allow_out=[str(rule) for rule in raw.get("allowOut") or []],
             deny_out=[str(rule) for rule in raw.get("denyOut") or []],
             allow_public_traffic=bool(raw.get("allowPublicTraffic")),
+            secrets=[SecretBinding.from_wire(b) for b in raw.get("secrets") or []],
         )
 
 

@@ -1,5 +1,5 @@
 """`insien sandbox create|list|info|exec|shell|cp|logs|forward|kill`, over the async SDK
-(`insien volume …` is in _volumes.py).
+(`insien volume …` is in _volumes.py, `insien secret …` in _secrets.py).
 
 Every command talks to a server (`--url`, `--api-key`, or INSIEN_URL and INSIEN_API_KEY),
 prints tables for people and `--json` for scripts, and turns the SDK's typed errors into one
@@ -19,6 +19,7 @@ import click
 
 from .._async import AsyncSandbox
 from .._errors import InsienError, NotFoundError
+from .._secrets import SecretBinding
 from .._volumes import VolumeMount
 from . import _render
 from ._shell import run_shell
@@ -79,6 +80,22 @@ def mounts(values: tuple[str, ...]) -> list[VolumeMount]:
     return found
 
 
+def bindings(values: tuple[str, ...]) -> list[SecretBinding]:
+    """`--secret NAME=HOST[,HOST...][=HEADER]` options as bindings (the header a template
+    with `{secret}`, e.g. `Authorization: Bearer {secret}`; it may itself hold `=`)."""
+    found = []
+    for value in values:
+        name, equals, rest = value.partition("=")
+        hosts, _, header = rest.partition("=")
+        listed = [host.strip() for host in hosts.split(",") if host.strip()]
+        if not equals or not name or not listed:
+            raise click.BadParameter(
+                f"{value!r} is not NAME=HOST[,HOST...][=HEADER]", param_hint="--secret"
+            )
+        found.append(SecretBinding(name, tuple(listed), header=header or None))
+    return found
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
@@ -102,6 +119,18 @@ def sandbox(ctx: click.Context, url: str | None, api_key: str | None) -> None:
 @click.option(
     "--volume", "-v", multiple=True, metavar="NAME:PATH[:ro]", help="Mount a volume (repeat)."
 )
+@click.option(
+    "--allow-out", multiple=True, metavar="RULE", help="Where it may connect out (repeat)."
+)
+@click.option(
+    "--secret",
+    "secret_specs",
+    multiple=True,
+    metavar="NAME=HOST[,HOST][=HEADER]",
+    help="Have the egress proxy add your secret NAME to requests for HOST, as HEADER (e.g. "
+    "'Authorization: Bearer {secret}') and wherever $INSIEN_SECRET_NAME's placeholder is "
+    "sent; its hosts are added to --allow-out (repeat).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the new sandbox's id.")
 @json_option
 @click.pass_obj
@@ -115,11 +144,17 @@ def create(
     cpu: float | None,
     memory: str | None,
     volume: tuple[str, ...],
+    allow_out: tuple[str, ...],
+    secret_specs: tuple[str, ...],
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Create a sandbox; it runs until its timeout or `insien sandbox kill`."""
     volumes = mounts(volume)
+    secrets = bindings(secret_specs)
+    ways_out = list(allow_out)
+    for binding in secrets:
+        ways_out += [host for host in binding.hosts if host not in ways_out]
     resources: dict[str, float | int | str] = {}
     if cpu is not None:
         resources["cpu"] = cpu
@@ -137,6 +172,8 @@ def create(
             env=pairs(env, "--env") or None,
             resources=resources or None,
             volumes=volumes or None,
+            allow_out=ways_out or None,
+            secrets=secrets or None,
         )
         async with box:
             box.keep()
@@ -399,9 +436,11 @@ def client() -> None:
 def main() -> None:
     """`insien-client`: the same commands as the server's `insien sandbox` and `insien mcp`."""
     from ._mcp_command import mcp
+    from ._secrets import secret
     from ._volumes import volume
 
     client.add_command(sandbox)
     client.add_command(volume)
+    client.add_command(secret)
     client.add_command(mcp)
     client()

@@ -37,6 +37,7 @@ from .._errors import (
     RPCError,
     SandboxClosedError,
 )
+from .._secrets import AsyncSecrets, SecretBinding
 from .._volumes import AsyncVolume, VolumeMount
 
 DEFAULT_IDLE_TIMEOUT = 1800.0
@@ -179,6 +180,59 @@ class MountSpec(BaseModel):
     read_only: bool = False
 
 
+class BindingSpec(BaseModel):
+    """One of your secrets, added by the egress proxy to the sandbox's requests to `hosts`
+    (the sandbox never holds it: it sees a placeholder in $INSIEN_SECRET_<NAME>)."""
+
+    secret: Annotated[str, Field(description="The secret's name (list_secrets)")]
+    hosts: Annotated[
+        list[str],
+        Field(min_length=1, description="e.g. api.openai.com, *.example.com, host:port"),
+    ]
+    header: Annotated[
+        str | None,
+        Field(description="A header to set, e.g. 'Authorization: Bearer {secret}'"),
+    ] = None
+    methods: list[str] = []
+    paths: Annotated[list[str], Field(description="Path prefixes it is limited to")] = []
+    body: Annotated[
+        bool, Field(description="Swap the placeholder in request bodies too (up to 1 MiB)")
+    ] = False
+
+    def binding(self) -> SecretBinding:
+        return SecretBinding(
+            self.secret,
+            tuple(self.hosts),
+            self.header,
+            tuple(self.methods),
+            tuple(self.paths),
+            self.body,
+        )
+
+
+def _with_hosts(allow_out: list[str], bindings: list[SecretBinding]) -> list[str]:
+    """`allow_out` plus every bound host it does not list (a binding needs its hosts
+    allowed)."""
+    ways_out = list(allow_out)
+    for binding in bindings:
+        ways_out += [host for host in binding.hosts if host not in ways_out]
+    return ways_out
+
+
+def _bound(bindings: list[SecretBinding]) -> list[dict[str, Any]]:
+    """What an agent is told of bindings: where each secret goes and its placeholder's
+    variable (the value is never anywhere the MCP server could answer it)."""
+    return [
+        {
+            "secret": b.secret,
+            "hosts": list(b.hosts),
+            "header": b.header,
+            "variable": f"INSIEN_SECRET_{b.secret.upper()}",
+        }
+        for b in bindings
+    ]
+
+
 def _cut(text: str) -> tuple[str, bool]:
     return (text[:MAX_TEXT], True) if len(text) > MAX_TEXT else (text, False)
 
@@ -202,7 +256,8 @@ def build_server(api_key: str | None, base_url: str | None) -> MCPServer[Registr
             "Insien runs code in isolated Linux sandboxes. create_sandbox first, then "
             "run_command, write_file, read_file and list_files with its sandbox_id; "
             "get_preview_url shows a web app running in it; destroy_sandbox when done (this "
-            "session's sandboxes are destroyed when it ends)."
+            "session's sandboxes are destroyed when it ends). list_secrets and bind_secret "
+            "give a sandbox API credentials it never holds: the egress proxy adds them."
         ),
         lifespan=lifespan,
     )
@@ -223,12 +278,27 @@ def build_server(api_key: str | None, base_url: str | None) -> MCPServer[Registr
         volumes: Annotated[
             list[MountSpec] | None, Field(description="Your volumes to mount (create_volume)")
         ] = None,
+        allow_out: Annotated[
+            list[str] | None,
+            Field(description="Hosts it may connect out to; default: none (no network)"),
+        ] = None,
+        secrets: Annotated[
+            list[BindingSpec] | None,
+            Field(
+                description="Your secrets (list_secrets) the proxy adds to requests to some "
+                "hosts, which are allowed out too; code inside sees only placeholders"
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Create a new isolated Linux sandbox (Debian, python3, node); returns its sandbox_id."""
         options: dict[str, Any] = {"template": template, "timeout": timeout_seconds}
         options["metadata"] = metadata
         if volumes:
             options["volumes"] = [VolumeMount(v.name, v.path, v.read_only) for v in volumes]
+        bindings = [spec.binding() for spec in secrets or ()]
+        if allow_out or bindings:
+            options["allow_out"] = _with_hosts(allow_out or [], bindings)
+            options["secrets"] = bindings
         options["idle_timeout"] = DEFAULT_IDLE_TIMEOUT
         try:
             box = await _registry(ctx).create(_session(ctx), options, keep)
@@ -414,6 +484,45 @@ def build_server(api_key: str | None, base_url: str | None) -> MCPServer[Registr
         return {
             "path": path,
             "entries": [{"name": e.name, "type": e.type, "size": e.size} for e in entries],
+        }
+
+    @server.tool()
+    async def list_secrets() -> dict[str, Any]:
+        """Your secrets' names and descriptions, to bind to a sandbox (create_sandbox's
+        `secrets`, or bind_secret). No tool reads a secret's value: the egress proxy adds
+        it to the sandbox's requests on the way out."""
+        try:
+            found = await AsyncSecrets(api_key, base_url).list()
+        except InsienError as exc:
+            raise _tool_error(exc) from exc
+        return {
+            "secrets": [
+                {"name": s.name, "description": s.description, "version": s.version} for s in found
+            ]
+        }
+
+    @server.tool()
+    async def bind_secret(ctx: Context, sandbox_id: str, binding: BindingSpec) -> dict[str, Any]:
+        """Bind one of your secrets to a running sandbox's requests to some hosts (allowed
+        out from now on too); its other rules and bindings stay. Commands started after
+        this see $INSIEN_SECRET_<NAME>, a placeholder the proxy swaps for the value (and it
+        sets `header`, if given) on requests to those hosts only."""
+        try:
+            box = await _registry(ctx).get(sandbox_id, _session(ctx))
+            policy = (await box.network.get()).policy
+            kept = [b for b in policy.secrets if b.secret != binding.secret]
+            bindings = [*kept, binding.binding()]
+            updated = await box.network.update(
+                allow_out=_with_hosts(policy.allow_out, bindings),
+                deny_out=policy.deny_out,
+                allow_public_traffic=policy.allow_public_traffic,
+                secrets=bindings,
+            )
+        except InsienError as exc:
+            raise _tool_error(exc, sandbox_id) from exc
+        return {
+            "allow_out": updated.policy.allow_out,
+            "secrets": _bound(updated.policy.secrets),
         }
 
     @server.tool()
