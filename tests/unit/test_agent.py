@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shlex
 from pathlib import Path
 
 import trio
@@ -93,11 +94,16 @@ async def test_exec_env_and_cwd(tmp_path: Path) -> None:
 
 
 async def test_requests_run_concurrently(tmp_path: Path) -> None:
+    """The slow command ends only once the fast one has been answered: an agent that ran
+    requests one at a time would answer neither."""
+    gate = tmp_path / "go"
+    slow = f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.01; done"
     async with run_agent(tmp_path) as agent:
-        await agent.send({"id": "slow", "type": "exec", "cmd": "sleep", "args": ["2"]})
+        await agent.send({"id": "slow", "type": "exec", "cmd": "sh", "args": ["-c", slow]})
         await agent.send({"id": "fast", "type": "exec", "cmd": "echo", "args": ["x"]})
         first = await agent.receive()
         assert first["id"] == "fast"
+        gate.touch()
         assert (await agent.receive())["id"] == "slow"
 
 

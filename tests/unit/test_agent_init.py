@@ -39,28 +39,40 @@ ORPHAN = textwrap.dedent(
     """
     print("agent pid 1:", os.getpid() == 1)
     # sh leaves a background child behind: it is reparented to PID 1 and dies there.
-    subprocess.run(["sh", "-c", "sleep 0.2 & exit 0"], check=True)
-    time.sleep(1)
-    states = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            with open(f"/proc/{name}/stat") as stat:
-                states.append(stat.read().rsplit(")", 1)[1].split()[0])
+    started = subprocess.run(
+        ["sh", "-c", "sleep 0.2 >/dev/null & echo $!"], check=True, capture_output=True
+    )
+    orphan = int(started.stdout)
+
+    def state(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return None
+
+    deadline = time.monotonic() + 10
+    while state(orphan) != SETTLED:
+        assert time.monotonic() < deadline, f"the orphan is still {state(orphan)}"
+        time.sleep(0.01)
+    states = [state(int(name)) for name in os.listdir("/proc") if name.isdigit()]
     print("zombies", states.count("Z"))
     sys.exit(7)
     """
 )
+"""Once the orphan has settled (gone with the init, a zombie without one), how many zombies
+there are."""
 
 
 def test_orphans_are_reaped_and_the_agents_exit_code_is_kept() -> None:
-    done = run_as_pid1(ORPHAN)
+    done = run_as_pid1(ORPHAN.replace("SETTLED", "None"))  # reaped, so gone
     assert done.stdout.split("\n")[:2] == ["agent pid 1: False", "zombies 0"], done.stderr
     assert done.returncode == 7
 
 
 def test_without_the_init_the_orphan_stays_a_zombie() -> None:
     """The control: the same program as PID 1 itself leaves the zombie the init prevents."""
-    done = run_as_pid1(ORPHAN, init=False)
+    done = run_as_pid1(ORPHAN.replace("SETTLED", "'Z'"), init=False)  # PID 1 never reaps
     assert done.stdout.split("\n")[:2] == ["agent pid 1: True", "zombies 1"], done.stderr
 
 

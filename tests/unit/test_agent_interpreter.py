@@ -47,7 +47,7 @@ async def test_a_client_that_reads_nothing_stops_the_cell_not_the_agent(tmp_path
     dropped, so the interrupt ends the cell and the context lives on."""
     async with run_agent(tmp_path) as agent:
         flood = "while True:\n    print('x' * 1000)"
-        await agent.send({"id": 1, "type": "runCode", "code": flood, "timeout": 1})
+        await agent.send({"id": 1, "type": "runCode", "code": flood, "timeout": 0.3})
         kinds = []
         while True:
             message = await agent.receive(timeout=20)

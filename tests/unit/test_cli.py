@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 
 def insien(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -31,8 +32,12 @@ def test_version_and_key_new_need_no_valid_settings() -> None:
 
 
 def test_an_invalid_variable_is_one_line_and_exit_code_2() -> None:
-    for args in (("serve", "--no-build"), ("image", "build")):
-        result = insien(*args, INSIEN_PORT="abc", INSIEN_CPUS="-1")
+    commands = (("serve", "--no-build"), ("image", "build"))
+    with ThreadPoolExecutor() as side_by_side:  # each is a second of interpreter start-up
+        results = side_by_side.map(
+            lambda args: insien(*args, INSIEN_PORT="abc", INSIEN_CPUS="-1"), commands
+        )
+    for result in results:
         assert result.returncode == 2, result
         assert "Traceback" not in result.stderr
         lines = result.stderr.strip().splitlines()

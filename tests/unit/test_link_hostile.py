@@ -8,6 +8,7 @@ import json
 import struct
 
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -104,7 +105,7 @@ async def test_a_request_waiting_on_a_hostile_agent_gets_an_answer() -> None:
             answered.append(await link.call({"type": "ping"}))
 
         nursery.start_soon(ask)
-        await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()  # the call is waiting for its answer
         gate.set()
     assert answered
     assert answered[0]["code"] == "AGENT_GONE"

@@ -7,7 +7,19 @@ from __future__ import annotations
 import asyncio
 import os
 
+import pytest
+
+from insien_agent import spawner
 from insien_agent.spawner import SpawnedProcess, zombie_exit_code
+
+CHECK_SECONDS = 0.05
+"""The agent looks for a zombie once a second; the order of checks is what is tested, not
+their spacing, so these tests look twenty times a second."""
+
+
+@pytest.fixture(autouse=True)
+def quick_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spawner, "ZOMBIE_CHECK_SECONDS", CHECK_SECONDS)
 
 
 async def _zombie() -> int:
@@ -19,19 +31,31 @@ async def _zombie() -> int:
     return pid
 
 
-def test_the_helpers_report_wins_over_a_zombie_seen_once() -> None:
+def test_the_helpers_report_wins_over_a_zombie_seen_once(monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> int:
         pid = await _zombie()
         loop = asyncio.get_running_loop()
         reported: asyncio.Future[int] = loop.create_future()
-        loop.call_later(1.3, reported.set_result, 4)  # after the first check, before a second
+        checks = 0
+
+        def check_then_report(seen: int) -> int | None:
+            """The first check sees the zombie; the helper's report comes right after it,
+            before a second check could."""
+            nonlocal checks
+            checks += 1
+            if checks == 1:
+                loop.call_soon(reported.set_result, 4)
+            return zombie_exit_code(seen)
+
+        monkeypatch.setattr(spawner, "zombie_exit_code", check_then_report)
         process = SpawnedProcess(
             pid, None, asyncio.StreamReader(), asyncio.StreamReader(), reported
         )
         try:
-            return await process.wait()
+            return await asyncio.wait_for(process.wait(), 10)
         finally:
             os.waitpid(pid, 0)  # noqa: ASYNC222 (a zombie: reaped at once)
+            assert checks == 1
 
     assert asyncio.run(scenario()) == 4
 
