@@ -504,7 +504,8 @@ def build_server(api_key: str | None, base_url: str | None) -> MCPServer[Registr
     @server.tool()
     async def bind_secret(ctx: Context, sandbox_id: str, binding: BindingSpec) -> dict[str, Any]:
         """Bind one of your secrets to a running sandbox's requests to some hosts (allowed
-        out from now on too); its other rules and bindings stay. Commands started after
+        out from now on too); its rules and other secrets' bindings stay (this secret's is
+        replaced). Commands started after
         this see $INSIEN_SECRET_<NAME>, a placeholder the proxy swaps for the value (and it
         sets `header`, if given) on requests to those hosts only."""
         try:
