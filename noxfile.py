@@ -135,6 +135,10 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against baselines measured in the same run (`-- --quick` for a smoke run)."""
     session.install(*SERVER, *SDK, *E2B, *JUPYTER, "matplotlib>=3.8")
     session.run("python", "-m", "bench.run", *session.posargs)
+    # What the runtime Insien brings costs against the image's python3 (issue 31).
+    session.run(
+        "python", "-m", "bench.any_image", *(["--n", "3"] if "--quick" in session.posargs else [])
+    )
 
 
 @nox.session(name="deploy-image", python=PYTHON)
@@ -245,6 +249,9 @@ def k8s_bench(session: nox.Session) -> None:
     session.run("insien", "image", "build")
     with k8s_cluster(session, "insien-sandbox:latest") as inside:
         session.run(*inside, "python", "-m", "bench.k8s", *session.posargs, external=True)
+        # The agent's runtime sent to each pod, staged on the node, or none (issue 31).
+        quick = ["--n", "3"] if "--quick" in session.posargs else []
+        session.run(*inside, "python", "-m", "bench.k8s_any_image", *quick, external=True)
 
 
 @nox.session(python=PYTHON)

@@ -183,6 +183,9 @@ class Settings(BaseSettings):
     """Give sandbox pods the node's network: only for a cluster without a network plugin (the
     test cluster); sandboxes otherwise get a pod network that a NetworkPolicy closes."""
     k8s_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent")
+    k8s_agent_runtime_dir: str | None = Field(None, pattern=r"^/")
+    """Nodes' folder of the agent's runtime (`python -m insien.runtime.kubernetes.stage`):
+    pods mount it read-only; unset, each pod is sent it with the agent (docs/kubernetes.md)."""
     log_format: Literal["text", "json"] = Field("text")
     """`json`: one JSON object per line (time, level, logger, message, and the request id,
     sandbox and tenant where known); see docs/operations.md."""

@@ -155,6 +155,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             settings.k8s_namespace,
             host_network=settings.k8s_host_network,
             pull_policy=settings.k8s_image_pull_policy,
+            runtime_dir=settings.k8s_agent_runtime_dir,
         ) as kubernetes:
             yield kubernetes
         return

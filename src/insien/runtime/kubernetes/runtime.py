@@ -12,6 +12,13 @@ ConfigMap before it has registered it ("object not registered") and backs off, a
 to 1.24 (kubernetes/kubernetes#105204), and a ConfigMap stops at 1 MiB. Sending the agent
 (230 KB) down a stream that is opened anyway costs milliseconds (docs/kubernetes.md).
 
+**So does the runtime it runs on** (`agent_runtime`: an interpreter with its own loader and
+libraries, so the image needs no python3). Either the pod's first program is a POSIX shell
+script (`shell_bootstrap`: the image's `/bin/sh`, `dd`, `sha256sum`, `tar`, as busybox and
+coreutils have them) that reads the runtime's tar (17 MB) first, or, where an operator staged
+the runtime on every node (`stage`, `INSIEN_K8S_AGENT_RUNTIME_DIR`), a read-only hostPath
+volume holds it and the pod starts on its loader, running nothing of the image's.
+
 It implements the required core of `Runtime` and no optional capability: the pod API has no
 freezer (`Pausable`), no commit (`FilesystemSnapshots`), no stats without metrics-server
 (`Stats`: the agent reads its own cgroup), and images live on the nodes (`ImageStore`). The
@@ -22,17 +29,20 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator
+import shlex
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from .. import agent_runtime
 from ..base import (
     AGENT_DIR,
     AGENT_ENVIRONMENT,
     AGENT_PATH,
+    DEFAULT_PYTHON,
     LABEL_INSTANCE,
     LABEL_PREFIX,
     LABEL_SANDBOX_ID,
@@ -64,11 +74,18 @@ STUCK = {
 """Waiting reasons a pod does not get over by itself: the create fails with the message."""
 UNSCHEDULABLE = "Unschedulable"
 BOOT_MAGIC = b"insien-agent"
+RUNTIME_MAGIC = b"insien-runtime"
+LOADER_VARIABLES = ("LD_PRELOAD", "LD_AUDIT")
+"""Blank in every pod: the image's environment reaches the container, and these would load
+the image's code into the brought loader (on Docker the image's values go to the agent as data;
+a pod's image is not inspected, so user commands do without them)."""
 
 
-def bootstrap(folder: str, path: str) -> str:
+def bootstrap(folder: str, path: str, run: Sequence[str] | None = None) -> str:
     """The container's program until the agent arrives: root, before anything of the sandbox
-    user runs; `folder` (a memory volume) is made root's alone before the agent is written."""
+    user runs; `folder` (a memory volume) is made root's alone before the agent is written.
+    It becomes the agent on `run` (the brought runtime's loader command), else on itself."""
+    argv = repr([*run, "-I", "-S", path]) if run else f"[sys.executable, '-I', '-S', {path!r}]"
     return f"""
 import hashlib, os, sys
 def read(n):
@@ -93,17 +110,53 @@ with open({path!r} + ".new", "xb") as out:
     out.write(agent)
 os.chmod({path!r} + ".new", 0o444)
 os.rename({path!r} + ".new", {path!r})
-os.execv(sys.executable, [sys.executable, "-I", "-S", {path!r}])
+argv = {argv}
+os.execv(argv[0], argv)
 """
 
 
 BOOTSTRAP = bootstrap(AGENT_DIR, AGENT_PATH)
 
 
-def boot_message(agent_zip: bytes) -> bytes:
-    """What `BOOTSTRAP` reads: a line with the size and SHA-256, then the agent."""
-    digest = hashlib.sha256(agent_zip).hexdigest().encode()
-    return b"%s %d %s\n" % (BOOT_MAGIC, len(agent_zip), digest) + agent_zip
+def shell_bootstrap(folder: str, command: Sequence[str]) -> str:
+    """The first stage where the runtime travels with the agent: a POSIX shell script (busybox's
+    ash, dash, bash) that reads `insien-runtime <size> <sha256>` and the runtime's tar from
+    stdin, checks and unpacks it into `folder` (root's alone), then execs `command` (the
+    brought interpreter running `bootstrap`'s program, `$1`), which reads the agent. `read`
+    takes a pipe byte by byte and `dd` with `count_bytes` asks for no more than it needs
+    (busybox's `head -c` reads ahead through stdio, and would swallow the agent): nothing of
+    the agent is consumed here. Anything else on stdin ends the pod with nothing run."""
+    tar = f"{folder}/rt.tar"
+    return f"""umask 022
+program=$1
+read -r magic size digest || exit 3
+[ "$magic" = {RUNTIME_MAGIC.decode()} ] || exit 3
+case $size in ''|*[!0-9]*) exit 3;; esac
+chmod 755 {folder} || exit 3
+dd of={tar} bs=65536 count="$size" iflag=count_bytes,fullblock 2>/dev/null || exit 3
+set -- $(sha256sum {tar})
+[ "$1" = "$digest" ] || exit 3
+tar -x -f {tar} -C {folder} >&2 || exit 3
+rm -f {tar}
+exec {shlex.join(command)} -I -S -c "$program"
+"""
+
+
+def boot_message(agent_zip: bytes, runtime_tar: bytes | None = None) -> bytes:
+    """What the bootstrap reads: a line with the size and SHA-256, then the agent; first the
+    same for the runtime's tar where it travels too (`shell_bootstrap`)."""
+    message = b""
+    for magic, data in ((RUNTIME_MAGIC, runtime_tar), (BOOT_MAGIC, agent_zip)):
+        if data is not None:
+            digest = hashlib.sha256(data).hexdigest().encode()
+            message += b"%s %d %s\n" % (magic, len(data), digest) + data
+    return message
+
+
+def staged_dir(root: str, bundle: agent_runtime.Bundle) -> str:
+    """Where on a node `stage` puts this runtime: one folder per build, so servers of
+    different builds share nodes."""
+    return f"{root.rstrip('/')}/{bundle.digest[:20]}"
 
 
 def _quantity(size: str) -> str:
@@ -160,14 +213,23 @@ class KubernetesRuntime:
         *,
         host_network: bool,
         pull_policy: str,
+        brought: agent_runtime.Bundle | None = None,
+        runtime_dir: str | None = None,
     ) -> None:
         self._client = client
         self._nursery = nursery
         self._host_network = host_network
         self._pull_policy = pull_policy
+        self._brought = brought
+        """The runtime the agent runs on; None: the image's python3 (as before issue 31)."""
+        self._runtime_dir = runtime_dir
+        """Where nodes hold it (`stage`); None: it travels down the attach stream."""
+        self._runtime_tar = (
+            agent_runtime.archive(brought.files) if brought and runtime_dir is None else None
+        )
         self._unsent: dict[str, bytes] = {}
-        """Agents of pods made but not attached yet (a restarted server attaches to running
-        agents only: it has none to send)."""
+        """Boot messages of pods made but not attached yet (a restarted server attaches to
+        running agents only: it has none to send)."""
 
     @classmethod
     @asynccontextmanager
@@ -178,11 +240,22 @@ class KubernetesRuntime:
         *,
         host_network: bool = False,
         pull_policy: str = "IfNotPresent",
+        runtime_dir: str | None = None,
     ) -> AsyncIterator[KubernetesRuntime]:
+        """`runtime_dir`: the nodes' folder of staged runtimes (`stage`), else the runtime is
+        sent to each pod."""
         client = KubeClient.from_config(kubeconfig, namespace)
         try:
             async with trio.open_nursery() as nursery:
-                runtime = cls(client, nursery, host_network=host_network, pull_policy=pull_policy)
+                brought = await trio.to_thread.run_sync(agent_runtime.bundle)
+                runtime = cls(
+                    client,
+                    nursery,
+                    host_network=host_network,
+                    pull_policy=pull_policy,
+                    brought=brought,
+                    runtime_dir=runtime_dir or None,
+                )
                 await client.request("GET", client.path("pods"), params={"limit": "1"})
                 try:
                     yield runtime
@@ -191,6 +264,31 @@ class KubernetesRuntime:
         finally:
             with trio.CancelScope(shield=True):
                 await client.aclose()
+
+    def _start(self, spec: ContainerSpec) -> tuple[list[str], dict[str, str], list[Any]]:
+        """How the pod's container starts the agent: its command, the agent's settings, and
+        the volumes beside the agent's own. On the brought runtime, as on Docker, unless the
+        template names an interpreter of the image's (`python`)."""
+        brought = self._brought if spec.python == DEFAULT_PYTHON else None
+        if brought is None:
+            return [spec.python, "-I", "-S", "-c", BOOTSTRAP], {}, []
+        loader = agent_runtime.interpreter_command(brought.loader)
+        settings = {
+            agent_runtime.LOADER_ENV: brought.loader,
+            agent_runtime.PYTHON_ENV: spec.python,
+            **dict.fromkeys(LOADER_VARIABLES, ""),
+        }
+        program = bootstrap(AGENT_DIR, AGENT_PATH, run=loader)
+        if self._runtime_dir is None:
+            shell = shell_bootstrap(AGENT_DIR, loader)
+            return ["/bin/sh", "-c", shell, "insien-boot", program], settings, []
+        staged = {
+            "name": "runtime",
+            # No `type: Directory`: a node without it would leave the pod waiting for its
+            # mount; with none, its container cannot start and the create fails at once.
+            "hostPath": {"path": staged_dir(self._runtime_dir, brought)},
+        }
+        return [*loader, "-I", "-S", "-c", program], settings, [staged]
 
     def _pod(self, spec: ContainerSpec, name: str) -> dict[str, Any]:
         limits: dict[str, str] = {}
@@ -201,6 +299,12 @@ class KubernetesRuntime:
         if spec.disk_limit:  # the kubelet evicts a pod that writes past it
             limits["ephemeral-storage"] = _quantity(spec.disk_limit)
         requests = {"cpu": "50m", "memory": str(min(spec.mem_limit or 1 << 27, 1 << 27))}
+        command, settings, staged = self._start(spec)
+        mounts: list[dict[str, Any]] = [{"name": "agent", "mountPath": AGENT_DIR}]
+        if staged:
+            mounts.append(
+                {"name": "runtime", "mountPath": agent_runtime.RUNTIME_DIR, "readOnly": True}
+            )
         pod_spec: dict[str, Any] = {
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
@@ -213,12 +317,12 @@ class KubernetesRuntime:
                     "image": spec.image,
                     "imagePullPolicy": self._pull_policy,
                     # As on Docker: nothing of the image decides how the root agent starts.
-                    "command": [spec.python, "-I", "-S", "-c", BOOTSTRAP],
+                    "command": command,
                     "args": [],
                     "workingDir": spec.workdir,
                     "env": [
                         {"name": k, "value": v}
-                        for k, v in {**AGENT_ENVIRONMENT, **spec.environment}.items()
+                        for k, v in {**AGENT_ENVIRONMENT, **spec.environment, **settings}.items()
                     ],
                     "stdin": True,
                     "stdinOnce": False,
@@ -230,18 +334,17 @@ class KubernetesRuntime:
                         "capabilities": {"drop": ["ALL"], "add": list(spec.capabilities)},
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "volumeMounts": [
-                        {"name": "agent", "mountPath": AGENT_DIR},
-                        {"name": "tmp", "mountPath": "/tmp"},
-                    ],
+                    "volumeMounts": [*mounts, {"name": "tmp", "mountPath": "/tmp"}],
                 }
             ],
             "volumes": [
-                {"name": "agent", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+                # The runtime's tar and what it unpacks to pass through here when it travels.
+                {"name": "agent", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
                 {
                     "name": "tmp",
                     "emptyDir": {"medium": "Memory", "sizeLimit": _quantity(spec.tmp_size)},
                 },
+                *staged,
             ],
         }
         if spec.runtime:
@@ -262,8 +365,10 @@ class KubernetesRuntime:
 
     async def create(self, spec: ContainerSpec, agent_zip: bytes) -> str:
         name = POD_PREFIX + spec.sandbox_id
-        await self._client.request("POST", self._client.path("pods"), json=self._pod(spec, name))
-        self._unsent[name] = agent_zip
+        pod = self._pod(spec, name)
+        await self._client.request("POST", self._client.path("pods"), json=pod)
+        travels = self._runtime_tar is not None and spec.python == DEFAULT_PYTHON
+        self._unsent[name] = boot_message(agent_zip, self._runtime_tar if travels else None)
         return name
 
     async def _started(self, name: str) -> bool:
@@ -311,9 +416,9 @@ class KubernetesRuntime:
                     await trio.sleep(ATTACH_RETRY)
         if channel is None:
             raise RuntimeFailure(f"the sandbox's pod did not run within {START_TIMEOUT:g}s")
-        agent_zip = self._unsent.pop(container_id, None)
-        if agent_zip is not None:  # a pod this runtime made: its bootstrap waits for the agent
-            await channel.send_all(boot_message(agent_zip))
+        message = self._unsent.pop(container_id, None)
+        if message is not None:  # a pod this runtime made: its bootstrap waits for the agent
+            await channel.send_all(message)
         return channel
 
     async def start(self, container_id: str) -> None:
