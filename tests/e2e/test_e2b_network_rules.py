@@ -8,8 +8,10 @@ a placeholder. Two tenants share the server: neither can bind the other's secret
 from __future__ import annotations
 
 import base64
+import os
 import secrets
 import shlex
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,8 +24,10 @@ from e2b import Sandbox, SandboxException, Secret, SecretException, SecretNotFou
 
 from insien.tenancy.tenants import hash_key, new_key
 from tests.conftest import Server, start_server, stop_server
+from tests.e2e.test_e2b_js import SUITE
 from tests.e2e.test_secrets import Echo, echo
 from tests.e2e.upstreams import tls_context
+from tests.tools import require_tool
 
 pytestmark = pytest.mark.docker
 
@@ -233,3 +237,23 @@ def test_a_rule_naming_another_tenants_secret_is_refused(two: Two) -> None:
             Sandbox.create(network={"rules": rule("api.test", "X-K", f"${{e2b.secrets.{name}}}")})
     assert Sandbox.list().next_items() == []
     assert Secret.destroy("beta-only", **two.e2b(two.beta))
+
+
+def test_the_stock_js_sdk_sends_the_same_rules_and_secrets(two: Two) -> None:
+    """tests/e2b_js/secrets_rules.test.mjs: `Secret` and `rules` through the JS SDK."""
+    node = require_tool("node", "apt-get install nodejs npm")
+    value = two.value()
+    before = len(two.api.received)
+    done = subprocess.run(
+        [node, "--test", "--test-reporter=spec", "secrets_rules.test.mjs"],
+        cwd=SUITE,
+        env={**os.environ, "SECRET_VALUE": value, "API_PORT": str(two.api.port)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert "pass 1" in done.stdout, done.stdout[-3000:]
+    got = two.api.received[before:]
+    assert [r["headers"]["authorization"] for r in got] == [f"Bearer {value}"]
