@@ -21,6 +21,7 @@ import trio
 
 from insien.tenancy.tenants import hash_key, new_key
 from tests.conftest import Server, start_server, stop_server
+from tests.e2e.helpers import call, websocket
 from tests.volume_disks import DISKS, remove_volumes
 
 SUFFIX = "volume-faults"
@@ -218,3 +219,37 @@ async def test_a_removed_tenants_volumes_go_with_it_once_unmounted(
             assert [v["name"] for v in (await dave.get("/volumes")).json()["volumes"]] == ["stay"]
     finally:
         setup.write_tenants(("carol", "dave"))
+
+
+async def test_a_volume_whose_loop_device_is_gone_is_attached_again(
+    setup: Setup, docker_client: docker.DockerClient
+) -> None:
+    """As after a reboot: the loop device behind a volume's disk is detached while nothing
+    mounts it; the next mount attaches the image again and finds every byte."""
+    data = secrets.token_bytes(2 * MIB)
+    async with setup.client("dave") as api:
+        await make(api, "reboot")
+        put = await api.put("/volumes/reboot/files", params={"path": "d"}, content=data)
+        assert put.status_code == 200, put.text
+        volume = runtime_name(docker_client, setup.server.instance, "dave", "reboot")
+        assert volume is not None
+        image = DISKS / f"{volume}.img"
+        listed = await trio.run_process(
+            ["losetup", "--associated", str(image), "--noheadings", "-O", "NAME"],
+            capture_stdout=True,
+        )
+        loops = listed.stdout.decode().split()
+        assert loops
+        for loop in loops:
+            await trio.run_process(["losetup", "--detach", loop])
+        created = await api.post(
+            "/sandbox/create", json={"volumes": [{"name": "reboot", "path": "/data"}]}
+        )
+        assert created.status_code == 200, created.text
+        made = created.json()
+        async with websocket(made["agentUrl"]) as ws:
+            message = {"id": 1, "type": "exec", "cmd": "sha256sum", "args": ["/data/d"]}
+            seen = await call(ws, message, timeout=60)
+        assert seen["stdout"].split()[0] == hashlib.sha256(data).hexdigest(), seen
+        await api.post(f"/sandbox/{made['sandboxId']}/destroy")
+        assert (await api.delete("/volumes/reboot")).status_code == 200
