@@ -166,3 +166,33 @@ def test_the_gateway_check_finds_what_it_looks_for() -> None:
     sample = "def f(call, self):\n    call.sandbox.link.call()\n    self._sandbox.touch()\n"
     assert len(_reaches_past_the_gateway(sample, "sample")) == 2
     assert _reaches_past_the_gateway("admission.link.call()\nadmission.active()\n", "x") == []
+
+
+NETWORK_CALLS = ("getaddrinfo", "open_tcp_stream", "open_ssl_over_tcp_stream", "create_connection")
+
+
+def _network_calls(source: str, name: str) -> list[str]:
+    """Where code resolves names or opens connections itself (`trio.open_tcp_stream`, ...)."""
+    return [
+        f"{name}:{node.lineno}: {ast.unparse(node)}"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Attribute | ast.Name)
+        and (node.attr if isinstance(node, ast.Attribute) else node.id) in NETWORK_CALLS
+    ]
+
+
+def test_the_core_decides_egress_and_leaves_the_network_to_the_link() -> None:
+    """sandboxes/egress.py decides each connection out (egress/connection.py) and resolves,
+    connects and relays only through link/outbound.py: the core opens no socket itself."""
+    found = [
+        line
+        for path in files("sandboxes")
+        for line in _network_calls(path.read_text(), str(path.relative_to(SOURCE)))
+    ]
+    assert offending(files("sandboxes"), ("socket",)) == []
+    assert found == []
+
+
+def test_the_network_check_finds_what_it_looks_for() -> None:
+    sample = "async def f():\n    await trio.open_tcp_stream('a', 1)\n    getaddrinfo('a', 1)\n"
+    assert len(_network_calls(sample, "sample")) == 2

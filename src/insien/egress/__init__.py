@@ -1,5 +1,6 @@
 """Egress policy: which connections out of a sandbox the server makes for it (rules, the
-operator's ceiling, the decision). Pure logic, below the core; `sandboxes.egress` runs it."""
+operator's ceiling, the decision per address, and per connection in `connection`). Pure logic,
+below the core; `sandboxes.egress` runs it around the I/O of `link.outbound`."""
 
 from .policy import Ceiling as Ceiling
 from .policy import NetworkPolicy as NetworkPolicy

@@ -1,12 +1,13 @@
 """Each sandbox's ways out: the server's end of the agent's egress proxy.
 
 For a sandbox whose policy allows anything (`allowOut`), the agent listens inside as an HTTP
-proxy (link/egress.py); every connection it accepts is decided here, against the sandbox's
-policy as it is at that moment and the operator's ceiling (egress/policy.py). The server
-resolves names itself and checks each address before connecting to it, so a name that
-resolves somewhere refused stays refused; the connection is then made from the server and
-its bytes ride the agent link, like a tunnel's. A refusal answers the program inside with a
-403 naming the rule.
+proxy (link/egress.py); this module runs that proxy's far end for each such sandbox, its
+counters and its events. Each connection it accepts is decided against the sandbox's policy
+as it is at that moment and the operator's ceiling (egress/connection.py, pure) between the
+I/O steps (link/outbound.py): the name is resolved by the server itself and each address
+checked before it is connected to, so a name that resolves somewhere refused stays refused;
+the connection is then made from the server and its bytes ride the agent link, like a
+tunnel's. A refusal answers the program inside with a 403 naming the rule.
 
 A sandbox whose policy binds secrets (issue 30) has its requests that could carry them read
 and rewritten on the way (secret_egress.py): plain HTTP always, and TLS to a bound host; TLS
@@ -17,13 +18,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
 from ..config import Settings
-from ..egress import NetworkPolicy, decide
+from ..egress.connection import Refused, admitted, reads_requests, room, target
 from ..egress.policy import SecretBinding
 from ..egress.rules import IPAddress, normalize_name
 from ..link import AgentGone
@@ -34,6 +35,7 @@ from ..link.egress import (
     open_egress,
     refuse_egress,
 )
+from ..link.outbound import connect_first, relay, resolve
 from ..link.tunnel import Tunnel, TunnelRefused
 from ..operations.events import EventLog
 from ..operations.logs import long_lived_task
@@ -51,10 +53,6 @@ from .secret_egress import (
 
 log = logging.getLogger("insien.egress")
 
-RESOLVE_TIMEOUT = 10.0
-CONNECT_TIMEOUT = 10.0
-READ_SIZE = 256 * 1024
-POLICY = "policy: "
 SECRET_USED = "secret.used"
 
 
@@ -85,7 +83,7 @@ class Egress:
 
     def __init__(self, settings: Settings) -> None:
         self.ceiling = settings.egress_ceiling()
-        self.hosts = {
+        self.hosts: dict[str, IPAddress] = {
             normalize_name(name): ipaddress.ip_address(address)
             for name, address in settings.egress_hosts.items()
         }
@@ -190,37 +188,39 @@ class Egress:
     async def _connection(self, sandbox: Sandbox, request: EgressRequest) -> None:
         counters = self.counters_for(sandbox.id)
         link = sandbox.link
-        target = f"{request.host}:{request.port}"
+        destination = f"{request.host}:{request.port}"
         try:
-            if self._open.get(sandbox.id, 0) >= self.max_connections:
+            full = room(self._open.get(sandbox.id, 0), self.max_connections)
+            if full is not None:
                 counters.refused += 1
-                limit = f"{self.max_connections} connections out are open (INSIEN_MAX_TUNNELS)"
-                await refuse_egress(link, request.conn, 503, limit)
+                await refuse_egress(link, request.conn, full.status, full.reason)
                 return
-            stream, address, refusal = await self._connect(sandbox, request)
-            if stream is None:
+            connected = await self._connect(sandbox, request)
+            if isinstance(connected, Refused):
                 counters.refused += 1
-                status = 403 if refusal.startswith(POLICY) else 502
-                refusal = refusal.removeprefix(POLICY)
                 log.info(
-                    "sandbox %s: egress to %s refused (%d): %s", sandbox.id, target, status, refusal
+                    "sandbox %s: egress to %s refused (%d): %s",
+                    sandbox.id,
+                    destination,
+                    connected.status,
+                    connected.reason,
                 )
-                await refuse_egress(link, request.conn, status, refusal)
+                await refuse_egress(link, request.conn, connected.status, connected.reason)
                 return
+            stream, address = connected
             self._open[sandbox.id] = self._open.get(sandbox.id, 0) + 1
             counters.connections += 1
             sandbox.touch()
             before = (counters.bytes_out, counters.bytes_in)
             try:
                 async with stream, open_egress(link, request.conn) as tunnel:
-                    bindings = sandbox.options.network_policy.secrets
-                    if bindings and (
-                        request.method == "HTTP"
-                        or any(b.covers_host(request.host, request.port) for b in bindings)
-                    ):
-                        await self._inject(sandbox, request, bindings, tunnel, stream, counters)
+                    policy = sandbox.options.network_policy
+                    if reads_requests(policy, request.method, request.host, request.port):
+                        await self._inject(
+                            sandbox, request, policy.secrets, tunnel, stream, counters
+                        )
                     else:
-                        await self._carry(sandbox, tunnel, stream, counters)
+                        await relay(tunnel, stream, self._mover(sandbox, counters))
             finally:
                 left = self._open.pop(sandbox.id) - 1
                 if left:  # an id leaves the table with its last connection
@@ -228,13 +228,13 @@ class Egress:
                 log.info(
                     "sandbox %s: egress to %s (%s) closed: %d bytes out, %d in",
                     sandbox.id,
-                    target,
+                    destination,
                     address,
                     counters.bytes_out - before[0],
                     counters.bytes_in - before[1],
                 )
         except (AgentGone, TunnelRefused) as exc:
-            log.debug("sandbox %s: egress to %s ended: %s", sandbox.id, target, exc)
+            log.debug("sandbox %s: egress to %s ended: %s", sandbox.id, destination, exc)
 
     async def _inject(
         self,
@@ -246,11 +246,6 @@ class Egress:
         counters: EgressCounters,
     ) -> None:
         """A request the sandbox's secrets may go out in (secret_egress.py)."""
-
-        def count(out: int, back: int) -> None:
-            counters.bytes_out += out
-            counters.bytes_in += back
-            sandbox.touch()
 
         def used(secret: str, method: str, path: str) -> None:
             counters.secrets_used += 1
@@ -288,7 +283,7 @@ class Egress:
             used,
             refused,
         )
-        client = TunnelStream(tunnel, count)
+        client = TunnelStream(tunnel, self._mover(sandbox, counters))
         gone = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
         try:
             if request.method == "HTTP":
@@ -318,98 +313,30 @@ class Egress:
         except (*gone, UpstreamFailed) as exc:
             log.debug("sandbox %s: egress to %s ended: %s", sandbox.id, request.host, exc)
 
+    def _mover(self, sandbox: Sandbox, counters: EgressCounters) -> Callable[[int, int], None]:
+        """What hears of bytes carried (out, back): the sandbox's counters, and its activity."""
+
+        def moved(out: int, back: int) -> None:
+            counters.bytes_out += out
+            counters.bytes_in += back
+            sandbox.touch()
+
+        return moved
+
     async def _connect(
         self, sandbox: Sandbox, request: EgressRequest
-    ) -> tuple[trio.SocketStream | None, str, str]:
-        """A connection to the first address the policy admits, or why there is none
-        (`policy: ...` for the policy, anything else for the network)."""
-        name, addresses = await self._resolve(request.host, request.port)
-        if not addresses:
-            return None, "", f"{request.host} does not resolve"
-        policy: NetworkPolicy = sandbox.options.network_policy
-        allowed: list[IPAddress] = []
-        first_refusal = ""
-        for address in addresses:
-            refusal = decide(policy, self.ceiling, name, address, request.port)
-            if refusal is None:
-                allowed.append(address)
-            elif not first_refusal:
-                first_refusal = refusal.reason
-        if not allowed:
-            return None, "", POLICY + first_refusal
-        failure = ""
-        for address in allowed:
-            try:
-                with trio.fail_after(CONNECT_TIMEOUT):
-                    # An address, never the name: what was checked is what is connected to.
-                    stream = await trio.open_tcp_stream(str(address), request.port)
-                return stream, str(address), ""
-            except (OSError, trio.TooSlowError) as exc:
-                failure = f"could not connect to {address}:{request.port}: {exc or 'timed out'}"
-        return None, "", failure
-
-    async def _resolve(self, host: str, port: int) -> tuple[str | None, list[IPAddress]]:
-        """The name asked for (None for an address literal) and its addresses, in order."""
-        literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        try:
-            return None, [ipaddress.ip_address(literal)]
-        except ValueError:
-            pass
-        name = normalize_name(host)
-        mapped = self.hosts.get(name)
-        if mapped is not None:
-            return name, [mapped]
-        try:
-            with trio.fail_after(RESOLVE_TIMEOUT):
-                infos = await trio.socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
-        except (OSError, trio.TooSlowError, UnicodeError):
-            return name, []
-        found: list[IPAddress] = []
-        for info in infos:
-            address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-            if address not in found:
-                found.append(address)
-        return name, found
-
-    async def _carry(
-        self,
-        sandbox: Sandbox,
-        tunnel: Tunnel,
-        stream: trio.SocketStream,
-        counters: EgressCounters,
-    ) -> None:
-        """Bytes both ways until the program inside closes (the agent then ends the tunnel)."""
-
-        gone = (
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            OSError,
-            TunnelRefused,
-            AgentGone,
-        )
-
-        async def out(cancel: trio.CancelScope) -> None:
-            try:
-                while (data := await tunnel.receive()) is not None:
-                    await stream.send_all(data)
-                    counters.bytes_out += len(data)
-                    sandbox.touch()
-                await stream.send_eof()
-            except gone:
-                pass
-            finally:
-                cancel.cancel()  # the program's side is closed: nothing more can be carried
-
-        async def back(cancel: trio.CancelScope) -> None:
-            try:
-                while data := await stream.receive_some(READ_SIZE):
-                    await tunnel.send(data)
-                    counters.bytes_in += len(data)
-                    sandbox.touch()
-                await tunnel.send(b"", eof=True)
-            except gone:
-                cancel.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(out, nursery.cancel_scope)
-            nursery.start_soon(back, nursery.cancel_scope)
+    ) -> tuple[trio.SocketStream, IPAddress] | Refused:
+        """A connection to the first address the policy admits (egress/connection.py decides,
+        link/outbound.py resolves and connects), or why there is none."""
+        wanted = target(request.host, self.hosts)
+        if wanted.known is not None:
+            addresses = [wanted.known]
+        else:
+            assert wanted.name is not None  # only a literal has no name, and it is known
+            addresses = await resolve(wanted.name, request.port)
+        policy = sandbox.options.network_policy
+        allowed = admitted(policy, self.ceiling, request.host, wanted.name, addresses, request.port)
+        if isinstance(allowed, Refused):
+            return allowed
+        connected = await connect_first(allowed, request.port)
+        return Refused(502, connected) if isinstance(connected, str) else connected
