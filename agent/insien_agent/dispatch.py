@@ -226,6 +226,8 @@ class Agent:
                 return
             if kind == "resume":
                 after = required_int(msg, "after", minimum=0)
+                # A frame a killed server left for a request it never sent is nobody's.
+                self._inbound = None
                 await self._outbox.resume(request_id, after, self._resume_state())
                 return
             if kind == "cancel":

@@ -11,14 +11,19 @@ it (`"channel": n`, chosen by the server); every frame on that channel belongs t
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 MARK = 0
+NEWLINE = 0x0A
 HEADER = struct.Struct(">BQIBI")
 MAX_FRAME = 1024 * 1024
 """Largest payload of one frame; larger bodies go as several frames."""
+RESYNC_BYTES = HEADER.size + MAX_FRAME + 1
+"""Newlines a rejoining server sends first: enough to end any line or frame it interrupted."""
+_NEWLINES = re.compile(rb"\n+")
 
 DATA = 0
 STDOUT = 1
@@ -50,8 +55,12 @@ class StreamSplitter:
     """Splits stdin into lines and frames, never holding more than one line or frame.
 
     Yields a line's bytes, None for a line over `max_line` (dropped up to its newline), an
-    InFrame, or an OversizeFrame (its payload is skipped: the length says how far, so the
-    stream stays in step).
+    InFrame, or an OversizeFrame. The server never sends a frame over MAX_FRAME, so a header
+    that says more means the stream is out of step (a server killed mid-frame, then a new one
+    writing): everything up to the next newline is dropped. That is what makes the rejoining
+    server's run of newlines (`RESYNC_BYTES` of them, see docs/protocol.md) bring the splitter
+    back to the start of a line from any point of an interrupted line or frame. Blank lines
+    are skipped without being yielded.
     """
 
     def __init__(self, max_line: int) -> None:
@@ -66,15 +75,14 @@ class StreamSplitter:
         self._size = 0
         self._payload: list[bytes] = []
         self._left = 0
-        self._skipping = False
+        self._out_of_step = False
 
     def feed(self, data: bytes) -> Iterator[bytes | InFrame | OversizeFrame | None]:
         at, end = 0, len(data)
         while at < end:
             if self._left:
                 take = min(self._left, end - at)
-                if not self._skipping:
-                    self._payload.append(data[at : at + take])
+                self._payload.append(data[at : at + take])
                 at += take
                 self._left -= take
                 if not self._left:
@@ -89,6 +97,9 @@ class StreamSplitter:
                         yield frame
             elif not self._in_line and data[at] == MARK:
                 self._in_header = True
+            elif not self._in_line and data[at] == NEWLINE:
+                blank = _NEWLINES.match(data, at)
+                at = blank.end() if blank else at + 1
             else:
                 self._in_line = True
                 newline = data.find(b"\n", at)
@@ -98,6 +109,9 @@ class StreamSplitter:
                 self._add_to_line(data[at:newline])
                 at = newline + 1
                 self._in_line = False
+                if self._out_of_step:  # the rest of an oversize frame's line: already reported
+                    self._out_of_step = self._discarding = False
+                    continue
                 if self._discarding:
                     self._discarding = False
                     yield None
@@ -119,14 +133,14 @@ class StreamSplitter:
         _, _, self._channel, self._kind, self._size = HEADER.unpack(self._header)
         self._header.clear()
         self._in_header = False
-        self._skipping = self._size > MAX_FRAME
+        if self._size > MAX_FRAME:
+            # Out of step: drop everything up to the next newline, as part of a line.
+            self._in_line = self._discarding = self._out_of_step = True
+            return OversizeFrame(self._size)
         self._left = self._size
         return self._finish_frame() if self._size == 0 else None
 
-    def _finish_frame(self) -> InFrame | OversizeFrame:
-        if self._skipping:
-            self._skipping = False
-            return OversizeFrame(self._size)
+    def _finish_frame(self) -> InFrame:
         payload = b"".join(self._payload)
         self._payload.clear()
         return InFrame(self._channel, self._kind, payload)

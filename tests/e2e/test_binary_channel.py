@@ -4,8 +4,10 @@ client that stops reading, and transfers cut halfway leaving nothing presented a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -226,9 +228,18 @@ def test_a_server_killed_mid_upload_leaves_no_file_under_the_real_name(
         raw.sendall(
             f"PUT /sandbox/{created['sandboxId']}/files?path=killed.bin HTTP/1.1\r\n"
             f"Host: {parts.netloc}\r\nX-API-Key: {server.api_key}\r\n"
-            f"Content-Length: {64 * MIB}\r\n\r\n".encode()
+            f"Content-Length: {512 * MIB}\r\n\r\n".encode()
         )
-        raw.sendall(b"\x03" * (8 * MIB))
+
+        def keep_sending() -> None:
+            # The body keeps coming until the kill, so the server dies while writing frames
+            # to the agent: mostly in the middle of one, which the next server must get past.
+            with contextlib.suppress(OSError):
+                for _ in range(512):
+                    raw.sendall(b"\x03" * MIB)
+
+        sender = threading.Thread(target=keep_sending, daemon=True)
+        sender.start()
         deadline = time.monotonic() + 30
         while not any(  # until chunks reach the sandbox's temporary file
             name.startswith("killed.bin.insien-upload-")
@@ -236,15 +247,16 @@ def test_a_server_killed_mid_upload_leaves_no_file_under_the_real_name(
         ):
             assert time.monotonic() < deadline, "the upload never reached the sandbox"
             time.sleep(0.1)
-        # Let what was sent so far land whole before the kill: a server killed in the middle
-        # of a frame to the agent can leave the agent's stdin mid-frame, and the next server
-        # then waits for its hello (a known gap, in the session note; this test is about the
-        # file's name, not that).
-        time.sleep(1)
         restartable.kill()  # SIGKILL while the body is still coming
+        raw.close()
+        sender.join(10)
     server = restartable.start()
 
     async def check() -> None:
+        # The sandbox came back: the new server got past whatever frame was cut off.
+        async with websocket(created["agentUrl"]) as ws:
+            ran = await call(ws, {"id": 1, "type": "exec", "cmd": "echo", "args": ["back"]})
+        assert ran["stdout"] == "back\n", ran
         names = await names_in_home(created)
         assert "killed.bin" not in names, names
         # What had arrived is under the temporary name, never the real one.

@@ -20,6 +20,7 @@ from insien.link import AgentLink
 from insien.link.frames import (
     HEADER,
     MAX_FRAME,
+    RESYNC,
     Frame,
     FrameKind,
     FramingError,
@@ -142,11 +143,55 @@ def test_the_agent_reads_frames_and_lines_split_anywhere() -> None:
         assert split([SERVER_STREAM[:cut], SERVER_STREAM[cut:]]) == whole
 
 
-def test_the_agent_skips_an_oversize_frame_and_stays_in_step() -> None:
-    huge = HEADER.pack(0, 0, 1, 0, agent_frames.MAX_FRAME + 5) + b"q" * (agent_frames.MAX_FRAME + 5)
-    units = split([huge[:1000], huge[1000:] + b'{"id":2}\n'])
+def test_an_oversize_frame_means_out_of_step_and_the_agent_drops_to_the_next_newline() -> None:
+    huge = HEADER.pack(0, 0, 1, 0, agent_frames.MAX_FRAME + 5) + b"q" * 5000
+    units = split([huge[:1000], huge[1000:] + b'\n{"id":2}\n'])
     assert units == [OversizeFrame(agent_frames.MAX_FRAME + 5), b'{"id":2}']
     assert split([b"x" * 20 + b'\n{"id":1}\n'], max_line=10) == [None, b'{"id":1}']
+
+
+def test_blank_lines_are_skipped_however_many() -> None:
+    assert split([b"\n" * 100_000 + b'{"id":1}\n\n\n', b'\n{"id":2}\n']) == [
+        b'{"id":1}',
+        b'{"id":2}',
+    ]
+
+
+RESUME_LINE = b'{"id":"insien-resume","type":"resume","after":0}\n'
+
+
+def after_resync(interrupted: bytes) -> list[Any]:
+    """What the agent reads of a rejoining server's newlines and resume line, after a stream
+    that ended at `interrupted` (an old server killed mid-write)."""
+    splitter = StreamSplitter(1 << 20)
+    list(splitter.feed(interrupted))
+    return list(splitter.feed(RESYNC + RESUME_LINE))
+
+
+def assert_back_in_step(units: list[Any], sent: bytes) -> None:
+    assert units[-1] == RESUME_LINE.rstrip(b"\n")
+    # Before it, only the remains of what was cut: a request that parses is one the old server
+    # sent whole but for its newline, never one made of pieces.
+    for unit in units[:-1]:
+        if isinstance(unit, bytes):
+            try:
+                json.loads(unit)
+            except ValueError:
+                continue
+            assert unit + b"\n" in sent
+
+
+def test_the_rejoining_servers_newlines_end_whatever_the_old_server_cut_off() -> None:
+    # A server SIGKILLed mid-write leaves the agent's stdin at any point of a line or frame;
+    # the next server's first bytes must not be read as the rest of it.
+    assert len(RESYNC) == agent_frames.RESYNC_BYTES
+    for cut in range(len(SERVER_STREAM)):
+        assert_back_in_step(after_resync(SERVER_STREAM[:cut]), SERVER_STREAM)
+    for size in (MAX_FRAME, MAX_FRAME - 1, 0x0F_FFFF, 0x0A0A, 1):
+        frame = encode_frame(7, FrameKind.DATA, b"\x00" * size)
+        cuts = {*range(HEADER.size + 2), size // 2, len(frame) - 1}
+        for cut in cuts:
+            assert_back_in_step(after_resync(frame[:cut]), frame)
 
 
 # -- replay: frames are kept and replayed like lines -----------------------------------------

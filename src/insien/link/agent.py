@@ -27,7 +27,15 @@ from ..protocol import ErrorCode, Message, ProtocolError, error_message, is_fina
 from ..runtime.base import AgentChannel, StreamCorrupt, StreamKind
 from .budget import ByteBudget
 from .channels import ChannelTable
-from .frames import STREAM_NAMES, Frame, FrameKind, FramingError, UnitAssembler, encode_frame
+from .frames import (
+    RESYNC,
+    STREAM_NAMES,
+    Frame,
+    FrameKind,
+    FramingError,
+    UnitAssembler,
+    encode_frame,
+)
 from .lines import LineAssembler, OversizeLine
 from .pending import PendingRequest
 from .replies import Reply, encode, excerpt, split_seq
@@ -114,13 +122,17 @@ class AgentLink:
         name: str,
         max_line: int,
         resume_after: int | None = None,
+        resync: bool = False,
     ) -> None:
         """With `resume_after`, the link joins an agent already running (the server restarted):
-        it asks for every message numbered above it, and ignores the stream until they come."""
+        it asks for every message numbered above it, and ignores the stream until they come.
+        `resync` first ends whatever line or frame a killed predecessor left unfinished on the
+        agent's stdin (frames.RESYNC)."""
         self._channel = channel
         self._name = name
         self.max_line = max_line
         self._resume_after = resume_after
+        self._resync = resync
         self.last_seq = resume_after or 0
         self._acked = self.last_seq
         self._unacked_bytes = 0
@@ -175,6 +187,8 @@ class AgentLink:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop)
                 nursery.start_soon(self._ack_when_quiet)
+                if self._resync:
+                    await self._outgoing_send.send(RESYNC)
                 if self._resume_after is not None:
                     await self._outgoing_send.send(
                         encode({"id": RESUME_ID, "type": "resume", "after": self._resume_after})

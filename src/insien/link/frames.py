@@ -21,6 +21,11 @@ from .lines import LineAssembler, OversizeLine
 MARK = 0
 HEADER = struct.Struct(">BQIBI")
 MAX_FRAME = 1024 * 1024
+RESYNC = b"\n" * (HEADER.size + MAX_FRAME + 1)
+"""What a server rejoining a running agent sends first. Its predecessor may have died mid-line
+or mid-frame; this many newlines end any such line, finish any such frame (never claimed: no
+request follows it), or, mid-header, make a length the agent knows is out of step and drops
+to the next newline. After it, the agent reads from the start of a line."""
 
 
 class FrameKind(enum.IntEnum):

@@ -118,7 +118,9 @@ async def _recover_one(manager: SandboxManager, container_id: str) -> str:
         log.warning("removing container %s: cannot attach (%s)", container_id[:12], exc)
         await runtime.remove(container_id)
         return "refused"
-    link = AgentLink(channel, name=name, max_line=settings.max_line_bytes, resume_after=0)
+    link = AgentLink(
+        channel, name=name, max_line=settings.max_line_bytes, resume_after=0, resync=True
+    )
     sandbox = Sandbox(**record, link=link)
     if not pooled:
         manager.register(sandbox)
