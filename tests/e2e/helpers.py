@@ -82,6 +82,16 @@ class Inbox:
         return await self.next(message["id"], timeout)
 
 
+async def until_running(agent_url: str, name: str, count: int = 1, within: float = 15) -> None:
+    """Until `count` processes called `name` run in the sandbox: the commands a test sent on
+    another connection have started. Asked (`pgrep -c -x`) on a connection of its own."""
+    probe = {"id": "until-running", "type": "exec", "cmd": "pgrep", "args": ["-c", "-x", name]}
+    async with websocket(agent_url) as ws:
+        with trio.fail_after(within):
+            while (await call(ws, probe))["stdout"].strip() != str(count):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+
+
 def containers_of(client: docker.DockerClient, sandbox_id: str) -> list[dict[str, Any]]:
     """The sandbox's container (running or not) as the Docker Engine lists it."""
     found: list[dict[str, Any]] = client.api.containers(

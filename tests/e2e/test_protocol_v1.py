@@ -10,7 +10,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from tests.conftest import Server
-from tests.e2e.helpers import Inbox, call, receive, sandbox, websocket
+from tests.e2e.helpers import Inbox, call, receive, sandbox, until_running, websocket
 
 ALL_BYTES = bytes(range(256))
 
@@ -360,7 +360,7 @@ async def test_cancel_and_ping(server: Server) -> None:
         await ws.send_message(
             json.dumps({"id": "long", "type": "exec", "cmd": "sleep", "args": ["60"]})
         )
-        await trio.sleep(0.2)
+        await until_running(created["agentUrl"], "sleep")
         cancelled = await call(ws, {"id": "c", "type": "cancel", "target": "long"})
         assert cancelled == {
             "id": "c",
