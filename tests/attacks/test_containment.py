@@ -17,6 +17,8 @@ from tests.conftest import Server, rss_bytes, start_server, stop_server
 from tests.e2e.helpers import call, receive, sandbox, websocket
 
 MIB = 1024 * 1024
+FULL = 400
+"""Processes in a sandbox that show a fork bomb has nearly filled the pids limit (512)."""
 
 
 @asynccontextmanager
@@ -78,7 +80,19 @@ async def test_fork_bomb(server: Server) -> None:
             },
         )
         assert spawned["type"] == "spawnResponse"
-        await trio.sleep(3)
+
+        async def full() -> bool:
+            """Whether the bomb has nearly filled the pids limit (counted through the file
+            API, which needs no process), or has ended: the agent ends what fills it."""
+            await ws.send_message(json.dumps({"id": "ls", "type": "list", "path": "/proc"}))
+            while (reply := await receive(ws))["id"] != "ls":
+                if (reply["id"], reply["type"]) == ("b", "exit"):
+                    return True
+            return bool(sum(entry["name"].isdigit() for entry in reply["entries"]) >= FULL)
+
+        with trio.fail_after(30):
+            while not await full():  # noqa: ASYNC110 (polling the sandbox)
+                await trio.sleep(0.1)
         await ws.send_message(
             json.dumps({"id": "k", "type": "signal", "pid": spawned["pid"], "signal": "KILL"})
         )
@@ -216,8 +230,11 @@ async def test_escape_probes_are_refused(server: Server) -> None:
 async def test_zombies_are_reaped(server: Server) -> None:
     async def zombies(ws: WebSocketConnection) -> None:
         # each child exits at once and its parent (sh) is gone before it can wait for it
-        await run(ws, "for i in $(seq 1000); do (sleep 0.01 &) ; done; sleep 1")
+        await run(ws, "for i in $(seq 1000); do (sleep 0.01 &) ; done")
+        sleeping = "ps -eo stat=,comm= | grep -v '^Z' | grep -cw sleep || true"
         with trio.fail_after(20):
+            while (await run(ws, sleeping))["stdout"].strip() != "0":  # noqa: ASYNC110
+                await trio.sleep(0.1)  # until every child has exited: a zombie, or reaped
             while True:
                 ps = await run(ws, "ps -eo stat | grep -c '^Z' || true")
                 if int(ps["stdout"].strip() or 0) == 0:
