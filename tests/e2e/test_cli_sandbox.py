@@ -163,11 +163,16 @@ def test_shell_is_a_real_terminal(server: Server, made: str) -> None:
         keys("stty size", "Enter")
         until("40 120")
         subprocess.run([tmux, "resize-window", "-t", session, "-x", "100", "-y", "30"], check=True)
-        time.sleep(0.5)  # SIGWINCH reaches the CLI, which resizes the sandbox's terminal
-        keys("stty size", "Enter")
-        until("30 100")
+        # SIGWINCH reaches the CLI, which resizes the sandbox's terminal: asked until it has
+        deadline = time.monotonic() + 20
+        while "30 100" not in screen():
+            assert time.monotonic() < deadline, f"never resized:\n{screen()}"
+            keys("stty size", "Enter")
+            time.sleep(0.2)
         keys("sleep 100", "Enter")
-        time.sleep(0.5)
+        deadline = time.monotonic() + 20
+        while insien(server, "sandbox", "exec", made, "--", "pgrep", "-x", "sleep").returncode:
+            assert time.monotonic() < deadline, f"the sleep never started:\n{screen()}"
         keys("C-c")  # goes to the sandbox: the sleep stops, the shell stays
         keys("echo still-here", "Enter")
         until("\nstill-here\n")
