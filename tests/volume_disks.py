@@ -7,10 +7,17 @@ import subprocess
 from pathlib import Path
 
 import docker
+import pytest
 
+from insien.sandboxes.volume_disks import disks_possible
 from tests.server_process import STATE_DIR
 
 DISKS = Path(STATE_DIR) / "volume-disks"
+NEEDS_DISKS = pytest.mark.skipif(
+    not disks_possible(),
+    reason="a volume's own disk needs root, /dev/loop-control, losetup and mkfs.ext4"
+    " (INSIEN_VOLUME_DISKS=auto falls back to the server's accounting without them)",
+)
 
 
 def remove_volumes(client: docker.DockerClient, instance: str) -> None:

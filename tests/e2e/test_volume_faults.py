@@ -22,7 +22,7 @@ import trio
 from insien.tenancy.tenants import hash_key, new_key
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.helpers import call, websocket
-from tests.volume_disks import DISKS, remove_volumes
+from tests.volume_disks import DISKS, NEEDS_DISKS, remove_volumes
 
 SUFFIX = "volume-faults"
 MIB = 1 << 20
@@ -221,6 +221,7 @@ async def test_a_removed_tenants_volumes_go_with_it_once_unmounted(
         setup.write_tenants(("carol", "dave"))
 
 
+@NEEDS_DISKS
 async def test_a_volume_whose_loop_device_is_gone_is_attached_again(
     setup: Setup, docker_client: docker.DockerClient
 ) -> None:

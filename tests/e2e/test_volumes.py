@@ -22,7 +22,7 @@ from e2b import SandboxException as E2BSandboxException
 from insien_sandbox import AsyncSandbox, AsyncVolume, NotFoundError, Sandbox, Volume, VolumeMount
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.helpers import call, websocket
-from tests.volume_disks import DISKS, remove_volumes
+from tests.volume_disks import DISKS, NEEDS_DISKS, remove_volumes
 
 MIB = 1 << 20
 
@@ -160,6 +160,23 @@ async def test_the_size_limit_refuses_writes_past_it(volume_server: Server) -> N
         assert over.json()["code"] == "TOO_LARGE"
         absent = await api.get(f"/volumes/{name}/files", params={"path": "b"})
         assert absent.status_code == 404  # refused means nothing written
+        whole = await api.put(
+            f"/volumes/{name}/files", params={"path": "c"}, content=bytes(2 * MIB + 1)
+        )
+        assert whole.status_code == 507  # past the limit on its declared length alone
+        assert (await api.get(f"/volumes/{name}")).json()["bytesUsed"] == len(original)
+        listed = (await api.get(f"/volumes/{name}/entries", params={"path": "/"})).json()
+        assert [entry["name"] for entry in listed["entries"]] == ["a"]  # no temporary left
+
+
+@NEEDS_DISKS
+async def test_a_replacement_needs_room_beside_the_old_copy_on_a_volume_disk(
+    volume_server: Server,
+) -> None:
+    async with client(volume_server) as api, volume(api, size="2m") as name:
+        original = secrets.token_bytes(3 * MIB // 2)
+        first = await api.put(f"/volumes/{name}/files", params={"path": "a"}, content=original)
+        assert first.status_code == 200, first.text
         # A replacement lands whole or not at all: the volume's own disk has no room for the
         # new copy beside the old one, so it is refused and the old one is kept, byte for byte.
         replaced = await api.put(
@@ -168,13 +185,6 @@ async def test_the_size_limit_refuses_writes_past_it(volume_server: Server) -> N
         assert replaced.status_code == 507, replaced.text
         kept = await api.get(f"/volumes/{name}/files", params={"path": "a"})
         assert kept.content == original
-        whole = await api.put(
-            f"/volumes/{name}/files", params={"path": "c"}, content=bytes(2 * MIB + 1)
-        )
-        assert whole.status_code == 507  # past the limit on its declared length alone
-        assert (await api.get(f"/volumes/{name}")).json()["bytesUsed"] == len(original)
-        listed = (await api.get(f"/volumes/{name}/entries", params={"path": "/"})).json()
-        assert [entry["name"] for entry in listed["entries"]] == ["a"]  # no temporary left
 
 
 async def test_an_upload_is_checked_against_the_digest_it_names(volume_server: Server) -> None:
@@ -220,6 +230,7 @@ async def test_an_upload_is_checked_against_the_digest_it_names(volume_server: S
         assert bad.status_code == 400
 
 
+@NEEDS_DISKS
 async def test_a_write_past_the_limit_fails_with_enospc_inside_a_sandbox(
     volume_server: Server, docker_client: docker.DockerClient
 ) -> None:
