@@ -82,13 +82,21 @@ class Inbox:
         return await self.next(message["id"], timeout)
 
 
-async def until_running(agent_url: str, name: str, count: int = 1, within: float = 15) -> None:
-    """Until `count` processes called `name` run in the sandbox: the commands a test sent on
-    another connection have started. Asked (`pgrep -c -x`) on a connection of its own."""
-    probe = {"id": "until-running", "type": "exec", "cmd": "pgrep", "args": ["-c", "-x", name]}
+async def until_running(
+    agent_url: str, command_line: str, count: int = 1, within: float = 15
+) -> None:
+    """Until `count` processes whose command line matches `command_line` (a regular
+    expression) run in the sandbox: the commands a test sent on another connection have
+    started. Asked (`pgrep -c -f`) on a connection of its own."""
+    probe = {
+        "id": "until-running",
+        "type": "exec",
+        "cmd": "pgrep",
+        "args": ["-c", "-f", command_line],
+    }
     async with websocket(agent_url) as ws:
         with trio.fail_after(within):
-            while (await call(ws, probe))["stdout"].strip() != str(count):  # noqa: ASYNC110
+            while (await call(ws, probe))["stdout"] != f"{count}\n":  # noqa: ASYNC110
                 await trio.sleep(0.05)
 
 

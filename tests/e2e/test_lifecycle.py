@@ -92,7 +92,7 @@ async def test_agent_death_fails_in_flight_requests(
     async with sandbox(server) as created, websocket(created["agentUrl"]) as ws:
         await ws.send_message('{"id": "slow", "type": "exec", "cmd": "sleep", "args": ["30"]}')
         await ws.send_message('{"id": "also", "type": "exec", "cmd": "sleep", "args": ["30"]}')
-        await until_running(created["agentUrl"], "sleep", 2)
+        await until_running(created["agentUrl"], "^sleep 30$", 2)
         await kill_agent(docker_client, created["sandboxId"])
         replies = {}
         for _ in range(2):
@@ -109,7 +109,7 @@ async def test_a_client_leaving_mid_request_does_not_disturb_the_sandbox(server:
     async with sandbox(server) as created:
         async with websocket(created["agentUrl"]) as ws:
             await ws.send_message('{"id": 1, "type": "exec", "cmd": "sleep", "args": ["30"]}')
-            await until_running(created["agentUrl"], "sleep")
+            await until_running(created["agentUrl"], "^sleep 30$")
         # The abandoned request is cancelled in the sandbox (its command killed), and nothing
         # of it reaches the next connection, which reuses its id.
         async with websocket(created["agentUrl"]) as ws:

@@ -360,7 +360,7 @@ async def test_cancel_and_ping(server: Server) -> None:
         await ws.send_message(
             json.dumps({"id": "long", "type": "exec", "cmd": "sleep", "args": ["60"]})
         )
-        await until_running(created["agentUrl"], "sleep")
+        await until_running(created["agentUrl"], "^sleep 60$")
         cancelled = await call(ws, {"id": "c", "type": "cancel", "target": "long"})
         assert cancelled == {
             "id": "c",

@@ -16,7 +16,15 @@ from trio_websocket import ConnectionClosed
 
 from insien_sandbox import AsyncSandbox, SandboxClosedError
 from tests.conftest import Server
-from tests.e2e.helpers import call, containers_of, http, kill_agent, receive, websocket
+from tests.e2e.helpers import (
+    call,
+    containers_of,
+    http,
+    kill_agent,
+    receive,
+    until_running,
+    websocket,
+)
 from tests.e2e.restartable import Restartable, restartable
 
 __all__ = ["restartable"]  # the fixture, used by name
@@ -32,6 +40,14 @@ async def sandbox_info(server: Server, sandbox_id: str) -> dict[str, Any]:
         assert response.status_code == 200, response.text
         info: dict[str, Any] = response.json()
         return info
+
+
+async def until_sleeping(sandbox: AsyncSandbox, count: int) -> None:
+    """Until `count` `sleep` commands run in the sandbox: the calls in flight have started."""
+    probe = ["-c", "-x", "sleep"]
+    with anyio.fail_after(15):
+        while (await sandbox.run_command("pgrep", probe)).stdout != f"{count}\n":  # noqa: ASYNC110
+            await anyio.sleep(0.05)
 
 
 def test_a_killed_server_finds_everything_again(
@@ -75,7 +91,7 @@ def test_a_killed_server_finds_everything_again(
                     }
                 )
             )
-            await trio.sleep(0.3)
+            await until_running(keeper["agentUrl"], "^sleep 1$")
             # SIGKILL while the client is still connected: no chance to tidy or cancel anything
             restartable.kill()
         finally:
@@ -190,7 +206,7 @@ def test_sdk_calls_in_flight_get_their_answers_across_a_restart(
                 # one finishes while the server is down, one after it is back
                 tasks.start_soon(run, "early", "sleep 1; echo early")
                 tasks.start_soon(run, "late", "sleep 4; echo late")
-                await anyio.sleep(0.5)
+                await until_sleeping(sandbox, 2)
                 await anyio.to_thread.run_sync(restartable.kill)
                 await anyio.sleep(1.5)
                 await anyio.to_thread.run_sync(restartable.start)
@@ -227,7 +243,7 @@ def test_sdk_calls_fail_clearly_once_the_reconnect_window_has_passed(
 
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(run)
-                await anyio.sleep(0.5)
+                await until_sleeping(sandbox, 1)
                 await anyio.to_thread.run_sync(restartable.kill)
                 started = anyio.current_time()
                 with anyio.fail_after(30):
