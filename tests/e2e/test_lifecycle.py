@@ -100,6 +100,14 @@ async def test_agent_death_fails_in_flight_requests(
             replies[reply["id"]] = reply
         assert replies["slow"]["code"] == "AGENT_GONE"
         assert replies["also"]["code"] == "AGENT_GONE"
+        # The connection is told why it ends, as for a destroy, not just closed.
+        ended = await receive(ws, timeout=15)
+        assert ended["type"] == "sandboxEnded", ended
+        assert ended["reason"] == "agent_exited", ended
+        with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+            await ws.get_message()
+        assert closed.value.reason is not None
+        assert closed.value.reason.code == 1001
         async with http(server) as client:
             status = (await client.get(f"/sandbox/{created['sandboxId']}/status")).json()
         assert status["connected"] is False

@@ -31,6 +31,7 @@ from ..protocol import (
 )
 from ..sandboxes.access import Admission, Credentials, Surface, Unauthenticated
 from ..sandboxes.manager import SandboxNotFound
+from ..sandboxes.sandbox import State
 from ..tenancy.quotas import QuotaExceeded
 from .context import Services
 from .errors import answer_for, error_response
@@ -45,6 +46,8 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_POLICY_VIOLATION = 1008
 REVOCATION_CHECK_SECONDS = 0.25
+ENDED_WAIT = 5.0
+"""How long a connection whose agent went away waits to learn why, for its `sandboxEnded`."""
 
 
 def ws_blueprint(services: Services) -> Blueprint:
@@ -225,6 +228,15 @@ class ClientSession:
 
     async def _close(self, nursery: trio.Nursery) -> None:
         """Close the socket with the code that says why the connection ends."""
+        if (
+            self._link.closed.is_set()
+            and not self._link.detached
+            and self._sandbox.state is State.RUNNING
+        ):
+            # An agent that went away closes the link first; the manager marks the sandbox
+            # ended once the runtime has said why (an inspect), which the close must name.
+            with trio.move_on_after(ENDED_WAIT):
+                await self._sandbox.ended.wait()
         if self._revoked:
             await websocket.close(CLOSE_POLICY_VIOLATION, "the API key was revoked")
         elif self._link.detached:
