@@ -196,3 +196,12 @@ def test_the_core_decides_egress_and_leaves_the_network_to_the_link() -> None:
 def test_the_network_check_finds_what_it_looks_for() -> None:
     sample = "async def f():\n    await trio.open_tcp_stream('a', 1)\n    getaddrinfo('a', 1)\n"
     assert len(_network_calls(sample, "sample")) == 2
+
+
+def test_the_preview_proxy_leaves_who_may_see_it_to_preview_auth() -> None:
+    """api/preview.py proxies for callers api/preview_auth.py admitted: it weighs no
+    credentials itself (no `Credentials`, no `Surface`, no call on the gate's `admit`)."""
+    proxy = SOURCE / "api" / "preview.py"
+    weighing = ("insien.sandboxes.access.Credentials", "insien.sandboxes.access.Surface")
+    assert offending([proxy], weighing) == []
+    assert ".admit(" not in proxy.read_text()

@@ -6,10 +6,10 @@ unbuffered; the request is written and the answer read with h11.
 WebSocket upgrades go through too (preview_ws.py), on every path but `/tcp` (the raw TCP
 WebSocket of ports.py; the host form reaches an app's `/tcp`).
 
-Who may: the owner's `X-API-Key`, or a preview token (`POST /sandboxes/<id>/ports/<port>/url`)
-given as `?insien_token=` (then kept in a cookie scoped to the port's path, so a browser can
-follow the app's links) or that cookie. The app is told where it is mounted
-(`X-Forwarded-Prefix`, `-Host`, `-Proto`). A port nobody listens on answers 502 at once.
+Who may is preview_auth.py's to decide (through the gateway); this module only proxies, for
+callers it admitted, with Insien's credentials (the key, tokens, the preview cookie) taken out
+of what the app is sent. The app is told where it is mounted (`X-Forwarded-Prefix`, `-Host`,
+`-Proto`). A port nobody listens on answers 502 at once.
 """
 
 from __future__ import annotations
@@ -27,19 +27,17 @@ from wsproto import ConnectionType, WSConnection
 
 from ..link import AgentGone
 from ..link.tunnel import Tunnel, TunnelRefused, open_tunnel
-from ..operations.logs import tenant_id
 from ..protocol import ErrorCode
-from ..sandboxes.access import Admission, Credentials, StillPaused, Surface, Unauthenticated
+from ..sandboxes.access import Admission
 from ..sandboxes.sandbox import Sandbox
 from .context import Services
 from .errors import CORE_ERRORS, ApiError, api_error_for, status_for
 from .exchange import ClientGone, Exchange
 from .ports import IDLE_TIMEOUT, too_many_tunnels
+from .preview_auth import COOKIE, TOKEN_PARAM, admit, awake, without_preview_cookie, without_token
 from .preview_ws import WebSocketRequest, app_request, handshake, refuse, relay
 
 PREVIEW_PATH = re.compile(r"^/sandbox/(?P<id>[^/]+)/ports/(?P<port>[0-9]{1,5})(?P<rest>/.*)?$")
-TOKEN_PARAM = "insien_token"
-COOKIE = "insien_port"
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -114,50 +112,6 @@ class PreviewProxy:
         except ClientGone:
             return
 
-    def _sandbox_for(
-        self, headers: dict[str, str], query: dict[str, str], sandbox_id: str, port: int
-    ) -> tuple[Admission, str | None]:
-        """The sandbox whose port is asked for, if the caller may reach it (access.py: the
-        key, its traffic token, a preview token for this port, or public traffic), and a
-        preview token that came in the query, to keep in the cookie."""
-        if not 1 <= port <= 65535:
-            raise ApiError(400, ErrorCode.BAD_REQUEST, "a port is 1 to 65535")
-        given = query.get(TOKEN_PARAM)
-        kept = _cookie(headers, COOKIE)
-        refusal = Unauthenticated("a key, a traffic token or a preview token is required")
-        candidates: list[str | None] = [t for t in (given, kept) if t]
-        for token in candidates or [None]:
-            credentials = Credentials(
-                key=headers.get("x-api-key"),
-                traffic_token=headers.get("e2b-traffic-access-token"),
-                preview_token=token,
-            )
-            try:
-                admission = self.services.gate.admit(
-                    sandbox_id, credentials, Surface.PORT, port=port
-                )
-            except Unauthenticated as refused:
-                refusal = refused
-                continue
-            if admission.tenant is not None:
-                tenant_id.set(admission.tenant.id)
-            new = given if admission.preview_token is not None and token == given else None
-            return admission, new
-        raise ApiError(401, ErrorCode.UNAUTHORIZED, str(refusal))
-
-    async def _awake(self, admission: Admission) -> None:
-        """A paused sandbox's port answers only once it runs again (Gate.awaken), else 502
-        at once instead of a tunnel its frozen agent never opens."""
-        try:
-            await self.services.gate.awaken(admission)
-        except StillPaused as exc:
-            raise ApiError(502, ErrorCode.UNAVAILABLE, str(exc)) from None
-
-    def _cookie_for(self, token: str | None, prefix: str) -> str | None:
-        if token is None:
-            return None
-        return f"{COOKIE}={token}; Path={prefix}/; HttpOnly; SameSite=Lax"
-
     async def serve_websocket(
         self,
         scope: WebsocketScope,
@@ -174,10 +128,8 @@ class PreviewProxy:
             return
         services = self.services
         try:
-            admission, new_token = self._sandbox_for(
-                request.headers, request.query, sandbox_id, port
-            )
-            await self._awake(admission)
+            access = admit(services.gate, request.headers, request.query, sandbox_id, port, prefix)
+            await awake(services.gate, access.admission)
         except (ApiError, *CORE_ERRORS) as raised:
             await refuse(send, scope, _error_for(raised))
             return
@@ -186,6 +138,7 @@ class PreviewProxy:
             return
         accepted = False
         try:
+            admission = access.admission
             async with open_tunnel(admission.link, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
                 app = WSConnection(ConnectionType.CLIENT)
                 wanted = app_request(request, path, prefix, COOKIE, TOKEN_PARAM)
@@ -197,7 +150,7 @@ class PreviewProxy:
                     ]
                     wanted = replace(wanted, host=masked, extra_headers=forwarded)
                 answer = await handshake(tunnel, app, wanted)
-                cookie = self._cookie_for(new_token, prefix)
+                cookie = access.cookie
                 await send(
                     {
                         "type": "websocket.accept",
@@ -223,8 +176,9 @@ class PreviewProxy:
         own_origin: bool,
     ) -> None:
         services = self.services
-        admission, new_token = self._sandbox_for(exchange.headers, exchange.query, sandbox_id, port)
-        await self._awake(admission)
+        access = admit(services.gate, exchange.headers, exchange.query, sandbox_id, port, prefix)
+        admission = access.admission
+        await awake(services.gate, admission)
         if not services.tunnels.try_take(sandbox_id, services.settings.max_tunnels):
             raise too_many_tunnels(services)
         try:
@@ -233,8 +187,7 @@ class PreviewProxy:
             head = client.send(_request(exchange, path, prefix, masked)) or b""
             opening = open_tunnel(admission.link, port, idle_timeout=IDLE_TIMEOUT, first=head)
             async with opening as tunnel:
-                cookie = self._cookie_for(new_token, prefix)
-                answer = AnswerHeaders(cookie, shared_origin=not own_origin)
+                answer = AnswerHeaders(access.cookie, shared_origin=not own_origin)
                 await _relay(exchange, admission, tunnel, client, answer)
         finally:
             services.tunnels.release(sandbox_id)
@@ -322,14 +275,6 @@ def _error_for(raised: Exception) -> ApiError:
     return api_error_for(raised)
 
 
-def _cookie(headers: dict[str, str], name: str) -> str | None:
-    for part in headers.get("cookie", "").split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == name:
-            return value
-    return None
-
-
 def _masked_host(sandbox: Sandbox, port: int) -> str | None:
     """The Host the app is told instead of the client's (E2B's `maskRequestHost`, `${PORT}`
     replaced by the port), or None to pass the client's on."""
@@ -347,12 +292,10 @@ def _request_headers(
         if lowered.decode("latin-1") in HOP_BY_HOP:
             continue
         if lowered == b"cookie":  # the preview cookie is Insien's, not the app's
-            kept = [
-                c for c in value.split(b";") if not c.strip().startswith(COOKIE.encode() + b"=")
-            ]
-            if not kept:
+            cookies = without_preview_cookie(value)
+            if cookies is None:
                 continue
-            value = b";".join(kept).strip()
+            value = cookies
         headers.append((name, value))
     host = masked or exchange.headers.get("host", "localhost")
     headers += [
@@ -370,7 +313,7 @@ def _request_headers(
 def _request(exchange: Exchange, path: str, prefix: str, masked: str | None = None) -> h11.Request:
     """The request the app gets: the client's, minus Insien's token, headers for one hop, and
     the masked Host (with `X-Forwarded-Host`) when the sandbox has one."""
-    query = {k: v for k, v in exchange.query.items() if k != TOKEN_PARAM}
+    query = without_token(exchange.query)
     target = path + (f"?{urlencode(query)}" if query else "")
     return h11.Request(
         method=exchange.method, target=target, headers=_request_headers(exchange, prefix, masked)
