@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 
 import docker
 import docker.errors
@@ -54,6 +54,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> Generator[None, N
     for item in items:
         if item.get_closest_marker("anyio") is not None:
             item.own_markers[:] = [m for m in item.own_markers if m.name != "trio"]
+
+
+DESELECTED = pytest.StashKey[list[pytest.Item]]()
+"""What this run's filters took out: tests/unit/test_suite_selection.py checks a fast-suite
+run's own selection with it instead of collecting the container suites a second time."""
+
+
+def pytest_deselected(items: Sequence[pytest.Item]) -> None:
+    for item in items:
+        item.config.stash.setdefault(DESELECTED, []).append(item)
 
 
 @pytest.fixture(scope="module", params=["asyncio", "trio"])
