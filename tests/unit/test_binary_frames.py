@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from insien.link import AgentLink
 from insien.link.frames import (
@@ -399,7 +400,7 @@ async def test_a_channel_closed_mid_transfer_drops_its_late_frames_and_leaks_not
             agent_frame(3, channel, FrameKind.DATA, b"late" * 1000)
             + b'{"id":%d,"type":"error","code":"CANCELLED","message":"x","seq":4}\n' % request["id"]
         )
-        await trio.sleep(0.05)
+        await trio.testing.wait_all_tasks_blocked()  # all of it read, the link waiting on
         assert not link.closed.is_set()
         stream.to_link.close()
     assert not link.protocol_error
