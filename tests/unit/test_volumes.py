@@ -9,7 +9,7 @@ import io
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -367,6 +367,53 @@ async def test_the_sdk_raises_when_the_volume_holds_something_else() -> None:
     for digest in ("0" * 64, ""):
         with pytest.raises(IntegrityError):
             await lying_volume({}, digest).read("f")
+
+
+async def test_the_sdk_names_the_digest_of_whole_bytes_and_a_refusal_is_an_integrity_error() -> (
+    None
+):
+    """Bytes given whole carry their SHA-256 (`X-Insien-Sha256`); a server that received
+    other bytes (here: one flipped on the way) refuses them, and the SDK says so as an
+    IntegrityError, not a bare 400. A stream's digest is not known up front: none is named."""
+    data = b"the dataset"
+    named: list[str | None] = []
+
+    async def reply(request: httpx.Request, flip: bool) -> httpx.Response:
+        body = await request.aread()
+        named.append(request.headers.get("X-Insien-Sha256"))
+        if flip:
+            body = body[:-1] + bytes([body[-1] ^ 1])
+        received = hashlib.sha256(body).hexdigest()
+        expected = request.headers.get("X-Insien-Sha256")
+        if expected is not None and expected != received:
+            message = (
+                f"the body's SHA-256 is {received}, X-Insien-Sha256 says {expected}; "
+                "nothing was written"
+            )
+            return httpx.Response(400, json={"code": "BAD_REQUEST", "message": message})
+        return httpx.Response(200, json={"path": "f", "bytes": len(body), "sha256": received})
+
+    def volume(flip: bool) -> AsyncVolume:
+        made = AsyncVolume("v", "key", "http://127.0.0.1:9")
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            return await reply(request, flip)
+
+        made._client = lambda timeout=None: httpx.AsyncClient(  # type: ignore[method-assign]
+            base_url=made.base_url, transport=httpx.MockTransport(handler)
+        )
+        return made
+
+    assert (await volume(False).write("f", data)).sha256 == hashlib.sha256(data).hexdigest()
+    assert named == [hashlib.sha256(data).hexdigest()]
+    with pytest.raises(IntegrityError, match="nothing was written"):
+        await volume(True).write("f", data)
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield data
+
+    assert (await volume(False).upload("f", stream())).bytes == len(data)
+    assert named[-1] is None
 
 
 # -- a runtime without volumes -----------------------------------------------------------------

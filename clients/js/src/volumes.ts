@@ -5,11 +5,12 @@
  * volume holds; a difference throws `IntegrityError`.
  */
 
-import { InsienError } from './errors.js';
+import { APIError, InsienError } from './errors.js';
 import { RestClient } from './transport.js';
 import type { Abortable } from './types.js';
 
 const DEFAULT_URL = 'http://localhost:3000';
+const DIGEST_HEADER = 'X-Insien-Sha256';
 
 /** What the volume holds is not what was sent (or what arrived is not what it holds). */
 export class IntegrityError extends InsienError {}
@@ -128,17 +129,30 @@ export class Volume {
     await this.rest.json('DELETE', `${this.base}/files`, { params: { path }, signal: options.signal });
   }
 
-  /** Write a whole file (folders on the way are made); checked against the server's SHA-256. */
+  /**
+   * Write a whole file (folders on the way are made). Its SHA-256 goes with it
+   * (`X-Insien-Sha256`): bytes changed on the way are refused before anything is written
+   * (`IntegrityError`), and the answer is checked against it too.
+   */
   async write(path: string, data: string | Uint8Array, options: Abortable = {}): Promise<Written> {
     const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
-    const response = await this.rest.fetch('PUT', `${this.base}/files`, {
-      params: { path },
-      body: bytes as Uint8Array<ArrayBuffer>,
-      headers: { 'Content-Type': 'application/octet-stream' },
-      signal: options.signal ?? null,
-    });
-    const written = (await response.json()) as Written & { success: boolean };
     const expected = await sha256(bytes);
+    let response: Response;
+    try {
+      response = await this.rest.fetch('PUT', `${this.base}/files`, {
+        params: { path },
+        body: bytes as Uint8Array<ArrayBuffer>,
+        headers: { 'Content-Type': 'application/octet-stream', [DIGEST_HEADER]: expected },
+        signal: options.signal ?? null,
+      });
+    } catch (error) {
+      if (error instanceof APIError && error.status === 400 && error.detail.includes(DIGEST_HEADER)) {
+        // The server received other bytes than these: refused, nothing written.
+        throw new IntegrityError(`${path}: ${error.detail}`, { cause: error });
+      }
+      throw error;
+    }
+    const written = (await response.json()) as Written & { success: boolean };
     if (written.bytes !== bytes.length || written.sha256 !== expected) {
       throw new IntegrityError(
         `${path}: sent ${bytes.length} bytes with SHA-256 ${expected}, the volume holds ${written.bytes} with ${written.sha256}`,
@@ -150,7 +164,7 @@ export class Volume {
   /** A whole file's bytes; checked against the SHA-256 the server sends. */
   async read(path: string, options: Abortable = {}): Promise<Uint8Array> {
     const response = await this.rest.fetch('GET', `${this.base}/files`, { params: { path }, signal: options.signal ?? null });
-    const expected = response.headers.get('X-Insien-Sha256') ?? '';
+    const expected = response.headers.get(DIGEST_HEADER) ?? '';
     const bytes = new Uint8Array(await response.arrayBuffer());
     const got = await sha256(bytes);
     if (got !== expected) {

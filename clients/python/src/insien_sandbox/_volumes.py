@@ -21,6 +21,7 @@ from ._files import Progress, Source, _counted
 from ._session import REST_TIMEOUT, rest_request
 
 T = TypeVar("T")
+DIGEST_HEADER = "X-Insien-Sha256"
 
 
 class IntegrityError(InsienError):
@@ -178,9 +179,14 @@ class AsyncVolume:
         self, path: str, source: Source, *, on_progress: Progress | None = None
     ) -> Written:
         """Stream bytes, a local file (path or open binary file) or an async iterable into
-        `path`. The answer's size and SHA-256 are checked against what was sent."""
+        `path`. The answer's size and SHA-256 are checked against what was sent; bytes
+        given whole also name their SHA-256 up front (`X-Insien-Sha256`), so a body changed
+        on the way is refused by the server before anything is written."""
         digest = hashlib.sha256()
         sent = 0
+        headers: dict[str, str] = {}
+        if isinstance(source, bytes):
+            headers[DIGEST_HEADER] = hashlib.sha256(source).hexdigest()
 
         async def hashed() -> AsyncIterator[bytes]:
             nonlocal sent
@@ -192,12 +198,19 @@ class AsyncVolume:
         try:
             async with self._client(timeout=None) as client:
                 response = await client.put(
-                    f"/volumes/{self.name}/files", params={"path": path}, content=hashed()
+                    f"/volumes/{self.name}/files",
+                    params={"path": path},
+                    content=hashed(),
+                    headers=headers,
                 )
         except httpx.TransportError as exc:
             raise ConnectError(f"upload of {path} failed: {exc}") from exc
         if response.is_error:
-            raise error_from_response(response)
+            error = error_from_response(response)
+            if headers and response.status_code == 400 and DIGEST_HEADER in error.message:
+                # The server received other bytes than these: refused, nothing written.
+                raise IntegrityError(f"{path}: {error.message}") from error
+            raise error
         answer = response.json()
         written = Written(str(answer["path"]), int(answer["bytes"]), str(answer["sha256"]))
         if written.bytes != sent or written.sha256 != digest.hexdigest():
@@ -247,7 +260,7 @@ class AsyncVolume:
                 if got.is_error:
                     await got.aread()
                     raise error_from_response(got)
-                expected = got.headers.get("X-Insien-Sha256", "")
+                expected = got.headers.get(DIGEST_HEADER, "")
                 async for chunk in _counted(got.aiter_bytes(), on_progress):
                     digest.update(chunk)
                     await sink(chunk)
