@@ -38,19 +38,19 @@ async def test_disk_io_runs_in_worker_threads(
     monkeypatch.setattr(SecretStore, "_write", watched_write)
     monkeypatch.setattr(SecretStore, "_read", watched_read)
     secrets = make(tmp_path)
-    made = await secrets.acreate("t1", "TOKEN", "one", "what it is")
+    made = await secrets.create("t1", "TOKEN", "one", "what it is")
     assert (made.name, made.version) == ("TOKEN", 1)
-    assert (await secrets.arotate("t1", "TOKEN", "two")).version == 2
-    assert [s.name for s in await secrets.alist("t1")] == ["TOKEN"]
+    assert (await secrets.rotate("t1", "TOKEN", "two")).version == 2
+    assert [s.name for s in await secrets.list("t1")] == ["TOKEN"]
     again = make(tmp_path)  # a restarted server reads the folder anew
-    assert await again.ainfo("t1", "TOKEN") is not None
+    assert await again.info("t1", "TOKEN") is not None
     assert again.value("t1", "TOKEN") == "two"
-    await again.adelete("t1", "TOKEN")
+    await again.delete("t1", "TOKEN")
     with pytest.raises(SecretNotFound):
-        await again.adelete("t1", "TOKEN")
+        await again.delete("t1", "TOKEN")
     assert len(seen) == 4  # two reads (one per store), two writes
     assert here not in seen
-    assert make(tmp_path).value("t1", "TOKEN") is None  # its file is gone too (read here)
+    assert await make(tmp_path).info("t1", "TOKEN") is None  # its file is gone too
 
 
 async def test_reads_are_bounded_and_changes_one_at_a_time(
@@ -74,14 +74,14 @@ async def test_reads_are_bounded_and_changes_one_at_a_time(
     secrets = make(tmp_path)
     async with trio.open_nursery() as nursery:
         for n in range(12):
-            nursery.start_soon(secrets.aload, f"tenant-{n}")
+            nursery.start_soon(secrets.load, f"tenant-{n}")
     assert peak == secret_store.IO_THREADS
 
     outcomes: list[str] = []
 
     async def create(name: str) -> None:
         try:
-            await secrets.acreate("t1", name, "v")
+            await secrets.create("t1", name, "v")
             outcomes.append("made")
         except SecretExists:
             outcomes.append("exists")

@@ -30,69 +30,94 @@ def store(folder: Path, key: str | None = KEY) -> SecretStore:
     return SecretStore(folder, load_key(key, None))
 
 
-def test_values_are_encrypted_at_rest_and_never_listed(tmp_path: Path) -> None:
-    secrets = store(tmp_path)
-    made = secrets.create("t1", "OPENAI", VALUE, "the model provider")
-    assert (made.name, made.version) == ("OPENAI", 1)
-    files = list(tmp_path.rglob("*.json"))
+async def value(folder: Path, tenant: str, name: str, key: str | None = KEY) -> str | None:
+    """What a fresh store (a restarted server) reads back for the proxy."""
+    fresh = store(folder, key)
+    await fresh.load(tenant)
+    return fresh.value(tenant, name)
+
+
+def check_sealed(folder: Path) -> None:
+    """One file, private to the server, that does not hold the value."""
+    files = list(folder.rglob("*.json"))
     assert len(files) == 1
     assert VALUE not in files[0].read_text()
     assert files[0].stat().st_mode & 0o077 == 0
-    assert [s.name for s in secrets.list("t1")] == ["OPENAI"]
-    assert VALUE not in repr(secrets.list("t1"))
-    # A fresh store (a restarted server) reads it back with the same key only.
-    assert store(tmp_path).value("t1", "OPENAI") == VALUE
-    assert store(tmp_path, "x" * 40).value("t1", "OPENAI") is None
-    # Another tenant has none of it.
-    assert store(tmp_path).value("t2", "OPENAI") is None
-    assert store(tmp_path).list("t2") == []
 
 
-def test_a_file_moved_to_another_tenant_does_not_open(tmp_path: Path) -> None:
-    secrets = store(tmp_path)
-    secrets.create("t1", "TOKEN", VALUE)
-    secrets.create("t2", "OTHER", "x")
-    mine = next(p for p in tmp_path.rglob("*.json") if json.loads(p.read_text())["name"] == "TOKEN")
-    theirs = next(p.parent for p in tmp_path.rglob("*.json") if p.parent != mine.parent)
+def copy_to_other_tenant(folder: Path, name: str) -> None:
+    """The secret's file, copied as is into the other tenant's folder."""
+    mine = next(p for p in folder.rglob("*.json") if json.loads(p.read_text())["name"] == name)
+    theirs = next(p.parent for p in folder.rglob("*.json") if p.parent != mine.parent)
     (theirs / mine.name).write_bytes(mine.read_bytes())
-    assert store(tmp_path).value("t2", "TOKEN") is None
 
 
-def test_rotate_and_delete_take_effect_at_once(tmp_path: Path) -> None:
+async def test_values_are_encrypted_at_rest_and_never_listed(tmp_path: Path) -> None:
     secrets = store(tmp_path)
-    secrets.create("t1", "TOKEN", "one")
-    info = secrets.rotate("t1", "TOKEN", "two")
+    made = await secrets.create("t1", "OPENAI", VALUE, "the model provider")
+    assert (made.name, made.version) == ("OPENAI", 1)
+    check_sealed(tmp_path)
+    assert [s.name for s in await secrets.list("t1")] == ["OPENAI"]
+    assert VALUE not in repr(await secrets.list("t1"))
+    # A fresh store (a restarted server) reads it back with the same key only.
+    assert await value(tmp_path, "t1", "OPENAI") == VALUE
+    assert await value(tmp_path, "t1", "OPENAI", "x" * 40) is None
+    # Another tenant has none of it.
+    assert await value(tmp_path, "t2", "OPENAI") is None
+    assert await store(tmp_path).list("t2") == []
+
+
+async def test_a_file_moved_to_another_tenant_does_not_open(tmp_path: Path) -> None:
+    secrets = store(tmp_path)
+    await secrets.create("t1", "TOKEN", VALUE)
+    await secrets.create("t2", "OTHER", "x")
+    copy_to_other_tenant(tmp_path, "TOKEN")
+    assert await value(tmp_path, "t2", "TOKEN") is None
+
+
+async def test_rotate_and_delete_take_effect_at_once(tmp_path: Path) -> None:
+    secrets = store(tmp_path)
+    await secrets.create("t1", "TOKEN", "one")
+    info = await secrets.rotate("t1", "TOKEN", "two")
     assert info.version == 2
     assert secrets.value("t1", "TOKEN") == "two"
-    assert store(tmp_path).value("t1", "TOKEN") == "two"
-    secrets.delete("t1", "TOKEN")
+    assert await value(tmp_path, "t1", "TOKEN") == "two"
+    await secrets.delete("t1", "TOKEN")
     assert secrets.value("t1", "TOKEN") is None
-    assert store(tmp_path).value("t1", "TOKEN") is None
+    assert await value(tmp_path, "t1", "TOKEN") is None
     with pytest.raises(SecretNotFound):
-        secrets.rotate("t1", "TOKEN", "three")
+        await secrets.rotate("t1", "TOKEN", "three")
     with pytest.raises(SecretNotFound):
-        secrets.delete("t1", "TOKEN")
+        await secrets.delete("t1", "TOKEN")
 
 
-def test_what_the_store_refuses(tmp_path: Path) -> None:
+async def test_what_the_store_refuses(tmp_path: Path) -> None:
     secrets = store(tmp_path)
-    secrets.create("t1", "Token", "v")
+    await secrets.create("t1", "Token", "v")
     with pytest.raises(SecretExists):
-        secrets.create("t1", "TOKEN", "v")  # names are unique whatever their case
+        await secrets.create("t1", "TOKEN", "v")  # names are unique whatever their case
     for bad in ("line\r\nX-Evil: 1", "nul\x00", "", "x" * 9000):
         with pytest.raises(SecretError) as caught:
-            secrets.create("t1", "OTHER", bad)
+            await secrets.create("t1", "OTHER", bad)
         assert bad not in str(caught.value) or not bad
     for name in ("1A", "a-b", "x" * 65, "../etc"):
         with pytest.raises(SecretError):
-            secrets.create("t1", name, "v")
+            await secrets.create("t1", name, "v")
     with pytest.raises(ValueError, match="at least 32"):
         load_key("short", None)
     keyless = store(tmp_path, None)
     assert not keyless.available
     with pytest.raises(SecretsUnavailable):
-        keyless.list("t1")
+        await keyless.list("t1")
+    with pytest.raises(SecretsUnavailable):
+        await keyless.load("t1")
     assert keyless.value("t1", "Token") is None
+
+
+def test_value_never_reads_the_disk(tmp_path: Path) -> None:
+    """`value` runs in the event loop, so a tenant never loaded is a caller's bug, not a read."""
+    with pytest.raises(RuntimeError, match="load"):
+        store(tmp_path).value("t1", "Token")
 
 
 def test_the_key_may_come_from_a_file(tmp_path: Path) -> None:

@@ -62,14 +62,14 @@ def rest_blueprint(services: Services) -> Blueprint:
             metadata=body.metadata,
             env=body.env,
             resources=body.resources,
-            network=policy_of(body.network, tenant) if body.network else None,
+            network=await policy_of(body.network, tenant) if body.network else None,
             volumes=body.volumes,
         )
 
-    def policy_of(
+    async def policy_of(
         body: NetworkRequest, tenant: Tenant, keep: dict[str, str] | None = None
     ) -> NetworkPolicy:
-        return network_with_secrets(services, tenant, body, keep)
+        return await network_with_secrets(services, tenant, body, keep)
 
     def network_of(sandbox: Sandbox) -> dict[str, Any]:
         counters = manager.egress.counters_for(sandbox.id) if sandbox.connected else None
@@ -237,7 +237,7 @@ def rest_blueprint(services: Services) -> Blueprint:
     async def update_network(sandbox_id: str) -> Any:
         tenant = services.tenant_from_key(request)
         keep = manager.get(sandbox_id, tenant).options.network_policy.placeholders()
-        policy = policy_of(await json_body(NetworkRequest), tenant, keep)
+        policy = await policy_of(await json_body(NetworkRequest), tenant, keep)
         return network_of(await manager.update_network(sandbox_id, tenant, policy))
 
     @bp.get("/sandboxes/<sandbox_id>/metrics")

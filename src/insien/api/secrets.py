@@ -54,14 +54,16 @@ def _store(services: Services) -> secret_store.SecretStore:
     return store
 
 
-def bindings_checked(services: Services, tenant: Tenant, policy: NetworkPolicy) -> NetworkPolicy:
+async def bindings_checked(
+    services: Services, tenant: Tenant, policy: NetworkPolicy
+) -> NetworkPolicy:
     """The policy if every secret it binds is the tenant's own (else the 400 naming the
     first that is not; the name alone says nothing about anyone else's)."""
     if not policy.secrets:
         return policy
     store = _store(services)
     for binding in policy.secrets:
-        if store.info(tenant.id, binding.secret) is None:
+        if await store.info(tenant.id, binding.secret) is None:
             raise ApiError(
                 400, ErrorCode.BAD_REQUEST, f"network: you have no secret {binding.secret!r}"
             )
@@ -85,7 +87,7 @@ def secrets_blueprint(services: Services) -> Blueprint:
         store = _store(services)
         body = await json_body(SecretCreateRequest)
         try:
-            made = store.create(tenant.id, body.name, body.value, body.description)
+            made = await store.create(tenant.id, body.name, body.value, body.description)
         except secret_store.SecretError as exc:
             raise ApiError(400, ErrorCode.BAD_REQUEST, str(exc)) from None
         except secret_store.SecretExists as exc:
@@ -103,7 +105,7 @@ def secrets_blueprint(services: Services) -> Blueprint:
     )
     async def list_secrets() -> Any:
         tenant = services.tenant_from_key(request)
-        found = [_info(item) for item in _store(services).list(tenant.id)]
+        found = [_info(item) for item in await _store(services).list(tenant.id)]
         return SecretList.model_validate({"secrets": found}).model_dump(mode="json")
 
     @bp.put("/secrets/<name>")
@@ -119,7 +121,7 @@ def secrets_blueprint(services: Services) -> Blueprint:
         store = _store(services)
         body = await json_body(SecretRotateRequest)
         try:
-            return _info(store.rotate(tenant.id, name, body.value, body.description))
+            return _info(await store.rotate(tenant.id, name, body.value, body.description))
         except secret_store.SecretError as exc:
             raise ApiError(400, ErrorCode.BAD_REQUEST, str(exc)) from None
         except secret_store.SecretNotFound as exc:
@@ -135,7 +137,7 @@ def secrets_blueprint(services: Services) -> Blueprint:
     async def delete_secret(name: str) -> Any:
         tenant = services.tenant_from_key(request)
         try:
-            _store(services).delete(tenant.id, name)
+            await _store(services).delete(tenant.id, name)
         except secret_store.SecretNotFound as exc:
             raise ApiError(404, ErrorCode.NOT_FOUND, str(exc)) from None
         return SecretDeleted(success=True, name=name).model_dump(mode="json")
@@ -143,7 +145,7 @@ def secrets_blueprint(services: Services) -> Blueprint:
     return bp
 
 
-def network_with_secrets(
+async def network_with_secrets(
     services: Services,
     tenant: Tenant,
     body: NetworkRequest,
@@ -156,4 +158,4 @@ def network_with_secrets(
         policy = NetworkPolicy.of(body.allowOut, body.denyOut, body.allowPublicTraffic, bound, keep)
     except RuleError as exc:
         raise ApiError(400, ErrorCode.BAD_REQUEST, f"network: {exc}") from None
-    return bindings_checked(services, tenant, policy)
+    return await bindings_checked(services, tenant, policy)

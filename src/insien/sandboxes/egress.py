@@ -274,6 +274,8 @@ class Egress:
         def refused() -> None:
             counters.refused += 1
 
+        if self.secrets.available:  # read now, in a worker thread: `value` is a memory read
+            await self.secrets.load(sandbox.owner)
         job = Injection(
             sandbox.id,
             request.host,

@@ -7,10 +7,10 @@ own folder under `<state>/secrets/` named by a hash of its id. The server is the
 what it wrote is kept in memory too, so a rotation or a deletion is in effect for the very
 next request. Nothing here logs, formats or raises with a value.
 
-Trio code calls the `a`-prefixed methods: their disk reads and writes (each an fsync) run in
-worker threads, at most IO_THREADS at once per store, and changes are made one at a time so
-two creates of one name cannot both pass the check. The plain methods do the same work in the
-caller's thread, for code that is not in trio (and the unit tests).
+Every method that may touch the disk is async (trio): its reads and writes (each an fsync)
+run in worker threads, at most IO_THREADS at once per store, and changes are made one at a
+time so two creates of one name cannot both pass the check. `value`, the proxy's read, is
+sync and touches only memory: whoever calls it has awaited `load` for that tenant.
 """
 
 from __future__ import annotations
@@ -143,14 +143,6 @@ class SecretStore:
         # Names are case-insensitively unique, and some filesystems fold case.
         return hashlib.sha256(name.upper().encode()).hexdigest()[:32] + ".json"
 
-    def _load(self, tenant: str) -> dict[str, _Entry]:
-        """The tenant's secrets, read from disk once (the server is the only writer)."""
-        self._cipher()
-        found = self._tenants.get(tenant)
-        if found is None:
-            found = self._tenants[tenant] = self._read(tenant)
-        return found
-
     def _read(self, tenant: str) -> dict[str, _Entry]:
         """The tenant's secrets as its folder holds them (disk I/O: a worker thread's job)."""
         cipher = self._cipher()
@@ -203,22 +195,6 @@ class SecretStore:
             os.fsync(out.fileno())
         os.replace(temporary, path)
 
-    def list(self, tenant: str) -> list[SecretInfo]:
-        return sorted((e.info for e in self._load(tenant).values()), key=lambda i: i.name)
-
-    def info(self, tenant: str, name: str) -> SecretInfo | None:
-        entry = self._load(tenant).get(name)
-        return entry.info if entry else None
-
-    def create(self, tenant: str, name: str, value: str, description: str = "") -> SecretInfo:
-        check_name(name)
-        check_value(value)
-        entries = self._load(tenant)
-        entry = self._made(entries, name, value, description)
-        self._write(tenant, entry)
-        entries[name] = entry
-        return entry.info
-
     @staticmethod
     def _made(entries: dict[str, _Entry], name: str, value: str, description: str) -> _Entry:
         """A new secret, if the tenant has room and no secret of that name (any case)."""
@@ -228,17 +204,6 @@ class SecretStore:
             raise TooManySecrets(f"a tenant keeps at most {MAX_SECRETS} secrets")
         now = time.time()
         return _Entry(SecretInfo(name, description, now, now, 1), value)
-
-    def rotate(
-        self, tenant: str, name: str, value: str, description: str | None = None
-    ) -> SecretInfo:
-        """A new value (and description), in effect from the next request on."""
-        check_value(value)
-        entries = self._load(tenant)
-        entry = self._rotated(entries, name, value, description)
-        self._write(tenant, entry)
-        entries[name] = entry
-        return entry.info
 
     @staticmethod
     def _rotated(
@@ -256,23 +221,6 @@ class SecretStore:
         )
         return _Entry(info, value)
 
-    def delete(self, tenant: str, name: str) -> None:
-        """Gone at once: the proxy refuses the next request that needs it."""
-        entries = self._load(tenant)
-        if entries.pop(name, None) is None:
-            raise SecretNotFound(f"no secret named {name!r}")
-        (self._tenant_folder(tenant) / self._file_name(name)).unlink(missing_ok=True)
-
-    def value(self, tenant: str, name: str) -> str | None:
-        """The value, for the egress proxy only; None if the tenant has no such secret (or
-        the server has no key)."""
-        if not self.available:
-            return None
-        entry = self._load(tenant).get(name)
-        return entry.value if entry else None
-
-    # -- for trio code: disk I/O in worker threads ---------------------------------------------
-
     async def _in_thread(self, work: Callable[[], T]) -> T:
         if self._threads is None:
             self._threads = trio.CapacityLimiter(IO_THREADS)
@@ -283,54 +231,68 @@ class SecretStore:
             self._changing = trio.Lock()
         return self._changing
 
-    async def aload(self, tenant: str) -> None:
+    async def load(self, tenant: str) -> None:
         """Have the tenant's secrets in memory, read in a worker thread if they are not yet
-        (after it, `value` and the other plain reads touch no disk for this tenant)."""
+        (the server is the only writer, so what it read once stays true; after it, `value`
+        answers for this tenant)."""
         self._cipher()
         if tenant not in self._tenants:
             read = await self._in_thread(lambda: self._read(tenant))
             self._tenants.setdefault(tenant, read)  # a change made meanwhile is the newer
 
-    async def alist(self, tenant: str) -> builtins.list[SecretInfo]:
-        await self.aload(tenant)
-        return self.list(tenant)
+    async def _entries(self, tenant: str) -> dict[str, _Entry]:
+        await self.load(tenant)
+        return self._tenants[tenant]
 
-    async def ainfo(self, tenant: str, name: str) -> SecretInfo | None:
-        await self.aload(tenant)
-        return self.info(tenant, name)
+    async def list(self, tenant: str) -> builtins.list[SecretInfo]:
+        """Names and metadata, by name; never a value."""
+        entries = await self._entries(tenant)
+        return sorted((e.info for e in entries.values()), key=lambda i: i.name)
 
-    async def acreate(
-        self, tenant: str, name: str, value: str, description: str = ""
-    ) -> SecretInfo:
-        """`create`, its write in a worker thread."""
+    async def info(self, tenant: str, name: str) -> SecretInfo | None:
+        entry = (await self._entries(tenant)).get(name)
+        return entry.info if entry else None
+
+    async def create(self, tenant: str, name: str, value: str, description: str = "") -> SecretInfo:
+        """A new secret, written (fsynced) before it is answered or used."""
         check_name(name)
         check_value(value)
         async with self._lock():
-            await self.aload(tenant)
-            entries = self._tenants[tenant]
+            entries = await self._entries(tenant)
             entry = self._made(entries, name, value, description)
             await self._in_thread(lambda: self._write(tenant, entry))
             entries[name] = entry
             return entry.info
 
-    async def arotate(
+    async def rotate(
         self, tenant: str, name: str, value: str, description: str | None = None
     ) -> SecretInfo:
-        """`rotate`, its write in a worker thread."""
+        """A new value (and description), in effect from the next request on."""
         check_value(value)
         async with self._lock():
-            await self.aload(tenant)
-            entries = self._tenants[tenant]
+            entries = await self._entries(tenant)
             entry = self._rotated(entries, name, value, description)
             await self._in_thread(lambda: self._write(tenant, entry))
             entries[name] = entry
             return entry.info
 
-    async def adelete(self, tenant: str, name: str) -> None:
-        """`delete`: gone from memory at once, its file removed in a worker thread."""
+    async def delete(self, tenant: str, name: str) -> None:
+        """Gone from memory at once (the proxy refuses the next request that needs it), its
+        file removed in a worker thread."""
         async with self._lock():
-            await self.aload(tenant)
-            if self._tenants[tenant].pop(name, None) is None:
+            if (await self._entries(tenant)).pop(name, None) is None:
                 raise SecretNotFound(f"no secret named {name!r}")
             path = self._tenant_folder(tenant) / self._file_name(name)
             await self._in_thread(lambda: path.unlink(missing_ok=True))
+
+    def value(self, tenant: str, name: str) -> str | None:
+        """The value, for the egress proxy only, from memory: None if the tenant has no such
+        secret or the server has no key. RuntimeError if the tenant's secrets were never
+        `load`ed (a caller's bug: this never reads the disk in the event loop)."""
+        if not self.available:
+            return None
+        entries = self._tenants.get(tenant)
+        if entries is None:
+            raise RuntimeError("the tenant's secrets are not loaded: await load() first")
+        entry = entries.get(name)
+        return entry.value if entry else None

@@ -35,8 +35,9 @@ from ..creating import VolumeMountRequest, sandbox_options
 from ..errors import CORE_ERRORS, ApiError, api_error_for
 from ..secrets import bindings_checked
 from .rules import RulesError, bindings_for, rules_of
-from .secrets import find, install_secret_routes, store_of
+from .secrets import install_secret_routes, named, store_of
 from .templates import install_template_routes, start_template, template_builds
+from .volumes import install_volume_routes
 
 ENVD_VERSION = "0.6.1"
 """The envd version the SDKs are told: its features (stdin, close-stdin, octet-stream uploads,
@@ -256,7 +257,7 @@ def control_blueprint(services: Services) -> Blueprint:
             raise ApiError(401, ErrorCode.UNAUTHORIZED, "Invalid API key")
         return found
 
-    def policy(
+    async def policy(
         owner: Tenant,
         network: E2BNetwork | None,
         internet: bool | None,
@@ -266,17 +267,18 @@ def control_blueprint(services: Services) -> Blueprint:
         only the tenant's own secrets (another's is not found, as if it did not exist)."""
         bindings: list[dict[str, Any]] = []
         if network is not None and network.rules:
-            store = store_of(services)
+            owned = await store_of(services).list(owner.id)
 
             def resolve(ref: str) -> str | None:
-                found = find(store, owner, ref)
+                found = named(owned, ref)
                 return found.name if found else None
 
             try:
                 bindings = bindings_for(network.rules, resolve)
             except RulesError as exc:
                 raise ApiError(400, ErrorCode.BAD_REQUEST, str(exc)) from None
-        return bindings_checked(services, owner, e2b_policy(network, internet, bindings, keep))
+        wanted = e2b_policy(network, internet, bindings, keep)
+        return await bindings_checked(services, owner, wanted)
 
     def template_image(name: str) -> str:
         if name == "base":
@@ -414,7 +416,7 @@ def control_blueprint(services: Services) -> Blueprint:
             raise ApiError(
                 400, ErrorCode.BAD_REQUEST, "workload identity tokens are not supported by Insien"
             )
-        network = policy(owner, body.network, body.allow_internet_access)
+        network = await policy(owner, body.network, body.allow_internet_access)
         image = await available(await image_for(body.templateID, owner), body.templateID)
         options = await sandbox_options(
             services,
@@ -504,7 +506,7 @@ def control_blueprint(services: Services) -> Blueprint:
         owner = tenant()
         body = await json_body(E2BNetwork)
         now = manager.get(sandbox_id, owner).options.network_policy
-        wanted = policy(owner, body, None, now.placeholders())
+        wanted = await policy(owner, body, None, now.placeholders())
         await manager.update_network(
             sandbox_id, owner, replace(wanted, allow_public_traffic=now.allow_public_traffic)
         )
@@ -672,6 +674,7 @@ def control_blueprint(services: Services) -> Blueprint:
 
     install_template_routes(bp, services, tenant)
     install_secret_routes(bp, services, tenant)
+    install_volume_routes(bp, services, tenant)
 
     @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def unsupported(rest: str) -> Response:

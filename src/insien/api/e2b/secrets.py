@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -103,12 +103,9 @@ def store_of(services: Services) -> secret_store.SecretStore:
     return store
 
 
-def find(
-    store: secret_store.SecretStore, tenant: Tenant, ref: str
-) -> secret_store.SecretInfo | None:
-    """The tenant's secret an E2B reference names: its id (`sec_...`) or its name, in any
-    case, `-` for `_`. Only the tenant's own secrets are looked at."""
-    owned = store.list(tenant.id)
+def named(owned: Sequence[secret_store.SecretInfo], ref: str) -> secret_store.SecretInfo | None:
+    """The secret among `owned` (one tenant's) an E2B reference names: its id (`sec_...`) or
+    its name, in any case, `-` for `_`."""
     if ref.startswith(ID_PREFIX):
         by_id = next((info for info in owned if secret_id(info) == ref), None)
         if by_id is not None:
@@ -120,9 +117,12 @@ def find(
 def install_secret_routes(bp: Blueprint, services: Services, tenant: Callable[[], Tenant]) -> None:
     """E2B's secret routes on the E2B blueprint; each needs the tenant's API key."""
 
-    def owned(owner: Tenant, ref: str) -> tuple[secret_store.SecretStore, secret_store.SecretInfo]:
+    async def owned(
+        owner: Tenant, ref: str
+    ) -> tuple[secret_store.SecretStore, secret_store.SecretInfo]:
+        """The store and the tenant's own secret `ref` names (only its own are looked at)."""
         store = store_of(services)
-        found = find(store, owner, ref)
+        found = named(await store.list(owner.id), ref)
         if found is None:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"secret {ref!r} not found")
         return store, found
@@ -139,7 +139,9 @@ def install_secret_routes(bp: Blueprint, services: Services, tenant: Callable[[]
         if limit < 1:
             raise ApiError(400, ErrorCode.BAD_REQUEST, "limit must be >= 1")
         after = request.args.get("nextToken") or ""
-        found = [i for i in store.list(owner.id) if not after or i.name.upper() > after.upper()]
+        found = [
+            i for i in await store.list(owner.id) if not after or i.name.upper() > after.upper()
+        ]
         found.sort(key=lambda info: info.name.upper())
         page = found[:limit]
         response = Response(
@@ -159,7 +161,7 @@ def install_secret_routes(bp: Blueprint, services: Services, tenant: Callable[[]
             raise ApiError(400, ErrorCode.BAD_REQUEST, "the sec_ prefix is for secret ids")
         description = description_of(body.metadata) or ""
         try:
-            made = store.create(owner.id, name, body.value, description)
+            made = await store.create(owner.id, name, body.value, description)
         except secret_store.SecretError as exc:
             raise ApiError(400, ErrorCode.BAD_REQUEST, f"{exc} (asked for {name!r})") from None
         except secret_store.SecretExists as exc:
@@ -170,16 +172,17 @@ def install_secret_routes(bp: Blueprint, services: Services, tenant: Callable[[]
 
     @bp.get("/secrets/<ref>")
     async def get_secret(ref: str) -> dict[str, Any]:
-        return answer(owned(tenant(), ref)[1])
+        return answer((await owned(tenant(), ref))[1])
 
     @bp.post("/secrets/<ref>")
     async def update_secret(ref: str) -> dict[str, Any]:
         """A new value, used from the proxy's next request on."""
         owner = tenant()
         body = await json_body(SecretUpdate)
-        store, found = owned(owner, ref)
+        store, found = await owned(owner, ref)
+        description = description_of(body.metadata)
         try:
-            rotated = store.rotate(owner.id, found.name, body.value, description_of(body.metadata))
+            rotated = await store.rotate(owner.id, found.name, body.value, description)
         except secret_store.SecretError as exc:
             raise ApiError(400, ErrorCode.BAD_REQUEST, str(exc)) from None
         except secret_store.SecretNotFound as exc:  # deleted meanwhile
@@ -190,9 +193,9 @@ def install_secret_routes(bp: Blueprint, services: Services, tenant: Callable[[]
     async def delete_secret(ref: str) -> tuple[str, int]:
         """Gone at once: the proxy refuses the next request that would carry it."""
         owner = tenant()
-        store, found = owned(owner, ref)
+        store, found = await owned(owner, ref)
         try:
-            store.delete(owner.id, found.name)
+            await store.delete(owner.id, found.name)
         except secret_store.SecretNotFound as exc:
             raise ApiError(404, ErrorCode.NOT_FOUND, str(exc)) from None
         return "", 204
