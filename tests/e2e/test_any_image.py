@@ -4,11 +4,13 @@ matters. Each image here is made with `docker import` from a folder of our own: 
 busybox alone, busybox with musl standing for Alpine, Debian without python3, and busybox
 whose python3 is a script that fails. In each: commands (with and without a shell), files
 both ways, a background process and a reconnect to it, a terminal, a watch, a port, code
-contexts refused clearly, and a server SIGKILLed and started again."""
+contexts refused clearly, and a server SIGKILLed and started again; with the musl image, the
+warm pool, egress, pause, snapshots, the seed contract and the stock E2B SDK."""
 
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import tarfile
 import tempfile
@@ -20,13 +22,17 @@ from typing import TypeVar
 import docker
 import httpx
 import pytest
+import trio
+from e2b import Sandbox as E2BSandbox
 
 from insien.runtime.agent_runtime import bundle
 from insien.runtime.docker import agent_volume
 from insien_sandbox import RPCError, Sandbox
 from tests.conftest import IMAGE, Server, start_server, stop_server
-from tests.e2e.helpers import containers_of
+from tests.e2e.helpers import call, containers_of, websocket
 from tests.e2e.restartable import Restartable
+from tests.e2e.test_egress import EGRESS
+from tests.e2e.upstreams import Upstream, populate, upstream
 
 T = TypeVar("T")
 
@@ -305,3 +311,103 @@ def test_sandboxes_of_any_image_survive_a_killed_server(
             restartable.kill()
         restartable.start(INSIEN_SHUTDOWN_ENDS_SANDBOXES="true")
         assert restartable.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def alpine_world(
+    images: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Upstream]]:
+    """A server with a warm pool of the musl image (standing for Alpine) and an upstream its
+    sandboxes may reach through the egress proxy."""
+    root = tmp_path_factory.mktemp("alpine-upstream")
+    with upstream("127.0.0.2", root) as allowed:
+        populate(root, f"http://registry.test:{allowed.port}")
+        env = {
+            **_templates(),
+            **EGRESS,
+            "INSIEN_POOL_SIZE": "0",
+            "INSIEN_POOLS": json.dumps([{"template": MUSL, "size": 1}]),
+        }
+        process, server = start_server(env, suffix="any-image-alpine")
+        try:
+            yield server, allowed
+        finally:
+            code = stop_server(process)
+            assert code == 0, server.log()[-4000:]
+
+
+def _pooled(client: docker.DockerClient) -> set[str]:
+    """Sandbox ids of the musl image's containers made for a pool (before any create here,
+    all of them wait)."""
+    return {
+        container.labels["insien.sandbox.id"]
+        for container in client.containers.list(filters={"ancestor": MUSL})
+        if container.labels.get("insien.pool")
+    }
+
+
+def test_an_alpine_like_image_behind_every_front(
+    alpine_world: tuple[Server, Upstream],
+    docker_client: docker.DockerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pool, egress, pause, snapshots, the seed contract and the stock E2B SDK work with a
+    musl image that has no Python, as with the default one."""
+    server, allowed = alpine_world
+    _until(lambda: httpx.get(f"{server.url}/health").json()["pool"] == 1 or None, 60)
+    waiting = _pooled(docker_client)
+    box = Sandbox(api_key=server.api_key, base_url=server.url, template=MUSL, timeout=300)
+    try:
+        # Claimed from the pool: the container that was waiting, renamed for its owner.
+        assert box.commands.run("echo claimed").stdout == "claimed\n"
+        assert box.sandbox_id in waiting
+        _until(  # the rename that seals its owner follows the hand-over
+            lambda: (
+                "-owner-" in containers_of(docker_client, str(box.sandbox_id))[0]["Names"][0]
+                or None
+            )
+        )
+        # Out through the egress proxy, with the image's own busybox wget.
+        box.network.update(allow_out=["allowed.test"])
+        fetched = box.commands.run(f"wget -q -O - http://allowed.test:{allowed.port}/index.txt")
+        assert fetched.stdout == "hello from upstream\n", fetched
+        box.files.write("kept.txt", "before the pause\n")
+        assert box.pause().state == "paused"
+        assert box.resume().state == "running"
+        assert box.commands.run("cat kept.txt").stdout == "before the pause\n"
+        template = box.snapshot()
+    finally:
+        box.destroy()
+    with Sandbox(api_key=server.api_key, base_url=server.url, template=template) as copy:
+        assert copy.files.read("kept.txt") == "before the pause\n"
+        assert copy.commands.run("cat /etc/passwd").stdout.startswith("root:")
+    httpx.delete(f"{server.url}/snapshots/{template}", headers=server.headers).raise_for_status()
+
+    # The seed contract: create, a command over the agent link, status, destroy.
+    created = httpx.post(
+        f"{server.url}/sandbox/create", headers=server.headers, json={"template": MUSL}
+    ).json()
+    assert trio.run(_seed_exec, created["agentUrl"]) == "seed\n"
+    status = httpx.get(
+        f"{server.url}/sandbox/{created['sandboxId']}/status", headers=server.headers
+    )
+    assert status.json()["connected"] is True
+    httpx.post(f"{server.url}/sandbox/{created['sandboxId']}/destroy", headers=server.headers)
+
+    # The stock E2B SDK, with the image as its template.
+    monkeypatch.setenv("E2B_API_URL", f"{server.url}/e2b")
+    monkeypatch.setenv("E2B_SANDBOX_URL", f"{server.url}/e2b")
+    monkeypatch.setenv("E2B_API_KEY", server.api_key)
+    e2b_box = E2BSandbox.create(template=MUSL)
+    try:
+        assert e2b_box.is_running()
+        e2b_box.files.write("/home/user/e2b.txt", "from e2b")
+        assert e2b_box.files.read("/home/user/e2b.txt") == "from e2b"
+    finally:
+        e2b_box.kill()
+
+
+async def _seed_exec(agent_url: str) -> str:
+    async with websocket(agent_url) as ws:
+        reply = await call(ws, {"id": 1, "type": "exec", "cmd": "echo", "args": ["seed"]})
+    return str(reply["stdout"])
