@@ -13,7 +13,16 @@ from typing import Any
 
 from . import fields
 from .context import Request
-from .errors import BAD_REQUEST, BUSY, CANCELLED, NOT_FOUND, AgentError, from_os_error
+from .errors import (
+    BAD_REQUEST,
+    BUSY,
+    CANCELLED,
+    NOT_FOUND,
+    PERMISSION_DENIED,
+    AgentError,
+    from_os_error,
+)
+from .identity import ROOT, Identity
 from .launch import PtySize
 from .processes import ManagedProcess, resize, signal_number
 from .reaper import kill_user_processes, user_pids
@@ -52,6 +61,18 @@ def _pty_size(msg: Message) -> PtySize | None:
     return PtySize(min(cols, 10000), min(rows, 10000))
 
 
+def _identity(req: Request) -> Identity:
+    """Who the command runs as: the sandbox user, or root where the server allowed it."""
+    user = fields.optional_str(req.msg, "user", "")
+    if user in ("", "user"):
+        return req.identity
+    if user != "root":
+        raise AgentError(BAD_REQUEST, f"user must be 'user' or 'root', not {user!r}")
+    if not req.settings.root:
+        raise AgentError(PERMISSION_DENIED, "root is not allowed in this sandbox")
+    return ROOT
+
+
 async def _start(req: Request, *, background: bool, stdin: bool) -> ManagedProcess:
     msg, settings = req.msg, req.settings
     cmd = fields.required_str(msg, "cmd")
@@ -60,7 +81,8 @@ async def _start(req: Request, *, background: bool, stdin: bool) -> ManagedProce
     env = user_environment()
     env.update(req.environment)
     env.update(req.egress.environment())
-    env.update(req.identity.environment())
+    identity = _identity(req)
+    env.update(identity.environment())
     env.update(fields.str_map(msg, "env"))
     refuse_nul(cmd=cmd, args=args, cwd=cwd, env=env)  # at once, whichever way it starts
     pty_size = _pty_size(msg) if background else None
@@ -73,6 +95,7 @@ async def _start(req: Request, *, background: bool, stdin: bool) -> ManagedProce
             log_capacity=settings.ring_bytes,
             background=background,
             stdin=stdin,
+            identity=identity,
             pty_size=pty_size,
         )
     except HelperUnresponsive as exc:

@@ -70,6 +70,11 @@ class Identity:
         return env
 
 
+ROOT = Identity(None, None, "root", "/root")
+"""A command that asked for root (allowed by `AgentSettings.root` only): started by the agent
+itself, without the spawner helper and without switching user, with root's HOME and USER."""
+
+
 def parse_identity(spec: str, workdir: str) -> Identity:
     """`uid:gid`, `uid`, a user name, or `agent`; names and homes come from /etc/passwd."""
     spec = spec.strip()

@@ -380,15 +380,19 @@ class ProcessTable:
         background: bool,
         stdin: bool,
         pty_size: PtySize | None = None,
+        identity: Identity | None = None,
     ) -> ManagedProcess:
+        """Start a command as the sandbox user, or as `identity` (root, started by the agent
+        itself: the spawner helper runs as the user)."""
+        as_other = identity is not None and identity is not self._identity
         # A command being ended (timed out, cancelled, its client gone) may still fill the
         # pids limit: this one would fail to start until its tree is gone.
         await self._endings()
         for attempt in range(2):
             try:
                 proc, master_fd = await start_process(
-                    self._identity,
-                    self._spawner,
+                    identity if as_other and identity is not None else self._identity,
+                    None if as_other else self._spawner,
                     cmd,
                     args,
                     cwd=cwd,

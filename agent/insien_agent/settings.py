@@ -38,6 +38,9 @@ class AgentSettings:
     """Where relative paths and commands start when the request names no `cwd`."""
     user: str = "1000"
     """Who user code runs as (`uid[:gid]`, a name, or `agent` for the agent itself)."""
+    root: bool = False
+    """Whether a command may ask to run as root (`"user": "root"`): the server says so only
+    where root inside is unprivileged outside (gVisor, remapped user namespaces)."""
 
     @classmethod
     def from_environ(cls) -> AgentSettings:
@@ -50,6 +53,7 @@ class AgentSettings:
             window=_int_env("INSIEN_AGENT_WINDOW", cls.window),
             workdir=os.environ.get("INSIEN_AGENT_WORKDIR") or os.getcwd(),
             user=os.environ.get("INSIEN_AGENT_USER") or cls.user,
+            root=os.environ.get("INSIEN_AGENT_ROOT") == "1",
         )
 
 

@@ -103,6 +103,9 @@ class ContainerSpec:
     nofile: int = 4096
     volumes: tuple[VolumeMount, ...] = ()
     """Tenants' volumes to mount (a runtime without `VolumeStore` is never given any)."""
+    root: bool = False
+    """User code may become root (commands asking for it, `sudo` where the runtime lets set-uid
+    programs work): only where root inside is unprivileged on the host (`sandboxes.root`)."""
 
 
 @dataclass(frozen=True)

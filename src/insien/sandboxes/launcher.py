@@ -28,6 +28,7 @@ from ..runtime.base import (
     Runtime,
 )
 from .provenance import Sealer
+from .root import root_allowed, users_remapped
 from .sandbox import Sandbox, SandboxOptions, iso_timestamp
 
 
@@ -92,6 +93,7 @@ class Launcher:
                 LABEL_POOL: pool_key or "",
             }
         )
+        root = root_allowed(options.runtime, users_remapped(self._runtime))
         return ContainerSpec(
             sandbox_id=sandbox_id,
             image=options.template,
@@ -110,11 +112,14 @@ class Launcher:
                 "INSIEN_AGENT_MAX_OUTPUT": str(settings.max_output_bytes),
                 "INSIEN_AGENT_MAX_READ": str(settings.max_read_bytes),
                 "INSIEN_AGENT_USER": settings.sandbox_user,
+                # whether a command may ask for root: only where root is unprivileged outside
+                "INSIEN_AGENT_ROOT": "1" if root else "0",
             },
             tmp_size=settings.tmp_size,
             disk_limit=settings.disk_limit,
             nofile=settings.nofile,
             volumes=options.volumes,
+            root=root,
         )
 
     async def image_present(self, image: str) -> bool:

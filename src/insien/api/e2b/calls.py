@@ -51,6 +51,8 @@ class EnvdCall:
     message: dict[str, Any]
     deadline: float | None
     """Seconds the client gave the call (`Connect-Timeout-Ms`), or None."""
+    root: bool = False
+    """E2B's `user="root"`, already allowed for this sandbox (envd.py): commands run as root."""
 
     @property
     def sandbox(self) -> Sandbox:

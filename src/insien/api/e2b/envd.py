@@ -20,6 +20,7 @@ import trio
 from ...link import AgentGone
 from ...sandboxes.access import Admission, Credentials, StillPaused, Surface, Unauthenticated
 from ...sandboxes.manager import SandboxNotFound
+from ...sandboxes.root import ROOT_REFUSED, sandbox_root_allowed
 from ...sandboxes.sandbox import State
 from ...tenancy.auth import Audience
 from ..context import Services
@@ -100,6 +101,13 @@ class EnvdFront:
                 await serve_files(exchange, admission, limit, only=signed.path)
                 return
             admission = self._admit(exchange, sandbox_id, port)
+            root = self._as_root(
+                admission,
+                _user(exchange.headers.get("authorization")),
+                files=exchange.path == "/files" or exchange.path.startswith("/filesystem."),
+            )
+            if exchange.path == "/files":  # envd's uploads and downloads name it in the query
+                self._as_root(admission, exchange.query.get("username") or None, files=True)
             await self._awake(admission)
             if exchange.path == "/health":
                 await exchange.discard_body()
@@ -109,7 +117,7 @@ class EnvdFront:
             elif exchange.path == "/files":
                 await serve_files(exchange, admission, self.services.settings.max_upload_bytes)
             elif rpc:
-                await self._rpc(exchange, admission)
+                await self._rpc(exchange, admission, root)
             else:
                 raise Refused(404, Code.NOT_FOUND, f"envd has no route {exchange.path}")
         except Refused as exc:
@@ -161,23 +169,39 @@ class EnvdFront:
                 break
         if owner is None:
             raise Refused(401, Code.UNAUTHENTICATED, "invalid signature")
-        self._check_user(signed.user or None)
-        self._check_user(_user(exchange.headers.get("authorization")))
         try:
-            return self.services.gate.for_tenant(sandbox_id, owner)
+            admission = self.services.gate.for_tenant(sandbox_id, owner)
         except SandboxNotFound:
             raise Refused(
                 502, Code.UNAVAILABLE, f"The sandbox {sandbox_id} was not found"
             ) from None
+        self._as_root(admission, signed.user or None, files=True)
+        self._as_root(admission, _user(exchange.headers.get("authorization")), files=True)
+        return admission
 
-    def _check_user(self, user: str | None) -> None:
-        if user is not None and user != SANDBOX_USER:
+    def _as_root(self, admission: Admission, user: str | None, *, files: bool) -> bool:
+        """Whether the call runs as root (E2B's `user="root"`), or the 403 saying why not:
+        root only where it is unprivileged outside (sandboxes/root.py), for commands only."""
+        if user is None or user == SANDBOX_USER:
+            return False
+        if user != "root":
             raise Refused(
                 403,
                 Code.PERMISSION_DENIED,
                 f"user {user!r} is not available: commands and files run as {SANDBOX_USER!r}"
-                " (uid 1000), never as root",
+                " (uid 1000), or as root where the sandbox allows it",
             )
+        if not sandbox_root_allowed(admission.sandbox, self.services.manager.runtime):
+            raise Refused(403, Code.PERMISSION_DENIED, ROOT_REFUSED)
+        if files:
+            raise Refused(
+                403,
+                Code.PERMISSION_DENIED,
+                "files as root are not supported: file requests act as 'user' (uid 1000);"
+                " write as 'user' and move the file with a command run as root"
+                " (user='root' runs it through sudo in this sandbox)",
+            )
+        return True
 
     def _admission(self, exchange: Exchange, sandbox_id: str, surface: Surface) -> Admission:
         headers = exchange.headers
@@ -201,7 +225,6 @@ class EnvdFront:
             raise Refused(
                 502, Code.UNAVAILABLE, f"port {port} is not open: Insien does not forward ports yet"
             )
-        self._check_user(_user(exchange.headers.get("authorization")))
         return admission
 
     async def _refuse(
@@ -216,7 +239,7 @@ class EnvdFront:
         else:
             await exchange.respond_json(status, {"code": status, "message": message}, headers)
 
-    async def _rpc(self, exchange: Exchange, admission: Admission) -> None:
+    async def _rpc(self, exchange: Exchange, admission: Admission, root: bool) -> None:
         method = self.methods.get(exchange.path)
         if method is None:
             raise Refused(404, Code.UNIMPLEMENTED, f"no method {exchange.path}")
@@ -227,7 +250,7 @@ class EnvdFront:
         if method.client_stream is not None:
             if not connect.is_stream_type(content_type):
                 raise Refused(415, Code.INVALID_ARGUMENT, f"expected {connect.STREAM_TYPE}")
-            await self._client_stream(exchange, EnvdCall(admission, {}, deadline), method)
+            await self._client_stream(exchange, EnvdCall(admission, {}, deadline, root), method)
             return
         try:
             body = await exchange.read_body(connect.MAX_REQUEST_BYTES)
@@ -239,13 +262,13 @@ class EnvdFront:
             if not connect.is_stream_type(content_type):
                 raise Refused(415, Code.INVALID_ARGUMENT, f"expected {connect.STREAM_TYPE}")
             message = connect.parse_stream_request(body)
-            call = EnvdCall(admission, message, deadline)
+            call = EnvdCall(admission, message, deadline, root)
             await self._stream(exchange, call, method)
             return
         assert method.unary is not None
         if not connect.is_unary_type(content_type):
             raise Refused(415, Code.INVALID_ARGUMENT, f"expected {connect.UNARY_TYPE}")
-        call = EnvdCall(admission, connect.parse_unary(body), deadline)
+        call = EnvdCall(admission, connect.parse_unary(body), deadline, root)
         with call.within_deadline():
             result = await method.unary(call)
         await exchange.respond_json(200, result)

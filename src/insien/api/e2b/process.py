@@ -168,6 +168,9 @@ async def start(call: EnvdCall, emit: Emit) -> None:
     request = call.parse(StartRequest)
     config = request.process
     message: Message = {"type": "spawn", "cmd": config.cmd, "args": config.args}
+    if call.root:
+        # allowed only where root is unprivileged outside (envd.py); the agent starts it itself
+        message["user"] = "root"
     if config.envs:
         message["env"] = config.envs
     if config.cwd:

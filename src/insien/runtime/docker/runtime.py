@@ -85,6 +85,16 @@ class DockerChannel:
         await trio.aclose_forcefully(self._stream)
 
 
+def remaps_users(info: Mapping[str, Any]) -> bool:
+    """Whether the engine behind `docker info` remaps user namespaces (`userns-remap`): its
+    containers' root is then an unprivileged uid on the host. Read from what the engine says
+    (`SecurityOptions` lists `name=userns`), never assumed from configuration files."""
+    options = info.get("SecurityOptions") or []
+    return any(
+        isinstance(option, str) and "name=userns" in option.split(",") for option in options
+    )
+
+
 def _socket_path(base_url: str) -> str:
     parsed = urlparse(base_url)
     if parsed.scheme in ("unix", "http+unix", "http+docker"):
@@ -104,8 +114,10 @@ class DockerRuntime:
     name = "Docker"
     attach_from_start = True
 
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, users_remapped: bool = False) -> None:
         self._client = client
+        self.users_remapped = users_remapped
+        """The engine remaps user namespaces: root inside is unprivileged on the host."""
         self.socket_path = _socket_path(client.api.base_url)
         self._agent_zip: bytes | None = None
         self._agent_volume = ""
@@ -113,16 +125,16 @@ class DockerRuntime:
 
     @classmethod
     async def connect(cls) -> DockerRuntime:
-        def _connect() -> docker.DockerClient:
+        def _connect() -> tuple[docker.DockerClient, bool]:
             client = docker.from_env()
             client.ping()
-            return client
+            return client, remaps_users(client.info())
 
         try:
-            client = await trio.to_thread.run_sync(_connect)
+            client, users_remapped = await trio.to_thread.run_sync(_connect)
         except docker.errors.DockerException as exc:
             raise RuntimeFailure(f"cannot reach the Docker Engine: {exc}") from exc
-        return cls(client)
+        return cls(client, users_remapped)
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         try:
@@ -179,7 +191,10 @@ class DockerRuntime:
                 log_config=LogConfig(type=LogConfig.types.NONE),
                 network_mode=spec.network_mode,
                 runtime=spec.runtime,
-                security_opt=["no-new-privileges"],  # Docker's default seccomp profile stays on
+                # Docker's default seccomp profile stays on. Without no-new-privileges the
+                # image's set-uid sudo becomes root: only where that root is unprivileged on the
+                # host (runsc sets no_new_privs itself: there root comes from the agent alone).
+                security_opt=[] if spec.root else ["no-new-privileges"],
                 cap_drop=["ALL"],
                 cap_add=list(spec.capabilities),
                 tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.tmp_size},mode=1777"},
