@@ -166,10 +166,12 @@ class FakeAgent(FakeProcess):
         self.write(StreamKind.STDOUT, line)
 
     def on_input(self, data: bytes) -> None:
-        self._buffer += data
+        # Blank lines are skipped, as the agent skips them (a rejoining server's resync).
+        self._buffer = (self._buffer + data).lstrip(b"\n")
         while b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
             self._handle(json.loads(line))
+            self._buffer = self._buffer.lstrip(b"\n")
 
     def _handle(self, message: dict[str, Any]) -> None:
         self.received.append(message)
