@@ -241,6 +241,27 @@ def k8s(session: nox.Session) -> None:
         )
 
 
+GVISOR_SUITES = (
+    "tests/e2e/test_protocol_v1.py",
+    "tests/e2e/test_sdk_v1.py",
+    "tests/e2e/test_e2b_python.py",
+    "tests/attacks/test_root.py",
+    "tests/attacks/test_agent_protection.py",
+    "tests/attacks/test_containment.py",
+)
+"""Suites `nox -s gvisor` runs with every sandbox under runsc: the protocol, the SDK, the E2B
+front, root where it is allowed and the escapes that must still fail."""
+
+
+@nox.session(python=PYTHON)
+def gvisor(session: nox.Session) -> None:
+    """gVisor as a runtime of its own: suites of the Docker run again with every sandbox under
+    runsc (`INSIEN_TEST_BACKEND=gvisor`; runsc registered with dockerd, as .ci/run does)."""
+    session.install(*SERVER, *SDK, *E2B)
+    session.run("insien", "image", "build")
+    session.run("pytest", *GVISOR_SUITES, *session.posargs, env={"INSIEN_TEST_BACKEND": "gvisor"})
+
+
 @nox.session(name="k8s-bench", python=PYTHON)
 def k8s_bench(session: nox.Session) -> None:
     """Insien on pods against Kubernetes' own pod create + exec, in one run on the test

@@ -1,4 +1,5 @@
-"""Where test servers run their sandboxes: Docker (the default) or the Kubernetes cluster
+"""Where test servers run their sandboxes: Docker (the default), Docker with every sandbox
+under gVisor (`INSIEN_TEST_BACKEND=gvisor`, `nox -s gvisor`), or the Kubernetes cluster
 tests/k8s/cluster.sh runs (`INSIEN_TEST_BACKEND=kubernetes`, inside its network namespace).
 
 `nox -s k8s` runs backend-neutral suites of tests/e2e and tests/attacks again on pods, to prove
@@ -21,7 +22,9 @@ KUBERNETES = {
     "INSIEN_K8S_HOST_NETWORK": "true",
     "INSIEN_K8S_IMAGE_PULL_POLICY": "Never",
 }
-BACKENDS: dict[str, dict[str, str]] = {"docker": {}, "kubernetes": KUBERNETES}
+GVISOR = {"INSIEN_RUNTIME": "runsc"}
+"""Every sandbox of a test server under runsc (registered with dockerd, as .ci/run does)."""
+BACKENDS: dict[str, dict[str, str]] = {"docker": {}, "gvisor": GVISOR, "kubernetes": KUBERNETES}
 BACKEND = os.environ.get("INSIEN_TEST_BACKEND", "docker")
 if BACKEND not in BACKENDS:
     raise ValueError(f"INSIEN_TEST_BACKEND must be one of {sorted(BACKENDS)}, not {BACKEND!r}")
@@ -30,3 +33,8 @@ if BACKEND not in BACKENDS:
 def docker_only(reason: str) -> pytest.MarkDecorator:
     """Skip on Kubernetes, saying what it lacks."""
     return pytest.mark.skipif(BACKEND == "kubernetes", reason=f"on Kubernetes: {reason}")
+
+
+def runc_only(reason: str) -> pytest.MarkDecorator:
+    """Skip on the gVisor backend, saying what gVisor does differently (docs/gvisor.md)."""
+    return pytest.mark.skipif(BACKEND == "gvisor", reason=f"under gVisor: {reason}")
