@@ -20,6 +20,8 @@ from ..exchange import Exchange
 from ..preview import PreviewProxy
 from .envd import ENVD_PORT, INTERPRETER_PORT, EnvdFront
 from .templates import UPLOADS, serve_upload
+from .volumes import UPLOAD as VOLUME_UPLOAD
+from .volumes import serve_volume_upload
 
 PREFIX = "/e2b"
 FILES = "/files"
@@ -86,6 +88,10 @@ class E2BRouter:
                 )
                 exchange = Exchange(scope, receive, send)
                 exchange.path = (path[len(PREFIX) :] if prefixed else path) or "/"
+        upload = VOLUME_UPLOAD.match(path) if scope["method"] == "PUT" else None
+        if exchange is None and upload is not None:  # E2B's volume content, streamed in
+            await serve_volume_upload(self.envd.services, Exchange(scope, receive, send), upload[1])
+            return
         if exchange is None and path.startswith(PREFIX + UPLOADS):
             # a template build's files, PUT by the SDK to the link it was given (streamed)
             token = path[len(PREFIX + UPLOADS) :]
