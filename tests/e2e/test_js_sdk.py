@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from insien_sandbox import Sandbox
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.restartable import Restartable, restartable
 from tests.tools import require_tool
@@ -111,6 +112,18 @@ def test_python_twin_of_the_seed_example(server: Server) -> None:
     assert any(line.endswith(" hello.js") for line in lines), ran.stdout
 
 
+def until_sleeping(server: Server, running: str, count: int) -> None:
+    """Until `count` `sleep` commands run in the sandbox the driver named in its `RUNNING <id>`
+    line: the calls it has in flight have reached the sandbox."""
+    said, sandbox_id = running.split()
+    assert said == "RUNNING", running
+    with Sandbox.connect(sandbox_id, server.api_key, server.url) as box:
+        deadline = time.monotonic() + 15
+        while box.commands.run("pgrep", ["-c", "-x", "sleep"]).stdout != f"{count}\n":
+            assert time.monotonic() < deadline, "the driver's commands never started"
+            time.sleep(0.05)
+
+
 def test_js_sdk_calls_in_flight_get_their_answers_across_a_restart(
     restartable: Restartable,
 ) -> None:
@@ -129,8 +142,7 @@ def test_js_sdk_calls_in_flight_get_their_answers_across_a_restart(
     )
     try:
         assert driver.stdout is not None
-        assert driver.stdout.readline().strip() == "RUNNING"
-        time.sleep(0.5)
+        until_sleeping(server, driver.stdout.readline(), 2)
         restartable.kill()
         time.sleep(1.5)
         restartable.start()
@@ -156,8 +168,7 @@ def test_js_sdk_in_a_browser_reconnects_with_a_fresh_token_after_a_restart(
     driver = driven(server, "resume_browser.mjs", restartable.env["INSIEN_API_KEY"])
     try:
         assert driver.stdout is not None
-        assert driver.stdout.readline().strip() == "RUNNING"
-        time.sleep(0.5)
+        until_sleeping(server, driver.stdout.readline(), 1)
         restartable.kill()
         time.sleep(1)
         restartable.start(INSIEN_JWT_SECRET=secrets.token_urlsafe(32))

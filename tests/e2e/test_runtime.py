@@ -83,7 +83,10 @@ async def test_link_reports_agent_gone_when_the_container_is_removed(docker_clie
                 answers.append(await link.call({"type": "exec", "cmd": "sleep", "args": ["60"]}))
 
             nursery.start_soon(slow)
-            await trio.sleep(0.3)
+            running = {"type": "exec", "cmd": "pgrep", "args": ["-c", "-f", "^sleep 60$"]}
+            with trio.fail_after(15):
+                while (await link.call(running))["stdout"] != "1\n":  # noqa: ASYNC110
+                    await trio.sleep(0.05)  # until the command runs in the sandbox
             await runtime.remove(container_id)
             with trio.fail_after(15):
                 await link.closed.wait()

@@ -6,7 +6,7 @@ const sandbox = await Sandbox.create(); // INSIEN_URL and INSIEN_API_KEY from th
 await sandbox.runCommand('true');
 const early = sandbox.commands.run('sleep 1; echo early'); // finishes while the server is down
 const late = sandbox.commands.run('sleep 4; echo late'); // finishes after it is back
-console.log('RUNNING');
+console.log('RUNNING', sandbox.sandboxId); // the test waits until its sleeps run
 const results = { early: (await early).stdout, late: (await late).stdout };
 results.after = (await sandbox.commands.run('echo after')).stdout;
 console.log(JSON.stringify(results));

@@ -9,7 +9,7 @@ useWebSocket((url) => new WebSocket(url)); // no headers: only the URL's token a
 const sandbox = await Sandbox.create(); // INSIEN_URL and INSIEN_API_KEY from the environment
 await sandbox.runCommand('true');
 const late = sandbox.commands.run('sleep 4; echo late'); // finishes after the server is back
-console.log('RUNNING');
+console.log('RUNNING', sandbox.sandboxId); // the test waits until its sleeps run
 const results = { late: (await late).stdout };
 results.after = (await sandbox.commands.run('echo after')).stdout;
 console.log(JSON.stringify(results));
