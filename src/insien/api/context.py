@@ -9,7 +9,6 @@ from quart import Request, Websocket
 
 from ..config import Settings
 from ..link.budget import MIB
-from ..link.tunnel import TunnelCounter
 from ..operations.logs import tenant_id
 from ..protocol import ErrorCode
 from ..sandboxes.access import Gate
@@ -17,7 +16,6 @@ from ..sandboxes.manager import SandboxManager
 from ..sandboxes.templates import TemplateBuilds
 from ..tenancy.auth import Authenticator
 from ..tenancy.budgets import TenantBudgets
-from ..tenancy.quotas import ConnectionCounter
 from ..tenancy.tenants import Tenant
 from .background import Background
 from .errors import ApiError
@@ -29,18 +27,18 @@ class Services:
     settings: Settings
     manager: SandboxManager
     auth: Authenticator
-    connections: ConnectionCounter = field(default_factory=ConnectionCounter)
     budgets: TenantBudgets = field(default_factory=lambda: TenantBudgets(96 * MIB))
     """Bytes held for clients that have not read them yet, per tenant (tenancy/budgets.py)."""
     background: Background = field(default_factory=Background)
     """Tasks that outlive their request; the server runs it (see background.py)."""
-    tunnels: TunnelCounter = field(default_factory=TunnelCounter)
-    """Connections open into each sandbox's ports (INSIEN_MAX_TUNNELS)."""
 
     @cached_property
     def gate(self) -> Gate:
-        """Every credential x surface decision (sandboxes/access.py)."""
-        return Gate(self.manager, self.auth)
+        """Every credential x surface decision, and what admitted callers hold: connections,
+        their byte budgets, tunnels (sandboxes/access.py)."""
+        return Gate(
+            self.manager, self.auth, budgets=self.budgets, max_tunnels=self.settings.max_tunnels
+        )
 
     @cached_property
     def envd_tokens(self) -> EnvdTokens:

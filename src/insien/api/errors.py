@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..link.transfer import TransferError
 from ..protocol import ErrorCode
+from ..sandboxes.access import TooManyTunnels
 from ..sandboxes.errors import ImageNotFound, NotSupported, RuntimeFailure
 from ..sandboxes.launcher import SandboxStartError
 from ..sandboxes.manager import SandboxNotFound
@@ -98,6 +99,7 @@ CORE_ERRORS = (
     RuntimeFailure,
     SandboxStartError,
     TransferError,
+    TooManyTunnels,
 )
 """What the core and the link raise that a client hears about; see `api_error_for`."""
 
@@ -120,6 +122,8 @@ def api_error_for(exc: Exception) -> ApiError:
         return ApiError(503, ErrorCode.UNAVAILABLE, str(exc))
     if isinstance(exc, TransferError):
         return ApiError(status_for(exc.code), error_code(exc.code), exc.message)
+    if isinstance(exc, TooManyTunnels):
+        return ApiError(429, ErrorCode.BUSY, str(exc), retry_after=1)
     return ApiError(500, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 

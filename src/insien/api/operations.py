@@ -77,9 +77,8 @@ def operations_blueprint(services: Services) -> Blueprint:
         last = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
         try:
             # Held for as long as the stream is: a tenant holds as many as its plan allows.
-            services.connections.acquire(tenant)
+            held = services.gate.hold_connection(tenant)
         except QuotaExceeded as exc:
-            manager.metrics.quota_refusals.labels(exc.reason).inc()
             raise ApiError.from_quota(exc) from None
 
         async def stream() -> AsyncGenerator[bytes]:
@@ -99,7 +98,7 @@ def operations_blueprint(services: Services) -> Blueprint:
                             data = json.dumps(item.to_json())
                             yield f"id: {item.id}\nevent: {item.type}\ndata: {data}\n\n".encode()
             finally:
-                services.connections.release(tenant)
+                held.release()
 
         body = stream()
         # Started here, so its `finally` gives the slot back however the response ends: closed

@@ -16,9 +16,9 @@ import trio
 from quart import Blueprint, request, websocket
 
 from ..link import AgentGone
-from ..link.tunnel import TunnelRefused, open_tunnel
+from ..link.tunnel import TunnelRefused
 from ..protocol import ErrorCode
-from ..sandboxes.access import Credentials, Surface, Unauthenticated
+from ..sandboxes.access import Credentials, Surface, TooManyTunnels, Unauthenticated
 from ..sandboxes.sandbox import iso_timestamp
 from .bodies import json_body
 from .context import Services
@@ -30,12 +30,6 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 IDLE_TIMEOUT = 300.0
 """A tunnel with no byte either way for this long is closed (by the agent, too)."""
-
-
-def too_many_tunnels(services: Services) -> ApiError:
-    limit = services.settings.max_tunnels
-    message = f"{limit} connections into this sandbox are open already"
-    return ApiError(429, ErrorCode.BUSY, message, retry_after=1)
 
 
 def ports_blueprint(services: Services) -> Blueprint:
@@ -65,10 +59,8 @@ def ports_blueprint(services: Services) -> Blueprint:
             return answer_for(ApiError(401, ErrorCode.UNAUTHORIZED, str(exc)))
         except Exception as exc:
             return answer_for(exc)
-        if not services.tunnels.try_take(sandbox_id, services.settings.max_tunnels):
-            return answer_for(too_many_tunnels(services))
         try:
-            async with open_tunnel(admission.link, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
+            async with services.gate.tunnel(admission, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
                 await websocket.accept()
                 reason = "closed"
 
@@ -99,10 +91,10 @@ def ports_blueprint(services: Services) -> Blueprint:
         except TunnelRefused as exc:
             status = status_for(exc.code)
             return error_response(status if status != 500 else 502, exc.code, exc.message)
+        except TooManyTunnels as exc:
+            return answer_for(exc)
         except AgentGone as exc:
             await websocket.close(CLOSE_GOING_AWAY, str(exc)[:120])
-        finally:
-            services.tunnels.release(sandbox_id)
         return None
 
     @bp.post("/sandboxes/<sandbox_id>/ports/<int:port>/url")

@@ -26,14 +26,14 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope, Webso
 from wsproto import ConnectionType, WSConnection
 
 from ..link import AgentGone
-from ..link.tunnel import Tunnel, TunnelRefused, open_tunnel
+from ..link.tunnel import Tunnel, TunnelRefused
 from ..protocol import ErrorCode
-from ..sandboxes.access import Admission
+from ..sandboxes.access import Admission, TooManyTunnels
 from ..sandboxes.sandbox import Sandbox
 from .context import Services
 from .errors import CORE_ERRORS, ApiError, api_error_for, status_for
 from .exchange import ClientGone, Exchange
-from .ports import IDLE_TIMEOUT, too_many_tunnels
+from .ports import IDLE_TIMEOUT
 from .preview_auth import COOKIE, TOKEN_PARAM, admit, awake, without_preview_cookie, without_token
 from .preview_ws import WebSocketRequest, app_request, handshake, refuse, relay
 
@@ -133,13 +133,10 @@ class PreviewProxy:
         except (ApiError, *CORE_ERRORS) as raised:
             await refuse(send, scope, _error_for(raised))
             return
-        if not services.tunnels.try_take(sandbox_id, services.settings.max_tunnels):
-            await refuse(send, scope, too_many_tunnels(services))
-            return
         accepted = False
         try:
             admission = access.admission
-            async with open_tunnel(admission.link, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
+            async with services.gate.tunnel(admission, port, idle_timeout=IDLE_TIMEOUT) as tunnel:
                 app = WSConnection(ConnectionType.CLIENT)
                 wanted = app_request(request, path, prefix, COOKIE, TOKEN_PARAM)
                 masked = _masked_host(admission.sandbox, port)
@@ -160,11 +157,9 @@ class PreviewProxy:
                 )
                 accepted = True
                 await relay(tunnel, app, receive, send, admission.active)
-        except (ApiError, TunnelRefused, AgentGone) as raised:
+        except (ApiError, TunnelRefused, AgentGone, TooManyTunnels) as raised:
             if not accepted:
                 await refuse(send, scope, _error_for(raised))
-        finally:
-            services.tunnels.release(sandbox_id)
 
     async def _proxy(
         self,
@@ -179,18 +174,13 @@ class PreviewProxy:
         access = admit(services.gate, exchange.headers, exchange.query, sandbox_id, port, prefix)
         admission = access.admission
         await awake(services.gate, admission)
-        if not services.tunnels.try_take(sandbox_id, services.settings.max_tunnels):
-            raise too_many_tunnels(services)
-        try:
-            client = h11.Connection(h11.CLIENT)
-            masked = _masked_host(admission.sandbox, port)
-            head = client.send(_request(exchange, path, prefix, masked)) or b""
-            opening = open_tunnel(admission.link, port, idle_timeout=IDLE_TIMEOUT, first=head)
-            async with opening as tunnel:
-                answer = AnswerHeaders(access.cookie, shared_origin=not own_origin)
-                await _relay(exchange, admission, tunnel, client, answer)
-        finally:
-            services.tunnels.release(sandbox_id)
+        client = h11.Connection(h11.CLIENT)
+        masked = _masked_host(admission.sandbox, port)
+        head = client.send(_request(exchange, path, prefix, masked)) or b""
+        opening = services.gate.tunnel(admission, port, idle_timeout=IDLE_TIMEOUT, first=head)
+        async with opening as tunnel:
+            answer = AnswerHeaders(access.cookie, shared_origin=not own_origin)
+            await _relay(exchange, admission, tunnel, client, answer)
 
 
 ORIGIN_WIDE = frozenset(

@@ -87,14 +87,12 @@ def ws_blueprint(services: Services) -> Blueprint:
             )
         metrics = services.manager.metrics
         try:
-            services.connections.acquire(tenant)
+            held = services.gate.hold_connection(
+                tenant, buffer=(services.settings.connection_buffer_bytes, CONNECTION_COPIES)
+            )
         except QuotaExceeded as exc:
-            metrics.quota_refusals.labels(exc.reason).inc()
             return answer_for(exc)
-        budget = services.budgets.for_connection(
-            tenant.id, services.settings.connection_buffer_bytes, CONNECTION_COPIES
-        )
-        try:
+        with held:
             await websocket.accept()
             metrics.websockets.inc()
             sandbox.clients += 1
@@ -103,7 +101,7 @@ def ws_blueprint(services: Services) -> Blueprint:
                     admission,
                     services.settings.max_requests_per_connection,
                     session,
-                    budget,
+                    held.budget,
                     authorised=lambda: auth.still_valid(tenant),
                     max_read=services.settings.max_read_bytes,
                 ).run()
@@ -111,10 +109,6 @@ def ws_blueprint(services: Services) -> Blueprint:
                 metrics.websockets.dec()
                 sandbox.clients -= 1
                 admission.active()
-        finally:
-            services.connections.release(tenant)
-            services.budgets.connection_closed(tenant.id)
-            services.budgets.forget_idle()
         return None
 
     return bp

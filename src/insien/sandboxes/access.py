@@ -11,10 +11,17 @@ ports; "public traffic" opens the user's own ports to anyone and nothing Insien 
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import TracebackType
 
 from ..link import AgentLink
+from ..link.budget import ByteBudget
+from ..link.tunnel import Tunnel, TunnelCounter, open_tunnel
 from ..tenancy.auth import Audience, Authenticator
+from ..tenancy.budgets import TenantBudgets
+from ..tenancy.quotas import ConnectionCounter, QuotaExceeded
 from ..tenancy.tenants import Tenant
 from .errors import RuntimeFailure
 from .manager import SandboxManager, SandboxNotFound, SandboxStartError
@@ -102,6 +109,41 @@ class StillPaused(Exception):
     """Traffic reached a paused sandbox that it may not resume (or that failed to resume)."""
 
 
+class TooManyTunnels(Exception):
+    """The sandbox has as many connections into its ports open as it may (`max_tunnels`)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} connections into this sandbox are open already")
+        self.limit = limit
+
+
+class HeldConnection:
+    """One of a tenant's long-lived connections (a WebSocket, an event stream), counted against
+    its plan's `max_connections` until released, with the byte budget (if it asked for one)
+    that what it buffers for a slow client is charged to."""
+
+    def __init__(self, budget: ByteBudget | None, release: Callable[[], None]) -> None:
+        self.budget = budget
+        self._release: Callable[[], None] | None = release
+
+    def release(self) -> None:
+        """Give the connection back (again: nothing)."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __enter__(self) -> HeldConnection:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
 class Gate:
     """Admits a request to one surface of one sandbox, or refuses it.
 
@@ -109,9 +151,61 @@ class Gate:
     sandbox that does not exist (or is someone else's) is `SandboxNotFound` only to a caller
     whose credential would have opened it, so a guess of ids learns nothing."""
 
-    def __init__(self, manager: SandboxManager, auth: Authenticator) -> None:
+    def __init__(
+        self,
+        manager: SandboxManager,
+        auth: Authenticator,
+        *,
+        budgets: TenantBudgets,
+        max_tunnels: int,
+    ) -> None:
         self.manager = manager
         self.auth = auth
+        self.connections = ConnectionCounter()
+        """Each tenant's open WebSockets and event streams (`hold_connection`)."""
+        self.budgets = budgets
+        self.max_tunnels = max_tunnels
+        self._tunnels = TunnelCounter()
+
+    def hold_connection(
+        self, tenant: Tenant, *, buffer: tuple[int, int] | None = None
+    ) -> HeldConnection:
+        """A long-lived connection of `tenant`'s, or `QuotaExceeded` past its plan's
+        `max_connections`. `buffer` (bytes, copies) gives it a byte budget within the
+        tenant's."""
+        try:
+            self.connections.acquire(tenant)
+        except QuotaExceeded as exc:
+            self.manager.metrics.quota_refusals.labels(exc.reason).inc()
+            raise
+        if buffer is None:
+            return HeldConnection(None, lambda: self.connections.release(tenant))
+        limit, copies = buffer
+        budget = self.budgets.for_connection(tenant.id, limit, copies)
+
+        def release() -> None:
+            self.connections.release(tenant)
+            self.budgets.connection_closed(tenant.id)
+            self.budgets.forget_idle()
+
+        return HeldConnection(budget, release)
+
+    @asynccontextmanager
+    async def tunnel(
+        self, admission: Admission, port: int, *, idle_timeout: float, first: bytes = b""
+    ) -> AsyncIterator[Tunnel]:
+        """A connection into `port` of the admitted sandbox (`first` written as it opens), one
+        of the `max_tunnels` a sandbox may have open, or `TooManyTunnels`."""
+        sandbox_id = admission.sandbox.id
+        if not self._tunnels.try_take(sandbox_id, self.max_tunnels):
+            raise TooManyTunnels(self.max_tunnels)
+        try:
+            async with open_tunnel(
+                admission.link, port, idle_timeout=idle_timeout, first=first
+            ) as tunnel:
+                yield tunnel
+        finally:
+            self._tunnels.release(sandbox_id)
 
     def admit(
         self,
