@@ -24,7 +24,7 @@ import shutil
 import stat
 from typing import Any
 
-from . import accounts, fields, frames
+from . import accounts, fields, frames, metadata
 from .context import Request
 from .errors import (
     BAD_ENCODING,
@@ -99,8 +99,16 @@ def _decode_content(msg: Message) -> bytes:
 
 
 def _write(
-    path: str, data: bytes, *, append: bool, mode: int | None, offset: int | None = None
-) -> None:
+    path: str,
+    data: bytes,
+    *,
+    append: bool,
+    mode: int | None,
+    offset: int | None = None,
+    tags: dict[str, str] | None = None,
+) -> Message:
+    """Write the data; with `tags`, then make them the file's metadata (see `metadata`).
+    Returns what the answer adds: the metadata read back, or that the filesystem keeps none."""
     continuing = bool(offset)  # a positional write continues a file; it never makes one
     if not continuing:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -126,6 +134,11 @@ def _write(
                 written = os.pwrite(fd, view, position)
                 position += written
             view = view[written:]
+        if tags is None:
+            return {}
+        if not metadata.replace(fd, tags):
+            return {"metadata": {}, "metadataUnsupported": True}
+        return {"metadata": metadata.read(fd) or {}}
     finally:
         os.close(fd)
 
@@ -191,6 +204,8 @@ def _entry(
     link: str | None = None,
     resolved: Message | None = None,
 ) -> Message:
+    """An entry as the protocol describes it, with its metadata (a symlink's is its
+    target's, as envd reads it) when it has any. Runs in a file worker, as the user."""
     entry: Message = {
         "name": name,
         "path": path,
@@ -205,6 +220,11 @@ def _entry(
         entry["target"] = link
         if resolved is not None:
             entry["resolved"] = resolved
+    if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode) or resolved is not None:
+        # (Only files and folders can hold user attributes; a dangling link has none.)
+        found = metadata.read(path)
+        if found:
+            entry["metadata"] = found
     return entry
 
 
@@ -310,9 +330,12 @@ async def handle_write(req: Request) -> Message:
     if append and offset is not None:
         raise AgentError(BAD_REQUEST, "'append' and 'offset' cannot be combined")
     mode = fields.file_mode(msg)
+    tags = metadata.validated(msg.get("metadata"))
     full = resolve(path, req.settings.workdir)
-    await _fs(req, path, lambda: _write(full, data, append=append, mode=mode, offset=offset))
-    return {"type": "writeResponse", "success": True, "path": path}
+    extra = await _fs(
+        req, path, lambda: _write(full, data, append=append, mode=mode, offset=offset, tags=tags)
+    )
+    return {"type": "writeResponse", "success": True, "path": path, **extra}
 
 
 async def _size_hint(req: Request, full: str, offset: int) -> int:
@@ -370,23 +393,25 @@ async def handle_list(req: Request) -> Message:
     return {"type": "listResponse", "path": path, "entries": entries, "truncated": truncated}
 
 
+def describe(full: str) -> Message:
+    """The entry at an absolute path (a symlink described, not followed). In a file worker."""
+    info = _lstat(full)
+    link = resolved = None
+    if stat.S_ISLNK(info.st_mode):
+        parent = _open_checked(os.path.dirname(full) or "/", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            name = os.path.basename(full)
+            link, resolved = _readlink(name, parent), _resolve(name, parent)
+        finally:
+            os.close(parent)
+    return _entry(full, os.path.basename(full), info, link, resolved)
+
+
 async def handle_stat(req: Request) -> Message:
     path = fields.required_str(req.msg, "path")
     full = resolve(path, req.settings.workdir)
 
-    def described() -> Message:
-        info = _lstat(full)
-        link = resolved = None
-        if stat.S_ISLNK(info.st_mode):
-            parent = _open_checked(os.path.dirname(full) or "/", os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                name = os.path.basename(full)
-                link, resolved = _readlink(name, parent), _resolve(name, parent)
-            finally:
-                os.close(parent)
-        return _entry(full, os.path.basename(full), info, link, resolved)
-
-    entry = await _fs(req, path, described)
+    entry = await _fs(req, path, describe, full)
     return {"type": "statResponse", "path": path, "entry": entry}
 
 

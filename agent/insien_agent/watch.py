@@ -4,11 +4,17 @@ Watches are added in a file worker thread, whose effective uid is the user's, so
 checks that the user may read each directory. Events wait in a bounded queue; past it they are
 dropped and counted, and the next batch says how many (`dropped`), so a storm of writes never
 grows the agent's memory. Batches (`fsEvents`) go out as credit allows, like `output`.
+
+As envd 0.6.3+ does, `includeEntry` adds to each create, write and chmod event the entry at
+its path (described by `files.describe` as the user, when the batch goes out; none when it is
+gone by then), and with `allowNetworkMounts: false` (envd's default; Insien's own is true) a
+directory on NFS, CIFS/SMB or FUSE, where inotify misses other machines' changes, is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import os
@@ -19,8 +25,8 @@ from typing import Any
 
 from . import fields
 from .context import Request
-from .errors import NOT_A_DIRECTORY, TOO_LARGE, AgentError, from_os_error
-from .files import resolve
+from .errors import BAD_REQUEST, NOT_A_DIRECTORY, TOO_LARGE, AgentError, from_os_error
+from .files import describe, resolve
 
 Message = dict[str, Any]
 
@@ -48,6 +54,18 @@ MAX_BATCH = 256
 MAX_WATCHES = 8192
 """Directories one recursive watch may cover."""
 READ_BYTES = 64 * 1024
+ENTRY_OPS = frozenset({"create", "write", "chmod"})
+"""Events about an entry still at its path (a removed or renamed-away one has none)."""
+NETWORK_FILESYSTEMS = {
+    0x6969: "NFS",
+    0xFF534D42: "CIFS",
+    0x517B: "SMB",
+    0xFE534D42: "SMB2",
+    0x65735546: "FUSE",
+}
+"""statfs `f_type` magic numbers envd refuses to watch without `allowNetworkMounts`."""
+STATFS_BYTES = 256
+"""Room for `struct statfs` (120 bytes on 64-bit Linux); `f_type` is its first word."""
 
 
 def _operations(mask: int) -> list[str]:
@@ -85,6 +103,34 @@ class _Inotify:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def filesystem_type(path: str) -> int:
+    """The statfs magic number of the filesystem `path` is on (run in a file worker)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(STATFS_BYTES)
+    if libc.statfs(os.fsencode(path), buffer) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), path)
+    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
+
+
+def refuse_network_mount(path: str) -> None:
+    """envd's check before watching without `allowNetworkMounts` (BAD_REQUEST on a network
+    filesystem, whose changes made elsewhere inotify never sees)."""
+    kind = NETWORK_FILESYSTEMS.get(filesystem_type(path))
+    if kind is not None:
+        raise AgentError(BAD_REQUEST, f"cannot watch path on network filesystem ({kind}): {path}")
+
+
+def with_entries(root: str, events: list[Message]) -> None:
+    """Add `entry` to the events that describe one (run in a file worker, as the user)."""
+    for event in events:
+        if event["op"] in ENTRY_OPS:
+            full = os.path.join(root, event["name"]) if event["name"] else root
+            # gone (or out of reach) by now: the event goes without it
+            with contextlib.suppress(OSError, AgentError):
+                event["entry"] = describe(full)
 
 
 @dataclass
@@ -189,6 +235,8 @@ class Watcher:
 async def handle_watch(req: Request) -> Message:
     path = fields.optional_str(req.msg, "path", ".")
     recursive = fields.optional_bool(req.msg, "recursive", False)
+    include_entry = fields.optional_bool(req.msg, "includeEntry", False)
+    network_mounts = fields.optional_bool(req.msg, "allowNetworkMounts", True)
     root = resolve(path, req.settings.workdir)
     try:
         inotify = _Inotify()
@@ -197,6 +245,11 @@ async def handle_watch(req: Request) -> Message:
     watcher = Watcher(req, root, recursive, inotify, credit=req.settings.window)
     loop = asyncio.get_running_loop()
     adding: set[asyncio.Task[list[str]]] = set()
+
+    async def described(batch: Message) -> Message:
+        if include_entry:
+            await req.files.run(with_entries, root, batch["events"])
+        return batch
 
     def added(task: asyncio.Task[list[str]]) -> None:
         adding.discard(task)
@@ -212,6 +265,8 @@ async def handle_watch(req: Request) -> Message:
 
     try:
         try:
+            if not network_mounts:
+                await req.files.run(refuse_network_mount, root)
             await req.files.run(watcher.add_tree, "")
         except OSError as exc:
             if exc.errno == errno.ENOTDIR:
@@ -227,9 +282,9 @@ async def handle_watch(req: Request) -> Message:
             watcher.wake.clear()
             while (watcher.queue or watcher.dropped) and watcher.credit > 0:
                 watcher.credit -= 1
-                await req.emit(watcher.batch())
+                await req.emit(await described(watcher.batch()))
         if watcher.queue or watcher.dropped:
-            await req.emit(watcher.batch())
+            await req.emit(await described(watcher.batch()))
         return {"type": "watchEnded", "path": path, "reason": watcher.ended}
     finally:
         req.subscriptions.watchers.pop(req.id, None)

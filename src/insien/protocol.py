@@ -157,6 +157,32 @@ class KillAllRequest(_Request):
     type: Literal["killAll"]
 
 
+METADATA_PREFIX = "user.e2b."
+"""The extended-attribute namespace file metadata lives in (E2B's envd's, so both agree)."""
+MAX_METADATA_BYTES = 4096
+
+
+def _metadata_fits(value: dict[str, str]) -> dict[str, str]:
+    total = sum(len(METADATA_PREFIX) + len(key) + len(text) for key, text in value.items())
+    if total > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata takes {total} bytes, over {MAX_METADATA_BYTES}")
+    return value
+
+
+Metadata = Annotated[
+    dict[
+        Annotated[
+            StrictStr,
+            Field(min_length=1, max_length=255 - len(METADATA_PREFIX), pattern=r"^[\x20-\x7e]+$"),
+        ],
+        Annotated[StrictStr, Field(pattern=r"^[\x20-\x7e]*$")],
+    ],
+    AfterValidator(_metadata_fits),
+]
+"""User-defined file metadata (envd's limits): printable US-ASCII keys of at most 246 bytes
+and values, 4096 bytes in all (each entry counted as prefix, key and value)."""
+
+
 class WriteRequest(_Request):
     type: Literal["write"]
     path: NonEmpty
@@ -165,6 +191,8 @@ class WriteRequest(_Request):
     append: StrictBool = False
     offset: Annotated[StrictInt, Field(ge=0)] | None = None
     mode: Annotated[StrictInt, Field(ge=0, le=0o7777)] | StrictStr | None = None
+    metadata: Metadata | None = None
+    """Once the content is written, the file's metadata becomes exactly this ({} clears it)."""
 
 
 class ReadRequest(_Request):
@@ -218,6 +246,10 @@ class WatchRequest(_Request):
     type: Literal["watch"]
     path: NonEmpty = "."
     recursive: StrictBool = False
+    includeEntry: StrictBool = False
+    """Each create, write and chmod event carries the entry at its path, when still there."""
+    allowNetworkMounts: StrictBool = True
+    """False refuses a directory on NFS, CIFS/SMB or FUSE (E2B's envd's default)."""
 
 
 Language = Literal["python", "javascript", "js"]

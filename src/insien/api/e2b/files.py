@@ -3,24 +3,31 @@
 filename is its path). Bytes go through `link.transfer` as binary frames. Paths are envd's
 (`sandbox_path`: relative to the user's home, answered absolute), and an upload writes the file
 in place as envd does, so a watcher sees that file created and written, never a temporary name
-(a cut upload leaves what arrived, as with envd)."""
+(a cut upload leaves what arrived, as with envd). As envd 0.6.2+ does, each `X-Metadata-<key>`
+header becomes the written file's `user.e2b.<key>` attribute: every upload replaces the file's
+metadata (none sent clears it), and the answer holds what the file kept, read back, so on a
+filesystem without user attributes it holds none rather than claiming what was not stored."""
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
+from ...link import AgentLink
 from ...link.transfer import TransferError, open_download, upload
-from ...protocol import ErrorCode
+from ...protocol import ErrorCode, Metadata, describe
 from ...sandboxes.access import Admission
 from ..exchange import ClientGone, Exchange
 from .filesystem import sandbox_path
 
 INFLATE_STEP = 1024 * 1024
+METADATA_HEADER = b"x-metadata-"
+_METADATA = TypeAdapter(Metadata)
 
 
 class FilesError(Exception):
@@ -63,8 +70,38 @@ def _path(asked: str | None) -> str:
     return path
 
 
-def _written(path: str) -> dict[str, Any]:
-    return {"name": _name(path), "type": "file", "path": path}
+def upload_metadata(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """envd's `extractMetadataHeaders` and `ValidateMetadata`: each `X-Metadata-<key>` header
+    (the first of repeated ones) gives `<key>` lowercased; an empty key is skipped; a key or
+    value that is not printable US-ASCII, a key over 246 bytes or over 4096 bytes in all is a
+    400, before anything is written."""
+    found: dict[str, str] = {}
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered.startswith(METADATA_HEADER) and len(lowered) > len(METADATA_HEADER):
+            found.setdefault(
+                lowered[len(METADATA_HEADER) :].decode("latin-1"), value.decode("latin-1")
+            )
+    try:
+        return dict(_METADATA.validate_python(found))
+    except ValidationError as exc:
+        raise FilesError(400, f"invalid metadata: {describe(exc)}") from None
+
+
+async def _tag(link: AgentLink, path: str, size: int, metadata: dict[str, str]) -> dict[str, Any]:
+    """Make `metadata` the uploaded file's, as envd does after writing it (an empty write at
+    its end, so a file removed meanwhile is not made again), and describe the file with what
+    it kept."""
+    reply = await link.call(
+        {"type": "write", "path": path, "content": "", "offset": size, "metadata": metadata}
+    )
+    if reply.get("type") == "error":
+        raise TransferError(str(reply.get("code")), str(reply.get("message")))
+    written: dict[str, Any] = {"name": _name(path), "type": "file", "path": path}
+    kept = reply.get("metadata")
+    if isinstance(kept, dict) and kept:
+        written["metadata"] = kept
+    return written
 
 
 async def serve_files(
@@ -140,13 +177,14 @@ async def _upload(
         if content_type.startswith("multipart/form-data"):
             return await _upload_parts(exchange, admission, limit, content_type, only)
         path = _path(exchange.query.get("path"))
+        metadata = upload_metadata(exchange.scope["headers"])
         body: AsyncIterator[bytes]
         if exchange.headers.get("content-encoding", "").strip().lower() == "gzip":
             body = _inflate(exchange.chunks(), limit)
         else:
             body = exchange.chunks()
-        await upload(admission.link, path, body, limit, in_place=True)
-        return [_written(path)]
+        size = await upload(admission.link, path, body, limit, in_place=True)
+        return [await _tag(admission.link, path, size, metadata)]
     except TransferError as exc:
         raise files_error(exc) from None
     except ClientGone as exc:
@@ -216,6 +254,7 @@ async def _upload_parts(
     content_type: str,
     only: str | None = None,
 ) -> list[dict[str, Any]]:
+    metadata = upload_metadata(exchange.scope["headers"])
     parts = _Parts(exchange, content_type, limit)
     single = exchange.query.get("path")
     written: list[dict[str, Any]] = []
@@ -227,8 +266,9 @@ async def _upload_parts(
         if not asked:
             raise FilesError(400, "a multipart file part needs its path as filename")
         path = _path(asked)
-        total += await upload(admission.link, path, parts.data(), limit - total, in_place=True)
-        written.append(_written(path))
+        size = await upload(admission.link, path, parts.data(), limit - total, in_place=True)
+        total += size
+        written.append(await _tag(admission.link, path, size, metadata))
     if not written:
         raise FilesError(400, "the multipart body has no file")
     return written

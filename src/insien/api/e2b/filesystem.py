@@ -1,7 +1,7 @@
 """envd's `filesystem.Filesystem` service, translated to Insien's file messages (`stat`,
 `list`, `mkdir`, `rename`, `remove`): the agent's file layer, acting as the sandbox user.
-Paths are resolved as envd resolves them (`sandbox_path`), and entries described as envd 0.6.1
-describes them (`entry_info`)."""
+Paths are resolved as envd resolves them (`sandbox_path`), and entries described as envd 0.6.2+
+describes them (`entry_info`, with the file's `user.e2b.*` metadata)."""
 
 from __future__ import annotations
 
@@ -99,11 +99,12 @@ def timestamp(seconds: float) -> str:
 
 
 def entry_info(entry: Message) -> dict[str, Any]:
-    """An Insien file entry as envd 0.6.1's EntryInfo (int64 `size` is a string in protobuf
-    JSON). A symlink is described by where it leads, as envd does: `type` and `mode` are its
-    target's, `symlinkTarget` the absolute path it resolves to (the link's own path, type
-    unspecified and mode 0 when it leads nowhere), `permissions` the link's own (`L…`); SDKs
-    tell it from a file by `symlinkTarget`."""
+    """An Insien file entry as envd's EntryInfo (int64 `size` is a string in protobuf JSON;
+    `metadata`, the file's `user.e2b.*` attributes, only when it has some). A symlink is
+    described by where it leads, as envd does: `type` and `mode` are its target's,
+    `symlinkTarget` the absolute path it resolves to (the link's own path, type unspecified
+    and mode 0 when it leads nowhere), `permissions` the link's own (`L…`); SDKs tell it
+    from a file by `symlinkTarget`."""
     kind = str(entry.get("type", "other"))
     mode = int(entry.get("mode", 0))
     info: dict[str, Any] = {
@@ -127,6 +128,9 @@ def entry_info(entry: Message) -> dict[str, Any]:
             info["type"] = "FILE_TYPE_UNSPECIFIED"
             info["mode"] = 0
             info["symlinkTarget"] = info["path"]
+    found = entry.get("metadata")
+    if isinstance(found, dict) and found:
+        info["metadata"] = {str(key): str(value) for key, value in found.items()}
     return info
 
 

@@ -1,6 +1,9 @@
 """envd's directory watching, on the agent's `watch`: `WatchDir` streams events to its caller;
 `CreateWatcher` / `GetWatcherEvents` / `RemoveWatcher` (what the blocking SDK polls) keep a
-watch running in the server's background nursery and hold its events, bounded, until polled."""
+watch running in the server's background nursery and hold its events, bounded, until polled.
+envd 0.6.3's `include_entry` gives create, write and chmod events the entry at their path;
+0.6.4's `allow_network_mounts` lifts the refusal of NFS, CIFS/SMB and FUSE directories (none of
+which a sandbox can mount: Insien's volumes are local filesystems, watched either way)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from ...protocol import Message, ProtocolError
 from ..background import Background, BackgroundClosed
 from .calls import Emit, EnvdCall, Method, checked, connect_code
 from .connect import Code, ConnectError
-from .filesystem import sandbox_path
+from .filesystem import entry_info, sandbox_path
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,8 @@ class WatchRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
     path: str = Field(min_length=1)
     recursive: bool = False
+    include_entry: bool = Field(False, alias="includeEntry")
+    allow_network_mounts: bool = Field(False, alias="allowNetworkMounts")
 
 
 class WatcherRequest(BaseModel):
@@ -52,14 +57,27 @@ def _message(request: WatchRequest) -> Message:
         raise ConnectError(
             Code.INVALID_ARGUMENT, f"cannot expand user-specific home dir: {request.path}"
         )
-    return {"type": "watch", "path": path, "recursive": request.recursive}
+    return {
+        "type": "watch",
+        "path": path,
+        "recursive": request.recursive,
+        "includeEntry": request.include_entry,
+        "allowNetworkMounts": request.allow_network_mounts,
+    }
+
+
+def _event(event: Message) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "name": event["name"],
+        "type": EVENT_TYPES.get(event["op"], "EVENT_TYPE_UNSPECIFIED"),
+    }
+    if isinstance(event.get("entry"), dict):
+        found["entry"] = entry_info(event["entry"])
+    return found
 
 
 def _events(reply: Message) -> list[dict[str, Any]]:
-    return [
-        {"name": event["name"], "type": EVENT_TYPES.get(event["op"], "EVENT_TYPE_UNSPECIFIED")}
-        for event in reply.get("events", [])
-    ]
+    return [_event(event) for event in reply.get("events", [])]
 
 
 async def watch_dir(call: EnvdCall, emit: Emit) -> None:
