@@ -25,6 +25,7 @@ from . import (
     egress,
     files,
     interpreter,
+    manifest,
     tunnel,
     usage,
     watch,
@@ -78,6 +79,7 @@ HANDLERS: dict[str, Handler] = {
     "runCode": interpreter.handle_run_code,
     "warmContexts": interpreter.handle_warm_contexts,
     "usage": usage.handle_usage,
+    "manifest": manifest.handle_manifest,
 }
 FEATURES = ("tunnelWithData",)
 """What this agent does beyond its request types, for a server to check before relying on it."""

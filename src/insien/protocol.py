@@ -303,6 +303,28 @@ class PingRequest(_Request):
     type: Literal["ping"]
 
 
+ManifestKind = Literal["f", "d", "l", "o"]
+"""A file, a directory, a symlink, or anything else (a FIFO, a socket, a device)."""
+ManifestEntry = tuple[StrictStr, ManifestKind, Annotated[StrictInt, Field(ge=0)], StrictStr | None]
+"""`[path, kind, size, digest]`: the digest is a file's SHA-256 in hex (None when not hashed)
+or a symlink's target."""
+
+
+class ManifestResponse(BaseModel):
+    """The agent's answer to `{"id", "type": "manifest"}`: what the sandbox's own filesystem
+    holds, recorded at a snapshot or a pause without memory and compared after (docs/protocol.md,
+    "Manifests"). Server ↔ agent only, so `manifest` is not in REQUESTS: a client sending it
+    gets UNKNOWN_TYPE. Checked like everything a sandbox sends."""
+
+    # Not strict as a whole, so an entry may come as a JSON array; its fields are strict.
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["manifestResponse"]
+    entries: list[ManifestEntry]
+    complete: StrictBool
+    """False when the agent stopped recording at its entry limit."""
+    hashedBytes: Annotated[StrictInt, Field(ge=0)] = 0
+
+
 _MODELS: tuple[type[_Request], ...] = (
     ExecRequest,
     SpawnRequest,

@@ -38,7 +38,7 @@ from .provenance import Sealer
 from .records import notes_message
 from .recovery import RecoveryReport, recover
 from .sandbox import EndReason, Sandbox, SandboxOptions, State
-from .snapshots import Snapshots
+from .snapshots import Manifest, Snapshots
 from .usage import UsageSampler
 from .volumes import Volumes
 
@@ -82,7 +82,7 @@ class SandboxManager:
             launcher=self.launcher,
             discard=self.discard,
         )
-        self.snapshots = Snapshots(runtime, settings, tenant_exists)
+        self.snapshots = Snapshots(runtime, settings, tenant_exists, sealer)
         self.volumes = Volumes(runtime, settings, sealer, tenant_exists)
         self.recovery = RecoveryReport()
         disk_limit = parse_size(settings.disk_limit) if settings.disk_limit else 0
@@ -100,6 +100,9 @@ class SandboxManager:
         """Per sandbox: one pause or resume at a time (traffic may wake it many times at once)."""
         self._stopped: set[str] = set()
         """Paused sandboxes whose container is stopped (no memory kept): a resume boots them."""
+        self._manifests: dict[str, Manifest] = {}
+        """What a stopped sandbox's files were at its pause, for its boot to be checked against
+        (kept in memory: a resume after a server restart is not checked)."""
 
     @classmethod
     @asynccontextmanager
@@ -307,6 +310,11 @@ class SandboxManager:
         sandbox.state = State.RUNNING
         sandbox.touch()
         self.register(sandbox)
+        try:  # a sandbox from a snapshot holds what the snapshot's manifest says, or ends
+            await self.snapshots.verify_created(sandbox)
+        except RuntimeFailure as exc:
+            await self.finish(sandbox, EndReason.ERROR, str(exc))
+            raise
         self._created(sandbox, "cold")
         # What labels cannot say, the agent keeps as a sealed note for a restarted server.
         notes: dict[str, object] = {}
@@ -473,6 +481,12 @@ class SandboxManager:
             if memory:
                 await self._freeze(sandbox)
                 return
+            # Its processes end first (the stop would end them anyway), so the manifest is
+            # what the stop keeps; a sandbox whose code runs as the agent has none to end.
+            await sandbox.link.call({"type": "killAll"})
+            recorded = await Manifest.of(sandbox)
+            if recorded is not None:
+                self._manifests[sandbox.id] = recorded
             # The link's task sees its scope cancelled and leaves the sandbox be (_keep_link).
             sandbox.state = State.PAUSED
             self._stopped.add(sandbox.id)
@@ -546,6 +560,13 @@ class SandboxManager:
             sandbox.state = State.RUNNING
             self.events.publish(events.RESUMED, sandbox.owner, sandbox.id)
             await self.apply_network(sandbox)
+            recorded = self._manifests.pop(sandbox.id, None)
+            if recorded is not None:
+                # It runs on with what it has (nothing more is lost by ending it), and the
+                # resume answers an error naming what is missing or different.
+                recorded.check_against(
+                    await Manifest.of(sandbox), f"sandbox {sandbox.id} after its pause"
+                )
 
     async def _boot_again(self, sandbox: Sandbox) -> None:
         """Start a stopped sandbox's container again with a new link to its new agent: its
@@ -621,6 +642,7 @@ class SandboxManager:
         self._sandboxes.pop(sandbox.id, None)
         self._transitions.pop(sandbox.id, None)
         self._stopped.discard(sandbox.id)
+        self._manifests.pop(sandbox.id, None)
         self.usage.forget(sandbox.id)
         self.egress.stop(sandbox.id)
         if sandbox.owner:  # a pooled sandbox that died never belonged to anyone
