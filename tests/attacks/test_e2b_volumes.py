@@ -160,3 +160,39 @@ def test_a_sandbox_token_opens_no_volume_route(two: Two) -> None:
     assert [v["name"] for v in two.call("GET", "/volumes", alice).json()] == [volume["name"]]
     with contextlib.suppress(httpx.HTTPError):
         two.call("DELETE", f"/volumes/{volume['volumeID']}", alice)
+
+
+def test_a_volume_token_opens_that_volumes_files_and_nothing_else(two: Two) -> None:
+    # A volume's token is what users hand to code that should reach its files (E2B's pattern):
+    # it must not be the tenant's key, nor open another volume or the control plane.
+    alice = two.key("alice")
+    volume = alices_volume(two)
+    other = alices_volume(two)
+    try:
+        token = volume["token"]
+        assert token != two.keys["alice"]
+        bearer = {"Authorization": f"Bearer {token}"}
+        for method, path, kw in content_calls(other["volumeID"]):
+            answer = two.call(method, path, bearer, **kw)
+            assert answer.status_code == 401, (method, path, answer.text)
+        for method, path, kw in [
+            ("GET", "/volumes", {}),
+            ("POST", "/volumes", {"json": {"name": "planted"}}),
+            ("GET", f"/volumes/{volume['volumeID']}", {}),
+            ("DELETE", f"/volumes/{volume['volumeID']}", {}),
+            ("POST", "/sandboxes", {"json": {"templateID": "base"}}),
+            ("GET", "/v2/sandboxes", {}),
+        ]:
+            for carried in (bearer, {"X-API-Key": token}):
+                answer = two.call(method, path, carried, **kw)
+                assert answer.status_code == 401, (method, path, answer.text)
+        still_intact(two, volume)  # while it opens its own volume's files
+        still_intact(two, other)
+        # The tenant's key still opens the content calls too.
+        listed = two.call(
+            "GET", f"/volumecontent/{volume['volumeID']}/dir", alice, params={"path": "/"}
+        )
+        assert listed.status_code == 200, listed.text
+    finally:
+        for made in (volume, other):
+            two.call("DELETE", f"/volumes/{made['volumeID']}", alice)

@@ -23,6 +23,8 @@ class Audience(enum.Enum):
     """E2B's `trafficAccessToken`: the user's own ports (and interpreter contexts)."""
     PORT = "insien:port"
     """Preview URLs: one port of one sandbox over HTTP, nothing else."""
+    VOLUME = "insien:volume"
+    """E2B's volume token: the files of one volume of the tenant's, nothing else."""
 
 
 class Authenticator:
@@ -46,8 +48,8 @@ class Authenticator:
     ) -> str:
         """A token for one sandbox and one purpose, valid for `ttl` seconds (default: the
         configured TTL)."""
-        if audience is Audience.PORT:
-            raise ValueError("a preview token names its port: use issue_port_token")
+        if audience in (Audience.PORT, Audience.VOLUME):
+            raise ValueError(f"{audience.value} tokens have their own issue_… method")
         lifetime = ttl if ttl is not None else self._token_ttl
         return self._issue({"sub": sandbox_id}, audience.value, tenant, lifetime)
 
@@ -69,6 +71,23 @@ class Authenticator:
         if found is None or found[1].get("port") != port:
             return None
         return found[0]
+
+    def issue_volume_token(self, volume_id: str, tenant: Tenant, ttl: float) -> str:
+        """A token for the files of one volume (E2B's `VolumeAndToken.token`)."""
+        return self._issue({"sub": volume_id}, Audience.VOLUME.value, tenant, ttl)
+
+    def volume_token(self, token: str | None) -> tuple[Tenant, str] | None:
+        """The tenant and the volume id of a valid, unexpired volume token."""
+        if not token:
+            return None
+        try:  # which volume it names; `_verified` then checks everything, that included
+            named = jwt.decode(token, options={"verify_signature": False}).get("sub")
+        except jwt.PyJWTError:
+            return None
+        if not isinstance(named, str):
+            return None
+        found = self._verified(token, Audience.VOLUME.value, named)
+        return (found[0], named) if found is not None else None
 
     def _issue(self, claims: dict[str, Any], audience: str, tenant: Tenant, ttl: float) -> str:
         now = int(time.time())

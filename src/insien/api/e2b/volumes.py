@@ -4,10 +4,11 @@ content calls (`/volumecontent/{volumeID}/...`, sent to `E2B_VOLUME_API_URL`) un
 `/e2b` base. Uploads (`PUT .../file`) are streamed in front of Quart, as Insien's own are
 (`serve_volume_upload`, called by `routing.E2BRouter`).
 
-What differs from E2B, said where it shows: the volume's `token` (which the SDKs send as
-`Authorization: Bearer` on content calls) is the API key the caller made or looked up the
-volume with, so content calls open exactly what that key opens (the tenant's own volumes) and
-nothing a sandbox token could; a `volumeID` (`vol_...`) is derived from the runtime volume, and
+The volume's `token` (which the SDKs send as `Authorization: Bearer` on content calls) is a
+token of that one volume (audience `insien:volume`, bound to the key it was made under, so a
+revoked key revokes it): it opens that volume's files and nothing else, and no sandbox token
+opens them. Content calls also take the tenant's API key. What differs from E2B, said where it
+shows: a `volumeID` (`vol_...`) is derived from the runtime volume, and
 the name works wherever an id does; owners and modes are not kept (`uid`, `gid`, `mode` are
 refused, and answered as 0); folders on the way are always made and files always replaced
 (`force` is not needed); a stat's `atime` and `ctime` are its `mtime`."""
@@ -65,12 +66,29 @@ def key_of(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-api-key")
 
 
-def tenant_of(services: Services, headers: Mapping[str, str]) -> Tenant:
+VOLUME_TOKEN_TTL = 365 * 24 * 3600.0
+"""E2B's volume tokens do not expire with a sandbox; a revoked key still ends them."""
+
+
+def api_key_tenant(services: Services, headers: Mapping[str, str]) -> Tenant:
     """The tenant whose API key the request carries; sandbox tokens open nothing here."""
     found = services.auth.tenant_for_key(key_of(headers))
     if found is None:
-        raise ApiError(401, ErrorCode.UNAUTHORIZED, "Invalid API key")
+        raise ApiError(401, ErrorCode.UNAUTHORIZED, "Invalid volume token or API key")
     return found
+
+
+async def content_volume(
+    services: Services, headers: Mapping[str, str], ref: str
+) -> tuple[Tenant, Volume]:
+    """The volume `ref` names and its owner, for a request carrying that volume's token (as
+    `Authorization: Bearer`) or its tenant's API key; any other volume's token opens nothing."""
+    by_token = services.auth.volume_token(key_of(headers))
+    owner = by_token[0] if by_token else api_key_tenant(services, headers)
+    volume = await resolve(services.manager.volumes, owner, ref)
+    if by_token is not None and volume_id(volume) != by_token[1]:
+        raise ApiError(401, ErrorCode.UNAUTHORIZED, "Invalid volume token or API key")
+    return owner, volume
 
 
 async def resolve(volumes: Volumes, owner: Tenant, ref: str) -> Volume:
@@ -167,20 +185,23 @@ def install_volume_routes(bp: Blueprint, services: Services, tenant: Callable[[]
     def volumes() -> Volumes:
         return services.manager.volumes
 
-    def made(volume: Volume) -> dict[str, Any]:
-        """E2B's `VolumeAndToken`: the token is the key this very request carried."""
-        token = key_of({k.lower(): v for k, v in request.headers.items()})
-        return {"volumeID": volume_id(volume), "name": volume.name, "token": token}
+    def made(volume: Volume, owner: Tenant) -> dict[str, Any]:
+        """E2B's `VolumeAndToken`: a token for this volume's files alone."""
+        made_id = volume_id(volume)
+        token = services.auth.issue_volume_token(made_id, owner, VOLUME_TOKEN_TTL)
+        return {"volumeID": made_id, "name": volume.name, "token": token}
 
-    def content_tenant() -> Tenant:
-        return tenant_of(services, {k.lower(): v for k, v in request.headers.items()})
+    async def content(ref: str) -> tuple[Tenant, Volume]:
+        return await content_volume(
+            services, {k.lower(): v for k, v in request.headers.items()}, ref
+        )
 
     @bp.post("/volumes")
     @translated
     async def create_volume() -> tuple[dict[str, Any], int]:
         owner = tenant()
         body = await json_body(NewVolume)
-        return made(await volumes().create(owner, body.name, None)), 201
+        return made(await volumes().create(owner, body.name, None), owner), 201
 
     @bp.get("/volumes")
     @translated
@@ -192,7 +213,8 @@ def install_volume_routes(bp: Blueprint, services: Services, tenant: Callable[[]
     @bp.get("/volumes/<ref>")
     @translated
     async def volume_info(ref: str) -> dict[str, Any]:
-        return made(await resolve(volumes(), tenant(), ref))
+        owner = tenant()
+        return made(await resolve(volumes(), owner, ref), owner)
 
     @bp.delete("/volumes/<ref>")
     @translated
@@ -210,39 +232,35 @@ def install_volume_routes(bp: Blueprint, services: Services, tenant: Callable[[]
     @bp.get("/volumecontent/<ref>/dir")
     @translated
     async def list_dir(ref: str) -> Response:
-        owner = content_tenant()
+        owner, volume = await content(ref)
         try:
             depth = int(request.args.get("depth") or "1")
         except ValueError:
             raise ApiError(400, ErrorCode.BAD_REQUEST, "depth is an integer") from None
         if depth < 1:
             raise ApiError(400, ErrorCode.BAD_REQUEST, "depth must be >= 1")
-        volume = await resolve(volumes(), owner, ref)
         found = await listing(volumes(), owner, volume, request.args.get("path") or "/", depth)
         return Response(_json(found), mimetype="application/json")
 
     @bp.post("/volumecontent/<ref>/dir")
     @translated
     async def make_dir(ref: str) -> tuple[dict[str, Any], int]:
-        owner = content_tenant()
+        owner, volume = await content(ref)
         refuse_unkept(request.args)
         path = file_path(request.args.get("path"))
-        volume = await resolve(volumes(), owner, ref)
         await volumes().make_folder(owner, volume.name, path)
         return stat(path, "dir", 0, datetime.now(UTC).timestamp()), 201
 
     @bp.get("/volumecontent/<ref>/path")
     @translated
     async def get_path(ref: str) -> dict[str, Any]:
-        owner = content_tenant()
-        volume = await resolve(volumes(), owner, ref)
+        owner, volume = await content(ref)
         return await entry_at(volumes(), owner, volume, request.args.get("path") or "")
 
     @bp.patch("/volumecontent/<ref>/path")
     @translated
     async def update_path(ref: str) -> dict[str, Any]:
-        owner = content_tenant()
-        await resolve(volumes(), owner, ref)
+        await content(ref)
         raise ApiError(
             501,
             ErrorCode.NOT_SUPPORTED,
@@ -252,9 +270,8 @@ def install_volume_routes(bp: Blueprint, services: Services, tenant: Callable[[]
     @bp.delete("/volumecontent/<ref>/path")
     @translated
     async def remove_path(ref: str) -> tuple[str, int]:
-        owner = content_tenant()
+        owner, volume = await content(ref)
         path = file_path(request.args.get("path"))
-        volume = await resolve(volumes(), owner, ref)
         await volumes().remove_file(owner, volume.name, path)
         return "", 204
 
@@ -262,9 +279,8 @@ def install_volume_routes(bp: Blueprint, services: Services, tenant: Callable[[]
     @translated
     async def download(ref: str) -> Response:
         """Streamed; `X-Insien-Sha256` carries the SHA-256 of the bytes sent."""
-        owner = content_tenant()
+        owner, volume = await content(ref)
         path = file_path(request.args.get("path"))
-        volume = await resolve(volumes(), owner, ref)
         size, digest, body = await volumes().read_file(owner, volume.name, path)
         response = Response(body, mimetype="application/octet-stream")
         response.headers["X-Insien-File-Size"] = str(size)
@@ -295,14 +311,13 @@ async def serve_volume_upload(services: Services, exchange: Exchange, ref: str) 
 
 
 async def _upload(services: Services, exchange: Exchange, ref: str) -> tuple[dict[str, Any], str]:
-    owner = tenant_of(services, exchange.headers)
+    owner, volume = await content_volume(services, exchange.headers, ref)
     refuse_unkept(exchange.query)
     path = file_path(exchange.query.get("path"))
     expected = exchange.headers.get("x-insien-sha256")
     if expected is not None and not SHA256.fullmatch(expected.lower()):
         raise ApiError(400, ErrorCode.BAD_REQUEST, "X-Insien-Sha256 is 64 hexadecimal digits")
     volumes = services.manager.volumes
-    volume = await resolve(volumes, owner, ref)
     limit = min(services.settings.max_upload_bytes, volume.size_limit)
     declared = exchange.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
