@@ -401,6 +401,8 @@ def test_an_alpine_like_image_behind_every_front(
     e2b_box = E2BSandbox.create(template=MUSL)
     try:
         assert e2b_box.is_running()
+        # E2B's SDK runs command lines with /bin/bash, which busybox images lack: their sh.
+        assert e2b_box.commands.run("echo e2b $(uname -s)").stdout == "e2b Linux\n"
         e2b_box.files.write("/home/user/e2b.txt", "from e2b")
         assert e2b_box.files.read("/home/user/e2b.txt") == "from e2b"
     finally:

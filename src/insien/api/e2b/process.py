@@ -164,6 +164,10 @@ async def _follow(call: EnvdCall, emit: Emit, message: Message, *, close_stdin: 
         raise call.gone(AgentGone(call.link.close_reason))
 
 
+BASH = "/bin/bash"
+SHELL = "/bin/sh"
+
+
 async def start(call: EnvdCall, emit: Emit) -> None:
     request = call.parse(StartRequest)
     config = request.process
@@ -182,7 +186,14 @@ async def start(call: EnvdCall, emit: Emit) -> None:
         message["timeout"] = call.deadline
     # envd gives a command no stdin unless asked; Insien's spawn always opens one.
     close_stdin = request.pty is None and not request.stdin
-    await _follow(call, emit, message, close_stdin=close_stdin)
+    try:
+        await _follow(call, emit, message, close_stdin=close_stdin)
+    except ConnectError as exc:
+        if not (config.cmd == BASH and exc.code is Code.NOT_FOUND and BASH in exc.message):
+            raise
+        # E2B's SDKs run every command line as `/bin/bash -l -c …`; an image without bash
+        # (busybox, Alpine, distroless with a shell) runs it with its own /bin/sh instead.
+        await _follow(call, emit, {**message, "cmd": SHELL}, close_stdin=close_stdin)
 
 
 async def connect(call: EnvdCall, emit: Emit) -> None:
