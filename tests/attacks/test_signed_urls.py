@@ -189,3 +189,28 @@ def test_a_signed_upload_writes_its_one_path(domain_server: Server, pair: list[S
         timeout=30,
     )
     assert listed.status_code == 401
+
+
+def test_a_signed_url_as_the_sdk_makes_it_in_path_mode_needs_nothing_else(
+    domain_server: Server, pair: list[Sandbox]
+) -> None:
+    # With E2B_SANDBOX_URL the SDK's URL is `<it>/files?...`: no host and no header name the
+    # sandbox. Its signature does, and only for that sandbox, path and operation.
+    sbx, other = pair
+    other.files.write("mine.txt", "the other sandbox's")
+    upload = sbx.upload_url("plain/up.txt", use_signature_expiration=120)
+    assert urlsplit(upload).path == "/files"
+    written = httpx.post(upload, files={"file": ("up.txt", b"by the URL alone")}, timeout=30)
+    assert written.status_code == 200, written.text
+    assert sbx.files.read("plain/up.txt") == "by the URL alone"
+    download = sbx.download_url("plain/up.txt", use_signature_expiration=120)
+    assert httpx.get(download, timeout=30).content == b"by the URL alone"
+    # The same signature for another path, another operation or a changed one opens nothing.
+    query = _query(download)
+    for changed in (
+        {**query, "path": "/home/user/mine.txt"},
+        {**query, "signature": query["signature"][:-2] + "AA"},
+    ):
+        answer = httpx.get(f"{domain_server.url}/files?{urlencode(changed)}", timeout=30)
+        assert answer.status_code == 401, answer.text
+    assert httpx.post(download, content=b"x", timeout=30).status_code == 401

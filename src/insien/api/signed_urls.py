@@ -101,3 +101,12 @@ class EnvdTokens:
     def of(self, sandbox_id: str) -> list[str]:
         """The sandbox's tokens, newest first (each is still to be checked as a token)."""
         return list(reversed(self._tokens.get(sandbox_id, [])))
+
+    def signer(self, request: SignedRequest) -> str | None:
+        """The sandbox whose kept token made this signature, for a URL that names none (the
+        SDKs' URLs in path mode carry no sandbox id: its signature is the only trace). At most
+        `MAX_SANDBOXES` x `TOKENS_PER_SANDBOX` hashes; the sandboxes given a token last first."""
+        for sandbox_id, tokens in reversed(self._tokens.items()):
+            if any(request.signed_with(token) for token in reversed(tokens)):
+                return sandbox_id
+        return None

@@ -88,6 +88,12 @@ class E2BRouter:
                 )
                 exchange = Exchange(scope, receive, send)
                 exchange.path = (path[len(PREFIX) :] if prefixed else path) or "/"
+            elif path in (FILES, PREFIX + FILES) and b"signature=" in scope["query_string"]:
+                # A signed file URL made in path mode (E2B_SANDBOX_URL, no INSIEN_DOMAIN)
+                # names no sandbox; the envd front finds it by who signed the URL.
+                target = ("", ENVD_PORT)
+                exchange = Exchange(scope, receive, send)
+                exchange.path = FILES
         upload = VOLUME_UPLOAD.match(path) if scope["method"] == "PUT" else None
         if exchange is None and upload is not None:  # E2B's volume content, streamed in
             await serve_volume_upload(self.envd.services, Exchange(scope, receive, send), upload[1])
