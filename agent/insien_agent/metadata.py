@@ -89,19 +89,27 @@ def replace(fd: int, metadata: dict[str, str]) -> bool:
 def read(target: int | str) -> dict[str, str] | None:
     """The `user.e2b.*` attributes of an open file or a path (a symlink is followed, as envd
     does), prefix stripped; None when there are none or they cannot be read. An attribute set
-    inside the sandbox may hold any bytes: one whose name or value is not UTF-8 is skipped."""
+    inside the sandbox may hold any bytes: one whose name or value is not UTF-8 is skipped, and
+    so is one past MAX_TOTAL_BYTES in all (names in order: ext4 never holds more, tmpfs could),
+    so a listing of many files stays bounded."""
     try:
-        names = os.listxattr(target)
+        names = sorted(os.listxattr(target))
     except OSError:
         return None
     found: dict[str, str] = {}
+    total = 0
     for name in names:
         key = name[len(PREFIX) :]
         if not name.startswith(PREFIX) or not key:
             continue
         try:
             key.encode("utf-8")  # a name that is not UTF-8 arrives with surrogate escapes
-            found[key] = os.getxattr(target, name).decode("utf-8")
+            value = os.getxattr(target, name)
+            text = value.decode("utf-8")
         except (OSError, UnicodeError):
             continue
+        if total + len(name) + len(value) > MAX_TOTAL_BYTES:
+            continue
+        total += len(name) + len(value)
+        found[key] = text
     return found or None

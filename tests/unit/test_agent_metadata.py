@@ -54,7 +54,9 @@ def test_a_write_replaces_the_set_and_leaves_other_attributes(tmp_path: Path) ->
     assert metadata.read(path) == {"c": "4"}
 
 
-def test_entries_carry_metadata_set_in_any_way(tmp_path: Path) -> None:
+def test_entries_carry_metadata_set_in_any_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "d").mkdir()
     tagged = tmp_path / "d" / "tagged.txt"
     tagged.write_text("x")
@@ -73,6 +75,12 @@ def test_entries_carry_metadata_set_in_any_way(tmp_path: Path) -> None:
         "tagged.txt": {"author": "mish"},
     }
     assert files.describe(str(tagged))["metadata"] == {"author": "mish"}
+
+    # past envd's budget (tmpfs could hold more than ext4's block): the rest is left out
+    os.setxattr(tagged, "user.e2b.big", b"b" * 20)
+    assert metadata.read(str(tagged)) == {"author": "mish", "big": "b" * 20}
+    monkeypatch.setattr(metadata, "MAX_TOTAL_BYTES", 40)  # "user.e2b.author" + "mish" fit
+    assert metadata.read(str(tagged)) == {"author": "mish"}
     assert "metadata" not in files.describe(str(tmp_path / "d" / "plain.txt"))
 
 

@@ -10,6 +10,7 @@ filesystem without user attributes it holds none rather than claiming what was n
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
@@ -24,6 +25,8 @@ from ...protocol import ErrorCode, Metadata, describe
 from ...sandboxes.access import Admission
 from ..exchange import ClientGone, Exchange
 from .filesystem import sandbox_path
+
+log = logging.getLogger(__name__)
 
 INFLATE_STEP = 1024 * 1024
 METADATA_HEADER = b"x-metadata-"
@@ -98,6 +101,9 @@ async def _tag(link: AgentLink, path: str, size: int, metadata: dict[str, str]) 
     if reply.get("type") == "error":
         raise TransferError(str(reply.get("code")), str(reply.get("message")))
     written: dict[str, Any] = {"name": _name(path), "type": "file", "path": path}
+    if reply.get("metadataUnsupported") and metadata:
+        # envd logs this too; the answer itself says it by holding no metadata
+        log.info("metadata not kept on %s: its filesystem has no user extended attributes", path)
     kept = reply.get("metadata")
     if isinstance(kept, dict) and kept:
         written["metadata"] = kept
