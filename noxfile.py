@@ -139,6 +139,13 @@ def bench(session: nox.Session) -> None:
     session.run(
         "python", "-m", "bench.any_image", *(["--n", "3"] if "--quick" in session.posargs else [])
     )
+    # An HTTPS request and a download through a secret binding vs a plain CONNECT (issue 30).
+    session.run(
+        "python",
+        "-m",
+        "bench.secret_egress",
+        *(["--n", "20", "--size", "16"] if "--quick" in session.posargs else []),
+    )
 
 
 @nox.session(name="deploy-image", python=PYTHON)
@@ -182,9 +189,21 @@ K8S_SHARED = (
     "tests/e2e/test_ports.py",
     "tests/e2e/test_e2b_python.py",
     "tests/attacks/test_tenancy.py",
+    # Secrets (issue 30), the part that differs by backend: a pod's placeholders, CA trust and
+    # what it holds, rotation and deletion, a bad upstream refused, bindings after a SIGKILL.
+    *(
+        f"tests/e2e/test_secrets.py::test_{name}"
+        for name in (
+            "curl_and_urllib_carry_the_real_secret_and_the_sandbox_holds_none",
+            "rotation_and_deletion_apply_to_the_next_request",
+            "an_upstream_with_a_bad_certificate_is_refused",
+            "bindings_outlive_a_server_restart",
+        )
+    ),
 )
 """Suites of the Docker run that `nox -s k8s` runs again on pods: the protocol (commands,
-streams, PTY, files, timeouts), the SDK, ports, the E2B front and tenancy with quotas."""
+streams, PTY, files, timeouts), the SDK, ports, the E2B front, tenancy with quotas and
+secrets."""
 K8S_SHARED_ALL = (
     *K8S_SHARED,
     "tests/e2e/test_sdk_cancel.py",

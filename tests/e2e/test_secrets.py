@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from threading import Thread
 from typing import Any
@@ -26,7 +26,16 @@ from insien_sandbox import Sandbox
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.restartable import Restartable, restartable  # noqa: F401 (a fixture)
 
-from .upstreams import WHEEL_NAME, Handler, Upstream, pip_wheel, populate, tls_context, upstream
+from .upstreams import (
+    WHEEL_NAME,
+    Handler,
+    NoNameLookup,
+    Upstream,
+    pip_wheel,
+    populate,
+    tls_context,
+    upstream,
+)
 
 NAMES = {
     "api.test": "127.0.0.2",  # TLS, a certificate the server trusts
@@ -45,7 +54,7 @@ class RecordingHandler(Handler):
         self.server.requests.append(f"{self.requestline} auth={auth}")
 
 
-class Echo(ThreadingHTTPServer):
+class Echo(NoNameLookup):
     """Answers every request with what it received (method, path, headers, body), and keeps
     a copy: the test sees what left the proxy."""
 
@@ -448,6 +457,39 @@ def test_pip_and_git_over_https_carry_the_secret(world: World) -> None:
     assert any("/simple/" in line for line in made)
     assert any("POST /git/demo.git/git-upload-pack" in line for line in made)
     assert all(line.endswith(f"auth=Bearer {value}") for line in made), made
+
+
+NODE_FETCH = """
+// Node before 24 leaves HTTPS_PROXY to the program: undici (the library behind Node's fetch,
+// Debian's node-undici in the image) is how a program follows it.
+const { setGlobalDispatcher, ProxyAgent } = require("undici");
+setGlobalDispatcher(new ProxyAgent(process.env.HTTPS_PROXY));
+fetch(process.argv[2], { method: "POST", headers: { "X-Key": process.env.INSIEN_SECRET_NODE } })
+  .then(async (answer) => console.log(answer.status, await answer.text()));
+"""
+
+
+def test_node_fetch_carries_the_secret(world: World) -> None:
+    """Node's global `fetch` (trusting the egress CA through NODE_EXTRA_CA_CERTS) gets the
+    header added and its placeholder swapped."""
+    value = world.secret("NODE")
+    api = world.api.port
+    network = {
+        "allowOut": ["api.test"],
+        "secrets": [
+            {"secret": "NODE", "hosts": ["api.test"], "header": "Authorization: Bearer {secret}"}
+        ],
+    }
+    with world.sandbox(network) as box:
+        box.files.write("/tmp/fetch.js", NODE_FETCH)
+        code, out = run(box, f"node /tmp/fetch.js https://api.test:{api}/v1/node")
+        assert code == 0, out
+        status, _, body = out.partition(" ")
+        assert status == "200", out
+        got = json.loads(body)
+        assert got["headers"]["authorization"] == f"Bearer {value}"
+        assert got["headers"]["x-key"] == value
+        assert got["path"] == "/v1/node"
 
 
 def test_bindings_change_live_and_keep_their_placeholders(world: World) -> None:

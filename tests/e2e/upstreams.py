@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import shutil
+import socketserver
 import ssl
 import subprocess
 import tarfile
@@ -101,7 +102,17 @@ class Handler(SimpleHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-class Upstream(ThreadingHTTPServer):
+class NoNameLookup(ThreadingHTTPServer):
+    """A server that does not look its address's name up when it binds (HTTPServer asks DNS
+    for 127.0.0.2's: ten seconds each where no DNS answers, as in the k8s test namespace)."""
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+
+class Upstream(NoNameLookup):
     daemon_threads = True
 
     def __init__(self, host: str, root: Path, context: ssl.SSLContext | None = None) -> None:
