@@ -7,18 +7,18 @@ from quart_trio import QuartTrio
 from .api.console import console_blueprint
 from .api.context import Services
 from .api.cors import CorsMiddleware
-from .api.e2b import E2BRouter, EnvdFront, control_blueprint
+from .api.e2b import control_blueprint
 from .api.errors import install_error_handlers
-from .api.files import UploadMiddleware, files_blueprint
+from .api.files import files_blueprint
 from .api.limits import BodyDeadline
 from .api.openapi import docs_blueprint
 from .api.operations import MetricsListener, operations_blueprint
 from .api.ports import ports_blueprint
-from .api.preview import PreviewProxy
 from .api.request_ids import RequestIds
 from .api.rest import rest_blueprint
+from .api.router import Router
 from .api.secrets import secrets_blueprint
-from .api.volumes import VolumeUploads, volumes_blueprint
+from .api.volumes import volumes_blueprint
 from .api.ws import ws_blueprint
 
 MAX_REST_BODY = 1024 * 1024
@@ -44,13 +44,11 @@ def create_app(services: Services) -> QuartTrio:
 
 
 def create_asgi(services: Services) -> RequestIds:
-    """The app as served: requests for a sandbox's envd go to the E2B front, HTTP for a
-    sandbox's port to the program listening on it, uploads stream through their own handler,
-    the rest through Quart; no request body may stall longer than the body timeout, the
-    allowed web origins get CORS headers, and every request an id (`X-Request-Id`)."""
-    uploads = VolumeUploads(UploadMiddleware(create_app(services), services), services)
-    preview = PreviewProxy(uploads, services)
-    routed = E2BRouter(preview, EnvdFront(services), services.settings.domain, preview)
+    """The app as served: every request routed once (api/router.py: a sandbox's envd, a
+    program on one of its ports, a streamed upload, or Quart's routes); no request body may
+    stall longer than the body timeout, the allowed web origins get CORS headers, and every
+    request an id (`X-Request-Id`)."""
+    routed = Router(create_app(services), services)
     served: CorsMiddleware | MetricsListener = CorsMiddleware(
         BodyDeadline(routed, services.settings.body_timeout), services.settings.cors_origins
     )

@@ -22,7 +22,7 @@ from insien.api.e2b.connect import (
 from insien.api.e2b.files import _boundary, _inflate
 from insien.api.e2b.filesystem import entry_info, permissions
 from insien.api.e2b.process import decode_bytes, end_event
-from insien.api.e2b.routing import _host_route
+from insien.api.router import host_route as _host_route
 
 
 def _unpack(data: bytes) -> list[tuple[int, dict[str, object]]]:

@@ -1,19 +1,18 @@
 """Streaming file transfer over REST: `PUT` and `GET /sandbox/<id>/files?path=…`.
 
 Downloads are an ordinary Quart route with a streamed body. Uploads bypass Quart: its request
-body buffers everything the server receives however slowly the route reads it, so the upload
-handler sits in front of the app as plain ASGI, where each `receive()` is one bounded piece and
-hypercorn stops reading the socket until it is taken. That carries the agent's pace all the way
-back to the client's TCP connection.
+body buffers everything the server receives however slowly the route reads it, so the router
+(router.py) hands uploads to `serve_sandbox_upload` as plain ASGI, where each `receive()` is
+one bounded piece and hypercorn stops reading the socket until it is taken. That carries the
+agent's pace all the way back to the client's TCP connection.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Blueprint, Response, request
 
 from ..link.transfer import TransferError, open_download, upload
@@ -25,7 +24,6 @@ from .openapi import operation
 from .schemas import FileQuery, Uploaded
 
 UPLOAD_PATH = re.compile(r"^/sandbox/(?P<id>[^/]+)/files$")
-ASGIApp = Any
 
 
 def _required_path(value: str | None) -> str:
@@ -57,58 +55,56 @@ def files_blueprint(services: Services) -> Blueprint:
     return bp
 
 
-class _DeclaredTooLarge(ApiError):
+class DeclaredTooLarge(ApiError):
     """Refused on its Content-Length alone: nothing of its body is worth reading."""
 
 
-class UploadMiddleware:
-    """Handles `PUT /sandbox/<id>/files` as raw ASGI; everything else goes to the app."""
+async def answer_upload(
+    exchange: Exchange,
+    work: Callable[[], Awaitable[dict[str, Any]]],
+    refused: tuple[type[Exception], ...],
+    error_for: Callable[[Exception], ApiError],
+) -> None:
+    """Answer a streamed upload: 200 and what `work` returns, or the error it was refused
+    with. A client may still be sending the body it is refused for: a bounded amount of it is
+    read so that it gets to see the answer, else the connection closes after the answer."""
+    try:
+        status, body = 200, await work()
+        close = False
+    except refused as raised:
+        exc = error_for(raised)
+        status, body = exc.status, {"code": str(exc.code), "message": exc.message}
+        close = isinstance(exc, DeclaredTooLarge) or not await exchange.discard_body()
+    await exchange.respond_json(status, body, [("connection", "close")] if close else [])
 
-    def __init__(self, app: ASGIApp, services: Services) -> None:
-        self.app = app
-        self.services = services
 
-    async def __call__(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
-        match = UPLOAD_PATH.match(scope["path"]) if scope["type"] == "http" else None
-        if match is None or scope["type"] != "http" or scope["method"] != "PUT":
-            await self.app(scope, receive, send)
-            return
-        exchange = Exchange(scope, receive, send)
+async def serve_sandbox_upload(services: Services, exchange: Exchange, sandbox_id: str) -> None:
+    """`PUT /sandbox/<id>/files?path=…`: the body streamed into the sandbox at its pace."""
+    await answer_upload(
+        exchange,
+        lambda: _upload(services, sandbox_id, exchange),
+        (ApiError, *CORE_ERRORS),
+        api_error_for,
+    )
+
+
+async def _upload(services: Services, sandbox_id: str, exchange: Exchange) -> dict[str, Any]:
+    tenant = services.auth.tenant_for_key(exchange.headers.get("x-api-key"))
+    if tenant is None:
+        raise ApiError(401, ErrorCode.UNAUTHORIZED, "missing or invalid X-API-Key header")
+    path = _required_path(exchange.query.get("path"))
+    limit = services.settings.max_upload_bytes
+    declared = exchange.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise DeclaredTooLarge(413, ErrorCode.TOO_LARGE, f"upload exceeds the {limit} byte limit")
+    admission = services.gate.for_tenant(sandbox_id, tenant)
+
+    async def body() -> AsyncIterator[bytes]:
         try:
-            status, body = 200, await self._upload(match.group("id"), exchange)
-            close = False
-        except (ApiError, *CORE_ERRORS) as raised:
-            exc = api_error_for(raised)
-            status, body = exc.status, {"code": str(exc.code), "message": exc.message}
-            # The client may still be sending the body it is refused for; read a bounded
-            # amount of it so it gets to see the answer, else close the connection after it.
-            close = isinstance(exc, _DeclaredTooLarge) or not await exchange.discard_body()
-        await exchange.respond_json(status, body, [("connection", "close")] if close else [])
+            async for chunk in exchange.chunks():
+                yield chunk
+        except ClientGone:
+            raise TransferError(ErrorCode.CANCELLED, "the client went away mid-upload") from None
 
-    async def _upload(self, sandbox_id: str, exchange: Exchange) -> dict[str, Any]:
-        services = self.services
-        tenant = services.auth.tenant_for_key(exchange.headers.get("x-api-key"))
-        if tenant is None:
-            raise ApiError(401, ErrorCode.UNAUTHORIZED, "missing or invalid X-API-Key header")
-        path = _required_path(exchange.query.get("path"))
-        limit = services.settings.max_upload_bytes
-        declared = exchange.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _DeclaredTooLarge(
-                413, ErrorCode.TOO_LARGE, f"upload exceeds the {limit} byte limit"
-            )
-        admission = services.gate.for_tenant(sandbox_id, tenant)
-
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in exchange.chunks():
-                    yield chunk
-            except ClientGone:
-                raise TransferError(
-                    ErrorCode.CANCELLED, "the client went away mid-upload"
-                ) from None
-
-        written = await upload(admission.link, path, body(), limit)
-        return Uploaded(success=True, path=path, bytes=written).model_dump(mode="json")
+    written = await upload(admission.link, path, body(), limit)
+    return Uploaded(success=True, path=path, bytes=written).model_dump(mode="json")

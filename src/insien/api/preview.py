@@ -17,12 +17,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
 from urllib.parse import urlencode
 
 import h11
 import trio
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope, WebsocketScope
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, WebsocketScope
 from wsproto import ConnectionType, WSConnection
 
 from ..link import AgentGone
@@ -58,31 +57,11 @@ HOP_BY_HOP = frozenset(
 
 
 class PreviewProxy:
-    """ASGI middleware: HTTP requests for a sandbox's port go to it; the rest to the app."""
+    """HTTP and WebSockets for a sandbox's port, carried to the program on it (the router,
+    router.py, says which requests are)."""
 
-    def __init__(self, app: Any, services: Services) -> None:
-        self.app = app
+    def __init__(self, services: Services) -> None:
         self.services = services
-
-    async def __call__(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
-        match = (
-            PREVIEW_PATH.match(scope["path"]) if scope["type"] in ("http", "websocket") else None
-        )
-        # `/tcp` itself is the raw TCP WebSocket (ports.py); every other path is the app's.
-        if match is None or (scope["type"] == "websocket" and match.group("rest") == "/tcp"):
-            await self.app(scope, receive, send)
-            return
-        sandbox_id, port = match.group("id"), int(match.group("port"))
-        prefix = f"/sandbox/{sandbox_id}/ports/{port}"
-        path = match.group("rest") or "/"
-        if scope["type"] == "websocket":
-            await self.serve_websocket(scope, receive, send, sandbox_id, port, path, prefix)
-            return
-        assert scope["type"] == "http"
-        exchange = Exchange(scope, receive, send)
-        await self.serve(exchange, sandbox_id, port, path, prefix)
 
     async def serve(
         self,

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from pydantic import ValidationError
 from quart import Blueprint, Response, request
 
@@ -34,6 +33,7 @@ from .bodies import json_body
 from .context import Services
 from .errors import CORE_ERRORS, ApiError, api_error_for, status_for
 from .exchange import ClientGone, Exchange
+from .files import DeclaredTooLarge, answer_upload
 from .openapi import OUTSIDE_QUART, Operation, operation
 from .schemas import (
     VolumeCreateRequest,
@@ -50,7 +50,6 @@ from .schemas import (
 
 UPLOAD_PATH = re.compile(r"^/volumes/(?P<name>[^/]+)/files$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-ASGIApp = Any
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -266,84 +265,64 @@ def volumes_blueprint(services: Services) -> Blueprint:
     return bp
 
 
-class _DeclaredTooLarge(ApiError):
-    """Refused on its Content-Length alone: nothing of its body is worth reading."""
+async def serve_volume_upload(services: Services, exchange: Exchange, name: str) -> None:
+    """`PUT /volumes/<name>/files?path=…`: the body spooled, checked, then written by a
+    volume job."""
+    await answer_upload(
+        exchange,
+        lambda: _upload(services, name, exchange),
+        (ApiError, *CORE_ERRORS, *VOLUME_ERRORS),
+        volume_error,
+    )
 
 
-class VolumeUploads:
-    """Handles `PUT /volumes/<name>/files` as raw ASGI; everything else goes to the app."""
-
-    def __init__(self, app: ASGIApp, services: Services) -> None:
-        self.app = app
-        self.services = services
-
-    async def __call__(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
-        match = UPLOAD_PATH.match(scope["path"]) if scope["type"] == "http" else None
-        if match is None or scope["type"] != "http" or scope["method"] != "PUT":
-            await self.app(scope, receive, send)
-            return
-        exchange = Exchange(scope, receive, send)
-        try:
-            status, body = 200, await self._upload(match.group("name"), exchange)
-            close = False
-        except (ApiError, *CORE_ERRORS, *VOLUME_ERRORS) as raised:
-            exc = volume_error(raised)
-            status, body = exc.status, {"code": str(exc.code), "message": exc.message}
-            close = isinstance(exc, _DeclaredTooLarge) or not await exchange.discard_body()
-        await exchange.respond_json(status, body, [("connection", "close")] if close else [])
-
-    async def _upload(self, name: str, exchange: Exchange) -> dict[str, Any]:
-        services = self.services
-        tenant = services.auth.tenant_for_key(exchange.headers.get("x-api-key"))
-        if tenant is None:
-            raise ApiError(401, ErrorCode.UNAUTHORIZED, "missing or invalid X-API-Key header")
-        path = file_path(exchange.query.get("path"))
-        expected = exchange.headers.get("x-insien-sha256")
-        if expected is not None and not SHA256.fullmatch(expected.lower()):
-            raise ApiError(400, ErrorCode.BAD_REQUEST, "X-Insien-Sha256 is 64 hexadecimal digits")
-        volume = await services.manager.volumes.get(tenant, name)
-        limit = services.settings.max_upload_bytes
-        declared = exchange.headers.get("content-length")
-        if declared is not None and declared.isdigit():
-            if int(declared) > limit:
-                raise _DeclaredTooLarge(
-                    413, ErrorCode.TOO_LARGE, f"upload exceeds the {limit} byte limit"
-                )
-            if int(declared) > volume.size_limit:
-                # Not read, but drained (up to a bound) so that the client sees the answer.
+async def _upload(services: Services, name: str, exchange: Exchange) -> dict[str, Any]:
+    tenant = services.auth.tenant_for_key(exchange.headers.get("x-api-key"))
+    if tenant is None:
+        raise ApiError(401, ErrorCode.UNAUTHORIZED, "missing or invalid X-API-Key header")
+    path = file_path(exchange.query.get("path"))
+    expected = exchange.headers.get("x-insien-sha256")
+    if expected is not None and not SHA256.fullmatch(expected.lower()):
+        raise ApiError(400, ErrorCode.BAD_REQUEST, "X-Insien-Sha256 is 64 hexadecimal digits")
+    volume = await services.manager.volumes.get(tenant, name)
+    limit = services.settings.max_upload_bytes
+    declared = exchange.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise DeclaredTooLarge(
+                413, ErrorCode.TOO_LARGE, f"upload exceeds the {limit} byte limit"
+            )
+        if int(declared) > volume.size_limit:
+            # Not read, but drained (up to a bound) so that the client sees the answer.
+            raise VolumeFull(f"the volume holds at most {volume.size_limit} bytes")
+    spool = Spool()
+    try:
+        async for chunk in _body(exchange):
+            await spool.write(chunk)
+            if spool.size > limit:
+                raise ApiError(413, ErrorCode.TOO_LARGE, f"upload exceeds the {limit} byte limit")
+            if spool.size > volume.size_limit:
                 raise VolumeFull(f"the volume holds at most {volume.size_limit} bytes")
-        spool = Spool()
-        try:
-            async for chunk in self._body(exchange):
-                await spool.write(chunk)
-                if spool.size > limit:
-                    raise ApiError(
-                        413, ErrorCode.TOO_LARGE, f"upload exceeds the {limit} byte limit"
-                    )
-                if spool.size > volume.size_limit:
-                    raise VolumeFull(f"the volume holds at most {volume.size_limit} bytes")
-            received = spool.digest.hexdigest()
-            if expected is not None and expected.lower() != received:
-                raise ApiError(
-                    400,
-                    ErrorCode.BAD_REQUEST,
-                    f"the body's SHA-256 is {received}, X-Insien-Sha256 says "
-                    f"{expected.lower()}; nothing was written",
-                )
-            written = await services.manager.volumes.write_file(tenant, name, path, spool)
-        finally:
-            spool.close()
-        return VolumeWritten(
-            success=True, path=path, bytes=int(written["size"]), sha256=str(written["sha256"])
-        ).model_dump(mode="json")
+        received = spool.digest.hexdigest()
+        if expected is not None and expected.lower() != received:
+            raise ApiError(
+                400,
+                ErrorCode.BAD_REQUEST,
+                f"the body's SHA-256 is {received}, X-Insien-Sha256 says "
+                f"{expected.lower()}; nothing was written",
+            )
+        written = await services.manager.volumes.write_file(tenant, name, path, spool)
+    finally:
+        spool.close()
+    return VolumeWritten(
+        success=True, path=path, bytes=int(written["size"]), sha256=str(written["sha256"])
+    ).model_dump(mode="json")
 
-    @staticmethod
-    async def _body(exchange: Exchange) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in exchange.chunks():
-                yield chunk
-        except ClientGone:
-            # Nothing was written: the volume job runs only once the whole body is here.
-            raise ApiError(400, ErrorCode.CANCELLED, "the client went away mid-upload") from None
+
+async def _body(exchange: Exchange) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in exchange.chunks():
+            yield chunk
+    except ClientGone:
+        # Nothing was written: the volume job runs only once the whole body is here.
+        raise ApiError(400, ErrorCode.CANCELLED, "the client went away mid-upload") from None

@@ -160,7 +160,7 @@ class EnvdFront:
         refused whatever else the request carries."""
         if port != ENVD_PORT:
             raise Refused(401, Code.UNAUTHENTICATED, "a signed URL is for envd's /files")
-        if not sandbox_id:  # a URL that names no sandbox (routing.py): its signature says which
+        if not sandbox_id:  # a URL that names no sandbox (router.py): its signature says which
             sandbox_id = self.services.envd_tokens.signer(signed) or ""
             if not sandbox_id:
                 raise Refused(401, Code.UNAUTHENTICATED, "invalid signature")

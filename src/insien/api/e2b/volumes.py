@@ -2,7 +2,7 @@
 calls (`/volumes`, `/volumes/{volumeID}`) next to the rest of E2B's control plane, and the
 content calls (`/volumecontent/{volumeID}/...`, sent to `E2B_VOLUME_API_URL`) under the same
 `/e2b` base. Uploads (`PUT .../file`) are streamed in front of Quart, as Insien's own are
-(`serve_volume_upload`, called by `routing.E2BRouter`).
+(`serve_volume_upload`, called by api/router.py).
 
 The volume's `token` (which the SDKs send as `Authorization: Bearer` on content calls) is a
 token of that one volume (audience `insien:volume`, bound to the key it was made under, so a
@@ -38,7 +38,7 @@ from ..volumes import SHA256, VOLUME_ERRORS, translated, volume_error
 
 ID_PREFIX = "vol_"
 UPLOAD = re.compile(r"^/e2b/volumecontent/(?P<volume>[^/]+)/file$")
-"""The one content call served in front of Quart (`E2BRouter`): a streamed upload."""
+"""The one content call served in front of Quart (api/router.py): a streamed upload."""
 MAX_LISTINGS = 64
 """Folders one recursive listing (`depth` > 1) may read: each is a volume job."""
 UNKEPT = ("uid", "gid", "mode")
