@@ -11,13 +11,9 @@ let sbx
 
 before(async () => {
   sbx = await Sandbox.create({ metadata: { suite: 'e2b-js-file-metadata' } })
-  // The SDK takes envd's version from the create answer (control.py's ENVD_VERSION); while
-  // that still says less, tell it what the server serves (metadata 0.6.2, entries 0.6.3,
-  // network mounts 0.6.4), or it refuses them before asking.
-  const parts = sbx.envdApi.version.split('.').map(Number)
-  if (parts[0] === 0 && (parts[1] < 6 || (parts[1] === 6 && parts[2] < 4))) {
-    sbx.envdApi.version = '0.6.4'
-  }
+  // The SDK takes envd's version from the create answer: metadata needs 0.6.2, entries
+  // 0.6.3, network mounts 0.6.4, or it refuses them before asking.
+  assert.equal(sbx.envdApi.version, '0.6.4')
 })
 
 after(async () => {

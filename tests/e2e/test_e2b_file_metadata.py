@@ -22,15 +22,13 @@ pytestmark = pytest.mark.docker
 
 HOME = "/home/user"
 ENVD_FILES = Version("0.6.4")
-"""What the SDK must be told for all three features (metadata 0.6.2, entries 0.6.3, network
-mounts 0.6.4); below it the SDK refuses them before asking."""
+"""What the server must announce for all three features (metadata 0.6.2, entries 0.6.3,
+network mounts 0.6.4); below it the SDK refuses them before asking."""
 
 
-def _lift(files: object) -> None:
-    # The SDK reads envd's version from the create answer (control.py's ENVD_VERSION); while
-    # that still says less, tell the SDK's filesystem client what the server now serves.
-    if files._envd_version < ENVD_FILES:  # type: ignore[attr-defined]
-        files._envd_version = ENVD_FILES  # type: ignore[attr-defined]
+def _announced(files: object) -> None:
+    """The SDK reads envd's version from the create answer: it must allow all three."""
+    assert files._envd_version >= ENVD_FILES  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +38,7 @@ def sbx(server: Server) -> Iterator[Sandbox]:
         patch.setenv("E2B_SANDBOX_URL", f"{server.url}/e2b")
         patch.setenv("E2B_API_KEY", server.api_key)
         sandbox = Sandbox.create(metadata={"suite": "e2b-file-metadata"})
-        _lift(sandbox.files)
+        _announced(sandbox.files)
         try:
             yield sandbox
         finally:
@@ -49,7 +47,7 @@ def sbx(server: Server) -> Iterator[Sandbox]:
 
 async def _connected(sbx: Sandbox) -> AsyncSandbox:
     sandbox = await AsyncSandbox.connect(sbx.sandbox_id)
-    _lift(sandbox.files)
+    _announced(sandbox.files)
     return sandbox
 
 

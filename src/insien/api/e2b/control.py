@@ -39,7 +39,7 @@ from .secrets import install_secret_routes, named, store_of
 from .templates import install_template_routes, start_template, template_builds
 from .volumes import install_volume_routes
 
-ENVD_VERSION = "0.6.1"
+ENVD_VERSION = "0.6.4"
 """The envd version the SDKs are told: its features (stdin, close-stdin, octet-stream uploads,
 recursive watches) are served; file metadata (0.6.2) and the newer watch options are not."""
 DEFAULT_TIMEOUT = 300
