@@ -222,7 +222,10 @@ async def _serve_with(
                 )
             )
             for bind in binds:
-                print(f"Insien listening on {bind}", file=sys.stderr, flush=True)
+                # One write: print() writes the newline apart, and a log line from another
+                # thread could land between (tests read the URL from this line).
+                sys.stderr.write(f"Insien listening on {bind}\n")
+                sys.stderr.flush()
             task_status.started(binds)
             await stop.wait()
             signals.cancel()
