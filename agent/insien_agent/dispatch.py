@@ -30,6 +30,7 @@ from . import (
     usage,
     watch,
 )
+from .bulk import BulkSocket
 from .context import READ_GATE_BYTES, Request, Subscriptions
 from .errors import BAD_REQUEST, CANCELLED, INTERNAL, TOO_LARGE, UNKNOWN_TYPE, AgentError
 from .fields import required_int
@@ -92,6 +93,17 @@ def _valid_id(value: object) -> bool:
     return value is None or (isinstance(value, (str, int)) and not isinstance(value, bool))
 
 
+def _after_claim(claim: asyncio.Future[bytes], handler: Handler) -> Handler:
+    """The handler, once the request's data frame has come on the bulk socket (a request
+    cancelled meanwhile cancels its claim, and its frame is dropped)."""
+
+    async def claimed(request: Request) -> Message:
+        request.payload = await claim
+        return await handler(request)
+
+    return claimed
+
+
 class Agent:
     """Owns the request tasks; each answers exactly once, success or error."""
 
@@ -101,8 +113,11 @@ class Agent:
         settings: AgentSettings,
         identity: Identity,
         helper: ForkedHelper | None = None,
+        bulk: BulkSocket | None = None,
     ) -> None:
         self._outbox = outbox
+        self._bulk = bulk
+        """The bulk socket, when listening (hello announces it; `bulkAttach` attaches one)."""
         self._settings = settings
         self._identity = identity
         self._files = FileWorkers(identity)
@@ -142,6 +157,7 @@ class Agent:
         await self._outbox.send(self._hello_message())
 
     def _hello_message(self) -> Message:
+        bulk = self._bulk.path if self._bulk is not None else None
         return {
             "type": "ready",
             "protocol": PROTOCOL_VERSION,
@@ -149,8 +165,9 @@ class Agent:
             "version": __version__,
             "pid": os.getpid(),
             "python": sys.version.split()[0],
-            "types": sorted([*HANDLERS, *BUILTIN]),
+            "types": sorted([*HANDLERS, *BUILTIN, *(["bulkAttach"] if bulk else [])]),
             "features": list(FEATURES),
+            **({"bulk": bulk} if bulk else {}),
             "uid": self._identity.uid if self._identity.switches else os.geteuid(),
         }
 
@@ -171,21 +188,28 @@ class Agent:
         else:
             await self.receive_line(unit)
 
-    def _claim_payload(self, msg: Message) -> tuple[int | None, bytes | None]:
+    def _claim_payload(
+        self, msg: Message
+    ) -> tuple[int | None, bytes | None, asyncio.Future[bytes] | None]:
         """The request's channel, and for a `write`, a `tunnelSend` or a `tunnel` with
-        `withData` on one, the frame sent just before it."""
+        `withData` on one, the frame sent just before it on stdin, or, with `"bulk": true`,
+        a claim on its frame from the bulk socket (bulk.BulkSocket.claim)."""
         channel = msg.get("channel")
         if channel is None:
-            return None, None
+            return None, None, None
         if not isinstance(channel, int) or isinstance(channel, bool) or channel < 0:
             raise AgentError(BAD_REQUEST, "field 'channel' must be a non-negative integer")
         carries = msg.get("type") in ("write", "tunnelSend")
         if not carries and not (msg.get("type") == "tunnel" and msg.get("withData") is True):
-            return channel, None
+            return channel, None, None
+        if msg.get("bulk") is True:
+            if self._bulk is None:
+                raise AgentError(BAD_REQUEST, "this agent has no bulk socket")
+            return channel, None, self._bulk.claim(channel)
         frame, self._inbound = self._inbound, None
         if frame is None or frame.channel != channel or frame.kind != DATA:
             raise AgentError(BAD_REQUEST, f"no data frame came for channel {channel}")
-        return channel, frame.data
+        return channel, frame.data, None
 
     async def receive_line(self, line: bytes | None) -> None:
         """Parse one request line and start its handler; never raises for bad input."""
@@ -242,6 +266,8 @@ class Agent:
             await self.error(request_id, exc.code, exc.message)
             return
         handler = HANDLERS.get(kind)
+        if kind == "bulkAttach" and self._bulk is not None and self._bulk.path is not None:
+            handler = self._bulk.handle_attach
         if handler is None:
             await self.error(request_id, UNKNOWN_TYPE, f"unknown request type {kind!r}")
             return
@@ -249,10 +275,12 @@ class Agent:
             await self.error(request_id, BAD_REQUEST, f"id {request_id!r} is already in flight")
             return
         try:
-            channel, payload = self._claim_payload(msg)
+            channel, payload, claim = self._claim_payload(msg)
         except AgentError as exc:
             await self.error(request_id, exc.code, exc.message)
             return
+        if claim is not None:
+            handler = _after_claim(claim, handler)
         request = Request(
             request_id,
             msg,
@@ -379,6 +407,8 @@ class Agent:
         self._files.close()
         if self._spawner is not None:
             self._spawner.close()
+        if self._bulk is not None:
+            self._bulk.close()
 
 
 async def serve(settings: AgentSettings, helper: ForkedHelper | None = None) -> None:
@@ -391,7 +421,10 @@ async def serve(settings: AgentSettings, helper: ForkedHelper | None = None) -> 
     reader = asyncio.StreamReader(limit=1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
     outbox = Outbox(await open_stdout(), settings.max_line, settings.replay_bytes)
-    agent = Agent(outbox, settings, identity, helper)
+    bulk = BulkSocket()
+    if await bulk.listen(identity):
+        outbox.bulk = bulk
+    agent = Agent(outbox, settings, identity, helper, bulk)
     await agent.check_identity()
     agent.prestart_spawner()
     await agent.hello()

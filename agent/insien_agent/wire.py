@@ -12,6 +12,8 @@ from typing import Any, NamedTuple, Protocol
 
 from . import frames
 
+Bytes = bytes | bytearray | memoryview
+
 PIPE_SIZE = 1024 * 1024
 
 
@@ -47,9 +49,18 @@ def encode(message: dict[str, Any]) -> bytes:
 class Sink(Protocol):
     """What Outbox writes to: an asyncio StreamWriter, or FileSink."""
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: Bytes) -> None: ...
 
     async def drain(self) -> None: ...
+
+
+class Bulk(Protocol):
+    """The bulk socket (bulk.BulkSocket) as the Outbox sees it: an attached connection's
+    writer, or None, and a way to let a broken one go."""
+
+    writer: asyncio.StreamWriter | None
+
+    def detach(self, why: str) -> None: ...
 
 
 class FileSink:
@@ -58,7 +69,7 @@ class FileSink:
     def __init__(self, fd: int) -> None:
         self._fd = fd
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
@@ -89,7 +100,7 @@ class Sent(NamedTuple):
 
     seq: int
     head: bytes
-    payload: bytes = b""
+    payload: Bytes = b""
     channel: int | None = None
     owner: Any = None
     """For a frame: the request its channel belongs to, for a resume to report."""
@@ -120,6 +131,9 @@ class Outbox:
         self._ring_size = 0
         self._lost_through = 0  # the newest sequence number evicted before it was acknowledged
         self._lock = asyncio.Lock()
+        self.bulk: Bulk | None = None
+        """The bulk socket: while it has a connection, frames go there instead of stdout (the
+        same sequence numbers and replay buffer; lines and replays stay on stdout)."""
 
     @property
     def seq(self) -> int:
@@ -150,16 +164,36 @@ class Outbox:
             self._writer.write(line)
 
     async def send_frame(self, owner: Any, channel: int, kind: int, data: bytes) -> None:
-        """Bytes for the request `owner` on its channel, as one or more frames."""
-        for start in range(0, max(len(data), 1), frames.MAX_FRAME):
-            payload = data[start : start + frames.MAX_FRAME]
+        """Bytes for the request `owner` on its channel, as one or more frames: on the bulk
+        socket when one is attached, else on stdout. A larger body is cut into views of
+        itself, never copied (bytes do not change; anything else is copied once)."""
+        whole = memoryview(data if isinstance(data, bytes) else bytes(data))
+        for start in range(0, max(len(whole), 1), frames.MAX_FRAME):
+            payload = whole[start : start + frames.MAX_FRAME]
             async with self._lock:
-                await self._writer.drain()
+                sink = await self._frame_sink()
                 self._seq += 1
                 head = frames.header(self._seq, channel, kind, len(payload))
                 self._remember(Sent(self._seq, head, payload, channel, owner))
-                self._writer.write(head)
-                self._writer.write(payload)
+                sink.write(head)
+                sink.write(payload)
+
+    async def _frame_sink(self) -> Sink:
+        """Where the next frame goes, once there is room in it. A bulk connection that broke is
+        let go and the frame goes on stdout (one already written to it and lost there is in
+        the replay buffer: the server asks for it again)."""
+        writer = self.bulk.writer if self.bulk is not None else None
+        if writer is not None and self.bulk is not None:
+            try:
+                await writer.drain()
+                if not writer.is_closing():
+                    return writer
+            except ConnectionError as exc:
+                self.bulk.detach(f"writing to it failed: {exc}")
+            else:
+                self.bulk.detach("it was closed")
+        await self._writer.drain()
+        return self._writer
 
     def _remember(self, sent: Sent) -> None:
         self._ring.append(sent)
@@ -202,6 +236,9 @@ class Outbox:
                     "after": after,
                     "seq": self._seq,
                     "lost": lost,
+                    # What the replay starts with: a server that never saw what was
+                    # acknowledged before it (a restarted one) learns where the sequence goes on.
+                    "first": self._ring[0].seq if self._ring else self._seq + 1,
                     "channels": [[channel, owner] for channel, owner in owners.items()],
                     **extra,
                 }

@@ -31,7 +31,7 @@ class Capture:
     def __init__(self) -> None:
         self.data = bytearray()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self.data += data
 
     async def drain(self) -> None:

@@ -24,10 +24,12 @@ from typing import Any
 import trio
 
 from ..protocol import ErrorCode, Message, ProtocolError, error_message, is_final
-from ..runtime.base import AgentChannel, StreamCorrupt, StreamKind
+from ..runtime.base import AgentChannel, BulkCapable, StreamCorrupt, StreamKind
 from .budget import ByteBudget
+from .bulk import BulkConnection
 from .channels import ChannelTable
 from .frames import (
+    HEADER,
     RESYNC,
     STREAM_NAMES,
     Frame,
@@ -51,6 +53,9 @@ EVENTS_PER_REQUEST = 64
 (8) before the link grants more, so a well-behaved agent never fills this."""
 CANCEL_TIMEOUT = 5.0
 RESUME_ID = "insien-resume"
+REPLAY_ID = "insien-replay"
+"""The `resume` a link sends mid-stream when frames written to a lost bulk socket must come
+again on stdio (its marker only moves the link's sequence on)."""
 ACK_EVERY = 64
 ACK_BYTES = 1024 * 1024
 ACK_DELAY = 0.25
@@ -164,6 +169,19 @@ class AgentLink:
         self._kinds: dict[int | str, str] = {}
         self.on_request_done: Callable[[str, float], None] | None = None
         """Told each request's type and how long it took, send to final answer (metrics)."""
+        # The bulk socket (docs/protocol.md, "The bulk socket"): where it is on this host, the
+        # connection while its reader runs, and whether the agent has attached it (its
+        # `bulkAttachResponse` was read: everything numbered after it may be on the socket).
+        self._bulk_path = channel.bulk_socket if isinstance(channel, BulkCapable) else None
+        self._bulk: BulkConnection | None = None
+        self._bulk_attached = False
+        self._gaps_are_losses = False
+        """The agent announced a bulk socket, so it may have written frames to one that is
+        gone (this link's, or a killed predecessor's): a gap in the sequence that this link's
+        socket cannot fill is asked for again (a mid-stream `resume`)."""
+        self._replaying = False
+        self._turn = trio.Event()
+        """Set (and replaced) whenever `last_seq` moves or the bulk socket comes or goes."""
 
     @classmethod
     def gone(cls, *, name: str, reason: str) -> AgentLink:
@@ -181,12 +199,19 @@ class AgentLink:
     def connected(self) -> bool:
         return self.ready.is_set() and not self.closed.is_set()
 
+    @property
+    def bulk_attached(self) -> bool:
+        """Whether frames and uploads travel on the bulk socket now."""
+        return self._bulk_attached
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Pump the stream until the agent goes away; then fail every request still waiting."""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop)
                 nursery.start_soon(self._ack_when_quiet)
+                if self._bulk_path is not None:
+                    nursery.start_soon(self._open_bulk, nursery, self._bulk_path)
                 if self._resync:
                     await self._outgoing_send.send(RESYNC)
                 if self._resume_after is not None:
@@ -245,15 +270,128 @@ class AgentLink:
                 continue
             for unit in stdout.feed(data):
                 if isinstance(unit, Frame):
-                    self._dispatch_frame(unit)
+                    await self._take_frame(unit, on_bulk=False)
                 else:
-                    self._dispatch(unit)
+                    await self._dispatch(unit)
                 del unit  # a line can be 32 MB: not held here while the next piece is awaited
-            self._unacked_bytes += len(data)
-            if self.last_seq - self._acked >= ACK_EVERY or self._unacked_bytes >= ACK_BYTES:
-                self._acknowledge()
-            elif self.last_seq > self._acked:
-                self._unacked.set()
+            self._received(len(data))
+
+    def _received(self, size: int) -> None:
+        self._unacked_bytes += size
+        if self.last_seq - self._acked >= ACK_EVERY or self._unacked_bytes >= ACK_BYTES:
+            self._acknowledge()
+        elif self.last_seq > self._acked:
+            self._unacked.set()
+
+    def _moved(self) -> None:
+        self._turn.set()
+        self._turn = trio.Event()
+
+    async def _in_turn(self, seq: int, *, on_bulk: bool) -> bool:
+        """Whether the unit numbered `seq` is next, waiting while an earlier one is still on
+        its way on the other path; False for one already seen or one to drop.
+
+        The agent numbers lines and frames in one sequence and sends each on stdio or the
+        bulk socket: the link merges the two back into that order, so nothing about a request
+        (its events, its frames, its final answer) can overtake anything before it. A gap on
+        stdio with no bulk socket left means frames went into one that was lost: they are
+        still in the agent's replay buffer, and a mid-stream `resume` has them sent again on
+        stdio (units after the gap are dropped meanwhile; they come again too)."""
+        while True:
+            if seq <= self.last_seq:
+                return False
+            if seq == self.last_seq + 1 or not self._gaps_are_losses:
+                return True  # without a bulk socket, as ever
+            if on_bulk or (self._bulk is not None and self._bulk_attached):
+                # The other path has what comes first. (What a bulk frame waits for is on
+                # stdio, or lost with an older socket: then stdio has a gap before this
+                # link's `bulkAttachResponse`, and asks for it again.)
+                await self._turn.wait()
+                continue
+            self._replay()
+            return False
+
+    def _replay(self) -> None:
+        if self._replaying or not self.ready.is_set():
+            return
+        with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self._outgoing_send.send_nowait(
+                encode({"id": REPLAY_ID, "type": "resume", "after": self.last_seq})
+            )
+            self._replaying = True
+            log.info("%s: asking again for frames lost with the bulk socket", self._name)
+
+    def _replayed(self, marker: Message) -> None:
+        """The marker of a mid-stream `resume`: the replay after it fills the gap."""
+        lost = marker.get("lost")
+        if isinstance(lost, int) and lost > 0:
+            log.warning("%s: %d agent messages were lost with the bulk socket", self._name, lost)
+        self._skip_to_replay(marker)
+        self._replaying = False
+        self._moved()
+
+    def _skip_to_replay(self, marker: Message) -> None:
+        """What a resume marker's replay starts with (`first`) is next: anything before it was
+        acknowledged (to this server or a predecessor) or lost, and will not come."""
+        first = marker.get("first")
+        if isinstance(first, int) and not isinstance(first, bool) and first > 0:
+            self.last_seq = max(self.last_seq, first - 1)
+
+    async def _take_frame(self, frame: Frame, *, on_bulk: bool) -> None:
+        if frame.seq == 0:
+            raise AgentProtocolError("a frame without a sequence number")
+        if self._resume_after is not None and not self.ready.is_set():
+            return  # rejoining: replayed after the marker
+        if not await self._in_turn(frame.seq, on_bulk=on_bulk):
+            return  # already seen before a restart, or to come again after a replay
+        self.last_seq = frame.seq
+        self._moved()
+        self._dispatch_frame(frame)
+
+    async def _open_bulk(self, nursery: trio.Nursery, path: str) -> None:
+        """Once the agent has said hello, connect to its bulk socket and have it attached; a
+        socket that cannot be reached (not announced, another runtime, gVisor) leaves
+        everything on stdio."""
+        await self.ready.wait()
+        if not (self.hello or {}).get("bulk"):
+            return
+        try:
+            bulk = await BulkConnection.open(path)
+        except (OSError, trio.TooSlowError) as exc:
+            log.info("%s: no bulk socket (%s): frames stay on stdio", self._name, exc)
+            return
+        self._bulk = bulk
+        nursery.start_soon(self._bulk_read_loop, bulk)
+        try:
+            answer = await self.call({"type": "bulkAttach", "token": bulk.token.hex()})
+        except AgentGone:
+            return
+        if answer.get("type") != "bulkAttachResponse" or self._bulk is not bulk:
+            log.warning("%s: the agent did not attach the bulk socket: %.300s", self._name, answer)
+            await self._lose_bulk(bulk)
+
+    async def _bulk_read_loop(self, bulk: BulkConnection) -> None:
+        """The agent's frames on the bulk socket, merged into the one sequence. The socket
+        breaking is not the agent's end: frames go on stdio again (and any lost with the
+        socket are asked for again); a frame no agent writes ends the sandbox as on stdio."""
+        try:
+            async for frame in bulk.frames():
+                await self._take_frame(frame, on_bulk=True)
+                self._received(len(frame.data) + HEADER.size)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.info("%s: the bulk socket broke: %s", self._name, exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._lose_bulk(bulk)
+
+    async def _lose_bulk(self, bulk: BulkConnection) -> None:
+        if self._bulk is bulk:
+            self._bulk = None
+            if self._bulk_attached and not self.closed.is_set():
+                self._replay()  # frames may have gone with it: have them again on stdio
+            self._bulk_attached = False
+            self._moved()
+        await bulk.aclose()
 
     def _acknowledge(self) -> None:
         """Let the agent forget what has arrived (best effort: a full queue skips one ack).
@@ -275,7 +413,7 @@ class AgentLink:
             self._unacked = trio.Event()
             self._acknowledge()
 
-    def _dispatch(self, line: bytes | OversizeLine) -> None:
+    async def _dispatch(self, line: bytes | OversizeLine) -> None:
         if isinstance(line, OversizeLine):
             # The agent keeps its own lines under the limit, so this is a broken or hostile agent.
             raise AgentProtocolError(f"a line of {line.size} bytes, over the limit")
@@ -292,14 +430,21 @@ class AgentLink:
             if message.get("type") == "resumeResponse" and message.get("id") == RESUME_ID:
                 self._resumed(message)
             return
+        if message.get("type") == "resumeResponse" and message.get("id") == REPLAY_ID:
+            self._replayed(message)
+            return
         line, seq = split_seq(line, message)
         if seq is not None:
-            if seq <= self.last_seq:
-                return  # already seen before a restart
+            if not await self._in_turn(seq, on_bulk=False):
+                return  # already seen before a restart, or to come again after a replay
             self.last_seq = seq
+            self._moved()
+        if message.get("type") == "bulkAttachResponse" and self._bulk is not None:
+            self._bulk_attached = True  # now, in the sequence: what follows may be on it
         if message.get("type") == "ready":
             if not self.ready.is_set():
                 self.hello = message
+                self._gaps_are_losses = bool(message.get("bulk"))
                 self.ready.set()
             return  # a hello replayed after a resume (a late attach) says nothing new
         request_id = message.get("id")
@@ -309,13 +454,6 @@ class AgentLink:
         self._route(request_id, Reply(message, line))
 
     def _dispatch_frame(self, frame: Frame) -> None:
-        if frame.seq == 0:
-            raise AgentProtocolError("a frame without a sequence number")
-        if self._resume_after is not None and not self.ready.is_set():
-            return  # rejoining: replayed after the marker
-        if frame.seq <= self.last_seq:
-            return  # already seen before a restart
-        self.last_seq = frame.seq
         request_id = self._channels.owner(frame.channel)
         if request_id is None:
             return  # its request ended (cancelled, its client gone): nobody wants its bytes
@@ -369,7 +507,10 @@ class AgentLink:
 
     def _resumed(self, marker: Message) -> None:
         self.resumed = marker
-        self.hello = marker.get("hello") if isinstance(marker.get("hello"), dict) else {}
+        hello = marker.get("hello")
+        self.hello = hello if isinstance(hello, dict) else {}
+        self._gaps_are_losses = bool(self.hello.get("bulk"))
+        self._skip_to_replay(marker)
         for agent_id in marker.get("inFlight") or []:
             if is_session_id(agent_id):
                 self._adopt(str(agent_id))
@@ -426,6 +567,7 @@ class AgentLink:
         *,
         binary: bool = False,
         payload: bytes | None = None,
+        bulk: bool = True,
     ) -> AsyncIterator[PendingRequest]:
         """Send one request; yields a PendingRequest to iterate over what the agent answers.
 
@@ -435,7 +577,8 @@ class AgentLink:
 
         `binary` opens a channel for the request: its output or file content comes as frames
         (Replies with `data`). `payload` goes to the agent as a data frame on that channel just
-        before the request (a `write` with no `content`).
+        before the request (a `write` with no `content`): on the bulk socket when it is
+        attached (and `bulk` allows it), else on stdio.
         """
         if self.closed.is_set():
             raise AgentGone(self.close_reason)
@@ -446,22 +589,12 @@ class AgentLink:
             )
         outgoing = {k: v for k, v in message.items() if k != "channel"}
         outgoing["id"] = request_id
-        channel: int | None = None
-        if binary or payload is not None:
-            channel = next(self._ids)  # never reused, across restarts too (see `lastId`)
-            outgoing["channel"] = channel
-        line = encode(outgoing)
-        if len(line) > self.max_line:
-            raise ProtocolError(
-                message.get("id"),
-                ErrorCode.TOO_LARGE,
-                f"message of {len(line)} bytes exceeds the {self.max_line} byte limit",
-            )
-        if payload is not None:
-            assert channel is not None
-            line = encode_frame(channel, FrameKind.DATA, payload) + line
-        if channel is not None:
-            self._channels.bind(channel, request_id)
+        via_bulk = self._bulk if payload is not None and bulk and self._bulk_attached else None
+        line = b""
+        if via_bulk is None:
+            line = self._request_line(outgoing, request_id, binary or payload is not None)
+            if payload is not None:
+                line = encode_frame(outgoing["channel"], FrameKind.DATA, payload) + line
         send, receive = trio.open_memory_channel[Reply](EVENTS_PER_REQUEST)
         self._pending[request_id] = send
         if budget is not None:
@@ -469,13 +602,16 @@ class AgentLink:
         pending = PendingRequest(self, request_id, receive, budget)
         request_type = str(message.get("type"))
         kind = self._kinds[request_id] = traffic_kind(request_type)
-        self.traffic[(kind, "out")] = self.traffic.get((kind, "out"), 0) + len(line)
         started = trio.current_time()
         try:
             try:
-                await self._outgoing_send.send(line)
+                if via_bulk is not None and payload is not None:
+                    line = await self._send_by_bulk(via_bulk, outgoing, request_id, payload)
+                else:
+                    await self._outgoing_send.send(line)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 raise AgentGone(self.close_reason) from None
+            self.traffic[(kind, "out")] = self.traffic.get((kind, "out"), 0) + len(line)
             try:
                 yield pending
             finally:
@@ -494,6 +630,51 @@ class AgentLink:
                 with trio.move_on_after(CANCEL_TIMEOUT, shield=True):
                     await self.cancel(request_id)
             send.close()
+
+    def _request_line(self, outgoing: Message, request_id: int | str, channel: bool) -> bytes:
+        """The request as its line, with a new channel bound to it if it needs one."""
+        if channel:
+            outgoing["channel"] = next(self._ids)  # never reused, across restarts too (`lastId`)
+        line = encode(outgoing)
+        if len(line) > self.max_line:
+            raise ProtocolError(
+                outgoing.get("id"),
+                ErrorCode.TOO_LARGE,
+                f"message of {len(line)} bytes exceeds the {self.max_line} byte limit",
+            )
+        if channel:
+            self._channels.bind(outgoing["channel"], request_id)
+        return line
+
+    async def _send_by_bulk(
+        self, bulk: BulkConnection, outgoing: Message, request_id: int | str, payload: bytes
+    ) -> bytes:
+        """The data frame on the bulk socket, then its request line (`"bulk": true`) on
+        stdio; returns what went out. The agent pairs them by order: under the socket's lock a
+        request takes its channel number, sends its frame whole and queues its line, so frames
+        go in the order of their lines with rising channels (docs/protocol.md). A socket that
+        breaks before the frame is whole is given up and the frame goes on stdio after all."""
+        async with bulk.send_lock:
+            outgoing["bulk"] = True
+            line = self._request_line(outgoing, request_id, True)
+            channel = int(outgoing["channel"])
+            sent = False
+            try:
+                await bulk.send_frame(channel, payload)
+                sent = True
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.info("%s: the bulk socket broke sending a frame: %s", self._name, exc)
+            finally:
+                if not sent:  # broken, or cancelled mid-frame: the socket is out of step
+                    with trio.CancelScope(shield=True):
+                        await self._lose_bulk(bulk)
+            if sent:
+                await self._outgoing_send.send(line)
+                return line
+        del outgoing["bulk"]
+        line = encode_frame(channel, FrameKind.DATA, payload) + encode(outgoing)
+        await self._outgoing_send.send(line)
+        return line
 
     async def cancel(self, request_id: int | str) -> None:
         """Ask the agent to cancel one of this link's requests (its answer is not awaited)."""

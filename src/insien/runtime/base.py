@@ -165,6 +165,16 @@ class AgentChannel(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class BulkCapable(Protocol):
+    """An agent channel with a second path beside it for bulk bytes: the host path of a Unix
+    socket the agent listens on, in a per-sandbox directory bind-mounted into the container
+    (docs/protocol.md, "The bulk socket"). None or not implemented: stdio carries everything
+    (Kubernetes: the pod's filesystem is on another machine)."""
+
+    bulk_socket: str | None
+
+
 class Runtime(Protocol):
     """The required core: what every place that runs sandboxes must do. A sandbox is a
     container made from a spec with the agent in it, started, attached to (the agent's

@@ -4,9 +4,12 @@ frames are decoded here, so the link sees plain stdout and stderr."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
 
@@ -47,6 +50,31 @@ VOLUME_JOB_MEMORY = 256 * 1024 * 1024
 VOLUME_JOB_PIDS = 64
 STOP_GRACE = 2
 """Seconds a stopped sandbox's processes get between SIGTERM and SIGKILL."""
+BULK_MOUNT = "/run/insien/bulk"
+"""Where a sandbox's bulk directory is mounted (the agent's bulk.BULK_DIR)."""
+BULK_SOCKET = "agent.sock"
+BULK_ROOT = "/run/insien-bulk"
+"""The host directory that holds each sandbox's bulk directory (INSIEN_BULK_DIR overrides)."""
+MAX_SOCKET_PATH = 100
+"""A Unix socket's path must fit in sun_path (108 bytes on Linux)."""
+
+log = logging.getLogger("insien.runtime")
+
+
+def bulk_directory(root: Path, sandbox_id: str) -> Path | None:
+    """A new sandbox's bulk directory on the host, mode 0700 (only the server, and root in
+    the container, can enter it), or None where it cannot be made: stdio carries everything."""
+    folder = root / sandbox_id
+    if len(str(folder / BULK_SOCKET)) > MAX_SOCKET_PATH:
+        log.warning("no bulk sockets: %s is too long a path for a Unix socket", folder)
+        return None
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        log.warning("no bulk socket for sandbox %s: %s", sandbox_id, exc)
+        return None
+    return folder
 
 
 def volume_mount(mount: VolumeMount) -> Mount:
@@ -59,8 +87,10 @@ class DockerChannel:
     """The agent's stdio over Docker's attach: stdin as written, stdout and stderr decoded from
     Docker's 8-byte frame headers (the link never sees them)."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, bulk_socket: str | None = None) -> None:
         self._stream = stream
+        self.bulk_socket = bulk_socket
+        """The host path of the agent's bulk socket (`runtime.base.BulkCapable`)."""
         self._decoder = FrameDecoder()
         self._pieces: list[tuple[StreamKind, bytes]] = []
 
@@ -90,9 +120,7 @@ def remaps_users(info: Mapping[str, Any]) -> bool:
     containers' root is then an unprivileged uid on the host. Read from what the engine says
     (`SecurityOptions` lists `name=userns`), never assumed from configuration files."""
     options = info.get("SecurityOptions") or []
-    return any(
-        isinstance(option, str) and "name=userns" in option.split(",") for option in options
-    )
+    return any(isinstance(option, str) and "name=userns" in option.split(",") for option in options)
 
 
 def _socket_path(base_url: str) -> str:
@@ -122,6 +150,9 @@ class DockerRuntime:
         self._agent_zip: bytes | None = None
         self._agent_volume = ""
         self._agent_lock = trio.Lock()
+        self._bulk_root = Path(os.environ.get("INSIEN_BULK_DIR") or BULK_ROOT)
+        self._bulk_dirs: dict[str, Path] = {}
+        """Each container's bulk directory on the host, as created or found on attach."""
 
     @classmethod
     async def connect(cls) -> DockerRuntime:
@@ -210,18 +241,59 @@ class DockerRuntime:
                 mounts=[
                     agent_volume.agent_mount(volume),
                     *(volume_mount(mount) for mount in spec.volumes),
+                    *([Mount(BULK_MOUNT, str(bulk), type="bind")] if bulk else []),
                 ],
             )
             return str(container.id)
 
-        result: str = await self._call(_create)
+        bulk = await trio.to_thread.run_sync(bulk_directory, self._bulk_root, spec.sandbox_id)
+        try:
+            result: str = await self._call(_create)
+        except BaseException:
+            if bulk is not None:
+                shutil.rmtree(bulk, ignore_errors=True)
+            raise
+        if bulk is not None:
+            self._bulk_dirs[result] = bulk
         return result
 
     async def attach(self, container_id: str) -> DockerChannel:
-        return DockerChannel(await attach(self.socket_path, container_id))
+        bulk = self._bulk_dirs.get(container_id)
+        if bulk is None:
+            bulk = await self._find_bulk_directory(container_id)
+        socket = str(bulk / BULK_SOCKET) if bulk is not None else None
+        return DockerChannel(await attach(self.socket_path, container_id), socket)
+
+    async def _find_bulk_directory(self, container_id: str) -> Path | None:
+        """The bulk directory of a container this process did not create (a restarted
+        server recovering it), made again if it is gone (the host rebooted)."""
+
+        def _find() -> str | None:
+            mounts = self._client.api.inspect_container(container_id).get("Mounts") or []
+            for mount in mounts:
+                if mount.get("Destination") == BULK_MOUNT and mount.get("Type") == "bind":
+                    source = str(mount.get("Source"))
+                    with contextlib.suppress(OSError):
+                        os.makedirs(source, mode=0o700, exist_ok=True)
+                    return source
+            return None
+
+        source = await self._call(_find)
+        if source is None:
+            return None
+        self._bulk_dirs[container_id] = Path(source)
+        return Path(source)
 
     async def start(self, container_id: str) -> None:
-        await self._call(self._client.api.start, container_id)
+        bulk = self._bulk_dirs.get(container_id)
+
+        def _start() -> None:
+            if bulk is not None:
+                with contextlib.suppress(OSError):  # a bind's source must exist at every start
+                    os.makedirs(bulk, mode=0o700, exist_ok=True)
+            self._client.api.start(container_id)
+
+        await self._call(_start)
 
     async def remove(self, container_id: str) -> None:
         """Remove the container, running or not; a container already gone is not an error."""
@@ -237,6 +309,9 @@ class DockerRuntime:
                     raise
 
         await self._call(_remove)
+        bulk = self._bulk_dirs.pop(container_id, None)
+        if bulk is not None:
+            await trio.to_thread.run_sync(shutil.rmtree, bulk, True)
 
     async def rename(self, container_id: str, name: str) -> None:
         """Only the server can rename a container: what a pooled sandbox's name says about its
