@@ -33,6 +33,10 @@ def with_connection(socket: BulkSocket) -> BulkSocket:
     return socket
 
 
+def is_attached(socket: BulkSocket) -> bool:
+    return socket.writer is not None
+
+
 def frame(channel: int, data: bytes) -> InFrame:
     return InFrame(channel, DATA, data)
 
@@ -99,12 +103,12 @@ def test_only_the_connection_with_the_servers_token_is_attached(
         spoof.write(MAGIC + os.urandom(TOKEN_BYTES))
         with pytest.raises(AgentError, match="no connection presented that token"):
             await socket.handle_attach(Req())  # type: ignore[arg-type]
-        assert socket.writer is None
+        assert not is_attached(socket)
         reader, writer = await asyncio.open_unix_connection(socket.path)
         writer.write(MAGIC + token)
         answer = await socket.handle_attach(Req())  # type: ignore[arg-type]
         assert answer == {"type": "bulkAttachResponse"}
-        assert socket.writer is not None
+        assert is_attached(socket)
         # Frames go on the socket while it is attached, numbered in the one sequence.
         stdout = Capture()
         outbox = Outbox(stdout, max_line=1 << 20)
@@ -118,10 +122,10 @@ def test_only_the_connection_with_the_servers_token_is_attached(
         # The server goes: the agent lets the connection go and writes on stdout again.
         writer.close()
         for _ in range(100):
-            if socket.writer is None:
+            if not is_attached(socket):
                 break
             await asyncio.sleep(0.01)
-        assert socket.writer is None
+        assert not is_attached(socket)
         await outbox.send_frame(2, 9, DATA, b"again")
         assert stdout.data.endswith(b"again")
         spoof.close()
