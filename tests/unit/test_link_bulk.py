@@ -145,3 +145,29 @@ async def test_frames_lost_with_the_socket_are_asked_for_again(tmp_path: Path) -
             await done.wait()
     assert got == [("data", b"ab"), ("data", b"cd"), ("readResponse", None)]
     assert not link.protocol_error
+
+
+async def test_a_socket_announced_but_unreachable_leaves_everything_on_stdio(
+    tmp_path: Path,
+) -> None:
+    """As under gVisor, whose sockets live in its own kernel: the agent announces one, the
+    server cannot connect, and uploads go on stdio as before."""
+    stream = Scripted()
+    link = AgentLink(DockerChannel(stream, str(tmp_path / "none.sock")), name="t", max_line=1 << 20)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link.run)
+        await stream.to_link.send(
+            b'{"type":"ready","bulk":"/run/insien/bulk/agent.sock","seq":1}\n'
+        )
+        await link.ready.wait()
+
+        async def write() -> None:
+            async with link.request({"type": "write", "path": "f"}, payload=b"on stdio"):
+                pass
+
+        nursery.start_soon(write)
+        await until(lambda: b'"write"' in stream.sent)
+        assert b"on stdio" in stream.sent  # the frame went just before its line, on stdio
+        assert b"bulkAttach" not in stream.sent
+        assert not link.bulk_attached
+        stream.to_link.close()

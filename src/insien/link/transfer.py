@@ -39,16 +39,34 @@ class TransferError(Exception):
         self.message = message
 
 
+FRAME_LOST = "no data frame came for channel"
+"""How the agent refuses a `write` whose data frame it never got: on the bulk socket, one
+lost with it (the agent's bulk.py)."""
+
+
 async def _call(link: AgentLink, message: Message, payload: bytes | None = None) -> Message:
     if payload is None:
         reply = await link.call(message)
     else:
-        async with link.request(message, payload=payload) as pending:
-            reply = link.missing_reply(None)
-            async for answer in pending:
-                reply = answer.message
+        reply = await _send(link, message, payload, bulk=True)
+        if (
+            reply.get("type") == "error"
+            and str(reply.get("message", "")).startswith(FRAME_LOST)
+            and not link.bulk_attached
+        ):
+            # Its frame went with a bulk socket that broke: the same positional write again,
+            # on stdio this time.
+            reply = await _send(link, message, payload, bulk=False)
     if reply.get("type") == "error":
         raise TransferError(str(reply.get("code")), str(reply.get("message")))
+    return reply
+
+
+async def _send(link: AgentLink, message: Message, payload: bytes, *, bulk: bool) -> Message:
+    async with link.request(message, payload=payload, bulk=bulk) as pending:
+        reply = link.missing_reply(None)
+        async for answer in pending:
+            reply = answer.message
     return reply
 
 
@@ -103,8 +121,10 @@ async def upload(
                     )
                 buffer += piece
                 while len(buffer) >= WRITE_CHUNK:
-                    await flush(bytes(buffer[:WRITE_CHUNK]))
+                    with memoryview(buffer) as view:
+                        chunk = bytes(view[:WRITE_CHUNK])  # one copy, not a slice and a copy
                     del buffer[:WRITE_CHUNK]
+                    await flush(chunk)
             if buffer or not created:
                 await flush(bytes(buffer))
         if not in_place:
@@ -136,8 +156,9 @@ def _read_message(path: str, offset: int) -> Message:
     return {"type": "read", "path": path, "offset": offset, "length": READ_CHUNK}
 
 
-async def _collect(pending: PendingRequest) -> tuple[bytes, bool]:
-    """The bytes of one binary `read` (its data frames), and whether it reached the end."""
+async def _collect(pending: PendingRequest) -> tuple[list[bytes], bool]:
+    """The bytes of one binary `read` (its data frames, as they came: never joined into a
+    copy), and whether it reached the end."""
     pieces: list[bytes] = []
     reply: Message = pending.link.missing_reply(None)
     async for answer in pending:
@@ -148,13 +169,13 @@ async def _collect(pending: PendingRequest) -> tuple[bytes, bool]:
             reply = answer.message
     if reply.get("type") == "error":
         raise TransferError(str(reply.get("code")), str(reply.get("message")))
-    data = b"".join(pieces)
-    if len(data) != reply.get("bytes"):
+    size = sum(len(piece) for piece in pieces)
+    if size != reply.get("bytes"):
         raise TransferError(ErrorCode.INTERNAL, "the agent's frames did not add up to its answer")
-    return data, bool(reply.get("eof", True)) or not data
+    return pieces, bool(reply.get("eof", True)) or not size
 
 
-async def read_chunk(link: AgentLink, path: str, offset: int) -> tuple[bytes, bool]:
+async def read_chunk(link: AgentLink, path: str, offset: int) -> tuple[list[bytes], bool]:
     """One chunk of the file at `offset`, and whether it was the last."""
     async with link.request(_read_message(path, offset), binary=True) as pending:
         return await _collect(pending)
@@ -180,7 +201,7 @@ class _ReadAhead:
             self._open.append((stack, pending))
             self._next += READ_CHUNK
 
-    async def take(self) -> tuple[bytes, bool]:
+    async def take(self) -> tuple[list[bytes], bool]:
         stack, pending = self._open.popleft()
         async with stack:
             return await _collect(pending)
@@ -198,28 +219,33 @@ class _ReadAhead:
 
 
 async def download(
-    link: AgentLink, path: str, first: tuple[bytes, bool] | None = None
+    link: AgentLink, path: str, first: tuple[list[bytes], bool] | None = None
 ) -> AsyncIterator[bytes]:
-    """The file's bytes, chunk by chunk, read at the pace the consumer takes them (READ_AHEAD
+    """The file's bytes, frame by frame, read at the pace the consumer takes them (READ_AHEAD
     chunks ahead of it). `first` is the first chunk when the caller has read it already (to
     report errors before a status)."""
-    data, last = first if first is not None else await read_chunk(link, path, 0)
-    offset = len(data)
-    if data:
-        yield data
+    pieces, last = first if first is not None else await read_chunk(link, path, 0)
+    offset = 0
+    for piece in pieces:
+        offset += len(piece)
+        if piece:  # an empty piece would end a chunked body
+            yield piece
     if last:
         return
     ahead = _ReadAhead(link, path, offset)
     try:
         while True:
             await ahead.fill()
-            data, last = await ahead.take()
-            offset += len(data)
-            if data:
-                yield data
+            pieces, last = await ahead.take()
+            size = 0
+            for piece in pieces:
+                size += len(piece)
+                if piece:
+                    yield piece
+            offset += size
             if last:
                 return
-            if len(data) != READ_CHUNK:
+            if size != READ_CHUNK:
                 await ahead.restart(offset)
     finally:
         with trio.CancelScope(shield=True):
