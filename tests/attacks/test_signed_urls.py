@@ -119,13 +119,15 @@ def test_expired_altered_and_borrowed_signatures_are_refused(
 
     # expired (signed correctly, with an expiration that passed)
     past = get_signature("secret.txt", "read", None, _token(sbx), -5)
-    refused(
-        {
-            "path": "secret.txt",
-            "signature": past["signature"],
-            "signature_expiration": str(past["expiration"]),
-        }
-    )
+    expired = {
+        "path": "secret.txt",
+        "signature": past["signature"],
+        "signature_expiration": str(past["expiration"]),
+    }
+    refused(expired)
+    # in envd's words, which E2B's own SDK tests compare
+    said = _files(domain_server, sbx.sandbox_id, expired).json()
+    assert said["message"] == "signature is already expired", said
     # its expiration moved later, or dropped
     refused({**signed, "signature_expiration": str(int(time.time()) + 3600)})
     refused({k: v for k, v in signed.items() if k != "signature_expiration"})

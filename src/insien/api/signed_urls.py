@@ -78,7 +78,7 @@ def signed_request(method: str, query: Mapping[str, str], now: float) -> SignedR
             raise BadSignature("signature_expiration is in Unix seconds")
         expiration = int(raw_expiration)
         if expiration < now:
-            raise BadSignature("the signature has expired")
+            raise BadSignature("signature is already expired")  # envd's words
     user = query.get("username", "")
     return SignedRequest(path, operation, user, given, expiration)
 
