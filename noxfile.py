@@ -146,6 +146,18 @@ def bench(session: nox.Session) -> None:
         "bench.secret_egress",
         *(["--n", "20", "--size", "16"] if "--quick" in session.posargs else []),
     )
+    # Small files into a volume vs the container's own layer; volume transfers with and
+    # without a sandbox (issue 32).
+    session.run(
+        "python",
+        "-m",
+        "bench.volumes",
+        *(
+            ["--files", "200", "--rounds", "1", "--size", "8", "--n", "3"]
+            if "--quick" in session.posargs
+            else []
+        ),
+    )
 
 
 @nox.session(name="deploy-image", python=PYTHON)
