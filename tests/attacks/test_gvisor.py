@@ -7,10 +7,12 @@ where `.ci/run` installs and registers it.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 
 import docker
 import pytest
+import trio
 
 from tests.conftest import IMAGE, Server, start_server, stop_server
 from tests.e2e.helpers import call, containers_of, http, websocket
@@ -95,3 +97,27 @@ async def test_a_template_runs_under_gvisor_with_the_same_protections(
         finally:
             for sandbox in (created, plain):
                 await client.post(f"/sandbox/{sandbox['sandboxId']}/destroy")
+
+
+async def test_transfers_fall_back_to_stdio_under_gvisor(gvisor_server: Server) -> None:
+    """gVisor keeps a sandbox's Unix sockets in its own kernel: the agent announces its bulk
+    socket, the server cannot reach it from the host, and files go on stdio (issue 34)."""
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    async with http(gvisor_server) as client:
+        created = (
+            (await client.post("/sandbox/create", json={"template": GVISOR_TEMPLATE}))
+            .raise_for_status()
+            .json()
+        )
+        try:
+            url = f"/sandbox/{created['sandboxId']}/files"
+            put = await client.put(url, params={"path": "f.bin"}, content=data)
+            assert put.json()["bytes"] == len(data), put.text
+            assert (await client.get(url, params={"path": "f.bin"})).content == data
+            tried = f"sandbox {created['sandboxId'][:8]}: no bulk socket"
+            deadline = trio.current_time() + 10
+            while tried not in gvisor_server.log():  # the server tried, and stayed on stdio
+                assert trio.current_time() < deadline, gvisor_server.log()[-2000:]
+                await trio.sleep(0.1)
+        finally:
+            await client.post(f"/sandbox/{created['sandboxId']}/destroy")
