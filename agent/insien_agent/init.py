@@ -39,8 +39,12 @@ def become_init_if_pid1() -> None:
     """Return at once unless this process is PID 1; then return only in the forked agent."""
     if os.getpid() != 1:
         return
+    # PID 1 drops a signal it has no handler for. Blocked, one sent before the handlers are in
+    # place stays pending, and is passed on once they are.
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     agent = os.fork()
     if agent == 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
         return
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -49,6 +53,7 @@ def become_init_if_pid1() -> None:
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
+    signal.pthread_sigmask(signal.SIG_SETMASK, before)
     # The agent alone speaks on the attached stream; stderr stays for an init's last words.
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
