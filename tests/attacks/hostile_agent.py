@@ -53,6 +53,8 @@ def main() -> None:
         }
     )
     for line in sys.stdin.buffer:
+        if not line.strip():
+            continue  # blank lines are nothing (a rejoining server sends a run of them)
         message = json.loads(line)
         kind, request_id = message.get("type"), message.get("id")
         if kind == "resume":
