@@ -188,7 +188,7 @@ class Outbox:
                 await writer.drain()
                 if not writer.is_closing():
                     return writer
-            except ConnectionError as exc:
+            except OSError as exc:  # ConnectionResetError, or what its reader saw
                 self.bulk.detach(f"writing to it failed: {exc}")
             else:
                 self.bulk.detach("it was closed")

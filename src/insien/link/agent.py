@@ -53,6 +53,8 @@ EVENTS_PER_REQUEST = 64
 (8) before the link grants more, so a well-behaved agent never fills this."""
 CANCEL_TIMEOUT = 5.0
 RESUME_ID = "insien-resume"
+BULK_SEND_GRACE = 10.0
+"""Longest a data frame and its line may take on the bulk socket before it is given up."""
 REPLAY_ID = "insien-replay"
 """The `resume` a link sends mid-stream when frames written to a lost bulk socket must come
 again on stdio (its marker only moves the link's sequence on)."""
@@ -653,24 +655,32 @@ class AgentLink:
         stdio; returns what went out. The agent pairs them by order: under the socket's lock a
         request takes its channel number, sends its frame whole and queues its line, so frames
         go in the order of their lines with rising channels (docs/protocol.md). A socket that
-        breaks before the frame is whole is given up and the frame goes on stdio after all."""
+        breaks before the frame is whole is given up and the frame goes on stdio after all.
+
+        The frame and its line go together or the socket is given up: a request cancelled
+        half-way (its client left) still finishes both (shielded, for up to BULK_SEND_GRACE),
+        since a frame cut short puts the socket out of step and one without its line leaves
+        the agent holding a frame nobody claims."""
         async with bulk.send_lock:
             outgoing["bulk"] = True
             line = self._request_line(outgoing, request_id, True)
             channel = int(outgoing["channel"])
             sent = False
-            try:
-                await bulk.send_frame(channel, payload)
-                sent = True
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                log.info("%s: the bulk socket broke sending a frame: %s", self._name, exc)
-            finally:
-                if not sent:  # broken, or cancelled mid-frame: the socket is out of step
-                    with trio.CancelScope(shield=True):
-                        await self._lose_bulk(bulk)
-            if sent:
-                await self._outgoing_send.send(line)
-                return line
+            with trio.CancelScope(shield=True) as whole:
+                whole.deadline = trio.current_time() + BULK_SEND_GRACE
+                try:
+                    await bulk.send_frame(channel, payload)
+                    sent = True
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    log.info("%s: the bulk socket broke sending a frame: %s", self._name, exc)
+                if sent:
+                    await self._outgoing_send.send(line)
+                    return line
+            if not sent or whole.cancelled_caught:
+                with trio.CancelScope(shield=True):
+                    await self._lose_bulk(bulk)
+            if sent:  # the line could not be queued in time: its frame is nobody's
+                raise trio.BrokenResourceError("the request line could not be sent")
         del outgoing["bulk"]
         line = encode_frame(channel, FrameKind.DATA, payload) + encode(outgoing)
         await self._outgoing_send.send(line)
