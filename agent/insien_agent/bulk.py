@@ -107,8 +107,8 @@ class BulkSocket:
         if not preface.startswith(MAGIC):
             writer.close()
             return
-        while len(self._offers) >= MAX_OFFERS:
-            _, (_, stale) = self._offers.popitem()
+        while len(self._offers) >= MAX_OFFERS:  # the oldest offer goes
+            _, stale = self._offers.pop(next(iter(self._offers)))
             stale.close()
         self._offers[preface[len(MAGIC) :]] = (reader, writer)
         async with self._offered:
