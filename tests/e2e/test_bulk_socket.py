@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from tests.conftest import Server, start_server, stop_server
-from tests.e2e.helpers import call, containers_of, http, sandbox, websocket
+from tests.e2e.helpers import call, containers_of, http, kill_agent, sandbox, websocket
 from tests.e2e.restartable import Restartable, restartable  # noqa: F401 (a fixture)
 from tests.e2e.test_binary_channel import frames_until_final
 
@@ -118,9 +118,10 @@ def test_a_server_killed_mid_download_recovers_the_sandbox(
 ) -> None:
     server = restartable.start()
 
-    async def before() -> dict[str, Any]:
+    async def before() -> tuple[dict[str, Any], str]:
         async with http(server) as client:
             created: dict[str, Any] = (await client.post("/sandbox/create")).json()
+            doomed: str = (await client.post("/sandbox/create")).json()["sandboxId"]
             await until_attached(docker_client, created["sandboxId"])
             async with websocket(created["agentUrl"]) as ws:
                 made = await call(
@@ -148,9 +149,10 @@ def test_a_server_killed_mid_download_recovers_the_sandbox(
                 assert piece, f"the download ended after {received} bytes"
                 received += len(piece)
             restartable.kill()
-        return created
+        return created, doomed
 
-    created = trio.run(before)
+    created, doomed = trio.run(before)
+    trio.run(kill_agent, docker_client, doomed)  # it ends while no server runs
     started = time.monotonic()
     server = restartable.start()
 
@@ -166,6 +168,10 @@ def test_a_server_killed_mid_download_recovers_the_sandbox(
 
     trio.run(after)
     assert time.monotonic() - started < 60
+    # Both sandboxes' bulk directories went with them: the one destroyed, and the one the
+    # restarted server found ended and removed without ever attaching to it.
+    for sandbox_id in (created["sandboxId"], doomed):
+        assert not os.path.exists(f"/run/insien-bulk/{sandbox_id}"), sandbox_id
 
 
 @pytest.fixture(scope="module")

@@ -268,29 +268,39 @@ class DockerRuntime:
         """The bulk directory of a container this process did not create (a restarted
         server recovering it), made again if it is gone (the host rebooted)."""
 
-        def _find() -> str | None:
-            mounts = self._client.api.inspect_container(container_id).get("Mounts") or []
-            for mount in mounts:
-                if mount.get("Destination") == BULK_MOUNT and mount.get("Type") == "bind":
-                    source = str(mount.get("Source"))
-                    with contextlib.suppress(OSError):
-                        os.makedirs(source, mode=0o700, exist_ok=True)
-                    return source
-            return None
+        def _find() -> Path | None:
+            folder = self._bulk_source(self._client.api.inspect_container(container_id))
+            if folder is not None:
+                self._remake(folder)
+            return folder
 
-        source = await self._call(_find)
-        if source is None:
-            return None
-        self._bulk_dirs[container_id] = Path(source)
-        return Path(source)
+        folder: Path | None = await self._call(_find)
+        if folder is not None:
+            self._bulk_dirs[container_id] = folder
+        return folder
+
+    def _remake(self, folder: Path) -> None:
+        """A bulk directory gone with /run (the host rebooted), made again as it was."""
+        with contextlib.suppress(OSError):
+            self._bulk_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, exist_ok=True)
+
+    def _bulk_source(self, info: Mapping[str, Any]) -> Path | None:
+        """The host directory of a container's bulk mount, if it is one of ours (nothing
+        outside the bulk root is ever made or removed)."""
+        for mount in info.get("Mounts") or []:
+            if mount.get("Destination") == BULK_MOUNT and mount.get("Type") == "bind":
+                source = Path(str(mount.get("Source")))
+                if source.parent == self._bulk_root:
+                    return source
+        return None
 
     async def start(self, container_id: str) -> None:
         bulk = self._bulk_dirs.get(container_id)
 
         def _start() -> None:
             if bulk is not None:
-                with contextlib.suppress(OSError):  # a bind's source must exist at every start
-                    os.makedirs(bulk, mode=0o700, exist_ok=True)
+                self._remake(bulk)  # a bind's source must exist at every start
             self._client.api.start(container_id)
 
         await self._call(_start)
@@ -298,7 +308,13 @@ class DockerRuntime:
     async def remove(self, container_id: str) -> None:
         """Remove the container, running or not; a container already gone is not an error."""
 
+        bulk = self._bulk_dirs.pop(container_id, None)
+
         def _remove() -> None:
+            nonlocal bulk
+            if bulk is None:  # one this process never attached (it ended while we were down)
+                with contextlib.suppress(docker.errors.NotFound):
+                    bulk = self._bulk_source(self._client.api.inspect_container(container_id))
             try:
                 self._client.api.remove_container(container_id, force=True)
             except docker.errors.NotFound:
@@ -307,11 +323,10 @@ class DockerRuntime:
                 # Removal already under way (a concurrent destroy) counts as done.
                 if exc.status_code != 409:
                     raise
+            if bulk is not None:
+                shutil.rmtree(bulk, ignore_errors=True)
 
         await self._call(_remove)
-        bulk = self._bulk_dirs.pop(container_id, None)
-        if bulk is not None:
-            await trio.to_thread.run_sync(shutil.rmtree, bulk, True)
 
     async def rename(self, container_id: str, name: str) -> None:
         """Only the server can rename a container: what a pooled sandbox's name says about its
