@@ -5,6 +5,8 @@ nothing else: the operator's ceiling here admits 127.0.0.2 and 127.0.0.3 only.""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import shlex
 import time
 from collections.abc import Iterator
@@ -351,3 +353,30 @@ def test_connections_out_are_limited_per_sandbox(world: World) -> None:
             assert "INSIEN_MAX_TUNNELS" in out
     finally:
         assert stop_server(process) == 0
+
+
+def test_large_downloads_arrive_whole_over_http_and_tls(world: World) -> None:
+    # Many tunnel frames to the sandbox at once: their order is the connection's bytes (a
+    # reordering shows as a wrong digest over HTTP, and as a TLS record error over CONNECT).
+    data = secrets.token_bytes(24 * 1024 * 1024)
+    (world.a.root / "big.bin").write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    hosts = ["allowed.test", "secure.test:" + str(world.secure.port)]
+    with world.sandbox(allow_out=hosts) as box:
+        box.files.write("/tmp/ca.pem", world.cert.read_bytes())
+        # Connections the sandbox drops while bytes are still coming its way first: what
+        # was in flight to them must not land in the connections after them.
+        cut = f"http://allowed.test:{world.a.port}/big.bin"
+        dropped = box.commands.run(
+            f"for i in 1 2 3 4 5 6; do curl -sS {shlex.quote(cut)} | head -c 100000 | wc -c; done",
+            timeout=90,
+        )
+        assert dropped.stdout.split() == ["100000"] * 6, dropped
+        for url, extra in (
+            (f"http://allowed.test:{world.a.port}/big.bin", ""),
+            (f"https://secure.test:{world.secure.port}/big.bin", "--cacert /tmp/ca.pem"),
+        ):
+            fetched = box.commands.run(
+                f"curl -sS -f -m 60 {extra} {shlex.quote(url)} | sha256sum", timeout=90
+            )
+            assert fetched.stdout.split()[0] == digest, (url, fetched.stdout, fetched.stderr)

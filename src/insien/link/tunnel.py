@@ -101,7 +101,10 @@ class Tunnel:
             await self._settle_oldest()
         # The agent writes each frame before its handler first waits, in the order the
         # requests came (its tasks start in that order), so frames in flight stay in order.
-        opening = self._link.request(message, payload=payload)
+        # That holds on stdio only: a frame on the bulk socket may come after its line, and
+        # handlers waiting for their frames can resume in another order (a connection's bytes
+        # reordered), so a tunnel's bytes to the sandbox stay on stdio.
+        opening = self._link.request(message, payload=payload, bulk=False)
         self._unanswered.append((opening, await opening.__aenter__()))
 
     async def _settle_oldest(self) -> None:
@@ -149,7 +152,7 @@ async def carried(
 ) -> AsyncIterator[Tunnel]:
     """A request the agent answers by carrying a connection (`tunnel`, `egressOpen`)."""
     message = {**message, "idleTimeout": max(1, int(idle_timeout))}
-    async with link.request(message, binary=True, payload=payload) as pending:
+    async with link.request(message, binary=True, payload=payload, bulk=False) as pending:
         first = link.missing_reply(None)
         async for reply in pending:
             first = reply.message
