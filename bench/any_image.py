@@ -22,6 +22,7 @@ from typing import Any
 import docker
 import trio
 
+from bench.report import save
 from insien._resources import agent_zipapp
 from insien.runtime.agent_runtime import bundle
 from insien.runtime.docker import agent_volume
@@ -95,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_server(process)
         client.images.remove(IMAGE_PYTHON)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    shown = {k: v for k, v in results.items() if k != "samples"}
-    print(json.dumps(shown, indent=2))
+    save(results, RESULTS)
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from bench.report import save
 from insien.runtime import agent_runtime
 from insien.runtime.kubernetes.stage import stage
 from insien_sandbox import AsyncSandbox
@@ -74,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "runtime_tar_mib": len(agent_runtime.archive(made.files)) / 2**20,
         "samples": taken,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k != "samples"}, indent=2))
+    save(results, RESULTS)
     return 0
 
 

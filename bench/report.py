@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
+
+
+def save(results: dict[str, Any], path: Path) -> None:
+    """Keep one bench's results as JSON and print them without their raw samples."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k != "samples"}, indent=2))
 
 
 def _ratio(a: float, b: float) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 import docker
 import trio
 
+from bench.report import save
 from insien.tooling.images import build_image
 from insien_sandbox import AsyncSandbox, AsyncSecrets, SecretBinding
 from tests.e2e.upstreams import tls_context, upstream
@@ -146,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             finally:
                 stop_server(process)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k != "samples"}, indent=2))
+    save(results, RESULTS)
     return 0
 
 

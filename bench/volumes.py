@@ -36,6 +36,7 @@ import docker
 import httpx
 import trio
 
+from bench.report import save
 from insien.tooling.images import build_image
 from insien_sandbox import AsyncSandbox, AsyncVolume, VolumeMount
 from tests.server_process import IMAGE, Server, start_server, stop_server
@@ -267,9 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_server(process)
     results["load_average_at_start"] = load
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k != "samples"}, indent=2))
+    save(results, RESULTS)
     return 0
 
 

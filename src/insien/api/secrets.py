@@ -42,7 +42,8 @@ def _info(found: secret_store.SecretInfo) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
-def _store(services: Services) -> secret_store.SecretStore:
+def secret_store_of(services: Services) -> secret_store.SecretStore:
+    """The server's store, or the 503 saying the operator gave it no key."""
     store: secret_store.SecretStore = services.manager.egress.secrets
     if not store.available:
         raise ApiError(
@@ -61,7 +62,7 @@ async def bindings_checked(
     first that is not; the name alone says nothing about anyone else's)."""
     if not policy.secrets:
         return policy
-    store = _store(services)
+    store = secret_store_of(services)
     for binding in policy.secrets:
         if await store.info(tenant.id, binding.secret) is None:
             raise ApiError(
@@ -84,7 +85,7 @@ def secrets_blueprint(services: Services) -> Blueprint:
     )
     async def create_secret() -> Any:
         tenant = services.tenant_from_key(request)
-        store = _store(services)
+        store = secret_store_of(services)
         body = await json_body(SecretCreateRequest)
         try:
             made = await store.create(tenant.id, body.name, body.value, body.description)
@@ -105,7 +106,7 @@ def secrets_blueprint(services: Services) -> Blueprint:
     )
     async def list_secrets() -> Any:
         tenant = services.tenant_from_key(request)
-        found = [_info(item) for item in await _store(services).list(tenant.id)]
+        found = [_info(item) for item in await secret_store_of(services).list(tenant.id)]
         return SecretList.model_validate({"secrets": found}).model_dump(mode="json")
 
     @bp.put("/secrets/<name>")
@@ -118,7 +119,7 @@ def secrets_blueprint(services: Services) -> Blueprint:
     )
     async def rotate_secret(name: str) -> Any:
         tenant = services.tenant_from_key(request)
-        store = _store(services)
+        store = secret_store_of(services)
         body = await json_body(SecretRotateRequest)
         try:
             return _info(await store.rotate(tenant.id, name, body.value, body.description))
@@ -137,7 +138,7 @@ def secrets_blueprint(services: Services) -> Blueprint:
     async def delete_secret(name: str) -> Any:
         tenant = services.tenant_from_key(request)
         try:
-            await _store(services).delete(tenant.id, name)
+            await secret_store_of(services).delete(tenant.id, name)
         except secret_store.SecretNotFound as exc:
             raise ApiError(404, ErrorCode.NOT_FOUND, str(exc)) from None
         return SecretDeleted(success=True, name=name).model_dump(mode="json")

@@ -33,9 +33,9 @@ from ..bodies import json_body
 from ..context import Services
 from ..creating import VolumeMountRequest, sandbox_options
 from ..errors import CORE_ERRORS, ApiError, api_error_for
-from ..secrets import bindings_checked
+from ..secrets import bindings_checked, secret_store_of
 from .rules import RulesError, bindings_for, rules_of
-from .secrets import install_secret_routes, named, store_of
+from .secrets import install_secret_routes, named
 from .templates import install_template_routes, start_template, template_builds
 from .volumes import install_volume_routes
 
@@ -267,7 +267,7 @@ def control_blueprint(services: Services) -> Blueprint:
         only the tenant's own secrets (another's is not found, as if it did not exist)."""
         bindings: list[dict[str, Any]] = []
         if network is not None and network.rules:
-            owned = await store_of(services).list(owner.id)
+            owned = await secret_store_of(services).list(owner.id)
 
             def resolve(ref: str) -> str | None:
                 found = named(owned, ref)

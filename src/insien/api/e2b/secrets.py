@@ -27,6 +27,7 @@ from ...tenancy.tenants import Tenant
 from ..bodies import json_body
 from ..context import Services
 from ..errors import ApiError
+from ..secrets import secret_store_of
 from .rules import canonical_name
 
 ID_PREFIX = "sec_"
@@ -90,19 +91,6 @@ def description_of(metadata: dict[str, str] | None) -> str | None:
     return metadata.get(DESCRIPTION, "")
 
 
-def store_of(services: Services) -> secret_store.SecretStore:
-    """The server's store, or the 503 saying the operator gave it no key."""
-    store: secret_store.SecretStore = services.manager.egress.secrets
-    if not store.available:
-        raise ApiError(
-            503,
-            ErrorCode.NOT_SUPPORTED,
-            "this server keeps no secrets: its operator set no INSIEN_SECRETS_KEY "
-            "(or INSIEN_SECRETS_KEY_FILE)",
-        )
-    return store
-
-
 def named(owned: Sequence[secret_store.SecretInfo], ref: str) -> secret_store.SecretInfo | None:
     """The secret among `owned` (one tenant's) an E2B reference names: its id (`sec_...`) or
     its name, in any case, `-` for `_`."""
@@ -121,7 +109,7 @@ def install_secret_routes(bp: Blueprint, services: Services, tenant: Callable[[]
         owner: Tenant, ref: str
     ) -> tuple[secret_store.SecretStore, secret_store.SecretInfo]:
         """The store and the tenant's own secret `ref` names (only its own are looked at)."""
-        store = store_of(services)
+        store = secret_store_of(services)
         found = named(await store.list(owner.id), ref)
         if found is None:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"secret {ref!r} not found")
@@ -131,7 +119,7 @@ def install_secret_routes(bp: Blueprint, services: Services, tenant: Callable[[]
     async def list_secrets() -> Response:
         """Sorted by name; `nextToken` is the last name of the page before."""
         owner = tenant()
-        store = store_of(services)
+        store = secret_store_of(services)
         try:
             limit = min(int(request.args.get("limit", str(MAX_PAGE))), MAX_PAGE)
         except ValueError:
@@ -154,7 +142,7 @@ def install_secret_routes(bp: Blueprint, services: Services, tenant: Callable[[]
     @bp.post("/secrets")
     async def create_secret() -> tuple[dict[str, Any], int]:
         owner = tenant()
-        store = store_of(services)
+        store = secret_store_of(services)
         body = await json_body(NewSecret)
         name = canonical_name(body.name)
         if name.startswith(ID_PREFIX):
