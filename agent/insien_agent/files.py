@@ -124,6 +124,12 @@ def _write(
             raise AgentError(BAD_REQUEST, f"not a regular file: {path}")
         if mode is not None:
             os.fchmod(fd, mode)
+        if not continuing:
+            # envd chowns what it writes to the user: watchers see create, chmod, write for a
+            # new file (E2B's SDKs count them). Owned by the writer already, this changes
+            # nothing but the event.
+            own = os.fstat(fd)
+            os.fchown(fd, own.st_uid, own.st_gid)
         os.set_blocking(fd, True)
         view = memoryview(data)
         position = offset

@@ -176,3 +176,23 @@ def test_a_symlink_is_described_by_where_it_leads(sbx: Sandbox) -> None:
         return info.type, info.symlink_target
 
     assert asyncio.run(in_async()) == (FileType.FILE, f"{HOME}/{test_dir}/test.txt")
+
+
+def test_a_new_file_written_shows_envds_three_events(sbx: Sandbox) -> None:
+    # envd opens a new file, chowns it to the user, then writes it: E2B's SDK tests count
+    # exactly these three events, in this order.
+    sbx.files.make_dir("test_watch_three")
+    handle = sbx.files.watch_dir("test_watch_three")
+    sbx.files.write("test_watch_three/new.txt", "three events")
+    seen: list[tuple[str, FilesystemEventType]] = []
+    deadline = time.monotonic() + 15
+    while len(seen) < 3:
+        assert time.monotonic() < deadline, f"saw only {seen}"
+        seen += [(e.name, e.type) for e in handle.get_new_events()]
+        time.sleep(0.05)
+    handle.stop()
+    assert seen == [
+        ("new.txt", FilesystemEventType.CREATE),
+        ("new.txt", FilesystemEventType.CHMOD),
+        ("new.txt", FilesystemEventType.WRITE),
+    ]
