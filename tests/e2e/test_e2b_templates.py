@@ -60,6 +60,12 @@ def setup(
     context = folder / "context"
     context.mkdir()
     (context / "data.txt").write_text("copied from the build context\n")
+    # A folder copied by a glob, with symlinks of every kind (E2B's own build test).
+    (context / "folder").mkdir()
+    (context / "folder" / "test.txt").write_text("in the folder\n")
+    (context / "folder" / "relative.txt").symlink_to("test.txt")
+    (context / "folder" / "absolute.txt").symlink_to(context / "folder" / "test.txt")
+    (context / "folder" / "dangling.txt").symlink_to("12345test.txt")
     process, server = start_server(
         {"INSIEN_TENANTS_FILE": str(tenants), "INSIEN_API_KEY": ""}, suffix="templates"
     )
@@ -88,6 +94,7 @@ def _recipe(setup: Setup) -> TemplateBuilder:
         .from_template("base")
         .run_cmd("echo hi > /home/user/built")
         .copy("data.txt", "/home/user/")
+        .copy("folder/*", "/home/user/folder")
         .set_envs({"GREETING": 'hello "there" $HOME'})
         .set_workdir("/home/user")
         .run_cmd('cat data.txt > copied && echo "$GREETING" > greeting')
@@ -126,6 +133,20 @@ def test_a_built_template_starts_sandboxes_with_its_files_and_environment(
             "hi",
             'hello "there" $HOME',
             "user",  # COPY gives the files to the step's user, as E2B does
+        ]
+        # The glob's matches landed in the folder, symlinks as they were (a relative one
+        # resolves; the absolute and dangling ones are kept, leading where they led).
+        copied = sandbox.commands.run(
+            "cat folder/test.txt folder/relative.txt; readlink folder/relative.txt"
+            " folder/dangling.txt; test -L folder/absolute.txt && echo link",
+            cwd="/home/user",
+        )
+        assert copied.stdout.splitlines() == [
+            "in the folder",
+            "in the folder",
+            "test.txt",
+            "12345test.txt",
+            "link",
         ]
         assert Sandbox.get_info(sandbox.sandbox_id, api_key=setup.keys["builder"]).template_id
         # INSIEN_BUILD_NETWORK is off: the build's steps saw no interface but loopback

@@ -48,7 +48,8 @@ def test_steps_become_instructions_with_their_users_and_steps() -> None:
         'RUN ["/bin/sh", "-c", "echo hi > /home/user/built"]',
         "USER root",
         'RUN ["/bin/sh", "-c", "apt-get update"]',
-        'COPY --chown=user ["files/2/app/*.py", "/app/"]',
+        # a glob's matches are the upload: their folder is copied (symlinks as they are)
+        'COPY --chown=user ["files/2/app/", "/app/"]',
         'ENV A="1" B="two \\"2\\" \\$HOME \\\\"',
         "WORKDIR /app",
         'RUN ["/bin/sh", "-c", "make"]',

@@ -338,6 +338,12 @@ def dockerfile(base: str, recipe: Recipe, inherited_env: dict[str, str]) -> Dock
                 raise TemplateError(f"step {step}: filesHash is not a SHA-256 in hex")
             copies.append((index, item.files_hash, mode))
             sources = f"files/{index}/{Path(*parts).as_posix()}"
+            if _globs_last_part_only(parts):
+                # The upload holds the glob's matches alone (the SDK's tar), under their
+                # folder: copying that folder puts the matches in `dest` as Docker's glob
+                # would, but copies a matched symlink as it is, where the classic builder
+                # follows one and fails on an absolute or a dangling target.
+                sources = f"files/{index}/" + "".join(f"{part}/" for part in parts[:-1])
             emit(f"COPY --chown={owner} " + json.dumps([sources, dest]), step)
         elif kind == "ENV":
             if not args or len(args) % 2:
@@ -369,6 +375,14 @@ def _member_name(name: str) -> str | None:
     if not parts or name.startswith("/") or ".." in parts:
         return None
     return Path(*parts).as_posix()
+
+
+GLOB = re.compile(r"[*?\[]")
+
+
+def _globs_last_part_only(parts: tuple[str, ...]) -> bool:
+    """Whether a COPY source is a glob in its last part alone (`folder/*.txt`)."""
+    return bool(GLOB.search(parts[-1])) and not any(GLOB.search(part) for part in parts[:-1])
 
 
 def write_context(out: IO[bytes], text: str, uploads: list[tuple[int, Path, int | None]]) -> None:
