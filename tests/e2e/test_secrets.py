@@ -7,6 +7,7 @@ only the server's egress CA, and holds nothing but placeholders."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
 import shlex
@@ -81,6 +82,13 @@ class EchoHandler(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode(errors="replace") if length else ""
+        if self.path.startswith("/quiet"):  # an API that does not quote its request back
+            self.server.received.append({"path": self.path, "headers": dict(self.headers)})
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+            return
         got = {
             "method": self.command,
             "path": self.path,
@@ -350,6 +358,50 @@ def test_rotation_and_deletion_apply_to_the_next_request(world: World) -> None:
         assert "'ROTATED'" in out
         assert "does not exist" in out
         assert len(world.api.received) == before
+
+
+MEMORY_SCAN = """
+import hashlib, re, sys, urllib.request
+url, half, digest, size = sys.argv[1], sys.argv[2].encode(), sys.argv[3], int(sys.argv[4])
+for _ in range(3):
+    assert urllib.request.urlopen(url).read() == b"ok"
+found = 0
+with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+    for line in maps:
+        span, perms = line.split()[:2]
+        if not perms.startswith("r"):
+            continue
+        start, end = (int(x, 16) for x in span.split("-"))
+        try:
+            mem.seek(start)
+            chunk = mem.read(end - start)
+        except (OSError, OverflowError, ValueError):
+            continue
+        for at in (m.start() for m in re.finditer(re.escape(half), chunk)):
+            if hashlib.sha256(chunk[at : at + size]).hexdigest() == digest:
+                found += 1
+print(found)
+"""
+
+
+def test_the_memory_of_a_process_that_used_a_secret_holds_none_of_it(world: World) -> None:
+    # The value goes into the request after it left the sandbox: the process that sent the
+    # requests never held it. It searches its own memory for the value: given only its first
+    # half and the digest of the whole, so the search itself does not bring it in.
+    value = world.secret("INMEMORY")
+    network = {
+        "allowOut": ["api.test"],
+        "secrets": [{"secret": "INMEMORY", "hosts": ["api.test"], "header": "X-Key: {secret}"}],
+    }
+    with world.sandbox(network) as box:
+        box.files.write("/tmp/scan.py", MEMORY_SCAN)
+        half = value[: len(value) // 2]
+        digest = hashlib.sha256(value.encode()).hexdigest()
+        url = f"https://api.test:{world.api.port}/quiet"
+        code, out = run(box, f"python3 /tmp/scan.py {url} {half} {digest} {len(value)}")
+        assert code == 0, out
+        assert out.strip() == "0", out
+        assert world.api.received[-1]["headers"]["X-Key"] == value  # it did go out
 
 
 def test_an_upstream_with_a_bad_certificate_is_refused(world: World) -> None:
