@@ -11,7 +11,12 @@ import trio
 
 from tests.conftest import Server
 from tests.e2e.helpers import call, containers_of, http, sandbox, websocket
-from tests.e2e.test_bulk_socket import SOCKET, bulk_sockets, until_attached
+from tests.e2e.test_bulk_socket import (  # server: the fixture with the bulk socket on
+    SOCKET,
+    bulk_sockets,
+    server,  # noqa: F401
+    until_attached,
+)
 
 ATTEMPTS = r"""
 import json, os, socket
@@ -41,7 +46,8 @@ print(json.dumps(out))
 
 
 async def test_user_code_cannot_reach_or_replace_the_bulk_socket(
-    server: Server, docker_client: docker.DockerClient
+    server: Server,  # noqa: F811 (the bulk socket's server, below)
+    docker_client: docker.DockerClient,
 ) -> None:
     async with sandbox(server) as created:
         await until_attached(docker_client, created["sandboxId"])

@@ -16,6 +16,7 @@ import trio
 
 from tests.conftest import IMAGE, Server, start_server, stop_server
 from tests.e2e.helpers import call, containers_of, http, websocket
+from tests.e2e.test_bulk_socket import BULK_ON
 from tests.tools import missing
 
 GVISOR_TEMPLATE = "insien-sandbox:gvisor-test"
@@ -33,7 +34,7 @@ def gvisor_server(docker_client: docker.DockerClient) -> Iterator[Server]:
     docker_client.images.get(IMAGE).tag(repository, tag)
     settings = {GVISOR_TEMPLATE: {"runtime": "runsc"}}
     process, server = start_server(
-        {"INSIEN_TEMPLATE_SETTINGS": json.dumps(settings)}, suffix="gvisor"
+        {"INSIEN_TEMPLATE_SETTINGS": json.dumps(settings), **BULK_ON}, suffix="gvisor"
     )
     try:
         yield server

@@ -63,6 +63,18 @@ async def until_attached(client: docker.DockerClient, sandbox_id: str) -> None:
         await trio.sleep(0.1)
 
 
+BULK_ON = {"INSIEN_BULK_SOCKET": "on"}
+"""The bulk socket is opt-in (docs/protocol.md): these servers turn it on."""
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    """This module's server, with the bulk socket on."""
+    process, started = start_server(BULK_ON, suffix="bulk")
+    yield started
+    assert stop_server(process) == 0, started.log()[-3000:]
+
+
 async def round_trip(server: Server, created: dict[str, Any], size: int) -> None:
     """An upload, its digest in the sandbox, the download, and a command's binary output."""
     data = os.urandom(size)
@@ -116,7 +128,7 @@ def test_a_server_killed_mid_download_recovers_the_sandbox(
     restartable: Restartable,  # noqa: F811
     docker_client: docker.DockerClient,
 ) -> None:
-    server = restartable.start()
+    server = restartable.start(**BULK_ON)
 
     async def before() -> tuple[dict[str, Any], str]:
         async with http(server) as client:
@@ -154,7 +166,7 @@ def test_a_server_killed_mid_download_recovers_the_sandbox(
     created, doomed = trio.run(before)
     trio.run(kill_agent, docker_client, doomed)  # it ends while no server runs
     started = time.monotonic()
-    server = restartable.start()
+    server = restartable.start(**BULK_ON)
 
     async def after() -> None:
         # The new server rejoins the agent (resume, on stdio), attaches a new bulk socket, and
