@@ -186,7 +186,10 @@ def test_watch_entries_and_metadata_in_the_async_sdk(sbx: Sandbox) -> None:
         chmods: asyncio.Queue[FilesystemEvent] = asyncio.Queue()
 
         def on_event(event: FilesystemEvent) -> None:
-            if event.type == FilesystemEventType.CHMOD and event.name == "a.txt":
+            # The write's own chmod (envd's chown) may come before the attribute is set;
+            # the one setting it carries the metadata.
+            tagged = event.entry is not None and event.entry.metadata
+            if event.type == FilesystemEventType.CHMOD and event.name == "a.txt" and tagged:
                 chmods.put_nowait(event)
 
         handle = await sandbox.files.watch_dir(

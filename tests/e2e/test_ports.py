@@ -47,6 +47,11 @@ while True:
 INSIEN = str(Path(sys.executable).parent / "insien")
 
 
+PORT_MESSAGE = 1024 * 1024
+"""What a client here takes in one message: a port's bytes come as read (up to 512 KiB), and
+httpx-ws 0.10 refuses more than its limit (64 KiB by default) with 1009."""
+
+
 def key(server: Server) -> dict[str, str]:
     return {"X-API-Key": server.api_key}
 
@@ -55,7 +60,7 @@ def connected(
     client: httpx.AsyncClient, url: str, server: Server
 ) -> AbstractAsyncContextManager[AsyncWebSocketSession]:
     opening: AbstractAsyncContextManager[AsyncWebSocketSession] = aconnect_ws(
-        url, client, headers=key(server)
+        url, client, headers=key(server), max_message_size_bytes=PORT_MESSAGE
     )
     return opening
 
@@ -67,7 +72,11 @@ def ws_to(
     subprotocols: list[str] | None = None,
 ) -> AbstractAsyncContextManager[AsyncWebSocketSession]:
     opening: AbstractAsyncContextManager[AsyncWebSocketSession] = aconnect_ws(
-        url, client, headers=headers or {}, subprotocols=subprotocols
+        url,
+        client,
+        headers=headers or {},
+        subprotocols=subprotocols,
+        max_message_size_bytes=PORT_MESSAGE,
     )
     return opening
 

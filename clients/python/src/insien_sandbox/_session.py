@@ -19,8 +19,10 @@ from httpx_ws import AsyncWebSocketSession, WebSocketUpgradeError, aconnect_ws
 from ._errors import ConnectError, InsienError, NotFoundError, error_from_response
 from ._rpc import RPCConnection
 
-RECEIVE_BUFFER = 256 * 1024
-"""Bytes read from the socket at a time: output events are up to 256 KiB."""
+MAX_MESSAGE = 33 * 1024 * 1024
+"""The largest message taken from the server: its own cap (32 MiB, INSIEN_MAX_MESSAGE_BYTES)
+and a binary frame's description. httpx-ws 0.10 closes with 1009 past it (and reads up to it
+at a time); 0.9 only read that much at a time."""
 REST_TIMEOUT = 60.0
 PING_INTERVAL = 20.0
 """A connection that stops answering pings for this long is treated as lost (and re-made)."""
@@ -187,7 +189,7 @@ async def ws_session(
             url.replace("wss://", "https://", 1).replace("ws://", "http://", 1),
             client,
             headers={"X-API-Key": api_key},
-            max_message_size_bytes=RECEIVE_BUFFER,
+            max_message_size_bytes=MAX_MESSAGE,
             keepalive_ping_interval_seconds=PING_INTERVAL,
             keepalive_ping_timeout_seconds=PING_INTERVAL,
         )
