@@ -151,8 +151,8 @@ class DockerRuntime:
         self._agent_volume = ""
         self._agent_lock = trio.Lock()
         self._bulk_root = Path(os.environ.get("INSIEN_BULK_DIR") or BULK_ROOT)
-        # Off unless asked for: with it on, CI saw a port's WebSocket bytes arrive out of
-        # step (docs/protocol.md, "The bulk socket"), not yet explained.
+        # Off unless asked for, until a whole CI run passes with it on (docs/protocol.md,
+        # "The bulk socket").
         self._bulk_on = os.environ.get("INSIEN_BULK_SOCKET", "off").strip().lower() == "on"
         self._bulk_dirs: dict[str, Path] = {}
         """Each container's bulk directory on the host, as created or found on attach."""
