@@ -9,6 +9,9 @@ formats) and ends with `runCodeResponse` (execution count, error, and what happe
 Ctrl-C (KeyboardInterrupt) and keeps the context; a cell that ignores it is killed after a
 grace period and its context starts again, empty. A context whose process died is reported on
 the next call (CONTEXT_DIED), never waited on.
+
+Long because a context's lifecycle (start, cells, interrupts, restarts, death) shares one
+process and its pipe; the kernel that runs cells is `kernel` and `js_kernel`.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ The manager owns one nursery: every sandbox's link runs there in its own cancel 
 the reaper, the pool's refill and the snapshot purge. Ended sandboxes stay queryable for a
 retention period. The runtime is the source of truth for what exists: at start-up the
 registry is rebuilt from it (`recovery`).
+
+Long because create, claim, pause/resume and end all change the one registry under its
+invariants; launching, recovery, the pool, snapshots, volumes and egress are modules of their
+own. Next seam: pause and resume (with their manifest checks) into a module.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ removed tenant's images all hold as they do for snapshots. A template's name (`a
 are image names of their own, `insien-template-<templateID>:<tag>`, where the template id is a
 digest of (instance, tenant, alias): two tenants' aliases never meet, and a tag moves to a new
 build as E2B's do. Builds in progress, their logs and the upload links live in memory.
+
+Long: recipe checking and Dockerfile writing, the build context, builds and their logs, names
+and tags, uploads. Next seams, in that order: the recipe and Dockerfile (pure) into a module,
+then uploads.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ API until it is brought under it again.
 File operations without a sandbox run as a volume job (`volume_job.py`): a throwaway
 container of the default sandbox image, as the sandbox user, without network or
 capabilities, that walks every path without following symlinks.
+
+Long because every volume operation checks the same sealed ownership and accounting; the volume
+jobs (`volume_job`) and disks (`volume_disks`) are modules of their own. Next seam: the file
+operations without a sandbox.
 """
 
 from __future__ import annotations

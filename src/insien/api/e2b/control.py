@@ -1,6 +1,11 @@
 """The control plane of the E2B front (`E2B_API_URL=http://<host>:<port>/e2b`): E2B's REST
 routes for sandboxes, translated to the same core calls Insien's own routes make, with E2B's
-bodies and error shape (`{"code": <status>, "message"}`)."""
+bodies and error shape (`{"code": <status>, "message"}`).
+
+Long because E2B's control plane is one blueprint of routes that share its translation helpers;
+secrets, volumes, templates, rules and connect are modules of their own. Next seam: the routes
+out of the blueprint factory (issue 28, item 7).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,11 @@
 """`Runtime` on the Docker Engine: docker-py in trio worker threads, and a native attach whose
-frames are decoded here, so the link sees plain stdout and stderr."""
+frames are decoded here, so the link sees plain stdout and stderr.
+
+Long because it is the whole Docker runtime: the required core and each capability it offers
+(pause, snapshots, image store and builds, volumes, the bulk socket's directories) over one
+client; its self-contained parts are modules of their own (`attach`, `frames`, `agent_volume`,
+`images`, `builds`, `engine`). Next seam: the bulk directories into a module.
+"""
 
 from __future__ import annotations
 

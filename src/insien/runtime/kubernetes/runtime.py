@@ -23,6 +23,10 @@ It implements the required core of `Runtime` and no optional capability: the pod
 freezer (`Pausable`), no commit (`FilesystemSnapshots`), no stats without metrics-server
 (`Stats`: the agent reads its own cgroup), and images live on the nodes (`ImageStore`). The
 core answers NOT_SUPPORTED for those; docs/kubernetes.md says what that means for each feature.
+
+Long because pod specs, status reading and the bootstrap's delivery share the pod's shape;
+`client`, `attach` and `stage` are modules of their own. Next seam: the pod spec and the
+bootstrap into a module.
 """
 
 from __future__ import annotations
